@@ -1,0 +1,61 @@
+"""Files written so that an interrupted or failed write never damages an earlier result."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from rwkvprobe.errors import InputError
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and check that files can be created in it; InputError otherwise."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"{p}: exists and is not a directory") from None
+    except OSError as e:
+        raise InputError(f"{p}: cannot create the output directory: {e.strerror or e}") from None
+    if not p.is_dir():
+        raise InputError(f"{p}: exists and is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".rwkvprobe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{p}: cannot write in the output directory: {e.strerror or e}") from None
+    return p
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename it over ``path``."""
+    p = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=p.parent or ".", prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as e:
+        raise InputError(f"{p}: cannot write: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
