@@ -1,0 +1,77 @@
+"""The results file: versioned JSON, one file per run, written atomically.
+
+Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
+- 1 (rwkvprobe 0.1.0): kind, command, environment (+ after snapshot, warnings), settings, profile and
+  layers, bandwidth, ceilings per backend and dtype, measurements with every raw sample, skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rwkvprobe import __version__
+from rwkvprobe.errors import InputError
+from rwkvprobe.fsutil import atomic_write_text
+
+SCHEMA = "rwkvprobe-results"
+SCHEMA_VERSION = 1
+KINDS = ("analyze", "bandwidth", "ceilings")
+
+
+def new_results(kind: str, environment: dict | None = None, settings: dict | None = None) -> dict:
+    if kind not in KINDS:
+        raise ValueError(kind)
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "kind": kind,
+        "rwkvprobe_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "command": ["rwkvprobe", *sys.argv[1:]],
+        "environment": environment or {},
+        "settings": settings or {},
+    }
+
+
+def save_results(path: str | Path, data: dict) -> None:
+    """Write atomically: an interrupted write never leaves a damaged file in place of an earlier one."""
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in results JSON")
+
+
+def load_results(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
+    """Read and check a results file; a corrupt, foreign or newer file is refused with one line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such results file") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, expected a results.json file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot read: {e}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise InputError(f"{p}: not a results file (invalid JSON: {e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise InputError(f"{p}: not an rwkvprobe results file (no \"schema\": \"{SCHEMA}\")")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise InputError(f"{p}: results file has an invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{p}: results schema {version} is newer than this rwkvprobe understands "
+                         f"({SCHEMA_VERSION}): upgrade rwkvprobe")
+    if data.get("kind") not in kinds:
+        raise InputError(f"{p}: results of kind {data.get('kind')!r}, expected {' or '.join(kinds)}")
+    return data

@@ -1,0 +1,187 @@
+"""Timing engine: warm-up, then repeats until the spread is small or the time budget is spent.
+
+Each sample is one call, timed with ``time.perf_counter``. Calls rotate over ``copies`` distinct
+weight buffers so that, when their total exceeds the last-level cache several times over, every call
+reads its weights from DRAM as RWKV decode does (cold cache). Every sample is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from rwkvprobe.errors import InputError
+
+#: A point whose relative spread (IQR / median) stays above this after its budget is flagged noisy.
+NOISY_SPREAD = 0.10
+#: The cold-cache rotation covers at least this many times the last-level cache (STREAM's rule).
+LLC_FACTOR = 4
+#: Fallback when the cache size cannot be read.
+DEFAULT_LLC_BYTES = 32 * 1024**2
+
+
+@dataclass
+class TimingPolicy:
+    """How long and how often to measure one point."""
+
+    budget_seconds: float = 1.0  # per point, warm-up included
+    min_samples: int = 5
+    max_samples: int = 10_000
+    target_spread: float = 0.03  # stop when IQR / median falls below this (after min_samples)
+    warmup_seconds: float = 0.05
+
+
+def summarize(samples: list[float]) -> dict:
+    """min, median, mean, stdev, IQR and relative spread of a list of seconds."""
+    s = sorted(samples)
+    n = len(s)
+    q1, q3 = _quantile(s, 0.25), _quantile(s, 0.75)
+    median = statistics.median(s)
+    return {
+        "n": n,
+        "min_seconds": s[0],
+        "median_seconds": median,
+        "mean_seconds": statistics.fmean(s),
+        "stdev_seconds": statistics.stdev(s) if n > 1 else 0.0,
+        "iqr_seconds": q3 - q1,
+        "spread": (q3 - q1) / median if median > 0 else 0.0,
+    }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy | None = None,
+            between: Callable[[], object] | None = None) -> dict:
+    """Time ``call(i)`` for i rotating over ``copies``; returns the summary plus every sample.
+
+    Warm-up runs every copy once (pages touched, lazy initialisation done) and continues until
+    ``warmup_seconds``. Sampling stops at ``max_samples``, when the budget is spent, or when at least
+    ``min_samples`` (and one pass over all copies) are in and the spread is below ``target_spread``.
+    ``between`` (the cache eviction) runs before every call, outside the timed region.
+    """
+    p = policy or TimingPolicy()
+    clock = time.perf_counter
+    start = clock()
+    i = 0
+    warm_calls = 0
+    while warm_calls < copies or clock() - start < p.warmup_seconds:
+        if between:
+            between()
+        call(i)
+        i = (i + 1) % copies
+        warm_calls += 1
+        if clock() - start > p.budget_seconds / 2:
+            break
+    samples: list[float] = []
+    need = max(p.min_samples, copies)
+    while len(samples) < p.max_samples:
+        if between:
+            between()
+        t0 = clock()
+        call(i)
+        samples.append(clock() - t0)
+        i = (i + 1) % copies
+        n = len(samples)
+        if n >= need and (n % max(1, min(copies, 8)) == 0 or n == need):
+            if summarize(samples)["spread"] <= p.target_spread:
+                break
+        if clock() - start >= p.budget_seconds and n >= min(need, 3):
+            break
+    out = summarize(samples)
+    out["noisy"] = out["spread"] > NOISY_SPREAD
+    out["samples"] = samples
+    out["warmup_calls"] = warm_calls
+    out["copies"] = copies
+    return out
+
+
+#: At most this many weight buffers; small weights make up the rest of the cold traffic by an
+#: untimed read of an eviction buffer between calls.
+MAX_COPIES = 64
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Cold-cache plan: ``copies`` weight buffers, and ``flush_bytes`` read (untimed) before each call.
+
+    Between two uses of the same buffer, copies x (weight + flush) bytes pass through the cache, at
+    least LLC_FACTOR x the last-level cache: every call finds its weight in DRAM, as decode does.
+    """
+
+    copies: int
+    flush_bytes: int
+    cold: bool
+
+    def describe(self) -> dict:
+        return {"copies": self.copies, "flush_bytes": self.flush_bytes, "cold": self.cold}
+
+
+def plan_rotation(weight_bytes: float, llc_bytes: int | None, cold: bool = True,
+                  max_rotation_bytes: float = 768e6) -> Rotation:
+    """How many distinct weight buffers (and how much eviction traffic) make every call cold.
+
+    Warm: one buffer, reused, no eviction (the cache-resident case).
+    """
+    if not cold or weight_bytes <= 0:
+        return Rotation(1, 0, False)
+    need = LLC_FACTOR * (llc_bytes or DEFAULT_LLC_BYTES)
+    cap = max(1, int(max_rotation_bytes // weight_bytes))
+    copies = max(1, min(math.ceil(need / weight_bytes), cap, MAX_COPIES))
+    flush = max(0, math.ceil((need - copies * weight_bytes) / copies))
+    return Rotation(copies, int(flush), True)
+
+
+def eviction(flush_bytes: int) -> Callable[[], object] | None:
+    """An untimed call that streams ``flush_bytes`` through the cache (None when nothing to flush)."""
+    if flush_bytes <= 0:
+        return None
+    import numpy as np
+
+    buf = np.ones(max(1, flush_bytes // 8), dtype=np.float64)
+    return buf.sum
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads and CPU affinity
+
+
+def set_affinity(cpus: list[int] | None) -> list[int] | None:
+    """Pin every thread of this process (existing BLAS pools included) to ``cpus``; None: leave as is.
+
+    Returns the CPUs the process may run on afterwards (None where affinity is not supported).
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    if cpus:
+        tids = []
+        try:
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        except OSError:
+            pass
+        try:
+            os.sched_setaffinity(0, cpus)
+            for tid in tids:
+                try:
+                    os.sched_setaffinity(tid, cpus)
+                except OSError:
+                    pass  # a thread that ended meanwhile
+        except OSError as e:
+            raise InputError(f"cannot pin to CPUs {cpus}: {e.strerror or e}") from None
+    return sorted(os.sched_getaffinity(0))
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
