@@ -8,6 +8,7 @@ output can be checked against a float64 reference before its time counts.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Protocol
@@ -99,10 +100,17 @@ class Backend:
         return {"name": self.name, "threads": self.threads}
 
 
+@functools.lru_cache(maxsize=1)
 def base_weight(k: int, n: int) -> np.ndarray:
+    """The seeded fp32 weight of shape (K, N), kept while consecutive workloads share the shape.
+
+    Read-only: runners make their own copies.
+    """
     from rwkvprobe.onnxgen import weight_matrix
 
-    return weight_matrix(k, n, "fp32")
+    w = weight_matrix(k, n, "fp32")
+    w.setflags(write=False)
+    return w
 
 
 def activation(m: int, k: int) -> np.ndarray:

@@ -18,8 +18,9 @@ class TorchRunner:
         self.torch = torch
         self.device = device
         dt = getattr(torch, _TORCH_DTYPES[workload.dtype])
-        base = torch.from_numpy(base_weight(workload.k, workload.n))
-        self.weights = [(base * copy_scale(i)).to(device=device, dtype=dt).contiguous() for i in range(copies)]
+        base = base_weight(workload.k, workload.n)
+        self.weights = [torch.from_numpy(base * np.float32(copy_scale(i))).to(device=device, dtype=dt).contiguous()
+                        for i in range(copies)]
         del base
         self.a = torch.from_numpy(activation(workload.m, workload.k)).to(device=device, dtype=dt)
         self.outs = [torch.empty((workload.m, workload.n), dtype=dt, device=device) for _ in range(copies)]

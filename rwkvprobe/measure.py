@@ -1,0 +1,99 @@
+"""Measure workloads on backends: one point (check, then time) and the per-backend ceilings.
+
+Ceilings are what the verdict uses instead of spec sheets: the peak GFLOP/s of large matmuls, the
+effective GB/s of a large cold GEMV (M=1), and the fixed per-call overhead of a tiny warm matmul.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rwkvprobe.backends import Backend, Workload, check_runner
+from rwkvprobe.timing import TimingPolicy, eviction, measure, plan_rotation
+
+#: square-ish matmuls for the compute ceiling, smallest first; stop growing once a call is this slow
+COMPUTE_SHAPES = ((64, 1024, 1024), (128, 2048, 2048), (256, 2048, 2048), (512, 2048, 4096))
+COMPUTE_STOP_SECONDS = 0.05
+GEMV_SHAPE = (1, 4096, 8192)  # 128 MiB at fp32, 64 MiB at fp16: far beyond the caches, cold
+OVERHEAD_SHAPE = (1, 16, 16)  # 512 bytes of weights: the call costs its fixed overhead only
+
+
+def onnx_cache_dir() -> Path:
+    """Where generated ONNX models are kept between runs (reused by content hash)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rwkvprobe" / "onnx"
+
+
+def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,
+                  cold: bool = True, onnx_dir: Path | None = None) -> dict:
+    """Check one workload against float64, then time it; a wrong result is recorded, not timed."""
+    rotation = plan_rotation(workload.weight_bytes, llc_bytes, cold)
+    point = {
+        "backend": backend.name, "dtype": workload.dtype, "m": workload.m, "k": workload.k, "n": workload.n,
+        "flops": workload.flops, "bytes": workload.bytes_moved, "rotation": rotation.describe(),
+        "check": None, "timing": None, "error": None,
+    }
+    try:
+        runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())
+    except MemoryError:
+        point["error"] = "out of memory preparing the weights"
+        return point
+    except Exception as e:  # a backend that cannot run this shape/dtype: recorded, the run goes on
+        point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        return point
+    try:
+        point["check"] = check_runner(workload, runner)
+        if point["check"]["ok"]:
+            point["timing"] = measure(runner.run, rotation.copies, policy, between=eviction(rotation.flush_bytes))
+    except Exception as e:
+        point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    finally:
+        runner.close()
+    return point
+
+
+def point_seconds(point: dict) -> float | None:
+    """The time that counts for a point: the median of its samples, when its check passed."""
+    timing = point.get("timing")
+    if not timing or not (point.get("check") or {}).get("ok"):
+        return None
+    return timing["median_seconds"]
+
+
+def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
+                     onnx_dir: Path | None = None, progress=None) -> dict:
+    """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype."""
+    out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
+
+    def step(label):
+        if progress:
+            progress(f"{backend.name} {dtype}: {label}")
+
+    step("per-call overhead")
+    out["overhead"] = measure_point(backend, Workload(*OVERHEAD_SHAPE, dtype), llc_bytes, policy, cold=False,
+                                    onnx_dir=onnx_dir)
+    step("peak compute")
+    for shape in COMPUTE_SHAPES:
+        point = measure_point(backend, Workload(*shape, dtype), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
+        out["compute"].append(point)
+        t = point_seconds(point)
+        if t is None or t > COMPUTE_STOP_SECONDS:
+            break
+    step("GEMV bandwidth")
+    out["gemv"] = measure_point(backend, Workload(*GEMV_SHAPE, dtype), llc_bytes, policy, cold=True,
+                                onnx_dir=onnx_dir)
+    out.update(summarize_ceilings(out))
+    return out
+
+
+def summarize_ceilings(c: dict) -> dict:
+    """peak_gflops, gemv_gbps, overhead_seconds (None where the measurement failed)."""
+    peaks = [p["flops"] / t / 1e9 for p in c["compute"] if (t := point_seconds(p))]
+    gemv_t = point_seconds(c["gemv"]) if c.get("gemv") else None
+    over_t = point_seconds(c["overhead"]) if c.get("overhead") else None
+    return {
+        "peak_gflops": max(peaks) if peaks else None,
+        "gemv_gbps": c["gemv"]["bytes"] / gemv_t / 1e9 if gemv_t else None,
+        "overhead_seconds": over_t,
+    }

@@ -1,0 +1,120 @@
+"""Backends: every one passes its float64 check on every unique layer shape of RWKV-7 0.1B."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from conftest import PROFILES
+from rwkvprobe.backends import (
+    BACKEND_NAMES,
+    TOLERANCE,
+    Workload,
+    available_backends,
+    check_runner,
+    get_backend,
+)
+from rwkvprobe.errors import InputError, MissingExtra
+from rwkvprobe.measure import measure_point
+from rwkvprobe.profile import layer_list, load_profile
+from rwkvprobe.timing import TimingPolicy
+
+SHAPES = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml")).unique_shapes()
+USABLE, SKIPPED = available_backends()
+CPU_CASES = [(b, d) for b in ("numpy", "torch", "onnxruntime") for d in ("fp32", "fp16", "bf16")
+             if b in USABLE and d in get_backend(b, 1).dtypes
+             and not (d == "fp16" and b in ("numpy", "torch"))]  # no fast fp16 kernels on x86: too slow for tests
+
+
+def test_rwkv_0b1_has_the_expected_unique_shapes():
+    assert (768, 65536) in SHAPES and (768, 3072) in SHAPES and (3072, 768) in SHAPES
+    assert len(SHAPES) == 10
+
+
+@pytest.mark.parametrize("backend, dtype", CPU_CASES)
+def test_backend_correct_on_every_rwkv_0b1_shape(backend, dtype, tmp_path):
+    b = get_backend(backend, 2)
+    for k, n in SHAPES:
+        for m in (1, 3):
+            w = Workload(m, k, n, dtype)
+            runner = b.prepare(w, 2, onnx_dir=tmp_path)
+            try:
+                result = check_runner(w, runner)
+            finally:
+                runner.close()
+            assert result["ok"], (backend, dtype, m, k, n, result)
+            assert result["rel_err"] <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_slow_fp16_paths_still_correct_on_small_shapes(backend, tmp_path):
+    if backend not in USABLE:
+        pytest.skip(f"{backend} not installed")
+    b = get_backend(backend, 1)
+    w = Workload(2, 96, 80, "fp16")
+    runner = b.prepare(w, 2, onnx_dir=tmp_path)
+    assert check_runner(w, runner)["ok"]
+    runner.close()
+
+
+class WrongRunner:
+    """A runner whose results are off by 1%: the check must catch it."""
+
+    copies = 1
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((1, 32)).astype(np.float32)
+        self.w = rng.standard_normal((32, 16)).astype(np.float32)
+
+    def run(self, i):
+        self.out = (self.a @ self.w) * 1.01
+
+    def output(self, i):
+        return self.out.astype(np.float64)
+
+    def scale(self, i):
+        return 1.0
+
+    def inputs(self):
+        return self.a, self.w
+
+    def close(self):
+        pass
+
+
+def test_check_catches_a_wrong_result():
+    result = check_runner(Workload(1, 32, 16, "fp32"), WrongRunner())
+    assert not result["ok"] and result["rel_err"] > 5e-3 and "relative error" in result["detail"]
+
+
+def test_wrong_result_is_not_timed(monkeypatch, tmp_path):
+    b = get_backend("numpy", 1)
+    monkeypatch.setattr(b, "prepare", lambda w, copies, onnx_dir=None: WrongRunner())
+    point = measure_point(b, Workload(1, 32, 16, "fp32"), None, TimingPolicy(budget_seconds=0.05))
+    assert point["check"]["ok"] is False and point["timing"] is None
+
+
+def test_unknown_backend():
+    with pytest.raises(InputError, match="unknown backend 'cuda9'"):
+        get_backend("cuda9", 1)
+
+
+def test_missing_optional_backend_names_the_extra():
+    if importlib.util.find_spec("tinygrad") is not None:
+        pytest.skip("tinygrad is installed here")
+    assert "tinygrad" in SKIPPED and "rwkvprobe[tinygrad]" in SKIPPED["tinygrad"]
+    with pytest.raises(MissingExtra, match=r"pip install 'rwkvprobe\[tinygrad\]'"):
+        get_backend("tinygrad", 1)
+
+
+def test_cuda_backend_skips_cleanly_without_gpu():
+    if "torch-cuda" in USABLE:
+        pytest.skip("a GPU is present")
+    assert SKIPPED["torch-cuda"]
+    with pytest.raises(InputError, match="torch-cuda"):
+        get_backend("torch-cuda", 1)
+
+
+def test_registry_names():
+    assert set(BACKEND_NAMES) >= {"numpy", "torch", "onnxruntime", "torch-cuda", "tinygrad"}
