@@ -187,6 +187,170 @@ def onnx_cmd(
 
 
 # ------------------------------------------------------------------------------------------------
+# bandwidth
+
+
+@app.command("bandwidth")
+def bandwidth_cmd(
+    size: Optional[str] = typer.Option(None, "--size", help="Bytes per array, e.g. 128M or 1G (K/M/G = 1024-based; "
+                                       "kB/MB/GB = 1000-based). Default: 4x the last-level cache."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Thread counts, e.g. 1,2. Default: 1 and all CPUs "
+                                          "(of each cluster on big.LITTLE)."),
+    trials: int = typer.Option(10, "--trials", help="Timed trials per kernel, best kept (1-100)."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to big, little, all, or CPU numbers like 0-3. "
+                                       "Default: each cluster on its own, then all CPUs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout instead of the table."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results JSON (with the environment) to this file."),
+):
+    """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
+    import json
+
+    from rwkvprobe import bandwidth, system
+    from rwkvprobe.results import new_results, save_results
+
+    array_bytes = bandwidth.parse_size(size) if size is not None else None
+    thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
+    cpu_list = system.resolve_cpus(cpus)
+    if out is not None:  # refuse an unwritable path before measuring
+        from rwkvprobe.fsutil import ensure_writable_dir
+
+        ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    env = system.capture_environment()
+    before = system.snapshot_dynamic()
+    result = bandwidth.measure_bandwidth(array_bytes, thread_counts, trials, cpu_list,
+                                         progress=lambda m: err_console.print(m, markup=False, highlight=False))
+    results = new_results("bandwidth", env, {"size": array_bytes, "threads": thread_counts, "trials": trials,
+                                             "cpus": cpu_list})
+    results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
+    results["warnings"] = system.environment_warnings(env, before, results["after"])
+    if out is not None:
+        save_results(out, results)
+    if json_out:
+        print(json.dumps(results, indent=1))
+    else:
+        out_console.print(bandwidth.bandwidth_table(result))
+    for w in results["warnings"]:
+        err_console.print(f"warning: {w}", markup=False, highlight=False)
+    err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
+                      markup=False, highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# analyze / report
+
+
+class Reporter:
+    """Progress on stderr: stage lines, then a rich progress bar with ETA over the layer points."""
+
+    def __init__(self, console: Console, verbose: bool = False):
+        self.console = console
+        self.verbose = verbose
+        self.progress = None
+        self.task = None
+
+    def stage(self, text: str) -> None:
+        self.console.print(f"[bold]{text}[/bold]", highlight=False)
+
+    def note(self, text: str) -> None:
+        if self.verbose:
+            self.console.print(f"  {text}", markup=False, highlight=False)
+
+    def begin_points(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console.print(f"[bold]layers: {total} points to measure[/bold]", highlight=False)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=self.console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("measuring", total=total)
+
+    def advance(self, label: str) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, advance=1, description=label[:40].ljust(40))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+@app.command("analyze")
+def analyze_cmd(
+    profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, torch-cuda, tinygrad. Default: every one installed."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16. Default: each backend's usual ones."),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="M values: 1 = decode, larger = a prefill chunk. Default 1,64 (--quick: 1)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs this process may use."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7; recorded."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: rwkvprobe-out/<profile>-<timestamp>/."),
+    quick: bool = typer.Option(False, "--quick", help="Decode only, shorter timing: about a minute."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run (default 150, --quick 45)."),
+    warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
+):
+    """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
+    from rwkvprobe.analyze import Analysis, AnalyzeSettings, check_dtypes
+    from rwkvprobe.report import render
+    from rwkvprobe.system import resolve_cpus
+    from rwkvprobe.timing import default_threads
+
+    ll = layer_list(load_profile(profile))
+    ms = parse_int_list(tokens, "--tokens") if tokens else ([1] if quick else [1, 64])
+    if max(ms) > 4096:
+        raise InputError(f"--tokens {max(ms)}: expected at most 4096 tokens per call")
+    dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None
+    check_dtypes(dts)
+    names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    n_threads = threads if threads is not None else default_threads()
+    if n_threads <= 0 or n_threads > 1024:
+        raise InputError(f"--threads {n_threads}: expected a positive number of threads")
+    if budget is not None and budget <= 0:
+        raise InputError(f"--budget {budget}: expected a positive number of seconds")
+    settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
+                               cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick)
+    analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
+    reporter = Reporter(err_console, verbose)
+    err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
+                      f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)
+    try:
+        results = analysis.run(reporter)
+    except KeyboardInterrupt:
+        reporter.close()
+        if analysis.results is not None:
+            analysis.save()
+        raise InputError(f"interrupted: what was measured is in {analysis.path}; "
+                         f"complete it with: rwkvprobe analyze {profile} --resume {analysis.out_dir}") from None
+    finally:
+        reporter.close()
+    path = render(results, analysis.out_dir)
+    from rwkvprobe.report import verdict_lines
+
+    for line in verdict_lines(results):
+        out_console.print(line, highlight=False, markup=False)
+    for w in results.get("warnings", []):
+        err_console.print(f"warning: {w}", highlight=False, markup=False)
+    print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
+
+
+@app.command("report")
+def report_cmd(
+    results_file: Path = typer.Argument(..., help="A results.json written by rwkvprobe analyze."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md and plots. Default: beside the results file."),
+):
+    """Re-render report.md and the plots from a results file, on any machine."""
+    from rwkvprobe.report import render, verdict_lines
+    from rwkvprobe.results import load_results
+
+    results = load_results(results_file, kinds=("analyze",))
+    path = render(results, out or results_file.parent)
+    for line in verdict_lines(results):
+        out_console.print(line, highlight=False, markup=False)
+    print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------------
 # Entry point: bad input ends in one line on stderr and exit code 2
 
 
@@ -219,3 +383,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except OSError as e:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         _error(f"{where}{e.strerror or e}", 2)
+    except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
+        if os.environ.get("RWKVPROBE_DEBUG"):
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (set RWKVPROBE_DEBUG=1 for the traceback)", 1)

@@ -7,6 +7,7 @@ effective GB/s of a large cold GEMV (M=1), and the fixed per-call overhead of a 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from rwkvprobe.backends import Backend, Workload, check_runner
@@ -21,8 +22,10 @@ OVERHEAD_SHAPE = (1, 16, 16)  # 512 bytes of weights: the call costs its fixed o
 
 def onnx_cache_dir() -> Path:
     """Where generated ONNX models are kept between runs (reused by content hash)."""
+    from rwkvprobe.onnxgen import WEIGHTS_VERSION
+
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkvprobe" / "onnx"
+    return Path(base) / "rwkvprobe" / f"onnx-weights-v{WEIGHTS_VERSION}"
 
 
 def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,
@@ -34,6 +37,7 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         "flops": workload.flops, "bytes": workload.bytes_moved, "rotation": rotation.describe(),
         "check": None, "timing": None, "error": None,
     }
+    t0 = time.perf_counter()
     try:
         runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())
     except MemoryError:
@@ -42,10 +46,13 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
     except Exception as e:  # a backend that cannot run this shape/dtype: recorded, the run goes on
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         return point
+    t1 = time.perf_counter()
     try:
         point["check"] = check_runner(workload, runner)
+        t2 = time.perf_counter()
         if point["check"]["ok"]:
             point["timing"] = measure(runner.run, rotation.copies, policy, between=eviction(rotation.flush_bytes))
+        point["overhead_seconds"] = {"prepare": t1 - t0, "check": t2 - t1, "timing": time.perf_counter() - t2}
     except Exception as e:
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     finally:

@@ -119,6 +119,7 @@ def resolve_cpus(spec: str | None, root: str | Path = "/") -> list[int] | None:
     if spec is None or spec == "":
         return None
     clusters = {c["name"]: c["cpus"] for c in cpu_clusters(root)}
+    clusters.setdefault("all", online_cpus(root))
     if spec in clusters:
         return clusters[spec]
     if spec in ("big", "little"):

@@ -107,7 +107,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
 
 #: At most this many weight buffers; small weights make up the rest of the cold traffic by an
 #: untimed read of an eviction buffer between calls.
-MAX_COPIES = 64
+MAX_COPIES = 16
 
 
 @dataclass(frozen=True)

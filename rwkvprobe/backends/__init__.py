@@ -65,7 +65,10 @@ class Runner(Protocol):
         """W_i = scale(i) * base weight."""
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """A and the base weight exactly as this backend rounded them (for the float64 reference)."""
+        """A and weight copy 0 (scale 1) exactly as this backend rounded them, for the float64 reference.
+
+        Returned in their own dtype (fp32 for bf16): the reference widens them block by block.
+        """
 
     def close(self) -> None:
         """Release buffers and sessions."""
@@ -120,13 +123,23 @@ def activation(m: int, k: int) -> np.ndarray:
 
 
 def copy_scale(i: int) -> float:
-    """Weight copy i is the base weight times this (exact in fp16/bf16: powers of two)."""
-    return float(2.0 ** ((i % 3) - 1))
+    """Weight copy i is the base weight times this: 1, 1/2, 2, 1, ... (exact in fp16/bf16).
+
+    Copy 0 is the base weight itself, so the reference needs no rescaled copy of it.
+    """
+    return (1.0, 0.5, 2.0)[i % 3]
 
 
-def reference(workload: Workload, a_cast: np.ndarray, w_cast: np.ndarray) -> np.ndarray:
-    """float64 A x W from the inputs as the backend saw them (already rounded to its dtype)."""
-    return a_cast.astype(np.float64) @ w_cast.astype(np.float64)
+def reference(workload: Workload, a_cast: np.ndarray, w_cast: np.ndarray, block: int = 4096) -> np.ndarray:
+    """float64 A x W from the inputs as the backend saw them (already rounded to its dtype).
+
+    Computed in column blocks so a large weight is never held whole in float64.
+    """
+    a64 = a_cast.astype(np.float64)
+    out = np.empty((a_cast.shape[0], w_cast.shape[1]), dtype=np.float64)
+    for j in range(0, w_cast.shape[1], block):
+        out[:, j:j + block] = a64 @ w_cast[:, j:j + block].astype(np.float64)
+    return out
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.backends import Backend, Workload, activation
-from rwkvprobe.onnxgen import ModelSpec, NP_DTYPES, weight_matrix
+from rwkvprobe.backends import Backend, Workload, activation, base_weight
+from rwkvprobe.onnxgen import NP_DTYPES, ModelSpec
 
 
 class OrtRunner:
@@ -39,7 +39,7 @@ class OrtRunner:
         return 1.0
 
     def inputs(self):
-        return self.a, weight_matrix(self.k, self.n, "fp16" if self.dtype == np.float16 else "fp32")
+        return self.a, base_weight(self.k, self.n).astype(self.dtype)
 
     def close(self) -> None:
         self.sessions, self.outs = [], []

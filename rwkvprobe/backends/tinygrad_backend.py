@@ -29,7 +29,7 @@ class TinygradRunner:
         return copy_scale(i)
 
     def inputs(self):
-        return self.a.numpy(), self.weights[0].numpy() / np.float32(copy_scale(0))
+        return self.a.numpy(), self.weights[0].numpy()
 
     def close(self) -> None:
         self.weights, self.outs = [], []

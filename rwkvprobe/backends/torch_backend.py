@@ -40,8 +40,12 @@ class TorchRunner:
 
     def inputs(self):
         t = self.torch
-        to64 = lambda x: x.to(device="cpu", dtype=t.float64).numpy()  # noqa: E731
-        return to64(self.a), to64(self.weights[0]) / copy_scale(0)
+
+        def host(x):  # numpy has no bfloat16: widen it to fp32, which is exact
+            x = x.to(device="cpu")
+            return (x.float() if x.dtype == t.bfloat16 else x).numpy()
+
+        return host(self.a), host(self.weights[0])
 
     def close(self) -> None:
         self.weights, self.outs = [], []

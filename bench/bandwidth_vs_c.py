@@ -1,0 +1,114 @@
+"""Compare rwkvprobe's numpy bandwidth probe with a compiled C/OpenMP STREAM-style reference.
+
+Builds bench/stream_ref.c with the system C compiler into bench/stream_ref (gitignored), then for
+each thread count runs the C reference and the Python probe side by side, same array size, same
+trials and same pinned CPUs, alternating which goes first to spread drift over both. Prints, per
+thread count and kernel, the best GB/s of each over all rounds and the ratio Python / C, the ratio of
+the medians of the per-round bests (steadier on a shared machine), and the spread of the per-round
+bests. Target: ratio >= 0.95.
+
+    python bench/bandwidth_vs_c.py [--size 128M] [--threads 1,2] [--trials 10] [--rounds 5] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from rwkvprobe import bandwidth, system  # noqa: E402
+
+SOURCE = HERE / "stream_ref.c"
+BINARY = HERE / "stream_ref"
+FLAG_SETS = (["-march=native"], ["-mcpu=native"], [])  # first that compiles wins
+
+
+def build(cc: str) -> list[str]:
+    """Compile stream_ref.c (always: it takes a second, and flags may differ); return the flags used."""
+    errors = []
+    for extra in FLAG_SETS:
+        flags = ["-O3", "-fopenmp", *extra]
+        proc = subprocess.run([cc, *flags, str(SOURCE), "-o", str(BINARY), "-lm"], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return flags
+        errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    sys.exit("could not build stream_ref:\n" + "\n".join(errors))
+
+
+def run_c(array_bytes: int, cpus: list[int], trials: int) -> dict:
+    """One run of the C reference on ``cpus``, one OpenMP thread per CPU, bound like our workers."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(len(cpus)), OMP_PROC_BIND="true",
+               OMP_PLACES=",".join(f"{{{c}}}" for c in cpus))
+    proc = subprocess.run([str(BINARY), str(array_bytes), str(trials)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"stream_ref failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return json.loads(proc.stdout)
+
+
+def run_python(array_bytes: int, cpus: list[int], trials: int) -> dict:
+    result = bandwidth.measure_bandwidth(array_bytes, threads=[len(cpus)], trials=trials, cpus=cpus)
+    run = result["runs"][0]
+    if not run["check_ok"]:
+        sys.exit("python probe: wrong values in the arrays")
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", help="bytes per array (default: rwkvprobe's default, 4x LLC)")
+    parser.add_argument("--threads", type=lambda t: [int(x) for x in t.split(",")],
+                        help="thread counts, e.g. 1,2 (default: 1 and all CPUs, per cluster)")
+    parser.add_argument("--trials", type=int, default=bandwidth.DEFAULT_TRIALS)
+    parser.add_argument("--rounds", type=int, default=5, help="C/Python alternations per thread count")
+    parser.add_argument("--cc", default=os.environ.get("CC") or shutil.which("cc") or "gcc")
+    parser.add_argument("--json", type=Path, help="also write every round's figures to this file")
+    args = parser.parse_args(argv)
+
+    flags = build(args.cc)
+    array_bytes = bandwidth.parse_size(args.size) if args.size else bandwidth.default_array_bytes(system.llc_bytes())
+    array_bytes -= array_bytes % bandwidth.ITEM_BYTES
+    runs = bandwidth.plan_runs(args.threads)  # the same runs (thread counts, clusters, CPUs) as the probe
+    print(f"C: {args.cc} {' '.join(flags)}; arrays {array_bytes / 1e6:.0f} MB each; {args.trials} trials; "
+          f"{args.rounds} rounds", flush=True)
+
+    rows, record = [], []
+    for run in runs:
+        n, cpus = run["threads"], run["cpus"]
+        print(f"{n} thread(s) on CPU {','.join(map(str, cpus))} ({run['cluster']})", flush=True)
+        bests: dict[str, dict[str, list[float]]] = {"c": {}, "py": {}}
+        for r in range(args.rounds):
+            order = ("c", "py") if r % 2 == 0 else ("py", "c")
+            for who in order:
+                res = run_c(array_bytes, cpus, args.trials) if who == "c" else run_python(array_bytes, cpus, args.trials)
+                record.append({"threads": n, "cpus": cpus, "round": r, "who": who, "kernels": res["kernels"]})
+                for k, v in res["kernels"].items():
+                    bests[who].setdefault(k, []).append(v["best_gbps"])
+        for k in bandwidth.KERNELS:
+            c, py = bests["c"][k], bests["py"][k]
+            row = {"threads": n, "kernel": k, "c_gbps": max(c), "py_gbps": max(py), "ratio": max(py) / max(c),
+                   "median_ratio": statistics.median(py) / statistics.median(c)}
+            rows.append(row)
+            print(f"  {k:<6} C {max(c):6.2f}  Python {max(py):6.2f}  ratio {row['ratio']:5.3f}"
+                  f"  median ratio {row['median_ratio']:5.3f}   (round bests C {min(c):.2f}-{max(c):.2f}, "
+                  f"Python {min(py):.2f}-{max(py):.2f})", flush=True)
+
+    print("\nthreads kernel   C GB/s  Python GB/s  ratio  median ratio")
+    for r in rows:
+        print(f"{r['threads']:>7} {r['kernel']:<7} {r['c_gbps']:7.2f} {r['py_gbps']:12.2f} {r['ratio']:6.3f} "
+              f"{r['median_ratio']:13.3f}" + ("" if r["ratio"] >= 0.95 else "  < 0.95"))
+    if args.json:
+        args.json.write_text(json.dumps({"array_bytes": array_bytes, "trials": args.trials, "compiler": [args.cc, *flags],
+                                         "summary": rows, "rounds": record}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

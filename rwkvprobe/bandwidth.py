@@ -1,0 +1,460 @@
+"""STREAM-style memory bandwidth probe: copy, scale, add, triad and a read-only kernel.
+
+numpy only, no compiled code of our own: one persistent Python thread per requested thread, each
+pinned to one CPU and owning one contiguous chunk of the three arrays (first-touched by that thread).
+numpy ufuncs called with ``out=`` on large arrays release the GIL, so the threads stream memory in
+parallel. The workers start each kernel together at a barrier; a trial lasts from the first
+worker's start to the last worker's finish.
+
+- copy ``c = a`` is ``np.positive(a, out=c)`` (a SIMD ufunc loop; ``np.copyto``'s memmove was slower).
+- triad ``a = b + s*c`` has no single numpy call, and two whole-array passes would move 5 arrays.
+  It runs in blocks of about one L2 cache: ``tmp = s*c[blk]; a[blk] = b[blk] + tmp``, with ``tmp``
+  staying in cache, so memory sees the 3 arrays STREAM counts. Two passes per block still cost a
+  single core some speed against a fused C loop (see bench/README.md).
+- read is ``np.dot(a, a)`` (one array read, multiply-accumulate as in a GEMV), with BLAS held to one
+  thread per caller.
+
+Bytes are counted STREAM's way (no write-allocate traffic): copy and scale 2 arrays, add and triad 3,
+read 1, of ``elements * 8`` bytes each. GB/s = 1e9 bytes/s. ``bench/bandwidth_vs_c.py`` compares this
+probe with a compiled C/OpenMP reference (``bench/stream_ref.c``) on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from rich.table import Table
+
+from rwkvprobe import system
+from rwkvprobe.errors import InputError
+
+KERNELS = ("copy", "scale", "add", "triad", "read")
+ARRAYS_MOVED = {"copy": 2, "scale": 2, "add": 3, "triad": 3, "read": 1}
+ITEM_BYTES = 8  # float64
+SCALAR = 3.0  # STREAM's scalar
+ENGINE = "numpy-threads"
+DEFAULT_LLC_BYTES = 32 * 2**20  # when the last-level cache size is unknown
+LLC_MULTIPLE = 4  # STREAM's rule: each array at least 4x the last-level cache
+DEFAULT_TRIALS = 10
+MAX_TRIALS = 100  # values grow 15x per trial at most; 100 trials stay finite in float64
+MEMORY_FRACTION = 0.8  # the arrays may use at most this share of the available memory
+WARMUP_TRIALS = 1  # untimed passes after first touch (page faults, caches, thread start-up)
+ARRAY_ALIGN_BYTES = 2 * 2**20  # huge-page aligned, like the C reference
+CHUNK_ALIGN_ELEMENTS = 512  # worker chunks start on 4 KiB page boundaries
+TRIAD_BLOCK_MIN, TRIAD_BLOCK_MAX = 2**14, 2**18  # elements (128 KiB .. 2 MiB)
+
+_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+               "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1}
+
+Progress = Optional[Callable[[str], None]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sizes, byte accounting and the reference values
+
+
+def kernel_bytes(kernel: str, elements: int) -> int:
+    """Bytes one pass of ``kernel`` moves over arrays of ``elements`` float64, counted as STREAM does."""
+    return ARRAYS_MOVED[kernel] * elements * ITEM_BYTES
+
+
+def parse_size(text: str, option: str = "--size") -> int:
+    """'64M' -> 67108864. K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024; kB/MB/GB/TB powers of 1000."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _SIZE_UNITS:
+        raise InputError(f"{option} {text!r}: expected bytes per array, e.g. 128M, 1G or 4000000")
+    value = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if value < ITEM_BYTES:
+        raise InputError(f"{option} {text!r}: expected at least {ITEM_BYTES} bytes (one float64) per array")
+    return value
+
+
+def default_array_bytes(llc_bytes: int | None) -> int:
+    """STREAM's rule: each array at least 4x the last-level cache (32 MiB assumed when unknown)."""
+    return LLC_MULTIPLE * (llc_bytes or DEFAULT_LLC_BYTES)
+
+
+def check_memory(array_bytes: int, available_bytes: int | None = None) -> None:
+    """InputError when three arrays of ``array_bytes`` would not fit in the available memory."""
+    if available_bytes is None:
+        import psutil
+
+        available_bytes = psutil.virtual_memory().available
+    need = 3 * array_bytes
+    if need > MEMORY_FRACTION * available_bytes:
+        raise InputError(f"array size {array_bytes / 1e9:.3g} GB: three arrays need {need / 1e9:.3g} GB, but only "
+                         f"{available_bytes / 1e9:.3g} GB of memory is available (use a smaller --size)")
+
+
+def reference_step(kernel: str, a, b, c):
+    """One kernel applied to (a, b, c), floats or numpy arrays: the values the probe must produce.
+
+    Returns (a, b, c, read_value). read_value is None except for "read": ``dot(a, a)`` for arrays,
+    ``a * a`` (one element's share) for floats.
+    """
+    if kernel == "copy":
+        c = a
+    elif kernel == "scale":
+        b = SCALAR * c
+    elif kernel == "add":
+        c = a + b
+    elif kernel == "triad":
+        a = b + SCALAR * c
+    elif kernel == "read":
+        return a, b, c, np.dot(a, a) if isinstance(a, np.ndarray) else a * a
+    return a, b, c, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Which CPUs and thread counts to run
+
+
+def usable_cpus() -> list[int]:
+    """Online CPUs this process may run on."""
+    online = system.online_cpus()
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # pragma: no cover - not Linux
+        return online
+    return [c for c in online if c in allowed] or sorted(allowed)
+
+
+def _cluster_of(cpus: list[int], clusters: list[dict]) -> str:
+    for cluster in clusters:
+        if set(cpus) <= set(cluster["cpus"]):
+            return cluster["name"]
+    return "mixed"
+
+
+def plan_runs(threads: list[int] | None = None, cpus: list[int] | None = None,
+              clusters: list[dict] | None = None, usable: list[int] | None = None) -> list[dict]:
+    """The runs to measure: [{"threads": n, "cpus": [pinned CPU of each worker], "cluster": name}].
+
+    Without ``cpus``: each CPU cluster on its own (big.LITTLE), then all CPUs together for the
+    thread counts no single cluster can hold. Default thread counts: 1 and every CPU of the group.
+    """
+    usable = usable if usable is not None else usable_cpus()
+    clusters = clusters if clusters is not None else system.cpu_clusters()
+    limit = len(cpus) if cpus else len(usable)
+    for n in threads or []:
+        if n < 1:
+            raise InputError(f"--threads {n}: expected a positive number of threads")
+        if n > limit:
+            where = f"--cpus gives {limit} CPU(s)" if cpus else f"this machine has {limit} usable online CPU(s)"
+            raise InputError(f"--threads {n}: at most one thread per CPU and {where}")
+    if cpus:
+        missing = sorted(set(cpus) - set(usable))
+        if missing:
+            raise InputError(f"--cpus: CPU {missing[0]} is not online or not allowed for this process "
+                             f"(usable: {','.join(map(str, usable))})")
+        groups = [(_cluster_of(cpus, clusters), list(cpus), threads or sorted({1, len(cpus)}))]
+    else:
+        groups = []
+        sets = [[c for c in cl["cpus"] if c in usable] for cl in clusters]
+        sets = [s for s in sets if s]
+        if len(sets) > 1:  # big.LITTLE: each cluster, then the whole machine (fastest CPUs first)
+            biggest = max(len(s) for s in sets)
+            for cl, members in zip(clusters, sets):
+                counts = threads or sorted({1, len(members)})
+                groups.append((cl["name"], members, [n for n in counts if n <= len(members)]))
+            ordered = [c for s in sets for c in s]
+            counts = [n for n in threads if n > biggest] if threads else [len(ordered)]
+            groups.append(("all", ordered, counts))
+        else:
+            members = sets[0] if sets else usable
+            groups.append((_cluster_of(members, clusters), members, threads or sorted({1, len(members)})))
+    return [{"threads": n, "cpus": members[:n], "cluster": name}
+            for name, members, counts in groups for n in counts]
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker team
+
+
+def _aligned_empty(elements: int, align: int = ARRAY_ALIGN_BYTES) -> np.ndarray:
+    """An uninitialised float64 array whose data starts on an ``align``-byte boundary (pages untouched)."""
+    raw = np.empty(elements * ITEM_BYTES + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + elements * ITEM_BYTES].view(np.float64)
+
+
+def split_chunks(elements: int, parts: int, align: int = CHUNK_ALIGN_ELEMENTS) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) chunks, one per worker, starting on ``align``-element boundaries."""
+    if elements < parts * align:
+        align = 1
+    edges = [i * elements // parts // align * align for i in range(parts)] + [elements]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def triad_block_elements(cpu: int | None, threads: int = 1) -> int:
+    """Triad block length: one L2 cache of ``cpu``, at most a quarter of the LLC shared by all threads.
+
+    Clamped to 128 KiB .. 2 MiB: smaller blocks cost more in Python call overhead than they save.
+    """
+    found = {c["level"]: c["bytes"] for c in system.caches(cpu=cpu or 0) if c["type"] != "Instruction"}
+    l2 = found.get(2, 2**20)
+    llc = max(found.values()) if found else DEFAULT_LLC_BYTES
+    elements = min(l2, llc // (4 * threads)) // ITEM_BYTES
+    return min(max(elements, TRIAD_BLOCK_MIN), TRIAD_BLOCK_MAX)
+
+
+class _Chunk:
+    """One worker's slices of a, b, c and its cache-resident triad buffer."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, start: int, stop: int, block: int):
+        self.a, self.b, self.c = a[start:stop], b[start:stop], c[start:stop]
+        n = stop - start
+        self.scalar = np.array(SCALAR)  # a 0-d array: numpy converts it faster than a float, per call
+        self.tmp = np.empty(min(block, n))
+        self.blocks = [(self.a[i:i + block], self.b[i:i + block], self.c[i:i + block], self.tmp[:min(block, n - i)])
+                       for i in range(0, n, block)]
+
+    def fill(self) -> None:
+        """STREAM's start values, written by the owning thread (first touch places its pages)."""
+        self.a.fill(1.0)
+        self.b.fill(2.0)
+        self.c.fill(0.0)
+        self.tmp.fill(0.0)
+
+    def run(self, kernel: str) -> float | None:
+        if kernel == "copy":
+            np.positive(self.a, out=self.c)
+        elif kernel == "scale":
+            np.multiply(self.c, self.scalar, out=self.b)
+        elif kernel == "add":
+            np.add(self.a, self.b, out=self.c)
+        elif kernel == "triad":
+            multiply, add, scalar = np.multiply, np.add, self.scalar
+            for a, b, c, tmp in self.blocks:
+                multiply(c, scalar, out=tmp)
+                add(b, tmp, out=a)
+        elif kernel == "read":
+            return float(np.dot(self.a, self.a))
+        return None
+
+
+class StreamTeam:
+    """Three float64 arrays and one persistent worker thread per entry of ``cpus`` (pinned unless None).
+
+    Worker i owns chunk i of every array and first-touches it. ``run(kernel)`` runs one kernel on all
+    workers at once and returns its seconds; ``workers`` says what each worker did. Use it as a
+    context manager (or call ``close()``): closing stops the threads and frees the arrays.
+    """
+
+    def __init__(self, elements: int, cpus: list[int | None], triad_block: int | None = None):
+        if elements < len(cpus):
+            raise InputError(f"{elements} elements per array cannot be split over {len(cpus)} threads")
+        n = len(cpus)
+        self.elements = elements
+        self.cpus = list(cpus)
+        self.triad_block = triad_block or triad_block_elements(self.cpus[0], n)
+        self.a, self.b, self.c = (_aligned_empty(elements) for _ in range(3))
+        self.chunks = split_chunks(elements, n)
+        self.workers = [{"cpu": cpu, "first_element": lo, "elements": hi - lo, "calls": 0}
+                        for cpu, (lo, hi) in zip(self.cpus, self.chunks)]
+        self.read_value: float | None = None
+        self._start = threading.Barrier(n + 1)  # the workers and this thread
+        self._done = threading.Barrier(n + 1)
+        self._job: str | None = None
+        self._stamps = [(0.0, 0.0)] * n
+        self._results: list[float | None] = [None] * n
+        self._errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"stream-{i}", daemon=True)
+                         for i in range(n)]
+        for t in self._threads:
+            t.start()
+        try:
+            self._dispatch("fill")
+        except BaseException:
+            self.close()
+            raise
+
+    def _work(self, index: int) -> None:
+        chunk = None
+        try:
+            if self.cpus[index] is not None:
+                os.sched_setaffinity(0, {self.cpus[index]})  # on Linux, 0 is the calling thread
+            self.workers[index]["affinity"] = sorted(os.sched_getaffinity(0))
+            lo, hi = self.chunks[index]
+            chunk = _Chunk(self.a, self.b, self.c, lo, hi, self.triad_block)
+        except BaseException as e:  # raised in the main thread by the first dispatch
+            self._errors.append(e)
+        try:
+            while True:
+                self._start.wait()
+                job = self._job
+                if job is None:
+                    return
+                if chunk is not None:
+                    try:
+                        t0 = time.perf_counter()
+                        self._results[index] = chunk.fill() if job == "fill" else chunk.run(job)
+                        self._stamps[index] = (t0, time.perf_counter())
+                        self.workers[index]["calls"] += job != "fill"
+                    except BaseException as e:
+                        self._errors.append(e)
+                self._done.wait()
+        except threading.BrokenBarrierError:  # the main thread gave up (error or interrupt)
+            return
+
+    def _dispatch(self, job: str | None) -> float:
+        """Hand ``job`` to every worker and wait for all; seconds from the first start to the last finish."""
+        self._job = job
+        try:
+            self._start.wait()
+            if job is None:
+                return 0.0
+            self._done.wait()
+        except BaseException:
+            self._start.abort()
+            self._done.abort()
+            raise
+        if self._errors:
+            raise RuntimeError(f"bandwidth worker failed: {self._errors[0]!r}") from self._errors[0]
+        return max(t1 for _, t1 in self._stamps) - min(t0 for t0, _ in self._stamps)
+
+    def run(self, kernel: str) -> float:
+        """Run ``kernel`` on every worker at once; seconds from the first start to the last finish."""
+        seconds = self._dispatch(kernel)
+        if kernel == "read":
+            self.read_value = sum(self._results)
+        return seconds
+
+    def close(self) -> None:
+        if self._threads:
+            try:
+                self._dispatch(None)
+            except threading.BrokenBarrierError:
+                pass
+            for t in self._threads:
+                t.join()
+            self._threads = []
+        self.a = self.b = self.c = None  # type: ignore[assignment]  # free the arrays now
+
+    def __enter__(self) -> "StreamTeam":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring
+
+
+def summarize(kernel: str, elements: int, seconds: list[float]) -> dict:
+    """Per-kernel statistics as STREAM prints them: best rate, average rate, min and max time."""
+    nbytes = kernel_bytes(kernel, elements)
+    best, avg = min(seconds), sum(seconds) / len(seconds)
+    return {"bytes_per_trial": nbytes, "seconds": seconds, "best_gbps": nbytes / best / 1e9,
+            "avg_gbps": nbytes / avg / 1e9, "min_seconds": best, "max_seconds": max(seconds)}
+
+
+def _check(team: StreamTeam, kernels: tuple[str, ...], passes: int) -> bool:
+    """Do the arrays hold the values of the scalar model after ``passes`` passes of ``kernels``?"""
+    a, b, c, read = 1.0, 2.0, 0.0, None
+    for _ in range(passes):
+        for k in kernels:
+            a, b, c, value = reference_step(k, a, b, c)
+            read = value if value is not None else read
+    ok = all(math.isclose(float(arr.min()), want, rel_tol=1e-12) and math.isclose(float(arr.max()), want, rel_tol=1e-12)
+             for arr, want in ((team.a, a), (team.b, b), (team.c, c)))
+    if read is not None:
+        ok = ok and team.read_value is not None and math.isclose(team.read_value, read * team.elements, rel_tol=1e-9)
+    return ok
+
+
+def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tuple[str, ...]) -> dict:
+    """One thread count on one CPU set: every trial's seconds per kernel, plus what each worker did."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), StreamTeam(elements, cpus) as team:
+        for _ in range(WARMUP_TRIALS):
+            for k in kernels:
+                team.run(k)
+        seconds: dict[str, list[float]] = {k: [] for k in kernels}
+        for _ in range(trials):
+            for k in kernels:
+                seconds[k].append(team.run(k))
+        check_ok = _check(team, kernels, WARMUP_TRIALS + trials)
+        return {"kernels": {k: summarize(k, elements, s) for k, s in seconds.items()}, "check_ok": check_ok,
+                "triad_block_elements": team.triad_block, "workers": team.workers}
+
+
+def _cpu_text(cpus: list[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None = None, trials: int = DEFAULT_TRIALS,
+                      cpus: list[int] | None = None, kernels=KERNELS, progress: Progress = None) -> dict:
+    """Measure STREAM bandwidth for each thread count (and each CPU cluster); a JSON-ready dict.
+
+    ``array_bytes``: bytes per array (default 4x the last-level cache); ``threads``: thread counts
+    (default 1 and all CPUs); ``cpus``: pin to these CPUs (default: each cluster, see ``plan_runs``).
+    """
+    kernels = tuple(kernels)
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown or not kernels:
+        raise InputError(f"kernels {list(kernels)}: expected some of {', '.join(KERNELS)}")
+    if not 1 <= trials <= MAX_TRIALS:
+        raise InputError(f"--trials {trials}: expected 1 to {MAX_TRIALS}")
+    llc = system.llc_bytes()
+    if array_bytes is None:
+        array_bytes = default_array_bytes(llc)
+    if array_bytes < ITEM_BYTES:
+        raise InputError(f"array size {array_bytes} bytes: expected at least {ITEM_BYTES} (one float64)")
+    elements = array_bytes // ITEM_BYTES
+    runs = plan_runs(threads, cpus)
+    if elements < max(r["threads"] for r in runs):
+        raise InputError(f"array size {array_bytes} bytes: fewer float64 elements than threads")
+    check_memory(elements * ITEM_BYTES)
+
+    say = progress or (lambda message: None)
+    began = time.perf_counter()
+    results = []
+    for r in runs:
+        say(f"bandwidth: {r['threads']} thread(s) on CPU {_cpu_text(r['cpus'])} ({r['cluster']}), "
+            f"3 arrays x {elements * ITEM_BYTES / 1e6:.0f} MB, {trials} trials")
+        measured = measure_run(elements, r["cpus"], trials, kernels)
+        results.append({**r, **measured})
+        say("  " + ", ".join(f"{k} {v['best_gbps']:.1f}" for k, v in measured["kernels"].items()) + " GB/s (best)"
+            + ("" if measured["check_ok"] else "  WARNING: wrong values in the arrays"))
+    return {"array_bytes": elements * ITEM_BYTES, "elements": elements, "llc_bytes": llc, "trials": trials,
+            "warmup_trials": WARMUP_TRIALS, "engine": ENGINE, "scalar": SCALAR,
+            "byte_counting": "STREAM: copy/scale 2 arrays, add/triad 3, read 1; no write-allocate; GB = 1e9 bytes",
+            "total_seconds": time.perf_counter() - began, "runs": results}
+
+
+# ------------------------------------------------------------------------------------------------
+# Rendering and the command
+
+
+def bandwidth_table(result: dict) -> Table:
+    """A rich Table: one row per run and kernel, STREAM's columns."""
+    llc = f"{result['llc_bytes'] / 1e6:.3g} MB" if result.get("llc_bytes") else "unknown"
+    caption = (f"{result['engine']}, 3 float64 arrays x {result['array_bytes'] / 1e6:.0f} MB (LLC {llc}), "
+               f"best of {result['trials']} trials; GB/s = 1e9 bytes/s, bytes counted as STREAM does")
+    table = Table(title="Memory bandwidth (STREAM-style)", caption=caption)
+    for col in ("cluster", "threads", "CPUs", "kernel", "best GB/s", "avg GB/s", "min s", "max s"):
+        table.add_column(col, justify="left" if col in ("cluster", "CPUs", "kernel") else "right")
+    for i, run in enumerate(result["runs"]):
+        if i:
+            table.add_section()
+        for j, (name, k) in enumerate(run["kernels"].items()):
+            first = j == 0
+            table.add_row(run["cluster"] if first else "", str(run["threads"]) if first else "",
+                          _cpu_text(run["cpus"]) if first else "", name, f"{k['best_gbps']:.2f}", f"{k['avg_gbps']:.2f}",
+                          f"{k['min_seconds']:.5f}", f"{k['max_seconds']:.5f}")
+        if not run["check_ok"]:
+            table.add_row("", "", "", "[red]wrong values in the arrays[/red]", "", "", "", "")
+    return table

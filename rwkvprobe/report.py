@@ -1,0 +1,251 @@
+"""Markdown report (and its PNG plots) from a results file: readable on GitHub as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rwkvprobe import plots
+from rwkvprobe.analyze import layers_from_json
+from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.profile import LayerList
+from rwkvprobe.roofline import RULE, build_verdict
+
+PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} µs"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _label(s: dict) -> str:
+    return f"{s['backend']} {s['dtype']}"
+
+
+def _title(results: dict, layers: LayerList) -> str:
+    cpu = (results.get("environment", {}).get("cpu") or {}).get("model") or "this machine"
+    return f"{layers.profile.name} on {cpu}"
+
+
+def _best(series: list[dict]) -> dict | None:
+    timed = [s for s in series if s["model"].get("decode")]
+    return min(timed, key=lambda s: s["model"]["decode"]["seconds_per_token"]) if timed else None
+
+
+def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[str]:
+    """The opening verdict in plain words, with the numbers behind it."""
+    series = verdict["series"]
+    best = _best(series)
+    if not best:
+        return ["No backend produced a checked measurement: no verdict (see Skipped and failed below)."]
+    d = best["model"]["decode"]
+    bounds = d["share_by_bound"]
+    main = max(bounds, key=bounds.get)
+    name = layers.profile.name
+    bw = verdict["bandwidth_gbps"]
+    out = [f"**{name} decode on this machine is {main}**: {_pct(bounds[main])} of the per-token matmul time "
+           f"({_label(best)}, the fastest measured) is in {main} layers. Best measured decode: "
+           f"{d['seconds_per_token'] * 1e3:.1f} ms/token ({d['tokens_per_second']:.2f} tokens/s), reading "
+           f"{d['weight_bytes_per_token'] / 1e9:.2f} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
+           f"{_pct(d['weight_gbps_attained'] / bw)} of the measured {bw:.1f} GB/s DRAM bandwidth."]
+    wi = best["model"].get("what_if", {})
+    if wi:
+        parts = [f"{q} weights ~{v['speedup']:.1f}x (bytes {v['bytes_ratio']:.1f}x fewer)" for q, v in wi.items()]
+        out.append("Smaller weights, modelled from the measured layers (best case: dequantization taken as free): "
+                   + ", ".join(parts) + ".")
+    if main == "bandwidth-bound":
+        out.append("A faster matmul engine (more FLOP/s, an NPU) would not speed up decode by itself: "
+                   "it waits on memory. Fewer bytes per weight would.")
+    elif main == "compute-bound":
+        out.append("More FLOP/s (a faster kernel, more cores, an NPU) would speed up decode; smaller weights alone would not.")
+    else:
+        out.append("Per-call overhead dominates: fewer, larger calls (batching, fused layers) would help most.")
+    for p in best["model"].get("prefill", []):
+        out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s "
+                   f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}).")
+    wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
+    if wrong:
+        out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
+    if not any(s["backend"] in ("rknnlite", "rknn") for s in series):
+        out.append("No NPU was measured on this machine; NPU-vs-CPU figures need a run on the board "
+                   "(the RK3588 NPU computes in fp16 whatever the graph says: compare it with CPU fp16, not fp32).")
+    return out
+
+
+def render(results: dict, out_dir: Path) -> Path:
+    """Write report.md and the plots into ``out_dir``; returns the report path."""
+    out_dir = ensure_writable_dir(out_dir)
+    layers = layers_from_json(results["profile"])
+    verdict = build_verdict(results, layers)
+    title = _title(results, layers)
+    pics = {}
+    if verdict["series"]:
+        pics["roofline"] = plots.roofline_plot(verdict, out_dir / PLOTS["roofline"], title)
+        pics["layers"] = plots.layers_plot(verdict, out_dir / PLOTS["layers"], title)
+        pics["share"] = plots.share_plot(verdict, out_dir / PLOTS["share"], title)
+    text = "\n".join(_markdown(results, layers, verdict, title, pics)) + "\n"
+    path = out_dir / "report.md"
+    atomic_write_text(path, text)
+    return path
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics: dict) -> list[str]:
+    env = results.get("environment", {})
+    md = [f"# rwkvprobe: {title}", ""]
+    md += [f"Measured {results.get('created', '')} with rwkvprobe {results.get('rwkvprobe_version', '')}: "
+           f"`{' '.join(results.get('command', []))}`. Every time below is measured on this machine unless "
+           "marked *modelled*.", "", "## Verdict", ""]
+    md += [f"- {s}" for s in verdict_sentences(verdict, layers, results)]
+    warnings = results.get("warnings") or []
+    if warnings:
+        md += ["", "**Warnings about this run:**", ""] + [f"- {w}" for w in warnings]
+    md += ["", "## Model-level figures", ""]
+    rows = []
+    for s in verdict["series"]:
+        d = s["model"].get("decode")
+        if not d:
+            continue
+        pre = "; ".join(f"M={p['chunk']}: {p['tokens_per_second']:.1f}{'*' if p['modelled'] else ''}"
+                        for p in s["model"].get("prefill", []))
+        rows.append([_label(s), f"{d['seconds_per_token'] * 1e3:.1f}", f"{d['tokens_per_second']:.2f}",
+                     f"{d['non_matmul_seconds_modelled'] * 1e3:.2f}",
+                     f"{d['weight_gbps_attained']:.1f}", pre or "-",
+                     ", ".join(f"{k} {_pct(v)}" for k, v in sorted(d["share_by_bound"].items(), key=lambda kv: -kv[1]))])
+    md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms (modelled)", "weight GB/s",
+                  "prefill tokens/s", "matmul time by bound"], rows)
+    md += ["", "Decode = sum over layers of (measured median time per call x runs per token) + the non-matmul "
+           "per-token work, *modelled* as its bytes (RNN state read and written, vector parameters) over the "
+           "measured bandwidth: a lower bound that leaves out framework per-op overhead. Layers that could not "
+           "be measured use the model time and are marked *. Prefill counts matmuls only.", ""]
+    md += _memory_section(layers, env)
+    md += _what_if_section(verdict)
+    md += ["## NPU vs CPU", "",
+           "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
+           "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
+           "only as the CPU's accurate baseline.", ""]
+    if pics:
+        md += ["## Plots", ""]
+        md += [f"![roofline]({PLOTS['roofline']})", "", f"![per-layer times]({PLOTS['layers']})", "",
+               f"![decode time share]({PLOTS['share']})", ""]
+    md += ["## Per-layer verdict", "", f"Rule: {RULE}", ""]
+    for s in verdict["series"]:
+        md += [f"### {_label(s)}", "",
+               f"Ceilings: peak {s['peak_gflops']:.1f} GFLOP/s, DRAM {s['bandwidth_gbps']:.1f} GB/s, per-call "
+               f"overhead {_ms(s['overhead_seconds'])}; ridge point {s['peak_gflops'] / s['bandwidth_gbps']:.1f} FLOP/byte.", ""]
+        rows = []
+        for r in s["rows"]:
+            if r.get("measured"):
+                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), _ms(r["seconds"]),
+                             f"{r['attained_gflops']:.2f}", f"{r['attained_gbps']:.1f}", f"{r['intensity']:.2f}",
+                             _pct(r["roofline_fraction"]) + (" (kernel-limited)" if r["kernel_limited"] else ""),
+                             r["bound"]])
+            else:
+                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]),
+                             f"*{_ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
+        md += _table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
+                      "of roofline", "bound"], rows) + [""]
+    md += _ceilings_section(results)
+    md += _skipped_section(results)
+    md += _environment_section(results)
+    md += ["## Method", "",
+           "- Each point: the backend's output for every weight copy is checked against a float64 reference "
+           "(relative error within the dtype's tolerance) before any time counts; a wrong result is reported, not timed.",
+           f"- Cold cache{'' if results.get('settings', {}).get('cold', True) else ' OFF (--warm: cache-resident, labelled warm)'}: "
+           "calls rotate over distinct weight buffers (plus an untimed eviction read) so that at least 4x the "
+           "last-level cache passes between two uses of a buffer, as in decode, where each weight is read once per token.",
+           "- Timing: warm-up, then repeats until the spread (IQR/median) is below 3% or the point's budget is spent; "
+           "the median counts; every sample is in results.json.",
+           "- Bandwidth: STREAM-style kernels counted STREAM's way, best of the trials, GB/s = 1e9 bytes/s.", ""]
+    return md
+
+
+def _memory_section(layers: LayerList, env: dict) -> list[str]:
+    total = (env.get("memory") or {}).get("total_bytes")
+    rows = []
+    for d in ("fp32", "fp16", "int8", "int4"):
+        need = layers.model_bytes(d)
+        fits = "-" if not total else ("fits" if need < 0.8 * total else "does NOT fit in 80% of RAM")
+        rows.append([d, f"{need / 1e9:.2f} GB", fits])
+    head = [f"## Weights in RAM (this machine: {total / 1e9:.1f} GB)" if total else "## Weights in RAM", ""]
+    return head + _table(["weights at", "size", "vs this machine"], rows) + [
+        "", f"{layers.total_params:,} parameters; int4 counted at a nominal half byte (no block scales).", ""]
+
+
+def _what_if_section(verdict: dict) -> list[str]:
+    rows = []
+    for s in verdict["series"]:
+        for q, v in s["model"].get("what_if", {}).items():
+            rows.append([_label(s), q, f"{v['bytes_ratio']:.2f}x", f"{v['seconds_per_token'] * 1e3:.1f}",
+                         f"{v['tokens_per_second']:.2f}", f"{v['speedup']:.2f}x"])
+    if not rows:
+        return []
+    return ["## Quantization what-if (*modelled*)", "",
+            "Each decode layer re-modelled with its weight bytes at the narrower type, keeping the layer's measured "
+            "efficiency: bandwidth-bound layers scale with bytes, compute- and overhead-bound ones do not. "
+            "Dequantization is taken as free, so these are upper bounds on the speed-up. (The seed article saw "
+            "int4 about 4x faster than fp16 in rwkv.cpp on an RK3588: what a fully bandwidth-bound model predicts.)", ""] + \
+        _table(["from", "to", "fewer bytes", "decode ms/token", "tokens/s", "speed-up"], rows) + [""]
+
+
+def _ceilings_section(results: dict) -> list[str]:
+    md = ["## Measured ceilings", ""]
+    rows = []
+    for c in results.get("ceilings", []):
+        rows.append([c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}" if c.get("peak_gflops") else "failed",
+                     f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else "failed",
+                     _ms(c["overhead_seconds"]) if c.get("overhead_seconds") else "failed"])
+    md += _table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
+                  "per-call overhead (1x16x16, warm)"], rows) + [""]
+    bw = results.get("bandwidth") or {}
+    rows = []
+    for run in bw.get("runs", []):
+        for k, v in run.get("kernels", {}).items():
+            rows.append([str(run.get("threads")), run.get("cluster") or "-", k, f"{v['best_gbps']:.2f}",
+                         f"{v.get('avg_gbps', 0):.2f}"])
+    if rows:
+        md += [f"Memory bandwidth ({bw.get('engine', '')}, arrays of {bw.get('array_bytes', 0) / 1e6:.0f} MB, "
+               f"best of {bw.get('trials')} trials):", ""]
+        md += _table(["threads", "cluster", "kernel", "best GB/s", "average GB/s"], rows) + [""]
+    return md
+
+
+def _skipped_section(results: dict) -> list[str]:
+    lines = [f"- {s['backend']}{' ' + s['dtype'] if s.get('dtype') else ''}: {s['reason']}" for s in results.get("skipped", [])]
+    for m in results.get("measurements", []):
+        what = f"{m['backend']} {m['dtype']} M={m['m']} {m['k']}x{m['n']}"
+        if m.get("skipped"):
+            lines.append(f"- {what}: skipped, {m['skipped']}")
+        elif m.get("error"):
+            lines.append(f"- {what}: failed, {m['error']}")
+        elif m.get("check") and not m["check"]["ok"]:
+            lines.append(f"- {what}: **WRONG RESULT**, {m['check']['detail']}")
+    return (["## Skipped and failed", ""] + lines + [""]) if lines else []
+
+
+def _environment_section(results: dict) -> list[str]:
+    from rwkvprobe.system import summarize_environment
+
+    env = results.get("environment") or {}
+    rows = [[k, str(v)] for k, v in summarize_environment(env)] if env else []
+    s = results.get("settings", {})
+    rows.append(["Settings", f"threads {s.get('threads')}, cpus {s.get('pinned_cpus') or 'not pinned'}, "
+                             f"tokens {s.get('tokens')}, {'cold' if s.get('cold', True) else 'warm'} cache"])
+    for name, b in (results.get("backends") or {}).items():
+        rows.append([f"backend {name}", ", ".join(f"{k}={v}" for k, v in b.items() if k != "name")])
+    return ["## Environment", ""] + _table(["", ""], rows) + [""]
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """The verdict as plain terminal lines (markdown emphasis removed)."""
+    layers = layers_from_json(results["profile"])
+    verdict = build_verdict(results, layers)
+    return [s.replace("**", "") for s in verdict_sentences(verdict, layers, results)]

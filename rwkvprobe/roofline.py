@@ -1,0 +1,213 @@
+"""Verdict: per-layer roofline classification and model-level estimates, from measured figures only.
+
+The model of one matmul call on a backend is  t = t0 + max(FLOPs / P, bytes / W)  where
+- P  is the backend's measured peak GFLOP/s at that dtype (large matmuls),
+- W  is the machine's measured DRAM bandwidth (the read kernel of the bandwidth probe, same threads),
+- t0 is the backend's measured fixed cost of a call (a tiny, cache-resident matmul).
+
+Classification rule (written into the report):
+- overhead-bound  when t0 >= max(FLOPs/P, bytes/W): the fixed per-call cost is the larger part;
+- compute-bound   when FLOPs/P > bytes/W (arithmetic intensity above the ridge point P/W);
+- bandwidth-bound otherwise.
+"Fraction of roofline" is attained GFLOP/s over min(P, intensity x W) at the measured time; a layer far
+below 1 is limited by its kernel, not by the hardware ceiling it is classed under.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rwkvprobe.profile import DTYPE_BYTES, LayerList
+
+CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
+RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
+        "compute-bound when FLOPs/P > bytes/W (arithmetic intensity above the ridge point P/W), else "
+        "bandwidth-bound. P: the backend's measured peak GFLOP/s at that dtype; W: measured DRAM bandwidth "
+        "(read kernel, same threads); t0: measured time of a tiny cache-resident matmul.")
+#: below this fraction of its roofline a layer is flagged "kernel-limited"
+KERNEL_LIMITED = 0.5
+KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
+
+
+def classify(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> str:
+    """The bound of one call by the rule above (all figures in SI base units: FLOP/s, bytes/s, s)."""
+    t_compute = flops / peak_flops
+    t_memory = nbytes / bandwidth
+    if overhead >= max(t_compute, t_memory):
+        return "overhead-bound"
+    return "compute-bound" if t_compute > t_memory else "bandwidth-bound"
+
+
+def model_seconds(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> float:
+    return overhead + max(flops / peak_flops, nbytes / bandwidth)
+
+
+def layer_verdict(flops: float, nbytes: float, seconds: float, peak_flops: float, bandwidth: float,
+                  overhead: float) -> dict:
+    """Everything the report shows for one measured layer call."""
+    intensity = flops / nbytes
+    attainable = min(peak_flops, intensity * bandwidth)
+    attained = flops / seconds
+    fraction = attained / attainable
+    return {
+        "seconds": seconds,
+        "flops": flops,
+        "bytes": nbytes,
+        "intensity": intensity,
+        "attained_gflops": attained / 1e9,
+        "attained_gbps": nbytes / seconds / 1e9,
+        "roofline_fraction": fraction,
+        "model_seconds": model_seconds(flops, nbytes, peak_flops, bandwidth, overhead),
+        "bound": classify(flops, nbytes, peak_flops, bandwidth, overhead),
+        "kernel_limited": fraction < KERNEL_LIMITED,
+        "t_compute": flops / peak_flops,
+        "t_memory": nbytes / bandwidth,
+        "t_overhead": overhead,
+    }
+
+
+def non_matmul_bytes(layers: LayerList, dtype: str) -> float:
+    """Per-token bytes of the work outside the weight matmuls (modelled lower bound).
+
+    v5-v7 keep an H x S x S fp32 state per block, read and written every token (2 x C x S x 4 bytes);
+    every version reads its vector parameters (norms, mixes, decays) once per token.
+    """
+    p = layers.profile
+    if p.version is None:
+        return 0.0
+    state = 2 * p.n_embd * p.head_size * 4 * p.n_layer if p.version >= 5 else 2 * 5 * p.n_embd * 4 * p.n_layer
+    return state + layers.other_params * DTYPE_BYTES[dtype]
+
+
+def series_key(point: dict) -> tuple[str, str]:
+    return point["backend"], point["dtype"]
+
+
+def build_verdict(results: dict, layers: LayerList) -> dict:
+    """Per-layer verdicts, model-level figures, what-ifs: a JSON-ready dict for report and plots."""
+    bw = _bandwidth_bps(results)
+    series: dict[tuple[str, str], dict] = {}
+    by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
+    for c in results.get("ceilings", []):
+        if not (c.get("peak_gflops") and c.get("overhead_seconds")) or bw is None:
+            continue
+        P, t0 = c["peak_gflops"] * 1e9, c["overhead_seconds"]
+        key = (c["backend"], c["dtype"])
+        rows = []
+        for m in results["settings"].get("tokens", [1]):
+            for layer in layers.layers:
+                p = by_key.get((c["backend"], c["dtype"], m, layer.k, layer.n))
+                row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
+                       "count": layer.count, "measured": False, "status": "not measured"}
+                if p is not None:
+                    row["status"] = _status(p)
+                t = _seconds(p)
+                flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
+                if t is not None:
+                    row.update(layer_verdict(flops, nbytes, t, P, bw, t0), measured=True)
+                else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
+                    row.update({"seconds": None, "flops": flops, "bytes": nbytes,
+                                "model_seconds": model_seconds(flops, nbytes, P, bw, t0),
+                                "bound": classify(flops, nbytes, P, bw, t0)})
+                rows.append(row)
+        series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": c["peak_gflops"],
+                       "bandwidth_gbps": bw / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
+                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw, P, t0, results)}
+    return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values())}
+
+
+def _status(p: dict) -> str:
+    if p.get("error"):
+        return "failed: " + p["error"]
+    if p.get("skipped"):
+        return "skipped: " + p["skipped"]
+    if p.get("check") and not p["check"]["ok"]:
+        return "WRONG RESULT: " + p["check"].get("detail", "")
+    return "measured" if p.get("timing") else "not measured"
+
+
+def _seconds(p: dict | None) -> float | None:
+    if not p or not p.get("timing") or not (p.get("check") or {}).get("ok"):
+        return None
+    return p["timing"]["median_seconds"]
+
+
+def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
+    e = DTYPE_BYTES[dtype]
+    return 2.0 * m * k * n, k * n * e + m * k * e + m * n * e
+
+
+def _bandwidth_bps(results: dict) -> float | None:
+    bw = results.get("bandwidth") or {}
+    best = None
+    for run in bw.get("runs", []):
+        read = run.get("kernels", {}).get("read", {})
+        if read.get("best_gbps"):
+            best = max(best or 0.0, read["best_gbps"] * 1e9)
+    return best
+
+
+def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
+                 results: dict) -> dict:
+    """Decode ms/token, prefill tokens/s, share by kind and the int8/int4 what-if, for one series."""
+    out: dict = {}
+    decode = [r for r in rows if r["m"] == 1]
+    if decode:
+        matmul = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode)
+        modelled_part = sum(r["model_seconds"] * r["count"] for r in decode if not r["measured"])
+        other = non_matmul_bytes(layers, dtype) / bw
+        total = matmul + other
+        share: dict[str, float] = defaultdict(float)
+        bounds: dict[str, float] = defaultdict(float)
+        for r in decode:
+            t = (r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"]
+            share[r["kind"]] += t
+            bounds[r["bound"]] += t
+        out["decode"] = {
+            "matmul_seconds": matmul,
+            "modelled_matmul_seconds": modelled_part,
+            "non_matmul_seconds_modelled": other,
+            "seconds_per_token": total,
+            "tokens_per_second": 1.0 / total,
+            "share_by_kind": {k: v / matmul for k, v in share.items()},
+            "share_by_bound": {k: v / matmul for k, v in bounds.items()},
+            "weight_bytes_per_token": layers.weight_bytes_per_token(dtype),
+            "weight_gbps_attained": layers.weight_bytes_per_token(dtype) / total / 1e9,
+        }
+        out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
+    for m in results["settings"].get("tokens", [1]):
+        if m == 1:
+            continue
+        chunk = [r for r in rows if r["m"] == m]
+        if chunk:
+            t = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in chunk)
+            out.setdefault("prefill", []).append({
+                "chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
+                "modelled": any(not r["measured"] for r in chunk)})
+    return out
+
+
+def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
+             other: float) -> dict:
+    """Decode time if weights were stored at int8/int4 (modelled upper bound on the speed-up).
+
+    Each layer's time is re-modelled with its weight bytes at the new width: a bandwidth-bound layer
+    shrinks with its bytes, a compute- or overhead-bound one does not. Dequantization is assumed free,
+    so this is the best case; the measured quantized kernels (when present) say what a kernel achieves.
+    """
+    base = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode) + other
+    out = {}
+    for q in ("fp16", "int8", "int4"):
+        if DTYPE_BYTES[q] >= DTYPE_BYTES[dtype]:
+            continue
+        t = other
+        for r in decode:
+            measured = r["seconds"] if r["measured"] else r["model_seconds"]
+            activations = r["bytes"] - r["k"] * r["n"] * DTYPE_BYTES[dtype]
+            q_bytes = r["k"] * r["n"] * DTYPE_BYTES[q] + activations
+            # keep the layer's measured efficiency: scale the modelled time by measured / model
+            efficiency = measured / r["model_seconds"] if r["model_seconds"] else 1.0
+            t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
+        out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
+                  "bytes_ratio": layers.weight_bytes_per_token(dtype) / layers.weight_bytes_per_token(q)}
+    return out

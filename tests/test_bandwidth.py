@@ -1,0 +1,197 @@
+"""The STREAM-style bandwidth probe: byte accounting, kernel values, sizes, refusals, JSON, threads.
+
+No timing thresholds: the machine is shared. Arrays are small so the whole file runs in seconds.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from rwkvprobe import bandwidth as bw
+from rwkvprobe.errors import InputError
+
+SMALL = 64 * 1024  # bytes per array: 8192 float64
+USABLE = bw.usable_cpus()
+
+
+def test_kernel_bytes_count_arrays_as_stream_does():
+    n = 1000
+    assert {k: bw.kernel_bytes(k, n) for k in bw.KERNELS} == {
+        "copy": 16000, "scale": 16000, "add": 24000, "triad": 24000, "read": 8000}
+
+
+def test_summarize_rates_from_seconds():
+    s = bw.summarize("add", 1000, [0.004, 0.002, 0.003])
+    assert s["bytes_per_trial"] == 24000 and s["seconds"] == [0.004, 0.002, 0.003]
+    assert s["min_seconds"] == 0.002 and s["max_seconds"] == 0.004
+    assert s["best_gbps"] == pytest.approx(24000 / 0.002 / 1e9)
+    assert s["avg_gbps"] == pytest.approx(24000 / 0.003 / 1e9)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("64M", 64 * 2**20), ("1G", 2**30), ("512k", 512 * 1024), ("4000000", 4_000_000),
+    ("64MiB", 64 * 2**20), ("64MB", 64_000_000), ("1.5K", 1536), (" 8 ", 8),
+])
+def test_parse_size(text, value):
+    assert bw.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "abc", "", "12Q", "4", "1e9", "0.5K8", "M"])
+def test_parse_size_refuses_one_line(text):
+    with pytest.raises(InputError) as e:
+        bw.parse_size(text)
+    assert "--size" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_size_is_four_times_llc():
+    assert bw.default_array_bytes(2**20) == 4 * 2**20
+    assert bw.default_array_bytes(None) == 4 * 32 * 2**20
+
+
+def test_refuses_arrays_beyond_available_memory():
+    with pytest.raises(InputError, match="memory is available"):
+        bw.check_memory(2**30, available_bytes=2**30)
+    bw.check_memory(2**20, available_bytes=2**30)
+    with pytest.raises(InputError, match="memory is available"):
+        bw.measure_bandwidth(array_bytes=2**60, threads=[1], trials=1)
+
+
+def test_refuses_too_many_threads_and_bad_trials():
+    with pytest.raises(InputError, match="--threads"):
+        bw.measure_bandwidth(array_bytes=SMALL, threads=[len(USABLE) + 1], trials=1)
+    with pytest.raises(InputError, match="--threads"):
+        bw.plan_runs([2], cpus=[0], usable=[0, 1], clusters=[{"name": "all", "cpus": [0, 1]}])
+    with pytest.raises(InputError, match="--trials"):
+        bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=0)
+    with pytest.raises(InputError, match="kernels"):
+        bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=1, kernels=("copy", "fma"))
+
+
+BIG_LITTLE = [{"name": "big", "cpus": [4, 5, 6, 7], "max_khz": 2400000},
+              {"name": "little", "cpus": [0, 1, 2, 3], "max_khz": 1800000}]
+
+
+def _plan(runs):
+    return [(r["cluster"], r["threads"], r["cpus"]) for r in runs]
+
+
+def test_plan_runs_big_little_each_cluster_then_all():
+    runs = bw.plan_runs(clusters=BIG_LITTLE, usable=list(range(8)))
+    assert _plan(runs) == [("big", 1, [4]), ("big", 4, [4, 5, 6, 7]), ("little", 1, [0]),
+                           ("little", 4, [0, 1, 2, 3]), ("all", 8, [4, 5, 6, 7, 0, 1, 2, 3])]
+    runs = bw.plan_runs([2, 6], clusters=BIG_LITTLE, usable=list(range(8)))
+    assert _plan(runs) == [("big", 2, [4, 5]), ("little", 2, [0, 1]), ("all", 6, [4, 5, 6, 7, 0, 1])]
+    runs = bw.plan_runs(cpus=[5, 6], clusters=BIG_LITTLE, usable=list(range(8)))
+    assert _plan(runs) == [("big", 1, [5]), ("big", 2, [5, 6])]
+    with pytest.raises(InputError, match="--cpus"):
+        bw.plan_runs(cpus=[9], clusters=BIG_LITTLE, usable=list(range(8)))
+
+
+def test_plan_runs_one_cluster():
+    runs = bw.plan_runs(clusters=[{"name": "all", "cpus": [0, 1]}], usable=[0, 1])
+    assert _plan(runs) == [("all", 1, [0]), ("all", 2, [0, 1])]
+
+
+def test_split_chunks_cover_the_array_on_page_boundaries():
+    chunks = bw.split_chunks(1_000_000, 3)
+    assert chunks[0][0] == 0 and chunks[-1][1] == 1_000_000
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    assert all(lo % bw.CHUNK_ALIGN_ELEMENTS == 0 for lo, _ in chunks)
+    assert bw.split_chunks(5, 2) == [(0, 2), (2, 5)]
+
+
+def test_kernels_compute_stream_values_on_every_chunk():
+    """Random start values, several workers and uneven triad blocks; each kernel against numpy."""
+    rng = np.random.default_rng(0)
+    n = 10_007
+    cpus = (USABLE * 3)[:3]  # three workers, pinned (CPUs may repeat on small machines)
+    with bw.StreamTeam(n, cpus, triad_block=1000) as team:
+        team.a[:], team.b[:], team.c[:] = rng.standard_normal((3, n))
+        a, b, c = team.a.copy(), team.b.copy(), team.c.copy()
+        for kernel in bw.KERNELS:
+            team.run(kernel)
+            a, b, c, read = bw.reference_step(kernel, a, b, c)
+            np.testing.assert_array_equal(team.a, a)
+            np.testing.assert_array_equal(team.b, b)
+            np.testing.assert_array_equal(team.c, c)
+            if read is not None:
+                assert team.read_value == pytest.approx(read, rel=1e-12)
+        assert [w["calls"] for w in team.workers] == [len(bw.KERNELS)] * 3
+
+
+def test_measure_bandwidth_json_structure_and_worker_reports():
+    threads = sorted({1, len(USABLE)})
+    result = bw.measure_bandwidth(array_bytes=SMALL + 5, threads=threads, trials=3)
+    assert json.loads(json.dumps(result)) == result
+    assert result["array_bytes"] == SMALL and result["elements"] == SMALL // 8  # rounded down to float64s
+    assert result["trials"] == 3 and result["engine"] == bw.ENGINE
+    assert [r["threads"] for r in result["runs"]] == threads
+    for run in result["runs"]:
+        assert run["check_ok"] is True
+        assert len(run["cpus"]) == run["threads"] and set(run["cpus"]) <= set(USABLE)
+        assert list(run["kernels"]) == list(bw.KERNELS)
+        for name, k in run["kernels"].items():
+            assert k["bytes_per_trial"] == bw.kernel_bytes(name, SMALL // 8)
+            assert len(k["seconds"]) == 3 and all(s > 0 for s in k["seconds"])
+            assert k["best_gbps"] == pytest.approx(k["bytes_per_trial"] / k["min_seconds"] / 1e9)
+            assert k["min_seconds"] <= k["max_seconds"]
+        workers = run["workers"]
+        assert [w["cpu"] for w in workers] == run["cpus"]
+        assert all(w["affinity"] == [w["cpu"]] for w in workers)  # each thread really was pinned
+        assert sum(w["elements"] for w in workers) == SMALL // 8 and all(w["elements"] > 0 for w in workers)
+        assert [w["first_element"] for w in workers] == sorted({w["first_element"] for w in workers})
+        calls = (bw.WARMUP_TRIALS + 3) * len(bw.KERNELS)
+        assert all(w["calls"] == calls for w in workers)  # every worker ran every kernel of every trial
+
+
+def test_subset_of_kernels_and_progress():
+    messages = []
+    result = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=2, kernels=("triad", "read"),
+                                  progress=messages.append)
+    assert list(result["runs"][0]["kernels"]) == ["triad", "read"] and result["runs"][0]["check_ok"]
+    assert len(messages) == 2 and "1 thread" in messages[0] and "triad" in messages[1]
+
+
+def test_table_renders_every_kernel():
+    from rich.console import Console
+
+    result = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=1)
+    console = Console(record=True, width=150)
+    console.print(bw.bandwidth_table(result))
+    text = console.export_text()
+    assert all(k in text for k in bw.KERNELS) and "best GB/s" in text
+
+
+def test_command_prints_json_and_writes_results_file(cli, tmp_path):
+    out = tmp_path / "bw.json"
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2", "--json", "--out", out)
+    assert code == 0, stderr
+    printed, saved = json.loads(stdout), json.loads(out.read_text())
+    assert printed["bandwidth"] == saved["bandwidth"]
+    assert saved["schema"] == "rwkvprobe-results" and saved["kind"] == "bandwidth"
+    assert saved["bandwidth"]["array_bytes"] == SMALL
+    assert saved["environment"]["cpu"]["logical_cpus"] >= 1  # the environment block
+    assert "bandwidth:" in stderr and "bandwidth:" not in stdout
+
+
+def test_command_prints_table(cli):
+    code, stdout, _ = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "1", "--cpus", "all")
+    assert code == 0 and "triad" in stdout and "best GB/s" in stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--size", "0"), "--size"), (("--size", "lots"), "--size"), (("--threads", "0"), "--threads"),
+    (("--threads", "999"), "--threads"), (("--cpus", "9999"), "--cpus"), (("--trials", "0"), "trials"),
+    (("--out", "/proc/nope/x.json"), "/proc/nope"),
+])
+def test_command_bad_input_one_line_exit_2(cli, args, words):
+    code, out, err = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "1", *args)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rwkvprobe: error:") and words in lines[0], err
+
+
+def test_worker_failure_raises_and_does_not_hang():
+    with pytest.raises(RuntimeError, match="worker failed"):
+        bw.StreamTeam(1000, [USABLE[0], 10**6])  # no such CPU: that worker cannot pin itself
