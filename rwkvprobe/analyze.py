@@ -152,6 +152,16 @@ class Analysis:
         r["backends"] = {name: b.describe() for name, b in backends.items()}
         self.save()
 
+        stages = r.setdefault("stage_seconds", {})
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            stages[name] = stages.get(name, 0.0) + now - mark
+            mark = now
+
+        lap("setup")
         quick = s.quick
         if not r.get("bandwidth"):
             progress.stage("memory bandwidth")
@@ -161,6 +171,7 @@ class Analysis:
                                                kernels=("copy", "triad", "read"), progress=progress.note)
             self.save()
         bw_bps = max((run["kernels"]["read"]["best_gbps"] for run in r["bandwidth"]["runs"]), default=0) * 1e9
+        lap("bandwidth")
 
         ceiling_policy = TimingPolicy(budget_seconds=0.15 if quick else 0.4, min_samples=3)
         have = {(c["backend"], c["dtype"]) for c in r["ceilings"]}
@@ -170,6 +181,7 @@ class Analysis:
             r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note))
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
+        lap("ceilings")
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
@@ -195,6 +207,7 @@ class Analysis:
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
+        lap("layers")
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)

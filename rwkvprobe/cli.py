@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
 from rwkvprobe import __version__
-from rwkvprobe.errors import InputError
+from rwkvprobe.errors import InputError, Interrupted
 from rwkvprobe.profile import DTYPE_BYTES, LayerList, layer_list, load_profile, profiles_dir, shipped_profiles
 
 app = typer.Typer(
@@ -291,7 +291,7 @@ def analyze_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
-    from rwkvprobe.analyze import Analysis, AnalyzeSettings, check_dtypes
+    from rwkvprobe.analyze import Analysis, AnalyzeSettings, check_dtypes, plan_series
     from rwkvprobe.report import render
     from rwkvprobe.system import resolve_cpus
     from rwkvprobe.timing import default_threads
@@ -310,6 +310,7 @@ def analyze_cmd(
         raise InputError(f"--budget {budget}: expected a positive number of seconds")
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
                                cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick)
+    plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
@@ -320,8 +321,8 @@ def analyze_cmd(
         reporter.close()
         if analysis.results is not None:
             analysis.save()
-        raise InputError(f"interrupted: what was measured is in {analysis.path}; "
-                         f"complete it with: rwkvprobe analyze {profile} --resume {analysis.out_dir}") from None
+        raise Interrupted(f"interrupted: what was measured is in {analysis.path}; "
+                          f"complete it with: rwkvprobe analyze {profile} --resume {analysis.out_dir}") from None
     finally:
         reporter.close()
     path = render(results, analysis.out_dir)
@@ -367,6 +368,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
     except InputError as e:
         _error(str(e))
+    except Interrupted as e:
+        _error(str(e), 130)
     except _NO_ARGS_HELP:
         sys.exit(0)  # help was printed
     except click_exc.UsageError as e:

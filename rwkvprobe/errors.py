@@ -18,3 +18,7 @@ class MissingExtra(InputError):
         )
         self.module = module
         self.extra = extra
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); what was measured is kept. The CLI exits with 130."""

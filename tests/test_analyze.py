@@ -1,0 +1,181 @@
+"""analyze end to end on small profiles: outputs, resume after an interrupted run, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PROFILES, ROOT, run_module
+
+SMALL = """name: small test model
+source: test
+layers:
+  - {name: a, k: 256, n: 512, count: 4}
+  - {name: b, k: 512, n: 256, count: 4}
+  - {name: c, k: 256, n: 96, count: 2}
+  - {name: head, k: 256, n: 2048, count: 1}
+"""
+FAST = ["--backends", "numpy", "--quick", "--budget", "8"]
+
+
+@pytest.fixture
+def small(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def onnx_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def test_analyze_writes_results_report_and_plots(cli, small, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("analyze", small, "--out", out, *FAST, "--tokens", "1,8")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "rwkvprobe-results" and results["kind"] == "analyze"
+    assert results["environment"]["cpu"]["logical_cpus"] >= 1
+    assert len(results["measurements"]) == 4 * 2  # 4 unique shapes x 2 token counts, one backend/dtype
+    for p in results["measurements"]:
+        assert p["check"]["ok"] and len(p["timing"]["samples"]) == p["timing"]["n"] >= 1
+    report = (out / "report.md").read_text()
+    assert "## Verdict" in report and "decode on this machine is" in report
+    for name in ("roofline.png", "layers.png", "share.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "decode on this machine is" in stdout
+    # every layer of the profile is named with its bound
+    for layer in ("| a |", "| b |", "| c |", "| head |"):
+        assert layer in report
+
+
+def test_report_rerenders_from_results_alone(cli, small, tmp_path):
+    out = tmp_path / "run"
+    assert cli("analyze", small, "--out", out, *FAST)[0] == 0
+    other = tmp_path / "elsewhere"
+    code, stdout, stderr = cli("report", out / "results.json", "--out", other)
+    assert code == 0, stderr
+    assert (other / "report.md").read_text().split("\n", 3)[3] == (out / "report.md").read_text().split("\n", 3)[3]
+
+
+def _wait_for_points(path, n, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if len(json.loads(path.read_text()).get("measurements", [])) >= n:
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-m", "rwkvprobe", "analyze", str(small), "--out", str(out), "--backends", "numpy",
+            "--tokens", "1,8,16", "--budget", "60"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    assert _wait_for_points(out / "results.json", 2, proc), "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    partial = json.loads((out / "results.json").read_text())
+    done = {(p["m"], p["k"], p["n"]): p["timing"]["samples"] for p in partial["measurements"]}
+    assert 2 <= len(done) < 12
+
+    resumed = run_module("analyze", small, "--resume", out, "--backends", "numpy", "--tokens", "1,8,16",
+                         "--budget", "60", env={"PYTHONPATH": str(ROOT)})
+    assert resumed.returncode == 0, resumed.stderr
+    final = json.loads((out / "results.json").read_text())
+    points = {(p["m"], p["k"], p["n"]): p["timing"]["samples"] for p in final["measurements"]}
+    assert len(points) == len(final["measurements"]) == 12  # nothing measured twice
+    for key, samples in done.items():
+        assert points[key] == samples  # what was measured before the interruption is kept as it was
+    assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--backends", "numpy,cuda9"], "unknown backend 'cuda9'"),
+    (["--dtypes", "fp8"], "unknown dtype 'fp8'"),
+    (["--tokens", "0"], "--tokens"),
+    (["--threads", "0"], "--threads"),
+    (["--budget", "-1"], "--budget"),
+    (["--cpus", "9999"], "--cpus"),
+    (["--out", "/proc/rwkvprobe-nope"], "/proc/rwkvprobe-nope"),
+])
+def test_bad_analyze_input_one_line_exit_2(cli, small, tmp_path, args, words):
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path / "run")]
+    code, out, err = cli("analyze", small, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("rwkvprobe: error:") and words in lines[-1], err
+    assert len([line for line in lines if "error" in line]) == 1
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_missing_optional_backend_names_extra(cli, small, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tinygrad"):
+        pytest.skip("tinygrad installed")
+    code, out, err = cli("analyze", small, "--backends", "tinygrad", "--out", tmp_path / "r")
+    assert code == 2 and "pip install 'rwkvprobe[tinygrad]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_results_are_not_overwritten(cli, small, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"keep": "me"}')
+    code, _, err = cli("analyze", small, "--out", out, *FAST)
+    assert code == 2 and "--resume" in err
+    assert (out / "results.json").read_text() == '{"keep": "me"}'
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "invalid JSON"),
+    ('{"schema": "something-else"}', "not an rwkvprobe results file"),
+    ('[1, 2, 3]', "not an rwkvprobe results file"),
+    ('{"schema": "rwkvprobe-results", "schema_version": 99, "kind": "analyze"}', "newer than this rwkvprobe"),
+    ('{"schema": "rwkvprobe-results", "schema_version": 1, "kind": "bandwidth"}', "expected analyze"),
+])
+def test_corrupt_or_foreign_results(cli, small, tmp_path, content, words):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text(content)
+    (out / "report.md").write_text("earlier report")
+    for args in (("report", out / "results.json"), ("analyze", small, "--resume", out, *FAST)):
+        code, stdout, err = cli(*args)
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and words in err
+    assert (out / "results.json").read_text() == content
+    assert (out / "report.md").read_text() == "earlier report"
+
+
+def test_resume_refuses_other_options(cli, small, tmp_path):
+    out = tmp_path / "run"
+    assert cli("analyze", small, "--out", out, *FAST)[0] == 0
+    before = (out / "results.json").read_text()
+    code, _, err = cli("analyze", small, "--resume", out, *FAST, "--tokens", "1,4")
+    assert code == 2 and "tokens" in err
+    assert (out / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_headline_quick_command_on_rwkv_0b1(tmp_path):
+    proc = run_module("analyze", PROFILES / "rwkv-0b1.yaml", "--quick", "--backends", "numpy,onnxruntime",
+                      "--out", tmp_path / "run", env={"XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "RWKV-7 0.1B decode on this machine is" in report
+    assert "att.receptance" in report and "head" in report
