@@ -80,7 +80,8 @@ def layers_plot(verdict: dict, path: Path, title: str, m: int = 1) -> Path:
     ax.set_ylabel("time per call (µs, measured median, log scale)")
     ax.set_title(f"{title}: per-layer matmul time, M={m}", fontsize=10)
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if series:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

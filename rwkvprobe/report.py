@@ -31,8 +31,12 @@ def _title(results: dict, layers: LayerList) -> str:
 
 
 def _best(series: list[dict]) -> dict | None:
+    """The fastest decode, preferring series whose every layer was measured over partly modelled ones."""
     timed = [s for s in series if s["model"].get("decode")]
-    return min(timed, key=lambda s: s["model"]["decode"]["seconds_per_token"]) if timed else None
+    if not timed:
+        return None
+    return min(timed, key=lambda s: (not s["model"]["decode"]["fully_measured"],
+                                     s["model"]["decode"]["seconds_per_token"]))
 
 
 def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[str]:
@@ -40,16 +44,22 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     series = verdict["series"]
     best = _best(series)
     if not best:
+        prefill = [(s, p) for s in series for p in s["model"].get("prefill", []) if not p["modelled"]]
+        if prefill:
+            return ["No decode (M=1) point was measured (add 1 to --tokens for the decode verdict)."] + [
+                f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(s)}, "
+                "matmuls only)." for s, p in prefill]
         return ["No backend produced a checked measurement: no verdict (see Skipped and failed below)."]
     d = best["model"]["decode"]
     bounds = d["share_by_bound"]
     main = max(bounds, key=bounds.get)
     name = layers.profile.name
     bw = verdict["bandwidth_gbps"]
+    how = "measured" if d["fully_measured"] else "*partly modelled*"
     out = [f"**{name} decode on this machine is {main}**: {_pct(bounds[main])} of the per-token matmul time "
-           f"({_label(best)}, the fastest measured) is in {main} layers. Best measured decode: "
-           f"{d['seconds_per_token'] * 1e3:.1f} ms/token ({d['tokens_per_second']:.2f} tokens/s), reading "
-           f"{d['weight_bytes_per_token'] / 1e9:.2f} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
+           f"({_label(best)}, the fastest) is in {main} layers. Best decode ({how}): "
+           f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), reading "
+           f"{d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
            f"{_pct(d['weight_gbps_attained'] / bw)} of the measured {bw:.1f} GB/s DRAM bandwidth."]
     wi = best["model"].get("what_if", {})
     if wi:
@@ -227,7 +237,7 @@ def _skipped_section(results: dict) -> list[str]:
         elif m.get("error"):
             lines.append(f"- {what}: failed, {m['error']}")
         elif m.get("check") and not m["check"]["ok"]:
-            lines.append(f"- {what}: **WRONG RESULT**, {m['check']['detail']}")
+            lines.append(f"- {what}: **WRONG RESULT**, {m['check'].get('detail', '')}")
     return (["## Skipped and failed", ""] + lines + [""]) if lines else []
 
 

@@ -9,8 +9,9 @@ Classification rule (written into the report):
 - overhead-bound  when t0 >= max(FLOPs/P, bytes/W): the fixed per-call cost is the larger part;
 - compute-bound   when FLOPs/P > bytes/W (arithmetic intensity above the ridge point P/W);
 - bandwidth-bound otherwise.
-"Fraction of roofline" is attained GFLOP/s over min(P, intensity x W) at the measured time; a layer far
-below 1 is limited by its kernel, not by the hardware ceiling it is classed under.
+"Fraction of roofline" is the model time over the measured time, t0 + max(FLOPs/P, bytes/W) / t: 1.0 for a
+call as fast as the measured ceilings allow (for t0 -> 0 it is attained GFLOP/s over min(P, intensity x W)).
+A layer far below 1 is limited by its kernel, not by the ceiling it is classed under.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
 RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
         "compute-bound when FLOPs/P > bytes/W (arithmetic intensity above the ridge point P/W), else "
         "bandwidth-bound. P: the backend's measured peak GFLOP/s at that dtype; W: measured DRAM bandwidth "
-        "(read kernel, same threads); t0: measured time of a tiny cache-resident matmul.")
+        "(read kernel, same threads); t0: measured time of a tiny cache-resident matmul. Fraction of roofline: "
+        "(t0 + max(FLOPs/P, bytes/W)) / measured time; below 50% the layer is marked kernel-limited.")
 #: below this fraction of its roofline a layer is flagged "kernel-limited"
 KERNEL_LIMITED = 0.5
 KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
@@ -46,9 +48,9 @@ def layer_verdict(flops: float, nbytes: float, seconds: float, peak_flops: float
                   overhead: float) -> dict:
     """Everything the report shows for one measured layer call."""
     intensity = flops / nbytes
-    attainable = min(peak_flops, intensity * bandwidth)
     attained = flops / seconds
-    fraction = attained / attainable
+    model = model_seconds(flops, nbytes, peak_flops, bandwidth, overhead)
+    fraction = model / seconds
     return {
         "seconds": seconds,
         "flops": flops,
@@ -57,7 +59,7 @@ def layer_verdict(flops: float, nbytes: float, seconds: float, peak_flops: float
         "attained_gflops": attained / 1e9,
         "attained_gbps": nbytes / seconds / 1e9,
         "roofline_fraction": fraction,
-        "model_seconds": model_seconds(flops, nbytes, peak_flops, bandwidth, overhead),
+        "model_seconds": model,
         "bound": classify(flops, nbytes, peak_flops, bandwidth, overhead),
         "kernel_limited": fraction < KERNEL_LIMITED,
         "t_compute": flops / peak_flops,
@@ -89,12 +91,12 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     series: dict[tuple[str, str], dict] = {}
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
     for c in results.get("ceilings", []):
-        if not (c.get("peak_gflops") and c.get("overhead_seconds")) or bw is None:
+        if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None:
             continue
         P, t0 = c["peak_gflops"] * 1e9, c["overhead_seconds"]
         key = (c["backend"], c["dtype"])
         rows = []
-        for m in results["settings"].get("tokens", [1]):
+        for m in results.get("settings", {}).get("tokens", [1]):
             for layer in layers.layers:
                 p = by_key.get((c["backend"], c["dtype"], m, layer.k, layer.n))
                 row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
@@ -123,6 +125,8 @@ def _status(p: dict) -> str:
         return "skipped: " + p["skipped"]
     if p.get("check") and not p["check"]["ok"]:
         return "WRONG RESULT: " + p["check"].get("detail", "")
+    if p.get("timing") and not p.get("check"):
+        return "not checked"
     return "measured" if p.get("timing") else "not measured"
 
 
@@ -172,10 +176,12 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "share_by_kind": {k: v / matmul for k, v in share.items()},
             "share_by_bound": {k: v / matmul for k, v in bounds.items()},
             "weight_bytes_per_token": layers.weight_bytes_per_token(dtype),
-            "weight_gbps_attained": layers.weight_bytes_per_token(dtype) / total / 1e9,
+            # matmul weights over matmul time (the embedding row and the modelled non-matmul part left out)
+            "weight_gbps_attained": sum(r["k"] * r["n"] * DTYPE_BYTES[dtype] * r["count"] for r in decode) / matmul / 1e9,
+            "fully_measured": modelled_part == 0,
         }
         out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
-    for m in results["settings"].get("tokens", [1]):
+    for m in results.get("settings", {}).get("tokens", [1]):
         if m == 1:
             continue
         chunk = [r for r in rows if r["m"] == m]
