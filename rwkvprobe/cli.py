@@ -230,7 +230,7 @@ def bandwidth_cmd(
     else:
         out_console.print(bandwidth.bandwidth_table(result))
     for w in results["warnings"]:
-        err_console.print(f"warning: {w}", markup=False, highlight=False)
+        err_console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
                       markup=False, highlight=False)
 
@@ -331,7 +331,7 @@ def analyze_cmd(
     for line in verdict_lines(results):
         out_console.print(line, highlight=False, markup=False)
     for w in results.get("warnings", []):
-        err_console.print(f"warning: {w}", highlight=False, markup=False)
+        err_console.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
 
 
@@ -349,6 +349,15 @@ def report_cmd(
     for line in verdict_lines(results):
         out_console.print(line, highlight=False, markup=False)
     print(f"wrote {path}")
+
+
+def _register_optional_commands() -> None:
+    from rwkvprobe.compare import compare_command
+
+    app.command("compare")(compare_command)
+
+
+_register_optional_commands()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rwkvprobe import plots
 from rwkvprobe.analyze import layers_from_json
+from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.profile import LayerList
 from rwkvprobe.roofline import RULE, build_verdict
@@ -88,8 +89,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
 def render(results: dict, out_dir: Path) -> Path:
     """Write report.md and the plots into ``out_dir``; returns the report path."""
     out_dir = ensure_writable_dir(out_dir)
-    layers = layers_from_json(results["profile"])
-    verdict = build_verdict(results, layers)
+    layers, verdict = verdict_of(results)
     title = _title(results, layers)
     pics = {}
     if verdict["series"]:
@@ -254,8 +254,16 @@ def _environment_section(results: dict) -> list[str]:
     return ["## Environment", ""] + _table(["", ""], rows) + [""]
 
 
+def verdict_of(results: dict) -> tuple[LayerList, dict]:
+    """The layer list and verdict of a results file; a damaged file is refused with one line."""
+    try:
+        layers = layers_from_json(results["profile"])
+        return layers, build_verdict(results, layers)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise InputError(f"results file is damaged or incomplete ({type(e).__name__}: {e})") from None
+
+
 def verdict_lines(results: dict) -> list[str]:
     """The verdict as plain terminal lines (markdown emphasis removed)."""
-    layers = layers_from_json(results["profile"])
-    verdict = build_verdict(results, layers)
+    layers, verdict = verdict_of(results)
     return [s.replace("**", "") for s in verdict_sentences(verdict, layers, results)]

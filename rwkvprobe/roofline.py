@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from rwkvprobe.measure import point_seconds
 from rwkvprobe.profile import DTYPE_BYTES, LayerList
 
 CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
@@ -103,7 +104,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
                        "count": layer.count, "measured": False, "status": "not measured"}
                 if p is not None:
                     row["status"] = _status(p)
-                t = _seconds(p)
+                t = point_seconds(p) if p else None
                 flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
                 if t is not None:
                     row.update(layer_verdict(flops, nbytes, t, P, bw, t0), measured=True)
@@ -128,12 +129,6 @@ def _status(p: dict) -> str:
     if p.get("timing") and not p.get("check"):
         return "not checked"
     return "measured" if p.get("timing") else "not measured"
-
-
-def _seconds(p: dict | None) -> float | None:
-    if not p or not p.get("timing") or not (p.get("check") or {}).get("ok"):
-        return None
-    return p["timing"]["median_seconds"]
 
 
 def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
