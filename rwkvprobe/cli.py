@@ -288,6 +288,8 @@ def analyze_cmd(
     budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run (default 150, --quick 45)."),
     warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Model a device instead of measuring this machine: rk3588 or a device YAML. Every figure is labelled modelled."),
+    rknn: Optional[Path] = typer.Option(None, "--rknn", help="With --device: a folder written by 'rwkvprobe convert', for the RKNN compiler estimates."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
@@ -300,6 +302,10 @@ def analyze_cmd(
     ms = parse_int_list(tokens, "--tokens") if tokens else ([1] if quick else [1, 64])
     if max(ms) > 4096:
         raise InputError(f"--tokens {max(ms)}: expected at most 4096 tokens per call")
+    if device is not None:
+        return _analyze_device(ll, device, ms, out, rknn)
+    if rknn is not None:
+        raise InputError("--rknn: only with --device (an on-board run uses --backends rknnlite)")
     dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None
     check_dtypes(dts)
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
@@ -335,6 +341,37 @@ def analyze_cmd(
     print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
 
 
+def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional[Path], rknn: Optional[Path]) -> None:
+    """analyze --device: the verdict for a modelled device (no measurement), with compiler estimates."""
+    from rwkvprobe import toolkit
+    from rwkvprobe.analyze import RESULTS, default_out_dir, profile_json
+    from rwkvprobe.device import compiler_estimates, load_device, modelled_results
+    from rwkvprobe.fsutil import ensure_writable_dir
+    from rwkvprobe.report import render, verdict_lines
+    from rwkvprobe.results import save_results
+
+    dev = load_device(device)
+    folder = ensure_writable_dir(out or default_out_dir(ll).with_name(default_out_dir(ll).name + "-" + Path(device).stem))
+    if (folder / RESULTS).exists():
+        raise InputError(f"{folder / RESULTS} exists: choose another --out")
+    compiler = None
+    if rknn is not None:
+        compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
+    elif toolkit.installed():
+        cache = toolkit.toolkit_dir().parent / "rknn-rk3588"
+        # decode shapes only (M=1): what the verdict needs, and half the builds
+        manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1], progress=lambda m: err_console.print(m, markup=False))
+        compiler = compiler_estimates(manifest, dev)
+    else:
+        err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)
+    results = modelled_results(dev, profile_json(ll), tokens, compiler)
+    save_results(folder / RESULTS, results)
+    path = render(results, folder)
+    for line in verdict_lines(results):
+        out_console.print(line, highlight=False, markup=False)
+    print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
+
+
 @app.command("report")
 def report_cmd(
     results_file: Path = typer.Argument(..., help="A results.json written by rwkvprobe analyze."),
@@ -349,6 +386,65 @@ def report_cmd(
     for line in verdict_lines(results):
         out_console.print(line, highlight=False, markup=False)
     print(f"wrote {path}")
+
+
+toolkit_app = typer.Typer(no_args_is_help=True, help="The RKNN toolkit (rknn-toolkit2) in an environment of its own.")
+app.add_typer(toolkit_app, name="toolkit")
+
+
+@toolkit_app.command("install")
+def toolkit_install(
+    python: Optional[str] = typer.Option(None, "--python", help="The Python to build it with (3.6-3.12). Default: this one."),
+):
+    """Create the toolkit's own virtual environment with rknn-toolkit2 and versions that work with it."""
+    from rwkvprobe import toolkit
+
+    py = toolkit.install(python, progress=lambda m: err_console.print(m, markup=False))
+    print(f"RKNN toolkit {toolkit.TOOLKIT_VERSION} ready: {py}")
+
+
+@toolkit_app.command("status")
+def toolkit_status():
+    """Where the toolkit environment is and whether it is installed."""
+    from rwkvprobe import toolkit
+
+    state = "installed" if toolkit.installed() else "not installed (rwkvprobe toolkit install)"
+    print(f"rknn-toolkit2 {toolkit.TOOLKIT_VERSION}: {state} at {toolkit.toolkit_dir()}")
+
+
+@app.command("convert")
+def convert_cmd(
+    profile: Path = typer.Argument(..., help="A profile YAML file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the .rknn files, build logs and manifest.json."),
+    target: str = typer.Option("rk3588", "--target", help="RKNN target platform."),
+    dtype: str = typer.Option("fp16", "--dtype", help="fp16, int8 (w8a8, calibrated on seeded random activations) or both."),
+    tokens: str = typer.Option("1", "--tokens", help="M values, e.g. 1,64."),
+    no_simulate: bool = typer.Option(False, "--no-simulate", help="Skip the simulator correctness check."),
+):
+    """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""
+    from rwkvprobe import toolkit
+
+    ll = layer_list(load_profile(profile))
+    dts = parse_choice_list(dtype, "--dtype", toolkit.RKNN_DTYPES)
+    ms = parse_int_list(tokens, "--tokens")
+    manifest = toolkit.convert(ll, out, dts, ms, target, not no_simulate,
+                               progress=lambda m: err_console.print(m, markup=False))
+    table = Table(title=f"{ll.profile.name} -> RKNN ({target}); simulator = correctness only, never a timing")
+    for col in ("model", "size", "simulator rel. error", "compiler cycles DDR/NPU", "bound"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    bad = 0
+    for m in manifest["models"]:
+        sim = m.get("simulator") or {}
+        c = m.get("cycles") or {}
+        ok = m.get("ok")
+        bad += not ok
+        table.add_row(m["file"], si(m.get("rknn_bytes") or 0, "B"),
+                      (f"{sim['rel_err']:.1e}" + ("" if sim.get("ok") else " WRONG")) if sim else (m.get("error") or "-"),
+                      f"{c.get('ddr_cycles', 0)}/{c.get('npu_cycles', 0)}", c.get("bound", "-"))
+    out_console.print(table)
+    print(f"{len(manifest['models'])} models in {out}, {bad} failed their check")
+    if bad:
+        raise typer.Exit(1)
 
 
 def _register_optional_commands() -> None:

@@ -27,8 +27,14 @@ def _label(s: dict) -> str:
 
 
 def _title(results: dict, layers: LayerList) -> str:
+    if results.get("device"):
+        return f"{layers.profile.name} on {results['device']['name']} (modelled)"
     cpu = (results.get("environment", {}).get("cpu") or {}).get("model") or "this machine"
     return f"{layers.profile.name} on {cpu}"
+
+
+def _where(results: dict) -> str:
+    return f"on a modelled {results['device']['name']}" if results.get("device") else "on this machine"
 
 
 def _best(series: list[dict]) -> dict | None:
@@ -56,16 +62,20 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     main = max(bounds, key=bounds.get)
     name = layers.profile.name
     bw = verdict["bandwidth_gbps"]
-    how = "measured" if d["fully_measured"] else "*partly modelled*"
-    out = [f"**{name} decode on this machine is {main}**: {_pct(bounds[main])} of the per-token matmul time "
+    if d["fully_measured"]:
+        how = "measured"
+    else:
+        how = "*modelled*" if d["modelled_matmul_seconds"] >= d["matmul_seconds"] else "*partly modelled*"
+    out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
            f"({_label(best)}, the fastest) is in {main} layers. Best decode ({how}): "
            f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), reading "
            f"{d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
-           f"{_pct(d['weight_gbps_attained'] / bw)} of the measured {bw:.1f} GB/s DRAM bandwidth."]
+           f"{_pct(d['weight_gbps_attained'] / bw)} of the {'modelled' if results.get('device') else 'measured'} "
+           f"{bw:.1f} GB/s DRAM bandwidth."]
     wi = best["model"].get("what_if", {})
     if wi:
         parts = [f"{q} weights ~{v['speedup']:.1f}x (bytes {v['bytes_ratio']:.1f}x fewer)" for q, v in wi.items()]
-        out.append("Smaller weights, modelled from the measured layers (best case: dequantization taken as free): "
+        out.append("Smaller weights, *modelled* from these layer times (best case: dequantization taken as free): "
                    + ", ".join(parts) + ".")
     if main == "bandwidth-bound":
         out.append("A faster matmul engine (more FLOP/s, an NPU) would not speed up decode by itself: "
@@ -80,10 +90,71 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
     if wrong:
         out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
-    if not any(s["backend"] in ("rknnlite", "rknn") for s in series):
+    if results.get("device"):
+        out += _device_sentences(series, results)
+    elif not any(s["backend"] in ("rknnlite", "rknn") for s in series):
         out.append("No NPU was measured on this machine; NPU-vs-CPU figures need a run on the board "
                    "(the RK3588 NPU computes in fp16 whatever the graph says: compare it with CPU fp16, not fp32).")
     return out
+
+
+def _decode(series: list[dict], backend_prefix: str, dtype: str) -> dict | None:
+    for s in series:
+        if s["backend"].startswith(backend_prefix) and s["dtype"] == dtype and s["model"].get("decode"):
+            return s["model"]["decode"]
+    return None
+
+
+def _device_sentences(series: list[dict], results: dict) -> list[str]:
+    """Like-for-like NPU vs CPU on a modelled device, and the published figures beside them."""
+    out = []
+    pairs = [("fp16", "fp16"), ("int8", "int8")]
+    for cpu_dt, npu_dt in pairs:
+        cpu = _decode(series, "CPU", cpu_dt)
+        npu = _decode(series, "NPU, a call", npu_dt)
+        fused = _decode(series, "NPU, fused", npu_dt)
+        if cpu and npu and fused:
+            out.append(f"*Modelled* {npu_dt} decode: CPU {cpu['tokens_per_second']:.1f} tokens/s, NPU "
+                       f"{npu['tokens_per_second']:.1f} tokens/s with one NPU call per matmul, "
+                       f"{fused['tokens_per_second']:.1f} tokens/s with the calls fused (no per-call overhead). "
+                       "Like for like: NPU and CPU at the same weight type.")
+    cpu32 = _decode(series, "CPU", "fp32")
+    if cpu32:
+        out.append(f"CPU fp32 (the accurate baseline, *modelled*): {cpu32['tokens_per_second']:.1f} tokens/s.")
+    for pub in (results.get("device") or {}).get("published", []):
+        if "tokens_per_second" in pub:
+            out.append(f"Published for comparison: {pub['what']}: {pub['tokens_per_second']} tokens/s ({pub['source']}).")
+    return out
+
+
+def _compiler_section(results: dict, layers: LayerList) -> list[str]:
+    comp = results.get("compiler_estimates")
+    if not comp:
+        if results.get("device"):
+            return ["## RKNN compiler estimate", "", "Not available: install the toolkit (`rwkvprobe toolkit install`) "
+                    "or pass `--rknn DIR` from `rwkvprobe convert` to add the compiler's own per-layer cycle estimates.", ""]
+        return []
+    by_shape = {(m["dtype"], m["m"], m["k"], m["n"]): m for m in comp["models"]}
+    md = [f"## {comp['label']}", "",
+          f"From the per-layer `Cycles(DDR/NPU/Total)` table that rknn-toolkit2 {comp['toolkit'].get('rknn-toolkit2', '')} "
+          f"prints when it builds each layer for {comp.get('target')}, at the NPU clock of {comp['clock_mhz']:.0f} MHz "
+          f"({comp['clock_source']}). The compiler's estimate, not a measurement; no per-call overhead included.", ""]
+    rows, totals = [], {}
+    for dt in ("fp16", "int8"):
+        for layer in layers.layers:
+            e = by_shape.get((dt, 1, layer.k, layer.n))
+            if not e:
+                continue
+            totals[dt] = totals.get(dt, 0.0) + e["seconds"] * layer.count
+            sim = "-" if e["simulator_ok"] is None else ("ok" if e["simulator_ok"] else f"WRONG ({e['simulator_rel_err']:.1e})")
+            rows.append([dt, layer.name, f"{layer.k}x{layer.n}", str(layer.count), str(e["ddr_cycles"]), str(e["npu_cycles"]),
+                         _ms(e["seconds"]), f"{e['bound']}-bound", sim])
+    md += _table(["dtype", "layer (M=1)", "KxN", "runs/token", "DDR cycles", "NPU cycles", "time at clock", "compiler says",
+                  "simulator check"], rows) + [""]
+    for dt, t in totals.items():
+        md.append(f"- {dt}: decode matmuls {_ms(t)}/token of NPU time by the compiler's estimate "
+                  f"({1 / t:.1f} tokens/s before any per-call overhead).")
+    return md + [""]
 
 
 def render(results: dict, out_dir: Path) -> Path:
@@ -111,9 +182,16 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics: dict) -> list[str]:
     env = results.get("environment", {})
     md = [f"# rwkvprobe: {title}", ""]
-    md += [f"Measured {results.get('created', '')} with rwkvprobe {results.get('rwkvprobe_version', '')}: "
-           f"`{' '.join(results.get('command', []))}`. Every time below is measured on this machine unless "
-           "marked *modelled*.", "", "## Verdict", ""]
+    if results.get("device"):
+        md += [f"**Modelled, not measured.** Written {results.get('created', '')} by rwkvprobe "
+               f"{results.get('rwkvprobe_version', '')}: `{' '.join(results.get('command', []))}`. Every figure below "
+               f"comes from the device profile `{results['device']['path']}` (each ceiling with its source, listed under "
+               "Modelled ceilings) and, where shown, the RKNN compiler's own estimate. Run rwkvprobe on the board for "
+               "measured figures.", "", "## Verdict", ""]
+    else:
+        md += [f"Measured {results.get('created', '')} with rwkvprobe {results.get('rwkvprobe_version', '')}: "
+               f"`{' '.join(results.get('command', []))}`. Every time below is measured on this machine unless "
+               "marked *modelled*.", "", "## Verdict", ""]
     md += [f"- {s}" for s in verdict_sentences(verdict, layers, results)]
     warnings = results.get("warnings") or []
     if warnings:
@@ -132,16 +210,19 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
                      ", ".join(f"{k} {_pct(v)}" for k, v in sorted(d["share_by_bound"].items(), key=lambda kv: -kv[1]))])
     md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms (modelled)", "weight GB/s",
                   "prefill tokens/s", "matmul time by bound"], rows)
-    md += ["", "Decode = sum over layers of (measured median time per call x runs per token) + the non-matmul "
-           "per-token work, *modelled* as its bytes (RNN state read and written, vector parameters) over the "
-           "measured bandwidth: a lower bound that leaves out framework per-op overhead. Layers that could not "
-           "be measured use the model time and are marked *. Prefill counts matmuls only.", ""]
+    md += ["", "Decode = sum over layers of (median time per call x runs per token) + the non-matmul per-token "
+           "work, *modelled* as its bytes (RNN state read and written, vector parameters) over the DRAM bandwidth: a "
+           "lower bound that leaves out framework per-op overhead. Layer times are measured, except those of layers "
+           "that could not be measured (or of a modelled device), which use the model time: those rows are marked *. "
+           "Prefill counts matmuls only.", ""]
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
-    md += ["## NPU vs CPU", "",
-           "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
-           "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
-           "only as the CPU's accurate baseline.", ""]
+    md += _compiler_section(results, layers)
+    if not results.get("device"):
+        md += ["## NPU vs CPU", "",
+               "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
+               "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
+               "only as the CPU's accurate baseline.", ""]
     if pics:
         md += ["## Plots", ""]
         md += [f"![roofline]({PLOTS['roofline']})", "", f"![per-layer times]({PLOTS['layers']})", "",
@@ -207,12 +288,22 @@ def _what_if_section(verdict: dict) -> list[str]:
 
 
 def _ceilings_section(results: dict) -> list[str]:
+    if results.get("modelled"):
+        md = ["## Modelled ceilings (from the device profile)", ""]
+        rows = [[c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}", _ms(c["overhead_seconds"]) if c["overhead_seconds"] else "0",
+                 c.get("source", "")] for c in results.get("ceilings", [])]
+        md += _table(["engine", "dtype", "GFLOP/s", "per-call overhead", "source"], rows) + [""]
+        bw = results.get("bandwidth") or {}
+        run = (bw.get("runs") or [{}])[0]
+        md += [f"DRAM bandwidth (modelled): {run.get('kernels', {}).get('read', {}).get('best_gbps', 0):.1f} GB/s "
+               f"({bw.get('source', '')}).", ""]
+        return md
     md = ["## Measured ceilings", ""]
     rows = []
     for c in results.get("ceilings", []):
         rows.append([c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}" if c.get("peak_gflops") else "failed",
                      f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else "failed",
-                     _ms(c["overhead_seconds"]) if c.get("overhead_seconds") else "failed"])
+                     _ms(c["overhead_seconds"]) if c.get("overhead_seconds") is not None else "failed"])
     md += _table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
                   "per-call overhead (1x16x16, warm)"], rows) + [""]
     bw = results.get("bandwidth") or {}
@@ -244,6 +335,13 @@ def _skipped_section(results: dict) -> list[str]:
 def _environment_section(results: dict) -> list[str]:
     from rwkvprobe.system import summarize_environment
 
+    if results.get("device"):
+        dev = results["device"]
+        rows = [[c.get("name", ""), f"{c.get('cores')}x {c.get('core')} up to {c.get('max_mhz')} MHz ({c.get('source')})"]
+                for c in dev.get("cpu_clusters", [])]
+        rows.append(["DRAM", f"{dev['dram_theoretical_gbps']['value']} GB/s theoretical ({dev['dram_theoretical_gbps']['source']})"])
+        rows.append(["NPU", f"{dev['npu_cores']} cores at {dev['npu_clock_mhz']['value']:.0f} MHz"])
+        return ["## Device (modelled)", ""] + _table(["", ""], rows) + [""]
     env = results.get("environment") or {}
     rows = [[k, str(v)] for k, v in summarize_environment(env)] if env else []
     s = results.get("settings", {})

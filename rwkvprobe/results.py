@@ -18,7 +18,7 @@ from rwkvprobe.fsutil import atomic_write_text
 
 SCHEMA = "rwkvprobe-results"
 SCHEMA_VERSION = 1
-KINDS = ("analyze", "bandwidth", "ceilings")
+KINDS = ("analyze", "bandwidth", "ceilings", "sweep")
 
 
 def new_results(kind: str, environment: dict | None = None, settings: dict | None = None) -> dict:

@@ -4,6 +4,13 @@ A backend prepares a :class:`Runner` for one :class:`Workload` (A[M,K] x W[K,N] 
 ``copies`` distinct weight buffers (the cold-cache rotation). Every buffer holds the same seeded
 weight as the ONNX model of that shape (``onnxgen.weight_matrix``) times a known scale, so every
 output can be checked against a float64 reference before its time counts.
+
+Quantized dtypes (``int8``, ``int4``, ``int8-dyn``; see :mod:`rwkvprobe.backends.quant`) keep fp32
+activations and store the weight in a backend-specific *weight format* whose real bytes (scales and
+zero points included) the :class:`Workload` counts. Build such workloads with
+``Backend.workload(m, k, n, dtype, block_size)`` so that they carry the format that backend uses.
+A quantized output is checked tightly against A x the dequantized weight; its error against the
+original fp32 weight (quantization noise) is recorded apart, for information.
 """
 
 from __future__ import annotations
@@ -15,23 +22,77 @@ from typing import Protocol
 
 import numpy as np
 
+from rwkvprobe.backends.quant import (
+    ACTIVATION_BYTES,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_FORMATS,
+    FORMATS,
+    QUANT_DTYPES,
+    WeightFormat,
+)
 from rwkvprobe.errors import InputError, MissingExtra
 
 #: bytes per element of activations and weights at each float dtype
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
+#: every dtype a workload may have: the float ones, then the quantized weights (fp32 activations)
+DTYPES = tuple(ELEMENT_BYTES) + QUANT_DTYPES
+
 #: Relative error (max |out - ref| / max |ref|) allowed against the float64 reference computed from
 #: the same inputs rounded to the dtype: fp32 accumulation, fp16/bf16 output rounding (2^-11, 2^-8)
-#: plus accumulation order.
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2}
+#: plus accumulation order. Quantized dtypes are checked against A x the *dequantized* weight, so
+#: quantization noise (1e-2 for int4, 4e-3 for int8) is not in the budget: int8/int4 weight-only
+#: kernels compute in fp32 (measured errors ~1e-7..1e-6); int8-dyn multiplies integers exactly, and
+#: its reference replays DynamicQuantizeLinear bit for bit: 1e-3 leaves room for a rare rounding tie
+#: of one activation, still 10x under that dtype's quantization noise.
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2, "int8": 1e-4, "int4": 1e-4, "int8-dyn": 1e-3}
+
+
+class UnavailableDtype(ValueError):
+    """A backend has no (working) kernel for a dtype or weight format here: never run as another."""
 
 
 @dataclass(frozen=True)
 class Workload:
+    """A[M,K] x W[K,N] at a dtype.
+
+    For a quantized dtype, ``scheme`` names its weight format (a key of ``quant.FORMATS``; empty:
+    the dtype's default, ``quant.DEFAULT_FORMATS``) and ``block_size`` the weights per scale of a
+    blockwise format. Float dtypes ignore both.
+    """
+
     m: int
     k: int
     n: int
     dtype: str
+    block_size: int = DEFAULT_BLOCK_SIZE
+    scheme: str = ""
+
+    def __post_init__(self):
+        if self.scheme and (self.scheme not in FORMATS or FORMATS[self.scheme].dtype != self.dtype):
+            raise ValueError(f"weight format '{self.scheme}' does not store dtype '{self.dtype}'")
+
+    @property
+    def quantized(self) -> bool:
+        return self.dtype in QUANT_DTYPES
+
+    @property
+    def weight_format(self) -> WeightFormat | None:
+        """The weight format of a quantized workload; None for float dtypes."""
+        if not self.quantized:
+            return None
+        return FORMATS[self.scheme or DEFAULT_FORMATS[self.dtype]]
+
+    @property
+    def label(self) -> str:
+        """What the weight really is: ``fp32``, or ``int4 (MatMulNBits, block 32)``."""
+        fmt = self.weight_format
+        return fmt.label(self.block_size) if fmt else self.dtype
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per element of A and C."""
+        return ACTIVATION_BYTES if self.quantized else ELEMENT_BYTES[self.dtype]
 
     @property
     def flops(self) -> int:
@@ -39,17 +100,29 @@ class Workload:
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of the stored weight: for quantized formats including scales, zero points, padding."""
+        fmt = self.weight_format
+        if fmt:
+            return fmt.weight_bytes(self.k, self.n, self.block_size)
         return self.k * self.n * ELEMENT_BYTES[self.dtype]
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return self.weight_bytes / (self.k * self.n)
 
     @property
     def bytes_moved(self) -> int:
         """Lower bound on DRAM traffic: the weight once, A read once, C written once."""
-        e = ELEMENT_BYTES[self.dtype]
-        return self.k * self.n * e + self.m * self.k * e + self.m * self.n * e
+        e = self.activation_bytes
+        return self.weight_bytes + self.m * self.k * e + self.m * self.n * e
 
     @property
     def key(self) -> str:
-        return f"m{self.m}_k{self.k}_n{self.n}_{self.dtype}"
+        base = f"m{self.m}_k{self.k}_n{self.n}_{self.dtype}"
+        fmt = self.weight_format
+        if fmt:
+            base += f"_{fmt.name}" + (f"_b{self.block_size}" if fmt.blockwise else "")
+        return base
 
 
 class Runner(Protocol):
@@ -68,6 +141,8 @@ class Runner(Protocol):
         """A and weight copy 0 (scale 1) exactly as this backend rounded them, for the float64 reference.
 
         Returned in their own dtype (fp32 for bf16): the reference widens them block by block.
+        Quantized dtypes: A as the kernel multiplies it (fp32, or float64 after a dynamic
+        quantization) and the weight dequantized from what the backend stores (fp32 [K,N]).
         """
 
     def close(self) -> None:
@@ -75,7 +150,12 @@ class Runner(Protocol):
 
 
 class Backend:
-    """Base class. Subclasses set ``name``, ``dtypes`` and implement ``prepare``."""
+    """Base class. Subclasses set ``name``, ``dtypes`` and implement ``prepare``.
+
+    Every subclass's ``prepare`` first refuses (:class:`UnavailableDtype`) a dtype the backend does
+    not offer here, or a quantized workload built for another weight format: a dtype without a
+    kernel is reported, never run as something else.
+    """
 
     name = "base"
     dtypes: tuple[str, ...] = ()
@@ -84,9 +164,23 @@ class Backend:
     extra = ""  # the rwkvprobe extra that installs it
     #: what each dtype really is on this backend, shown next to its numbers
     notes: dict[str, str] = {}
+    #: quantized dtype -> the weight format (key of quant.FORMATS) this backend stores it in
+    formats: dict[str, str] = {}
 
     def __init__(self, threads: int):
         self.threads = threads
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        impl = cls.__dict__.get("prepare")
+        if impl is not None and not getattr(impl, "_checks_dtype", False):
+            @functools.wraps(impl)
+            def prepare(self, workload, copies, onnx_dir=None):
+                self.require(workload)
+                return impl(self, workload, copies, onnx_dir)
+
+            prepare._checks_dtype = True
+            cls.prepare = prepare
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -94,6 +188,55 @@ class Backend:
         if cls.module and importlib.util.find_spec(cls.module) is None:
             return f"'{cls.module}' is not installed (pip install 'rwkvprobe[{cls.extra}]')"
         return None
+
+    @classmethod
+    def dtype_unavailable(cls, dtype: str) -> str | None:
+        """None when this backend runs ``dtype`` here, else why not (one line)."""
+        if dtype not in cls.dtypes:
+            if dtype not in DTYPES:
+                return f"unknown dtype '{dtype}' (expected one of {', '.join(DTYPES)})"
+            return f"{cls.name} has no {dtype} kernel"
+        return cls.unavailable_reason()
+
+    @classmethod
+    def usable_dtypes(cls) -> tuple[str, ...]:
+        """The dtypes of ``dtypes`` that run here (quantized kernels are probed once)."""
+        return tuple(d for d in cls.dtypes if cls.dtype_unavailable(d) is None)
+
+    @classmethod
+    def weight_format(cls, dtype: str) -> WeightFormat | None:
+        """How this backend stores a quantized dtype; None for float dtypes."""
+        if dtype not in QUANT_DTYPES:
+            return None
+        return FORMATS[cls.formats.get(dtype, DEFAULT_FORMATS[dtype])]
+
+    @classmethod
+    def workload(cls, m: int, k: int, n: int, dtype: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Workload:
+        """The workload of this backend at ``dtype``: a quantized one carries this backend's format."""
+        fmt = cls.weight_format(dtype)
+        return Workload(m, k, n, dtype, block_size, fmt.name if fmt else "")
+
+    @classmethod
+    def format_label(cls, dtype: str, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
+        """What ``dtype`` is on this backend: ``int4 (MatMulNBits, block 32)``; a float dtype: itself."""
+        fmt = cls.weight_format(dtype)
+        return fmt.label(block_size) if fmt else dtype
+
+    def require(self, workload: Workload) -> None:
+        """Raise UnavailableDtype unless this backend can run ``workload`` as it is described."""
+        reason = self.dtype_unavailable(workload.dtype)
+        if reason:
+            raise UnavailableDtype(reason)
+        fmt = self.weight_format(workload.dtype)
+        if fmt:
+            if workload.weight_format != fmt:
+                raise UnavailableDtype(
+                    f"{self.name} stores {workload.dtype} as {fmt.label(workload.block_size)}, not as "
+                    f"{workload.label}: build the workload with backend.workload(...)")
+            try:
+                fmt.check_block_size(workload.block_size)
+            except ValueError as e:
+                raise UnavailableDtype(f"{self.name}: {e}") from None
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> Runner:  # pragma: no cover
         raise NotImplementedError
@@ -148,11 +291,18 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def check_runner(workload: Workload, runner: Runner) -> dict:
-    """Compare every copy's output (run once more, untimed) with the float64 reference."""
+    """Compare every copy's output (run once more, untimed) with the float64 reference.
+
+    A quantized workload's reference is A x the dequantized weight (what the kernel must compute);
+    ``quantization_rel_err`` adds, for information only, copy 0's error against the original fp32
+    A x W: the price of the format, not a kernel fault.
+    """
     a_cast, w_cast = runner.inputs()
     ref_base = reference(workload, a_cast, w_cast)
+    del w_cast
     worst = 0.0
     finite = True
+    out0 = None
     for i in range(runner.copies):
         runner.run(i)
         out = runner.output(i)
@@ -161,10 +311,17 @@ def check_runner(workload: Workload, runner: Runner) -> dict:
                     "detail": f"output shape {list(out.shape)}, expected {list(ref_base.shape)}"}
         finite = finite and bool(np.isfinite(out).all())
         worst = max(worst, relative_error(out, ref_base * runner.scale(i)))
+        if i == 0:
+            out0 = out
     tol = TOLERANCE[workload.dtype]
     ok = finite and worst <= tol
-    return {"ok": ok, "rel_err": worst, "tolerance": tol,
-            "detail": "" if ok else ("non-finite output" if not finite else f"relative error {worst:.2e} > {tol:.0e}")}
+    result = {"ok": ok, "rel_err": worst, "tolerance": tol,
+              "detail": "" if ok else ("non-finite output" if not finite else f"relative error {worst:.2e} > {tol:.0e}")}
+    if workload.quantized:
+        original = reference(workload, activation(workload.m, workload.k), base_weight(workload.k, workload.n))
+        result["quantization_rel_err"] = relative_error(out0 / runner.scale(0), original)
+        result["format"] = workload.label
+    return result
 
 
 # ------------------------------------------------------------------------------------------------

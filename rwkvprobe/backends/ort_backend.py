@@ -1,28 +1,80 @@
-"""onnxruntime (CPU): runs the very ONNX files that ``rwkvprobe onnx`` writes, one session per copy."""
+"""onnxruntime (CPU): runs the very ONNX files that ``rwkvprobe onnx`` writes, one session per copy.
+
+Quantized dtypes are converted from those fp32 files with onnxruntime's own quantizers and cached
+next to them (``matmul_m1_k768_n3072_nbits4_b32.onnx``):
+
+- ``int4`` / ``int8``: weight-only blockwise ``MatMulNBits`` (com.microsoft), made by the C++ block
+  quantizer that ``onnxruntime.quantization.matmul_nbits_quantizer`` calls
+  (``quantize_matmul_4bits`` / ``quantize_matmul_8bits``), with the same node it writes: asymmetric
+  (a zero point per block), block 32 unless asked otherwise, ``accuracy_level`` 1 (fp32 compute).
+  The Python ``MatMulNBitsQuantizer`` itself is not used: it needs the ``onnx_ir`` package.
+- ``int8-dyn``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weight, one scale):
+  DynamicQuantizeLinear on A, then MatMulInteger.
+
+The quantized initializers are read back from the cached file and dequantized in numpy for the
+float64 check, so the check tests the kernel, not the quantizer.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from rwkvprobe.backends import Backend, Workload, activation, base_weight
+from rwkvprobe.backends.quant import FORMATS, dequantize_nbits, dequantize_per_tensor, dynamic_activation
 from rwkvprobe.onnxgen import NP_DTYPES, ModelSpec
+
+#: MatMulNBits compute type: 1 = fp32 (exact against the dequantized weight). 4 would quantize A to
+#: int8 per block (faster on VNNI/AMX, ~5e-3 error against the dequantized weight).
+NBITS_ACCURACY_LEVEL = 1
+#: onnxruntime's quantizer default: asymmetric, a zero point per block
+NBITS_SYMMETRIC = False
+#: bumped whenever the conversion changes, so no stale cached model is reused
+QUANT_VERSION = 1
+_META = "rwkvprobe.quantized"
+
+
+def quantized_filename(workload: Workload) -> str:
+    fmt = workload.weight_format
+    block = f"_b{workload.block_size}" if fmt.blockwise else ""
+    return f"matmul_m{workload.m}_k{workload.k}_n{workload.n}_{fmt.name}{block}.onnx"
+
+
+def _settings(workload: Workload, spec: ModelSpec) -> str:
+    """What a cached quantized file must have been made with (stored in its metadata)."""
+    fmt = workload.weight_format
+    parts = [f"v{QUANT_VERSION}", fmt.name, f"seed={spec.seed}", f"k={spec.k}", f"n={spec.n}", f"m={spec.m}"]
+    if fmt.op == "MatMulNBits":
+        parts += [f"block={workload.block_size}", f"acc={NBITS_ACCURACY_LEVEL}", f"sym={int(NBITS_SYMMETRIC)}"]
+    return ";".join(parts)
+
+
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
 
 
 class OrtRunner:
     def __init__(self, workload: Workload, copies: int, path: Path, threads: int):
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = _session_options(threads)
         # Each session holds its own copy of the weight: the cold-cache rotation.
         self.sessions = [ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
                          for _ in range(copies)]
-        self.dtype = NP_DTYPES[workload.dtype]
+        self.workload = workload
+        self.path = path
+        self.dtype = np.float32 if workload.quantized else NP_DTYPES[workload.dtype]
         self.a = activation(workload.m, workload.k).astype(self.dtype)
         self.feeds = {"A": self.a}
         self.outs: list[np.ndarray | None] = [None] * copies
@@ -39,18 +91,185 @@ class OrtRunner:
         return 1.0
 
     def inputs(self):
-        return self.a, base_weight(self.k, self.n).astype(self.dtype)
+        if not self.workload.quantized:
+            return self.a, base_weight(self.k, self.n).astype(self.dtype)
+        w = read_quantized_weight(self.path)
+        a = dynamic_activation(self.a) if self.workload.weight_format.dynamic_activation else self.a
+        return a, w
 
     def close(self) -> None:
         self.sessions, self.outs = [], []
 
 
+# ------------------------------------------------------------------------------------------------
+# Quantized models
+
+
+def _initializers(model) -> dict:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def read_quantized_weight(path: Path) -> np.ndarray:
+    """The fp32 W[K,N] that a quantized model's MatMulNBits or MatMulInteger node stands for."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            zp = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
+            return dequantize_nbits(inits[node.input[1]], inits[node.input[2]], zp, attrs["bits"],
+                                    attrs["block_size"], attrs["K"], attrs["N"])
+        if node.op_type == "MatMulInteger":
+            b = inits[node.input[1]]
+            zp = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else 0
+            # quantize_dynamic rescales the int32 result by Mul(A_scale, B_scale): B_scale is the initializer
+            scale = next(inits[i] for n2 in model.graph.node if n2.op_type == "Mul"
+                         for i in n2.input if i in inits and inits[i].dtype == np.float32)
+            if np.size(scale) != 1 or np.size(zp) != 1:
+                raise ValueError(f"{path.name}: expected a per-tensor weight scale and zero point")
+            return dequantize_per_tensor(b, float(np.ravel(scale)[0]), float(np.ravel(zp)[0]))
+    raise ValueError(f"{path.name}: no MatMulNBits or MatMulInteger node")
+
+
+def _nbits_model(src_model, workload: Workload):
+    """The fp32 MatMul model with its weight quantized to a MatMulNBits node (as onnxruntime's
+    DefaultWeightOnlyQuantizer writes it)."""
+    from onnx import helper, numpy_helper
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    fmt = workload.weight_format
+    (node,) = [n for n in src_model.graph.node if n.op_type == "MatMul"]
+    w = _initializers(src_model)[node.input[1]].astype(np.float32, copy=False)
+    k, n = w.shape
+    bs, bits = workload.block_size, fmt.bits
+    kb = -(-k // bs)
+    kpack = 8 // bits
+    if kb * bs != k:
+        w = np.pad(w, ((0, kb * bs - k), (0, 0)))
+    w = np.ascontiguousarray(w)
+    packed = np.zeros((n, kb, bs // kpack), dtype=np.uint8)
+    zero_points = np.zeros((n, -(-kb // kpack)), dtype=np.uint8)
+    scales = np.zeros((n, kb), dtype=np.float32)
+    quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    quantize(packed, w, scales, zero_points, bs, n, kb * bs, NBITS_SYMMETRIC)
+    del w
+    name = node.input[1]
+    inits = [numpy_helper.from_array(packed, f"{name}_Q{bits}"), numpy_helper.from_array(scales, f"{name}_scales")]
+    inputs = [node.input[0], inits[0].name, inits[1].name]
+    if not NBITS_SYMMETRIC:
+        inits.append(numpy_helper.from_array(zero_points, f"{name}_zero_points"))
+        inputs.append(inits[2].name)
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": bs}
+    if NBITS_ACCURACY_LEVEL:
+        attrs["accuracy_level"] = NBITS_ACCURACY_LEVEL
+    qnode = helper.make_node("MatMulNBits", inputs, list(node.output), name=f"{node.name or 'MatMul'}_Q{bits}",
+                             domain="com.microsoft", **attrs)
+    graph = helper.make_graph([qnode], src_model.graph.name, list(src_model.graph.input),
+                              list(src_model.graph.output), inits)
+    opsets = [o for o in src_model.opset_import if o.domain not in ("com.microsoft",)]
+    opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, producer_name="rwkvprobe", opset_imports=opsets)
+    model.ir_version = src_model.ir_version
+    return model
+
+
+def _dynamic_model(src: Path, tmp: Path):
+    """onnxruntime.quantization.quantize_dynamic of the fp32 model (int8 weight, per tensor)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process the model is not for a one-node graph
+    try:
+        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return onnx.load(str(tmp))
+
+
+def _cached(path: Path, settings: str) -> bool:
+    if not path.is_file():
+        return False
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return any(p.key == _META and p.value == settings for p in model.metadata_props)
+
+
+def write_quantized_model(workload: Workload, folder: Path, opset: int | None = None) -> Path:
+    """The cached quantized model of a workload, converted from the fp32 model of the same shape."""
+    import onnx
+
+    from rwkvprobe.onnxgen import DEFAULT_OPSET, write_model
+
+    spec = ModelSpec(workload.m, workload.k, workload.n, "fp32")
+    final = folder / quantized_filename(workload)
+    settings = _settings(workload, spec)
+    if _cached(final, settings):
+        return final
+    src = folder / spec.filename
+    if not src.is_file():
+        write_model(spec, folder, opset or DEFAULT_OPSET)
+    tmp = folder / f".{final.name}.tmp.onnx"
+    try:
+        if workload.weight_format.op == "MatMulNBits":
+            model = _nbits_model(onnx.load(str(src)), workload)
+        else:
+            model = _dynamic_model(src, tmp)
+        onnx.helper.set_model_props(model, {_META: settings})
+        onnx.checker.check_model(model)
+        onnx.save_model(model, str(tmp))
+        del model
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(scheme: str) -> str | None:
+    """Run a tiny model of a quantized format once: None if onnxruntime runs it right here."""
+    import tempfile
+
+    from rwkvprobe.backends import check_runner
+
+    w = Workload(1, 64, 16, FORMATS[scheme].dtype, scheme=scheme)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rwkvprobe-ort-") as d:
+            runner = OrtRunner(w, 1, write_quantized_model(w, Path(d)), 1)
+            try:
+                result = check_runner(w, runner)
+            finally:
+                runner.close()
+    except Exception as e:  # an older onnxruntime without this kernel
+        return f"onnxruntime cannot run {w.label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    if not result["ok"]:
+        return f"onnxruntime's {w.label} gives wrong results here ({result['detail']})"
+    return None
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
-    dtypes = ("fp32", "fp16")
+    dtypes = ("fp32", "fp16", "int8", "int4", "int8-dyn")
     default_dtypes = ("fp32", "fp16")
     module = "onnxruntime"
     extra = "onnxruntime"
+    formats = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8"}
+
+    @classmethod
+    def dtype_unavailable(cls, dtype: str) -> str | None:
+        reason = super().dtype_unavailable(dtype)
+        if reason or dtype not in cls.formats:
+            return reason
+        return _probe(cls.formats[dtype])
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
         from rwkvprobe.onnxgen import DEFAULT_OPSET, write_model
@@ -59,6 +278,8 @@ class OrtBackend(Backend):
             raise ValueError("the onnxruntime backend needs a folder for its ONNX models")
         folder = Path(onnx_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        if workload.quantized:
+            return OrtRunner(workload, copies, write_quantized_model(workload, folder), self.threads)
         spec = ModelSpec(workload.m, workload.k, workload.n, workload.dtype)
         if not (folder / spec.filename).is_file():  # normally written beforehand by onnxgen.generate
             write_model(spec, folder, DEFAULT_OPSET)
@@ -68,4 +289,6 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         return {"name": self.name, "threads": self.threads, "onnxruntime": ort.__version__,
-                "providers": ["CPUExecutionProvider"]}
+                "providers": ["CPUExecutionProvider"],
+                "quantization": {"nbits_accuracy_level": NBITS_ACCURACY_LEVEL, "nbits_symmetric": NBITS_SYMMETRIC}}
+

@@ -1,14 +1,29 @@
-"""torch: ``torch.matmul(..., out=)`` on the CPU (fp32, fp16, bf16) or on a CUDA GPU when present."""
+"""torch: ``torch.matmul(..., out=)`` on the CPU (fp32, fp16, bf16) or on a CUDA GPU when present.
+
+On the CPU, quantized weights use torch's own weight-only kernels with fp32 activations, when this
+torch has them and they compute right here (probed once on a tiny matrix; otherwise the dtype is
+reported unavailable, never run as something else):
+
+- ``int8``: ``aten._weight_int8pack_mm``, int8 W^T [N,K], symmetric, one fp32 scale per column.
+- ``int4``: ``aten._weight_int4pack_mm_for_cpu``, W^T packed two per byte by
+  ``_convert_weight_to_int4pack_for_cpu``, fp32 scale and zero per group of 32 (block_size) of K:
+  w = (q - 8) * scale + zero. K must be a multiple of the group.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import numpy as np
 
-from rwkvprobe.backends import Backend, Workload, activation, base_weight, copy_scale
+from rwkvprobe.backends import Backend, UnavailableDtype, Workload, activation, base_weight, copy_scale
+from rwkvprobe.backends.quant import dequantize_int4_groups, quantize_int4_groups, quantize_int8_per_channel
 
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+#: the aten op each quantized dtype needs
+_QUANT_OPS = {"int8": ("_weight_int8pack_mm",),
+              "int4": ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu")}
 
 
 class TorchRunner:
@@ -53,13 +68,100 @@ class TorchRunner:
             self.torch.cuda.empty_cache()
 
 
+class TorchQuantRunner:
+    """Weight-only int8/int4 on the CPU: every copy has its own packed integers (cold-cache rotation)
+    and its scales (and zeros) times copy_scale(i), a power of two: W_i = scale(i) * W_0 exactly."""
+
+    def __init__(self, workload: Workload, copies: int):
+        import torch
+
+        self.torch = torch
+        w_t = np.ascontiguousarray(base_weight(workload.k, workload.n).T)  # [N, K]
+        self.int4 = workload.dtype == "int4"
+        if self.int4:
+            g = workload.block_size
+            if workload.k % g:
+                raise UnavailableDtype(f"K={workload.k} is not a multiple of the int4 group size {g}: "
+                                 "torch's CPU int4 kernel needs whole groups")
+            q, scales, zeros = quantize_int4_groups(w_t, g)
+            del w_t
+            self.w0 = dequantize_int4_groups(q, scales, zeros, g)
+            q = torch.from_numpy(q)
+            sz = torch.from_numpy(np.ascontiguousarray(np.stack([scales.T, zeros.T], axis=-1)))  # [K/g, N, 2]
+            self.group = g
+            self.weights = [(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1),
+                             (sz * copy_scale(i)).contiguous()) for i in range(copies)]
+        else:
+            q, scales = quantize_int8_per_channel(w_t)
+            del w_t
+            self.w0 = np.ascontiguousarray((q.astype(np.float32) * scales[:, None]).T)
+            q = torch.from_numpy(q)
+            s = torch.from_numpy(scales)
+            self.weights = [(q.clone(), (s * copy_scale(i)).contiguous()) for i in range(copies)]
+        del q
+        self.a = torch.from_numpy(activation(workload.m, workload.k))
+        self.outs: list = [None] * copies
+        self.copies = copies
+
+    def run(self, i: int) -> None:
+        w, s = self.weights[i]
+        if self.int4:
+            self.outs[i] = self.torch.ops.aten._weight_int4pack_mm_for_cpu(self.a, w, self.group, s)
+        else:
+            self.outs[i] = self.torch.ops.aten._weight_int8pack_mm(self.a, w, s)
+
+    def output(self, i: int) -> np.ndarray:
+        return self.outs[i].to(dtype=self.torch.float64).numpy()
+
+    def scale(self, i: int) -> float:
+        return copy_scale(i)
+
+    def inputs(self):
+        return self.a.numpy(), self.w0
+
+    def close(self) -> None:
+        self.weights, self.outs, self.w0 = [], [], None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(dtype: str) -> str | None:
+    """None when this torch runs the ``dtype`` weight-only kernel right on this CPU, else why not."""
+    import torch
+
+    from rwkvprobe.backends import check_runner
+
+    missing = [op for op in _QUANT_OPS[dtype] if not hasattr(torch.ops.aten, op)]
+    if missing:
+        return f"torch {torch.__version__} has no {', '.join(missing)}"
+    w = TorchBackend.workload(2, 64, 16, dtype)
+    try:
+        runner = TorchQuantRunner(w, 2)
+        try:
+            result = check_runner(w, runner)
+        finally:
+            runner.close()
+    except Exception as e:
+        return f"torch's {w.label} fails here: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    if not result["ok"]:
+        return f"torch's {w.label} gives wrong results here ({result['detail']})"
+    return None
+
+
 class TorchBackend(Backend):
     name = "torch"
-    dtypes = ("fp32", "fp16", "bf16")
+    dtypes = ("fp32", "fp16", "bf16", "int8", "int4")
     default_dtypes = ("fp32", "fp16")
     module = "torch"
     extra = "torch"
     device = "cpu"
+    formats = {"int8": "int8pack", "int4": "int4pack"}
+
+    @classmethod
+    def dtype_unavailable(cls, dtype: str) -> str | None:
+        reason = super().dtype_unavailable(dtype)
+        if reason or dtype not in cls.formats:
+            return reason
+        return _probe(dtype)
 
     def __init__(self, threads: int):
         super().__init__(threads)
@@ -68,7 +170,9 @@ class TorchBackend(Backend):
         torch.set_num_threads(threads)
         self.torch = torch
 
-    def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> TorchRunner:
+    def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> TorchRunner | TorchQuantRunner:
+        if workload.quantized:
+            return TorchQuantRunner(workload, copies)
         return TorchRunner(workload, copies, self.device)
 
     def describe(self) -> dict:
@@ -84,7 +188,9 @@ class TorchBackend(Backend):
 class TorchCudaBackend(TorchBackend):
     name = "torch-cuda"
     device = "cuda"
+    dtypes = ("fp32", "fp16", "bf16")  # the int4/int8 weight packs above are the CPU layouts
     default_dtypes = ("fp32", "fp16")
+    formats = {}
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

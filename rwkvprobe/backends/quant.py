@@ -1,0 +1,203 @@
+"""Quantized weight formats: what each stores per weight (its real bytes), and how to read it back.
+
+A quantized workload keeps fp32 activations and stores W[K,N] in a *weight format*: b-bit integers
+plus a scale (and maybe a zero point) per group of weights. The group is a block of ``block_size``
+consecutive K rows of one output column (blockwise), one whole column (per-channel) or the whole
+matrix (per-tensor). The bytes a format really moves include its scales and zero points, and the
+padding of K up to whole blocks where the kernel stores it:
+
+    nbits4   onnxruntime MatMulNBits 4-bit: 0.5 B + fp32 scale/32 + 4-bit zero point/32  = 0.640625 B/weight
+    nbits8   onnxruntime MatMulNBits 8-bit: 1 B + fp32 scale/32 + 8-bit zero point/32     = 1.15625 B/weight
+    dynamic8 onnxruntime MatMulInteger (quantize_dynamic): 1 B + one fp32 scale and int8 zero point
+    int8pack torch _weight_int8pack_mm: 1 B + fp32 scale per output column (symmetric)
+    int4pack torch _weight_int4pack_mm_for_cpu: 0.5 B + fp32 scale and fp32 zero per group of 32
+
+(block 32; for K=768, N=3072). The numpy helpers here turn each format back into the fp32 weight it
+stands for, so a kernel's output can be checked tightly against A x dequantized(W) in float64; the
+error against the original fp32 weight is quantization noise and is recorded apart, for information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: weight dtypes stored as integers; activations and outputs stay fp32
+QUANT_DTYPES = ("int8", "int4", "int8-dyn")
+#: bytes per activation/output element of a quantized workload (fp32)
+ACTIVATION_BYTES = 4
+#: weights per scale of a blockwise format, unless a workload says otherwise (``--block-size``)
+DEFAULT_BLOCK_SIZE = 32
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How a kernel stores a quantized W[K,N]: what decides its real bytes per weight."""
+
+    name: str  # short id, used in file names and results: "nbits4"
+    dtype: str  # the rwkvprobe dtype it implements: "int4"
+    bits: int  # bits per stored weight
+    grouping: str  # "block" (block_size rows of K per scale), "channel" (one per column), "tensor" (one)
+    scale_bytes: int  # bytes of one scale
+    zero_bits: int  # bits of one stored zero point; 0 = symmetric, none stored
+    op: str  # the kernel
+    pad_k: bool = False  # K is stored padded up to whole blocks
+    dynamic_activation: bool = False  # activations are quantized (to uint8) inside the call
+    block_sizes: tuple[int, ...] = ()  # block sizes the kernel accepts (blockwise formats)
+    detail: str = ""
+
+    @property
+    def blockwise(self) -> bool:
+        return self.grouping == "block"
+
+    def groups(self, k: int, n: int, block_size: int) -> tuple[int, int]:
+        """(scales per column, columns): the layout of the scales."""
+        if self.grouping == "block":
+            return math.ceil(k / block_size), n
+        if self.grouping == "channel":
+            return 1, n
+        return 1, 1
+
+    def weight_bytes(self, k: int, n: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+        """Exact bytes of W[K,N] in this format: packed integers, scales and zero points."""
+        per_col, cols = self.groups(k, n, block_size)
+        rows = per_col * block_size if (self.blockwise and self.pad_k) else k
+        data = math.ceil(rows * self.bits / 8) * n
+        scales = per_col * cols * self.scale_bytes
+        zeros = math.ceil(per_col * self.zero_bits / 8) * cols  # packed per column, as the kernels do
+        return data + scales + zeros
+
+    def label(self, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
+        """e.g. ``int4 (MatMulNBits, block 32)``."""
+        if self.grouping == "block":
+            where = f"block {block_size}"
+        elif self.grouping == "channel":
+            where = "per-channel"
+        else:
+            where = "per-tensor"
+        extra = ", dynamic uint8 activations" if self.dynamic_activation else ""
+        return f"{self.dtype} ({self.op}, {where}{extra})"
+
+    def check_block_size(self, block_size: int) -> None:
+        if self.blockwise and block_size not in self.block_sizes:
+            raise ValueError(f"{self.label(block_size)}: block size {block_size} is not supported "
+                             f"(expected one of {', '.join(map(str, self.block_sizes))})")
+
+
+FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
+    WeightFormat("nbits4", "int4", 4, "block", 4, 4, "MatMulNBits", pad_k=True, block_sizes=(16, 32, 64, 128, 256),
+                 detail="onnxruntime blockwise weight-only 4-bit, asymmetric (uint4 zero point per block), "
+                        "fp32 compute (accuracy_level 1)"),
+    WeightFormat("nbits8", "int8", 8, "block", 4, 8, "MatMulNBits", pad_k=True, block_sizes=(16, 32, 64, 128, 256),
+                 detail="onnxruntime blockwise weight-only 8-bit, asymmetric (uint8 zero point per block), "
+                        "fp32 compute (accuracy_level 1)"),
+    WeightFormat("dynamic8", "int8-dyn", 8, "tensor", 4, 8, "MatMulInteger", dynamic_activation=True,
+                 detail="onnxruntime quantize_dynamic: int8 weight with one scale, activations quantized to "
+                        "uint8 per call (DynamicQuantizeLinear), int32 accumulation"),
+    WeightFormat("int8pack", "int8", 8, "channel", 4, 0, "torch _weight_int8pack_mm",
+                 detail="torch weight-only int8, symmetric, one fp32 scale per output column, fp32 activations"),
+    WeightFormat("int4pack", "int4", 4, "block", 4, 32, "torch _weight_int4pack_mm_for_cpu",
+                 block_sizes=(32, 64, 128, 256),
+                 detail="torch weight-only int4, fp32 scale and fp32 zero per group, w = (q - 8) * scale + zero"),
+)}
+
+#: the format a quantized dtype means unless a backend stores it differently (Backend.formats)
+DEFAULT_FORMATS = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading formats back (numpy): every helper returns the fp32 weight W[K,N] the kernel stands for.
+# Each product (q - z) * s is rounded to fp32 once, as the kernels do: 2^-24 relative, far below the
+# tolerances.
+
+_COLUMN_CHUNK = 4096
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """uint8 [..., B] -> uint8 [..., 2B]: low nibble first (onnxruntime's and torch's CPU order)."""
+    out = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.uint8)
+    out[..., 0::2] = packed & 0x0F
+    out[..., 1::2] = packed >> 4
+    return out
+
+
+def dequantize_nbits(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int,
+                     block_size: int, k: int, n: int) -> np.ndarray:
+    """MatMulNBits B [N, k_blocks, blob] (+ scales [N*k_blocks], packed zero points) -> fp32 W[K,N].
+
+    Without zero points the kernel uses the midpoint 2^(bits-1).
+    """
+    kb = math.ceil(k / block_size)
+    packed = packed.reshape(n, kb, -1)
+    scales = np.asarray(scales, dtype=np.float32).reshape(n, kb)
+    if zero_points is not None:
+        zero_points = np.asarray(zero_points, dtype=np.uint8).reshape(n, -1)
+    w = np.empty((k, n), dtype=np.float32)
+    for j in range(0, n, _COLUMN_CHUNK):
+        sl = slice(j, min(n, j + _COLUMN_CHUNK))
+        q = unpack_nibbles(packed[sl]) if bits == 4 else packed[sl]
+        if zero_points is None:
+            z = np.full((q.shape[0], kb), 1 << (bits - 1), dtype=np.float32)
+        else:
+            z = (unpack_nibbles(zero_points[sl]) if bits == 4 else zero_points[sl])[:, :kb].astype(np.float32)
+        cols = (q.astype(np.float32) - z[..., None]) * scales[sl][..., None]
+        w[:, sl] = cols.reshape(cols.shape[0], -1)[:, :k].T
+    return w
+
+
+def dequantize_per_tensor(q: np.ndarray, scale, zero_point) -> np.ndarray:
+    """MatMulInteger's B (int8/uint8 [K,N]) with one scale and zero point -> fp32 W[K,N]."""
+    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+def dynamic_quantize_linear(a: np.ndarray) -> tuple[np.ndarray, np.float32, np.float32]:
+    """ONNX DynamicQuantizeLinear of fp32 A: (uint8 q, fp32 scale, zero point), bit for bit.
+
+    scale = (max(0, max A) - min(0, min A)) / 255 in fp32; zero point and q rounded half to even.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    hi = np.float32(max(0.0, float(a.max())))
+    lo = np.float32(min(0.0, float(a.min())))
+    scale = np.float32((hi - lo) / np.float32(255)) if hi != lo else np.float32(1)
+    zp = np.float32(np.clip(np.round(np.float32(0) - lo / scale), 0, 255))
+    q = np.clip(np.round(a / scale) + zp, 0, 255).astype(np.uint8)
+    return q, scale, zp
+
+
+def dynamic_activation(a: np.ndarray) -> np.ndarray:
+    """A as MatMulInteger sees it after DynamicQuantizeLinear, in float64: (q - zp) * scale."""
+    q, scale, zp = dynamic_quantize_linear(a)
+    return (q.astype(np.float64) - float(zp)) * float(scale)
+
+
+def quantize_int8_per_channel(w_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: W^T [N,K] fp32 -> (int8 q [N,K], fp32 scales [N])."""
+    amax = np.abs(w_t).max(axis=1)
+    scales = (amax / np.float32(127)).astype(np.float32)
+    scales[scales == 0] = 1
+    q = np.clip(np.rint(w_t / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def quantize_int4_groups(w_t: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 4-bit per group of K (torch's int4 convention, w = (q - 8) * scale + zero).
+
+    W^T [N,K] fp32, K a multiple of ``group`` -> (q int32 [N,K] in 0..15, scales [N,K/g], zeros [N,K/g]).
+    """
+    n, k = w_t.shape
+    g = w_t.reshape(n, k // group, group)
+    lo, hi = g.min(axis=-1), g.max(axis=-1)
+    scales = ((hi - lo) / np.float32(15)).astype(np.float32)
+    scales[scales == 0] = 1
+    zeros = (lo + np.float32(8) * scales).astype(np.float32)
+    q = np.clip(np.rint((g - lo[..., None]) / scales[..., None]), 0, 15).astype(np.int32).reshape(n, k)
+    return q, scales, zeros
+
+
+def dequantize_int4_groups(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray, group: int) -> np.ndarray:
+    """Inverse of :func:`quantize_int4_groups`: fp32 W[K,N]."""
+    n, k = q.shape
+    g = (q.reshape(n, k // group, group).astype(np.float32) - np.float32(8)) * scales[..., None] + zeros[..., None]
+    return np.ascontiguousarray(g.reshape(n, k).T)

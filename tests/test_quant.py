@@ -1,0 +1,312 @@
+"""Quantized weights (int8, int4, int8-dyn): real bytes per format, outputs against A x the
+dequantized weight, formats without a kernel reported unavailable, labels."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from rwkvprobe.backends import (
+    DTYPES,
+    TOLERANCE,
+    UnavailableDtype,
+    Workload,
+    available_backends,
+    backend_class,
+    check_runner,
+    get_backend,
+)
+from rwkvprobe.backends.quant import DEFAULT_BLOCK_SIZE, FORMATS, dynamic_quantize_linear
+from rwkvprobe.measure import measure_point
+from rwkvprobe.timing import TimingPolicy
+
+USABLE, _ = available_backends()
+needs_ort = pytest.mark.skipif("onnxruntime" not in USABLE, reason="onnxruntime not installed")
+needs_torch = pytest.mark.skipif("torch" not in USABLE, reason="torch not installed")
+
+RWKV = (768, 3072)  # RWKV-7 0.1B/0.4B ffn.key
+
+
+# ------------------------------------------------------------------------------------------------
+# Byte accounting: exact numbers, scales and zero points included
+
+def test_default_block_size_is_32():
+    assert DEFAULT_BLOCK_SIZE == 32 and Workload(1, 64, 64, "int4").block_size == 32
+
+
+@pytest.mark.parametrize("scheme, weight_bytes, per_weight", [
+    # 768*3072/2 packed + 3072 columns * 24 blocks * 4 B fp32 scales + 3072 * 12 B (24 packed 4-bit zero points)
+    ("nbits4", 1_179_648 + 294_912 + 36_864, 0.640625),
+    # 768*3072 + 3072*24*4 scales + 3072*24 uint8 zero points
+    ("nbits8", 2_359_296 + 294_912 + 73_728, 1.15625),
+    # one fp32 scale and one int8 zero point for the whole matrix
+    ("dynamic8", 2_359_296 + 4 + 1, 1 + 5 / (768 * 3072)),
+    # one fp32 scale per output column, symmetric
+    ("int8pack", 2_359_296 + 3072 * 4, 1 + 4 / 768),
+    # fp32 scale + fp32 zero per group of 32
+    ("int4pack", 1_179_648 + 3072 * 24 * 8, 0.75),
+])
+def test_weight_bytes_per_format(scheme, weight_bytes, per_weight):
+    fmt = FORMATS[scheme]
+    w = Workload(1, *RWKV, fmt.dtype, scheme=scheme)
+    assert w.weight_bytes == weight_bytes == fmt.weight_bytes(*RWKV, 32)
+    assert w.bytes_per_weight == pytest.approx(per_weight, rel=1e-12)
+    # activations stay fp32: A read once, C written once
+    assert w.bytes_moved == weight_bytes + 768 * 4 + 3072 * 4
+    assert w.flops == 2 * 768 * 3072
+
+
+def test_block_size_and_padding_change_the_bytes():
+    # block 64: 12 scales and 6 bytes of zero points per column
+    assert Workload(1, *RWKV, "int4", block_size=64).weight_bytes == 1_179_648 + 3072 * 12 * 4 + 3072 * 6
+    # K=100 is stored padded to 4 blocks of 32 = 128 rows
+    assert Workload(1, 100, 64, "int4").weight_bytes == 64 * 64 + 64 * 4 * 4 + 64 * 2
+    assert Workload(1, 100, 64, "int8").weight_bytes == 64 * 128 + 64 * 4 * 4 + 64 * 4
+    # an odd number of blocks still packs zero points in whole bytes per column
+    assert Workload(1, 96, 10, "int4").weight_bytes == 10 * 48 + 10 * 3 * 4 + 10 * 2
+
+
+def test_float_dtypes_unchanged():
+    w = Workload(3, *RWKV, "fp32")
+    assert w.weight_bytes == 768 * 3072 * 4 and w.bytes_moved == 768 * 3072 * 4 + 3 * 768 * 4 + 3 * 3072 * 4
+    assert Workload(1, *RWKV, "fp16").bytes_moved == 768 * 3072 * 2 + 768 * 2 + 3072 * 2
+    assert w.key == "m3_k768_n3072_fp32" and w.label == "fp32" and w.weight_format is None
+    assert Workload(1, 8, 8, "bf16") == Workload(1, 8, 8, "bf16", DEFAULT_BLOCK_SIZE)
+
+
+def test_keys_name_format_and_block():
+    assert Workload(1, *RWKV, "int4").key == "m1_k768_n3072_int4_nbits4_b32"
+    assert Workload(1, *RWKV, "int8-dyn").key == "m1_k768_n3072_int8-dyn_dynamic8"
+    assert set(DTYPES) >= {"fp32", "fp16", "bf16", "int8", "int4", "int8-dyn"}
+    assert set(TOLERANCE) >= set(DTYPES)
+
+
+def test_scheme_must_store_the_dtype():
+    with pytest.raises(ValueError, match="does not store"):
+        Workload(1, 64, 64, "int8", scheme="nbits4")
+
+
+# ------------------------------------------------------------------------------------------------
+# Labels
+
+def test_labels():
+    ort = backend_class("onnxruntime")
+    assert ort.format_label("int4") == "int4 (MatMulNBits, block 32)"
+    assert ort.format_label("int8") == "int8 (MatMulNBits, block 32)"
+    assert ort.format_label("int4", 64) == "int4 (MatMulNBits, block 64)"
+    assert ort.format_label("int8-dyn") == "int8-dyn (MatMulInteger, per-tensor, dynamic uint8 activations)"
+    assert ort.format_label("fp16") == "fp16"
+    torch = backend_class("torch")
+    assert torch.format_label("int8") == "int8 (torch _weight_int8pack_mm, per-channel)"
+    assert torch.format_label("int4") == "int4 (torch _weight_int4pack_mm_for_cpu, block 32)"
+    assert torch.workload(1, *RWKV, "int8").label == torch.format_label("int8")
+    assert ort.workload(1, *RWKV, "int4", 64) == Workload(1, *RWKV, "int4", 64, "nbits4")
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs against A x dequantized weight, tight; quantization noise recorded apart
+
+def _check(backend, w, copies, tmp_path):
+    runner = backend.prepare(w, copies, onnx_dir=tmp_path)
+    try:
+        assert runner.copies == copies
+        return check_runner(w, runner)
+    finally:
+        runner.close()
+
+
+#: expected quantization noise vs the fp32 weight (informational): far above the tolerances
+NOISE = {"int4": (1e-2, 0.2), "int8": (5e-4, 2e-2), "int8-dyn": (1e-3, 3e-2)}
+
+
+@needs_ort
+@pytest.mark.parametrize("dtype", ["int4", "int8", "int8-dyn"])
+@pytest.mark.parametrize("m, k, n", [(1, *RWKV), (2, 3072, 768), (3, 100, 64), (1, 4096, 48)])
+def test_onnxruntime_quantized_matches_dequantized_reference(dtype, m, k, n, tmp_path):
+    b = get_backend("onnxruntime", 2)
+    w = b.workload(m, k, n, dtype)
+    result = _check(b, w, 3, tmp_path)  # 3 sessions: the cold-cache rotation
+    assert result["ok"], result
+    assert result["rel_err"] <= TOLERANCE[dtype]
+    # fp32 compute against the dequantized weight: ~1e-7..1e-6; int8-dyn's activation replay is exact
+    assert result["rel_err"] < 1e-5
+    lo, hi = NOISE[dtype]
+    assert lo < result["quantization_rel_err"] < hi
+    assert result["format"] == w.label
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["int4", "int8"])
+@pytest.mark.parametrize("m, k, n", [(1, *RWKV), (2, 3072, 768), (3, 96, 64)])
+def test_torch_quantized_matches_dequantized_reference(dtype, m, k, n, tmp_path):
+    b = get_backend("torch", 2)
+    reason = b.dtype_unavailable(dtype)
+    if reason:
+        pytest.skip(reason)
+    w = b.workload(m, k, n, dtype)
+    result = _check(b, w, 3, tmp_path)  # copies scaled 1, 1/2, 2: each one checked
+    assert result["ok"], result
+    assert result["rel_err"] < 1e-5
+    lo, hi = NOISE[dtype]
+    assert lo < result["quantization_rel_err"] < hi
+
+
+class FP32KernelRunner:
+    """Pretends to be a quantized kernel but multiplies the original fp32 weight: must be caught."""
+
+    copies = 1
+
+    def __init__(self, w, real):
+        self.w, self.real = w, real
+
+    def run(self, i):
+        from rwkvprobe.backends import activation, base_weight
+
+        self.out = activation(self.w.m, self.w.k).astype(np.float64) @ base_weight(self.w.k, self.w.n)
+
+    def output(self, i):
+        return self.out
+
+    def scale(self, i):
+        return 1.0
+
+    def inputs(self):
+        return self.real.inputs()
+
+    def close(self):
+        self.real.close()
+
+
+@needs_ort
+def test_quantization_noise_does_not_hide_a_wrong_kernel(tmp_path):
+    b = get_backend("onnxruntime", 1)
+    for dtype in ("int8", "int4", "int8-dyn"):
+        w = b.workload(1, *RWKV, dtype)
+        runner = FP32KernelRunner(w, b.prepare(w, 1, onnx_dir=tmp_path))
+        result = check_runner(w, runner)
+        runner.close()
+        assert not result["ok"] and result["rel_err"] > 5 * TOLERANCE[dtype], (dtype, result)
+
+
+def test_dynamic_quantize_linear_replay():
+    a = np.array([[-1.0, 0.0, 0.6, 2.0]], dtype=np.float32)
+    q, scale, zp = dynamic_quantize_linear(a)
+    assert scale == np.float32(3.0 / 255) and zp == 85
+    assert q.tolist() == [[0, 85, 136, 255]]
+
+
+@needs_ort
+def test_dynamic_quantize_linear_matches_onnxruntime_bit_for_bit():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("DynamicQuantizeLinear", ["A"], ["Q", "S", "Z"])
+    graph = helper.make_graph([node], "dql", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [3, 4096])],
+                              [helper.make_tensor_value_info("Q", TensorProto.UINT8, [3, 4096]),
+                               helper.make_tensor_value_info("S", TensorProto.FLOAT, []),
+                               helper.make_tensor_value_info("Z", TensorProto.UINT8, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 7
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.7, -0.4):
+        a = (rng.standard_normal((3, 4096)) + shift).astype(np.float32)
+        q_ort, s_ort, z_ort = sess.run(None, {"A": a})
+        q, s, z = dynamic_quantize_linear(a)
+        assert s == s_ort and z == z_ort and np.array_equal(q, q_ort)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached quantized models
+
+@needs_ort
+def test_quantized_models_cached_next_to_fp32(tmp_path):
+    b = get_backend("onnxruntime", 1)
+    w = b.workload(1, 256, 128, "int4")
+    b.prepare(w, 1, onnx_dir=tmp_path).close()
+    q = tmp_path / "matmul_m1_k256_n128_nbits4_b32.onnx"
+    assert q.is_file() and (tmp_path / "matmul_m1_k256_n128_fp32.onnx").is_file()
+    mtime = q.stat().st_mtime_ns
+    b.prepare(w, 1, onnx_dir=tmp_path).close()
+    assert q.stat().st_mtime_ns == mtime  # reused
+    b.prepare(b.workload(1, 256, 128, "int4", 64), 1, onnx_dir=tmp_path).close()
+    b.prepare(b.workload(1, 256, 128, "int8-dyn"), 1, onnx_dir=tmp_path).close()
+    assert (tmp_path / "matmul_m1_k256_n128_nbits4_b64.onnx").is_file()
+    assert (tmp_path / "matmul_m1_k256_n128_dynamic8.onnx").is_file()
+    q.write_bytes(b"not a model")  # a damaged or foreign file is rebuilt, not trusted
+    assert _check(b, w, 1, tmp_path)["ok"]
+
+
+# ------------------------------------------------------------------------------------------------
+# No kernel: reported unavailable, never faked
+
+def test_numpy_has_no_quantized_kernel(tmp_path):
+    b = get_backend("numpy", 1)
+    for dtype in ("int8", "int4", "int8-dyn"):
+        assert b.dtype_unavailable(dtype) == f"numpy has no {dtype} kernel"
+        assert dtype not in b.usable_dtypes()
+        with pytest.raises(UnavailableDtype, match="no .* kernel"):
+            b.prepare(Workload(1, 64, 64, dtype), 1)
+    point = measure_point(b, Workload(1, 64, 64, "int4"), None, TimingPolicy(budget_seconds=0.05), onnx_dir=tmp_path)
+    assert point["timing"] is None and point["check"] is None and "numpy has no int4 kernel" in point["error"]
+
+
+@needs_torch
+def test_torch_formats_and_missing_kernels(monkeypatch):
+    from rwkvprobe.backends import torch_backend
+
+    b = get_backend("torch", 1)
+    assert b.dtype_unavailable("int8-dyn") == "torch has no int8-dyn kernel"
+    # a workload described in onnxruntime's format must not be timed as torch's (other bytes)
+    if b.dtype_unavailable("int8") is None:
+        with pytest.raises(UnavailableDtype, match="build the workload with backend.workload"):
+            b.prepare(Workload(1, 64, 64, "int8"), 1)
+    if b.dtype_unavailable("int4") is None:
+        with pytest.raises(UnavailableDtype, match="multiple of the int4 group size"):
+            b.prepare(b.workload(1, 100, 64, "int4"), 1)
+        with pytest.raises(UnavailableDtype, match="block size 16 is not supported"):
+            b.prepare(b.workload(1, 64, 64, "int4", 16), 1)
+    # an op this torch lacks: the dtype is reported unavailable with the op's name
+    monkeypatch.setitem(torch_backend._QUANT_OPS, "int4", ("_weight_int4pack_mm_nowhere",))
+    torch_backend._probe.cache_clear()
+    try:
+        assert "has no _weight_int4pack_mm_nowhere" in b.dtype_unavailable("int4")
+        assert "int4" not in b.usable_dtypes()
+        with pytest.raises(UnavailableDtype, match="_weight_int4pack_mm_nowhere"):
+            b.prepare(b.workload(1, 64, 64, "int4"), 1)
+    finally:
+        monkeypatch.undo()
+        torch_backend._probe.cache_clear()
+
+
+@needs_torch
+def test_cuda_torch_offers_no_cpu_weight_packs():
+    cls = backend_class("torch-cuda")
+    assert not set(cls.dtypes) & {"int8", "int4", "int8-dyn"}
+
+
+@needs_ort
+def test_onnxruntime_rejects_unsupported_block_size(tmp_path):
+    b = get_backend("onnxruntime", 1)
+    with pytest.raises(UnavailableDtype, match="block size 24"):
+        b.prepare(b.workload(1, 64, 64, "int4", 24), 1, onnx_dir=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end through measure_point (cold rotation, check, timing)
+
+@needs_ort
+@pytest.mark.parametrize("dtype", ["int4", "int8", "int8-dyn"])
+def test_measure_point_quantized(dtype, tmp_path):
+    b = get_backend("onnxruntime", 1)
+    w = b.workload(1, 256, 512, dtype)
+    point = measure_point(b, w, 1 << 20, TimingPolicy(budget_seconds=0.05), cold=True, onnx_dir=tmp_path)
+    assert point["error"] is None and point["check"]["ok"], point
+    assert point["bytes"] == w.bytes_moved and point["timing"]["median_seconds"] > 0
+    assert "quantization_rel_err" in point["check"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_onnxruntime_offers_all_quantized_dtypes_here():
+    cls = backend_class("onnxruntime")
+    assert {"int8", "int4", "int8-dyn"} <= set(cls.usable_dtypes()), {d: cls.dtype_unavailable(d) for d in cls.dtypes}
