@@ -35,11 +35,14 @@ class AnalyzeSettings:
     cold: bool = True
     budget_seconds: float = 150.0
     quick: bool = False
+    rknn_dir: Path | None = None  # .rknn models for the rknnlite backend ('rwkvprobe convert')
+    npu_cores: str = "auto"
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
-                "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick}
+                "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
+                "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores}
 
 
 def default_out_dir(layers: LayerList) -> Path:
@@ -60,6 +63,8 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
             if b not in BACKEND_NAMES:
                 raise InputError(f"--backends: unknown backend '{b}' (expected {', '.join(BACKEND_NAMES)})")
             get_backend(b, settings.threads)  # raises one line naming the extra when it cannot run
+            if b == "rknnlite" and settings.rknn_dir is None:
+                raise InputError("--backends rknnlite needs --rknn DIR: the .rknn models 'rwkvprobe convert' wrote")
             names.append(b)
     pairs = []
     for b in names:
@@ -149,6 +154,9 @@ class Analysis:
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
         backends = {name: get_backend(name, s.threads) for name in {b for b, _ in pairs}}
+        if "rknnlite" in backends:
+            backends["rknnlite"].rknn_dir = s.rknn_dir
+            backends["rknnlite"].core_mask = s.npu_cores
         r["backends"] = {name: b.describe() for name, b in backends.items()}
         self.save()
 

@@ -289,7 +289,8 @@ def analyze_cmd(
     warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
     device: Optional[str] = typer.Option(None, "--device", help="Model a device instead of measuring this machine: rk3588 or a device YAML. Every figure is labelled modelled."),
-    rknn: Optional[Path] = typer.Option(None, "--rknn", help="With --device: a folder written by 'rwkvprobe convert', for the RKNN compiler estimates."),
+    rknn: Optional[Path] = typer.Option(None, "--rknn", help="A folder written by 'rwkvprobe convert': the .rknn models for --backends rknnlite on the board, or the compiler estimates for --device."),
+    npu_cores: str = typer.Option("auto", "--npu-cores", help="rknnlite core mask: auto, 0, 1, 2, 0_1, 0_1_2, all."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
@@ -304,8 +305,10 @@ def analyze_cmd(
         raise InputError(f"--tokens {max(ms)}: expected at most 4096 tokens per call")
     if device is not None:
         return _analyze_device(ll, device, ms, out, rknn)
-    if rknn is not None:
-        raise InputError("--rknn: only with --device (an on-board run uses --backends rknnlite)")
+    from rwkvprobe.backends.rknnlite_backend import CORE_MASKS
+
+    if npu_cores not in CORE_MASKS:
+        raise InputError(f"--npu-cores {npu_cores}: expected one of {', '.join(CORE_MASKS)}")
     dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None
     check_dtypes(dts)
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
@@ -315,7 +318,8 @@ def analyze_cmd(
     if budget is not None and budget <= 0:
         raise InputError(f"--budget {budget}: expected a positive number of seconds")
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
-                               cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick)
+                               cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick,
+                               rknn_dir=rknn, npu_cores=npu_cores)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     reporter = Reporter(err_console, verbose)
@@ -420,6 +424,7 @@ def convert_cmd(
     dtype: str = typer.Option("fp16", "--dtype", help="fp16, int8 (w8a8, calibrated on seeded random activations) or both."),
     tokens: str = typer.Option("1", "--tokens", help="M values, e.g. 1,64."),
     no_simulate: bool = typer.Option(False, "--no-simulate", help="Skip the simulator correctness check."),
+    ceilings: bool = typer.Option(True, "--ceilings/--no-ceilings", help="Also convert the ceiling shapes that 'analyze --backends rknnlite' measures."),
 ):
     """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""
     from rwkvprobe import toolkit
@@ -428,7 +433,7 @@ def convert_cmd(
     dts = parse_choice_list(dtype, "--dtype", toolkit.RKNN_DTYPES)
     ms = parse_int_list(tokens, "--tokens")
     manifest = toolkit.convert(ll, out, dts, ms, target, not no_simulate,
-                               progress=lambda m: err_console.print(m, markup=False))
+                               progress=lambda m: err_console.print(m, markup=False), with_ceilings=ceilings)
     table = Table(title=f"{ll.profile.name} -> RKNN ({target}); simulator = correctness only, never a timing")
     for col in ("model", "size", "simulator rel. error", "compiler cycles DDR/NPU", "bound"):
         table.add_column(col, justify="left" if col == "model" else "right")

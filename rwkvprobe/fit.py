@@ -38,6 +38,8 @@ NOISE_Z = 2.0
 #: A point is an outlier when its log residual exceeds OUTLIER_Z robust sigmas and OUTLIER_MIN_REL.
 OUTLIER_Z = 4.0
 OUTLIER_MIN_REL = 0.15
+#: at most one point in this many is flagged (the worst ones)
+MAX_OUTLIER_SHARE = 8
 #: AICc differences below this do not pick a model.
 AICC_TIE = 2.0
 #: Fractions of its own peak GFLOP/s whose reaching size is reported per backend.
@@ -351,7 +353,8 @@ def _outliers(resid: np.ndarray, min_kept: int) -> list[int]:
     mad = 1.4826 * float(np.median(np.abs(resid - med)))
     limit = max(OUTLIER_Z * mad, math.log1p(OUTLIER_MIN_REL))
     far = [i for i in np.argsort(-np.abs(resid - med)) if abs(resid[i] - med) > limit]
-    return sorted(int(i) for i in far[: max(0, n - min_kept)])
+    # more than a few "outliers" means the model, not the points, is off: flag the worst few only
+    return sorted(int(i) for i in far[: max(0, min(n - min_kept, max(1, n // MAX_OUTLIER_SHARE)))])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 A grid of matmul shapes over a size axis, square (M = K = N = size, as the article) or RWKV-shaped (a
 fixed M of 1 or a prefill chunk, K and/or N following the size, N = 4K like the FFN), measured on every
-backend x dtype with the same check-then-time points (``measure.measure_point``), cold-cache rotation and
-environment capture as ``analyze``. The results file is rewritten after every point; ``--resume DIR``
+backend x dtype with the same check-then-time points (``measure.measure_point``), cache policy and
+environment capture as ``analyze`` (square grids run warm by default, as the article's repeated calls of one
+model; fixed-M grids cold, as decode). The results file is rewritten after every point; ``--resume DIR``
 measures only what is missing. Before measuring, each backend is timed once on a small shape to project
 every point's cost: the run time is estimated up front, points that would eat more than SKIP_SHARE of the
 budget are skipped (and listed), and the run stops cleanly at ``--budget`` keeping what it has.
@@ -46,6 +47,10 @@ SKIP_SHARE = 0.10
 #: per-point timing budget bounds (seconds, warm-up included)
 MIN_POINT_SECONDS = 0.08
 MAX_POINT_SECONDS = 0.5
+#: warn when other processes (or the hypervisor) took more than this share of the CPUs during the run
+CONTENTION_WARN = 0.10
+#: warm-up per point (at most half its budget)
+WARMUP_SECONDS = 0.2
 #: calibration: a backend's second calibration shape is the largest projected to take at most this long
 CALIBRATION_CALL_SECONDS = 0.02
 #: rough costs for the estimate (bytes/s): weight copies made, ONNX models written, eviction reads
@@ -325,18 +330,18 @@ def projected_call(points: list[dict] | None, flops: float) -> float | None:
     return pts[-1]["seconds"] * flops / pts[-1]["flops"]
 
 
-def reference_rate(seconds: float = 0.05) -> float:
-    """float64 FLOP/s of numpy here (the check's reference), from a small matmul."""
+def reference_rate(calls: int = 8) -> float:
+    """float64 FLOP/s of numpy here (the check's reference): the best of a few 512x512 matmuls."""
     import numpy as np
 
-    a = np.ones((256, 256))
+    a = np.ones((512, 512))
     a @ a
-    t0 = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - t0 < seconds:
+    best = math.inf
+    for _ in range(calls):
+        t0 = time.perf_counter()
         a @ a
-        calls += 1
-    return 2 * 256**3 * calls / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 512**3 / best
 
 
 def point_cost(w: Workload, backend: str, t_call: float, per_point: float, llc: int | None, cold: bool,
@@ -351,6 +356,52 @@ def point_cost(w: Workload, backend: str, t_call: float, per_point: float, llc: 
     warm = min(rot.copies * call, max(call, per_point / 2))
     timing = max(per_point, warm + 3 * call)
     return prepare + check + timing
+
+
+# ------------------------------------------------------------------------------------------------
+# Other processes competing for the CPUs
+
+
+def cpu_times() -> dict | None:
+    """Busy and steal CPU seconds of the whole machine (/proc/stat) and of this process, now."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    user, nice, system_, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    t = os.times()
+    return {"busy": (user + nice + system_ + irq + softirq) / tick, "steal": steal / tick,
+            "own": t.user + t.system + t.children_user + t.children_system, "wall": time.monotonic(),
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def contention(before: dict | None, after: dict | None) -> dict | None:
+    """Share of the CPUs other processes (and the hypervisor, as steal) took while the sweep ran."""
+    if not before or not after or after["wall"] <= before["wall"]:
+        return None
+    capacity = (after["wall"] - before["wall"]) * after["cpus"]
+    others = max(0.0, (after["busy"] - before["busy"]) - (after["own"] - before["own"]))
+    return {"others_share": min(1.0, others / capacity), "steal_share": (after["steal"] - before["steal"]) / capacity,
+            "loadavg_before": before.get("loadavg"), "cpus": after["cpus"]}
+
+
+def contention_warnings(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    out = []
+    if c["others_share"] > CONTENTION_WARN:
+        out.append(f"Other processes used about {c['others_share']:.0%} of the {c['cpus']} CPUs while the sweep ran: "
+                   "its times are inflated and noisy where a backend waited for a busy core (see each point's "
+                   "spread). Fix: rerun on a quiet machine, or with --threads below the number of idle CPUs.")
+    if c["steal_share"] > CONTENTION_WARN:
+        out.append(f"The hypervisor took {c['steal_share']:.0%} of the CPU time (steal) while the sweep ran: "
+                   "another VM on the host competed for the cores.")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -429,7 +480,10 @@ class Sweep:
         r["runs"].append(run_log)
         self.save()
 
-        policy = TimingPolicy(budget_seconds=plan["per_point"], min_samples=3)
+        # a longer warm-up than analyze's: on a VM an idle vCPU takes several calls (milliseconds each) to wake
+        cpu_before = cpu_times()
+        policy = TimingPolicy(budget_seconds=plan["per_point"], min_samples=3,
+                              warmup_seconds=min(WARMUP_SECONDS, plan["per_point"] / 2))
         # projections start from the calibration and follow what each pair actually measured
         known = {pair: list(c.get("points") or []) for pair, c in cal.items()}
         onnx_have = plan["onnx_cached"]
@@ -468,7 +522,10 @@ class Sweep:
         else:
             r.pop("stopped", None)
         r["after"] = system.snapshot_dynamic()
+        run_log["contention"] = contention(cpu_before, cpu_times())
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
+        for run in r["runs"]:
+            r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
         from rwkvprobe.fit import summarize_sweep
 
@@ -528,7 +585,8 @@ def estimate_line(plan: dict, budget: float, n_points: int) -> str:
     line = (f"estimated run time about {est:.0f} s for {n_points - len(plan['skip'])} points "
             f"(budget {budget:.0f} s, {plan['per_point']:.2f} s of timing per point)")
     if plan["skip"]:
-        line += f"; {len(plan['skip'])} point(s) skipped as too slow for the budget"
+        line += (f"; {len(plan['skip'])} point(s) projected too slow for the budget (checked again from the "
+                 "measured times as the sweep goes)")
     if est > budget:
         line += f"; over the budget: the run stops at {budget:.0f} s keeping what it has (--budget {math.ceil(est * 1.2)} for all)"
     return line
@@ -575,8 +633,9 @@ def sweep_command(
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs "
                                           "this process may use."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7."),
-    warm: Optional[bool] = typer.Option(None, "--warm/--cold", help="Weights cache-resident (warm) or read from "
-                                        "DRAM on every call (cold, the default, as RWKV decode)."),
+    warm: Optional[bool] = typer.Option(None, "--warm/--cold", help="Weights cache-resident (warm: the default "
+                                        "for square grids, as the article) or read from DRAM on every call (cold: "
+                                        "the default with a fixed M, as RWKV decode)."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run (default 150): "
                                            "it stops cleanly there and keeps what it measured."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: "
@@ -614,7 +673,9 @@ def sweep_command(
         raise InputError(f"--threads {n_threads}: expected a positive number of threads")
     if budget is not None and not (0 < budget < 1e7):
         raise InputError(f"--budget {budget}: expected a positive number of seconds")
-    cold = (not warm) if warm is not None else stored.get("cold", True)
+    # square grids run warm by default, as the article's repeated calls of one model; fixed-M (RWKV) grids
+    # run cold, as decode reads every weight from DRAM
+    cold = (not warm) if warm is not None else stored.get("cold", not grid.square)
     settings = SweepSettings(grid=grid, backends=names, dtypes=dts, threads=n_threads, cpus=resolve_cpus(cpus),
                              cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text)
     pairs, _ = plan_pairs(settings)  # unknown or missing backends are refused before anything is written

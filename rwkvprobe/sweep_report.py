@@ -33,6 +33,9 @@ def pm(x: float | None, s: float | None, unit: str = "", scale: float = 1.0) -> 
     if not u or not math.isfinite(u):
         return f"{x:.3g}{suffix}"
     digits = max(0, 1 - math.floor(math.log10(u)))
+    if x and u < 1e-3 * abs(x):  # far below the value's precision: four significant digits are enough
+        digits = max(0, 3 - math.floor(math.log10(abs(x))))
+        return f"{x:.{digits}f} ± <{10.0 ** -digits:g}{suffix}"
     return f"{x:.{digits}f} ± {u:.{digits}f}{suffix}"
 
 
@@ -96,15 +99,15 @@ def _reach_text(entry: dict) -> str:
     for lv in reach["levels"]:
         pct = f"{lv['fraction']:.0%}"
         if lv["from_x"] is None:
-            bits.append(f"{pct} never in the range")
+            bits.append(f"{pct} of it nowhere in the range")
         elif lv["at_start"]:
-            bits.append(f"{pct} already at n = {lv['from_x']:.0f}")
+            bits.append(f"{pct} of it already at n = {lv['from_x']:.0f}")
         else:
-            bits.append(f"{pct} from n = {size_pm(lv['from_x'], lv['sigma'])}")
+            bits.append(f"{pct} of it from n = {size_pm(lv['from_x'], lv['sigma'])}")
         if lv["drops_below"]:
             bits[-1] += " (below again at n ≈ " + ", ".join(f"{x:.0f}" for x in lv["drops_below"]) + ")"
-    return (f"peaks at {reach['peak_gflops']:.1f} GFLOP/s (n = {reach['peak_x']:.0f}); reaches " + ", ".join(bits)
-            + " of that peak")
+    return (f"peaks at {reach['peak_gflops']:.1f} GFLOP/s (n = {reach['peak_x']:.0f}) and reaches "
+            + " and ".join(bits))
 
 
 def pair_sentence(pair: dict) -> str:
@@ -266,7 +269,7 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
                     fontsize=7, rotation=90, va="bottom", ha="right", color="dimgrey")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"n ({_axis(results)})")
+    ax.set_xlabel(f"size n: {_axis(results)}")
     ax.set_ylabel("time per call (s, median, measured)")
     ax.set_title(f"{title}\nmeasured points, fits t0 + max(F/P, B/W) (solid) and a·n^p (dashed), "
                  "crossovers dotted", fontsize=9)
@@ -301,7 +304,7 @@ def gflops_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
                     ax.plot([lv["from_x"]], [lv["level_gflops"]], marker, color=c, ms=9, mec="black", mew=0.5,
                             label=f"{e['label']} reaches {lv['fraction']:.0%} of peak")
     ax.set_xscale("log")
-    ax.set_xlabel(f"n ({_axis(results)})")
+    ax.set_xlabel(f"size n: {_axis(results)}")
     ax.set_ylabel("attained GFLOP/s (2MKN / median time)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{title}\nattained GFLOP/s; dotted: {' and '.join(f'{f:.0%}' for f in PEAK_FRACTIONS)} "

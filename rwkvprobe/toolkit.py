@@ -132,9 +132,19 @@ def parse_cycles(log: str) -> dict:
 # Conversion
 
 
+def ceiling_specs() -> list[tuple[int, int, int]]:
+    """The shapes the measured ceilings use (peak, GEMV, overhead), so an on-board run has them too."""
+    from rwkvprobe.measure import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
+
+    return [OVERHEAD_SHAPE, *COMPUTE_SHAPES, GEMV_SHAPE]
+
+
 def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str = "rk3588",
-            simulate: bool = True, progress=print) -> dict:
-    """ONNX models of every unique shape -> .rknn in ``out`` with simulator checks and cycle tables."""
+            simulate: bool = True, progress=print, with_ceilings: bool = False) -> dict:
+    """ONNX models of every unique shape -> .rknn in ``out`` with simulator checks and cycle tables.
+
+    ``with_ceilings`` adds the ceiling shapes that ``analyze --backends rknnlite`` measures on the board.
+    """
     from rwkvprobe import onnxgen
     from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 
@@ -146,6 +156,12 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
     onnx_dir = out / "onnx"
     progress(f"convert: ONNX models for {len(layers.unique_shapes())} shapes x {len(tokens)} token counts")
     manifest = onnxgen.generate(layers, onnx_dir, tokens, ["fp32"])
+    if with_ceilings:
+        for m, k, n in ceiling_specs():
+            spec = onnxgen.ModelSpec(m, k, n, "fp32")
+            if not (onnx_dir / spec.filename).is_file():
+                onnxgen.write_model(spec, onnx_dir, onnxgen.DEFAULT_OPSET)
+            manifest["models"].append({"file": spec.filename, "m": m, "k": k, "n": n})
     try:  # earlier conversions in this folder with their build log are reused
         earlier = {(x["dtype"], x["m"], x["k"], x["n"]): x for x in read_convert_manifest(out)["models"]
                    if x.get("ok") and x.get("target", target) == target and (out / x["file"]).is_file()

@@ -313,7 +313,7 @@ def check_runner(workload: Workload, runner: Runner) -> dict:
         worst = max(worst, relative_error(out, ref_base * runner.scale(i)))
         if i == 0:
             out0 = out
-    tol = TOLERANCE[workload.dtype]
+    tol = getattr(runner, "tolerance", None) or TOLERANCE[workload.dtype]  # a runner may know its own bound
     ok = finite and worst <= tol
     result = {"ok": ok, "rel_err": worst, "tolerance": tol,
               "detail": "" if ok else ("non-finite output" if not finite else f"relative error {worst:.2e} > {tol:.0e}")}
@@ -333,6 +333,7 @@ _REGISTRY = {
     "torch-cuda": ("rwkvprobe.backends.torch_backend", "TorchCudaBackend"),
     "onnxruntime": ("rwkvprobe.backends.ort_backend", "OrtBackend"),
     "tinygrad": ("rwkvprobe.backends.tinygrad_backend", "TinygradBackend"),
+    "rknnlite": ("rwkvprobe.backends.rknnlite_backend", "RknnLiteBackend"),
 }
 BACKEND_NAMES = tuple(_REGISTRY)
 
