@@ -362,7 +362,9 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     if rknn is not None:
         compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
     elif toolkit.installed():
-        cache = toolkit.toolkit_dir().parent / "rknn-rk3588"
+        from rwkvprobe.measure import onnx_cache_dir
+
+        cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
         # decode shapes only (M=1): what the verdict needs, and half the builds
         manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1], progress=lambda m: err_console.print(m, markup=False))
         compiler = compiler_estimates(manifest, dev)
