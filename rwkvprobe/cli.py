@@ -255,10 +255,10 @@ class Reporter:
         if self.verbose:
             self.console.print(f"  {text}", markup=False, highlight=False)
 
-    def begin_points(self, total: int) -> None:
+    def begin_points(self, total: int, what: str = "layers") -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.console.print(f"[bold]layers: {total} points to measure[/bold]", highlight=False)
+        self.console.print(f"[bold]{what}: {total} points to measure[/bold]", highlight=False)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=self.console, transient=False)
@@ -383,13 +383,20 @@ def report_cmd(
     results_file: Path = typer.Argument(..., help="A results.json written by rwkvprobe analyze."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.md and plots. Default: beside the results file."),
 ):
-    """Re-render report.md and the plots from a results file, on any machine."""
-    from rwkvprobe.report import render, verdict_lines
+    """Re-render report.md (or sweep.md) and the plots from a results file, on any machine."""
     from rwkvprobe.results import load_results
 
-    results = load_results(results_file, kinds=("analyze",))
-    path = render(results, out or results_file.parent)
-    for line in verdict_lines(results):
+    results = load_results(results_file, kinds=("analyze", "sweep"))
+    if results["kind"] == "sweep":
+        from rwkvprobe.sweep import summary_lines
+        from rwkvprobe.sweep_report import render_sweep
+
+        path, lines = render_sweep(results, out or results_file.parent), summary_lines(results)
+    else:
+        from rwkvprobe.report import render, verdict_lines
+
+        path, lines = render(results, out or results_file.parent), verdict_lines(results)
+    for line in lines:
         out_console.print(line, highlight=False, markup=False)
     print(f"wrote {path}")
 
@@ -456,8 +463,10 @@ def convert_cmd(
 
 def _register_optional_commands() -> None:
     from rwkvprobe.compare import compare_command
+    from rwkvprobe.sweep import sweep_command
 
     app.command("compare")(compare_command)
+    app.command("sweep")(sweep_command)
 
 
 _register_optional_commands()

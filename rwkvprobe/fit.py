@@ -40,6 +40,8 @@ OUTLIER_Z = 4.0
 OUTLIER_MIN_REL = 0.15
 #: at most one point in this many is flagged (the worst ones)
 MAX_OUTLIER_SHARE = 8
+#: Points whose intensities (FLOP/byte) span less than this factor cannot tell compute from bandwidth.
+INTENSITY_SPAN = 2.0
 #: AICc differences below this do not pick a model.
 AICC_TIE = 2.0
 #: Fractions of its own peak GFLOP/s whose reaching size is reported per backend.
@@ -189,6 +191,19 @@ def _refine(theta: np.ndarray, f, b, logt, w, iterations: int = 100) -> np.ndarr
     return theta
 
 
+def _inverse_normal(j: np.ndarray) -> np.ndarray:
+    """(J^T J)^-1 with the columns scaled first: t0, 1/P and 1/W differ by ten orders of magnitude, and
+    forming J^T J unscaled would square that into a matrix no inverse survives."""
+    norm = np.sqrt(np.sum(j**2, axis=0))
+    norm[norm == 0] = 1.0
+    js = j / norm
+    try:
+        inv = np.linalg.inv(js.T @ js)
+    except np.linalg.LinAlgError:
+        inv = np.linalg.pinv(js.T @ js)
+    return inv / np.outer(norm, norm)
+
+
 def fit_roofline(flops, bytes_, seconds, sigma=None) -> dict:
     """Fit t = t0 + max(F/P, B/W); returns values, uncertainties, regimes, residuals and AICc.
 
@@ -203,14 +218,31 @@ def fit_roofline(flops, bytes_, seconds, sigma=None) -> dict:
     w = _weights(t, sigma)
     logt = np.log(t)
     guesses = _initial_guesses(f, b, t, w)
-    guesses.sort(key=lambda th: _objective(th, f, b, logt, w))
-    best, best_cost = None, math.inf
-    for g in guesses[:4]:
-        th = _refine(g, f, b, logt, w)
-        c = _objective(th, f, b, logt, w)
-        if c < best_cost:
-            best, best_cost = th, c
+    # the full model, and the two one-ceiling models (1/W = 0: compute only, 1/P = 0: bandwidth only)
+    families = {"full": [g for g in guesses if g[1] > 0 and g[2] > 0],
+                "compute": [g for g in guesses if g[2] == 0 and g[1] > 0],
+                "bandwidth": [g for g in guesses if g[1] == 0 and g[2] > 0]}
+    found = {}
+    for name, cands in families.items():
+        cands.sort(key=lambda th: _objective(th, f, b, logt, w))
+        for g in cands[:4]:
+            th = _refine(g, f, b, logt, w)
+            if name != "full" or (th[1] > 0 and th[2] > 0):
+                cost = _objective(th, f, b, logt, w)
+                if name not in found or cost < found[name][1]:
+                    found[name] = (th, cost)
+    if not found:  # pragma: no cover - a positive t always admits a one-ceiling fit
+        return {"model": "roofline", "ok": False, "reason": "no fit", "n_points": n}
+    reduced = min((v for k_, v in found.items() if k_ != "full"), key=lambda v: v[1], default=None)
+    full = found.get("full")
+    # a second ceiling has to earn its parameter: the full model only when its AICc is clearly lower
+    if full and (reduced is None or (_aicc(full[1], n, 3) or math.inf) < (_aicc(reduced[1], n, 2) or math.inf) - AICC_TIE):
+        best, best_cost = full
+    else:
+        best, best_cost = reduced
     t0, c, d = best
+    intensity = f / b
+    span = float(intensity.max() / intensity.min())
     m = _model(best, f, b)
     resid = logt - np.log(m)  # measured over model, in log
     compute_t, bandwidth_t = c * f, d * b
@@ -226,13 +258,10 @@ def fit_roofline(flops, bytes_, seconds, sigma=None) -> dict:
     s2 = chi2 / dof if dof > 0 else math.nan
     j = _jacobian(best, f, b)[:, free] * np.sqrt(w)[:, None]
     cov = np.full((3, 3), math.nan)
-    try:
-        inv = np.linalg.pinv(j.T @ j) if k else np.zeros((0, 0))
-        for a_, ia in enumerate(free):
-            for b_, ib in enumerate(free):
-                cov[ia, ib] = inv[a_, b_] * s2
-    except np.linalg.LinAlgError:  # pragma: no cover - pinv does not raise on finite input
-        pass
+    inv = _inverse_normal(j) if k else np.zeros((0, 0))
+    for a_, ia in enumerate(free):
+        for b_, ib in enumerate(free):
+            cov[ia, ib] = inv[a_, b_] * s2
     sd = np.sqrt(np.abs(np.diag(cov)))
     attained_flops = float(np.max(f / t))
     attained_bps = float(np.max(b / t))
@@ -246,11 +275,28 @@ def fit_roofline(flops, bytes_, seconds, sigma=None) -> dict:
         return {"value": None, "sigma": None, "status": "lower bound", "lower_bound": attained / unit, "points": 0,
                 "note": f"no {regime}-bound point: the ceiling is above what was attained"}
 
+    ambiguous = span < INTENSITY_SPAN and not (c > 0 and d > 0)
+    peak = ceiling(1, c, attained_flops, "compute", 1e9)
+    bandwidth_ = ceiling(2, d, attained_bps, "bandwidth", 1e9)
+    if ambiguous:
+        # one rate, two names: F/P = B/W at these (nearly equal) intensities; give both, neither as a finding
+        bytes_per_flop = float(np.median(b / f))
+        known, other, factor = (peak, bandwidth_, bytes_per_flop) if c > 0 else (bandwidth_, peak, 1 / bytes_per_flop)
+        other.update(value=known["value"] * factor, sigma=_finite((known["sigma"] or 0) * factor) or None,
+                     points=known["points"])
+        other.pop("lower_bound", None)
+        other.pop("note", None)
+        known["status"] = other["status"] = "ambiguous"
     return {
         "model": "roofline", "ok": True, "n_points": n, "n_params": k, "dof": dof,
-        "t0_seconds": {"value": float(t0), "sigma": _finite(sd[0]), "status": "fitted" if t0 > 0 else "at bound 0"},
-        "peak_gflops": ceiling(1, c, attained_flops, "compute", 1e9),
-        "bandwidth_gbps": ceiling(2, d, attained_bps, "bandwidth", 1e9),
+        "intensity_range": [float(intensity.min()), float(intensity.max())],
+        "ambiguous": bool(ambiguous),
+        "note": (f"every point has an intensity of {intensity.min():.3g} to {intensity.max():.3g} FLOP/byte: too "
+                 "narrow a range to tell a compute ceiling from a bandwidth one: P and W are one rate, in FLOP/s "
+                 "and in bytes/s") if ambiguous else "",
+        "t0_seconds": {"value": float(t0), "sigma": _finite(sd[0]), "status": "fitted" if t0 > 1e-6 * float(t.min()) else "at bound 0"},
+        "peak_gflops": peak,
+        "bandwidth_gbps": bandwidth_,
         "regime": ["overhead" if o else ("compute" if cp else "bandwidth") for o, cp in zip(overhead, compute)],
         "chi2": chi2, "reduced_chi2": _finite(s2), "rms_log": float(np.sqrt(np.mean(resid**2))),
         "r2_log": _finite(_r2(logt, resid, w)), "aicc": _finite(_aicc(chi2, n, k)),

@@ -461,6 +461,7 @@ class Sweep:
             r["measurements"] = [p for p in r["measurements"] if not p.get("skipped")]
             self.save()
 
+        cal_start = cpu_times()
         progress.stage(f"calibrating {len(pairs)} backend x dtype pair{'s' if len(pairs) != 1 else ''}")
         cal = {}
         for b, d in pairs:
@@ -474,6 +475,11 @@ class Sweep:
                    "per_point_seconds": plan["per_point"], "estimate_seconds": plan["estimate"],
                    "points_planned": len(todo), "skipped_for_cost": len(plan["skip"])}
         progress.stage(estimate_line(plan, s.budget_seconds, len(todo)))
+        busy = contention(cal_start, cpu_times())
+        if busy and busy["others_share"] > CONTENTION_WARN:
+            progress.stage(f"warning: other processes are using about {busy['others_share']:.0%} of the "
+                           f"{busy['cpus']} CPUs now: expect inflated, noisy times (fewer --threads than idle CPUs "
+                           "helps)")
         if estimate_only:
             return {"plan": plan, "run": run_log, "points": todo}
         r = self.results
@@ -497,14 +503,14 @@ class Sweep:
                 w, b, t_call, plan["per_point"], llc, s.cold, ref_rate,
                 onnx_cached=onnx_file(w) in onnx_have)
             elapsed = time.perf_counter() - t_start
-            if cost is not None and cost > SKIP_SHARE * s.budget_seconds:
-                point = self._skipped_point(size, w, b, f"projected {cost:.1f} s for this point "
-                                            f"({t_call:.2g} s a call), more than {SKIP_SHARE:.0%} of the "
-                                            f"{s.budget_seconds:.0f} s budget; raise --budget to measure it")
-            elif cost is not None and elapsed + cost > s.budget_seconds:
+            if cost is not None and elapsed + cost > s.budget_seconds:
                 left_out.append({"size": size, "backend": b, "dtype": d})
                 progress.advance(label + " (over budget)")
                 continue
+            if cost is not None and cost > SKIP_SHARE * s.budget_seconds:
+                point = self._skipped_point(size, w, b, f"projected {cost:.1f} s for this point "
+                                            f"({t_call:.2g} s a call), more than {SKIP_SHARE:.0%} of the "
+                                            f"{s.budget_seconds:.3g} s budget; raise --budget to measure it")
             else:
                 point = measure_point(backends[b], w, llc, policy, s.cold, s.onnx_dir)
                 point["size"] = size
@@ -583,12 +589,13 @@ def onnx_file(w: Workload) -> str:
 def estimate_line(plan: dict, budget: float, n_points: int) -> str:
     est = plan["estimate"]
     line = (f"estimated run time about {est:.0f} s for {n_points - len(plan['skip'])} points "
-            f"(budget {budget:.0f} s, {plan['per_point']:.2f} s of timing per point)")
+            f"(budget {budget:.3g} s, {plan['per_point']:.2f} s of timing per point)")
     if plan["skip"]:
         line += (f"; {len(plan['skip'])} point(s) projected too slow for the budget (checked again from the "
                  "measured times as the sweep goes)")
     if est > budget:
-        line += f"; over the budget: the run stops at {budget:.0f} s keeping what it has (--budget {math.ceil(est * 1.2)} for all)"
+        line += (f"; over the budget: the run stops at {budget:.3g} s keeping what it has "
+                 f"(--budget {math.ceil(est * 1.2)} for all)")
     return line
 
 
@@ -688,7 +695,7 @@ def sweep_command(
         return
     sweep = Sweep.resume(settings, Path(resume), old) if resume is not None else Sweep.start(settings, out)
     err_console.print(f"rwkvprobe sweep: {grid.describe()}, n = {grid.sizes[0]}..{grid.sizes[-1]} "
-                      f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} threads, "
+                      f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} thread{'' if n_threads == 1 else 's'}, "
                       f"{'cold' if cold else 'warm'} cache -> {sweep.out_dir}", highlight=False, markup=False)
     try:
         results = sweep.run(reporter)
@@ -706,7 +713,7 @@ def sweep_command(
     for w in results.get("warnings", []):
         err_console.print(f"warning: {w}", highlight=False, markup=False)
     if results.get("stopped"):
-        err_console.print(f"stopped at the {settings.budget_seconds:.0f} s budget: "
+        err_console.print(f"stopped at the {settings.budget_seconds:.3g} s budget: "
                           f"{len(results['stopped']['not_measured'])} point(s) not measured; complete them with: "
                           f"rwkvprobe sweep --resume {sweep.out_dir} --budget SECONDS", highlight=False, markup=False)
     print(f"wrote {sweep.path}, {path}, {path.parent / 'sweep.csv'} and plots in {sweep.out_dir}")

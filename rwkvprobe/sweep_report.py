@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.fit import PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
+from rwkvprobe.fit import NOISE_Z, PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 
 REPORT = "sweep.md"
@@ -73,12 +73,18 @@ def _fit_text(entry: dict) -> str:
         return "too few points to fit"
     rf, pl, cmp_ = fits["roofline"], fits["power_law"], fits["comparison"]
     parts = [f"t0 = {pm(rf['t0_seconds']['value'], rf['t0_seconds']['sigma'], 'µs', 1e6)}"]
-    for key, name, unit in (("peak_gflops", "P", "GFLOP/s"), ("bandwidth_gbps", "W", "GB/s")):
-        c = rf[key]
-        if c["status"] == "fitted":
-            parts.append(f"{name} = {pm(c['value'], c['sigma'], unit)}")
-        else:
-            parts.append(f"{name} > {c['lower_bound']:.3g} {unit} (no point limited by it)")
+    if rf.get("ambiguous"):
+        p_, w_ = rf["peak_gflops"], rf["bandwidth_gbps"]
+        parts.append(f"one rate: P = {pm(p_['value'], p_['sigma'], 'GFLOP/s')} or, in bytes, "
+                     f"W = {pm(w_['value'], w_['sigma'], 'GB/s')} (all points at "
+                     f"{rf['intensity_range'][0]:.3g}-{rf['intensity_range'][1]:.3g} FLOP/byte cannot tell which)")
+    else:
+        for key, name, unit in (("peak_gflops", "P", "GFLOP/s"), ("bandwidth_gbps", "W", "GB/s")):
+            c = rf[key]
+            if c["status"] == "fitted":
+                parts.append(f"{name} = {pm(c['value'], c['sigma'], unit)}")
+            else:
+                parts.append(f"{name} > {c['lower_bound']:.3g} {unit} (no point limited by it)")
     text = "roofline fit " + ", ".join(parts)
     if pl.get("ok"):
         text += f"; power law t ∝ n^{pm(pl['p']['value'], pl['p']['sigma'])}"
@@ -145,18 +151,17 @@ def summary_sentences(results: dict, summary: dict | None = None) -> list[str]:
     out = []
     if sizes:
         out.append(f"Sweep of {_axis(results)} for n = {sizes[0]}..{sizes[-1]} ({len(sizes)} sizes), "
-                   f"{'cold' if s.get('cold', True) else 'warm'} cache, {s.get('threads')} threads.")
+                   f"{'cold' if s.get('cold', True) else 'warm'} cache, {s.get('threads')} "
+                   f"thread{'' if s.get('threads') == 1 else 's'}.")
     if not summary["series"]:
         return out + ["No backend produced a checked measurement: nothing to fit (see Skipped and failed)."]
-    largest = {}
-    for e in summary["series"]:
-        largest[e["label"]] = (e["sizes"][-1], e["seconds"][-1], e["gflops"][-1])
-    top = max(x[0] for x in largest.values())
-    at_top = [(lbl, v) for lbl, v in largest.items() if v[0] == top]
-    if at_top:
-        lbl, v = min(at_top, key=lambda kv: kv[1][1])
-        out.append(f"**Fastest at the largest size measured (n = {top}): {lbl}**, {_us(v[1])} a call, "
-                   f"{v[2]:.1f} GFLOP/s.")
+    top = max(e["sizes"][-1] for e in summary["series"])
+    at_top = [(e["label"], e["seconds"][-1], e["gflops"][-1], e["rel_sigma"][-1])
+              for e in summary["series"] if e["sizes"][-1] == top]
+    lbl, t, g, sig = min(at_top, key=lambda v: v[1])
+    tied = [v[0] for v in at_top if v[0] != lbl and math.log(v[1] / t) <= NOISE_Z * math.hypot(sig, v[3])]
+    out.append(f"**Fastest at the largest size measured (n = {top}): {lbl}**, {_us(t)} a call, {g:.1f} GFLOP/s"
+               + (f" (tied within noise with {', '.join(tied)})." if tied else "."))
     for e in summary["series"]:
         text = f"**{e['label']}**: " + _reach_text(e)
         text += ("; " if e["reach"].get("peak_gflops") else "") + _fit_text(e) + "."
@@ -167,7 +172,7 @@ def summary_sentences(results: dict, summary: dict | None = None) -> list[str]:
         out.append(pair_sentence(p))
     stopped = results.get("stopped")
     if stopped:
-        out.append(f"The run stopped at its {stopped['budget_seconds']:.0f} s budget with "
+        out.append(f"The run stopped at its {stopped['budget_seconds']:.3g} s budget with "
                    f"{len(stopped['not_measured'])} point(s) not measured: `rwkvprobe sweep --resume DIR "
                    "--budget SECONDS` completes it.")
     return out
@@ -238,7 +243,7 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
     """Log-log time per call vs size: measured medians, fitted roofline (solid) and power law (dashed),
     crossovers marked."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(11.5, 6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {}
     for i, e in enumerate(summary["series"]):
@@ -260,6 +265,8 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
             if fits["power_law"].get("ok"):
                 ax.plot(xs, power_law_predict(fits["power_law"], xs), "--", color=c, lw=1, alpha=0.7,
                         label=f"{e['label']} power law n^{fits['power_law']['p']['value']:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ymin, ymax = ax.get_ylim()
     for p in summary["pairs"]:
         for c in p["crossovers"]:
@@ -267,14 +274,13 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
             ax.axvspan(c["x"] - c["sigma"], c["x"] + c["sigma"], color="grey", alpha=0.12)
             ax.text(c["x"], ymin * 1.15, f" {p['a']} = {p['b']}\n n = {size_pm(c['x'], c['sigma'])}",
                     fontsize=7, rotation=90, va="bottom", ha="right", color="dimgrey")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_ylim(ymin, ymax)
     ax.set_xlabel(f"size n: {_axis(results)}")
     ax.set_ylabel("time per call (s, median, measured)")
     ax.set_title(f"{title}\nmeasured points, fits t0 + max(F/P, B/W) (solid) and a·n^p (dashed), "
                  "crossovers dotted", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -284,13 +290,16 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
 def gflops_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
     """Attained GFLOP/s vs size, the fitted roofline's prediction, and where 50% and 90% of peak are reached."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(11.5, 6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, e in enumerate(summary["series"]):
         c = colors[i % len(colors)]
         x = np.asarray(e["sizes"], float)
         g = np.asarray(e["gflops"], float)
-        ax.plot(x, g, "o", ms=4, color=c, label=f"{e['label']} measured")
+        out = np.isin(x, e["outlier_sizes"])
+        ax.plot(x[~out], g[~out], "o", ms=4, color=c, label=f"{e['label']} measured")
+        if out.any():
+            ax.scatter(x[out], g[out], marker="x", s=50, color=c, label=f"{e['label']} outlier")
         fits = e.get("fits")
         if fits and fits["roofline"].get("ok") and len(x) >= 2:
             xs, f, b = _dense(e)
@@ -310,7 +319,7 @@ def gflops_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
     ax.set_title(f"{title}\nattained GFLOP/s; dotted: {' and '.join(f'{f:.0%}' for f in PEAK_FRACTIONS)} "
                  "of each backend's measured peak", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -365,17 +374,21 @@ def _markdown(results: dict, summary: dict, title: str, pics: dict) -> list[str]
 
 
 def _fits_section(summary: dict) -> list[str]:
-    rows = []
+    rows, notes = [], []
     for e in summary["series"]:
         fits = e.get("fits")
+        if fits and fits["roofline"].get("ambiguous"):
+            notes += [f"- {e['label']}: {fits['roofline']['note']}."]
         if not fits:
-            rows.append([e["label"], *["-"] * 8])
+            rows.append([e["label"], *["-"] * 10])
             continue
         rf, pl, cmp_ = fits["roofline"], fits["power_law"], fits["comparison"]
 
         def ceiling(c, unit):
             if c["status"] == "fitted":
                 return f"{pm(c['value'], c['sigma'])} ({c['points']} pts)"
+            if c["status"] == "ambiguous":
+                return f"{pm(c['value'], c['sigma'])} (or the other: one rate)"
             return f"> {c['lower_bound']:.3g} (none limited)"
 
         if rf.get("ok"):
@@ -401,7 +414,11 @@ def _fits_section(summary: dict) -> list[str]:
             "lower bound (what was attained). The better model has the lower AICc (a difference under 2 is a "
             "tie). Regimes count the points where the fitted t0, B/W or F/P term is largest.", ""] + \
         _table(["backend dtype", "t0 (µs)", "P (GFLOP/s)", "W (GB/s)", "overhead/bandwidth/compute points",
-                "rms error", "a (s)", "p", "rms error", "better fit", "outliers (n)"], rows) + [""]
+                "rms error", "a (s)", "p", "rms error", "better fit", "outliers (n)"], rows) + [""] + \
+        (notes + [""] if notes else []) + [
+        "W is an *effective* bandwidth: the bytes counted (each matrix once) over the time of the points the "
+        "fit calls bandwidth-bound. In a square sweep those are the smallest sizes, where the kernel rather than "
+        "DRAM is usually what limits; with a fixed M (decode) it is close to what the weights stream at.", ""]
 
 
 def _crossover_section(summary: dict) -> list[str]:
@@ -410,7 +427,8 @@ def _crossover_section(summary: dict) -> list[str]:
     rows = []
     for p in summary["pairs"]:
         cs = p["crossovers"]
-        cell = "; ".join(f"{p[c['faster_above']]} faster from n = {size_pm(c['x'], c['sigma'])}" for c in cs) or "none"
+        cell = "; ".join(f"{p[c['faster_above']]} faster from n = {size_pm(c['x'], c['sigma'])} "
+                         f"(between {c['between'][0]:.0f} and {c['between'][1]:.0f})" for c in cs) or "none"
         who = {"a": p["a"], "b": p["b"], "tie": "tie", None: "-"}
         rows.append([f"{p['a']} vs {p['b']}", cell, f"{who[p['faster']['first']]}", f"{who[p['faster']['last']]}"])
     return ["## Crossovers", "",
@@ -481,7 +499,7 @@ def _skipped_section(results: dict) -> list[str]:
     stopped = results.get("stopped")
     if stopped:
         left = stopped["not_measured"]
-        lines.append(f"- {len(left)} point(s) not measured: the {stopped['budget_seconds']:.0f} s budget ran out "
+        lines.append(f"- {len(left)} point(s) not measured: the {stopped['budget_seconds']:.3g} s budget ran out "
                      f"(from n = {min(p['size'] for p in left)}); `--resume` completes them")
     return (["## Skipped and failed", ""] + lines + [""]) if lines else []
 
@@ -510,7 +528,8 @@ def _method_section(results: dict) -> list[str]:
             "float64 reference before its time counts; a wrong result is reported, not timed.",
             ("- Cold cache: calls rotate over distinct weight buffers (plus an untimed eviction read) so that at "
              "least 4x the last-level cache passes between two uses of a buffer." if cold else
-             "- Warm cache (--warm): one weight buffer reused, cache-resident where it fits."),
+             "- Warm cache (the default for square grids, as the article's repeated calls of one model; --cold "
+             "for weights read from DRAM on every call): one weight buffer reused, cache-resident where it fits."),
             "- Timing: warm-up, then repeats until the spread (IQR/median) is below 3% or the point's budget is "
             "spent; the median counts. Before measuring, each backend is timed on one or two shapes of the grid to "
             "estimate the run; points projected to take more than 10% of the budget are skipped and listed.",

@@ -51,6 +51,19 @@ def test_roofline_fit_exact_data_is_exact():
     assert r["bandwidth_gbps"]["value"] == pytest.approx(W / 1e9, rel=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_uncertainty_of_a_large_fixed_cost(seed):
+    # t0 dominates the small sizes (a backend that waits ~16 ms for a busy core on every call)
+    x = np.arange(128, 2049, 128, dtype=float)
+    f, b = 2 * x**3, 12 * x**2
+    r = fit.fit_roofline(f, b, noisy(fit.roofline_time(16e-3, 100e9, None, f, b), seed))
+    t0 = r["t0_seconds"]
+    # 2% noise on the ~5 points t0 dominates: an error of the order of 16 ms * 2% / sqrt(5), not 1e-20 s
+    assert 30e-6 < t0["sigma"] < 1e-3
+    assert abs(t0["value"] - 16e-3) < 4 * t0["sigma"]
+    assert abs(r["peak_gflops"]["value"] - 100) < 4 * r["peak_gflops"]["sigma"]
+
+
 def test_square_sweep_cannot_see_bandwidth_reports_a_lower_bound():
     size, f, b = shapes(ms=("square",))
     t = noisy(fit.roofline_time(5e-6, 90e9, 10e9, f, b), 1)
@@ -62,13 +75,25 @@ def test_square_sweep_cannot_see_bandwidth_reports_a_lower_bound():
     assert bw["lower_bound"] == pytest.approx(max(b / t) / 1e9)
 
 
-def test_decode_sweep_cannot_see_compute_reports_a_lower_bound():
+@pytest.mark.parametrize("seed", range(4))
+def test_decode_sweep_has_one_ceiling_and_says_the_split_is_ambiguous(seed):
+    # M = 1: every point at ~0.5 FLOP/byte, so F/P and B/W are the same curve: one ceiling, flagged
     size, f, b = shapes(ms=(1,))
-    t = noisy(fit.roofline_time(10e-6, 90e9, 10e9, f, b), 2)
+    t = noisy(fit.roofline_time(10e-6, 90e9, 10e9, f, b), seed)
     r = fit.fit_roofline(f, b, t)
-    assert r["bandwidth_gbps"]["status"] == "fitted"
+    assert r["ambiguous"] and "too narrow" in r["note"]
+    assert r["peak_gflops"]["status"] == r["bandwidth_gbps"]["status"] == "ambiguous"
+    # one rate in two units: 10 GB/s, or 5 GFLOP/s at 2KN FLOPs for ~4KN bytes
     assert r["bandwidth_gbps"]["value"] == pytest.approx(10, rel=0.05)
-    assert r["peak_gflops"]["status"] == "lower bound"
+    assert r["peak_gflops"]["value"] == pytest.approx(5, rel=0.05)
+    assert r["bandwidth_gbps"]["sigma"] > 0 and r["peak_gflops"]["sigma"] > 0
+    assert r["t0_seconds"]["value"] == pytest.approx(10e-6, rel=0.15)
+
+
+def test_wide_intensity_range_is_not_ambiguous():
+    size, f, b = shapes()
+    r = fit.fit_roofline(f, b, noisy(fit.roofline_time(T0, P, W, f, b), 0))
+    assert not r["ambiguous"] and r["intensity_range"][1] / r["intensity_range"][0] > 100
 
 
 @pytest.mark.parametrize("seed", range(3))

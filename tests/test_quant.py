@@ -39,6 +39,9 @@ def test_default_block_size_is_32():
     ("nbits4", 1_179_648 + 294_912 + 36_864, 0.640625),
     # 768*3072 + 3072*24*4 scales + 3072*24 uint8 zero points
     ("nbits8", 2_359_296 + 294_912 + 73_728, 1.15625),
+    # the same weights, computed with int8 activations
+    ("nbits4a8", 1_179_648 + 294_912 + 36_864, 0.640625),
+    ("nbits8a8", 2_359_296 + 294_912 + 73_728, 1.15625),
     # one fp32 scale and one int8 zero point for the whole matrix
     ("dynamic8", 2_359_296 + 4 + 1, 1 + 5 / (768 * 3072)),
     # one fp32 scale per output column, symmetric
@@ -77,7 +80,7 @@ def test_float_dtypes_unchanged():
 def test_keys_name_format_and_block():
     assert Workload(1, *RWKV, "int4").key == "m1_k768_n3072_int4_nbits4_b32"
     assert Workload(1, *RWKV, "int8-dyn").key == "m1_k768_n3072_int8-dyn_dynamic8"
-    assert set(DTYPES) >= {"fp32", "fp16", "bf16", "int8", "int4", "int8-dyn"}
+    assert set(DTYPES) >= {"fp32", "fp16", "bf16", *ORT_QUANT}
     assert set(TOLERANCE) >= set(DTYPES)
 
 
@@ -94,7 +97,9 @@ def test_labels():
     assert ort.format_label("int4") == "int4 (MatMulNBits, block 32)"
     assert ort.format_label("int8") == "int8 (MatMulNBits, block 32)"
     assert ort.format_label("int4", 64) == "int4 (MatMulNBits, block 64)"
-    assert ort.format_label("int8-dyn") == "int8-dyn (MatMulInteger, per-tensor, dynamic uint8 activations)"
+    assert ort.format_label("int8-dyn") == "int8-dyn (MatMulInteger, per-tensor, uint8 per-tensor activations)"
+    assert ort.format_label("int4-a8") == "int4-a8 (MatMulNBits, block 32, int8 per-block activations)"
+    assert ort.format_label("int8-a8", 128) == "int8-a8 (MatMulNBits, block 128, int8 per-block activations)"
     assert ort.format_label("fp16") == "fp16"
     torch = backend_class("torch")
     assert torch.format_label("int8") == "int8 (torch _weight_int8pack_mm, per-channel)"
@@ -116,11 +121,13 @@ def _check(backend, w, copies, tmp_path):
 
 
 #: expected quantization noise vs the fp32 weight (informational): far above the tolerances
-NOISE = {"int4": (1e-2, 0.2), "int8": (5e-4, 2e-2), "int8-dyn": (1e-3, 3e-2)}
+NOISE = {"int4": (1e-2, 0.2), "int8": (5e-4, 2e-2), "int8-dyn": (1e-3, 3e-2), "int4-a8": (1e-2, 0.2),
+         "int8-a8": (1e-3, 3e-2)}
+ORT_QUANT = ["int4", "int8", "int8-dyn", "int4-a8", "int8-a8"]
 
 
 @needs_ort
-@pytest.mark.parametrize("dtype", ["int4", "int8", "int8-dyn"])
+@pytest.mark.parametrize("dtype", ORT_QUANT)
 @pytest.mark.parametrize("m, k, n", [(1, *RWKV), (2, 3072, 768), (3, 100, 64), (1, 4096, 48)])
 def test_onnxruntime_quantized_matches_dequantized_reference(dtype, m, k, n, tmp_path):
     b = get_backend("onnxruntime", 2)
@@ -180,7 +187,7 @@ class FP32KernelRunner:
 @needs_ort
 def test_quantization_noise_does_not_hide_a_wrong_kernel(tmp_path):
     b = get_backend("onnxruntime", 1)
-    for dtype in ("int8", "int4", "int8-dyn"):
+    for dtype in ORT_QUANT:
         w = b.workload(1, *RWKV, dtype)
         runner = FP32KernelRunner(w, b.prepare(w, 1, onnx_dir=tmp_path))
         result = check_runner(w, runner)
@@ -242,7 +249,7 @@ def test_quantized_models_cached_next_to_fp32(tmp_path):
 
 def test_numpy_has_no_quantized_kernel(tmp_path):
     b = get_backend("numpy", 1)
-    for dtype in ("int8", "int4", "int8-dyn"):
+    for dtype in ORT_QUANT:
         assert b.dtype_unavailable(dtype) == f"numpy has no {dtype} kernel"
         assert dtype not in b.usable_dtypes()
         with pytest.raises(UnavailableDtype, match="no .* kernel"):
@@ -282,7 +289,7 @@ def test_torch_formats_and_missing_kernels(monkeypatch):
 @needs_torch
 def test_cuda_torch_offers_no_cpu_weight_packs():
     cls = backend_class("torch-cuda")
-    assert not set(cls.dtypes) & {"int8", "int4", "int8-dyn"}
+    assert not set(cls.dtypes) & set(ORT_QUANT)
 
 
 @needs_ort
@@ -296,7 +303,7 @@ def test_onnxruntime_rejects_unsupported_block_size(tmp_path):
 # End to end through measure_point (cold rotation, check, timing)
 
 @needs_ort
-@pytest.mark.parametrize("dtype", ["int4", "int8", "int8-dyn"])
+@pytest.mark.parametrize("dtype", ORT_QUANT)
 def test_measure_point_quantized(dtype, tmp_path):
     b = get_backend("onnxruntime", 1)
     w = b.workload(1, 256, 512, dtype)
@@ -309,4 +316,4 @@ def test_measure_point_quantized(dtype, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
 def test_onnxruntime_offers_all_quantized_dtypes_here():
     cls = backend_class("onnxruntime")
-    assert {"int8", "int4", "int8-dyn"} <= set(cls.usable_dtypes()), {d: cls.dtype_unavailable(d) for d in cls.dtypes}
+    assert set(ORT_QUANT) <= set(cls.usable_dtypes()), {d: cls.dtype_unavailable(d) for d in cls.dtypes}

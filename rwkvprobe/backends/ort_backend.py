@@ -8,6 +8,8 @@ next to them (``matmul_m1_k768_n3072_nbits4_b32.onnx``):
   (``quantize_matmul_4bits`` / ``quantize_matmul_8bits``), with the same node it writes: asymmetric
   (a zero point per block), block 32 unless asked otherwise, ``accuracy_level`` 1 (fp32 compute).
   The Python ``MatMulNBitsQuantizer`` itself is not used: it needs the ``onnx_ir`` package.
+- ``int4-a8`` / ``int8-a8``: the same weights at ``accuracy_level`` 4: A quantized to int8 per block
+  inside the call, integer dot products (the fast CPU path; 8-bit has no fast fp32-compute kernel).
 - ``int8-dyn``: ``onnxruntime.quantization.quantize_dynamic`` (int8 weight, one scale):
   DynamicQuantizeLinear on A, then MatMulInteger.
 
@@ -25,12 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from rwkvprobe.backends import Backend, Workload, activation, base_weight
-from rwkvprobe.backends.quant import FORMATS, dequantize_nbits, dequantize_per_tensor, dynamic_activation
+from rwkvprobe.backends.quant import FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
 from rwkvprobe.onnxgen import NP_DTYPES, ModelSpec
 
-#: MatMulNBits compute type: 1 = fp32 (exact against the dequantized weight). 4 would quantize A to
-#: int8 per block (faster on VNNI/AMX, ~5e-3 error against the dequantized weight).
-NBITS_ACCURACY_LEVEL = 1
 #: onnxruntime's quantizer default: asymmetric, a zero point per block
 NBITS_SYMMETRIC = False
 #: bumped whenever the conversion changes, so no stale cached model is reused
@@ -49,7 +48,7 @@ def _settings(workload: Workload, spec: ModelSpec) -> str:
     fmt = workload.weight_format
     parts = [f"v{QUANT_VERSION}", fmt.name, f"seed={spec.seed}", f"k={spec.k}", f"n={spec.n}", f"m={spec.m}"]
     if fmt.op == "MatMulNBits":
-        parts += [f"block={workload.block_size}", f"acc={NBITS_ACCURACY_LEVEL}", f"sym={int(NBITS_SYMMETRIC)}"]
+        parts += [f"block={workload.block_size}", f"acc={fmt.accuracy_level}", f"sym={int(NBITS_SYMMETRIC)}"]
     return ";".join(parts)
 
 
@@ -93,9 +92,8 @@ class OrtRunner:
     def inputs(self):
         if not self.workload.quantized:
             return self.a, base_weight(self.k, self.n).astype(self.dtype)
-        w = read_quantized_weight(self.path)
-        a = dynamic_activation(self.a) if self.workload.weight_format.dynamic_activation else self.a
-        return a, w
+        w = self.workload
+        return activation_as_seen(self.a, w.weight_format, w.block_size), read_quantized_weight(self.path)
 
     def close(self) -> None:
         self.sessions, self.outs = [], []
@@ -164,8 +162,8 @@ def _nbits_model(src_model, workload: Workload):
         inits.append(numpy_helper.from_array(zero_points, f"{name}_zero_points"))
         inputs.append(inits[2].name)
     attrs = {"K": k, "N": n, "bits": bits, "block_size": bs}
-    if NBITS_ACCURACY_LEVEL:
-        attrs["accuracy_level"] = NBITS_ACCURACY_LEVEL
+    if fmt.accuracy_level:
+        attrs["accuracy_level"] = fmt.accuracy_level
     qnode = helper.make_node("MatMulNBits", inputs, list(node.output), name=f"{node.name or 'MatMul'}_Q{bits}",
                              domain="com.microsoft", **attrs)
     graph = helper.make_graph([qnode], src_model.graph.name, list(src_model.graph.input),
@@ -258,11 +256,11 @@ def _probe(scheme: str) -> str | None:
 
 class OrtBackend(Backend):
     name = "onnxruntime"
-    dtypes = ("fp32", "fp16", "int8", "int4", "int8-dyn")
+    dtypes = ("fp32", "fp16", "int8", "int4", "int8-dyn", "int8-a8", "int4-a8")
     default_dtypes = ("fp32", "fp16")
     module = "onnxruntime"
     extra = "onnxruntime"
-    formats = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8"}
+    formats = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8", "int8-a8": "nbits8a8", "int4-a8": "nbits4a8"}
 
     @classmethod
     def dtype_unavailable(cls, dtype: str) -> str | None:
@@ -290,5 +288,6 @@ class OrtBackend(Backend):
 
         return {"name": self.name, "threads": self.threads, "onnxruntime": ort.__version__,
                 "providers": ["CPUExecutionProvider"],
-                "quantization": {"nbits_accuracy_level": NBITS_ACCURACY_LEVEL, "nbits_symmetric": NBITS_SYMMETRIC}}
+                "quantization": {"nbits_symmetric": NBITS_SYMMETRIC,
+                                 "formats": {d: FORMATS[s].detail for d, s in self.formats.items()}}}
 

@@ -6,15 +6,17 @@ consecutive K rows of one output column (blockwise), one whole column (per-chann
 matrix (per-tensor). The bytes a format really moves include its scales and zero points, and the
 padding of K up to whole blocks where the kernel stores it:
 
-    nbits4   onnxruntime MatMulNBits 4-bit: 0.5 B + fp32 scale/32 + 4-bit zero point/32  = 0.640625 B/weight
-    nbits8   onnxruntime MatMulNBits 8-bit: 1 B + fp32 scale/32 + 8-bit zero point/32     = 1.15625 B/weight
-    dynamic8 onnxruntime MatMulInteger (quantize_dynamic): 1 B + one fp32 scale and int8 zero point
-    int8pack torch _weight_int8pack_mm: 1 B + fp32 scale per output column (symmetric)
-    int4pack torch _weight_int4pack_mm_for_cpu: 0.5 B + fp32 scale and fp32 zero per group of 32
+    nbits4    onnxruntime MatMulNBits 4-bit: 0.5 B + fp32 scale/32 + 4-bit zero point/32 = 0.640625 B/weight
+    nbits8    onnxruntime MatMulNBits 8-bit: 1 B + fp32 scale/32 + 8-bit zero point/32    = 1.15625 B/weight
+    nbits4a8, nbits8a8: the same weights, computed with int8 activations (accuracy_level 4)
+    dynamic8  onnxruntime MatMulInteger (quantize_dynamic): 1 B + one fp32 scale and int8 zero point
+    int8pack  torch _weight_int8pack_mm: 1 B + fp32 scale per output column (symmetric)
+    int4pack  torch _weight_int4pack_mm_for_cpu: 0.5 B + fp32 scale and fp32 zero per group of 32
 
 (block 32; for K=768, N=3072). The numpy helpers here turn each format back into the fp32 weight it
-stands for, so a kernel's output can be checked tightly against A x dequantized(W) in float64; the
-error against the original fp32 weight is quantization noise and is recorded apart, for information.
+stands for, and replay the activation quantization of the formats that quantize A inside the call,
+so a kernel's output can be checked tightly against A' x dequantized(W) in float64; the error
+against the original fp32 A x W is quantization noise and is recorded apart, for information.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: weight dtypes stored as integers; activations and outputs stay fp32
-QUANT_DTYPES = ("int8", "int4", "int8-dyn")
+#: weight dtypes stored as integers; activations and outputs stay fp32 (int8-dyn, int8-a8 and
+#: int4-a8 quantize A to 8 bits inside the call)
+QUANT_DTYPES = ("int8", "int4", "int8-dyn", "int8-a8", "int4-a8")
 #: bytes per activation/output element of a quantized workload (fp32)
 ACTIVATION_BYTES = 4
 #: weights per scale of a blockwise format, unless a workload says otherwise (``--block-size``)
@@ -44,7 +47,10 @@ class WeightFormat:
     zero_bits: int  # bits of one stored zero point; 0 = symmetric, none stored
     op: str  # the kernel
     pad_k: bool = False  # K is stored padded up to whole blocks
-    dynamic_activation: bool = False  # activations are quantized (to uint8) inside the call
+    #: how the kernel quantizes the fp32 activations inside the call: "" (it does not),
+    #: ACT_TENSOR_U8 (DynamicQuantizeLinear) or ACT_BLOCK_S8 (symmetric int8 per block of K)
+    activations: str = ""
+    accuracy_level: int = 0  # MatMulNBits compute type: 1 fp32, 4 int8 activations
     block_sizes: tuple[int, ...] = ()  # block sizes the kernel accepts (blockwise formats)
     detail: str = ""
 
@@ -77,7 +83,7 @@ class WeightFormat:
             where = "per-channel"
         else:
             where = "per-tensor"
-        extra = ", dynamic uint8 activations" if self.dynamic_activation else ""
+        extra = f", {self.activations} activations" if self.activations else ""
         return f"{self.dtype} ({self.op}, {where}{extra})"
 
     def check_block_size(self, block_size: int) -> None:
@@ -86,16 +92,31 @@ class WeightFormat:
                              f"(expected one of {', '.join(map(str, self.block_sizes))})")
 
 
+ACT_TENSOR_U8 = "uint8 per-tensor"
+ACT_BLOCK_S8 = "int8 per-block"
+_NBITS_BLOCKS = (16, 32, 64, 128, 256)
+
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
-    WeightFormat("nbits4", "int4", 4, "block", 4, 4, "MatMulNBits", pad_k=True, block_sizes=(16, 32, 64, 128, 256),
+    WeightFormat("nbits4", "int4", 4, "block", 4, 4, "MatMulNBits", pad_k=True, accuracy_level=1,
+                 block_sizes=_NBITS_BLOCKS,
                  detail="onnxruntime blockwise weight-only 4-bit, asymmetric (uint4 zero point per block), "
                         "fp32 compute (accuracy_level 1)"),
-    WeightFormat("nbits8", "int8", 8, "block", 4, 8, "MatMulNBits", pad_k=True, block_sizes=(16, 32, 64, 128, 256),
+    WeightFormat("nbits8", "int8", 8, "block", 4, 8, "MatMulNBits", pad_k=True, accuracy_level=1,
+                 block_sizes=_NBITS_BLOCKS,
                  detail="onnxruntime blockwise weight-only 8-bit, asymmetric (uint8 zero point per block), "
                         "fp32 compute (accuracy_level 1)"),
-    WeightFormat("dynamic8", "int8-dyn", 8, "tensor", 4, 8, "MatMulInteger", dynamic_activation=True,
+    WeightFormat("nbits4a8", "int4-a8", 4, "block", 4, 4, "MatMulNBits", pad_k=True, accuracy_level=4,
+                 activations=ACT_BLOCK_S8, block_sizes=_NBITS_BLOCKS,
+                 detail="the nbits4 weights computed with A quantized to int8 per block (accuracy_level 4)"),
+    WeightFormat("nbits8a8", "int8-a8", 8, "block", 4, 8, "MatMulNBits", pad_k=True, accuracy_level=4,
+                 activations=ACT_BLOCK_S8, block_sizes=_NBITS_BLOCKS,
+                 detail="the nbits8 weights computed with A quantized to int8 per block (accuracy_level 4)"),
+    WeightFormat("dynamic8", "int8-dyn", 8, "tensor", 4, 8, "MatMulInteger", activations=ACT_TENSOR_U8,
                  detail="onnxruntime quantize_dynamic: int8 weight with one scale, activations quantized to "
                         "uint8 per call (DynamicQuantizeLinear), int32 accumulation"),
+    WeightFormat("rknn8", "int8", 8, "channel", 4, 0, "RKNN NPU", activations="int8 per-tensor",
+                 detail="RK3588 NPU w8a8 (rknnlite): bytes modelled as int8 weights plus one fp32 scale per "
+                        "output column; the .rknn layout is not read back"),
     WeightFormat("int8pack", "int8", 8, "channel", 4, 0, "torch _weight_int8pack_mm",
                  detail="torch weight-only int8, symmetric, one fp32 scale per output column, fp32 activations"),
     WeightFormat("int4pack", "int4", 4, "block", 4, 32, "torch _weight_int4pack_mm_for_cpu",
@@ -104,7 +125,8 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
 )}
 
 #: the format a quantized dtype means unless a backend stores it differently (Backend.formats)
-DEFAULT_FORMATS = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8"}
+DEFAULT_FORMATS = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8", "int8-a8": "nbits8a8",
+                   "int4-a8": "nbits4a8"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,6 +192,31 @@ def dynamic_activation(a: np.ndarray) -> np.ndarray:
     """A as MatMulInteger sees it after DynamicQuantizeLinear, in float64: (q - zp) * scale."""
     q, scale, zp = dynamic_quantize_linear(a)
     return (q.astype(np.float64) - float(zp)) * float(scale)
+
+
+def block_int8_activation(a: np.ndarray, block_size: int) -> np.ndarray:
+    """A as MatMulNBits sees it at accuracy_level 4, in float64: each row quantized to int8 per block
+    of K, symmetric, scale = max|a| / 127, rounded half to even (MLAS's QuantizeARow_CompInt8)."""
+    a = np.asarray(a, dtype=np.float32)
+    m, k = a.shape
+    kb = math.ceil(k / block_size)
+    padded = np.zeros((m, kb * block_size), dtype=np.float32)
+    padded[:, :k] = a
+    g = padded.reshape(m, kb, block_size)
+    scale = (np.abs(g).max(axis=-1) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale != 0, scale, np.float32(1))
+    inv = np.where(scale != 0, np.float32(1) / safe, np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(g * inv[..., None]), -127, 127)
+    return (q * scale[..., None].astype(np.float64)).reshape(m, -1)[:, :k]
+
+
+def activation_as_seen(a: np.ndarray, fmt: WeightFormat, block_size: int) -> np.ndarray:
+    """A as a format's kernel multiplies it: itself, or its replayed 8-bit quantization (float64)."""
+    if fmt.activations == ACT_TENSOR_U8:
+        return dynamic_activation(a)
+    if fmt.activations == ACT_BLOCK_S8:
+        return block_int8_activation(a, block_size)
+    return a
 
 
 def quantize_int8_per_channel(w_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
