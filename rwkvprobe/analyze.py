@@ -37,12 +37,14 @@ class AnalyzeSettings:
     quick: bool = False
     rknn_dir: Path | None = None  # .rknn models for the rknnlite backend ('rwkvprobe convert')
     npu_cores: str = "auto"
+    block_size: int = 32  # blockwise-quantized weights
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
                 "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
-                "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores}
+                "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
+                "block_size": self.block_size}
 
 
 def default_out_dir(layers: LayerList) -> Path:
@@ -71,10 +73,12 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
         cls = backend_class(b)
         wanted = settings.dtypes or list(cls.default_dtypes)
         for d in wanted:
-            if d in cls.dtypes:
-                pairs.append((b, d))
-            else:
+            if d not in cls.dtypes:
                 skipped.append({"backend": b, "dtype": d, "reason": f"{b} has no {d} matmul"})
+            elif (why := cls.dtype_unavailable(d)) is not None:
+                skipped.append({"backend": b, "dtype": d, "reason": why})
+            else:
+                pairs.append((b, d))
     if not pairs:
         raise InputError("nothing to measure: no backend here supports the requested dtypes "
                          f"({', '.join(settings.dtypes or [])})")
@@ -82,11 +86,11 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
 
 
 def check_dtypes(dtypes: list[str] | None) -> None:
-    from rwkvprobe.backends import ELEMENT_BYTES
+    from rwkvprobe.backends import DTYPES
 
     for d in dtypes or []:
-        if d not in ELEMENT_BYTES:
-            raise InputError(f"--dtypes: unknown dtype '{d}' (expected {', '.join(ELEMENT_BYTES)})")
+        if d not in DTYPES:
+            raise InputError(f"--dtypes: unknown dtype '{d}' (expected {', '.join(DTYPES)})")
 
 
 def _projected(c: dict, w: Workload, bandwidth_bps: float | None) -> float | None:
@@ -186,7 +190,8 @@ class Analysis:
         todo = [p for p in pairs if p not in have]
         for i, (b, d) in enumerate(todo):
             progress.stage(f"ceilings {i + 1}/{len(todo)}: {b} {d}")
-            r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note))
+            r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note,
+                                                  block_size=s.block_size))
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         lap("ceilings")
@@ -202,7 +207,7 @@ class Analysis:
         self._write_models(points)
         progress.begin_points(len(points))
         for m, k, n, b, d in points:
-            w = Workload(m, k, n, d)
+            w = backends[b].workload(m, k, n, d, s.block_size)
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
             if proj is not None and proj > SKIP_FACTOR * per_point:
@@ -226,7 +231,9 @@ class Analysis:
         """The ONNX models onnxruntime will run (reused from the cache folder when already there)."""
         from rwkvprobe import onnxgen
 
-        need = sorted({(m, k, n, d) for m, k, n, b, d in points if b == "onnxruntime"})
+        # quantized models are made by the backend from the fp32 one
+        need = sorted({(m, k, n, d if d in onnxgen.ONNX_DTYPES else "fp32") for m, k, n, b, d in points
+                       if b == "onnxruntime"})
         folder = ensure_writable_dir(self.settings.onnx_dir)
         for m, k, n, d in need:
             spec = onnxgen.ModelSpec(m, k, n, d)

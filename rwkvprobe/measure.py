@@ -17,7 +17,7 @@ from rwkvprobe.timing import TimingPolicy, eviction, measure, plan_rotation
 COMPUTE_SHAPES = ((64, 1024, 1024), (128, 2048, 2048), (256, 2048, 2048), (512, 2048, 4096))
 COMPUTE_STOP_SECONDS = 0.05
 GEMV_SHAPE = (1, 4096, 8192)  # 128 MiB at fp32, 64 MiB at fp16: far beyond the caches, cold
-OVERHEAD_SHAPE = (1, 16, 16)  # 512 bytes of weights: the call costs its fixed overhead only
+OVERHEAD_SHAPE = (1, 64, 64)  # 16 kB of fp32 weights (whole quantization blocks): the call costs its fixed overhead
 
 
 def onnx_cache_dir() -> Path:
@@ -35,6 +35,7 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
     point = {
         "backend": backend.name, "dtype": workload.dtype, "m": workload.m, "k": workload.k, "n": workload.n,
         "flops": workload.flops, "bytes": workload.bytes_moved, "rotation": rotation.describe(),
+        "bytes_per_weight": workload.bytes_per_weight, "format": workload.label,
         "check": None, "timing": None, "error": None,
     }
     t0 = time.perf_counter()
@@ -69,7 +70,7 @@ def point_seconds(point: dict) -> float | None:
 
 
 def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
-                     onnx_dir: Path | None = None, progress=None) -> dict:
+                     onnx_dir: Path | None = None, progress=None, block_size: int = 32) -> dict:
     """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype."""
     out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
 
@@ -78,17 +79,17 @@ def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy
             progress(f"{backend.name} {dtype}: {label}")
 
     step("per-call overhead")
-    out["overhead"] = measure_point(backend, Workload(*OVERHEAD_SHAPE, dtype), llc_bytes, policy, cold=False,
+    out["overhead"] = measure_point(backend, backend.workload(*OVERHEAD_SHAPE, dtype, block_size), llc_bytes, policy, cold=False,
                                     onnx_dir=onnx_dir)
     step("peak compute")
     for shape in COMPUTE_SHAPES:
-        point = measure_point(backend, Workload(*shape, dtype), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
+        point = measure_point(backend, backend.workload(*shape, dtype, block_size), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
         out["compute"].append(point)
         t = point_seconds(point)
         if t is None or t > COMPUTE_STOP_SECONDS:
             break
     step("GEMV bandwidth")
-    out["gemv"] = measure_point(backend, Workload(*GEMV_SHAPE, dtype), llc_bytes, policy, cold=True,
+    out["gemv"] = measure_point(backend, backend.workload(*GEMV_SHAPE, dtype, block_size), llc_bytes, policy, cold=True,
                                 onnx_dir=onnx_dir)
     out.update(summarize_ceilings(out))
     return out

@@ -30,6 +30,22 @@ DTYPE_BYTES: dict[str, float] = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 
 
 RWKV_VERSIONS = (4, 5, 6, 7)
 
+
+def weight_bytes_of(dtype: str) -> float:
+    """Nominal bytes per weight of a storage type; quantized variants (``int8-a8``, ``int4-a8``,
+    ``int8-dyn``) by their bit width. Measured points carry their format's real bytes instead."""
+    if dtype in DTYPE_BYTES:
+        return DTYPE_BYTES[dtype]
+    for base in ("int8", "int4"):
+        if dtype.startswith(base):
+            return DTYPE_BYTES[base]
+    raise KeyError(dtype)
+
+
+def activation_bytes_of(dtype: str) -> float:
+    """Bytes per activation element: quantized-weight formats take fp32 activations."""
+    return DTYPE_BYTES[dtype] if dtype in ("fp32", "fp16", "bf16") else 4.0
+
 # Upper bounds that no real model reaches; anything above is a typo, not a model.
 _MAX = {
     "n_layer": 1024,
@@ -100,7 +116,7 @@ class Layer:
 
     def weight_bytes(self, dtype: str) -> float:
         """Weight bytes read for one token (every run reads its matrix once)."""
-        return self.k * self.n * self.count * DTYPE_BYTES[dtype]
+        return self.k * self.n * self.count * weight_bytes_of(dtype)
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,7 @@ class LayerList:
         return sum(layer.flops(1) for layer in self.layers)
 
     def embedding_bytes_per_token(self, dtype: str) -> float:
-        return self.embedding_dim * DTYPE_BYTES[dtype]
+        return self.embedding_dim * weight_bytes_of(dtype)
 
     def weight_bytes_per_token(self, dtype: str) -> float:
         """Bytes of weights read for one decoded token: every matmul weight plus one embedding row."""
@@ -137,7 +153,7 @@ class LayerList:
 
     def model_bytes(self, dtype: str) -> float:
         """Bytes to hold every parameter at ``dtype`` (what the weights take in RAM)."""
-        return self.total_params * DTYPE_BYTES[dtype]
+        return self.total_params * weight_bytes_of(dtype)
 
     def unique_shapes(self) -> list[tuple[int, int]]:
         """Distinct (K, N) weight shapes, in first-seen order."""

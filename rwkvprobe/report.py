@@ -9,12 +9,14 @@ from rwkvprobe.analyze import layers_from_json
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.profile import LayerList
-from rwkvprobe.roofline import RULE, build_verdict
+from rwkvprobe.roofline import RULE, build_verdict, quant_comparison
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
 
 
 def _ms(s: float) -> str:
+    if s >= 1.0:
+        return f"{s:.3g} s"
     return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} µs"
 
 
@@ -87,6 +89,15 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     for p in best["model"].get("prefill", []):
         out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s "
                    f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}).")
+    quant = [q for q in quant_comparison(verdict, results) if q["fully_measured"]]
+    if quant:
+        q = min(quant, key=lambda x: x["measured_seconds"])
+        why = (f"this kernel streams weights at only {q['effective_gbps']:.1f} GB/s effective: the dequantization, "
+               "not memory, is now the bottleneck" if q["limited_by_kernel"] else
+               "it reaches its bytes-only bound: still bandwidth-bound")
+        out.append(f"Measured quantized weights: {q['format']} on {q['backend']} cuts weight bytes {q['bytes_ratio']:.1f}x "
+                   f"against {q['baseline']}; decode is {q['measured_speedup']:.2f}x faster (bytes-only bound "
+                   f"{q['bound_speedup']:.2f}x): {why}.")
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
     if wrong:
         out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
@@ -125,6 +136,24 @@ def _device_sentences(series: list[dict], results: dict) -> list[str]:
         if "tokens_per_second" in pub:
             out.append(f"Published for comparison: {pub['what']}: {pub['tokens_per_second']} tokens/s ({pub['source']}).")
     return out
+
+
+def _quant_section(verdict: dict, results: dict) -> list[str]:
+    rows = []
+    for q in quant_comparison(verdict, results):
+        rows.append([q["backend"], q["format"], q["baseline"], f"{q['bytes_ratio']:.2f}x" if q["bytes_ratio"] else "-",
+                     _ms(q["baseline_seconds"]), _ms(q["measured_seconds"]) + ("" if q["fully_measured"] else " *"),
+                     f"{q['measured_speedup']:.2f}x", f"{q['bound_speedup']:.2f}x",
+                     f"{q['effective_gbps']:.1f}" if q["effective_gbps"] else "-",
+                     "kernel (dequantization)" if q["limited_by_kernel"] else "memory (at its bound)"])
+    if not rows:
+        return []
+    return ["## Quantized weights, measured", "",
+            "Each format's decode time is measured on its own kernel (checked against A x the dequantized weights). "
+            "The bytes-only bound re-models the baseline's layers with the format's real bytes per weight (scales and "
+            "zero points included) as if dequantization were free. * = partly modelled.", ""] + _table(
+        ["backend", "format", "vs", "fewer bytes", "baseline ms/token", "measured ms/token", "measured speed-up",
+         "bytes-only bound", "weight GB/s effective", "limited by"], rows) + [""]
 
 
 def _compiler_section(results: dict, layers: LayerList) -> list[str]:
@@ -217,6 +246,7 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
            "Prefill counts matmuls only.", ""]
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
+    md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
     if not results.get("device"):
         md += ["## NPU vs CPU", "",
@@ -305,7 +335,7 @@ def _ceilings_section(results: dict) -> list[str]:
                      f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else "failed",
                      _ms(c["overhead_seconds"]) if c.get("overhead_seconds") is not None else "failed"])
     md += _table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
-                  "per-call overhead (1x16x16, warm)"], rows) + [""]
+                  "per-call overhead (1x64x64, warm)"], rows) + [""]
     bw = results.get("bandwidth") or {}
     rows = []
     for run in bw.get("runs", []):

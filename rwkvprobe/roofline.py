@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rwkvprobe.measure import point_seconds
-from rwkvprobe.profile import DTYPE_BYTES, LayerList
+from rwkvprobe.profile import DTYPE_BYTES, LayerList, activation_bytes_of, weight_bytes_of
 
 CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
 RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
@@ -79,7 +79,7 @@ def non_matmul_bytes(layers: LayerList, dtype: str) -> float:
     if p.version is None:
         return 0.0
     state = 2 * p.n_embd * p.head_size * 4 * p.n_layer if p.version >= 5 else 2 * 5 * p.n_embd * 4 * p.n_layer
-    return state + layers.other_params * DTYPE_BYTES[dtype]
+    return state + layers.other_params * activation_bytes_of(dtype)
 
 
 def series_key(point: dict) -> tuple[str, str]:
@@ -132,8 +132,8 @@ def _status(p: dict) -> str:
 
 
 def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
-    e = DTYPE_BYTES[dtype]
-    return 2.0 * m * k * n, k * n * e + m * k * e + m * n * e
+    a = activation_bytes_of(dtype)
+    return 2.0 * m * k * n, k * n * weight_bytes_of(dtype) + m * k * a + m * n * a
 
 
 def _bandwidth_bps(results: dict) -> float | None:
@@ -172,7 +172,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "share_by_bound": {k: v / matmul for k, v in bounds.items()},
             "weight_bytes_per_token": layers.weight_bytes_per_token(dtype),
             # matmul weights over matmul time (the embedding row and the modelled non-matmul part left out)
-            "weight_gbps_attained": sum(r["k"] * r["n"] * DTYPE_BYTES[dtype] * r["count"] for r in decode) / matmul / 1e9,
+            "weight_gbps_attained": sum(r["k"] * r["n"] * weight_bytes_of(dtype) * r["count"] for r in decode) / matmul / 1e9,
             "fully_measured": modelled_part == 0,
         }
         out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
@@ -199,16 +199,64 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
     base = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode) + other
     out = {}
     for q in ("fp16", "int8", "int4"):
-        if DTYPE_BYTES[q] >= DTYPE_BYTES[dtype]:
+        if DTYPE_BYTES[q] >= weight_bytes_of(dtype):
             continue
         t = other
         for r in decode:
             measured = r["seconds"] if r["measured"] else r["model_seconds"]
-            activations = r["bytes"] - r["k"] * r["n"] * DTYPE_BYTES[dtype]
+            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
             q_bytes = r["k"] * r["n"] * DTYPE_BYTES[q] + activations
             # keep the layer's measured efficiency: scale the modelled time by measured / model
             efficiency = measured / r["model_seconds"] if r["model_seconds"] else 1.0
             t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
                   "bytes_ratio": layers.weight_bytes_per_token(dtype) / layers.weight_bytes_per_token(q)}
+    return out
+
+
+def quant_comparison(verdict: dict, results: dict) -> list[dict]:
+    """Measured quantized decode beside its bytes-only bound, per backend and format.
+
+    The bound re-models each decode layer of the same backend's faster float series (fp16 or fp32) with the
+    format's real bytes per weight (scales and zero points included, from the measured points),
+    keeping the layer's measured efficiency: what the format would give if dequantization were free.
+    """
+    series = {(s["backend"], s["dtype"]): s for s in verdict["series"]}
+    bpw = {(p["backend"], p["dtype"], p["k"], p["n"]): p.get("bytes_per_weight")
+           for p in results.get("measurements", []) if p.get("m") == 1}
+    out = []
+    for (backend, dtype), q in series.items():
+        if dtype in ("fp32", "fp16", "bf16") or not q["model"].get("decode"):
+            continue
+        floats = [series[(backend, d)] for d in ("fp16", "fp32", "bf16")
+                  if (backend, d) in series and series[(backend, d)]["model"].get("decode")]
+        if not floats:
+            continue
+        base = min(floats, key=lambda s: s["model"]["decode"]["seconds_per_token"])
+        bw = base["bandwidth_gbps"] * 1e9
+        P, t0 = base["peak_gflops"] * 1e9, base["overhead_seconds"]
+        base_bytes = weight_bytes_of(base["dtype"])
+        bound = base["model"]["decode"]["non_matmul_seconds_modelled"]
+        q_weight_bytes = 0.0
+        for r in (r for r in base["rows"] if r["m"] == 1):
+            per = bpw.get((backend, dtype, r["k"], r["n"])) or weight_bytes_of(dtype)
+            q_weight_bytes += r["k"] * r["n"] * per * r["count"]
+            activations = r["bytes"] - r["k"] * r["n"] * base_bytes
+            t = r["seconds"] if r["measured"] else r["model_seconds"]
+            efficiency = t / r["model_seconds"] if r["model_seconds"] else 1.0
+            bound += model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, bw, t0) * efficiency * r["count"]
+        bd, qd = base["model"]["decode"], q["model"]["decode"]
+        base_weight_bytes = sum(r["k"] * r["n"] * base_bytes * r["count"] for r in base["rows"] if r["m"] == 1)
+        out.append({
+            "backend": backend, "dtype": dtype, "baseline": base["dtype"],
+            "format": next((p.get("format") for p in results.get("measurements", [])
+                            if p["backend"] == backend and p["dtype"] == dtype and p.get("format")), dtype),
+            "bytes_ratio": base_weight_bytes / q_weight_bytes if q_weight_bytes else None,
+            "baseline_seconds": bd["seconds_per_token"], "measured_seconds": qd["seconds_per_token"],
+            "bound_seconds": bound, "measured_speedup": bd["seconds_per_token"] / qd["seconds_per_token"],
+            "bound_speedup": bd["seconds_per_token"] / bound,
+            "effective_gbps": q_weight_bytes / qd["matmul_seconds"] / 1e9 if qd["matmul_seconds"] else None,
+            "fully_measured": qd["fully_measured"],
+            "limited_by_kernel": qd["seconds_per_token"] > 1.3 * bound,
+        })
     return out

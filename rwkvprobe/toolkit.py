@@ -207,7 +207,8 @@ def _run_worker(py: Path, request: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
         req.write_text(json.dumps(request))
-        proc = subprocess.run([str(py), str(WORKER), str(req), str(resp)], capture_output=True, text=True)
+        # cwd: the toolkit drops check*.onnx files into the working folder
+        proc = subprocess.run([str(py), str(WORKER), str(req), str(resp)], capture_output=True, text=True, cwd=tmp)
         if proc.returncode != 0 or not resp.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
             raise InputError(f"the RKNN toolkit worker failed: {tail[0][:300]}")

@@ -460,8 +460,11 @@ def test_non_matmul_bytes_rwkv7(rwkv7):
     C, S, L = 512, 64, 2
     other_params = L * 19 * C + 4 * C  # v7 vectors per block, plus ln0 and ln_out
     assert rwkv7.other_params == other_params
-    for dtype in ("fp32", "fp16", "int8"):
+    for dtype in ("fp32", "fp16"):
         assert non_matmul_bytes(rwkv7, dtype) == 2 * C * S * 4 * L + other_params * DTYPE_BYTES[dtype]
+    # quantized-weight formats keep their vectors (norms, mixes, decays) in fp32
+    for dtype in ("int8", "int4", "int8-a8"):
+        assert non_matmul_bytes(rwkv7, dtype) == 2 * C * S * 4 * L + other_params * 4
 
 
 def test_non_matmul_bytes_rwkv4_state_is_five_vectors():
