@@ -18,7 +18,7 @@ from rwkvprobe.fsutil import ensure_writable_dir
 from rwkvprobe.measure import measure_ceilings, measure_point, onnx_cache_dir
 from rwkvprobe.profile import LayerList
 from rwkvprobe.results import load_results, new_results, save_results
-from rwkvprobe.timing import TimingPolicy, set_affinity
+from rwkvprobe.timing import TimingPolicy, plan_rotation, set_affinity
 
 RESULTS = "results.json"
 #: a point projected to take longer than this many times its budget for one call is skipped
@@ -210,10 +210,12 @@ class Analysis:
             w = backends[b].workload(m, k, n, d, s.block_size)
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
-            if proj is not None and proj > SKIP_FACTOR * per_point:
+            # the check runs every weight copy once, then warm-up and the minimum samples follow
+            calls = plan_rotation(w.weight_bytes, llc, s.cold).copies + policy.min_samples + 1
+            if proj is not None and proj * calls > SKIP_FACTOR * per_point:
                 point = {"backend": b, "dtype": d, "m": m, "k": k, "n": n, "flops": w.flops, "bytes": w.bytes_moved,
-                         "skipped": f"projected {proj:.2f} s a call from this backend's measured ceilings "
-                                    f"(per-point budget {per_point:.2f} s); raise --budget to measure it",
+                         "skipped": f"projected {proj:.2f} s a call ({calls} calls at least) from this backend's "
+                                    f"measured ceilings (per-point budget {per_point:.2f} s); raise --budget to measure it",
                          "check": None, "timing": None, "error": None}
             else:
                 point = measure_point(backends[b], w, llc, policy, s.cold, s.onnx_dir)
