@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rwkvprobe.backends import Backend, Workload, activation, base_weight, copy_scale
@@ -35,12 +37,32 @@ class TinygradRunner:
         self.weights, self.outs = [], []
 
 
+@functools.cache
+def _device_problem() -> str | None:
+    """tinygrad installed but without a usable device (its CPU device compiles with clang)."""
+    try:
+        from tinygrad import Device, Tensor
+
+        device = Device.DEFAULT
+        if device == "PYTHON":  # an emulator: its times would mean nothing
+            return "tinygrad's only device here is its PYTHON emulator (its CPU device needs clang)"
+        (Tensor(np.ones((1, 4), np.float32)) @ Tensor(np.ones((4, 2), np.float32))).realize()
+    except Exception as e:  # no device, no compiler, ...: one line
+        return f"tinygrad has no usable device here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; its CPU device needs clang)"
+    return None
+
+
 class TinygradBackend(Backend):
     name = "tinygrad"
     dtypes = ("fp32", "fp16")
     default_dtypes = ("fp32",)
     module = "tinygrad"
     extra = "tinygrad"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        reason = super().unavailable_reason()
+        return reason if reason else _device_problem()
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> TinygradRunner:
         return TinygradRunner(workload, copies)
