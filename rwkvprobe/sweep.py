@@ -494,7 +494,7 @@ class Sweep:
         known = {pair: list(c.get("points") or []) for pair, c in cal.items()}
         onnx_have = plan["onnx_cached"]
         left_out = []
-        progress.begin_points(len(todo))
+        progress.begin_points(len(todo), "sweep")
         for size, b, d in todo:
             w = Workload(*s.grid.shape(size), d)
             label = f"{b} {d} n={size}"
