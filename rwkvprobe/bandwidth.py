@@ -21,13 +21,11 @@ probe with a compiled C/OpenMP reference (``bench/stream_ref.c``) on the same ma
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np

@@ -229,8 +229,7 @@ def bandwidth_cmd(
         print(json.dumps(results, indent=1))
     else:
         out_console.print(bandwidth.bandwidth_table(result))
-    for w in results["warnings"]:
-        err_console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+    print_warnings(results)
     err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
                       markup=False, highlight=False)
 
@@ -328,24 +327,32 @@ def analyze_cmd(
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
                       f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)
-    try:
-        results = analysis.run(reporter)
-    except KeyboardInterrupt:
-        reporter.close()
-        if analysis.results is not None:
-            analysis.save()
-        raise Interrupted(f"interrupted: what was measured is in {analysis.path}; "
-                          f"complete it with: rwkvprobe analyze {profile} --resume {analysis.out_dir}") from None
-    finally:
-        reporter.close()
+    results = run_keeping_results(analysis, reporter, f"rwkvprobe analyze {profile} --resume {analysis.out_dir}")
     path = render(results, analysis.out_dir)
     from rwkvprobe.report import verdict_lines
 
     for line in verdict_lines(results):
         out_console.print(line, highlight=False, markup=False)
+    print_warnings(results)
+    print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
+
+
+def run_keeping_results(job, reporter: "Reporter", resume_command: str) -> dict:
+    """``job.run(reporter)``; on Ctrl-C save what was measured and say how to resume (exit 130)."""
+    try:
+        return job.run(reporter)
+    except KeyboardInterrupt:
+        reporter.close()
+        if job.results is not None:
+            job.save()
+        raise Interrupted(f"interrupted: what was measured is in {job.path}; complete it with: {resume_command}") from None
+    finally:
+        reporter.close()
+
+
+def print_warnings(results: dict) -> None:
     for w in results.get("warnings", []):
         err_console.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
-    print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
 
 
 def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional[Path], rknn: Optional[Path]) -> None:

@@ -76,7 +76,6 @@ def check_opset(opset: int) -> None:
 
 def build_model(spec: ModelSpec, opset: int = DEFAULT_OPSET):
     """The ONNX ModelProto of one MatMul (not yet checked or saved)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     elem = TensorProto.FLOAT if spec.dtype == "fp32" else TensorProto.FLOAT16

@@ -349,16 +349,22 @@ def _ceilings_section(results: dict) -> list[str]:
     return md
 
 
-def _skipped_section(results: dict) -> list[str]:
+def skipped_lines(results: dict, describe=lambda m: f"{m['backend']} {m['dtype']} M={m['m']} {m['k']}x{m['n']}") -> list[str]:
+    """One markdown line per skipped series and per skipped, failed or wrong point."""
     lines = [f"- {s['backend']}{' ' + s['dtype'] if s.get('dtype') else ''}: {s['reason']}" for s in results.get("skipped", [])]
     for m in results.get("measurements", []):
-        what = f"{m['backend']} {m['dtype']} M={m['m']} {m['k']}x{m['n']}"
+        what = describe(m)
         if m.get("skipped"):
             lines.append(f"- {what}: skipped, {m['skipped']}")
         elif m.get("error"):
             lines.append(f"- {what}: failed, {m['error']}")
         elif m.get("check") and not m["check"]["ok"]:
             lines.append(f"- {what}: **WRONG RESULT**, {m['check'].get('detail', '')}")
+    return lines
+
+
+def _skipped_section(results: dict) -> list[str]:
+    lines = skipped_lines(results)
     return (["## Skipped and failed", ""] + lines + [""]) if lines else []
 
 

@@ -655,8 +655,7 @@ def sweep_command(
 ):
     """The seed article's scaling experiment: time vs size per backend, fitted cost model, crossovers."""
     from rwkvprobe.analyze import check_dtypes
-    from rwkvprobe.cli import Reporter, err_console, out_console
-    from rwkvprobe.errors import Interrupted
+    from rwkvprobe.cli import Reporter, err_console, out_console, print_warnings, run_keeping_results
     from rwkvprobe.sweep_report import render_sweep
     from rwkvprobe.system import resolve_cpus
     from rwkvprobe.timing import default_threads
@@ -697,21 +696,11 @@ def sweep_command(
     err_console.print(f"rwkvprobe sweep: {grid.describe()}, n = {grid.sizes[0]}..{grid.sizes[-1]} "
                       f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} thread{'' if n_threads == 1 else 's'}, "
                       f"{'cold' if cold else 'warm'} cache -> {sweep.out_dir}", highlight=False, markup=False)
-    try:
-        results = sweep.run(reporter)
-    except KeyboardInterrupt:
-        reporter.close()
-        if sweep.results is not None:
-            sweep.save()
-        raise Interrupted(f"interrupted: what was measured is in {sweep.path}; "
-                          f"complete it with: rwkvprobe sweep --resume {sweep.out_dir}") from None
-    finally:
-        reporter.close()
+    results = run_keeping_results(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}")
     path = render_sweep(results, sweep.out_dir)
     for line in summary_lines(results):
         out_console.print(line, highlight=False, markup=False)
-    for w in results.get("warnings", []):
-        err_console.print(f"warning: {w}", highlight=False, markup=False)
+    print_warnings(results)
     if results.get("stopped"):
         err_console.print(f"stopped at the {settings.budget_seconds:.3g} s budget: "
                           f"{len(results['stopped']['not_measured'])} point(s) not measured; complete them with: "

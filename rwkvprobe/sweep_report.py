@@ -486,16 +486,9 @@ def _measurements_section(results: dict, summary: dict) -> list[str]:
 
 
 def _skipped_section(results: dict) -> list[str]:
-    lines = [f"- {s['backend']}{' ' + s['dtype'] if s.get('dtype') else ''}: {s['reason']}"
-             for s in results.get("skipped", [])]
-    for m in results.get("measurements", []):
-        what = f"{m['backend']} {m['dtype']} n={m.get('size')} ({m['m']}x{m['k']}x{m['n']})"
-        if m.get("skipped"):
-            lines.append(f"- {what}: skipped, {m['skipped']}")
-        elif m.get("error"):
-            lines.append(f"- {what}: failed, {m['error']}")
-        elif m.get("check") and not m["check"]["ok"]:
-            lines.append(f"- {what}: **WRONG RESULT**, {m['check']['detail']}")
+    from rwkvprobe.report import skipped_lines
+
+    lines = skipped_lines(results, lambda m: f"{m['backend']} {m['dtype']} n={m.get('size')} ({m['m']}x{m['k']}x{m['n']})")
     stopped = results.get("stopped")
     if stopped:
         left = stopped["not_measured"]
