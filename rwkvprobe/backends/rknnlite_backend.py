@@ -106,6 +106,7 @@ class RknnLiteBackend(Backend):
     default_dtypes = ("fp16",)
     module = "rknnlite"
     extra = "npu"
+    formats = {"int8": "rknn8"}  # w8a8: not the MatMulNBits layout the other backends' int8 means
     notes = {"fp16": "the NPU computes in fp16; host wall time per inference() call, input/output copies included",
              "int8": "w8a8 (activations quantized too); host wall time per inference() call"}
 
