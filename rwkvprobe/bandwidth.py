@@ -8,7 +8,7 @@ worker's start to the last worker's finish.
 
 - copy ``c = a`` is ``np.positive(a, out=c)`` (a SIMD ufunc loop; ``np.copyto``'s memmove was slower).
 - triad ``a = b + s*c`` has no single numpy call, and two whole-array passes would move 5 arrays.
-  It runs in blocks of about one L2 cache: ``tmp = s*c[blk]; a[blk] = b[blk] + tmp``, with ``tmp``
+  It runs in blocks of about one L2 cache: ``a[blk] = s*c[blk]; a[blk] += b[blk]``, with ``a[blk]``
   staying in cache, so memory sees the 3 arrays STREAM counts. Two passes per block still cost a
   single core some speed against a fused C loop (see bench/README.md).
 - read is ``np.dot(a, a)`` (one array read, multiply-accumulate as in a GEMV), with BLAS held to one
@@ -207,22 +207,19 @@ def triad_block_elements(cpu: int | None, threads: int = 1) -> int:
 
 
 class _Chunk:
-    """One worker's slices of a, b, c and its cache-resident triad buffer."""
+    """One worker's slices of a, b, c, and their triad blocks."""
 
     def __init__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, start: int, stop: int, block: int):
         self.a, self.b, self.c = a[start:stop], b[start:stop], c[start:stop]
         n = stop - start
         self.scalar = np.array(SCALAR)  # a 0-d array: numpy converts it faster than a float, per call
-        self.tmp = np.empty(min(block, n))
-        self.blocks = [(self.a[i:i + block], self.b[i:i + block], self.c[i:i + block], self.tmp[:min(block, n - i)])
-                       for i in range(0, n, block)]
+        self.blocks = [(self.a[i:i + block], self.b[i:i + block], self.c[i:i + block]) for i in range(0, n, block)]
 
     def fill(self) -> None:
         """STREAM's start values, written by the owning thread (first touch places its pages)."""
         self.a.fill(1.0)
         self.b.fill(2.0)
         self.c.fill(0.0)
-        self.tmp.fill(0.0)
 
     def run(self, kernel: str) -> float | None:
         if kernel == "copy":
@@ -233,9 +230,9 @@ class _Chunk:
             np.add(self.a, self.b, out=self.c)
         elif kernel == "triad":
             multiply, add, scalar = np.multiply, np.add, self.scalar
-            for a, b, c, tmp in self.blocks:
-                multiply(c, scalar, out=tmp)
-                add(b, tmp, out=a)
+            for a, b, c in self.blocks:
+                multiply(c, scalar, out=a)  # a's block stays in cache for the add
+                add(a, b, out=a)
         elif kernel == "read":
             return float(np.dot(self.a, self.a))
         return None
