@@ -38,13 +38,14 @@ class AnalyzeSettings:
     rknn_dir: Path | None = None  # .rknn models for the rknnlite backend ('rwkvprobe convert')
     npu_cores: str = "auto"
     block_size: int = 32  # blockwise-quantized weights
+    quantize: list[str] = field(default_factory=lambda: ["att", "ffn", "custom"])  # kinds stored quantized
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
                 "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
                 "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
-                "block_size": self.block_size}
+                "block_size": self.block_size, "quantize": self.quantize}
 
 
 def default_out_dir(layers: LayerList) -> Path:

@@ -279,6 +279,7 @@ def analyze_cmd(
     profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
     backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, torch-cuda, tinygrad. Default: every one installed."),
     dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn. Default: each backend's usual ones."),
+    quantize: str = typer.Option("att,ffn,custom", "--quantize", help="Layer kinds stored quantized in the int8/int4 model-level figures (att, ffn, lora, head, custom); the rest stay at the float type."),
     block_size: int = typer.Option(32, "--block-size", help="Block size of blockwise-quantized weights (int4/int8 MatMulNBits, torch int4 groups)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="M values: 1 = decode, larger = a prefill chunk. Default 1,64 (--quick: 1)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs this process may use."),
@@ -321,7 +322,8 @@ def analyze_cmd(
         raise InputError(f"--block-size {block_size}: expected 16, 32, 64, 128 or 256")
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
                                cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick,
-                               rknn_dir=rknn, npu_cores=npu_cores, block_size=block_size)
+                               rknn_dir=rknn, npu_cores=npu_cores, block_size=block_size,
+                               quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom")))
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     reporter = Reporter(err_console, verbose)

@@ -148,12 +148,24 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
                      "kernel (dequantization)" if q["limited_by_kernel"] else "memory (at its bound)"])
     if not rows:
         return []
-    return ["## Quantized weights, measured", "",
-            "Each format's decode time is measured on its own kernel (checked against A x the dequantized weights). "
-            "The bytes-only bound re-models the baseline's layers with the format's real bytes per weight (scales and "
-            "zero points included) as if dequantization were free. * = partly modelled.", ""] + _table(
+    comps = quant_comparison(verdict, results)
+    kinds = comps[0]["quantized_kinds"]
+    md = ["## Quantized weights, measured", "",
+          f"Layers of kind {', '.join(kinds)} are stored quantized (`--quantize`); {', '.join(comps[0]['float_kinds']) or 'no other kind'} "
+          "and the embedding stay at the float type, as common runtimes keep them. Each format's time is measured on "
+          "its own kernel (checked against A x the dequantized weights). The bytes-only bound re-models the float "
+          "layers with the format's real bytes per weight (scales and zero points included) as if dequantization "
+          "were free. * = partly modelled.", ""] + _table(
         ["backend", "format", "vs", "fewer bytes", "baseline ms/token", "measured ms/token", "measured speed-up",
          "bytes-only bound", "weight GB/s effective", "limited by"], rows) + [""]
+    for q in comps:
+        md += [f"Per layer, {q['backend']} {q['format']} (M=1, time per call):", ""]
+        md += _table(["layer", "KxN", "runs/token", "stored as", f"{q['baseline']}", "measured", "bytes-only bound"],
+                     [[x["layer"], f"{x['k']}x{x['n']}", str(x["count"]),
+                       f"{q['dtype']} ({x['bytes_per_weight']:.3g} B/weight)" if x["quantized"] else q["baseline"],
+                       _ms(x["baseline_seconds"]), _ms(x["measured_seconds"]) if x["quantized"] else "-",
+                       _ms(x["bound_seconds"]) if x["quantized"] else "-"] for x in q["layers"]]) + [""]
+    return md
 
 
 def _compiler_section(results: dict, layers: LayerList) -> list[str]:

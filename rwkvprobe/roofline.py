@@ -214,13 +214,21 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
     return out
 
 
-def quant_comparison(verdict: dict, results: dict) -> list[dict]:
-    """Measured quantized decode beside its bytes-only bound, per backend and format.
+#: Which layer kinds a quantized model stores quantized by default: the big block matrices. The head,
+#: the low-rank (LoRA) matrices and the embedding stay at the float type, as common runtimes keep them.
+DEFAULT_QUANTIZE = ("att", "ffn", "custom")
 
-    The bound re-models each decode layer of the same backend's faster float series (fp16 or fp32) with the
-    format's real bytes per weight (scales and zero points included, from the measured points),
-    keeping the layer's measured efficiency: what the format would give if dequantization were free.
+
+def quant_comparison(verdict: dict, results: dict) -> list[dict]:
+    """Measured quantized decode beside its bytes-only bound, per backend and format, layer by layer.
+
+    The model mixes: layers of the kinds in ``settings.quantize`` (default DEFAULT_QUANTIZE) take the
+    quantized format's measured time, the others the same backend's faster float series (fp16 or fp32).
+    The bound re-models each quantized layer of that float series with the format's real bytes per
+    weight (scales and zero points included, from the measured points), keeping the layer's measured
+    efficiency: what the format would give if dequantization were free.
     """
+    quantize = set(results.get("settings", {}).get("quantize") or DEFAULT_QUANTIZE)
     series = {(s["backend"], s["dtype"]): s for s in verdict["series"]}
     bpw = {(p["backend"], p["dtype"], p["k"], p["n"]): p.get("bytes_per_weight")
            for p in results.get("measurements", []) if p.get("m") == 1}
@@ -236,27 +244,43 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
         bw = base["bandwidth_gbps"] * 1e9
         P, t0 = base["peak_gflops"] * 1e9, base["overhead_seconds"]
         base_bytes = weight_bytes_of(base["dtype"])
-        bound = base["model"]["decode"]["non_matmul_seconds_modelled"]
-        q_weight_bytes = 0.0
+        q_rows = {r["layer"]: r for r in q["rows"] if r["m"] == 1}
+        other = base["model"]["decode"]["non_matmul_seconds_modelled"]
+        rows, fully = [], True
         for r in (r for r in base["rows"] if r["m"] == 1):
-            per = bpw.get((backend, dtype, r["k"], r["n"])) or weight_bytes_of(dtype)
-            q_weight_bytes += r["k"] * r["n"] * per * r["count"]
-            activations = r["bytes"] - r["k"] * r["n"] * base_bytes
-            t = r["seconds"] if r["measured"] else r["model_seconds"]
-            efficiency = t / r["model_seconds"] if r["model_seconds"] else 1.0
-            bound += model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, bw, t0) * efficiency * r["count"]
-        bd, qd = base["model"]["decode"], q["model"]["decode"]
-        base_weight_bytes = sum(r["k"] * r["n"] * base_bytes * r["count"] for r in base["rows"] if r["m"] == 1)
+            t_base = r["seconds"] if r["measured"] else r["model_seconds"]
+            if r["kind"] in quantize and r["layer"] in q_rows:
+                qr = q_rows[r["layer"]]
+                t_q = qr["seconds"] if qr["measured"] else qr["model_seconds"]
+                fully = fully and qr["measured"]
+                per = bpw.get((backend, dtype, r["k"], r["n"])) or weight_bytes_of(dtype)
+                activations = r["bytes"] - r["k"] * r["n"] * base_bytes
+                efficiency = t_base / r["model_seconds"] if r["model_seconds"] else 1.0
+                t_bound = model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, bw, t0) * efficiency
+                quantized = True
+            else:
+                t_q = t_bound = t_base
+                per, quantized = base_bytes, False
+            rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
+                         "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
+                         "measured_seconds": t_q, "bound_seconds": t_bound})
+        total = lambda key: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
+        base_t, meas_t, bound_t = total("baseline_seconds"), total("measured_seconds"), total("bound_seconds")
+        base_weight_bytes = sum(x["k"] * x["n"] * base_bytes * x["count"] for x in rows)
+        weight_bytes = sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in rows)
+        q_layers = [x for x in rows if x["quantized"]]
+        q_time = sum(x["measured_seconds"] * x["count"] for x in q_layers)
         out.append({
             "backend": backend, "dtype": dtype, "baseline": base["dtype"],
             "format": next((p.get("format") for p in results.get("measurements", [])
                             if p["backend"] == backend and p["dtype"] == dtype and p.get("format")), dtype),
-            "bytes_ratio": base_weight_bytes / q_weight_bytes if q_weight_bytes else None,
-            "baseline_seconds": bd["seconds_per_token"], "measured_seconds": qd["seconds_per_token"],
-            "bound_seconds": bound, "measured_speedup": bd["seconds_per_token"] / qd["seconds_per_token"],
-            "bound_speedup": bd["seconds_per_token"] / bound,
-            "effective_gbps": q_weight_bytes / qd["matmul_seconds"] / 1e9 if qd["matmul_seconds"] else None,
-            "fully_measured": qd["fully_measured"],
-            "limited_by_kernel": qd["seconds_per_token"] > 1.3 * bound,
+            "quantized_kinds": sorted(quantize & {x["kind"] for x in rows}),
+            "float_kinds": sorted({x["kind"] for x in rows if not x["quantized"]}),
+            "bytes_ratio": base_weight_bytes / weight_bytes if weight_bytes else None,
+            "baseline_seconds": base_t, "measured_seconds": meas_t, "bound_seconds": bound_t,
+            "measured_speedup": base_t / meas_t, "bound_speedup": base_t / bound_t,
+            "effective_gbps": (sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in q_layers) / q_time / 1e9
+                               if q_time else None),
+            "fully_measured": fully, "limited_by_kernel": meas_t > 1.3 * bound_t, "layers": rows,
         })
     return out

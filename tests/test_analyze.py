@@ -111,6 +111,8 @@ def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
     (["--threads", "0"], "--threads"),
     (["--budget", "-1"], "--budget"),
     (["--cpus", "9999"], "--cpus"),
+    (["--quantize", "att,bogus"], "--quantize"),
+    (["--block-size", "7"], "--block-size"),
     (["--out", "/proc/rwkvprobe-nope"], "/proc/rwkvprobe-nope"),
 ])
 def test_bad_analyze_input_one_line_exit_2(cli, small, tmp_path, args, words):

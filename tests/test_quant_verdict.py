@@ -60,3 +60,36 @@ def test_no_float_baseline_no_comparison():
     r["measurements"] = r["measurements"][1:]
     r["ceilings"] = r["ceilings"][1:]
     assert quant_comparison(build_verdict(r, LAYERS), r) == []
+
+
+def test_head_and_lora_stay_float_by_default_and_quantize_option_changes_it():
+    from roofline_fixtures import RWKV7_SMALL
+
+    layers = layers_of(RWKV7_SMALL)
+    r = new_results("analyze", settings={"tokens": [1]})
+    from rwkvprobe.analyze import profile_json
+
+    r["profile"] = profile_json(layers)
+    r["bandwidth"] = {"runs": [{"kernels": {"read": {"best_gbps": 10.0}}}]}
+    ceil = {"backend": "onnxruntime", "peak_gflops": 1000.0, "overhead_seconds": 1e-7, "gemv_gbps": 9.0}
+    r["ceilings"] = [dict(ceil, dtype="fp32"), dict(ceil, dtype="int4")]
+    r["measurements"] = []
+    for layer in layers.layers:  # fp32 takes 1 ms a call, int4 0.25 ms, for every shape
+        for dtype, t, bpw in (("fp32", 1e-3, 4.0), ("int4", 0.25e-3, 0.640625)):
+            nbytes = layer.k * layer.n * bpw + 4 * (layer.k + layer.n)
+            r["measurements"].append({
+                "backend": "onnxruntime", "dtype": dtype, "m": 1, "k": layer.k, "n": layer.n, "flops": 2.0 * layer.k * layer.n,
+                "bytes": nbytes, "bytes_per_weight": bpw, "check": {"ok": True}, "timing": {"median_seconds": t},
+                "error": None})
+    [q] = quant_comparison(build_verdict(r, layers), r)
+    assert q["quantized_kinds"] == ["att", "ffn"] and q["float_kinds"] == ["head", "lora"]
+    by_name = {x["layer"]: x for x in q["layers"]}
+    assert not by_name["head"]["quantized"] and by_name["head"]["measured_seconds"] == 1e-3
+    assert by_name["ffn.key"]["quantized"] and by_name["ffn.key"]["measured_seconds"] == 0.25e-3
+    other = q["baseline_seconds"] - sum(x.count * 1e-3 for x in layers.layers)
+    expected = other + sum(x.count * (0.25e-3 if x.kind in ("att", "ffn") else 1e-3) for x in layers.layers)
+    assert q["measured_seconds"] == pytest.approx(expected)
+
+    r["settings"]["quantize"] = ["att", "ffn", "lora", "head"]
+    [everything] = quant_comparison(build_verdict(r, layers), r)
+    assert everything["float_kinds"] == [] and everything["measured_seconds"] < q["measured_seconds"]
