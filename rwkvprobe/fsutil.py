@@ -59,3 +59,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_input_text(path: str | Path, what: str) -> str:
+    """The text of a file the user named; a missing or unreadable file is one InputError line."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such {what}") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, expected a {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot read the {what}: {e}") from None

@@ -192,14 +192,9 @@ def default_dim_ffn(version: int, n_embd: int) -> int:
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile file; any problem raises InputError naming the file and key."""
     p = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such profile file") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, expected a profile YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read profile: {e}") from None
+    from rwkvprobe.fsutil import read_input_text
+
+    text = read_input_text(path, "profile file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rwkvprobe import __version__
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import atomic_write_text
+from rwkvprobe.fsutil import atomic_write_text, read_input_text
 
 SCHEMA = "rwkvprobe-results"
 SCHEMA_VERSION = 1
@@ -52,14 +52,7 @@ def _jsonable(value):
 def load_results(path: str | Path, kinds: tuple[str, ...] = KINDS) -> dict:
     """Read and check a results file; a corrupt, foreign or newer file is refused with one line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such results file") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, expected a results.json file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read: {e}") from None
+    text = read_input_text(p, "results file")
     try:
         data = json.loads(text)
     except ValueError as e:
