@@ -181,3 +181,20 @@ def test_headline_quick_command_on_rwkv_0b1(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "RWKV-7 0.1B decode on this machine is" in report
     assert "att.receptance" in report and "head" in report
+
+
+def test_backend_without_a_quantized_kernel_falls_back_to_the_labelled_bound(cli, small, tmp_path):
+    """numpy has no int4 kernel: that series is skipped with the reason, and the report shows the
+    int4 figure only as the modelled upper bound of the numpy fp32 layers."""
+    out = tmp_path / "run"
+    code, _, err = cli("analyze", small, "--out", out, "--backends", "numpy", "--dtypes", "fp32,int4", "--quick",
+                       "--budget", "8")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert any(s["backend"] == "numpy" and s["dtype"] == "int4" for s in results["skipped"])
+    assert not any(p["dtype"] == "int4" for p in results["measurements"])
+    report = (out / "report.md").read_text()
+    assert "- numpy int4:" in report  # skipped, with the reason
+    what_if = report.split("## Quantization what-if (*modelled*)")[1].split("##")[0]
+    assert "| numpy fp32 | int4 |" in what_if and "upper bounds" in what_if
+    assert "## Quantized weights, measured" not in report  # nothing measured is claimed
