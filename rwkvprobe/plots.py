@@ -11,7 +11,8 @@ KIND_COLORS = {"att": "#4C72B0", "lora": "#8172B2", "ffn": "#55A868", "head": "#
 BOUND_MARKERS = {"compute-bound": "^", "bandwidth-bound": "o", "overhead-bound": "s"}
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,13 +21,21 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write the PNG and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
 def _label(s: dict) -> str:
     return f"{s['backend']} {s['dtype']}"
 
 
 def roofline_plot(verdict: dict, path: Path, title: str) -> Path:
     """Log-log roofline: measured ceilings per backend/dtype, one point per measured layer call."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     intens = [r["intensity"] for s in verdict["series"] for r in s["rows"] if r.get("measured")]
@@ -53,15 +62,12 @@ def roofline_plot(verdict: dict, path: Path, title: str) -> Path:
                  if bw else title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def layers_plot(verdict: dict, path: Path, title: str, m: int = 1) -> Path:
     """Grouped bars: time per call of each layer shape, backends side by side (the seed's bar graph)."""
-    plt = _plt()
+    plt = pyplot()
     series = [s for s in verdict["series"] if any(r["m"] == m and r.get("measured") for r in s["rows"])]
     names = []
     for s in series:
@@ -82,15 +88,12 @@ def layers_plot(verdict: dict, path: Path, title: str, m: int = 1) -> Path:
     ax.grid(True, axis="y", which="both", alpha=0.3)
     if series:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def share_plot(verdict: dict, path: Path, title: str) -> Path:
     """Decode time per token split by layer kind, one bar per backend/dtype."""
-    plt = _plt()
+    plt = pyplot()
     series = [s for s in verdict["series"] if s["model"].get("decode")]
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(series) + 2), dpi=110)
     for i, s in enumerate(series):
@@ -109,7 +112,4 @@ def share_plot(verdict: dict, path: Path, title: str) -> Path:
     ax.set_title(f"{title}: where decode time goes (layers x runs per token)", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,6 +11,7 @@ import numpy as np
 
 from rwkvprobe.fit import NOISE_Z, PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.plots import pyplot, save_figure
 
 REPORT = "sweep.md"
 CSV = "sweep.csv"
@@ -219,15 +220,6 @@ def _num(x) -> str:
 # Plots
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _dense(e: dict, count: int = 200):
     """Sizes between the first and last measured, with FLOPs and bytes interpolated in log-log (exact for
     the grid's monomials)."""
@@ -242,7 +234,7 @@ def _dense(e: dict, count: int = 200):
 def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
     """Log-log time per call vs size: measured medians, fitted roofline (solid) and power law (dashed),
     crossovers marked."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11.5, 6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color = {}
@@ -281,15 +273,12 @@ def time_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
                  "crossovers dotted", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gflops_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
     """Attained GFLOP/s vs size, the fitted roofline's prediction, and where 50% and 90% of peak are reached."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11.5, 6), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, e in enumerate(summary["series"]):
@@ -320,10 +309,7 @@ def gflops_plot(results: dict, summary: dict, path: Path, title: str) -> Path:
                  "of each backend's measured peak", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
