@@ -67,36 +67,84 @@ def test_cli_refuses_rknnlite_here(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def elf(machine=183, load_bytes=1000):
+    """A 64-bit little-endian ELF shared object's headers: one PT_LOAD segment of ``load_bytes`` from 0."""
+    import struct
+
+    header = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HHIQQQIHHHHHH", 3, machine, 1, 0, 64, 0, 0, 64,
+                                                                 56, 1, 64, 0, 0)
+    return header + struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, load_bytes, load_bytes, 0x1000)
+
+
 @pytest.mark.parametrize("situation, words", [
     ("no-lite", "pip install 'rwkvprobe[npu]'"),
-    ("no-device-tree", "rockchip,rk3588"),
-    ("no-runtime", "librknnrt.so is missing"),
-    ("corrupt-runtime", "looks damaged"),
+    ("no-device-tree", "compatible does not exist"),
+    ("other-soc", "names rockchip,rk3399-rockpro64, rockchip,rk3399, not rockchip,rk3588"),
+    ("no-runtime", "librknnrt.so is missing: install librknnrt.so 2.5.0"),
+    ("runtime-in-lib64", "but rknn-toolkit-lite2 loads only"),
+    ("corrupt-runtime", "is not a shared library: 54 bytes without an ELF header (a web page saved in its place"),
+    ("short-runtime", "is not a shared library: 5 bytes without an ELF header"),
+    ("truncated-runtime", "is cut short: 1,000 bytes where its own headers need 7,000,000"),
+    ("x86-runtime", "is the x86-64 build, not the aarch64 one"),
+    ("unloadable-runtime", "cannot be loaded (libstdc++.so.6: cannot open shared object file"),
     ("ok", None),
 ])
 def test_missing_runtime_messages(monkeypatch, tmp_path, fake_lite, situation, words):
+    """The situations the real library meets (checked on emulated aarch64 by tests/aarch64/probe.py),
+    each named in one line with the fix."""
     monkeypatch.setattr(rb.platform, "machine", lambda: "aarch64")
     dt = tmp_path / "compatible"
     dt.write_bytes(b"rockchip,rk3588-orangepi-5\0rockchip,rk3588\0")
     runtime = tmp_path / "librknnrt.so"
-    runtime.write_bytes(b"\0" * (2 * 1024 * 1024))
+    runtime.write_bytes(elf().ljust(1000, b"\0"))
+    lib64 = tmp_path / "lib64-librknnrt.so"
     monkeypatch.setattr(rb, "DEVICE_TREE", str(dt))
-    monkeypatch.setattr(rb, "RUNTIME_PATHS", (str(runtime),))
+    monkeypatch.setattr(rb, "RUNTIME_PATH", str(runtime))
+    monkeypatch.setattr(rb, "STRAY_RUNTIME_PATHS", (str(lib64),))
+    monkeypatch.setattr(rb, "_load_error", lambda path: None)  # this x86 machine cannot load an aarch64 library
     if situation == "no-lite":
         monkeypatch.setattr(rb.importlib.util, "find_spec", lambda name: None)
     elif situation == "no-device-tree":
         dt.unlink()
+    elif situation == "other-soc":
+        dt.write_bytes(b"rockchip,rk3399-rockpro64\0rockchip,rk3399\0")
     elif situation == "no-runtime":
         runtime.unlink()
+    elif situation == "runtime-in-lib64":
+        runtime.rename(lib64)
     elif situation == "corrupt-runtime":
-        runtime.write_bytes(b"short")
+        runtime.write_bytes(b"<!DOCTYPE html>\n<html><body>librknnrt.so</body></html>")
+    elif situation == "short-runtime":
+        runtime.write_bytes(b"\x00\x01\x02\x03\x04")
+    elif situation == "truncated-runtime":
+        runtime.write_bytes(elf(load_bytes=7_000_000).ljust(1000, b"\0"))
+    elif situation == "x86-runtime":
+        runtime.write_bytes(elf(machine=62).ljust(1000, b"\0"))
+    elif situation == "unloadable-runtime":
+        monkeypatch.setattr(rb, "_load_error", lambda path: "libstdc++.so.6: cannot open shared object file: "
+                                                           "No such file or directory")
     reason = rb.missing_runtime()
     if words is None:
         assert reason is None
-    else:
-        assert words in reason and "\n" not in reason
-    if situation == "no-runtime":
-        assert "2.5.0" in reason and "/usr/lib" in reason
+        return
+    assert words in reason and "\n" not in reason
+    if "runtime" in situation:  # which file, where from, which version
+        assert str(runtime) in reason and "2.5.0" in reason and "rknn-toolkit-lite2" in reason
+        assert "airockchip/rknn-toolkit2 (rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so)" in reason
+
+
+def test_runtime_hint_names_the_installed_toolkit_version(monkeypatch):
+    monkeypatch.setattr(rb, "lite_version", lambda: "2.3.2")
+    hint = rb.runtime_hint()
+    assert "librknnrt.so 2.3.2, the same version as the installed rknn-toolkit-lite2 2.3.2" in hint
+    assert hint.endswith("as /usr/lib/librknnrt.so")
+
+
+def test_load_error_is_the_loader_message_from_a_child_process(tmp_path):
+    lib = tmp_path / "librknnrt.so"
+    lib.write_bytes(b"\x7fELF")
+    assert rb._load_error(str(lib)) == "file too short"
+    assert rb._load_error("/nonexistent/librknnrt.so") == "No such file or directory"
 
 
 def test_plumbing_with_fake_library(as_on_board, tmp_path):
@@ -114,11 +162,79 @@ def test_plumbing_with_fake_library(as_on_board, tmp_path):
     assert point["check"]["ok"] and point["timing"]["n"] >= 1
 
 
-def test_init_runtime_failure_is_one_line(as_on_board, tmp_path, monkeypatch):
+def test_init_runtime_failure_is_one_line(as_on_board, tmp_path, monkeypatch, capfd):
     folder = _fake_convert_dir(tmp_path, [(1, 64, 96)])
     monkeypatch.setitem(as_on_board.FAKE_STATE, "init_ok", False)
-    with pytest.raises(InputError, match="init_runtime returned -1.*librknnrt.so 2.5.0"):
+    with pytest.raises(InputError, match="init_runtime returned -1: Can not find dynamic library on RK3588!; "
+                                         "--verbose shows .*librknnrt.so 2.5.0") as e:
         rb.RknnLiteBackend(1, rknn_dir=folder).prepare(Workload(1, 64, 96, "fp16"), 1)
+    assert "\n" not in str(e.value)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # the library's log and traceback stay out of the way
+
+
+def test_init_failure_names_what_the_checks_find(as_on_board, tmp_path, monkeypatch):
+    """When init_runtime fails for a reason the checks know (the runtime went missing after the check),
+    the message is the same one line as the check's, not the library's traceback."""
+    folder = _fake_convert_dir(tmp_path, [(1, 64, 96)])
+    monkeypatch.setitem(as_on_board.FAKE_STATE, "init_ok", False)
+    monkeypatch.setattr(rb, "missing_runtime", lambda: "the NPU runtime /usr/lib/librknnrt.so is missing: install ...")
+    with pytest.raises(InputError, match=r"^backend 'rknnlite' cannot run here: the NPU runtime /usr/lib/librknnrt.so is missing"):
+        rb.RknnLiteRunner(Workload(1, 64, 96, "fp16"), 1, folder / "matmul_m1_k64_n96_fp16.rknn", "auto")
+
+
+def test_library_output_only_with_verbose(as_on_board, tmp_path, monkeypatch, capfd):
+    """The library's log (acuityLogger) and the runtime's prints on fd 1/2: kept aside, replayed with --verbose."""
+    folder = _fake_convert_dir(tmp_path, [(1, 64, 96)])
+    backend = rb.RknnLiteBackend(1, rknn_dir=folder)
+    backend.prepare(Workload(1, 64, 96, "fp16"), 1).close()  # init prints "I RKNN: ..." on fd 1
+    assert capfd.readouterr() == ("", "")
+    monkeypatch.setattr(rb, "_show_log", False)
+    rb.show_library_log(True)
+    backend.prepare(Workload(1, 64, 96, "fp16"), 1).close()
+    out, err = capfd.readouterr()
+    assert out == "" and "--- rknn-toolkit-lite2 log (load_rknn, init_runtime) ---" in err and "I RKNN: fake runtime" in err
+    monkeypatch.setitem(as_on_board.FAKE_STATE, "init_ok", False)
+    with pytest.raises(InputError, match="init_runtime returned -1"):
+        backend.prepare(Workload(1, 64, 96, "fp16"), 1)
+    out, err = capfd.readouterr()
+    assert "Catch exception when init runtime!" in err and "Exception: Can not find dynamic library on RK3588!" in err
+
+
+def test_cli_shows_the_library_log_only_with_verbose(as_on_board, cli, tmp_path, monkeypatch):
+    folder = _fake_convert_dir(tmp_path, [(1, 64, 64)])
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: x\nsource: t\nlayers:\n  - {name: a, k: 64, n: 64, count: 1}\n")
+    monkeypatch.setitem(as_on_board.FAKE_STATE, "init_ok", False)
+    monkeypatch.setattr(rb, "_show_log", False)
+    args = ("analyze", prof, "--backends", "rknnlite", "--rknn", folder, "--quick", "--budget", "5")
+    code, out, err = cli(*args, "--out", tmp_path / "quiet")
+    assert "Catch exception" not in err + out and "Traceback" not in err + out and "rknn-toolkit-lite2 version" not in err
+    assert "init_runtime returned -1" in (tmp_path / "quiet" / "report.md").read_text()
+    code, out, err = cli(*args, "--out", tmp_path / "verbose", "--verbose")
+    assert "E Catch exception when init runtime!" in err and "Exception: Can not find dynamic library on RK3588!" in err
+
+
+def test_library_output_restores_the_streams(monkeypatch, capfd):
+    import logging
+    import os
+
+    handler = logging.StreamHandler(sys.stderr)
+    logger = logging.getLogger(rb.LIBRARY_LOGGER)
+    monkeypatch.setattr(logger, "handlers", [handler])  # the library's own: a stream handler on stderr
+    monkeypatch.setattr(logger, "propagate", False)
+    if True:
+        streams = sys.stdout, sys.stderr
+        with rb.library_output("test") as log:
+            os.write(2, b"native noise\n")
+            print("python noise")
+            logger.error("E logged noise")
+        assert (sys.stdout, sys.stderr) == streams and handler.stream is sys.stderr
+        assert log.text.splitlines() == ["native noise", "python noise", "E logged noise"]
+        assert log.error() == "logged noise"
+        print("after")
+        os.write(2, b"fd 2 after\n")
+        assert capfd.readouterr() == ("after\n", "fd 2 after\n")
 
 
 def test_inference_none_is_recorded_not_timed(as_on_board, tmp_path, monkeypatch):
@@ -146,8 +262,14 @@ def test_fake_matches_the_documented_api(fake_lite):
     cls = fake_lite.RKNNLite
     assert (cls.NPU_CORE_AUTO, cls.NPU_CORE_0, cls.NPU_CORE_1, cls.NPU_CORE_2) == (0, 1, 2, 4)
     assert (cls.NPU_CORE_0_1, cls.NPU_CORE_0_1_2, cls.NPU_CORE_ALL) == (3, 7, 0xFFFF)
-    params = inspect.signature(cls.init_runtime).parameters
-    assert list(params)[1:] == ["target", "device_id", "async_mode", "core_mask"]
+    def params(method):
+        return list(inspect.signature(method).parameters)[1:]
+
+    assert params(cls.__init__) == ["verbose", "verbose_file"]
+    assert params(cls.load_rknn) == ["path", "key_path"]
+    assert params(cls.init_runtime) == ["target", "device_id", "async_mode", "core_mask"]
+    assert params(cls.inference) == ["inputs", "data_type", "data_format", "inputs_pass_through", "get_frame_id",
+                                     "reuse_outputs"]
     assert cls().load_rknn("/nonexistent.rknn") == -1
     assert cls().inference(inputs=[np.zeros((1, 4))]) is None  # before init_runtime: None, no exception
     assert set(rb.CORE_MASKS.values()) <= {n for n in dir(cls) if n.startswith("NPU_CORE")}

@@ -2,16 +2,31 @@
 
 It runs the ``.rknn`` files that ``rwkvprobe convert`` writes on a PC (``--rknn DIR``). Times are host
 wall time per ``inference()`` call, input and output copies included: what a Python program sees.
-The API as rknn-toolkit-lite2 2.5.0 has it (nothing raises to the caller):
-``RKNNLite(verbose=False)``, ``load_rknn(path) -> 0 | -1``,
+The API as rknn-toolkit-lite2 2.5.0 has it (nothing raises to the caller; CI compares these signatures
+with the real wheel on emulated aarch64, ``.ci/aarch64.sh``):
+``RKNNLite(verbose=False, verbose_file=None)``, ``load_rknn(path, key_path=None) -> 0 | -1``,
 ``init_runtime(target=None, device_id=None, async_mode=False, core_mask=NPU_CORE_AUTO) -> 0 | -1``,
-``inference(inputs=[...], data_format=None, ...) -> list | None``, ``release()``.
+``inference(inputs, data_type=None, data_format=None, ...) -> list | None``, ``release()``.
+
+What the library itself reads on the board: the SoC from ``/proc/device-tree/compatible`` and the
+runtime from ``/usr/lib/librknnrt.so`` (no other path). When either is missing or the runtime is
+damaged, ``init_runtime`` returns -1 after logging a traceback through the Python logger ``acuityLogger``
+on stderr. rwkvprobe checks the same things first and says what is missing in one line; around the
+library's own calls it keeps the library's output (logger, tracebacks, the C runtime's prints on fds 1
+and 2) aside and shows it only with ``--verbose`` (:func:`show_library_log`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import os
 import platform
+import re
+import struct
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,24 +34,144 @@ import numpy as np
 from rwkvprobe.backends import Backend, Workload, activation, base_weight
 from rwkvprobe.errors import InputError
 
-#: where rknn-toolkit-lite2 loads the runtime from
-RUNTIME_PATHS = ("/usr/lib/librknnrt.so", "/usr/lib64/librknnrt.so")
+#: where rknn-toolkit-lite2 (2.5.0) loads the runtime from on the board: this one path only
+RUNTIME_PATH = "/usr/lib/librknnrt.so"
+#: places a copy of the runtime ends up that the library does not look at (named in the message)
+STRAY_RUNTIME_PATHS = ("/usr/lib64/librknnrt.so", "/usr/local/lib/librknnrt.so",
+                       "/usr/lib/aarch64-linux-gnu/librknnrt.so")
+RUNTIME_SOURCE = "airockchip/rknn-toolkit2 (rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so)"
+#: where the library reads which SoC this is
 DEVICE_TREE = "/proc/device-tree/compatible"
+#: the version these tests and messages were checked against (used when the installed one is unknown)
 TOOLKIT_LITE_VERSION = "2.5.0"
+#: the Python logger rknn-toolkit-lite2 writes its log to (a StreamHandler on stderr)
+LIBRARY_LOGGER = "acuityLogger"
 #: --npu-cores value -> RKNNLite constant name
 CORE_MASKS = {"auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
               "0_1": "NPU_CORE_0_1", "0_1_2": "NPU_CORE_0_1_2", "all": "NPU_CORE_ALL"}
 #: the NPU output against the float64 reference of the fp32 graph: fp16 rounding; w8a8 quantization
 NPU_TOLERANCE = {"fp16": 5e-3, "int8": 6e-2}
-RUNTIME_HINT = (f"install librknnrt.so {TOOLKIT_LITE_VERSION} (matching rknn-toolkit-lite2 {TOOLKIT_LITE_VERSION}) "
-                "from airockchip/rknn-toolkit2, rknpu2/runtime/Linux/librknn_api/aarch64/, into /usr/lib/")
+_ELF_MACHINES = {183: "aarch64", 40: "32-bit ARM", 62: "x86-64", 3: "32-bit x86"}
+
+_show_log = False
 
 
-def _is_rk3588() -> bool:
+def show_library_log(on: bool) -> None:
+    """``--verbose``: pass rknn-toolkit-lite2's own output (its log, tracebacks, runtime prints) on to stderr."""
+    global _show_log
+    _show_log = bool(on)
+
+
+def lite_version() -> str | None:
+    """The installed rknn-toolkit-lite2's version, None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return b"rockchip,rk3588" in Path(DEVICE_TREE).read_bytes()
-    except OSError:
-        return False
+        return version("rknn-toolkit-lite2")
+    except PackageNotFoundError:
+        return None
+
+
+def runtime_hint() -> str:
+    """How to put the right runtime in place: which file, from where, which version."""
+    installed = lite_version()
+    v = installed or TOOLKIT_LITE_VERSION
+    same = f"the installed rknn-toolkit-lite2 {v}" if installed else f"rknn-toolkit-lite2 (pip install 'rknn-toolkit-lite2=={v}')"
+    return f"install librknnrt.so {v}, the same version as {same}, from {RUNTIME_SOURCE} as {RUNTIME_PATH}"
+
+
+def _device_tree_problem() -> str | None:
+    try:
+        raw = Path(DEVICE_TREE).read_bytes()
+    except FileNotFoundError:
+        where = (f"in a container, pass the board's in: -v {DEVICE_TREE}:{DEVICE_TREE}" if Path("/.dockerenv").exists()
+                 else "run on the RK3588 board's own Linux")
+        return (f"no RK3588 NPU found: {DEVICE_TREE} does not exist (rknn-toolkit-lite2 reads the SoC from it; "
+                f"{where})")
+    except OSError as e:
+        return f"no RK3588 NPU found: {DEVICE_TREE} cannot be read ({e.strerror})"
+    if b"rockchip,rk3588" not in raw:
+        names = [s for s in raw.decode("ascii", "replace").split("\0") if s.strip()][:3]
+        return (f"no RK3588 NPU here: {DEVICE_TREE} names {', '.join(names) or 'nothing'}, not rockchip,rk3588 "
+                "(the rknnlite backend measures the RK3588 NPU)")
+    return None
+
+
+def _elf_problem(path: str) -> str | None:
+    """Why ``path`` is not a whole aarch64 shared library, read from its ELF headers without loading it
+    (a cut-short library can kill the process that loads it with SIGBUS); None when it looks whole."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF":
+                page = head.lstrip()[:1] == b"<"
+                return (f"is not a shared library: {size} bytes without an ELF header"
+                        + (" (a web page saved in its place: download the raw file)" if page else ""))
+            if len(head) < 20:
+                return f"is cut short: {size} bytes, less than an ELF header"
+            order = "<" if head[5] == 1 else ">"
+            machine = struct.unpack_from(order + "H", head, 18)[0]
+            if head[4] != 2 or machine != 183:
+                return f"is the {_ELF_MACHINES.get(machine, f'ELF machine {machine}')} build, not the aarch64 one"
+            if len(head) < 64:
+                return f"is cut short: {size} bytes, less than an ELF header"
+            phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
+            need = max(phoff + phnum * phentsize, shoff + shnum * shentsize if shoff else 0)
+            if need <= size and phentsize >= 56:
+                f.seek(phoff)
+                table = f.read(phnum * phentsize)
+                for i in range(phnum):
+                    p_type, _, p_offset = struct.unpack_from(order + "IIQ", table, i * phentsize)
+                    p_filesz = struct.unpack_from(order + "Q", table, i * phentsize + 32)[0]
+                    if p_type == 1:  # PT_LOAD: mapped from the file
+                        need = max(need, p_offset + p_filesz)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    except struct.error:
+        return f"is damaged: {size} bytes with unreadable ELF headers"
+    if need > size:
+        return f"is cut short: {size:,} bytes where its own headers need {need:,} (an incomplete download?)"
+    return None
+
+
+_LOADED: dict = {}
+
+
+def _load_error(path: str) -> str | None:
+    """What the dynamic loader says of ``path`` (loaded as the library loads it, with ctypes), None when it
+    loads. In a child process: a broken library must not take this one down."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return e.strerror
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _LOADED:
+        import subprocess
+
+        try:
+            done = subprocess.run([sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", path],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as e:
+            return f"could not be tried ({e})"
+        if done.returncode == 0:
+            _LOADED[key] = None
+        elif done.returncode < 0:
+            _LOADED[key] = f"loading it kills the process with signal {-done.returncode}"
+        else:
+            last = (done.stderr.strip().splitlines() or ["?"])[-1]
+            _LOADED[key] = re.sub(r"^OSError: ", "", last).replace(f"{path}: ", "")
+    return _LOADED[key]
+
+
+def _runtime_problem(path: str) -> str | None:
+    """Why ``path`` is not a usable aarch64 librknnrt.so, in a few words; None when it is."""
+    problem = _elf_problem(path)
+    if problem:
+        return problem
+    why = _load_error(path)
+    return f"cannot be loaded ({why})" if why else None
 
 
 def missing_runtime() -> str | None:
@@ -46,14 +181,108 @@ def missing_runtime() -> str | None:
         return f"rknn-toolkit-lite2 runs only on Linux aarch64 boards such as the RK3588 (this machine is {machine})"
     if importlib.util.find_spec("rknnlite") is None:
         return "'rknnlite' is not installed (pip install 'rwkvprobe[npu]')"
-    if not _is_rk3588():
-        return f"no RK3588 NPU here ({DEVICE_TREE} does not name rockchip,rk3588)"
-    runtime = next((p for p in RUNTIME_PATHS if Path(p).is_file()), None)
-    if runtime is None:
-        return f"the NPU runtime {RUNTIME_PATHS[0]} is missing: {RUNTIME_HINT}"
-    if Path(runtime).stat().st_size < 1024 * 1024:
-        return f"the NPU runtime {runtime} looks damaged ({Path(runtime).stat().st_size} bytes): {RUNTIME_HINT}"
+    problem = _device_tree_problem()
+    if problem:
+        return problem
+    if not Path(RUNTIME_PATH).is_file():
+        stray = next((p for p in STRAY_RUNTIME_PATHS if Path(p).is_file()), None)
+        also = f" ({stray} is there, but rknn-toolkit-lite2 loads only {RUNTIME_PATH})" if stray else ""
+        return f"the NPU runtime {RUNTIME_PATH} is missing{also}: {runtime_hint()}"
+    problem = _runtime_problem(RUNTIME_PATH)
+    if problem:
+        return f"the NPU runtime {RUNTIME_PATH} {problem}: {runtime_hint()}"
     return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The library's own output: kept aside around its calls, shown with --verbose
+
+class LibraryOutput:
+    """What the library printed inside :func:`library_output`."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def error(self) -> str | None:
+        """The library's own last error, in one short line: the exception a traceback ends with, else
+        its last ``E`` log line."""
+        lines = [ln.strip() for ln in self.text.splitlines() if ln.strip()]
+        for ln in reversed(lines):
+            m = re.match(r"^(?:[\w.]+Error|Exception|RuntimeError): (.+)", ln)
+            if m:
+                return m.group(1)[:200]
+        for ln in reversed(lines):
+            if ln.startswith("E ") and "init_runtime to init it first" not in ln:
+                return ln[2:][:200]
+        return None
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+@contextlib.contextmanager
+def library_output(what: str):
+    """Run library calls with their output kept aside: file descriptors 1 and 2 (tracebacks and the C
+    runtime's prints), ``sys.stdout``/``sys.stderr`` and ``acuityLogger``'s stream handlers all point
+    at one temporary file. Yields a :class:`LibraryOutput`; with ``--verbose`` the text is replayed on
+    stderr afterwards, otherwise it is dropped (the caller turns failures into its own one-line message)."""
+    out = LibraryOutput()
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    _flush()
+    with tempfile.TemporaryFile() as tmp:
+        saved_fds = {}
+        for fd in (1, 2):
+            try:
+                saved_fds[fd] = os.dup(fd)
+            except OSError:  # not open: nothing to keep aside
+                continue
+            os.dup2(tmp.fileno(), fd)
+        stream = open(os.dup(tmp.fileno()), "w", encoding="utf-8", errors="replace", buffering=1)
+        saved_sys = sys.stdout, sys.stderr
+        moved = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                 and h.stream is not None and h.stream in saved_sys]
+        old_streams = [h.setStream(stream) for h in moved]
+        sys.stdout = sys.stderr = stream
+        try:
+            yield out
+        finally:
+            with contextlib.suppress(Exception):
+                stream.flush()
+            _flush()
+            sys.stdout, sys.stderr = saved_sys
+            for h, old in zip(moved, old_streams):
+                if h.stream is stream:
+                    h.setStream(old)
+            for h in logger.handlers:  # a handler the library made inside: back to the real stderr
+                if isinstance(h, logging.StreamHandler) and h.stream is stream:
+                    h.setStream(saved_sys[1])
+            for fd, old in saved_fds.items():
+                os.dup2(old, fd)
+                os.close(old)
+            stream.close()
+            tmp.seek(0)
+            out.text = tmp.read().decode("utf-8", "replace")
+    if _show_log and out.text.strip():
+        sys.stderr.write(f"--- rknn-toolkit-lite2 log ({what}) ---\n{out.text.rstrip()}\n--- end of rknn-toolkit-lite2 log ---\n")
+        _flush()
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def init_failure(log: LibraryOutput) -> str:
+    """Our one line for a failed ``init_runtime``: what is missing, from the same checks as before a run."""
+    reason = missing_runtime()
+    if reason:
+        return f"backend 'rknnlite' cannot run here: {reason}"
+    said = log.error()
+    return (f"the NPU runtime did not start (init_runtime returned -1{': ' + said if said else ''}; --verbose shows "
+            f"rknn-toolkit-lite2's log): check the NPU driver (dmesg | grep -i rknpu), and {runtime_hint()}")
 
 
 class RknnLiteRunner:
@@ -62,19 +291,29 @@ class RknnLiteRunner:
 
         mask = getattr(RKNNLite, CORE_MASKS[core_mask])
         self.models = []
+        self.outs: list = []
+        self._quiet = None
         try:
             for _ in range(copies):  # each loaded model holds its own weights: the cold-cache rotation
-                rk = RKNNLite(verbose=False)
-                self.models.append(rk)
-                if rk.load_rknn(str(path)) != 0:
-                    raise InputError(f"{path}: the NPU runtime could not load it (load_rknn returned -1)")
-                if rk.init_runtime(core_mask=mask) != 0:
-                    raise InputError(f"the NPU runtime did not start (init_runtime returned -1): {RUNTIME_HINT}")
+                with library_output("load_rknn, init_runtime") as log:
+                    rk = RKNNLite(verbose=False)
+                    self.models.append(rk)
+                    loaded = rk.load_rknn(str(path))
+                    started = loaded == 0 and rk.init_runtime(core_mask=mask) == 0
+                if loaded != 0:
+                    said = log.error()
+                    raise InputError(f"{path}: the NPU runtime could not load it (load_rknn returned -1"
+                                     f"{': ' + said if said else ''})")
+                if not started:
+                    raise InputError(init_failure(log))
         except BaseException:
             self.close()
             raise
+        if not _show_log:  # a failed inference() logs and returns None: run() reports it, quietly
+            self._quiet = _DropAll()
+            logging.getLogger(LIBRARY_LOGGER).addFilter(self._quiet)
         self.a = activation(workload.m, workload.k)
-        self.outs: list = [None] * copies
+        self.outs = [None] * copies
         self.copies = copies
         self.k, self.n, self.m = workload.k, workload.n, workload.m
         self.tolerance = NPU_TOLERANCE[workload.dtype]
@@ -95,8 +334,13 @@ class RknnLiteRunner:
         return self.a, base_weight(self.k, self.n)
 
     def close(self) -> None:
-        for rk in self.models:
-            rk.release()
+        if self.models:
+            with library_output("release"):
+                for rk in self.models:
+                    rk.release()
+        if self._quiet is not None:
+            logging.getLogger(LIBRARY_LOGGER).removeFilter(self._quiet)
+            self._quiet = None
         self.models, self.outs = [], []
 
 
@@ -138,11 +382,5 @@ class RknnLiteBackend(Backend):
         return RknnLiteRunner(workload, copies, self.model_path(workload), self.core_mask)
 
     def describe(self) -> dict:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            lite = version("rknn-toolkit-lite2")
-        except PackageNotFoundError:
-            lite = None
-        return {"name": self.name, "rknn-toolkit-lite2": lite, "core_mask": self.core_mask,
+        return {"name": self.name, "rknn-toolkit-lite2": lite_version(), "core_mask": self.core_mask,
                 "rknn_dir": str(self.rknn_dir), "timing": "host wall time per inference() call, copies included"}
