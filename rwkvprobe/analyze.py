@@ -35,8 +35,9 @@ class AnalyzeSettings:
     cold: bool = True
     budget_seconds: float = 150.0
     quick: bool = False
-    rknn_dir: Path | None = None  # .rknn models for the rknnlite backend ('rwkvprobe convert')
-    npu_cores: str = "auto"
+    rknn_dir: Path | None = None  # .rknn models for the rknnlite and rknn backends ('rwkvprobe convert')
+    npu_cores: str = "auto"  # core masks, comma-separated: one series each (board.parse_core_masks)
+    device_id: str | None = None  # the adb device ID of the board for the rknn backend (board.py)
     block_size: int = 32  # blockwise-quantized weights
     quantize: list[str] = field(default_factory=lambda: ["att", "ffn", "custom"])  # kinds stored quantized
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
@@ -45,6 +46,7 @@ class AnalyzeSettings:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
                 "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
                 "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
+                "device_id": self.device_id,
                 "block_size": self.block_size, "quantize": self.quantize}
 
 
@@ -54,7 +56,13 @@ def default_out_dir(layers: LayerList) -> Path:
 
 
 def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(backend, dtype) pairs to measure, and the skipped ones with the reason."""
+    """(series, dtype) pairs to measure, and the skipped ones with the reason.
+
+    The NPU backends give one series per core mask of ``npu_cores`` (``rknnlite[core0]``, ...).
+    """
+    from rwkvprobe import board
+
+    masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))  # sweep's settings have none
     usable, unavailable = available_backends()
     skipped = []
     if settings.backends is None:
@@ -63,15 +71,22 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     else:
         names = []
         for b in settings.backends:
+            if b == board.BACKEND:  # host-driven: rknn-toolkit2 in its environment, a board over adb
+                if not hasattr(settings, "device_id"):
+                    raise InputError("--backends rknn (a board driven over adb) is for 'rwkvprobe analyze'")
+                board.check_ready(settings)
+                names.append(b)
+                continue
             if b not in BACKEND_NAMES:
-                raise InputError(f"--backends: unknown backend '{b}' (expected {', '.join(BACKEND_NAMES)})")
+                raise InputError(f"--backends: unknown backend '{b}' "
+                                 f"(expected {', '.join(BACKEND_NAMES + (board.BACKEND,))})")
             get_backend(b, settings.threads)  # raises one line naming the extra when it cannot run
             if b == "rknnlite" and settings.rknn_dir is None:
                 raise InputError("--backends rknnlite needs --rknn DIR: the .rknn models 'rwkvprobe convert' wrote")
             names.append(b)
     pairs = []
     for b in names:
-        cls = backend_class(b)
+        cls = board.RknnBoardBackend if b == board.BACKEND else backend_class(b)
         wanted = settings.dtypes or list(cls.default_dtypes)
         for d in wanted:
             if d not in cls.dtypes:
@@ -79,7 +94,7 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
             elif (why := cls.dtype_unavailable(d)) is not None:
                 skipped.append({"backend": b, "dtype": d, "reason": why})
             else:
-                pairs.append((b, d))
+                pairs += [(label, d) for label in board.series_labels(b, masks)]
     if not pairs:
         raise InputError("nothing to measure: no backend here supports the requested dtypes "
                          f"({', '.join(settings.dtypes or [])})")
@@ -158,11 +173,12 @@ class Analysis:
         pairs, skipped = plan_series(s)
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
-        backends = {name: get_backend(name, s.threads) for name in {b for b, _ in pairs}}
-        if "rknnlite" in backends:
-            backends["rknnlite"].rknn_dir = s.rknn_dir
-            backends["rknnlite"].core_mask = s.npu_cores
+        from rwkvprobe import board
+
+        pairs, board_pairs = board.split_board(pairs)  # the rknn series run in the toolkit worker
+        backends = {label: board.instantiate(label, s) for label in {b for b, _ in pairs}}
         r["backends"] = {name: b.describe() for name, b in backends.items()}
+        r["backends"].update(board.describe(board_pairs, s))
         self.save()
 
         stages = r.setdefault("stage_seconds", {})
@@ -185,6 +201,9 @@ class Analysis:
             self.save()
         bw_bps = max((run["kernels"]["read"]["best_gbps"] for run in r["bandwidth"]["runs"]), default=0) * 1e9
         lap("bandwidth")
+        if board_pairs:
+            board.run_series(self, board_pairs, progress)
+            lap("board")
 
         ceiling_policy = TimingPolicy(budget_seconds=0.15 if quick else 0.4, min_samples=3)
         have = {(c["backend"], c["dtype"]) for c in r["ceilings"]}

@@ -7,7 +7,14 @@ For each job: ONNX -> .rknn for the target with ``build(verbose)`` (its C++ per-
 to the process's stdout, captured at the file-descriptor level into the job's log), export, then run
 the model in the toolkit's simulator and compare its output with a float64 reference computed from
 the ONNX weight. Simulator times are never recorded: they are host CPU times, meaningless for the NPU.
-Only the standard library, numpy, onnx and rknn are used here.
+
+With ``"mode": "board"`` in the request, each job instead loads a built ``.rknn`` and runs it on a
+board over adb (``init_runtime(target, device_id, perf_debug=True, core_mask)``): one output checked
+against the float64 reference, the host's wall time of ``inference`` calls (adb transport included),
+and ``eval_perf(is_print=True, fix_freq=True)`` with what it prints captured into the job's log. The
+adb server the toolkit starts is stopped at the end (``adb kill-server`` with the wheel's adb), also
+when a job fails; one that was already running is left alone.
+Only the standard library, numpy, onnx, psutil and rknn are used here.
 """
 
 import json
@@ -50,22 +57,27 @@ def _calibration(job, folder):
 
 
 class _CaptureStdout:
-    """Redirect file descriptor 1 (where the toolkit's C++ code prints) into a file."""
+    """Redirect file descriptor 1 (where the toolkit's C++ code prints), or ``fds``, into a file."""
 
-    def __init__(self, path):
+    def __init__(self, path, fds=(1,)):
         self.path = path
+        self.fds = fds
 
     def __enter__(self):
         sys.stdout.flush()
-        self.saved = os.dup(1)
+        sys.stderr.flush()
+        self.saved = [os.dup(fd) for fd in self.fds]
         self.file = open(self.path, "w")
-        os.dup2(self.file.fileno(), 1)
+        for fd in self.fds:
+            os.dup2(self.file.fileno(), fd)
         return self
 
     def __exit__(self, *exc):
         sys.stdout.flush()
-        os.dup2(self.saved, 1)
-        os.close(self.saved)
+        sys.stderr.flush()
+        for fd, saved in zip(self.fds, self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
         self.file.close()
         return False
 
@@ -120,6 +132,162 @@ def run_job(job, target, simulate):
         rknn.release()
 
 
+# ------------------------------------------------------------------------------------------------
+# Board runs over adb
+
+
+def _last_line(e):
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
+def _adb_path():
+    """The adb the toolkit uses (its bundled one), else PATH's."""
+    try:
+        from rknn.api import rknn_platform
+
+        path = rknn_platform.get_adb_path()
+        if path and os.path.isfile(path):
+            return path
+    except Exception:
+        pass
+    import glob
+    import shutil
+
+    import rknn
+
+    found = sorted(glob.glob(os.path.join(os.path.dirname(rknn.__file__), "3rdparty", "platform-tools", "adb",
+                                          "*", "adb")))
+    return found[0] if found else shutil.which("adb")
+
+
+def _adb_servers():
+    try:
+        import psutil
+    except ImportError:
+        return set()
+    pids = set()
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if p.info["status"] != psutil.STATUS_ZOMBIE and "fork-server" in cmd and (
+                    p.info["name"] == "adb" or os.path.basename(cmd[0]) == "adb"):
+                pids.add(p.pid)
+        except Exception:
+            continue
+    return pids
+
+
+def _stop_adb(adb, before):
+    """adb kill-server when the toolkit started a server (one running before is left alone)."""
+    import subprocess
+
+    ours = _adb_servers() - before
+    note = {"adb": adb, "started": sorted(ours), "stopped": not ours}
+    if ours and adb:
+        try:
+            subprocess.run([adb, "kill-server"], capture_output=True, timeout=15)
+        except Exception as e:
+            note["error"] = _last_line(e)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _adb_servers() & ours:
+            time.sleep(0.1)
+        note["stopped"] = not (_adb_servers() & ours)
+    return note
+
+
+def board_job(RKNN, job, request, state):
+    import numpy as np
+
+    out = {"id": job["id"], "ok": False, "error": None}
+    rk = RKNN(verbose=False)
+    try:
+        if rk.load_rknn(job["rknn"]) != 0:
+            out["error"] = "load_rknn failed"
+            return out
+        try:
+            ret = rk.init_runtime(target=request.get("target", "rk3588"), device_id=request.get("device_id"),
+                                  perf_debug=True, core_mask=getattr(RKNN, job.get("core_mask", "NPU_CORE_AUTO")))
+            why = f"init_runtime returned {ret}"
+        except Exception as e:  # without a board, 2.5.0 raises (its message is a traceback)
+            ret, why = -1, f"init_runtime failed: {_last_line(e)}"
+        if ret != 0:
+            out.update(error=why, runtime_failed=True)
+            try:
+                out["devices"] = list(rk.list_devices()[0])
+            except Exception:
+                out["devices"] = None
+            return out
+        if state.get("sdk_version") is None:
+            try:
+                state["sdk_version"] = str(rk.get_sdk_version())
+            except Exception as e:
+                state["sdk_version"] = f"unknown ({_last_line(e)})"
+        a = _activation(job["m"], job["k"], job.get("seed", 7))
+        result = rk.inference(inputs=[a])
+        if not result:
+            out["error"] = "inference returned nothing"
+            return out
+        got = np.asarray(result[0], dtype=np.float64).reshape(job["m"], job["n"])
+        ref = _reference(job["onnx"], a)
+        out["check"] = {"rel_err": float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) or 1.0)),
+                        "finite": bool(np.isfinite(got).all())}
+        for _ in range(job.get("warmup", 2)):
+            rk.inference(inputs=[a])
+        samples = []
+        for _ in range(job.get("calls", 10)):  # host wall clock: the adb round trip is in every sample
+            t0 = time.perf_counter()
+            rk.inference(inputs=[a])
+            samples.append(time.perf_counter() - t0)
+        out["wall_seconds"] = samples
+        out["eval_perf"] = []
+        for i in range(job.get("perf_repeats", 1)):
+            log = os.path.join(request["log_dir"], f"{job['id']}.eval_perf{i}.log")
+            with _CaptureStdout(log, fds=(1, 2)):
+                ret = rk.eval_perf(is_print=True, fix_freq=True)
+            out["eval_perf"].append({"log": log, "returned": ret if isinstance(ret, str) else
+                                     (None if ret is None else repr(ret))})
+        out["ok"] = True
+        return out
+    except Exception as e:  # reported per job; the other jobs go on
+        out["error"] = _last_line(e)
+        out["traceback"] = traceback.format_exc()[-2000:]
+        return out
+    finally:
+        rk.release()
+
+
+def board_main(request):
+    adb = None
+    before = _adb_servers()
+    state = {"jobs": [], "sdk_version": None, "no_board": False, "error": None}
+    try:
+        from rknn.api import RKNN
+
+        adb = _adb_path()
+        os.makedirs(request["log_dir"], exist_ok=True)
+        for job in request["jobs"]:
+            res = board_job(RKNN, job, request, state)
+            state["jobs"].append(res)
+            if res.get("runtime_failed") and not any(j.get("ok") for j in state["jobs"]):
+                # the first model could not start on the board: the others would fail the same way
+                state["no_board"] = not res.get("devices")
+                state["error"] = res["error"]
+                break
+    except Exception as e:
+        state["error"] = _last_line(e)
+    finally:
+        state["adb"] = _stop_adb(adb or _adb_path_quiet(), before)
+    return state
+
+
+def _adb_path_quiet():
+    try:
+        return _adb_path()
+    except Exception:
+        return None
+
+
 def main():
     with open(sys.argv[1]) as f:
         request = json.load(f)
@@ -134,9 +302,14 @@ def main():
                 versions[name] = None
     except ImportError:
         pass
-    results = [run_job(job, request.get("target", "rk3588"), request.get("simulate", True)) for job in request["jobs"]]
+    if request.get("mode") == "board":
+        response = board_main(request)
+    else:
+        response = {"jobs": [run_job(job, request.get("target", "rk3588"), request.get("simulate", True))
+                             for job in request["jobs"]]}
+    response["versions"] = versions
     with open(sys.argv[2], "w") as f:
-        json.dump({"versions": versions, "jobs": results}, f)
+        json.dump(response, f)
 
 
 if __name__ == "__main__":

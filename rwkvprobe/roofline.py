@@ -96,6 +96,8 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
             continue
         P, t0 = c["peak_gflops"] * 1e9, c["overhead_seconds"]
         key = (c["backend"], c["dtype"])
+        # a series measured on another machine (a board driven over adb) carries that machine's bandwidth
+        bw_s = c["bandwidth_gbps"] * 1e9 if c.get("bandwidth_gbps") else bw
         rows = []
         for m in results.get("settings", {}).get("tokens", [1]):
             for layer in layers.layers:
@@ -107,15 +109,15 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
                 t = point_seconds(p) if p else None
                 flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
                 if t is not None:
-                    row.update(layer_verdict(flops, nbytes, t, P, bw, t0), measured=True)
+                    row.update(layer_verdict(flops, nbytes, t, P, bw_s, t0), measured=True)
                 else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
                     row.update({"seconds": None, "flops": flops, "bytes": nbytes,
-                                "model_seconds": model_seconds(flops, nbytes, P, bw, t0),
-                                "bound": classify(flops, nbytes, P, bw, t0)})
+                                "model_seconds": model_seconds(flops, nbytes, P, bw_s, t0),
+                                "bound": classify(flops, nbytes, P, bw_s, t0)})
                 rows.append(row)
         series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": c["peak_gflops"],
-                       "bandwidth_gbps": bw / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
-                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw, P, t0, results)}
+                       "bandwidth_gbps": bw_s / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
+                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw_s, P, t0, results)}
     return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values())}
 
 
