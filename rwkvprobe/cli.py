@@ -277,7 +277,7 @@ class Reporter:
 @app.command("analyze")
 def analyze_cmd(
     profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
-    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, torch-cuda, tinygrad. Default: every one installed."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, torch-cuda, tinygrad, rknnlite (on the board), rknn (a board driven over adb from this machine). Default: every one installed (rknn only when named)."),
     dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn. Default: each backend's usual ones."),
     quantize: str = typer.Option("att,ffn,custom", "--quantize", help="Layer kinds stored quantized in the int8/int4 model-level figures (att, ffn, lora, head, custom); the rest stay at the float type."),
     block_size: int = typer.Option(32, "--block-size", help="Block size of blockwise-quantized weights (int4/int8 MatMulNBits, torch int4 groups)."),
@@ -290,9 +290,10 @@ def analyze_cmd(
     warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
     device: Optional[str] = typer.Option(None, "--device", help="Model a device instead of measuring this machine: rk3588 or a device YAML. Every figure is labelled modelled."),
-    rknn: Optional[Path] = typer.Option(None, "--rknn", help="A folder written by 'rwkvprobe convert': the .rknn models for --backends rknnlite on the board, or the compiler estimates for --device."),
-    npu_cores: str = typer.Option("auto", "--npu-cores", help="rknnlite core mask: auto, 0, 1, 2, 0_1, 0_1_2, all."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
+    rknn: Optional[Path] = typer.Option(None, "--rknn", help="A folder written by 'rwkvprobe convert': the .rknn models for --backends rknnlite on the board or rknn over adb (rknn converts them on the fly without it), or the compiler estimates for --device."),
+    npu_cores: str = typer.Option("auto", "--npu-cores", help="NPU core masks for rknnlite and rknn, comma-separated, each its own series: auto, 0, 1, 2, 0_1, 0_1_2, all (e.g. 0,1,0_1_2)."),
+    device_id: Optional[str] = typer.Option(None, "--device-id", help="--backends rknn: the adb device ID of the RK3588 board (as 'adb devices' lists it). Default: the only one connected."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail, and the NPU library's own log (rknnlite)."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
     from rwkvprobe.analyze import Analysis, AnalyzeSettings, check_dtypes, plan_series
@@ -306,13 +307,17 @@ def analyze_cmd(
         raise InputError(f"--tokens {max(ms)}: expected at most 4096 tokens per call")
     if device is not None:
         return _analyze_device(ll, device, ms, out, rknn)
-    from rwkvprobe.backends.rknnlite_backend import CORE_MASKS
+    from rwkvprobe.backends.rknnlite_backend import show_library_log
 
-    if npu_cores not in CORE_MASKS:
-        raise InputError(f"--npu-cores {npu_cores}: expected one of {', '.join(CORE_MASKS)}")
+    show_library_log(verbose)  # rknn-toolkit-lite2's log and tracebacks: kept aside unless --verbose
+    from rwkvprobe.board import BACKEND as BOARD_BACKEND, parse_core_masks
+
+    masks = parse_core_masks(npu_cores)  # one line naming a bad mask
     dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None
     check_dtypes(dts)
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    if device_id is not None and BOARD_BACKEND not in (names or []):
+        raise InputError("--device-id is for --backends rknn (an RK3588 driven over adb from this machine)")
     n_threads = threads if threads is not None else default_threads()
     if n_threads <= 0 or n_threads > 1024:
         raise InputError(f"--threads {n_threads}: expected a positive number of threads")
@@ -322,7 +327,7 @@ def analyze_cmd(
         raise InputError(f"--block-size {block_size}: expected 16, 32, 64, 128 or 256")
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
                                cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick,
-                               rknn_dir=rknn, npu_cores=npu_cores, block_size=block_size,
+                               rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom")))
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
@@ -476,9 +481,13 @@ def convert_cmd(
 def _register_optional_commands() -> None:
     from rwkvprobe.compare import compare_command
     from rwkvprobe.sweep import sweep_command
+    from rwkvprobe.validate import validate_command
 
     app.command("compare")(compare_command)
     app.command("sweep")(sweep_command)
+    app.command("validate")(validate_command)
+    from rwkvprobe.importer import profile_from_command
+    profile_app.command("from")(profile_from_command)
 
 
 _register_optional_commands()

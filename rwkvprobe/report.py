@@ -63,7 +63,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     bounds = d["share_by_bound"]
     main = max(bounds, key=bounds.get)
     name = layers.profile.name
-    bw = verdict["bandwidth_gbps"]
+    bw = best.get("bandwidth_gbps") or verdict["bandwidth_gbps"]  # a board series carries the board's
     if d["fully_measured"]:
         how = "measured"
     else:
@@ -103,7 +103,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
     if results.get("device"):
         out += _device_sentences(series, results)
-    elif not any(s["backend"] in ("rknnlite", "rknn") for s in series):
+    elif not any(s["backend"].split("[")[0] in ("rknnlite", "rknn") for s in series):
         out.append("No NPU was measured on this machine; NPU-vs-CPU figures need a run on the board "
                    "(the RK3588 NPU computes in fp16 whatever the graph says: compare it with CPU fp16, not fp32).")
     return out
@@ -256,11 +256,16 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
            "lower bound that leaves out framework per-op overhead. Layer times are measured, except those of layers "
            "that could not be measured (or of a modelled device), which use the model time: those rows are marked *. "
            "Prefill counts matmuls only.", ""]
+    md += _validation_section(results, layers)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
-    if not results.get("device"):
+    from rwkvprobe.board import report_section as _board_section
+
+    md += _board_section(results)
+    if not results.get("device") and not any(s["backend"].split("[")[0] in ("rknnlite", "rknn")
+                                             for s in verdict["series"]):
         md += ["## NPU vs CPU", "",
                "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
                "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
@@ -299,6 +304,35 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
            "the median counts; every sample is in results.json.",
            "- Bandwidth: STREAM-style kernels counted STREAM's way, best of the trials, GB/s = 1e9 bytes/s.", ""]
     return md
+
+
+def _validation_section(results: dict, layers: LayerList) -> list[str]:
+    """'Prediction checked': analyze's decode prediction against the real forward pass (rwkvprobe validate)."""
+    checks = results.get("validation") or []
+    if not checks:
+        return []
+    from rwkvprobe.validate import summary_lines
+
+    md = ["## Prediction checked", "",
+          "`rwkvprobe validate` ran the real model (BlinkDL's reference forward pass, seeded random weights) token by "
+          "token on this machine and compared its decode time with the prediction above.", ""]
+    rows = []
+    for v in checks:
+        s = v["split"]
+        rows.append([f"{v['backend']} {v['dtype']}", str(v["threads"]), f"{v['predicted']['decode_seconds'] * 1e3:.1f}",
+                     f"{v['measured']['decode']['median'] * 1e3:.1f}", f"{v['predicted_over_measured']:.2f}",
+                     "yes" if v["within_target"] else "**no**",
+                     f"{s['matmul_forward_seconds'] * 1e3:.1f} / {s['matmul_predicted_seconds'] * 1e3:.1f}",
+                     f"{s['rest_forward_seconds'] * 1e3:.1f} / {s['rest_predicted_seconds'] * 1e3:.2f}"])
+    md += _table(["backend dtype", "threads", "predicted ms/token", "measured ms/token", "predicted/measured",
+                  f"within {TARGET_PCT}", "matmuls ms: forward / predicted", "rest ms: forward / modelled"], rows)
+    md += [""]
+    for v in checks:
+        md += [f"- {line}" for line in summary_lines(v, layers.profile.name)]
+    return md + [""]
+
+
+TARGET_PCT = "15%"
 
 
 def _memory_section(layers: LayerList, env: dict) -> list[str]:

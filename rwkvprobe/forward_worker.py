@@ -1,0 +1,191 @@
+"""The real RWKV forward pass for ``rwkvprobe validate``, run in a subprocess of its own.
+
+``python -m rwkvprobe.forward_worker CONFIG.json OUT.json``. BlinkDL's reference package (``rwkv``)
+picks its RWKV-7 class from ``RWKV_V7_ON`` at import time and compiles TorchScript functions, so each
+run gets a fresh interpreter. The model is built from seeded random weights in the reference's own
+checkpoint layout (no download): the weights' values do not change the work a token costs, only their
+shapes do. The worker times token-by-token decode, a prefill chunk, and one profiled pass that splits the
+decode time into weight matmuls (per shape) and everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+#: the reference package's matmul-family ATen ops (the profiler names them this way)
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::mv", "aten::addmv", "aten::baddbmm", "aten::dot")
+STRATEGY = {"fp32": "cpu fp32", "bf16": "cpu bf16", "fp16": "cpu fp16"}
+
+
+def random_state_dict(shapes: dict, seed: int):
+    """Seeded weights that keep activations finite through every block: linear and low-rank matrices
+    uniform with variance 1/(4 fan-in), the embedding in [-1, 1], vectors (norms, mixes, decays) in [0, 1]."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in shapes.items():
+        t = torch.empty(shape, dtype=torch.float32)
+        if name == "emb.weight":
+            t.uniform_(-1.0, 1.0, generator=g)
+        elif len(shape) >= 2 and not name.endswith(("time_faaaa", "time_decay", "r_k")):
+            # nn.Linear weights are stored [out, in]; the low-rank matrices (w1, w2, ...) are [in, out]
+            fan_in = shape[1] if name.endswith(".weight") else shape[-2]
+            bound = math.sqrt(3.0 / fan_in) / 2
+            t.uniform_(-bound, bound, generator=g)
+        elif name.endswith(".bias"):
+            t.uniform_(-0.1, 0.1, generator=g)
+        else:
+            t.uniform_(0.0, 1.0, generator=g)
+        sd[name] = t
+    return sd
+
+
+def load_reference(state_dict: dict, version: int, dtype: str):
+    """The reference package's model on this state dict (its loader reads a file: hand it ours)."""
+    from unittest import mock
+
+    import torch
+    import rwkv.model as reference
+
+    kwargs = {} if version == 7 else {"verbose": False}
+    with mock.patch.object(torch, "load", lambda *a, **k: state_dict):
+        return reference.RWKV(model="random-weights", strategy=STRATEGY[dtype], **kwargs)
+
+
+def weight_matmul_shape(event, shapes: set, batched: dict):
+    """(K, N, matrices per call) when a profiled matmul op multiplies by stored weights, else None."""
+    ins = [s for s in (event.input_shapes or []) if s]
+    if event.key == "aten::addmm" and len(ins) >= 3:
+        ins = ins[1:]
+    if len(ins) < 2:
+        return None
+    a, w = ins[0], ins[1]
+    if len(w) == 2 and len(a) == 2 and (w[0], w[1]) in shapes and a[1] == w[0]:
+        return (w[0], w[1], 1)
+    if len(w) == 3 and batched.get((w[1], w[2])) == w[0]:  # RWKV-6's five token-shift matrices in one bmm
+        return (w[1], w[2], w[0])
+    return None
+
+
+def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int) -> dict:
+    """Per-token time of the weight matmuls by shape, measured by torch.profiler over ``n`` tokens."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    shapes = {(k, nn) for k, nn, _ in layer_shapes}
+    batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(n):
+            logits, state = model.forward([token], state)
+            token = int(torch.argmax(logits))
+    per_shape: dict = {}
+    other_matmul_us = 0.0
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if ev.key not in MATMUL_OPS:
+            continue
+        shape = weight_matmul_shape(ev, shapes, batched)
+        if shape is None:
+            other_matmul_us += ev.self_cpu_time_total
+            continue
+        d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
+        d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
+        d["us"] += ev.self_cpu_time_total
+    for d in per_shape.values():
+        d["calls_per_token"] = d["calls"] / n
+        d["seconds_per_call"] = d["us"] / 1e6 / d["calls"]
+    matmul = sum(d["us"] for d in per_shape.values()) / 1e6 / n
+    return {"tokens": n, "weight_matmul_seconds_per_token": matmul, "by_shape": list(per_shape.values()),
+            "other_matmul_seconds_per_token": other_matmul_us / 1e6 / n}
+
+
+def run(cfg: dict) -> dict:
+    import torch
+
+    from rwkvprobe.profile import Profile, layer_list, state_dict_shapes
+
+    if cfg.get("cpus"):
+        os.sched_setaffinity(0, cfg["cpus"])  # the CPUs the prediction was measured on
+    torch.set_num_threads(cfg["threads"])
+    p = cfg["profile"]
+    profile = Profile(name=p["name"], source=p.get("source", ""), version=p["version"], n_layer=p["n_layer"],
+                      n_embd=p["n_embd"], vocab_size=p["vocab_size"], head_size=p["head_size"], dim_ffn=p["dim_ffn"],
+                      lora=p.get("lora") or {})
+    shapes = state_dict_shapes(profile)
+    t_start = time.perf_counter()
+    model = load_reference(random_state_dict(shapes, cfg.get("seed", 0)), profile.version, cfg["dtype"])
+    load_seconds = time.perf_counter() - t_start
+    gen = torch.Generator().manual_seed(cfg.get("seed", 0) + 1)
+    vocab = profile.vocab_size
+    prompt = torch.randint(0, vocab, (cfg.get("prompt", 8),), generator=gen).tolist()
+    out: dict = {"load_seconds": load_seconds, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        import importlib.metadata as md
+
+        out["reference"] = f"rwkv {md.version('rwkv')}"
+    except Exception:  # pragma: no cover - metadata missing
+        out["reference"] = "rwkv"
+    with torch.no_grad():
+        logits, state = model.forward(prompt, None)
+        token = int(torch.argmax(logits))
+        for _ in range(cfg.get("warmup", 6)):  # TorchScript optimises a function after its first calls
+            logits, state = model.forward([token], state)
+            token = int(torch.argmax(logits))
+        samples = []
+        finite = True
+        for _ in range(cfg["tokens"]):
+            t0 = time.perf_counter()
+            logits, state = model.forward([token], state)
+            samples.append(time.perf_counter() - t0)
+            finite = finite and bool(torch.isfinite(logits).all())
+            token = int(torch.argmax(logits))  # greedy sampling, outside the timed call
+        out["decode"] = {"samples": samples, "median": statistics.median(samples), "min": min(samples),
+                         "q1": _quantile(samples, 0.25), "q3": _quantile(samples, 0.75)}
+        out["logits_finite"] = finite
+        ll = layer_list(profile)
+        layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
+        out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", 8), layer_shapes,
+                                         profile.n_layer)
+        chunk = cfg.get("chunk", 0)
+        if chunk:
+            ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()
+            pre = []
+            for _ in range(cfg.get("chunk_repeats", 3)):
+                s = [x.clone() for x in state] if isinstance(state, list) else state
+                t0 = time.perf_counter()
+                model.forward(ids, s)
+                pre.append(time.perf_counter() - t0)
+            out["prefill"] = {"chunk": chunk, "samples": pre, "median": statistics.median(pre),
+                              "tokens_per_second": chunk / statistics.median(pre)}
+    return out
+
+
+def _quantile(xs: list, q: float) -> float:
+    s = sorted(xs)
+    i = q * (len(s) - 1)
+    lo = math.floor(i)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (i - lo)
+
+
+def main(argv: list[str]) -> int:
+    cfg = json.loads(open(argv[0]).read())
+    os.environ["RWKV_V7_ON"] = "1" if cfg["profile"]["version"] == 7 else "0"
+    os.environ.setdefault("RWKV_JIT_ON", "1")  # the package's default, as ChatRWKV runs it
+    os.environ["RWKV_CUDA_ON"] = "0"
+    try:
+        result = {"ok": True, **run(cfg)}
+    except Exception as e:  # reported by the parent in one line
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    with open(argv[1], "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,263 @@
+"""rwkvprobe validate: the real forward pass (reference package), its per-shape matmul accounting, the
+comparison arithmetic, the report section, and one-line errors for what it cannot do."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from conftest import PROFILES, ROOT
+from rwkvprobe.analyze import profile_json
+from rwkvprobe.profile import layer_list, load_profile, parse_profile
+
+torch = pytest.importorskip("torch") if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1" else __import__("torch")
+if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1":
+    pytest.importorskip("rwkv")
+
+TINY = {
+    4: {"version": 4, "n_layer": 2, "n_embd": 128, "vocab_size": 512},
+    5: {"version": 5, "n_layer": 2, "n_embd": 128, "vocab_size": 512, "head_size": 64},
+    6: {"version": 6, "n_layer": 2, "n_embd": 128, "vocab_size": 512, "head_size": 64,
+        "lora": {"mix": 32, "decay": 64}},
+    7: {"version": 7, "n_layer": 2, "n_embd": 128, "vocab_size": 512, "head_size": 64,
+        "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}},
+}
+
+
+def tiny(version):
+    return layer_list(parse_profile({"name": f"tiny v{version}", "source": "test", **TINY[version]}))
+
+
+def tiny_yaml(tmp_path, version):
+    import yaml
+
+    path = tmp_path / f"tiny{version}.yaml"
+    path.write_text(yaml.safe_dump({"name": f"tiny v{version}", "source": "test", **TINY[version]}))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The real forward pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 5, 6, 7])
+def test_forward_pass_runs_every_weight_matmul_the_layer_list_counts(version):
+    """The profiler, inside the reference's real decode, sees each layer shape exactly as often per token as
+    our layer list says (the per-shape split of validate rests on this)."""
+    from rwkvprobe.validate import run_forward
+
+    ll = tiny(version)
+    real = run_forward(ll, "fp32", threads=1, tokens=5, chunk=4, cpus=None)
+    assert len(real["decode"]["samples"]) == 5 and real["decode"]["median"] > 0
+    assert real["logits_finite"]
+    assert real["prefill"]["chunk"] == 4 and len(real["prefill"]["samples"]) == 3
+    expected = Counter()
+    for layer in ll.layers:
+        expected[f"{layer.k}x{layer.n}"] += layer.count
+    seen = {f"{x['k']}x{x['n']}": x["calls_per_token"] for x in real["profiled"]["by_shape"]}
+    assert seen == dict(expected)
+    prof = real["profiled"]
+    assert 0 < prof["weight_matmul_seconds_per_token"] < real["decode"]["median"] * 3
+
+
+PATCHED_VS_FILE = r"""
+import json, os, sys
+version = int(sys.argv[1])
+os.environ["RWKV_V7_ON"] = "1" if version == 7 else "0"
+import torch
+from rwkvprobe import forward_worker as fw
+from rwkvprobe.profile import parse_profile, state_dict_shapes
+profile = parse_profile(json.loads(sys.argv[2]))
+sd = fw.random_state_dict(state_dict_shapes(profile), 3)
+path = os.path.join(sys.argv[3], "model.pth")
+torch.save({k: v.clone() for k, v in sd.items()}, path)
+import rwkv.model as reference
+kw = {} if version == 7 else {"verbose": False}
+from_file = reference.RWKV(model=path[:-4], strategy="cpu fp32", **kw)
+patched = fw.load_reference(sd, version, "fp32")
+with torch.no_grad():
+    a, _ = from_file.forward([1, 2, 3], None)
+    b, _ = patched.forward([1, 2, 3], None)
+print(json.dumps({"max_abs": float((a - b).abs().max()), "finite": bool(torch.isfinite(a).all()), "std": float(a.std())}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 7])
+def test_in_memory_weights_give_the_reference_its_usual_model(version, tmp_path):
+    """validate hands the reference its state dict in memory: the logits equal those of the same weights
+    loaded from a .pth file the package's usual way."""
+    data = {"name": "t", "source": "test", **TINY[version]}
+    proc = subprocess.run([sys.executable, "-c", PATCHED_VS_FILE, str(version), json.dumps(data), str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["finite"] and r["std"] > 0
+    assert r["max_abs"] == 0.0
+
+
+def test_random_weights_are_seeded_and_scaled_by_fan_in():
+    from rwkvprobe.forward_worker import random_state_dict
+    from rwkvprobe.profile import state_dict_shapes
+
+    shapes = state_dict_shapes(tiny(7).profile)
+    a, b = random_state_dict(shapes, 1), random_state_dict(shapes, 1)
+    assert all(torch.equal(a[k], b[k]) for k in shapes)
+    assert set(a) == set(shapes) and all(tuple(a[k].shape) == shapes[k] for k in shapes)
+    w = a["blocks.0.ffn.value.weight"]  # [C, F]: fan-in F = 512
+    assert float(w.abs().max()) <= (3 / 512) ** 0.5 / 2 + 1e-7
+    low = a["blocks.0.att.w1"]  # [C, r]: fan-in C = 128
+    assert float(low.abs().max()) <= (3 / 128) ** 0.5 / 2 + 1e-7
+
+
+# ------------------------------------------------------------------------------------------------
+# The comparison
+
+
+def _fake_prediction():
+    return {"decode_seconds": 0.040, "matmul_seconds": 0.0398, "non_matmul_seconds_modelled": 0.0002,
+            "fully_measured": True, "per_call": {"128x512": 1e-4, "512x128": 2e-4}, "prefill": {}}
+
+
+def _fake_real(median=0.050):
+    return {"decode": {"samples": [median] * 4, "median": median, "min": median, "q1": median, "q3": median},
+            "logits_finite": True, "reference": "rwkv 0.8.32", "torch": "x", "load_seconds": 1.0,
+            "profiled": {"weight_matmul_seconds_per_token": 0.044, "other_matmul_seconds_per_token": 0.001,
+                         "by_shape": [{"k": 128, "n": 512, "calls_per_token": 2, "seconds_per_call": 1.25e-4},
+                                      {"k": 512, "n": 128, "calls_per_token": 2, "seconds_per_call": 2e-4}]}}
+
+
+def test_compare_ratio_target_and_gap_split_add_up():
+    from rwkvprobe.validate import compare, summary_lines
+
+    v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
+    assert v["predicted_over_measured"] == pytest.approx(0.8)
+    assert not v["within_target"]  # 0.8 is 20% off
+    s = v["split"]
+    gap = 0.050 - 0.040
+    assert (s["matmul_forward_seconds"] - s["matmul_predicted_seconds"]) + \
+           (s["rest_forward_seconds"] - s["rest_predicted_seconds"]) == pytest.approx(gap)
+    assert {x["shape"]: x["ratio"] for x in v["by_shape"]} == {"128x512": pytest.approx(0.8), "512x128": 1.0}
+    v.update(backend="torch", dtype="fp32", threads=2)
+    lines = summary_lines(v, "tiny")
+    assert "predicted 40.0 ms/token, measured 50.0 ms/token" in lines[0]
+    assert "predicted/measured 0.80, OUTSIDE the 15% target" in lines[0]
+    assert "weight matmuls +4.2 ms" in lines[1] and "everything else +5.8 ms" in lines[1]
+    assert compare(_fake_prediction(), _fake_real(0.042), chunk=0)["within_target"]
+    assert not any("Warning" in x for x in lines)
+    noisy = _fake_real(0.050)
+    noisy["decode"].update(q1=0.040, q3=0.060)
+    v = compare(_fake_prediction(), noisy, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert any(x.startswith("Warning: the decoded tokens' times spread 40%") for x in summary_lines(v, "tiny"))
+
+
+def test_record_replaces_the_same_backend_and_dtype():
+    from rwkvprobe.validate import record
+
+    results = {}
+    record(results, {"backend": "torch", "dtype": "fp32", "n": 1})
+    record(results, {"backend": "torch", "dtype": "bf16", "n": 2})
+    record(results, {"backend": "torch", "dtype": "fp32", "n": 3})
+    assert [(x["dtype"], x["n"]) for x in results["validation"]] == [("bf16", 2), ("fp32", 3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# One-line errors (exit 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "numpy"], "validate runs the real model with torch only"),
+    (["--dtype", "int8"], "--dtype int8: expected one of fp32, bf16, fp16"),
+    (["--tokens", "0"], "--tokens 0: expected between 1 and 100000"),
+    (["--chunk", "-1"], "--chunk -1: expected a prefill chunk of 0 (none) to 4096 tokens"),
+])
+def test_bad_options_end_in_one_line(cli, args, message):
+    code, out, err = cli("validate", PROFILES / "rwkv-0b1.yaml", *args)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"rwkvprobe: error: {err.strip().split('error: ', 1)[1]}"]
+    assert message in err
+
+
+def test_layers_profile_is_refused(cli):
+    code, _, err = cli("validate", PROFILES / "example-layers.yaml")
+    assert code == 2 and "a 'layers:' profile has no RWKV model to run" in err
+
+
+def test_missing_reference_names_the_extra(cli, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "rwkv" else real(name, *a))
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml")
+    assert code == 2 and "pip install 'rwkvprobe[validate]'" in err and len(err.strip().splitlines()) == 1
+
+
+def _results_for(ll, series=(("torch", "fp32"),), threads=2):
+    """A minimal analyze results dict: measured layer times for the given series (plumbing only)."""
+    meas, ceil = [], []
+    for backend, dtype in series:
+        ceil.append({"backend": backend, "dtype": dtype, "peak_gflops": 100.0, "overhead_seconds": 5e-6})
+        for k, n in ll.unique_shapes():
+            meas.append({"backend": backend, "dtype": dtype, "m": 1, "k": k, "n": n, "flops": 2 * k * n,
+                         "bytes": 4 * k * n, "timing": {"median_seconds": 1e-4, "samples": [1e-4]},
+                         "check": {"ok": True}})
+    return {"schema": "rwkvprobe-results", "schema_version": 1, "kind": "analyze", "profile": profile_json(ll),
+            "settings": {"tokens": [1], "threads": threads}, "ceilings": ceil, "measurements": meas,
+            "bandwidth": {"runs": [{"kernels": {"read": {"best_gbps": 20.0}}}]}}
+
+
+def test_results_of_another_profile_or_backend_are_refused(cli, tmp_path):
+    from rwkvprobe.results import save_results
+
+    other = tmp_path / "other.json"
+    save_results(other, _results_for(layer_list(load_profile(PROFILES / "rwkv-0b4.yaml"))))
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml", "--results", other)
+    assert code == 2 and "whose layers differ" in err
+
+    no_torch = tmp_path / "numpy.json"
+    save_results(no_torch, _results_for(layer_list(load_profile(PROFILES / "rwkv-0b1.yaml")), (("numpy", "fp32"),)))
+    before = no_torch.read_bytes()
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml", "--results", no_torch)
+    assert code == 2 and "has no measured torch fp32 decode" in err
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml", "--results", no_torch, "--dtype", "bf16")
+    assert code == 2 and "torch bf16" in err
+    assert no_torch.read_bytes() == before  # a refused run leaves the results file alone
+
+
+def test_threads_must_match_the_results(cli, tmp_path):
+    from rwkvprobe.results import save_results
+
+    path = tmp_path / "r.json"
+    save_results(path, _results_for(layer_list(load_profile(PROFILES / "rwkv-0b1.yaml")), threads=2))
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml", "--results", path, "--threads", "1")
+    assert code == 2 and "measured with 2 threads" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end (small profile): analyze's prediction, the real pass, results.json and report.md
+
+
+@pytest.mark.slow
+def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, tmp_path):
+    profile = tiny_yaml(tmp_path, 7)
+    out = tmp_path / "run"
+    code, stdout, err = cli("validate", profile, "--out", out, "--tokens", "8", "--chunk", "8", "--threads", "1")
+    assert code == 0, err
+    assert "predicted/measured" in stdout and "ms/token" in stdout
+    data = json.loads((out / "results.json").read_text())
+    (v,) = data["validation"]
+    assert (v["backend"], v["dtype"], v["threads"], v["tokens"]) == ("torch", "fp32", 1, 8)
+    assert len(v["measured"]["decode"]["samples"]) == 8
+    assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
+    report = (out / "report.md").read_text()
+    assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report
+    # re-rendering the results elsewhere keeps the section
+    code, _, err = cli("report", out / "results.json", "--out", tmp_path / "again")
+    assert code == 0, err
+    assert "## Prediction checked" in (tmp_path / "again" / "report.md").read_text()
