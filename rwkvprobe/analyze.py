@@ -215,6 +215,8 @@ class Analysis:
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         lap("ceilings")
+        self._measure_nonmatmul(pairs, llc, quick, progress)
+        lap("non-matmul")
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
@@ -248,6 +250,23 @@ class Analysis:
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
         self.save()
         return r
+
+    def _measure_nonmatmul(self, pairs, llc, quick: bool, progress) -> None:
+        """One block's non-matmul decode work, timed in torch (nonmatmul.py), for the torch series."""
+        from rwkvprobe import nonmatmul
+
+        r, profile = self.results, self.layers.profile
+        if profile.version not in nonmatmul.VERSIONS:
+            return
+        have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
+        for b, d in pairs:
+            if b != "torch" or (b, d) in have or d not in ("fp32", "fp16", "bf16"):
+                continue
+            progress.stage(f"non-matmul block: {b} {d}")
+            policy = TimingPolicy(budget_seconds=0.3 if quick else 0.8, min_samples=5)
+            entry = nonmatmul.measure_block(profile, d, policy, llc, self.settings.cold)
+            r["nonmatmul"].append({"backend": b, "dtype": d, **entry})
+            self.save()
 
     def _write_models(self, points) -> None:
         """The ONNX models onnxruntime will run (reused from the cache folder when already there)."""

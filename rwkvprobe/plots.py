@@ -100,7 +100,7 @@ def share_plot(verdict: dict, path: Path, title: str) -> Path:
         d = s["model"]["decode"]
         left = 0.0
         parts = [(k, d["matmul_seconds"] * v) for k, v in sorted(d["share_by_kind"].items())]
-        parts.append(("non-matmul (modelled)", d["non_matmul_seconds_modelled"]))
+        parts.append(("non-matmul" + ("" if d.get("non_matmul_measured") else " (modelled)"), d["non_matmul_seconds"]))
         for kind, sec in parts:
             ax.barh(i, sec * 1e3, left=left, color=KIND_COLORS.get(kind, "#999999"),
                     label=kind if i == 0 else None)

@@ -117,7 +117,8 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
                 rows.append(row)
         series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": c["peak_gflops"],
                        "bandwidth_gbps": bw_s / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
-                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw_s, P, t0, results)}
+                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw_s, P, t0, results,
+                                                           _nonmatmul(results, c["backend"], c["dtype"]))}
     return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values())}
 
 
@@ -148,15 +149,26 @@ def _bandwidth_bps(results: dict) -> float | None:
     return best
 
 
+def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
+    """The measured non-matmul block of a series (analyze times it for torch; see nonmatmul.py)."""
+    for x in results.get("nonmatmul") or []:
+        if x.get("backend") == backend and x.get("dtype") == dtype and x.get("seconds_per_token"):
+            return x
+    return None
+
+
 def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
-                 results: dict) -> dict:
-    """Decode ms/token, prefill tokens/s, share by kind and the int8/int4 what-if, for one series."""
+                 results: dict, nonmatmul: dict | None = None) -> dict:
+    """Decode ms/token, prefill tokens/s, share by kind and the int8/int4 what-if, for one series.
+
+    The work outside the weight matmuls is the measured non-matmul block times n_layer where analyze
+    timed it, else modelled as its bytes over the DRAM bandwidth (a lower bound)."""
     out: dict = {}
     decode = [r for r in rows if r["m"] == 1]
     if decode:
         matmul = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode)
         modelled_part = sum(r["model_seconds"] * r["count"] for r in decode if not r["measured"])
-        other = non_matmul_bytes(layers, dtype) / bw
+        other = nonmatmul["seconds_per_token"] if nonmatmul else non_matmul_bytes(layers, dtype) / bw
         total = matmul + other
         share: dict[str, float] = defaultdict(float)
         bounds: dict[str, float] = defaultdict(float)
@@ -167,7 +179,8 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
         out["decode"] = {
             "matmul_seconds": matmul,
             "modelled_matmul_seconds": modelled_part,
-            "non_matmul_seconds_modelled": other,
+            "non_matmul_seconds": other,
+            "non_matmul_measured": nonmatmul is not None,
             "seconds_per_token": total,
             "tokens_per_second": 1.0 / total,
             "share_by_kind": {k: v / matmul for k, v in share.items()},
@@ -247,7 +260,7 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
         P, t0 = base["peak_gflops"] * 1e9, base["overhead_seconds"]
         base_bytes = weight_bytes_of(base["dtype"])
         q_rows = {r["layer"]: r for r in q["rows"] if r["m"] == 1}
-        other = base["model"]["decode"]["non_matmul_seconds_modelled"]
+        other = base["model"]["decode"]["non_matmul_seconds"]
         rows, fully = [], True
         for r in (r for r in base["rows"] if r["m"] == 1):
             t_base = r["seconds"] if r["measured"] else r["model_seconds"]

@@ -21,6 +21,7 @@ from typing import Optional
 
 import typer
 
+from rwkvprobe import nonmatmul
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.profile import LayerList, layer_list, load_profile
 
@@ -78,7 +79,7 @@ def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
         if s["backend"] == backend and s["dtype"] == dtype and s["model"].get("decode"):
             d = s["model"]["decode"]
             out = {"decode_seconds": d["seconds_per_token"], "matmul_seconds": d["matmul_seconds"],
-                   "non_matmul_seconds_modelled": d["non_matmul_seconds_modelled"],
+                   "non_matmul_seconds": d["non_matmul_seconds"], "non_matmul_measured": d["non_matmul_measured"],
                    "fully_measured": d["fully_measured"],
                    "per_call": {f"{r['k']}x{r['n']}": r["seconds"] if r["measured"] else None
                                 for r in s["rows"] if r["m"] == 1}}
@@ -135,7 +136,8 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
         "within_target": abs(predicted / measured - 1) <= TARGET, "target": TARGET,
         "split": {"matmul_forward_seconds": matmul_real, "matmul_predicted_seconds": pred["matmul_seconds"],
                   "rest_forward_seconds": measured - matmul_real,
-                  "rest_predicted_seconds": pred["non_matmul_seconds_modelled"],
+                  "rest_predicted_seconds": pred["non_matmul_seconds"],
+                  "rest_predicted_measured": pred.get("non_matmul_measured", False),
                   "state_matmul_seconds": prof.get("other_matmul_seconds_per_token")},
         "by_shape": shapes,
         "reference": real.get("reference"), "torch": real.get("torch"), "load_seconds": real.get("load_seconds"),
@@ -162,8 +164,9 @@ def summary_lines(v: dict, name: str) -> list[str]:
         f"({s['matmul_forward_seconds'] * 1e3:.1f} ms inside the forward pass, timed by torch.profiler, vs "
         f"{s['matmul_predicted_seconds'] * 1e3:.1f} ms from analyze's per-layer measurements); everything else "
         f"{(s['rest_forward_seconds'] - s['rest_predicted_seconds']) * 1e3:+.1f} ms ({s['rest_forward_seconds'] * 1e3:.1f} ms "
-        f"measured vs {s['rest_predicted_seconds'] * 1e3:.2f} ms modelled: elementwise ops, norms, the RNN state update, "
-        "framework overhead).",
+        f"in the forward pass vs {s['rest_predicted_seconds'] * 1e3:.2f} ms "
+        f"{'from analyze' + chr(39) + 's timed non-matmul block' if s.get('rest_predicted_measured') else 'modelled as bytes over bandwidth'}: "
+        "elementwise ops, norms, the RNN state update, framework overhead).",
     ]
     if v.get("prefill"):
         pre = v["prefill"]
@@ -217,6 +220,19 @@ def validate_command(
         if threads is not None and threads != run_threads:
             raise InputError(f"--threads {threads}: {results} was measured with {run_threads} threads; the "
                              "prediction holds for those (leave --threads out)")
+        if not pred["non_matmul_measured"] and ll.profile.version in nonmatmul.VERSIONS:
+            # an older results file: time the non-matmul block now, as analyze does today
+            import torch
+
+            from rwkvprobe.system import llc_bytes
+            from rwkvprobe.timing import TimingPolicy
+
+            torch.set_num_threads(run_threads)
+            reporter.stage(f"non-matmul block: {backend} {dtype}")
+            entry = nonmatmul.measure_block(ll.profile, dtype, TimingPolicy(budget_seconds=0.8, min_samples=5),
+                                            llc_bytes(), data.get("settings", {}).get("cold", True))
+            data.setdefault("nonmatmul", []).append({"backend": backend, "dtype": dtype, **entry})
+            pred = prediction(data, ll, backend, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent
     else:

@@ -229,7 +229,7 @@ def test_decode_seconds_per_token_is_measured_sum_plus_modelled_non_matmul(rwkv7
     other_bytes = 2 * C * S * 4 * L + rwkv7.other_params * 4
     expected = matmul + other_bytes / (W_GB * 1e9)
     assert d["matmul_seconds"] == pytest.approx(matmul, rel=1e-12)
-    assert d["non_matmul_seconds_modelled"] == pytest.approx(other_bytes / (W_GB * 1e9), rel=1e-12)
+    assert d["non_matmul_seconds"] == pytest.approx(other_bytes / (W_GB * 1e9), rel=1e-12)
     assert d["seconds_per_token"] == pytest.approx(expected, rel=1e-12)
     assert d["tokens_per_second"] == pytest.approx(1.0 / expected, rel=1e-12)
     assert d["modelled_matmul_seconds"] == 0.0
@@ -367,7 +367,7 @@ def test_what_if_bandwidth_bound_speedup_follows_bytes(factor):
     layers = layers_of(explicit_profile(("big", BIG, BIG, 3)))
     model = _what_if(layers, peak=1e9, factor=factor)  # P huge, t0 tiny: purely bandwidth-bound
     assert model["decode"]["share_by_bound"] == {"bandwidth-bound": 1.0}
-    assert model["decode"]["non_matmul_seconds_modelled"] == 0.0
+    assert model["decode"]["non_matmul_seconds"] == 0.0
     wi = model["what_if"]
     assert set(wi) == {"fp16", "int8", "int4"}
     assert wi["fp16"]["speedup"] == pytest.approx(2.0, rel=0.01)
@@ -423,7 +423,7 @@ def test_what_if_mixed_bandwidth_and_overhead_is_in_between():
 
 def test_what_if_keeps_the_non_matmul_time(rwkv7):
     model = _what_if(rwkv7, peak=1e9, bw=10.0, t0=1e-12)
-    other = model["decode"]["non_matmul_seconds_modelled"]
+    other = model["decode"]["non_matmul_seconds"]
     assert other > 0
     W = 10e9
     for q in ("int8", "int4"):
@@ -548,3 +548,20 @@ def test_verdict_without_decode_does_not_claim_nothing_was_measured(rwkv7):
     r = make_results(rwkv7, tokens=(8,))
     sentences = verdict_sentences(build_verdict(r, rwkv7), rwkv7, r)
     assert not any("No backend produced a checked measurement" in s for s in sentences)
+
+
+def test_a_measured_non_matmul_block_replaces_the_bytes_model(rwkv7, rwkv7_results):
+    """When analyze timed the non-matmul block for a series, decode uses it (and says so); other series keep
+    the bytes-over-bandwidth model."""
+    import copy
+
+    series = series_of(build_verdict(rwkv7_results, rwkv7))
+    results = copy.deepcopy(rwkv7_results)
+    results["nonmatmul"] = [{"backend": series["backend"], "dtype": series["dtype"], "seconds_per_token": 0.0123,
+                             "seconds_per_block": 0.0123 / 2, "blocks": 2},
+                            {"backend": "elsewhere", "dtype": series["dtype"], "seconds_per_token": 9.0}]
+    d = series_of(build_verdict(results, rwkv7))["model"]["decode"]
+    base = series["model"]["decode"]
+    assert d["non_matmul_measured"] and not base["non_matmul_measured"]
+    assert d["non_matmul_seconds"] == 0.0123
+    assert d["seconds_per_token"] == pytest.approx(base["matmul_seconds"] + 0.0123, rel=1e-12)

@@ -120,7 +120,7 @@ def test_random_weights_are_seeded_and_scaled_by_fan_in():
 
 
 def _fake_prediction():
-    return {"decode_seconds": 0.040, "matmul_seconds": 0.0398, "non_matmul_seconds_modelled": 0.0002,
+    return {"decode_seconds": 0.040, "matmul_seconds": 0.0398, "non_matmul_seconds": 0.0002,
             "fully_measured": True, "per_call": {"128x512": 1e-4, "512x128": 2e-4}, "prefill": {}}
 
 
@@ -254,6 +254,9 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     (v,) = data["validation"]
     assert (v["backend"], v["dtype"], v["threads"], v["tokens"]) == ("torch", "fp32", 1, 8)
     assert len(v["measured"]["decode"]["samples"]) == 8
+    (nm,) = data["nonmatmul"]  # the prediction's non-matmul part is the timed block, not the bytes model
+    assert (nm["backend"], nm["dtype"], nm["blocks"]) == ("torch", "fp32", 2)
+    assert v["predicted"]["non_matmul_measured"] and v["split"]["rest_predicted_seconds"] == nm["seconds_per_token"]
     assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
     report = (out / "report.md").read_text()
     assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report
@@ -261,3 +264,12 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     code, _, err = cli("report", out / "results.json", "--out", tmp_path / "again")
     assert code == 0, err
     assert "## Prediction checked" in (tmp_path / "again" / "report.md").read_text()
+
+    # an older results file without the timed non-matmul block: validate times it and stores it
+    del data["nonmatmul"], data["validation"]
+    (out / "results.json").write_text(json.dumps(data))
+    code, stdout, err = cli("validate", profile, "--results", out / "results.json", "--tokens", "4", "--chunk", "0")
+    assert code == 0, err
+    again = json.loads((out / "results.json").read_text())
+    assert [x["backend"] for x in again["nonmatmul"]] == ["torch"]
+    assert again["validation"][0]["predicted"]["non_matmul_measured"] and "prefill" not in again["validation"][0]

@@ -1,0 +1,99 @@
+"""The timed non-matmul block: the same ATen operations as the reference's decode block, measured cold."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from rwkvprobe.profile import parse_profile
+from rwkvprobe.timing import TimingPolicy
+
+torch = pytest.importorskip("torch")
+
+TINY7 = {"name": "t", "source": "t", "version": 7, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64,
+         "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}}
+
+OP_COUNTS = r"""
+import json, os, sys
+os.environ["RWKV_V7_ON"] = "1"
+from collections import Counter
+import torch
+from torch.profiler import profile, ProfilerActivity
+from rwkvprobe import forward_worker as fw, nonmatmul
+from rwkvprobe.profile import parse_profile, state_dict_shapes
+
+def top_level_ops(prof):
+    c = Counter()
+    for e in prof.events():
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
+            c[e.name] += 1
+    return c
+
+data = json.loads(sys.argv[1])
+def reference_ops(n_layer):
+    p = parse_profile({**data, "n_layer": n_layer})
+    m = fw.load_reference(fw.random_state_dict(state_dict_shapes(p), 0), 7, "fp32")
+    with torch.no_grad():
+        _, st = m.forward([1, 2], None)
+        for _ in range(4):
+            _, st = m.forward([3], st)
+        with profile(activities=[ProfilerActivity.CPU]) as pr:
+            m.forward([3], st)
+    return top_level_ops(pr), p
+
+two, _ = reference_ops(2)
+three, p = reference_ops(3)
+fn = nonmatmul.block_function(7)
+args = nonmatmul.block_inputs(p, "fp32")
+with torch.no_grad():
+    for _ in range(4):
+        fn(*args)
+    with profile(activities=[ProfilerActivity.CPU]) as pr:
+        fn(*args)
+print(json.dumps({"reference_block": dict(three - two), "ours": dict(top_level_ops(pr))}))
+"""
+
+
+@pytest.mark.slow
+def test_timed_block_runs_the_reference_blocks_non_matmul_operations():
+    """One more block in the reference's real decode adds exactly our block's ATen ops, plus its 14 weight
+    matmuls (r, k, v, output, the four low-rank pairs, ffn key and value)."""
+    pytest.importorskip("rwkv")
+    proc = subprocess.run([sys.executable, "-c", OP_COUNTS, json.dumps(TINY7)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref, ours = r["reference_block"], r["ours"]
+    assert ref.pop("aten::matmul") == ours.pop("aten::matmul") + 14
+    assert ref == ours
+    assert ours["aten::group_norm"] == 1 and ours["aten::layer_norm"] == 2
+
+
+def test_measure_block_times_every_layer_cold_and_skips_other_versions():
+    from rwkvprobe.nonmatmul import measure_block
+
+    p7 = parse_profile(TINY7)
+    r = measure_block(p7, "fp32", TimingPolicy(budget_seconds=0.05, min_samples=3), llc_bytes=1 << 20)
+    assert r["blocks"] == 3 and r["cold"] and r["timing"]["copies"] == 3
+    assert r["seconds_per_token"] == pytest.approx(r["seconds_per_block"] * 3)
+    assert 0 < r["seconds_per_block"] < 1
+    warm = measure_block(p7, "bf16", TimingPolicy(budget_seconds=0.05, min_samples=3), cold=False)
+    assert not warm["cold"] and warm["timing"]["copies"] == 1
+    p4 = parse_profile({"name": "t", "source": "t", "version": 4, "n_layer": 2, "n_embd": 128, "vocab_size": 256})
+    assert measure_block(p4, "fp32", TimingPolicy(budget_seconds=0.05)) is None
+
+
+def test_block_state_update_is_carried_and_stays_fp32():
+    from rwkvprobe.nonmatmul import block_function, block_inputs
+
+    p7 = parse_profile(TINY7)
+    args = list(block_inputs(p7, "bf16"))
+    with torch.no_grad():
+        out = block_function(7)(*args)
+    x, _, _, state, extras = out
+    assert x.dtype == torch.bfloat16 and x.shape == (128,)
+    assert state.dtype == torch.float32 and state.shape == (2, 64, 64)
+    assert not torch.equal(state, args[3]) and torch.isfinite(state).all()
