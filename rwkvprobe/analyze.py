@@ -259,8 +259,10 @@ class Analysis:
         if profile.version not in nonmatmul.VERSIONS:
             return
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
-        for b, d in pairs:
-            if b != "torch" or (b, d) in have or d not in ("fp32", "fp16", "bf16"):
+        # quantized-weight series keep float activations: they use the fp32 block
+        wanted = {d if d in ("fp32", "fp16", "bf16") else "fp32" for b, d in pairs if b == "torch"}
+        for b, d in sorted(("torch", d) for d in wanted):
+            if (b, d) in have:
                 continue
             progress.stage(f"non-matmul block: {b} {d}")
             policy = TimingPolicy(budget_seconds=0.3 if quick else 0.8, min_samples=5)

@@ -565,3 +565,13 @@ def test_a_measured_non_matmul_block_replaces_the_bytes_model(rwkv7, rwkv7_resul
     assert d["non_matmul_measured"] and not base["non_matmul_measured"]
     assert d["non_matmul_seconds"] == 0.0123
     assert d["seconds_per_token"] == pytest.approx(base["matmul_seconds"] + 0.0123, rel=1e-12)
+
+
+def test_quantized_series_use_the_fp32_non_matmul_block(rwkv7, rwkv7_results):
+    from rwkvprobe.roofline import _nonmatmul
+
+    results = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 0.01},
+                             {"backend": "torch", "dtype": "bf16", "seconds_per_token": 0.02}]}
+    assert _nonmatmul(results, "torch", "int4")["seconds_per_token"] == 0.01
+    assert _nonmatmul(results, "torch", "bf16")["seconds_per_token"] == 0.02
+    assert _nonmatmul(results, "torch", "fp16") is None and _nonmatmul(results, "numpy", "fp32") is None
