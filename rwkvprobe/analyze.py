@@ -65,8 +65,8 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))  # sweep's settings have none
     usable, unavailable = available_backends()
     skipped = []
-    if settings.backends is None:
-        names = usable
+    if settings.backends is None:  # every usable one, except those run only when named (torch-linear)
+        names = [b for b in usable if not getattr(backend_class(b), "opt_in", False)]
         skipped += [{"backend": b, "dtype": None, "reason": why} for b, why in unavailable.items()]
     else:
         names = []
@@ -260,8 +260,9 @@ class Analysis:
             return
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
         # quantized-weight series keep float activations: they use the fp32 block
-        wanted = {d if d in ("fp32", "fp16", "bf16") else "fp32" for b, d in pairs if b == "torch"}
-        for b, d in sorted(("torch", d) for d in wanted):
+        wanted = {(b, d if d in ("fp32", "fp16", "bf16") else "fp32") for b, d in pairs
+                  if b in ("torch", "torch-linear")}
+        for b, d in sorted(wanted):
             if (b, d) in have:
                 continue
             progress.stage(f"non-matmul block: {b} {d}")

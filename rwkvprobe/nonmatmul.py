@@ -7,7 +7,7 @@ modelling them as bytes over bandwidth) under-predicts decode by 7-12% here. So 
 analyze times one block's non-matmul operations, in the same sequence and dtypes as a CPU forward pass
 of the architecture runs them (TorchScript, as BlinkDL's reference package runs by default, vectors in
 the model dtype, the RNN state in fp32), with the matmul outputs as fixed inputs, and counts it once per
-block. Versions without a timed block here keep the bytes-over-bandwidth model, labelled modelled.
+block. Other backends (and ``layers:`` profiles) keep the bytes-over-bandwidth model, labelled modelled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rwkvprobe.profile import Profile
 from rwkvprobe.timing import TimingPolicy, measure
 
 #: RWKV versions whose block is timed here
-VERSIONS = (7,)
+VERSIONS = (4, 5, 6, 7)
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 _SCRIPTED: dict = {}
@@ -62,6 +62,106 @@ def _v7_block_source():
     return v7_block
 
 
+def _v4_block_source():
+    import torch
+    import torch.nn.functional as F
+
+    def v4_block(x: torch.Tensor, shift_att: torch.Tensor, shift_ffn: torch.Tensor, state: List[torch.Tensor],
+                 vec: List[torch.Tensor], mm: List[torch.Tensor]):
+        # vec: ln1 w/b, ln2 w/b, att mixes k v r, time_decay, time_first, ffn mixes k r
+        # mm: r, k, v (fp32), attention output, ffn receptance, ffn key (dim_ffn), ffn value
+        # state: aa, bb, pp (fp32): the RWKV-4 numerator, denominator and running maximum
+        C = x.shape[0]
+        x = x.to(dtype=x.dtype)  # the reference casts the residual to the block's dtype
+        aa, bb, pp = state[0], state[1], state[2]
+        h = F.layer_norm(x, (C,), vec[0], vec[1])
+        mixes = [h * vec[4] + shift_att * (1 - vec[4]), h * vec[5] + shift_att * (1 - vec[5]),
+                 h * vec[6] + shift_att * (1 - vec[6])]
+        r = torch.sigmoid(mm[0].to(x.dtype))
+        k = mm[1].to(torch.float32)
+        v = mm[2].to(torch.float32)
+        ww = vec[8] + k
+        p = torch.maximum(pp, ww)
+        e1 = torch.exp(pp - p)
+        e2 = torch.exp(ww - p)
+        wkv = ((e1 * aa + e2 * v) / (e1 * bb + e2)).to(dtype=x.dtype)
+        ww = vec[7] + pp
+        p = torch.maximum(ww, k)
+        e1 = torch.exp(ww - p)
+        e2 = torch.exp(k - p)
+        gated = r * wkv
+        x = x + mm[3].to(x.dtype)
+        new_state = [e1 * aa + e2 * v, e1 * bb + e2, p]
+        h2 = F.layer_norm(x, (C,), vec[2], vec[3])
+        fk = h2 * vec[9] + shift_ffn * (1 - vec[9])
+        frx = h2 * vec[10] + shift_ffn * (1 - vec[10])
+        fr = torch.sigmoid(mm[4].to(x.dtype))
+        act = torch.relu(mm[5].to(x.dtype)) ** 2
+        x = x + fr * mm[6].to(x.dtype)
+        return x, h, h2, new_state, [gated, fk, frx, act] + mixes
+
+    return v4_block
+
+
+def _v56_block_source():
+    import torch
+    import torch.nn.functional as F
+
+    def v56_block(x: torch.Tensor, shift_att: torch.Tensor, shift_ffn: torch.Tensor, state: torch.Tensor,
+                  vec: List[torch.Tensor], mm: List[torch.Tensor], H: int, S: int, v6: bool):
+        # vec: ln1 w/b, ln2 w/b, ln_x w/b, time_decay (H,S,1 fp32; v6: C), time_first (H,S,1 fp32),
+        #      mixes (v5: k v r g; v6: x w k v r g), ffn mixes k r
+        # mm: r, k, v (fp32), gate, attention output, ffn receptance, ffn key (dim_ffn), ffn value;
+        #     v6 also the token-shift low-rank outputs (5*mix, then 5 x C) and the decay low-rank's (decay, C)
+        C = x.shape[0]
+        x = x.to(dtype=x.dtype)  # the reference casts the residual to the block's dtype
+        h = F.layer_norm(x, (C,), vec[0], vec[1])
+        extras: List[torch.Tensor] = []
+        if v6:
+            sx = shift_att - h
+            extras.append(h + sx * vec[8])
+            lo = torch.tanh(mm[8]).view(5, 1, -1)
+            mw, mk, mv, mr, mg = mm[9].view(5, -1).unbind(dim=0)
+            extras += [lo, h + sx * (vec[9] + mw), h + sx * (vec[10] + mk), h + sx * (vec[11] + mv),
+                       h + sx * (vec[12] + mr), h + sx * (vec[13] + mg)]
+            first = 14
+        else:
+            for i in range(8, 12):
+                extras.append(h * vec[i] + shift_att * (1 - vec[i]))
+            first = 12
+        r = mm[0].to(torch.float32).view(H, 1, S)
+        k = mm[1].to(torch.float32).view(H, S, 1)
+        v = mm[2].to(torch.float32).view(H, 1, S)
+        g = F.silu(mm[3].to(x.dtype))
+        if v6:
+            extras.append(torch.tanh(mm[10]))  # the decay low-rank's inner activation
+            w = vec[6] + mm[11].float().view(H, S, 1)
+            w = torch.exp(-torch.exp(w.float()))
+        else:
+            w = vec[6]
+        a = (k @ v).to(torch.float32)
+        y = r @ (vec[7] * a + state)
+        state = a + w * state
+        y = y.flatten()
+        y = F.group_norm(y.unsqueeze(0), num_groups=H, weight=vec[4], bias=vec[5], eps=64e-5).squeeze(0)
+        gated = y.to(dtype=x.dtype) * g
+        x = x + mm[4].to(x.dtype)
+        h2 = F.layer_norm(x, (C,), vec[2], vec[3])
+        if v6:
+            sf = shift_ffn - h2
+            fk = h2 + sf * vec[first]
+            fr = h2 + sf * vec[first + 1]
+        else:
+            fk = h2 * vec[first] + shift_ffn * (1 - vec[first])
+            fr = h2 * vec[first + 1] + shift_ffn * (1 - vec[first + 1])
+        rr = torch.sigmoid(mm[5].to(x.dtype))
+        act = torch.relu(mm[6].to(x.dtype)) ** 2
+        x = x + rr * mm[7].to(x.dtype)
+        return x, h, h2, state, [gated, fk, fr, act] + extras
+
+    return v56_block
+
+
 def block_function(version: int):
     """The TorchScript function of one block's non-matmul decode work (compiled once per process)."""
     import torch
@@ -71,30 +171,54 @@ def block_function(version: int):
 
         with warnings.catch_warnings():  # deprecated in favour of torch.compile, but it is what the reference runs
             warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED[version] = torch.jit.script({7: _v7_block_source}[version]())
+            source = {4: _v4_block_source, 5: _v56_block_source, 6: _v56_block_source, 7: _v7_block_source}
+            _SCRIPTED[version] = torch.jit.script(source[version]())
     return _SCRIPTED[version]
 
 
 def block_inputs(profile: Profile, dtype: str, seed: int = 0) -> tuple:
-    """Seeded inputs of one block: activations, state, vector parameters and the matmul outputs."""
+    """Seeded arguments of one block's function: activations, state, vector parameters and matmul outputs."""
     import torch
 
-    C, S, F_, lo = profile.n_embd, profile.head_size, profile.dim_ffn, profile.lora
-    H = C // S
+    v, C, F_, lo = profile.version, profile.n_embd, profile.dim_ffn, profile.lora
     dt = getattr(torch, _TORCH_DTYPES[dtype])
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, lo_=-1.0, hi=1.0, dtype=dt):
         return (torch.rand(shape, generator=g) * (hi - lo_) + lo_).to(dtype)
 
-    vec = [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+    def norm():
+        return [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+
+    x, sa, sf = rnd(C), rnd(C), rnd(C)
+    f32 = torch.float32
+    if v == 4:
+        vec = norm() + norm() + [rnd(C, lo_=0.0) for _ in range(3)] + [rnd(C, dtype=f32), rnd(C, dtype=f32)]
+        vec += [rnd(C, lo_=0.0) for _ in range(2)]
+        mm = [rnd(C), rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C), rnd(C), rnd(F_), rnd(C)]
+        state = [rnd(C, dtype=f32), rnd(C, lo_=0.5, hi=1.5, dtype=f32), rnd(C, dtype=f32)]
+        return x, sa, sf, state, vec, mm
+    S = profile.head_size
+    H = C // S
+    if v in (5, 6):
+        decay = rnd(C) if v == 6 else rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32)
+        if v == 6:
+            decay = decay.to(f32).view(H, S, 1)
+        vec = norm() + norm() + norm() + [decay, rnd(H, S, 1, dtype=f32)]
+        vec += [rnd(C, lo_=0.0) for _ in range(6 if v == 6 else 4)] + [rnd(C, lo_=0.0) for _ in range(2)]
+        mm = [rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C), rnd(C), rnd(C), rnd(F_), rnd(C)]
+        if v == 6:
+            mm += [rnd(5 * lo["mix"]), rnd(5, C), rnd(lo["decay"]), rnd(C)]
+        state = rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32)
+        return x, sa, sf, state, vec, mm, H, S, v == 6
+    vec = norm() + norm()
     vec += [rnd(C, lo_=0.0) for _ in range(6)]  # token-shift mixes
     vec += [rnd(C) for _ in range(6)]  # w0 a0 v0 k_k k_a r_k
-    vec += [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.0)]  # ln_x, ffn mix
+    vec += norm() + [rnd(C, lo_=0.0)]  # ln_x, ffn mix
     mm = [rnd(C), rnd(C), rnd(C), rnd(lo["decay"]), rnd(C), rnd(C), rnd(C), rnd(lo["gate"]), rnd(C), rnd(C),
           rnd(F_), rnd(C)]
-    state = rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=torch.float32)
-    return rnd(C), rnd(C), rnd(C), state, rnd(C), vec, mm, H, S
+    state = rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32)
+    return x, sa, sf, state, rnd(C), vec, mm, H, S
 
 
 def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes: int | None = None,

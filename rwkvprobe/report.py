@@ -252,7 +252,7 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms", "weight GB/s",
                   "prefill tokens/s", "matmul time by bound"], rows)
     md += ["", "Decode = sum over layers of (median time per call x runs per token) + the non-matmul per-token "
-           "work. For torch on RWKV-7 that work is measured: one block's layer norms, token-shift mixes, activations "
+           "work. For torch on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
            "and RNN state update, run as a CPU forward pass runs them (TorchScript, state in fp32) with cold caches, "
            "times n_layer. Elsewhere it is *modelled* (marked *) as its bytes (RNN state read and written, vector "
            "parameters) over the DRAM bandwidth: a lower bound that leaves out framework per-op overhead. Layer times "

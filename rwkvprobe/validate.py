@@ -27,6 +27,9 @@ from rwkvprobe.profile import LayerList, layer_list, load_profile
 
 #: the prediction counts as confirmed when predicted / measured is within this fraction of 1
 TARGET = 0.15
+#: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
+#: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
+PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7: "torch"}
 #: a real pass whose per-token times spread more than this (IQR / median) ran on a busy machine
 NOISY = 0.10
 DTYPES = ("fp32", "bf16", "fp16")
@@ -156,7 +159,8 @@ def summary_lines(v: dict, name: str) -> list[str]:
     d = v["measured"]["decode"]
     verdict = "within" if v["within_target"] else "OUTSIDE"
     lines = [
-        f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token, "
+        f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token"
+        f"{' (' + v['prediction_series'] + ': weights [N, K] as the reference keeps this version on a CPU)' if v.get('prediction_series', v['backend']) != v['backend'] else ''}, "
         f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens, IQR {d['q1'] * 1e3:.1f}-"
         f"{d['q3'] * 1e3:.1f}) in the reference forward pass ({v['reference']}, random weights): predicted/measured "
         f"{v['predicted_over_measured']:.2f}, {verdict} the {v['target']:.0%} target.",
@@ -212,10 +216,11 @@ def validate_command(
 
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
+    series = PREDICTION_SERIES[ll.profile.version]
     reporter = Reporter(err_console, verbose)
     if results is not None:
         data = load_results(results, kinds=("analyze",))
-        pred = prediction(data, ll, backend, dtype)
+        pred = prediction(data, ll, series, dtype)
         run_threads = int(data.get("settings", {}).get("threads") or default_threads())
         if threads is not None and threads != run_threads:
             raise InputError(f"--threads {threads}: {results} was measured with {run_threads} threads; the "
@@ -228,11 +233,11 @@ def validate_command(
             from rwkvprobe.timing import TimingPolicy
 
             torch.set_num_threads(run_threads)
-            reporter.stage(f"non-matmul block: {backend} {dtype}")
+            reporter.stage(f"non-matmul block: {series} {dtype}")
             entry = nonmatmul.measure_block(ll.profile, dtype, TimingPolicy(budget_seconds=0.8, min_samples=5),
                                             llc_bytes(), data.get("settings", {}).get("cold", True))
-            data.setdefault("nonmatmul", []).append({"backend": backend, "dtype": dtype, **entry})
-            pred = prediction(data, ll, backend, dtype)
+            data.setdefault("nonmatmul", []).append({"backend": series, "dtype": dtype, **entry})
+            pred = prediction(data, ll, series, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent
     else:
@@ -243,13 +248,13 @@ def validate_command(
             raise InputError(f"--threads {run_threads}: expected a positive number of threads")
         check_memory(ll, dtype)
         target = out or Path("rwkvprobe-out") / f"{ll.profile.stem}-validate-{datetime.now():%Y%m%d-%H%M%S}"
-        settings = AnalyzeSettings(backends=[backend], dtypes=[dtype], tokens=[1, chunk] if chunk else [1],
+        settings = AnalyzeSettings(backends=[series], dtypes=[dtype], tokens=[1, chunk] if chunk else [1],
                                    threads=run_threads, cpus=None, quick=True, budget_seconds=45.0)
         analysis = Analysis.start(ll, settings, target)
-        err_console.print(f"rwkvprobe validate: {ll.profile.name}: measuring the prediction ({backend} {dtype}, "
+        err_console.print(f"rwkvprobe validate: {ll.profile.name}: measuring the prediction ({series} {dtype}, "
                           f"{run_threads} threads) -> {analysis.out_dir}", highlight=False)
         data = run_keeping_results(analysis, reporter, f"rwkvprobe validate {profile} --results {analysis.path}")
-        pred = prediction(data, ll, backend, dtype)
+        pred = prediction(data, ll, series, dtype)
         cpus, path, out_dir = None, analysis.path, analysis.out_dir
     check_memory(ll, dtype)
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
@@ -260,7 +265,7 @@ def validate_command(
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     v = compare(pred, real, chunk)
-    v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens,
+    v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens, "prediction_series": series,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": ["rwkvprobe"] + sys.argv[1:]})
     record(data, v)

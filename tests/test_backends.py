@@ -21,9 +21,9 @@ from rwkvprobe.timing import TimingPolicy
 
 SHAPES = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml")).unique_shapes()
 USABLE, SKIPPED = available_backends()
-CPU_CASES = [(b, d) for b in ("numpy", "torch", "onnxruntime") for d in ("fp32", "fp16", "bf16")
+CPU_CASES = [(b, d) for b in ("numpy", "torch", "torch-linear", "onnxruntime") for d in ("fp32", "fp16", "bf16")
              if b in USABLE and d in get_backend(b, 1).dtypes
-             and not (d == "fp16" and b in ("numpy", "torch"))]  # no fast fp16 kernels on x86: too slow for tests
+             and not (d == "fp16" and b in ("numpy", "torch", "torch-linear"))]  # no fast fp16 kernels on x86: too slow for tests
 
 
 def test_rwkv_0b1_has_the_expected_unique_shapes():
@@ -118,3 +118,22 @@ def test_cuda_backend_skips_cleanly_without_gpu():
 
 def test_registry_names():
     assert set(BACKEND_NAMES) >= {"numpy", "torch", "onnxruntime", "torch-cuda", "tinygrad"}
+
+
+@pytest.mark.skipif("torch" not in USABLE, reason="torch not installed")
+def test_torch_linear_stores_weights_n_by_k_and_runs_only_when_named():
+    from rwkvprobe.analyze import AnalyzeSettings, plan_series
+
+    b = get_backend("torch-linear", 1)
+    runner = b.prepare(Workload(1, 64, 48, "fp32"), 2)
+    try:
+        w = runner.weights[0]
+        assert tuple(w.shape) == (64, 48) and w.stride() == (1, 64)  # a [N, K] buffer seen as [K, N]
+        assert check_runner(Workload(1, 64, 48, "fp32"), runner)["ok"]
+    finally:
+        runner.close()
+    assert b.describe()["weight_layout"].startswith("[N, K]")
+    default, _ = plan_series(AnalyzeSettings(backends=None, dtypes=["fp32"], tokens=[1], threads=1, cpus=None))
+    assert ("torch", "fp32") in default and not any(x == "torch-linear" for x, _ in default)
+    named, _ = plan_series(AnalyzeSettings(backends=["torch-linear"], dtypes=None, tokens=[1], threads=1, cpus=None))
+    assert named == [("torch-linear", "fp32")]

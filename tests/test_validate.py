@@ -230,6 +230,16 @@ def test_results_of_another_profile_or_backend_are_refused(cli, tmp_path):
     assert no_torch.read_bytes() == before  # a refused run leaves the results file alone
 
 
+def test_rwkv4_prediction_needs_the_reference_weight_layout(cli, tmp_path):
+    """The reference keeps RWKV-4/5/6 weights [N, K] on a CPU: their prediction is the torch-linear series."""
+    from rwkvprobe.results import save_results
+
+    path = tmp_path / "r.json"
+    save_results(path, _results_for(layer_list(load_profile(PROFILES / "rwkv4-169m.yaml"))))  # torch only
+    code, _, err = cli("validate", PROFILES / "rwkv4-169m.yaml", "--results", path)
+    assert code == 2 and "no measured torch-linear fp32 decode" in err and "--backends torch-linear" in err
+
+
 def test_threads_must_match_the_results(cli, tmp_path):
     from rwkvprobe.results import save_results
 

@@ -164,6 +164,7 @@ class Backend:
     default_dtypes: tuple[str, ...] = ()
     module = ""  # the package it needs
     extra = ""  # the rwkvprobe extra that installs it
+    opt_in = False  # True: measured only when named in --backends, never by default
     #: what each dtype really is on this backend, shown next to its numbers
     notes: dict[str, str] = {}
     #: quantized dtype -> the weight format (key of quant.FORMATS) this backend stores it in
@@ -332,6 +333,7 @@ def check_runner(workload: Workload, runner: Runner) -> dict:
 _REGISTRY = {
     "numpy": ("rwkvprobe.backends.numpy_backend", "NumpyBackend"),
     "torch": ("rwkvprobe.backends.torch_backend", "TorchBackend"),
+    "torch-linear": ("rwkvprobe.backends.torch_backend", "TorchLinearBackend"),
     "torch-cuda": ("rwkvprobe.backends.torch_backend", "TorchCudaBackend"),
     "onnxruntime": ("rwkvprobe.backends.ort_backend", "OrtBackend"),
     "tinygrad": ("rwkvprobe.backends.tinygrad_backend", "TinygradBackend"),

@@ -1,5 +1,9 @@
 """torch: ``torch.matmul(..., out=)`` on the CPU (fp32, fp16, bf16) or on a CUDA GPU when present.
 
+Weights are stored [K, N] (``x @ W``, as BlinkDL's reference keeps RWKV-7). ``torch-linear`` (opt-in)
+stores them [N, K] and multiplies by the transposed view, the layout of ``nn.Linear`` / ``F.linear`` and of
+the reference's RWKV-4/5/6 on a CPU: for M = 1 it is a different GEMV kernel, about a quarter slower here.
+
 On the CPU, quantized weights use torch's own weight-only kernels with fp32 activations, when this
 torch has them and they compute right here (probed once on a tiny matrix; otherwise the dtype is
 reported unavailable, never run as something else):
@@ -27,15 +31,18 @@ _QUANT_OPS = {"int8": ("_weight_int8pack_mm",),
 
 
 class TorchRunner:
-    def __init__(self, workload: Workload, copies: int, device: str):
+    def __init__(self, workload: Workload, copies: int, device: str, layout: str = "kn"):
         import torch
 
         self.torch = torch
         self.device = device
         dt = getattr(torch, _TORCH_DTYPES[workload.dtype])
         base = base_weight(workload.k, workload.n)
-        self.weights = [torch.from_numpy(base * np.float32(copy_scale(i))).to(device=device, dtype=dt).contiguous()
-                        for i in range(copies)]
+        if layout == "nk":  # stored [N, K], used through its transposed view (no copy)
+            base = np.ascontiguousarray(base.T)
+        stored = [torch.from_numpy(base * np.float32(copy_scale(i))).to(device=device, dtype=dt).contiguous()
+                  for i in range(copies)]
+        self.weights = [w.t() for w in stored] if layout == "nk" else stored
         del base
         self.a = torch.from_numpy(activation(workload.m, workload.k)).to(device=device, dtype=dt)
         self.outs = [torch.empty((workload.m, workload.n), dtype=dt, device=device) for _ in range(copies)]
@@ -170,19 +177,33 @@ class TorchBackend(Backend):
         torch.set_num_threads(threads)
         self.torch = torch
 
+    layout = "kn"
+
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> TorchRunner | TorchQuantRunner:
         if workload.quantized:
             return TorchQuantRunner(workload, copies)
-        return TorchRunner(workload, copies, self.device)
+        return TorchRunner(workload, copies, self.device, self.layout)
 
     def describe(self) -> dict:
         t = self.torch
-        info = {"name": self.name, "threads": t.get_num_threads(), "torch": t.__version__, "device": self.device}
+        info = {"name": self.name, "threads": t.get_num_threads(), "torch": t.__version__, "device": self.device,
+                "weight_layout": "[N, K], used transposed (nn.Linear)" if self.layout == "nk" else "[K, N]"}
         if self.device == "cpu":
             info["cpu_capability"] = getattr(t.backends.cpu, "get_cpu_capability", lambda: None)()
         else:
             info["gpu"] = t.cuda.get_device_name(0)
         return info
+
+
+class TorchLinearBackend(TorchBackend):
+    """torch on the CPU with weights in nn.Linear's [N, K] layout (opt-in: ``--backends torch-linear``)."""
+
+    name = "torch-linear"
+    layout = "nk"
+    dtypes = ("fp32", "fp16", "bf16")
+    default_dtypes = ("fp32",)
+    formats = {}
+    opt_in = True
 
 
 class TorchCudaBackend(TorchBackend):
