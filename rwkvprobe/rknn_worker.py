@@ -25,6 +25,21 @@ import time
 import traceback
 
 
+def _checked_inference(rk, job: dict):
+    """One inference on the job's seeded activation, checked against the float64 reference of its ONNX
+    model: ({rel_err, finite} or None when the runtime returned nothing, the activation)."""
+    import numpy as np
+
+    a = _activation(job["m"], job["k"], job.get("seed", 7))
+    result = rk.inference(inputs=[a])
+    if not result:
+        return None, a
+    got = np.asarray(result[0], dtype=np.float64).reshape(job["m"], job["n"])
+    ref = _reference(job["onnx"], a)
+    return {"rel_err": float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) or 1.0)),
+            "finite": bool(np.isfinite(got).all())}, a
+
+
 def _reference(onnx_path, a):
     import numpy as np
     import onnx
@@ -83,7 +98,6 @@ class _CaptureStdout:
 
 
 def run_job(job, target, simulate):
-    import numpy as np
     from rknn.api import RKNN
 
     out = {"id": job["id"], "ok": False, "error": None, "log": job["log"], "rknn": job["rknn"]}
@@ -113,15 +127,11 @@ def run_job(job, target, simulate):
             if rknn.init_runtime() != 0:
                 out["error"] = "init_runtime (simulator) failed"
                 return out
-            a = _activation(job["m"], job["k"], job.get("seed", 7))
-            result = rknn.inference(inputs=[a])
-            if not result:
+            check, _ = _checked_inference(rknn, job)
+            if check is None:
                 out["error"] = "simulator inference returned nothing"
                 return out
-            got = np.asarray(result[0], dtype=np.float64).reshape(job["m"], job["n"])
-            ref = _reference(job["onnx"], a)
-            err = float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) or 1.0))
-            out["simulator"] = {"rel_err": err, "finite": bool(np.isfinite(got).all())}
+            out["simulator"] = check
         out["ok"] = True
         return out
     except Exception as e:  # reported per job; the other jobs go on
@@ -197,8 +207,6 @@ def _stop_adb(adb, before):
 
 
 def board_job(RKNN, job, request, state):
-    import numpy as np
-
     out = {"id": job["id"], "ok": False, "error": None}
     rk = RKNN(verbose=False)
     try:
@@ -223,15 +231,11 @@ def board_job(RKNN, job, request, state):
                 state["sdk_version"] = str(rk.get_sdk_version())
             except Exception as e:
                 state["sdk_version"] = f"unknown ({_last_line(e)})"
-        a = _activation(job["m"], job["k"], job.get("seed", 7))
-        result = rk.inference(inputs=[a])
-        if not result:
+        check, a = _checked_inference(rk, job)
+        if check is None:
             out["error"] = "inference returned nothing"
             return out
-        got = np.asarray(result[0], dtype=np.float64).reshape(job["m"], job["n"])
-        ref = _reference(job["onnx"], a)
-        out["check"] = {"rel_err": float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) or 1.0)),
-                        "finite": bool(np.isfinite(got).all())}
+        out["check"] = check
         for _ in range(job.get("warmup", 2)):
             rk.inference(inputs=[a])
         samples = []
