@@ -40,7 +40,9 @@ class TorchRunner:
         base = base_weight(workload.k, workload.n)
         if layout == "nk":  # stored [N, K], used through its transposed view (no copy)
             base = np.ascontiguousarray(base.T)
-        stored = [torch.from_numpy(base * np.float32(copy_scale(i))).to(device=device, dtype=dt).contiguous()
+        # cloned: the weights live in torch's own allocation, as a torch runtime's do (not numpy's buffer,
+        # which numpy may back with huge pages: a few percent faster to stream than what torch users get)
+        stored = [torch.from_numpy(base * np.float32(copy_scale(i))).to(device=device, dtype=dt).clone()
                   for i in range(copies)]
         self.weights = [w.t() for w in stored] if layout == "nk" else stored
         del base
