@@ -259,16 +259,11 @@ class Analysis:
         if profile.version not in nonmatmul.VERSIONS:
             return
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
-        # quantized-weight series keep float activations: they use the fp32 block
-        wanted = {(b, d if d in ("fp32", "fp16", "bf16") else "fp32") for b, d in pairs
-                  if b in ("torch", "torch-linear")}
-        for b, d in sorted(wanted):
-            if (b, d) in have:
-                continue
+        wanted = {(b, nonmatmul.block_dtype(d)) for b, d in pairs if b in nonmatmul.BACKENDS}
+        for b, d in sorted(wanted - have):
             progress.stage(f"non-matmul block: {b} {d}")
-            policy = TimingPolicy(budget_seconds=0.3 if quick else 0.8, min_samples=5)
-            entry = nonmatmul.measure_block(profile, d, policy, llc, self.settings.cold)
-            r["nonmatmul"].append({"backend": b, "dtype": d, **entry})
+            r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
+                                                           self.settings.cold))
             self.save()
 
     def _write_models(self, points) -> None:

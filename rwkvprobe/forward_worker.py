@@ -108,6 +108,7 @@ def run(cfg: dict) -> dict:
     import torch
 
     from rwkvprobe.profile import Profile, layer_list, state_dict_shapes
+    from rwkvprobe.timing import summarize
 
     if cfg.get("cpus"):
         os.sched_setaffinity(0, cfg["cpus"])  # the CPUs the prediction was measured on
@@ -144,8 +145,9 @@ def run(cfg: dict) -> dict:
             samples.append(time.perf_counter() - t0)
             finite = finite and bool(torch.isfinite(logits).all())
             token = int(torch.argmax(logits))  # greedy sampling, outside the timed call
-        out["decode"] = {"samples": samples, "median": statistics.median(samples), "min": min(samples),
-                         "q1": _quantile(samples, 0.25), "q3": _quantile(samples, 0.75)}
+        summary = summarize(samples)
+        out["decode"] = {"samples": samples, "median": summary["median_seconds"], "min": summary["min_seconds"],
+                         "q1": summary["q1_seconds"], "q3": summary["q3_seconds"]}
         out["logits_finite"] = finite
         ll = layer_list(profile)
         layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
@@ -160,17 +162,9 @@ def run(cfg: dict) -> dict:
                 t0 = time.perf_counter()
                 model.forward(ids, s)
                 pre.append(time.perf_counter() - t0)
-            out["prefill"] = {"chunk": chunk, "samples": pre, "median": statistics.median(pre),
-                              "tokens_per_second": chunk / statistics.median(pre)}
+            median = statistics.median(pre)
+            out["prefill"] = {"chunk": chunk, "samples": pre, "median": median, "tokens_per_second": chunk / median}
     return out
-
-
-def _quantile(xs: list, q: float) -> float:
-    s = sorted(xs)
-    i = q * (len(s) - 1)
-    lo = math.floor(i)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (i - lo)
 
 
 def main(argv: list[str]) -> int:

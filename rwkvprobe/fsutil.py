@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -72,3 +74,17 @@ def read_input_text(path: str | Path, what: str) -> str:
         raise InputError(f"{p}: is a directory, expected a {what}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: cannot read the {what}: {e}") from None
+
+
+def run_json_worker(argv: list[str], request: dict, env: dict | None = None) -> tuple[dict | None, str]:
+    """Run ``argv + [REQUEST.json, RESPONSE.json]`` in a temporary working folder (workers that drop files
+    into their cwd leave nothing behind); returns (the response, or None when the worker wrote none or
+    failed, and the last line of its output for the caller's one-line error)."""
+    with tempfile.TemporaryDirectory(prefix="rwkvprobe-worker-") as tmp:
+        req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
+        req.write_text(json.dumps(request))
+        proc = subprocess.run([*argv, str(req), str(resp)], capture_output=True, text=True, cwd=tmp, env=env)
+        tail = ((proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"])[0]
+        if proc.returncode != 0 or not resp.is_file():
+            return None, tail
+        return json.loads(resp.read_text()), tail

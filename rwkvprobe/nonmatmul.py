@@ -19,6 +19,14 @@ from rwkvprobe.timing import TimingPolicy, measure
 
 #: RWKV versions whose block is timed here
 VERSIONS = (4, 5, 6, 7)
+#: the analyze series that get a timed block: torch on the CPU, in either weight layout
+BACKENDS = ("torch", "torch-linear")
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def block_dtype(dtype: str) -> str:
+    """The dtype of a series' non-matmul work: quantized-weight series keep fp32 activations."""
+    return dtype if dtype in FLOAT_DTYPES else "fp32"
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 _SCRIPTED: dict = {}
@@ -245,11 +253,18 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
         b[3] = out[3]  # carry the state, as decode does
 
     with torch.no_grad():
-        for i in range(min(3, copies) if copies > 1 else 3):  # TorchScript optimises after its first calls
+        for i in range(3):  # TorchScript optimises after its first calls
             call(i % copies)
         timing = measure(call, copies, policy, between=eviction(llc_bytes or DEFAULT_LLC_BYTES) if cold else None)
     return {"version": profile.version, "blocks": profile.n_layer, "cold": cold,
             "seconds_per_block": timing["median_seconds"], "seconds_per_token": timing["median_seconds"] * profile.n_layer,
             "timing": timing,
             "what": "one block's layer norms, token-shift mixes, activations and RNN state update (TorchScript, "
-                    "state in fp32), timed in torch with cold caches, times n_layer"}
+                    f"state in fp32), timed in torch with {'cold' if cold else 'warm'} caches, times n_layer"}
+
+
+def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
+                   cold: bool) -> dict:
+    """The results entry of one series' timed block (analyze, and validate on an older results file)."""
+    policy = TimingPolicy(budget_seconds=budget_seconds, min_samples=5)
+    return {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}

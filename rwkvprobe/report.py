@@ -313,7 +313,7 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
     checks = results.get("validation") or []
     if not checks:
         return []
-    from rwkvprobe.validate import summary_lines
+    from rwkvprobe.validate import TARGET, summary_lines
 
     md = ["## Prediction checked", "",
           "`rwkvprobe validate` ran the real model (BlinkDL's reference forward pass, seeded random weights) token by "
@@ -327,14 +327,11 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
                      f"{s['matmul_forward_seconds'] * 1e3:.1f} / {s['matmul_predicted_seconds'] * 1e3:.1f}",
                      f"{s['rest_forward_seconds'] * 1e3:.1f} / {s['rest_predicted_seconds'] * 1e3:.2f}"])
     md += _table(["backend dtype", "threads", "predicted ms/token", "measured ms/token", "predicted/measured",
-                  f"within {TARGET_PCT}", "matmuls ms: forward / predicted", "rest ms: forward / modelled"], rows)
+                  f"within {TARGET:.0%}", "matmuls ms: forward / predicted", "rest ms: forward / modelled"], rows)
     md += [""]
     for v in checks:
         md += [f"- {line}" for line in summary_lines(v, layers.profile.name)]
     return md + [""]
-
-
-TARGET_PCT = "15%"
 
 
 def _memory_section(layers: LayerList, env: dict) -> list[str]:

@@ -153,9 +153,10 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     """The measured non-matmul block of a series (analyze times it for torch; see nonmatmul.py).
 
     Quantized-weight series run their non-matmul work at the float activation type: they use the fp32 block."""
-    float_dtype = dtype if dtype in ("fp32", "fp16", "bf16") else "fp32"
+    from rwkvprobe.nonmatmul import block_dtype
+
     for x in results.get("nonmatmul") or []:
-        if x.get("backend") == backend and x.get("dtype") == float_dtype and x.get("seconds_per_token"):
+        if x.get("backend") == backend and x.get("dtype") == block_dtype(dtype) and x.get("seconds_per_token"):
             return x
     return None
 

@@ -47,6 +47,8 @@ def summarize(samples: list[float]) -> dict:
         "median_seconds": median,
         "mean_seconds": statistics.fmean(s),
         "stdev_seconds": statistics.stdev(s) if n > 1 else 0.0,
+        "q1_seconds": q1,
+        "q3_seconds": q3,
         "iqr_seconds": q3 - q1,
         "spread": (q3 - q1) / median if median > 0 else 0.0,
     }

@@ -14,10 +14,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from rwkvprobe.errors import InputError
+from rwkvprobe.fsutil import run_json_worker
 
 TOOLKIT_VERSION = "2.5.0"
 #: What works with rknn-toolkit2 2.5.0 (installed with --no-deps): onnx>=1.19 removed onnx.mapping
@@ -204,15 +204,11 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
 
 
 def _run_worker(py: Path, request: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
-        req.write_text(json.dumps(request))
-        # cwd: the toolkit drops check*.onnx files into the working folder
-        proc = subprocess.run([str(py), str(WORKER), str(req), str(resp)], capture_output=True, text=True, cwd=tmp)
-        if proc.returncode != 0 or not resp.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-            raise InputError(f"the RKNN toolkit worker failed: {tail[0][:300]}")
-        return json.loads(resp.read_text())
+    # in a temporary cwd: the toolkit drops check*.onnx files into the working folder
+    response, tail = run_json_worker([str(py), str(WORKER)], request)
+    if response is None:
+        raise InputError(f"the RKNN toolkit worker failed: {tail[:300]}")
+    return response
 
 
 def read_convert_manifest(folder: Path) -> dict:

@@ -10,11 +10,7 @@ and shown in its report as "Prediction checked".
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -23,6 +19,7 @@ import typer
 
 from rwkvprobe import nonmatmul
 from rwkvprobe.errors import InputError, MissingExtra
+from rwkvprobe.fsutil import run_json_worker
 from rwkvprobe.profile import LayerList, layer_list, load_profile
 
 #: the prediction counts as confirmed when predicted / measured is within this fraction of 1
@@ -102,16 +99,9 @@ def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int
 
     cfg = {"profile": profile_json(ll), "dtype": dtype, "threads": threads, "tokens": tokens, "chunk": chunk,
            "seed": seed, "cpus": cpus}
-    with tempfile.TemporaryDirectory(prefix="rwkvprobe-validate-") as tmp:
-        cfg_path, out_path = Path(tmp) / "config.json", Path(tmp) / "out.json"
-        cfg_path.write_text(json.dumps(cfg))
-        env = dict(os.environ)
-        proc = subprocess.run([sys.executable, "-m", "rwkvprobe.forward_worker", str(cfg_path), str(out_path)],
-                              capture_output=True, text=True, env=env, cwd=tmp)
-        if not out_path.exists():
-            tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-            raise RuntimeError(f"the forward pass did not finish: {tail[0]}")
-        result = json.loads(out_path.read_text())
+    result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.forward_worker"], cfg)
+    if result is None:
+        raise RuntimeError(f"the forward pass did not finish: {tail}")
     if not result.get("ok"):
         raise RuntimeError(f"the reference forward pass failed: {result.get('error')}")
     return result
@@ -158,9 +148,12 @@ def summary_lines(v: dict, name: str) -> list[str]:
     p, m, s = v["predicted"]["decode_seconds"], v["measured"]["decode"]["median"], v["split"]
     d = v["measured"]["decode"]
     verdict = "within" if v["within_target"] else "OUTSIDE"
+    series = v.get("prediction_series", v["backend"])
+    layout = f" ({series}: weights [N, K] as the reference keeps this version on a CPU)" if series != v["backend"] else ""
+    rest_source = ("from analyze's timed non-matmul block" if s.get("rest_predicted_measured")
+                   else "modelled as bytes over bandwidth")
     lines = [
-        f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token"
-        f"{' (' + v['prediction_series'] + ': weights [N, K] as the reference keeps this version on a CPU)' if v.get('prediction_series', v['backend']) != v['backend'] else ''}, "
+        f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token{layout}, "
         f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens, IQR {d['q1'] * 1e3:.1f}-"
         f"{d['q3'] * 1e3:.1f}) in the reference forward pass ({v['reference']}, random weights): predicted/measured "
         f"{v['predicted_over_measured']:.2f}, {verdict} the {v['target']:.0%} target.",
@@ -169,7 +162,7 @@ def summary_lines(v: dict, name: str) -> list[str]:
         f"{s['matmul_predicted_seconds'] * 1e3:.1f} ms from analyze's per-layer measurements); everything else "
         f"{(s['rest_forward_seconds'] - s['rest_predicted_seconds']) * 1e3:+.1f} ms ({s['rest_forward_seconds'] * 1e3:.1f} ms "
         f"in the forward pass vs {s['rest_predicted_seconds'] * 1e3:.2f} ms "
-        f"{'from analyze' + chr(39) + 's timed non-matmul block' if s.get('rest_predicted_measured') else 'modelled as bytes over bandwidth'}: "
+        f"{rest_source}: "
         "elementwise ops, norms, the RNN state update, framework overhead).",
     ]
     if v.get("prefill"):
@@ -216,6 +209,7 @@ def validate_command(
 
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
+    check_memory(ll, dtype)
     series = PREDICTION_SERIES[ll.profile.version]
     reporter = Reporter(err_console, verbose)
     if results is not None:
@@ -230,13 +224,11 @@ def validate_command(
             import torch
 
             from rwkvprobe.system import llc_bytes
-            from rwkvprobe.timing import TimingPolicy
 
             torch.set_num_threads(run_threads)
             reporter.stage(f"non-matmul block: {series} {dtype}")
-            entry = nonmatmul.measure_block(ll.profile, dtype, TimingPolicy(budget_seconds=0.8, min_samples=5),
-                                            llc_bytes(), data.get("settings", {}).get("cold", True))
-            data.setdefault("nonmatmul", []).append({"backend": series, "dtype": dtype, **entry})
+            data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
+                ll.profile, series, dtype, 0.8, llc_bytes(), data.get("settings", {}).get("cold", True)))
             pred = prediction(data, ll, series, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent
@@ -246,7 +238,6 @@ def validate_command(
         run_threads = threads if threads is not None else default_threads()
         if not 0 < run_threads <= 1024:
             raise InputError(f"--threads {run_threads}: expected a positive number of threads")
-        check_memory(ll, dtype)
         target = out or Path("rwkvprobe-out") / f"{ll.profile.stem}-validate-{datetime.now():%Y%m%d-%H%M%S}"
         settings = AnalyzeSettings(backends=[series], dtypes=[dtype], tokens=[1, chunk] if chunk else [1],
                                    threads=run_threads, cpus=None, quick=True, budget_seconds=45.0)
@@ -256,7 +247,6 @@ def validate_command(
         data = run_keeping_results(analysis, reporter, f"rwkvprobe validate {profile} --results {analysis.path}")
         pred = prediction(data, ll, series, dtype)
         cpus, path, out_dir = None, analysis.path, analysis.out_dir
-    check_memory(ll, dtype)
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
                    f"{f' and a prefill chunk of {chunk}' if chunk else ''} ({backend} {dtype}, {run_threads} threads)")
     try:
