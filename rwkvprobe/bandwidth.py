@@ -1,10 +1,16 @@
 """STREAM-style memory bandwidth probe: copy, scale, add, triad and a read-only kernel.
 
-numpy only, no compiled code of our own: one persistent Python thread per requested thread, each
-pinned to one CPU and owning one contiguous chunk of the three arrays (first-touched by that thread).
-numpy ufuncs called with ``out=`` on large arrays release the GIL, so the threads stream memory in
-parallel. The workers start each kernel together at a barrier; a trial lasts from the first
-worker's start to the last worker's finish.
+One persistent Python thread per requested thread, each pinned to one CPU and owning one contiguous
+chunk of the three arrays (first-touched by that thread). The workers start each kernel together at a
+barrier; a trial lasts from the first worker's start to the last worker's finish.
+
+Two kernel engines, chosen at run time (``engine_name()``):
+
+- ``numba`` (default when numba imports): each kernel is one compiled, fused loop
+  (:mod:`rwkvprobe.stream_kernels`) that releases the GIL, like the C reference's OpenMP loops. This is
+  the engine that reaches the C reference on every CPU tried, AVX2-only ones included.
+- ``numpy-threads`` (fallback, or ``RWKVPROBE_STREAM_ENGINE=numpy``): numpy ufuncs with ``out=``, which
+  also release the GIL:
 
 - copy ``c = a`` is ``np.positive(a, out=c)`` (a SIMD ufunc loop; ``np.copyto``'s memmove was slower).
 - triad ``a = b + s*c`` has no single numpy call, and two whole-array passes would move 5 arrays.
@@ -38,7 +44,8 @@ KERNELS = ("copy", "scale", "add", "triad", "read")
 ARRAYS_MOVED = {"copy": 2, "scale": 2, "add": 3, "triad": 3, "read": 1}
 ITEM_BYTES = 8  # float64
 SCALAR = 3.0  # STREAM's scalar
-ENGINE = "numpy-threads"
+ENGINE = "numpy-threads"  # the fallback engine's name (see engine_name())
+ENGINES = ("numba", "numpy-threads")
 DEFAULT_LLC_BYTES = 32 * 2**20  # when the last-level cache size is unknown
 LLC_MULTIPLE = 4  # STREAM's rule: each array at least 4x the last-level cache
 DEFAULT_TRIALS = 10
@@ -54,6 +61,33 @@ _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
                "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "b": 1}
 
 Progress = Optional[Callable[[str], None]]
+
+
+def _numba_kernels():
+    """The compiled kernels, or None when numba cannot be imported here."""
+    try:
+        from rwkvprobe import stream_kernels
+    except Exception:  # numba missing, or broken for this Python/numpy: fall back to numpy
+        return None
+    return stream_kernels
+
+
+def engine_name(requested: str | None = None) -> str:
+    """The kernel engine to use: ``numba`` when it imports, else ``numpy-threads``.
+
+    ``requested`` (or the RWKVPROBE_STREAM_ENGINE environment variable: ``numba`` or ``numpy``) forces
+    one; asking for numba where it cannot be imported is an InputError naming the package to install.
+    """
+    want = (requested or os.environ.get("RWKVPROBE_STREAM_ENGINE") or "auto").strip().lower()
+    if want in ("numpy", "numpy-threads"):
+        return ENGINE
+    if want not in ("auto", "numba"):
+        raise InputError(f"bandwidth engine {want!r}: expected numba or numpy")
+    if _numba_kernels() is not None:
+        return "numba"
+    if want == "numba":
+        raise InputError("bandwidth engine numba: numba is not installed here (pip install numba)")
+    return ENGINE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,7 +243,9 @@ def triad_block_elements(cpu: int | None, threads: int = 1) -> int:
 class _Chunk:
     """One worker's slices of a, b, c, and their triad blocks."""
 
-    def __init__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, start: int, stop: int, block: int):
+    def __init__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, start: int, stop: int, block: int,
+                 kernels=None):
+        self.kernels = kernels  # the compiled kernels (numba engine), or None for numpy ufuncs
         self.a, self.b, self.c = a[start:stop], b[start:stop], c[start:stop]
         n = stop - start
         self.scalar = np.array(SCALAR)  # a 0-d array: numpy converts it faster than a float, per call
@@ -222,6 +258,19 @@ class _Chunk:
         self.c.fill(0.0)
 
     def run(self, kernel: str) -> float | None:
+        k = self.kernels
+        if k is not None:
+            if kernel == "copy":
+                k.copy(self.a, self.c)
+            elif kernel == "scale":
+                k.scale(self.c, self.b, SCALAR)
+            elif kernel == "add":
+                k.add(self.a, self.b, self.c)
+            elif kernel == "triad":
+                k.triad(self.a, self.b, self.c, SCALAR)
+            elif kernel == "read":
+                return float(k.read(self.a))
+            return None
         if kernel == "copy":
             np.positive(self.a, out=self.c)
         elif kernel == "scale":
@@ -246,13 +295,18 @@ class StreamTeam:
     context manager (or call ``close()``): closing stops the threads and frees the arrays.
     """
 
-    def __init__(self, elements: int, cpus: list[int | None], triad_block: int | None = None):
+    def __init__(self, elements: int, cpus: list[int | None], triad_block: int | None = None,
+                 engine: str | None = None):
         if elements < len(cpus):
             raise InputError(f"{elements} elements per array cannot be split over {len(cpus)} threads")
         n = len(cpus)
         self.elements = elements
         self.cpus = list(cpus)
         self.triad_block = triad_block or triad_block_elements(self.cpus[0], n)
+        self.engine = engine_name(engine)
+        self._kernels = _numba_kernels() if self.engine == "numba" else None
+        if self._kernels is not None:  # compile (or load from the disk cache) before the workers time anything
+            self._warm_compile()
         self.a, self.b, self.c = (_aligned_empty(elements) for _ in range(3))
         self.chunks = split_chunks(elements, n)
         self.workers = [{"cpu": cpu, "first_element": lo, "elements": hi - lo, "calls": 0}
@@ -281,7 +335,7 @@ class StreamTeam:
                 os.sched_setaffinity(0, {self.cpus[index]})  # on Linux, 0 is the calling thread
             self.workers[index]["affinity"] = sorted(os.sched_getaffinity(0))
             lo, hi = self.chunks[index]
-            chunk = _Chunk(self.a, self.b, self.c, lo, hi, self.triad_block)
+            chunk = _Chunk(self.a, self.b, self.c, lo, hi, self.triad_block, self._kernels)
         except BaseException as e:  # raised in the main thread by the first dispatch
             self._errors.append(e)
         try:
@@ -317,6 +371,15 @@ class StreamTeam:
         if self._errors:
             raise RuntimeError(f"bandwidth worker failed: {self._errors[0]!r}") from self._errors[0]
         return max(t1 for _, t1 in self._stamps) - min(t0 for t0, _ in self._stamps)
+
+    def _warm_compile(self) -> None:
+        tiny = [np.ones(8), np.ones(8), np.zeros(8)]
+        k = self._kernels
+        k.copy(tiny[0], tiny[2])
+        k.scale(tiny[2], tiny[1], SCALAR)
+        k.add(tiny[0], tiny[1], tiny[2])
+        k.triad(tiny[0], tiny[1], tiny[2], SCALAR)
+        k.read(tiny[0])
 
     def run(self, kernel: str) -> float:
         """Run ``kernel`` on every worker at once; seconds from the first start to the last finish."""
@@ -369,11 +432,12 @@ def _check(team: StreamTeam, kernels: tuple[str, ...], passes: int) -> bool:
     return ok
 
 
-def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tuple[str, ...]) -> dict:
+def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tuple[str, ...],
+                engine: str | None = None) -> dict:
     """One thread count on one CPU set: every trial's seconds per kernel, plus what each worker did."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1), StreamTeam(elements, cpus) as team:
+    with threadpool_limits(limits=1), StreamTeam(elements, cpus, engine=engine) as team:
         for _ in range(WARMUP_TRIALS):
             for k in kernels:
                 team.run(k)
@@ -383,7 +447,7 @@ def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tup
                 seconds[k].append(team.run(k))
         check_ok = _check(team, kernels, WARMUP_TRIALS + trials)
         return {"kernels": {k: summarize(k, elements, s) for k, s in seconds.items()}, "check_ok": check_ok,
-                "triad_block_elements": team.triad_block, "workers": team.workers}
+                "triad_block_elements": team.triad_block, "workers": team.workers, "engine": team.engine}
 
 
 def _cpu_text(cpus: list[int]) -> str:
@@ -391,11 +455,13 @@ def _cpu_text(cpus: list[int]) -> str:
 
 
 def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None = None, trials: int = DEFAULT_TRIALS,
-                      cpus: list[int] | None = None, kernels=KERNELS, progress: Progress = None) -> dict:
+                      cpus: list[int] | None = None, kernels=KERNELS, progress: Progress = None,
+                      engine: str | None = None) -> dict:
     """Measure STREAM bandwidth for each thread count (and each CPU cluster); a JSON-ready dict.
 
     ``array_bytes``: bytes per array (default 4x the last-level cache); ``threads``: thread counts
-    (default 1 and all CPUs); ``cpus``: pin to these CPUs (default: each cluster, see ``plan_runs``).
+    (default 1 and all CPUs); ``cpus``: pin to these CPUs (default: each cluster, see ``plan_runs``);
+    ``engine``: ``numba`` or ``numpy`` (default: see ``engine_name``).
     """
     kernels = tuple(kernels)
     unknown = [k for k in kernels if k not in KERNELS]
@@ -413,6 +479,7 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
     if elements < max(r["threads"] for r in runs):
         raise InputError(f"array size {array_bytes} bytes: fewer float64 elements than threads")
     check_memory(elements * ITEM_BYTES)
+    engine = engine_name(engine)
 
     say = progress or (lambda message: None)
     began = time.perf_counter()
@@ -420,14 +487,45 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
     for r in runs:
         say(f"bandwidth: {r['threads']} thread(s) on CPU {_cpu_text(r['cpus'])} ({r['cluster']}), "
             f"3 arrays x {elements * ITEM_BYTES / 1e6:.0f} MB, {trials} trials")
-        measured = measure_run(elements, r["cpus"], trials, kernels)
+        measured = measure_run(elements, r["cpus"], trials, kernels, engine)
         results.append({**r, **measured})
         say("  " + ", ".join(f"{k} {v['best_gbps']:.1f}" for k, v in measured["kernels"].items()) + " GB/s (best)"
             + ("" if measured["check_ok"] else "  WARNING: wrong values in the arrays"))
     return {"array_bytes": elements * ITEM_BYTES, "elements": elements, "llc_bytes": llc, "trials": trials,
-            "warmup_trials": WARMUP_TRIALS, "engine": ENGINE, "scalar": SCALAR,
+            "warmup_trials": WARMUP_TRIALS, "engine": engine, "scalar": SCALAR,
             "byte_counting": "STREAM: copy/scale 2 arrays, add/triad 3, read 1; no write-allocate; GB = 1e9 bytes",
             "total_seconds": time.perf_counter() - began, "runs": results}
+
+
+def probe_read(threads: int, cpus: list[int] | None = None, trials: int = DEFAULT_TRIALS,
+               engine: str | None = None) -> dict:
+    """A short re-probe of the read kernel only (what analyze's verdict uses as W): a compact dict.
+
+    Same arrays (4x the last-level cache), same threads and CPUs, best of ``trials``, values checked.
+    """
+    result = measure_bandwidth(threads=[threads], trials=trials, cpus=cpus, kernels=("read",), engine=engine)
+    run = result["runs"][0]
+    read = run["kernels"]["read"]
+    return {"read_best_gbps": read["best_gbps"], "read_avg_gbps": read["avg_gbps"], "seconds": read["seconds"],
+            "threads": run["threads"], "cpus": run["cpus"], "trials": trials, "check_ok": run["check_ok"],
+            "engine": result["engine"], "array_bytes": result["array_bytes"]}
+
+
+def best_read_gbps(results: dict) -> float | None:
+    """The bandwidth ceiling W of a results file: the best read GB/s over every probe it holds.
+
+    ``results["bandwidth"]`` is the full probe made before the layers; ``results["bandwidth_probes"]``
+    the read-only probes made between and after them (analyze). A probe whose values were wrong counts not.
+    """
+    best = None
+    for run in (results.get("bandwidth") or {}).get("runs", []):
+        read = run.get("kernels", {}).get("read", {})
+        if read.get("best_gbps") and run.get("check_ok", True):
+            best = max(best or 0.0, read["best_gbps"])
+    for probe in results.get("bandwidth_probes") or []:
+        if probe.get("read_best_gbps") and probe.get("check_ok", True):
+            best = max(best or 0.0, probe["read_best_gbps"])
+    return best
 
 
 # ------------------------------------------------------------------------------------------------

@@ -201,6 +201,7 @@ def bandwidth_cmd(
                                        "Default: each cluster on its own, then all CPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results JSON (with the environment) to this file."),
+    engine: str = typer.Option("auto", "--engine", help="Kernel engine: auto (numba when installed), numba, or numpy."),
 ):
     """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
     import json
@@ -211,6 +212,7 @@ def bandwidth_cmd(
     array_bytes = bandwidth.parse_size(size) if size is not None else None
     thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
     cpu_list = system.resolve_cpus(cpus)
+    engine = bandwidth.engine_name(engine)
     if out is not None:  # refuse an unwritable path before measuring
         from rwkvprobe.fsutil import ensure_writable_dir
 
@@ -218,9 +220,10 @@ def bandwidth_cmd(
     env = system.capture_environment()
     before = system.snapshot_dynamic()
     result = bandwidth.measure_bandwidth(array_bytes, thread_counts, trials, cpu_list,
-                                         progress=lambda m: err_console.print(m, markup=False, highlight=False))
+                                         progress=lambda m: err_console.print(m, markup=False, highlight=False),
+                                         engine=engine)
     results = new_results("bandwidth", env, {"size": array_bytes, "threads": thread_counts, "trials": trials,
-                                             "cpus": cpu_list})
+                                             "cpus": cpu_list, "engine": engine})
     results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
     results["warnings"] = system.environment_warnings(env, before, results["after"])
     if out is not None:

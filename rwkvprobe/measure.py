@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from rwkvprobe import contention
 from rwkvprobe.backends import Backend, Workload, check_runner
 from rwkvprobe.timing import TimingPolicy, eviction, measure, plan_rotation
 
@@ -52,7 +53,9 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         point["check"] = check_runner(workload, runner)
         t2 = time.perf_counter()
         if point["check"]["ok"]:
+            before = contention.sample()
             point["timing"] = measure(runner.run, rotation.copies, policy, between=eviction(rotation.flush_bytes))
+            point["contention"] = contention.between(before, contention.sample())
         point["overhead_seconds"] = {"prepare": t1 - t0, "check": t2 - t1, "timing": time.perf_counter() - t2}
     except Exception as e:
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]

@@ -101,12 +101,45 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
     if wrong:
         out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
+    out += [f"**Warning, ceiling raised:** {w}." for w in verdict.get("ceiling_warnings", [])]
+    if not results.get("device"):
+        out.append(stability_line(results))
     if results.get("device"):
         out += _device_sentences(series, results)
     elif not any(s["backend"].split("[")[0] in ("rknnlite", "rknn") for s in series):
         out.append("No NPU was measured on this machine; NPU-vs-CPU figures need a run on the board "
                    "(the RK3588 NPU computes in fp16 whatever the graph says: compare it with CPU fp16, not fp32).")
     return out
+
+
+def stability_line(results: dict) -> str:
+    """One line: how steady the run was (bandwidth probes, contention around the points)."""
+    from rwkvprobe.contention import CONTENDED_SHARE, summary
+
+    probes = []
+    for run in (results.get("bandwidth") or {}).get("runs", []):
+        read = run.get("kernels", {}).get("read", {})
+        if read.get("best_gbps"):
+            probes.append(read["best_gbps"])
+    probes += [p["read_best_gbps"] for p in results.get("bandwidth_probes") or [] if p.get("read_best_gbps")]
+    parts = []
+    if len(probes) > 1:
+        parts.append(f"{len(probes)} bandwidth probes read {min(probes):.1f}-{max(probes):.1f} GB/s "
+                     f"(the best counts; spread {max(probes) / min(probes) - 1:.0%})")
+    elif probes:
+        parts.append(f"one bandwidth probe, {probes[0]:.1f} GB/s")
+    c = summary(results.get("measurements", []))
+    if c["sampled"]:
+        if c["contended"]:
+            parts.append(f"{c['contended']} of {c['sampled']} points were timed while other processes or the "
+                         f"hypervisor took at least {CONTENDED_SHARE:.0%} of the CPUs (up to {c['max_share']:.0%}; "
+                         f"flagged in the layer tables)")
+        else:
+            parts.append(f"no point was timed under contention (other processes and steal at most "
+                         f"{c['max_share']:.0%} of the CPUs, flag at {CONTENDED_SHARE:.0%})")
+        if c["remeasured"]:
+            parts.append(f"{c['remeasured']} contended point(s) were measured again")
+    return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 
 def _decode(series: list[dict], backend_prefix: str, dtype: str) -> dict | None:
@@ -280,14 +313,19 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     for s in verdict["series"]:
         md += [f"### {_label(s)}", "",
                f"Ceilings: peak {s['peak_gflops']:.1f} GFLOP/s, DRAM {s['bandwidth_gbps']:.1f} GB/s, per-call "
-               f"overhead {_ms(s['overhead_seconds'])}; ridge point {s['peak_gflops'] / s['bandwidth_gbps']:.1f} FLOP/byte.", ""]
+               f"overhead {_ms(s['overhead_seconds'])}; ridge point {s['peak_gflops'] / s['bandwidth_gbps']:.1f} FLOP/byte."
+               + "".join(f" **{a['ceiling'].capitalize()} ceiling raised to what layer {a['layer']} (M={a['m']}) "
+                         "attained** (see the warning above)." if a["ceiling"] != "per-call overhead" else
+                         f" **Per-call overhead lowered** (layer {a['layer']}, M={a['m']}, ran faster than the "
+                         "measured overhead allows; see the warning above)."
+                         for a in s.get("ceiling_adjustments", [])), ""]
         rows = []
         for r in s["rows"]:
             if r.get("measured"):
                 rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), _ms(r["seconds"]),
                              f"{r['attained_gflops']:.2f}", f"{r['attained_gbps']:.1f}", f"{r['intensity']:.2f}",
                              _pct(r["roofline_fraction"]) + (" (kernel-limited)" if r["kernel_limited"] else ""),
-                             r["bound"]])
+                             r["bound"] + (" (contended)" if r.get("contended") else "")])
             else:
                 rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]),
                              f"*{_ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
@@ -389,8 +427,16 @@ def _ceilings_section(results: dict) -> list[str]:
                          f"{v.get('avg_gbps', 0):.2f}"])
     if rows:
         md += [f"Memory bandwidth ({bw.get('engine', '')}, arrays of {bw.get('array_bytes', 0) / 1e6:.0f} MB, "
-               f"best of {bw.get('trials')} trials):", ""]
+               f"best of {bw.get('trials')} trials{', ' + bw['when'] if bw.get('when') else ''}):", ""]
         md += _table(["threads", "cluster", "kernel", "best GB/s", "average GB/s"], rows) + [""]
+    probes = results.get("bandwidth_probes") or []
+    if probes:
+        md += ["The read bandwidth probed again during the run (same threads and CPUs, best of each probe's trials); "
+               "the verdict's W is the best read figure of every probe:", ""]
+        md += _table(["when", "s into the run", "read best GB/s", "read average GB/s", "values checked"],
+                     [[p.get("when", ""), f"{p.get('at_seconds', 0):.0f}", f"{p['read_best_gbps']:.2f}",
+                       f"{p.get('read_avg_gbps', 0):.2f}", "ok" if p.get("check_ok", True) else "WRONG"]
+                      for p in probes]) + [""]
     return md
 
 

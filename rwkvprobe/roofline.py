@@ -29,6 +29,8 @@ RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P
         "(t0 + max(FLOPs/P, bytes/W)) / measured time; below 50% the layer is marked kernel-limited.")
 #: below this fraction of its roofline a layer is flagged "kernel-limited"
 KERNEL_LIMITED = 0.5
+#: a measured layer may reach this multiple of a measured ceiling (noise) before the ceiling is raised
+CEILING_TOLERANCE = 1.05
 KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
 
 
@@ -90,6 +92,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     """Per-layer verdicts, model-level figures, what-ifs: a JSON-ready dict for report and plots."""
     bw = _bandwidth_bps(results)
     series: dict[tuple[str, str], dict] = {}
+    warnings: list[str] = []
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
     for c in results.get("ceilings", []):
         if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None:
@@ -98,28 +101,104 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
         key = (c["backend"], c["dtype"])
         # a series measured on another machine (a board driven over adb) carries that machine's bandwidth
         bw_s = c["bandwidth_gbps"] * 1e9 if c.get("bandwidth_gbps") else bw
-        rows = []
-        for m in results.get("settings", {}).get("tokens", [1]):
-            for layer in layers.layers:
-                p = by_key.get((c["backend"], c["dtype"], m, layer.k, layer.n))
-                row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
-                       "count": layer.count, "measured": False, "status": "not measured"}
-                if p is not None:
-                    row["status"] = _status(p)
-                t = point_seconds(p) if p else None
-                flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
-                if t is not None:
-                    row.update(layer_verdict(flops, nbytes, t, P, bw_s, t0), measured=True)
-                else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
-                    row.update({"seconds": None, "flops": flops, "bytes": nbytes,
-                                "model_seconds": model_seconds(flops, nbytes, P, bw_s, t0),
-                                "bound": classify(flops, nbytes, P, bw_s, t0)})
-                rows.append(row)
-        series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": c["peak_gflops"],
+        rows = _rows(results, layers, c, by_key, P, bw_s, t0)
+        adjustments = [] if c.get("modelled") else hold_ceilings(rows, P, bw_s, t0)
+        if adjustments:
+            P, bw_s, t0 = adjustments[-1]["P"], adjustments[-1]["W"], adjustments[-1]["t0"]
+            rows = _rows(results, layers, c, by_key, P, bw_s, t0)
+            warnings += [f"{c['backend']} {c['dtype']}: {a['text']}" for a in adjustments]
+        series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": P / 1e9,
                        "bandwidth_gbps": bw_s / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
+                       "measured_ceilings": {"peak_gflops": c["peak_gflops"], "overhead_seconds": c["overhead_seconds"],
+                                             "bandwidth_gbps": (c.get("bandwidth_gbps") or bw / 1e9)},
+                       "ceiling_adjustments": [{k: v for k, v in a.items() if k not in ("P", "W", "t0")}
+                                               for a in adjustments],
                        "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw_s, P, t0, results,
                                                            _nonmatmul(results, c["backend"], c["dtype"]))}
-    return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values())}
+    return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values()),
+            "ceiling_warnings": warnings}
+
+
+def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float) -> list[dict]:
+    """One row per layer and token count of a series: measured verdict, else the model's time (labelled)."""
+    rows = []
+    for m in results.get("settings", {}).get("tokens", [1]):
+        for layer in layers.layers:
+            p = by_key.get((c["backend"], c["dtype"], m, layer.k, layer.n))
+            row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
+                   "count": layer.count, "measured": False, "status": "not measured"}
+            if p is not None:
+                row["status"] = _status(p)
+                if (p.get("contention") or {}).get("contended"):
+                    row["contended"] = True
+            t = point_seconds(p) if p else None
+            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
+            if t is not None:
+                row.update(layer_verdict(flops, nbytes, t, P, bw_s, t0), measured=True)
+            else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
+                row.update({"seconds": None, "flops": flops, "bytes": nbytes,
+                            "model_seconds": model_seconds(flops, nbytes, P, bw_s, t0),
+                            "bound": classify(flops, nbytes, P, bw_s, t0)})
+            rows.append(row)
+    return rows
+
+
+def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: float = CEILING_TOLERANCE) -> list[dict]:
+    """Ceilings consistent with the layers they judge: what to change, with one warning each.
+
+    A measured layer that attains more than ``tolerance`` x a ceiling (bytes/s over W, FLOP/s over P)
+    proves the ceiling low (a disturbed probe, a kernel better than the probe's): the ceiling is raised
+    to what the layer attained. A layer faster than t0 + max(FLOPs/P, bytes/W) by more than the
+    tolerance proves the fixed per-call cost t0 too high for this series: t0 is lowered to the largest
+    value every measured layer allows. After these steps no measured layer shows more than 100% of its
+    roofline. Returns one dict per change (``text`` names the layer and both figures; ``P``, ``W``,
+    ``t0`` the ceilings after it); empty when the ceilings hold.
+    """
+    measured = [r for r in rows if r.get("measured") and r.get("seconds")]
+    if not measured:
+        return []
+    out = []
+
+    def name(r):
+        return f"layer {r['layer']} (M={r['m']}, {r['k']}x{r['n']})"
+
+    top = max(measured, key=lambda r: r["bytes"] / r["seconds"])
+    attained = top["bytes"] / top["seconds"]
+    if attained > tolerance * W:
+        out.append({"ceiling": "bandwidth", "layer": top["layer"], "m": top["m"], "unit": "GB/s",
+                    "measured": W / 1e9, "attained": attained / 1e9,
+                    "text": f"{name(top)} read {attained / 1e9:.1f} GB/s, {attained / W - 1:.0%} above the measured "
+                            f"DRAM bandwidth of {W / 1e9:.1f} GB/s (best of every probe of the run): its bandwidth "
+                            f"ceiling is raised to {attained / 1e9:.1f} GB/s"})
+        W = attained
+    top = max(measured, key=lambda r: r["flops"] / r["seconds"])
+    attained = top["flops"] / top["seconds"]
+    if attained > tolerance * P:
+        out.append({"ceiling": "compute", "layer": top["layer"], "m": top["m"], "unit": "GFLOP/s",
+                    "measured": P / 1e9, "attained": attained / 1e9,
+                    "text": f"{name(top)} ran at {attained / 1e9:.1f} GFLOP/s, {attained / P - 1:.0%} above the "
+                            f"measured peak of {P / 1e9:.1f} GFLOP/s: its compute ceiling is raised to "
+                            f"{attained / 1e9:.1f} GFLOP/s"})
+        P = attained
+    # the largest t0 that keeps every measured layer within the tolerance of its roofline
+    slack = [(tolerance * r["seconds"] - max(r["flops"] / P, r["bytes"] / W), r) for r in measured]
+    worst = max(measured, key=lambda r: model_seconds(r["flops"], r["bytes"], P, W, t0) / r["seconds"])
+    if model_seconds(worst["flops"], worst["bytes"], P, W, t0) > tolerance * worst["seconds"]:
+        allowed, limiting = min(slack, key=lambda x: x[0])
+        allowed = max(0.0, allowed)
+        out.append({"ceiling": "per-call overhead", "layer": limiting["layer"], "m": limiting["m"], "unit": "s",
+                    "measured": t0, "attained": allowed,
+                    "text": f"{name(limiting)} took {_us(limiting['seconds'])}, less than the per-call overhead "
+                            f"({_us(t0)}) plus its compute or memory time: this series' overhead term is lowered "
+                            f"to {_us(allowed)}"})
+        t0 = allowed
+    for a in out:
+        a.update(P=P, W=W, t0=t0)
+    return out
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
 def _status(p: dict) -> str:
@@ -140,13 +219,11 @@ def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
 
 
 def _bandwidth_bps(results: dict) -> float | None:
-    bw = results.get("bandwidth") or {}
-    best = None
-    for run in bw.get("runs", []):
-        read = run.get("kernels", {}).get("read", {})
-        if read.get("best_gbps"):
-            best = max(best or 0.0, read["best_gbps"] * 1e9)
-    return best
+    """W: the best read GB/s over every bandwidth probe of the run (before, between and after the layers)."""
+    from rwkvprobe.bandwidth import best_read_gbps
+
+    best = best_read_gbps(results)
+    return best * 1e9 if best else None
 
 
 def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:

@@ -101,12 +101,17 @@ def test_split_chunks_cover_the_array_on_page_boundaries():
     assert bw.split_chunks(5, 2) == [(0, 2), (2, 5)]
 
 
-def test_kernels_compute_stream_values_on_every_chunk():
+ENGINES = ["numpy"] + (["numba"] if bw._numba_kernels() is not None else [])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_kernels_compute_stream_values_on_every_chunk(engine):
     """Random start values, several workers and uneven triad blocks; each kernel against numpy."""
     rng = np.random.default_rng(0)
     n = 10_007
     cpus = (USABLE * 3)[:3]  # three workers, pinned (CPUs may repeat on small machines)
-    with bw.StreamTeam(n, cpus, triad_block=1000) as team:
+    with bw.StreamTeam(n, cpus, triad_block=1000, engine=engine) as team:
+        assert team.engine == {"numpy": bw.ENGINE, "numba": "numba"}[engine]
         team.a[:], team.b[:], team.c[:] = rng.standard_normal((3, n))
         a, b, c = team.a.copy(), team.b.copy(), team.c.copy()
         for kernel in bw.KERNELS:
@@ -125,7 +130,7 @@ def test_measure_bandwidth_json_structure_and_worker_reports():
     result = bw.measure_bandwidth(array_bytes=SMALL + 5, threads=threads, trials=3)
     assert json.loads(json.dumps(result)) == result
     assert result["array_bytes"] == SMALL and result["elements"] == SMALL // 8  # rounded down to float64s
-    assert result["trials"] == 3 and result["engine"] == bw.ENGINE
+    assert result["trials"] == 3 and result["engine"] == bw.engine_name()
     assert [r["threads"] for r in result["runs"]] == threads
     for run in result["runs"]:
         assert run["check_ok"] is True
@@ -195,3 +200,51 @@ def test_command_bad_input_one_line_exit_2(cli, args, words):
 def test_worker_failure_raises_and_does_not_hang():
     with pytest.raises(RuntimeError, match="worker failed"):
         bw.StreamTeam(1000, [USABLE[0], 10**6])  # no such CPU: that worker cannot pin itself
+
+
+def test_engine_choice_and_fallback(monkeypatch):
+    monkeypatch.delenv("RWKVPROBE_STREAM_ENGINE", raising=False)
+    assert bw.engine_name("numpy") == bw.ENGINE
+    monkeypatch.setenv("RWKVPROBE_STREAM_ENGINE", "numpy")
+    assert bw.engine_name() == bw.ENGINE
+    monkeypatch.delenv("RWKVPROBE_STREAM_ENGINE")
+    with pytest.raises(InputError, match="expected numba or numpy"):
+        bw.engine_name("fortran")
+    if bw._numba_kernels() is not None:
+        assert bw.engine_name() == "numba"
+    # where numba cannot be imported: auto falls back to numpy, asking for numba is one clear error
+    monkeypatch.setattr(bw, "_numba_kernels", lambda: None)
+    assert bw.engine_name() == bw.ENGINE
+    with pytest.raises(InputError, match="pip install numba"):
+        bw.engine_name("numba")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_measures_checked_values(engine):
+    result = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=2, engine=engine)
+    assert result["engine"] == bw.engine_name(engine) and result["runs"][0]["engine"] == result["engine"]
+    assert result["runs"][0]["check_ok"] is True
+
+
+def test_command_engine_option(cli):
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "1", "--engine", "numpy",
+                               "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["bandwidth"]["engine"] == bw.ENGINE
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "1", "--engine", "gpu")
+    assert code == 2 and "expected numba or numpy" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_best_read_counts_every_checked_probe():
+    results = {"bandwidth": {"runs": [{"check_ok": True, "kernels": {"read": {"best_gbps": 20.0}}}]},
+               "bandwidth_probes": [{"read_best_gbps": 24.0, "check_ok": True},
+                                    {"read_best_gbps": 99.0, "check_ok": False},  # wrong values: not a ceiling
+                                    {"read_best_gbps": 22.0, "check_ok": True}]}
+    assert bw.best_read_gbps(results) == 24.0
+    assert bw.best_read_gbps({}) is None
+
+
+def test_probe_read_is_compact_and_checked():
+    probe = bw.probe_read(1, [USABLE[0]], trials=2)
+    assert probe["check_ok"] is True and probe["threads"] == 1 and len(probe["seconds"]) == 2
+    assert probe["read_best_gbps"] > 0 and json.loads(json.dumps(probe)) == probe

@@ -283,3 +283,43 @@ def test_real_machine():
     json.dumps(system.snapshot_dynamic())
     assert all(isinstance(w, str) for w in system.environment_warnings(env))
     assert all(isinstance(v, str) for _, v in system.summarize_environment(env))
+
+
+def test_contention_counts_other_processes_and_steal():
+    from rwkvprobe import contention as c
+
+    a = c.Sample(wall=0.0, busy=100.0, steal=5.0, own=10.0, cpus=2)
+    # 1 s: the machine was busy 1.5 CPU-s, 0.5 of it ours; 0.2 CPU-s stolen by the hypervisor
+    b = c.Sample(wall=1.0, busy=101.5, steal=5.2, own=10.5, cpus=2)
+    x = c.between(a, b)
+    assert x["other_cpu_seconds"] == pytest.approx(1.0) and x["steal_cpu_seconds"] == pytest.approx(0.2)
+    assert x["other_share"] == pytest.approx(0.5) and x["steal_share"] == pytest.approx(0.1)
+    assert x["contended"] is True
+    quiet = c.Sample(wall=1.0, busy=100.55, steal=5.0, own=10.5, cpus=2)  # others: 0.05 CPU-s of 2 = 2.5%
+    assert c.between(a, quiet)["contended"] is False
+    # a 20 ms window with one 10 ms tick of someone else: rounding, not contention
+    tick = c.Sample(wall=0.02, busy=100.01, steal=5.0, own=10.0, cpus=2)
+    assert c.between(a, tick)["contended"] is False
+
+
+def test_contention_summary_names_contended_points():
+    from rwkvprobe import contention as c
+
+    calm = {"other_share": 0.01, "steal_share": 0.0, "contended": False}
+    busy = {"other_share": 0.4, "steal_share": 0.05, "contended": True}
+    pts = [{"backend": "numpy", "dtype": "fp32", "m": 1, "k": 8, "n": 8, "contention": calm},
+           {"backend": "numpy", "dtype": "fp32", "m": 1, "k": 16, "n": 8, "contention": busy, "remeasured": {}},
+           {"backend": "numpy", "dtype": "fp32", "m": 1, "k": 32, "n": 8}]
+    s = c.summary(pts)
+    assert s["sampled"] == 2 and s["contended"] == 1 and s["remeasured"] == 1
+    assert s["max_share"] == pytest.approx(0.45) and s["contended_points"] == ["numpy fp32 M=1 16x8"]
+
+
+def test_a_real_sample_is_sane():
+    from rwkvprobe import contention as c
+
+    a = c.sample()
+    x = sum(i * i for i in range(200_000))  # some work of our own
+    b = c.sample()
+    got = c.between(a, b)
+    assert x > 0 and got["cpus"] >= 1 and got["other_cpu_seconds"] >= 0 and got["steal_cpu_seconds"] >= 0

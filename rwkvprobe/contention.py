@@ -1,0 +1,67 @@
+"""Was the machine busy with something else while a point was timed? CPU steal and other processes.
+
+Sampled with psutil around each measurement: the machine's busy CPU time (all processes) minus this
+process's own (threads and waited-for children included) is what other processes took; ``steal`` is
+what the hypervisor gave to other guests (Linux, VMs). Both are counted in CPU-seconds and as a share
+of the machine's CPU capacity over the interval. A share at or above ``CONTENDED_SHARE`` marks the
+interval as contended: on a memory-bound measurement any other busy process competes for the same
+DRAM bandwidth, so the share of the whole machine is what counts, not only of the pinned CPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psutil
+
+#: Other processes' CPU time plus steal, as a share of the machine's CPU capacity, that marks a
+#: measurement as contended (10%: one busy core out of ten, or a fifth of one core on two).
+CONTENDED_SHARE = 0.10
+#: /proc/stat counts in ticks of 10 ms; below this many CPU-seconds nothing is told apart from rounding.
+MIN_CPU_SECONDS = 0.03
+#: Shares are taken over at least this long a window: over a shorter one, tick rounding alone would
+#: read as tens of percent (a point timed for 20 ms would seem contended by a single tick).
+MIN_WINDOW_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Sample:
+    wall: float
+    busy: float  # all processes, CPU-seconds since boot (steal and idle excluded)
+    steal: float
+    own: float  # this process, CPU-seconds (threads and reaped children)
+    cpus: int
+
+
+def sample() -> Sample:
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    p = psutil.Process().cpu_times()
+    own = p.user + p.system + getattr(p, "children_user", 0.0) + getattr(p, "children_system", 0.0)
+    return Sample(time.monotonic(), busy, getattr(t, "steal", 0.0), own, psutil.cpu_count() or 1)
+
+
+def between(a: Sample, b: Sample, threshold: float = CONTENDED_SHARE) -> dict:
+    """What others took of the machine between two samples (JSON-ready)."""
+    wall = max(b.wall - a.wall, 1e-9)
+    capacity = max(wall, MIN_WINDOW_SECONDS) * a.cpus
+    other = max(0.0, (b.busy - a.busy) - (b.own - a.own))
+    steal = max(0.0, b.steal - a.steal)
+    taken = other + steal
+    share = taken / capacity
+    return {"wall_seconds": wall, "cpus": a.cpus, "other_cpu_seconds": other, "steal_cpu_seconds": steal,
+            "other_share": other / capacity, "steal_share": steal / capacity,
+            "contended": taken >= MIN_CPU_SECONDS and share >= threshold}
+
+
+def summary(points: list[dict]) -> dict:
+    """Counts for the report's stability line, over points that carry a ``contention`` record."""
+    sampled = [p for p in points if p.get("contention")]
+    contended = [p for p in sampled if p["contention"]["contended"]]
+    remeasured = [p for p in sampled if p.get("remeasured") is not None]
+    shares = [p["contention"]["other_share"] + p["contention"]["steal_share"] for p in sampled]
+    steal = [p["contention"]["steal_share"] for p in sampled]
+    return {"sampled": len(sampled), "contended": len(contended), "remeasured": len(remeasured),
+            "max_share": max(shares, default=0.0), "max_steal_share": max(steal, default=0.0),
+            "contended_points": [f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}" for p in contended]}
