@@ -111,6 +111,36 @@ def test_labels():
 # ------------------------------------------------------------------------------------------------
 # Outputs against A x dequantized weight, tight; quantization noise recorded apart
 
+def _raw_ort_runner(w, copies, folder, threads=1):
+    """onnxruntime's kernel for ``w`` without the backend's availability gate (whatever this CPU does)."""
+    from rwkvprobe.backends.ort_backend import OrtRunner, write_quantized_model
+
+    return OrtRunner(w, copies, write_quantized_model(w, folder), threads)
+
+
+def ort_refusal(dtype, tmp_path):
+    """None when onnxruntime's ``dtype`` kernel is used here; else its refusal, checked to be real.
+
+    Some kernels are wrong on some CPUs (MatMulInteger's u8 x s8 saturates without VNNI): rwkvprobe
+    then refuses the dtype with the measured error. A refusal must name the error, and the raw kernel,
+    run without the gate, must really miss its tolerance here: a refusal of a correct kernel fails.
+    """
+    reason = backend_class("onnxruntime").dtype_unavailable(dtype)
+    if reason is None:
+        return None
+    assert reason.startswith("onnxruntime's ") and "gives wrong results here (relative error " in reason, reason
+    w = backend_class("onnxruntime").workload(1, 64, 16, dtype)
+    runner = _raw_ort_runner(w, 1, tmp_path)
+    try:
+        result = check_runner(w, runner)
+    finally:
+        runner.close()
+    assert not result["ok"] and result["rel_err"] > TOLERANCE[dtype], (dtype, result)
+    with pytest.raises(UnavailableDtype, match="gives wrong results here"):
+        get_backend("onnxruntime", 1).prepare(w, 1, onnx_dir=tmp_path)
+    return reason
+
+
 def _check(backend, w, copies, tmp_path):
     runner = backend.prepare(w, copies, onnx_dir=tmp_path)
     try:
@@ -130,6 +160,8 @@ ORT_QUANT = ["int4", "int8", "int8-dyn", "int4-a8", "int8-a8"]
 @pytest.mark.parametrize("dtype", ORT_QUANT)
 @pytest.mark.parametrize("m, k, n", [(1, *RWKV), (2, 3072, 768), (3, 100, 64), (1, 4096, 48)])
 def test_onnxruntime_quantized_matches_dequantized_reference(dtype, m, k, n, tmp_path):
+    if ort_refusal(dtype, tmp_path):
+        return  # refused on this CPU, and the refusal was checked to be real
     b = get_backend("onnxruntime", 2)
     w = b.workload(m, k, n, dtype)
     result = _check(b, w, 3, tmp_path)  # 3 sessions: the cold-cache rotation
@@ -187,9 +219,9 @@ class FP32KernelRunner:
 @needs_ort
 def test_quantization_noise_does_not_hide_a_wrong_kernel(tmp_path):
     b = get_backend("onnxruntime", 1)
-    for dtype in ORT_QUANT:
+    for dtype in ORT_QUANT:  # every format, whether or not its kernel is right on this CPU
         w = b.workload(1, *RWKV, dtype)
-        runner = FP32KernelRunner(w, b.prepare(w, 1, onnx_dir=tmp_path))
+        runner = FP32KernelRunner(w, _raw_ort_runner(w, 1, tmp_path))
         result = check_runner(w, runner)
         runner.close()
         assert not result["ok"] and result["rel_err"] > 5 * TOLERANCE[dtype], (dtype, result)
@@ -237,7 +269,7 @@ def test_quantized_models_cached_next_to_fp32(tmp_path):
     b.prepare(w, 1, onnx_dir=tmp_path).close()
     assert q.stat().st_mtime_ns == mtime  # reused
     b.prepare(b.workload(1, 256, 128, "int4", 64), 1, onnx_dir=tmp_path).close()
-    b.prepare(b.workload(1, 256, 128, "int8-dyn"), 1, onnx_dir=tmp_path).close()
+    _raw_ort_runner(b.workload(1, 256, 128, "int8-dyn"), 1, tmp_path).close()  # cached even where refused
     assert (tmp_path / "matmul_m1_k256_n128_nbits4_b64.onnx").is_file()
     assert (tmp_path / "matmul_m1_k256_n128_dynamic8.onnx").is_file()
     q.write_bytes(b"not a model")  # a damaged or foreign file is rebuilt, not trusted
@@ -308,12 +340,60 @@ def test_measure_point_quantized(dtype, tmp_path):
     b = get_backend("onnxruntime", 1)
     w = b.workload(1, 256, 512, dtype)
     point = measure_point(b, w, 1 << 20, TimingPolicy(budget_seconds=0.05), cold=True, onnx_dir=tmp_path)
+    reason = ort_refusal(dtype, tmp_path)
+    if reason:  # refused on this CPU: recorded as an error with the reason, never timed
+        assert point["timing"] is None and point["check"] is None and reason in point["error"]
+        return
     assert point["error"] is None and point["check"]["ok"], point
     assert point["bytes"] == w.bytes_moved and point["timing"]["median_seconds"] > 0
     assert "quantization_rel_err" in point["check"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
-def test_onnxruntime_offers_all_quantized_dtypes_here():
+def test_onnxruntime_offers_all_quantized_dtypes_here(tmp_path):
     cls = backend_class("onnxruntime")
-    assert set(ORT_QUANT) <= set(cls.usable_dtypes()), {d: cls.dtype_unavailable(d) for d in cls.dtypes}
+    # the weight-only formats compute in fp32: every CPU must run them right
+    assert {"int4", "int8"} <= set(cls.usable_dtypes()), {d: cls.dtype_unavailable(d) for d in cls.dtypes}
+    # the integer-activation ones are used, or refused with a real, measured reason
+    refused = {d: ort_refusal(d, tmp_path) for d in ORT_QUANT}
+    assert set(cls.usable_dtypes()) == ({"fp32", "fp16"} | {d for d, r in refused.items() if r is None})
+
+
+@needs_ort
+def test_a_kernel_wrong_on_this_cpu_is_refused_everywhere_it_is_asked_for(monkeypatch, tmp_path):
+    """Forces the 'kernel wrong here' branch (as int8-dyn is on CPUs without VNNI) on any CPU:
+    a saturating kernel is refused with its measured error, skipped by analyze with that reason,
+    never timed, and the test helper above accepts the refusal as real."""
+    from rwkvprobe.backends import ort_backend
+
+    real_output = ort_backend.OrtRunner.output
+
+    def saturating(self, i):  # what MatMulInteger's u8 x s8 path does without VNNI: clipped sums
+        out = real_output(self, i)
+        if self.workload.dtype == "int8-dyn":
+            lim = 0.6 * float(np.max(np.abs(out)))
+            out = np.clip(out, -lim, lim)
+        return out
+
+    monkeypatch.setattr(ort_backend.OrtRunner, "output", saturating)
+    ort_backend._probe.cache_clear()
+    try:
+        cls = backend_class("onnxruntime")
+        reason = cls.dtype_unavailable("int8-dyn")
+        assert reason is not None and "int8-dyn (MatMulInteger" in reason and "gives wrong results here" in reason
+        assert "int8-dyn" not in cls.usable_dtypes() and cls.dtype_unavailable("int4") is None
+        assert ort_refusal("int8-dyn", tmp_path) == reason  # the helper sees a real failure
+        b = get_backend("onnxruntime", 1)
+        point = measure_point(b, b.workload(1, 64, 64, "int8-dyn"), None, TimingPolicy(budget_seconds=0.05),
+                              onnx_dir=tmp_path)
+        assert point["timing"] is None and "gives wrong results here" in point["error"]
+        from rwkvprobe.analyze import AnalyzeSettings, plan_series
+
+        pairs, skipped = plan_series(AnalyzeSettings(backends=["onnxruntime"], dtypes=["fp32", "int8-dyn"],
+                                                     tokens=[1], threads=1, cpus=None))
+        assert pairs == [("onnxruntime", "fp32")]
+        assert [(x["backend"], x["dtype"]) for x in skipped] == [("onnxruntime", "int8-dyn")]
+        assert "gives wrong results here" in skipped[0]["reason"]
+    finally:
+        monkeypatch.undo()
+        ort_backend._probe.cache_clear()
