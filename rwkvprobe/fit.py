@@ -20,8 +20,12 @@ final fits.
 
 Crossovers are found on the measured curves (medians, interpolated in log-log), not on the fits: a
 point where two backends differ by less than NOISE_Z combined sigmas is a tie, and a crossover is a
-change of the faster backend between two significant points. Its uncertainty combines the propagated
-noise of the bracketing points and, when ties lie in between, the width of the tied stretch.
+change of the faster backend between two significant stretches of at least MIN_RUN sizes each: a single
+size that disagrees with its neighbours is counted as a tie, not as two crossovers. Each point's sigma
+is at least its series' scatter around its own fitted curve (the drift between sizes that the samples
+of one point do not show). A crossover's uncertainty combines the propagated noise of the bracketing
+points and, when ties lie in between, the width of the tied stretch. Where every size from some n on is
+tied, the pair is "tied within noise from n on".
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ OUTLIER_MIN_REL = 0.15
 MAX_OUTLIER_SHARE = 8
 #: Points whose intensities (FLOP/byte) span less than this factor cannot tell compute from bandwidth.
 INTENSITY_SPAN = 2.0
+#: A crossover needs at least this many significant sizes on each side (one size alone is noise).
+MIN_RUN = 2
 #: AICc differences below this do not pick a model.
 AICC_TIE = 2.0
 #: Fractions of its own peak GFLOP/s whose reaching size is reported per backend.
@@ -407,11 +413,31 @@ def _outliers(resid: np.ndarray, min_kept: int) -> list[int]:
 # Crossovers
 
 
-def _states(d: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """+1 where d is significantly positive, -1 negative, 0 a tie within NOISE_Z sigma."""
+def _states(d: np.ndarray, sd: np.ndarray, min_run: int = 1) -> np.ndarray:
+    """+1 where d is significantly positive, -1 negative, 0 a tie within NOISE_Z sigma.
+
+    With ``min_run`` > 1, a stretch of fewer than ``min_run`` significant sizes of one sign (ties in
+    between skipped) between stretches of the other sign, or at an end, is demoted to ties, the
+    shortest first, until every stretch left is at least that long.
+    """
     s = np.sign(d).astype(int)
     s[np.abs(d) <= NOISE_Z * sd] = 0
-    return s
+    if min_run <= 1:
+        return s
+    while True:
+        sig = np.flatnonzero(s != 0)
+        runs: list[list[int]] = []
+        for i in sig:
+            if runs and s[runs[-1][-1]] == s[i]:
+                runs[-1].append(int(i))
+            else:
+                runs.append([int(i)])
+        short = [r for r in runs if len(r) < min_run]
+        if not short or len(runs) == 1:
+            if len(runs) == 1 and len(runs[0]) < min_run:
+                s[runs[0]] = 0
+            return s
+        s[min(short, key=len)] = 0
 
 
 def _curvature_error(u: np.ndarray, d: np.ndarray, q: int, u_lin: float) -> float:
@@ -430,13 +456,13 @@ def _curvature_error(u: np.ndarray, d: np.ndarray, q: int, u_lin: float) -> floa
     return worst
 
 
-def crossovers(x, ya, yb, sa=None, sb=None) -> list[dict]:
+def crossovers(x, ya, yb, sa=None, sb=None, min_run: int = MIN_RUN) -> list[dict]:
     """Sizes where the faster of two curves changes (A faster where ya < yb).
 
     ``x`` ascending, ``ya``/``yb`` positive (NaN or None: not measured, left out), ``sa``/``sb`` their
     relative sigmas (None: exact curves, every difference counts). Each crossover: ``x`` (interpolated in
     log-log), ``sigma``, ``between`` (the bracketing significant sizes), ``faster_above`` ('a' or 'b'),
-    ``ties_between`` (tied points inside the bracket).
+    ``ties_between`` (tied points inside the bracket). Each side needs ``min_run`` significant sizes.
     """
     x = np.asarray(x, float)
     ya = np.asarray([np.nan if v is None else v for v in ya], float)
@@ -456,7 +482,7 @@ def crossovers(x, ya, yb, sa=None, sb=None) -> list[dict]:
     u = np.log(x)
     d = np.log(ya) - np.log(yb)  # < 0: A faster
     sd = np.sqrt(sda**2 + sdb**2)
-    st = _states(d, sd)
+    st = _states(d, sd, min_run)
     sig = np.flatnonzero(st != 0)
     out = []
     for i, j in zip(sig[:-1], sig[1:]):
@@ -488,6 +514,23 @@ def crossovers(x, ya, yb, sa=None, sb=None) -> list[dict]:
         out.append({"x": xs, "sigma": sigma, "between": [float(x[i]), float(x[j])],
                     "faster_above": "a" if st[j] < 0 else "b", "ties_between": int(j - i - 1)})
     return out
+
+
+def tied_from(x, ya, yb, sa=None, sb=None, min_run: int = MIN_RUN) -> float | None:
+    """The smallest size from which every larger common size is a tie (at least ``min_run`` of them)."""
+    x = np.asarray(x, float)
+    ya = np.asarray([np.nan if v is None else v for v in ya], float)
+    yb = np.asarray([np.nan if v is None else v for v in yb], float)
+    ok = np.isfinite(ya) & np.isfinite(yb) & (ya > 0) & (yb > 0)
+    sda = np.zeros(len(x)) if sa is None else np.asarray([0.0 if v is None else v for v in sa], float)
+    sdb = np.zeros(len(x)) if sb is None else np.asarray([0.0 if v is None else v for v in sb], float)
+    x, ya, yb, sda, sdb = x[ok], ya[ok], yb[ok], sda[ok], sdb[ok]
+    if len(x) < min_run:
+        return None
+    st = _states(np.log(ya) - np.log(yb), np.sqrt(sda**2 + sdb**2), min_run)
+    nonzero = np.flatnonzero(st != 0)
+    start = 0 if not len(nonzero) else int(nonzero[-1]) + 1
+    return float(x[start]) if len(x) - start >= min_run else None
 
 
 def faster_at(x, ya, yb, sa=None, sb=None) -> dict:
@@ -551,6 +594,18 @@ def reach_sizes(x, gflops, sigma=None, fractions=PEAK_FRACTIONS) -> dict:
 # A whole sweep
 
 
+def _scatter(fits: dict | None) -> float:
+    """Robust relative scatter (1.4826 MAD of the log residuals) of a series around its preferred fit; 0 if none."""
+    if not fits:
+        return 0.0
+    model = fits.get(fits.get("comparison", {}).get("preferred") or "roofline") or {}
+    resid = model.get("residuals_log")
+    if not model.get("ok") or not resid or len(resid) < 4:
+        return 0.0
+    r = np.asarray(resid, float)
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
 def series_points(measurements: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """Checked, timed points grouped by (backend, dtype), sorted by size."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -580,6 +635,7 @@ def summarize_sweep(measurements: list[dict]) -> dict:
         else:
             entry["outlier_sizes"] = []
             entry["fits"] = None
+        entry["scatter"] = _scatter(entry["fits"])
         inl = [i for i in range(len(pts)) if size[i] not in entry["outlier_sizes"]]
         entry["reach"] = reach_sizes([size[i] for i in inl], [gf[i] for i in inl], [sig[i] for i in inl])
         series.append(entry)
@@ -593,7 +649,10 @@ def summarize_sweep(measurements: list[dict]) -> dict:
             return [s[key][s["sizes"].index(x)] for x in common]
 
         ya, yb = pick(a, "seconds"), pick(b, "seconds")
-        sa, sb = pick(a, "rel_sigma"), pick(b, "rel_sigma")
+        # a point's uncertainty is at least its series' scatter around its own curve (drift between sizes)
+        sa = [max(v, a["scatter"]) for v in pick(a, "rel_sigma")]
+        sb = [max(v, b["scatter"]) for v in pick(b, "rel_sigma")]
         pairs.append({"a": a["label"], "b": b["label"], "sizes": common,
-                      "crossovers": crossovers(common, ya, yb, sa, sb), "faster": faster_at(common, ya, yb, sa, sb)})
+                      "crossovers": crossovers(common, ya, yb, sa, sb), "faster": faster_at(common, ya, yb, sa, sb),
+                      "tied_from": tied_from(common, ya, yb, sa, sb)})
     return {"series": series, "pairs": pairs}

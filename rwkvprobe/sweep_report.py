@@ -123,10 +123,17 @@ def pair_sentence(pair: dict) -> str:
     other = {"a": b, "b": a}
     lo, hi = pair["sizes"][0], pair["sizes"][-1]
     cs = pair["crossovers"]
+    tied = pair.get("tied_from")
+    tail = f"; tied within noise from n = {tied:.0f} on" if tied is not None and tied > lo else ""
     if not cs:
         f = pair["faster"]
-        if f["first"] == f["last"] == "tie":
+        if f["first"] == f["last"] == "tie" or (tied is not None and tied <= lo):
             return f"{a} and {b} are tied within noise at every common size (n = {lo}..{hi})."
+        if tail:
+            first = f["first"] if f["first"] != "tie" else None
+            if first:
+                return f"{name[first]} is faster than {other[first]} at the smaller sizes{tail}: no crossover."
+            return f"{a} vs {b}: no significant crossover{tail}."
         winners = {f["first"], f["last"]} - {"tie"}
         if len(winners) == 1:
             w = winners.pop()
@@ -140,7 +147,7 @@ def pair_sentence(pair: dict) -> str:
         note = f", {c['ties_between']} tied size(s) in between" if c["ties_between"] else ""
         bits.append(f"{name[w]} {verb} {other[w]} from n = {size_pm(c['x'], c['sigma'])} "
                     f"(between {c['between'][0]:.0f} and {c['between'][1]:.0f}{note})")
-    return "; ".join(bits) + "."
+    return "; ".join(bits) + tail + "."
 
 
 def summary_sentences(results: dict, summary: dict | None = None) -> list[str]:
