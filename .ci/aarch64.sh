@@ -15,7 +15,7 @@
 # again). Our own package is reinstalled from the source tree on every run.
 set -euo pipefail
 
-ENV_VERSION=1  # bump to rebuild every cached environment
+ENV_VERSION=2  # bump to rebuild every cached environment (2: pytest and hypothesis in the venv)
 PACKAGES=(python3 python3-venv libstdc++6)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${RWKVPROBE_CI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rwkvprobe-ci}/aarch64
@@ -86,6 +86,8 @@ inner() {
         in_root /opt/venv/bin/python -m pip install --no-compile --no-build-isolation "/src[npu]" >"$logs/pip.log" 2>&1 \
             || { show_log "$logs/pip.log"; die "pip install \"/src[npu]\" failed on aarch64"; }
         grep -E '^Successfully installed' "$logs/pip.log" | cut -c1-300 | sed 's/$/ .../' || true
+        in_root /opt/venv/bin/python -m pip install --no-compile pytest hypothesis >"$logs/pip-tests.log" 2>&1 \
+            || { show_log "$logs/pip-tests.log"; die "pip install pytest hypothesis failed on aarch64"; }
         touch "$env_dir/ready"
     else
         say "cached environment: reinstalling rwkvprobe from this source tree (pip install --no-deps --force-reinstall /src)"
@@ -96,6 +98,14 @@ inner() {
         || { show_log "$logs/pip-check.log"; die "pip check: the aarch64 venv has broken requirements"; }
     say "probe (tests/aarch64/probe.py) on emulated aarch64"
     in_root /opt/venv/bin/python /src/tests/aarch64/probe.py || die "the aarch64 probe failed (see above)"
+    # Issue 14: the backend-correctness tests on aarch64 too (every backend and dtype the core install has
+    # there: numpy, onnxruntime's float and quantized kernels, the bandwidth probe's numba and numpy kernels),
+    # on RWKV shapes and odd shapes. Timing means nothing under emulation; correctness does.
+    say "backend correctness tests (pytest) on emulated aarch64"
+    in_root /opt/venv/bin/python -m pytest -q -p no:cacheprovider --rootdir /src -m "not slow" \
+        /src/tests/test_backends.py /src/tests/test_quant.py /src/tests/test_bandwidth.py \
+        -k "correct or matches_dequantized or wrong_kernel or refus or offers or kernels_compute or each_engine" \
+        || die "backend correctness tests failed on aarch64 (see above)"
 }
 
 if [ "${1:-}" = --inner ]; then

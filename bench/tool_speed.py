@@ -1,8 +1,8 @@
 """How long rwkvprobe itself takes, and its peak memory: the analyze speed targets.
 
 Runs each command in a child process and prints wall time and peak resident memory (the child's
-ru_maxrss). Targets (issue: analyze): `analyze profiles/rwkv-1b5.yaml --quick` under 60 s and the
-default run under 3 minutes, peak memory under 2.5 GB, on a 2-core machine.
+ru_maxrss). Targets (issue 14): `analyze profiles/rwkv-1b5.yaml --quick` at most 45 s of wall time and
+the default run at most 120 s, peak memory under 2.5 GB, on a 2-core machine.
 
     python bench/tool_speed.py            # quick and default runs of rwkv-1b5
     python bench/tool_speed.py --quick    # the quick run only
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = {"quick": 60.0, "default": 180.0}
+TARGETS = {"quick": 45.0, "default": 120.0}
 MEMORY_TARGET_GB = 2.5
 
 

@@ -30,6 +30,10 @@ BANDWIDTH_TRIALS = 10
 REPROBE_EXCESS = 1.05
 #: at most this many re-probes triggered by fast layers in one run (each costs a few tenths of a second)
 MAX_REPROBES = 4
+#: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots)
+FINISH_RESERVE_SECONDS = 3.0
+#: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
+MIN_POINT_SECONDS = 0.03
 #: on long runs, the bandwidth is probed again after this many seconds of layer measurements
 REPROBE_INTERVAL_SECONDS = 60.0
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
@@ -224,8 +228,10 @@ class Analysis:
         todo = [p for p in pairs if p not in have]
         for i, (b, d) in enumerate(todo):
             progress.stage(f"ceilings {i + 1}/{len(todo)}: {b} {d}")
+            # --quick leaves out the cold GEMV of CPU backends (W comes from the bandwidth probe); a board's
+            # series keep theirs (board.py: the NPU's own bandwidth)
             r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note,
-                                                  block_size=s.block_size))
+                                                  block_size=s.block_size, gemv=not quick))
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         lap("ceilings")
@@ -237,18 +243,25 @@ class Analysis:
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
                   if (b, d, m, k, n) not in done]
         elapsed = time.perf_counter() - t_start
-        remaining = max(s.budget_seconds - elapsed, 1.0)
-        per_point = min(1.0, max(0.05, remaining / max(len(points), 1) / 2.5))  # prepare + check ~1.5x
-        policy = TimingPolicy(budget_seconds=per_point, min_samples=3)
+        remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS, 1.0)
+        # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
+        per_point = min(1.0, max(0.05, remaining / max(len(points), 1) / 2.5))
         self._write_models(points)
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0
         last_probe = time.perf_counter()
-        for m, k, n, b, d in points:
+        spent_outside_timing: list[float] = []  # prepare + check of each point measured so far
+        for i, (m, k, n, b, d) in enumerate(points):
             w = backends[b].workload(m, k, n, d, s.block_size)
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
+            # the timing budget adapts to what is left of --budget: what preparing and checking really cost
+            # so far is set aside for every point still to come
+            left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
+            setup = sum(spent_outside_timing) / len(spent_outside_timing) if spent_outside_timing else 0.0
+            budget = min(per_point, max(MIN_POINT_SECONDS, left / (len(points) - i) - setup))
+            policy = TimingPolicy(budget_seconds=budget, min_samples=3)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
             calls = plan_rotation(w.weight_bytes, llc, s.cold).copies + policy.min_samples + 1
             if proj is not None and proj * calls > SKIP_FACTOR * per_point:
@@ -258,7 +271,10 @@ class Analysis:
                          "check": None, "timing": None, "error": None}
             else:
                 point = measure_point(backends[b], w, llc, policy, s.cold, s.onnx_dir)
-                if (point.get("contention") or {}).get("contended") and time.perf_counter() - t_start < s.budget_seconds:
+                cost = point.get("overhead_seconds") or {}
+                spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
+                spare = left - (len(points) - i) * (setup + MIN_POINT_SECONDS)
+                if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()):
                     point = self._remeasure(point, backends[b], w, llc, policy, progress, label)
             r["measurements"].append(point)
             self.save()

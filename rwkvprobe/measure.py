@@ -73,8 +73,11 @@ def point_seconds(point: dict) -> float | None:
 
 
 def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
-                     onnx_dir: Path | None = None, progress=None, block_size: int = 32) -> dict:
-    """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype."""
+                     onnx_dir: Path | None = None, progress=None, block_size: int = 32, gemv: bool = True) -> dict:
+    """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype.
+
+    ``gemv=False`` leaves the cold GEMV out (``analyze --quick``: the verdict's W is the bandwidth probe's,
+    the GEMV only guides which points are too slow to measure)."""
     out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
 
     def step(label):
@@ -91,6 +94,10 @@ def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy
         t = point_seconds(point)
         if t is None or t > COMPUTE_STOP_SECONDS:
             break
+    if not gemv:
+        out["gemv_skipped"] = "not measured in --quick runs"
+        out.update(summarize_ceilings(out))
+        return out
     step("GEMV bandwidth")
     out["gemv"] = measure_point(backend, backend.workload(*GEMV_SHAPE, dtype, block_size), llc_bytes, policy, cold=True,
                                 onnx_dir=onnx_dir)

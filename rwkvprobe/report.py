@@ -68,8 +68,10 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         how = "measured"
     else:
         how = "*modelled*" if d["modelled_matmul_seconds"] >= d["matmul_seconds"] else "*partly modelled*"
+    ties = tied_with(best, series, results)
+    fastest = "the fastest" + (f", tied within noise with {', '.join(ties)}" if ties else "")
     out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
-           f"({_label(best)}, the fastest) is in {main} layers. Best decode ({how}): "
+           f"({_label(best)}, {fastest}) is in {main} layers. Best decode ({how}): "
            f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), reading "
            f"{d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
            f"{_pct(d['weight_gbps_attained'] / bw)} of the {'modelled' if results.get('device') else 'measured'} "
@@ -109,6 +111,45 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     elif not any(s["backend"].split("[")[0] in ("rknnlite", "rknn") for s in series):
         out.append("No NPU was measured on this machine; NPU-vs-CPU figures need a run on the board "
                    "(the RK3588 NPU computes in fp16 whatever the graph says: compare it with CPU fp16, not fp32).")
+    return out
+
+
+def decode_rel_sigma(s: dict, results: dict) -> float:
+    """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
+
+    Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
+    from rwkvprobe.fit import SIGMA_FLOOR, rel_sigma
+
+    timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
+              for p in results.get("measurements", [])}
+    var, total = 0.0, 0.0
+    for r in s["rows"]:
+        if r["m"] != 1:
+            continue
+        t = (r["seconds"] if r.get("measured") else r["model_seconds"]) * r["count"]
+        sig = rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))) if r.get("measured") else 0.25
+        var += (t * sig) ** 2
+        total += t
+    return max(SIGMA_FLOOR, (var ** 0.5) / total) if total else SIGMA_FLOOR
+
+
+def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
+    """Series whose decode differs from the best one's by no more than their combined uncertainty."""
+    import math
+
+    from rwkvprobe.fit import NOISE_Z
+
+    if not best["model"].get("decode"):
+        return []
+    t_best = best["model"]["decode"]["seconds_per_token"]
+    s_best = decode_rel_sigma(best, results)
+    out = []
+    for s in series:
+        d = s["model"].get("decode")
+        if s is best or not d or not d.get("fully_measured"):
+            continue
+        if math.log(d["seconds_per_token"] / t_best) <= NOISE_Z * math.hypot(s_best, decode_rel_sigma(s, results)):
+            out.append(_label(s))
     return out
 
 
@@ -415,7 +456,7 @@ def _ceilings_section(results: dict) -> list[str]:
     rows = []
     for c in results.get("ceilings", []):
         rows.append([c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}" if c.get("peak_gflops") else "failed",
-                     f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else "failed",
+                     f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else ("- (--quick)" if c.get("gemv_skipped") else "failed"),
                      _ms(c["overhead_seconds"]) if c.get("overhead_seconds") is not None else "failed"])
     md += _table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
                   "per-call overhead (1x64x64, warm)"], rows) + [""]

@@ -78,3 +78,29 @@ def test_tied_backends_scattered_by_drift_show_no_crossover(seed):
 
 def test_scatter_is_zero_without_a_fit():
     assert fit._scatter(None) == 0.0
+
+
+def _two_series(factor: float):
+    from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, point
+
+    layers = layers_of(RWKV7_SMALL)
+    r = make_results(layers, tokens=(1,), bw_gbps=10.0, peak_gflops=100.0, overhead=1e-5,
+                     extra_ceilings=[{"backend": "torch", "dtype": "fp32", "peak_gflops": 100.0, "gemv_gbps": 9.0,
+                                      "overhead_seconds": 1e-5}])
+    for (k, n) in layers.unique_shapes():
+        t = model_time(1, k, n, "fp32", 100.0, 10.0, 1e-5) * factor
+        r["measurements"].append(point("torch", "fp32", 1, k, n, t))
+    for p in r["measurements"]:  # each point's own noise: IQR 2% of its median, 20 samples
+        p["timing"].update(n=20, iqr_seconds=0.02 * p["timing"]["median_seconds"])
+    return layers, r
+
+
+@pytest.mark.parametrize("factor, tied", [(1.01, True), (1.3, False)])
+def test_the_fastest_series_names_its_ties(factor, tied):
+    from rwkvprobe.report import verdict_sentences
+    from rwkvprobe.roofline import build_verdict
+
+    layers, r = _two_series(factor)
+    text = verdict_sentences(build_verdict(r, layers), layers, r)[0]
+    assert "(numpy fp32, the fastest" in text
+    assert ("tied within noise with torch fp32" in text) is tied

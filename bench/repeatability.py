@@ -1,0 +1,73 @@
+"""Is the same command's answer the same twice? Two back-to-back `analyze --quick` runs of one profile.
+
+Runs `rwkvprobe analyze PROFILE --quick` twice in a row (each in its own process, its own output
+folder), then prints, for every series both runs measured, the decode ms/token of each run and their
+ratio, and whether the verdict (the main bound of the fastest series, and which series that is) is the
+same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict.
+
+    python bench/repeatability.py [profiles/rwkv-0b4.yaml] [-- extra analyze options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from rwkvprobe.report import _best, verdict_of  # noqa: E402
+
+TARGET = 0.10
+
+
+def one_run(profile: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
+    cmd = [sys.executable, "-m", "rwkvprobe", "analyze", str(profile), "--quick", "--out", str(out), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"analyze failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads((out / "results.json").read_text()), wall
+
+
+def decode(results: dict) -> tuple[dict[str, float], str, str]:
+    _, verdict = verdict_of(results)
+    per = {f"{s['backend']} {s['dtype']}": s["model"]["decode"]["seconds_per_token"]
+           for s in verdict["series"] if s["model"].get("decode")}
+    best = _best(verdict["series"])
+    bounds = best["model"]["decode"]["share_by_bound"]
+    return per, f"{best['backend']} {best['dtype']}", max(bounds, key=bounds.get)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("profile", nargs="?", default=str(ROOT / "profiles" / "rwkv-0b4.yaml"))
+    ap.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to analyze (after --)")
+    args = ap.parse_args()
+    extra = [a for a in args.extra if a != "--"]
+    tmp = Path(tempfile.mkdtemp(prefix="rwkvprobe-repeat-"))
+    (r1, w1), (r2, w2) = (one_run(Path(args.profile), tmp / f"run{i}", extra) for i in (1, 2))
+    d1, best1, bound1 = decode(r1)
+    d2, best2, bound2 = decode(r2)
+    print(f"{Path(args.profile).name}: two back-to-back `analyze --quick` runs ({w1:.0f} s and {w2:.0f} s)")
+    print(f"{'series':28s} {'run 1 ms/token':>15s} {'run 2 ms/token':>15s} {'ratio 2/1':>10s}")
+    worst = 0.0
+    for label in sorted(set(d1) & set(d2)):
+        ratio = d2[label] / d1[label]
+        worst = max(worst, abs(ratio - 1))
+        flag = "" if abs(ratio - 1) <= TARGET else "  <- outside 10%"
+        print(f"{label:28s} {d1[label] * 1e3:15.2f} {d2[label] * 1e3:15.2f} {ratio:10.3f}{flag}")
+    same = (best1, bound1) == (best2, bound2)
+    print(f"verdict: run 1 {best1} {bound1}, run 2 {best2} {bound2}: {'same' if same else 'DIFFERENT'}")
+    print(f"largest deviation {worst:.1%} (target {TARGET:.0%}); results in {tmp}")
+    return 0 if same and worst <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
