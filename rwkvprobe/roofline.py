@@ -31,7 +31,6 @@ RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P
 KERNEL_LIMITED = 0.5
 #: a measured layer may reach this multiple of a measured ceiling (noise) before the ceiling is raised
 CEILING_TOLERANCE = 1.05
-KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
 
 
 def classify(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> str:
@@ -82,10 +81,6 @@ def non_matmul_bytes(layers: LayerList, dtype: str) -> float:
         return 0.0
     state = 2 * p.n_embd * p.head_size * 4 * p.n_layer if p.version >= 5 else 2 * 5 * p.n_embd * 4 * p.n_layer
     return state + layers.other_params * activation_bytes_of(dtype)
-
-
-def series_key(point: dict) -> tuple[str, str]:
-    return point["backend"], point["dtype"]
 
 
 def build_verdict(results: dict, layers: LayerList) -> dict:

@@ -363,31 +363,28 @@ def point_cost(w: Workload, backend: str, t_call: float, per_point: float, llc: 
 
 
 def cpu_times() -> dict | None:
-    """Busy and steal CPU seconds of the whole machine (/proc/stat) and of this process, now."""
+    """Busy and steal CPU seconds of the whole machine and of this process, now (contention.sample)."""
     import os
 
+    from rwkvprobe import contention as _c
+
     try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
+        now = _c.sample()
+    except Exception:  # pragma: no cover - psutil cannot read the CPU times here
         return None
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    user, nice, system_, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    t = os.times()
-    return {"busy": (user + nice + system_ + irq + softirq) / tick, "steal": steal / tick,
-            "own": t.user + t.system + t.children_user + t.children_system, "wall": time.monotonic(),
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    return {"sample": now, "wall": now.wall,
             "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def contention(before: dict | None, after: dict | None) -> dict | None:
     """Share of the CPUs other processes (and the hypervisor, as steal) took while the sweep ran."""
+    from rwkvprobe import contention as _c
+
     if not before or not after or after["wall"] <= before["wall"]:
         return None
-    capacity = (after["wall"] - before["wall"]) * after["cpus"]
-    others = max(0.0, (after["busy"] - before["busy"]) - (after["own"] - before["own"]))
-    return {"others_share": min(1.0, others / capacity), "steal_share": (after["steal"] - before["steal"]) / capacity,
-            "loadavg_before": before.get("loadavg"), "cpus": after["cpus"]}
+    x = _c.between(before["sample"], after["sample"])
+    return {"others_share": min(1.0, x["other_share"]), "steal_share": x["steal_share"],
+            "loadavg_before": before.get("loadavg"), "cpus": x["cpus"]}
 
 
 def contention_warnings(c: dict | None) -> list[str]:

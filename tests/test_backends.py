@@ -137,3 +137,32 @@ def test_torch_linear_stores_weights_n_by_k_and_runs_only_when_named():
     assert ("torch", "fp32") in default and not any(x == "torch-linear" for x, _ in default)
     named, _ = plan_series(AnalyzeSettings(backends=["torch-linear"], dtypes=None, tokens=[1], threads=1, cpus=None))
     assert named == [("torch-linear", "fp32")]
+
+
+def test_fp16_accumulation_bound_only_on_arm():
+    from rwkvprobe.backends import TOLERANCE
+    from rwkvprobe.backends.ort_backend import fp16_accumulation_tolerance
+
+    assert fp16_accumulation_tolerance(768, "x86_64") is None  # fp32 accumulation: the dtype's 5e-3
+    got = fp16_accumulation_tolerance(768, "aarch64")
+    assert got == pytest.approx(2.0**-11 * 768**0.5) and got > 6.04e-3  # what CI's aarch64 step measured
+    assert fp16_accumulation_tolerance(16, "aarch64") == TOLERANCE["fp16"]  # never tighter than fp32's
+    # still far below what a wrong kernel gives on the largest RWKV K
+    assert fp16_accumulation_tolerance(16384, "aarch64") < 0.1
+
+
+def test_fp16_onnxruntime_runner_uses_the_arm_bound_there(monkeypatch, tmp_path):
+    import platform
+
+    from rwkvprobe.backends import available_backends
+
+    if "onnxruntime" not in available_backends()[0]:
+        pytest.skip("onnxruntime not installed")
+    b = get_backend("onnxruntime", 1)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    runner = b.prepare(b.workload(1, 256, 64, "fp16"), 1, onnx_dir=tmp_path)
+    try:
+        assert runner.tolerance == pytest.approx(2.0**-11 * 16)
+        assert check_runner(b.workload(1, 256, 64, "fp16"), runner)["tolerance"] == runner.tolerance
+    finally:
+        runner.close()
