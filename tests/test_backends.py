@@ -43,7 +43,13 @@ def test_backend_correct_on_every_rwkv_0b1_shape(backend, dtype, tmp_path):
             finally:
                 runner.close()
             assert result["ok"], (backend, dtype, m, k, n, result)
-            assert result["rel_err"] <= TOLERANCE[dtype]
+            # the dtype's bound, except onnxruntime fp16 on Arm (fp16 accumulation: 2^-11*sqrt(K))
+            tol = TOLERANCE[dtype]
+            if (backend, dtype) == ("onnxruntime", "fp16"):
+                from rwkvprobe.backends.ort_backend import fp16_accumulation_tolerance
+
+                tol = fp16_accumulation_tolerance(k) or tol
+            assert result["tolerance"] == tol and result["rel_err"] <= tol
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
