@@ -145,7 +145,9 @@ def _describe_holder(info: dict) -> str:
 
 def _alive(pid) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # signal 0: nothing is sent, only whether the process exists
+    except PermissionError:  # it exists, under another user
+        return True
     except (OSError, ValueError, TypeError, OverflowError):
         return False
     return True

@@ -250,7 +250,7 @@ def board_job(RKNN, job, request, state):
             try:  # a toolkit can fail inside its own eval_perf (1.5.0: format_perf_detail): kept per repeat
                 with _CaptureStdout(log, fds=(1, 2)):
                     ret = rk.eval_perf(is_print=True, fix_freq=True)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # 2.x's error decorator may end in exit(): not the whole job
                 out["eval_perf"].append({"log": log, "returned": None, "error": _last_line(e),
                                          "traceback": traceback.format_exc()[-3000:]})
                 continue
