@@ -387,7 +387,8 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
 
             cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
             # decode shapes only (M=1): what the verdict needs, and half the builds
-            manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1], progress=lambda m: err_console.print(m, markup=False))
+            manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1],
+                                       progress=lambda m: err_console.print(m, markup=False))
             compiler = compiler_estimates(manifest, dev)
         else:
             err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)

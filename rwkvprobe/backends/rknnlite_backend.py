@@ -11,8 +11,8 @@ with the real wheel on emulated aarch64, ``.ci/aarch64.sh``):
 What the library itself reads on the board: the SoC from ``/proc/device-tree/compatible`` and the
 runtime from ``/usr/lib/librknnrt.so`` (no other path). The runtime's version is read from the library
 file's bytes ("librknnrt version: X", :func:`runtime_version`) without loading it, and compared with
-rknn-toolkit-lite2's and with the rknn-toolkit2 recorded in the --rknn folder's manifest. When either is missing or the runtime is
-damaged, ``init_runtime`` returns -1 after logging a traceback through the Python logger ``acuityLogger``
+rknn-toolkit-lite2's and with the rknn-toolkit2 recorded in the --rknn folder's manifest. When the SoC
+or the runtime is missing or the runtime is damaged, ``init_runtime`` returns -1 after logging a traceback through the Python logger ``acuityLogger``
 on stderr. rwkvprobe checks the same things first and says what is missing in one line; around the
 library's own calls it keeps the library's output (logger, tracebacks, the C runtime's prints on fds 1
 and 2) aside and shows it only with ``--verbose`` (:func:`show_library_log`).
