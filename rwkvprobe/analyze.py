@@ -15,7 +15,7 @@ from pathlib import Path
 from rwkvprobe import system
 from rwkvprobe.backends import BACKEND_NAMES, Workload, available_backends, backend_class, get_backend
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir
+from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
 from rwkvprobe.measure import measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.profile import LayerList
 from rwkvprobe.results import load_results, new_results, save_results
@@ -78,7 +78,7 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     """
     from rwkvprobe import board
 
-    masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))  # sweep's settings have none
+    masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))
     usable, unavailable = available_backends()
     skipped = []
     if settings.backends is None:  # every usable one, except those run only when named (torch-linear)
@@ -99,6 +99,10 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
             get_backend(b, settings.threads)  # raises one line naming the extra when it cannot run
             if b == "rknnlite" and settings.rknn_dir is None:
                 raise InputError("--backends rknnlite needs --rknn DIR: the .rknn models 'rwkvprobe convert' wrote")
+            if b == "rknnlite":  # models from a newer rknn-toolkit2 than the runtime here: refused, one line
+                from rwkvprobe.backends.rknnlite_backend import check_models_runtime
+
+                check_models_runtime(settings.rknn_dir)
             names.append(b)
     pairs = []
     for b in names:
@@ -139,34 +143,51 @@ def _projected(c: dict, w: Workload, bandwidth_bps: float | None) -> float | Non
 class Analysis:
     """One analyze run; ``run()`` measures what ``results`` still lacks, saving after each point."""
 
-    def __init__(self, layers: LayerList, settings: AnalyzeSettings, out_dir: Path, results: dict | None = None):
+    def __init__(self, layers: LayerList, settings: AnalyzeSettings, out_dir: Path, results: dict | None = None,
+                 lock=None):
         self.layers = layers
         self.settings = settings
         self.out_dir = out_dir
         self.path = out_dir / RESULTS
         self.results = results
+        self.lock = lock  # fsutil.FolderLock on out_dir, taken by start()/resume()
+
+    def release(self) -> None:
+        """Give the output folder's lock back (the run is over)."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
     def start(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path | None) -> "Analysis":
         out = ensure_writable_dir(out_dir or default_out_dir(layers))
-        if (out / RESULTS).exists():
-            raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
-        return cls(layers, settings, out)
+        lock = lock_folder(out)  # one run per folder: a second one is refused here, before anything is read
+        try:
+            if (out / RESULTS).exists():
+                raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(layers, settings, out, lock=lock)
 
     @classmethod
     def resume(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path) -> "Analysis":
         out = ensure_writable_dir(out_dir)
-        results = load_results(out / RESULTS, kinds=("analyze",))
-        if results.get("profile", {}).get("name") != layers.profile.name:
-            raise InputError(f"{out / RESULTS}: holds profile {results.get('profile', {}).get('name')!r}, "
-                             f"not {layers.profile.name!r}")
-        old = results.get("settings", {})
-        for key in ("tokens", "threads", "cold"):
-            if old.get(key) != settings.to_json()[key]:
-                raise InputError(f"--resume {out}: it was run with {key}={old.get(key)!r}, "
-                                 f"not {settings.to_json()[key]!r}; use the same options")
-        return cls(layers, settings, out, results)
+        lock = lock_folder(out)
+        try:
+            results = load_results(out / RESULTS, kinds=("analyze",))
+            if results.get("profile", {}).get("name") != layers.profile.name:
+                raise InputError(f"{out / RESULTS}: holds profile {results.get('profile', {}).get('name')!r}, "
+                                 f"not {layers.profile.name!r}")
+            old = results.get("settings", {})
+            for key in ("tokens", "threads", "cold"):
+                if old.get(key) != settings.to_json()[key]:
+                    raise InputError(f"--resume {out}: it was run with {key}={old.get(key)!r}, "
+                                     f"not {settings.to_json()[key]!r}; use the same options")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(layers, settings, out, results, lock=lock)
 
     def save(self) -> None:
         save_results(self.path, self.results)

@@ -337,8 +337,11 @@ def analyze_cmd(
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
                       f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)
-    results = run_keeping_results(analysis, reporter, f"rwkvprobe analyze {profile} --resume {analysis.out_dir}")
-    path = render(results, analysis.out_dir)
+    try:
+        results = run_keeping_results(analysis, reporter, f"rwkvprobe analyze {profile} --resume {analysis.out_dir}")
+        path = render(results, analysis.out_dir)
+    finally:
+        analysis.release()
     from rwkvprobe.report import verdict_lines
 
     for line in verdict_lines(results):
@@ -370,32 +373,34 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     from rwkvprobe import toolkit
     from rwkvprobe.analyze import RESULTS, default_out_dir, profile_json
     from rwkvprobe.device import compiler_estimates, load_device, modelled_results
-    from rwkvprobe.fsutil import ensure_writable_dir
+    from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
     from rwkvprobe.report import render, verdict_lines
     from rwkvprobe.results import save_results
 
     dev = load_device(device)
     folder = ensure_writable_dir(out or default_out_dir(ll).with_name(default_out_dir(ll).name + "-" + Path(device).stem))
-    if (folder / RESULTS).exists():
-        raise InputError(f"{folder / RESULTS} exists: choose another --out")
-    compiler = None
-    if rknn is not None:
-        compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
-    elif toolkit.installed():
-        from rwkvprobe.measure import onnx_cache_dir
+    with lock_folder(folder):  # one run per folder
+        if (folder / RESULTS).exists():
+            raise InputError(f"{folder / RESULTS} exists: choose another --out")
+        compiler = None
+        if rknn is not None:
+            compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
+        elif toolkit.installed():
+            from rwkvprobe.measure import onnx_cache_dir
 
-        cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
-        # decode shapes only (M=1): what the verdict needs, and half the builds
-        manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1], progress=lambda m: err_console.print(m, markup=False))
-        compiler = compiler_estimates(manifest, dev)
-    else:
-        err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)
-    results = modelled_results(dev, profile_json(ll), tokens, compiler)
-    save_results(folder / RESULTS, results)
-    path = render(results, folder)
-    for line in verdict_lines(results):
-        out_console.print(line, highlight=False, markup=False)
-    print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
+            cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
+            # decode shapes only (M=1): what the verdict needs, and half the builds
+            manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1],
+                                       progress=lambda m: err_console.print(m, markup=False))
+            compiler = compiler_estimates(manifest, dev)
+        else:
+            err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)
+        results = modelled_results(dev, profile_json(ll), tokens, compiler)
+        save_results(folder / RESULTS, results)
+        path = render(results, folder)
+        for line in verdict_lines(results):
+            out_console.print(line, highlight=False, markup=False)
+        print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
 
 
 @app.command("report")

@@ -88,3 +88,106 @@ def run_json_worker(argv: list[str], request: dict, env: dict | None = None) -> 
         if proc.returncode != 0 or not resp.is_file():
             return None, tail
         return json.loads(resp.read_text()), tail
+
+
+# ------------------------------------------------------------------------------------------------
+# One run per output folder
+
+LOCK_NAME = ".rwkvprobe.lock"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``DIR/.rwkvprobe.lock``, held until :meth:`release` (or the process ends:
+    the kernel drops the lock of a process that dies, however it dies). The file names the holder: its
+    process ID, when it took the lock and its command line. The file is emptied, never removed, on
+    release (removing it would let two later runs lock two different files)."""
+
+    def __init__(self, folder: Path, fd: int | None, took_over: str | None = None):
+        self.folder = folder
+        self.fd = fd
+        self.took_over = took_over
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(raw: bytes) -> dict:
+    try:
+        info = json.loads(raw.decode("utf-8", "replace") or "{}")
+        return info if isinstance(info, dict) else {}
+    except ValueError:
+        return {}
+
+
+def _describe_holder(info: dict) -> str:
+    pid = info.get("pid", "?")
+    cmd = f" ({info['command'][:120]})" if info.get("command") else ""
+    return f"process {pid}{cmd}, started {info.get('started', 'at an unknown time')}"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)  # signal 0: nothing is sent, only whether the process exists
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OSError, ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def lock_folder(path: str | Path, warn=None) -> FolderLock:
+    """Take the folder's lock for this run; InputError (one line naming the process that holds it and when
+    it started) when another run has it. A lock file left by a process that no longer runs is taken over,
+    with a warning through ``warn`` (default: one line on stderr)."""
+    import sys
+    import time
+
+    folder = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: no lock
+        return FolderLock(folder, None)
+    lock_path = folder / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(f"{lock_path}: cannot create the run's lock file: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        info = _holder(os.pread(fd, 4096, 0))
+        os.close(fd)
+        raise InputError(f"{folder} is in use by another rwkvprobe run: {_describe_holder(info)}; wait for it to end "
+                         "or write to another folder") from None
+    left = _holder(os.pread(fd, 4096, 0))
+    took_over = None
+    if left.get("pid") not in (None, os.getpid()):
+        why = "which no longer runs" if not _alive(left["pid"]) else "which no longer holds it"
+        took_over = f"{folder}: took over the lock left by {_describe_holder(left)}, {why}"
+        (warn or (lambda m: print(f"rwkvprobe: warning: {m}", file=sys.stderr, flush=True)))(took_over)
+    argv = list(sys.argv or [])
+    ours = bool(argv) and (os.path.basename(argv[0]) == "rwkvprobe" or argv[0].endswith(os.path.join("rwkvprobe",
+                                                                                                     "__main__.py")))
+    command = " ".join(["rwkvprobe", *argv[1:]] if ours else [sys.executable, *argv])
+    info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": command}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    return FolderLock(folder, fd, took_over)

@@ -247,8 +247,13 @@ def board_job(RKNN, job, request, state):
         out["eval_perf"] = []
         for i in range(job.get("perf_repeats", 1)):
             log = os.path.join(request["log_dir"], f"{job['id']}.eval_perf{i}.log")
-            with _CaptureStdout(log, fds=(1, 2)):
-                ret = rk.eval_perf(is_print=True, fix_freq=True)
+            try:  # a toolkit can fail inside its own eval_perf (1.5.0: format_perf_detail): kept per repeat
+                with _CaptureStdout(log, fds=(1, 2)):
+                    ret = rk.eval_perf(is_print=True, fix_freq=True)
+            except (Exception, SystemExit) as e:  # 2.x's error decorator may end in exit(): not the whole job
+                out["eval_perf"].append({"log": log, "returned": None, "error": _last_line(e),
+                                         "traceback": traceback.format_exc()[-3000:]})
+                continue
             out["eval_perf"].append({"log": log, "returned": ret if isinstance(ret, str) else
                                      (None if ret is None else repr(ret))})
         out["ok"] = True

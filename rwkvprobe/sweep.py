@@ -26,9 +26,9 @@ from typing import Optional
 import typer
 
 from rwkvprobe import system
-from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, get_backend
+from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir
+from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
 from rwkvprobe.measure import measure_point, onnx_cache_dir
 from rwkvprobe.results import load_results, new_results, save_results
 from rwkvprobe.timing import TimingPolicy, plan_rotation, set_affinity
@@ -203,6 +203,8 @@ class SweepSettings:
     budget_seconds: float = DEFAULT_BUDGET_SECONDS
     sizes_text: str = DEFAULT_SIZES
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
+    rknn_dir: Path | None = None  # .rknn models of the grid's shapes for rknnlite ('rwkvprobe convert')
+    npu_cores: str = "auto"  # core masks, comma-separated: one rknnlite series each (board.parse_core_masks)
 
     def __post_init__(self):
         if self.dtypes is None:
@@ -211,7 +213,8 @@ class SweepSettings:
     def to_json(self) -> dict:
         return {"grid": self.grid.to_json(), "sizes_text": self.sizes_text, "backends": self.backends,
                 "dtypes": self.dtypes, "threads": self.threads, "cpus": self.cpus, "cold": self.cold,
-                "budget_seconds": self.budget_seconds}
+                "budget_seconds": self.budget_seconds, "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None,
+                "npu_cores": self.npu_cores}
 
 
 def default_out_dir(grid: Grid) -> Path:
@@ -408,25 +411,42 @@ def contention_warnings(c: dict | None) -> list[str]:
 class Sweep:
     """One sweep run; ``run()`` measures what ``results`` still lacks, saving after each point."""
 
-    def __init__(self, settings: SweepSettings, out_dir: Path, results: dict | None = None):
+    def __init__(self, settings: SweepSettings, out_dir: Path, results: dict | None = None, lock=None):
         self.settings = settings
         self.out_dir = out_dir
         self.path = out_dir / RESULTS
         self.results = results
+        self.lock = lock  # fsutil.FolderLock on out_dir, taken by start()/resume()
+
+    def release(self) -> None:
+        """Give the output folder's lock back (the run is over)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @classmethod
     def start(cls, settings: SweepSettings, out_dir: Path | None) -> "Sweep":
         out = ensure_writable_dir(out_dir or default_out_dir(settings.grid))
-        if (out / RESULTS).exists():
-            raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
-        return cls(settings, out)
+        lock = lock_folder(out)  # one run per folder: a second one is refused here
+        try:
+            if (out / RESULTS).exists():
+                raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
+        except BaseException:
+            lock.release()
+            raise
+        return cls(settings, out, lock=lock)
 
     @classmethod
     def resume(cls, settings: SweepSettings, out_dir: Path, results: dict | None = None) -> "Sweep":
         out = ensure_writable_dir(out_dir)
-        results = results or load_results(out / RESULTS, kinds=("sweep",))
-        check_resume_settings(results, settings, out)
-        return cls(settings, out, results)
+        lock = lock_folder(out)
+        try:
+            # read again under the lock: what a run that just ended wrote is what is completed
+            results = load_results(out / RESULTS, kinds=("sweep",))
+            check_resume_settings(results, settings, out)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(settings, out, results, lock=lock)
 
     def save(self) -> None:
         save_results(self.path, self.results)
@@ -438,7 +458,10 @@ class Sweep:
         pinned = set_affinity(s.cpus)
         llc = system.llc_bytes()
         pairs, skipped = plan_pairs(s)
-        backends = {name: get_backend(name, s.threads) for name in {b for b, _ in pairs}}
+        from rwkvprobe.board import instantiate
+
+        # one series per NPU core mask (rknnlite[core0], ...): each its own backend with its mask set
+        backends = {name: instantiate(name, s) for name in {b for b, _ in pairs}}
         previous = (self.results or {}).get("measurements", [])
         # points skipped earlier as too slow are planned again: this run's budget may allow them
         done = {(p["size"], p["backend"], p["dtype"]) for p in previous if not p.get("skipped")}
@@ -451,7 +474,8 @@ class Sweep:
                 self.results["before"] = system.snapshot_dynamic()
                 self.results.update({"measurements": [], "skipped": [], "runs": []})
             r = self.results
-            r["settings"].update(budget_seconds=s.budget_seconds, backends=s.backends, dtypes=s.dtypes)
+            r["settings"].update(budget_seconds=s.budget_seconds, backends=s.backends, dtypes=s.dtypes,
+                                 npu_cores=s.npu_cores, rknn_dir=str(s.rknn_dir) if s.rknn_dir else None)
             known = {(x["backend"], x["dtype"]) for x in r["skipped"]}
             r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known]
             r.setdefault("backends", {}).update({name: b.describe() for name, b in backends.items()})
@@ -632,7 +656,8 @@ def sweep_command(
     n: Optional[str] = typer.Option(None, "--n", help="With a fixed M: N = 'size' (default), a number, or a "
                                     "multiple of K such as '4k' (the FFN's up projection)."),
     backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, "
-                                           "torch-cuda, tinygrad. Default: every one installed."),
+                                           "torch-cuda, tinygrad, rknnlite (on the board, with --rknn). Default: "
+                                           "every one installed."),
     dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16. Default fp32."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs "
                                           "this process may use."),
@@ -648,6 +673,11 @@ def sweep_command(
                                           "sweep in this folder (options left out are taken from it)."),
     estimate: bool = typer.Option(False, "--estimate", help="Calibrate, print the estimated run time and the "
                                   "plan, measure nothing."),
+    rknn: Optional[Path] = typer.Option(None, "--rknn", help="--backends rknnlite: a folder written by 'rwkvprobe "
+                                        "convert' with the .rknn models of the grid's shapes."),
+    npu_cores: Optional[str] = typer.Option(None, "--npu-cores", help="NPU core masks for rknnlite, comma-separated, "
+                                            "each its own series: auto, 0, 1, 2, 0_1, 0_1_2, all (e.g. 0,1,0_1_2). "
+                                            "Default auto."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """The seed article's scaling experiment: time vs size per backend, fitted cost model, crossovers."""
@@ -679,8 +709,13 @@ def sweep_command(
     # square grids run warm by default, as the article's repeated calls of one model; fixed-M (RWKV) grids
     # run cold, as decode reads every weight from DRAM
     cold = (not warm) if warm is not None else stored.get("cold", not grid.square)
+    from rwkvprobe.board import parse_core_masks
+
+    masks = parse_core_masks(npu_cores if npu_cores is not None else stored.get("npu_cores") or "auto")
+    rknn_dir = rknn if rknn is not None else (Path(stored["rknn_dir"]) if stored.get("rknn_dir") else None)
     settings = SweepSettings(grid=grid, backends=names, dtypes=dts, threads=n_threads, cpus=resolve_cpus(cpus),
-                             cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text)
+                             cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text,
+                             rknn_dir=rknn_dir, npu_cores=",".join(masks))
     pairs, _ = plan_pairs(settings)  # unknown or missing backends are refused before anything is written
     check_memory(grid, pairs, system.llc_bytes(), cold)
     reporter = Reporter(err_console, verbose)
@@ -693,8 +728,11 @@ def sweep_command(
     err_console.print(f"rwkvprobe sweep: {grid.describe()}, n = {grid.sizes[0]}..{grid.sizes[-1]} "
                       f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} thread{'' if n_threads == 1 else 's'}, "
                       f"{'cold' if cold else 'warm'} cache -> {sweep.out_dir}", highlight=False, markup=False)
-    results = run_keeping_results(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}")
-    path = render_sweep(results, sweep.out_dir)
+    try:
+        results = run_keeping_results(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}")
+        path = render_sweep(results, sweep.out_dir)
+    finally:
+        sweep.release()
     for line in summary_lines(results):
         out_console.print(line, highlight=False, markup=False)
     print_warnings(results)

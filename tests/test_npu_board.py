@@ -1,9 +1,12 @@
 """Host-driven board runs (``analyze --backends rknn``) and NPU core-mask series.
 
-Nobody here has an RK3588: the eval_perf parser is tested on a sample constructed by hand in the
-documented format (tests/data/rknn_eval_perf_m1_k1024_n1024_fp16.log, said so in its header), the
-plumbing with a stand-in for the worker's answer, and the no-board path with the real rknn-toolkit2
-(its init_runtime fails without a board) when the toolkit environment is installed."""
+Nobody here has an RK3588: the eval_perf parser is tested on output captured on real boards and pasted
+in public places (tests/data/eval_perf/*.log, each with its source and toolkit version in its header:
+rknn-toolkit2 1.5.0's 1.x table, the 1.6.0 and 2.0.0b0 runtimes' 2.x table, and toolkits failing inside
+their own eval_perf), besides a sample constructed by hand in the documented format
+(tests/data/rknn_eval_perf_m1_k1024_n1024_fp16.log, said so in its header); the plumbing with a stand-in
+for the worker's answer, and the no-board path with the real rknn-toolkit2 (its init_runtime fails
+without a board) when the toolkit environment is installed."""
 
 import os
 import subprocess
@@ -68,6 +71,187 @@ def test_parse_eval_perf_fallbacks():
     assert perf["frequencies"] == {"CPU": [2256000, 1800000], "NPU": [1000000]}
     nothing = board.parse_eval_perf("E eval_perf: The runtime has not been initialized\n")
     assert nothing["total_us"] is None and nothing["layers"] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# eval_perf output captured on real boards (tests/data/eval_perf: source and version in each header)
+
+CAPTURED = DATA / "eval_perf"
+
+
+def _captured(name):
+    text = (CAPTURED / name).read_text(encoding="utf-8")
+    head = [line for line in text.splitlines() if line.startswith("#")]
+    assert head[0].startswith("# source: ") and head[1].startswith("# toolkit: "), name
+    return text
+
+
+# name -> (layout, rows, printed total, its label, NPU time, rows per op from the ranking table)
+CAPTURES = {
+    "rk3588_tk1.5.0_yolov5s_python.log": (board.FORMAT_1X, 82, 27987, "Total Operator Elapsed Time(us)", 27761,
+                                          {"ConvRelu": 50, "Concat": 13, "OutputOperator": 3}),
+    "rk3588_rt1.6.0_yolov8n_cpp.log": (board.FORMAT_2X, 108, 128441, "Total Operator Elapsed Per Frame Time(us)",
+                                       127303, {"ConvExSwish": 57, "Concat": 13, "OutputOperator": 9}),
+    "rk3588_tk2.0.0b0_yolov8n_cores012.log": (board.FORMAT_2X, 108, 96186,
+                                              "Total Operator Elapsed Per Frame Time(us)", 95641,
+                                              {"ConvExSwish": 57, "Concat": 13, "OutputOperator": 9}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURES))
+def test_parse_eval_perf_captured_on_boards(name):
+    """Every row read, and the numbers agree with the capture's own totals and ranking table."""
+    layout, rows, total, label, npu, calls = CAPTURES[name]
+    perf = board.parse_eval_perf(_captured(name))
+    assert perf["format"] == layout and perf["unread_rows"] == []
+    assert [r["id"] for r in perf["layers"]] == list(range(1, rows + 1))
+    assert perf["total_us"] == total and perf["total_from"] == label
+    # the board's own per-operator times add up to its printed per-frame total, and to the ranking table's
+    assert sum(r["time_us"] for r in perf["layers"]) == total
+    assert sum(r["total_us"] for r in perf["ranking"]) == total
+    assert perf["npu_us"] == npu == sum(r["npu_us"] for r in perf["ranking"])
+    for op, n in calls.items():
+        assert sum(1 for r in perf["layers"] if r["op"] == op) == n
+        assert next(r["calls"] for r in perf["ranking"] if r["op"] == op) == n
+    assert board.eval_perf_problem(_captured(name), "x") is None
+
+
+def test_parse_eval_perf_1x_columns():
+    """rknn-toolkit2 1.5.0: three cycle columns, WorkLoad with '- Up:', Task columns before RW(KB), memory in MB,
+    two rows the paste wrapped onto a second line joined again."""
+    perf = board.parse_eval_perf(_captured("rk3588_tk1.5.0_yolov5s_python.log"))
+    conv = perf["layers"][1]
+    assert (conv["op"], conv["dtype"], conv["target"]) == ("ConvRelu", "UINT8", "NPU")
+    assert (conv["ddr_cycles"], conv["npu_cycles"], conv["total_cycles"], conv["time_us"]) == (851599, 345600, 851599,
+                                                                                               4041)
+    assert conv["mac_usage"] is None  # 1.x prints one MacUsage number, not the 2.x per-core list
+    assert conv["workload"] == [100.0, 0.0, 0.0] and conv["rw_kb"] == 4918.31 and conv["name"] == "Conv:Conv_0"
+    wrapped = {r["id"]: r for r in perf["layers"]}
+    assert (wrapped[41]["total_cycles"], wrapped[41]["time_us"], wrapped[41]["rw_kb"]) == (281551, 203, 1626.06)
+    assert (wrapped[50]["total_cycles"], wrapped[50]["time_us"], wrapped[50]["name"]) == (149958, 277,
+                                                                                           "Concat:Concat_94")
+    assert perf["rw_kb"] is None and perf["rw_mb"] == 88.4914  # printed in MB: never converted by a guess
+    assert perf["ranking"][0] == {"op": "ConvRelu", "calls": 50, "cpu_us": 0.0, "gpu_us": None, "npu_us": 19301.0,
+                                  "total_us": 19301.0, "ratio_pct": 68.96}
+
+
+def test_parse_eval_perf_2x_all_cores():
+    """The 2.x table with core mask 0_1_2: per-core MacUsage and the WorkLoad split over three cores."""
+    perf = board.parse_eval_perf(_captured("rk3588_tk2.0.0b0_yolov8n_cores012.log"))
+    first_conv = perf["layers"][1]
+    assert first_conv["time_us"] == 9524 and first_conv["mac_usage"] == [0.77, 0.77, 0.77]
+    assert (first_conv["ddr_cycles"], first_conv["npu_cycles"], first_conv["total_cycles"]) == (1222645, 4700160,
+                                                                                                4700160)
+    spread = [r for r in perf["layers"] if r["workload"] == [33.3, 33.3, 33.3]]
+    assert spread and all(r["op"] in ("Add", "Concat", "ConvClip", "Split", "Conv", "ConvSigmoid", "Resize",
+                                      "MaxPool") for r in spread)
+    assert perf["layers"][0]["mac_usage"] is None and perf["layers"][0]["rw_kb"] == 0
+    assert perf["rw_kb"] == 165476
+
+
+def test_eval_perf_row_never_guessed():
+    """A row cut short (and no total line) gives no time at all, and says which row, rather than a wrong sum."""
+    lines = [ln for ln in _captured("rk3588_rt1.6.0_yolov8n_cpp.log").splitlines()
+             if not ln.startswith(("#", "Total Operator"))]
+    i = next(i for i, ln in enumerate(lines) if ln.startswith("7 "))
+    lines[i] = lines[i][:90]  # row 7 loses its Time(us) and everything after
+    text = "\n".join(lines)
+    perf = board.parse_eval_perf(text)
+    assert perf["unread_rows"] == ["7"] and perf["total_us"] is None and perf["npu_us"] is None
+    problem = board.eval_perf_problem(text, "1.6.0")
+    assert problem.startswith("rknn-toolkit2 1.6.0: ") and "ID 7" in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize("name, version, expected", [
+    ("tk1.5.0_format_perf_detail_failure.log", "1.5.0",
+     "rknn-toolkit2 1.5.0 failed inside its own eval_perf (format_perf_detail: ValueError: substring not found): "
+     "a fault of the toolkit's own table formatting with perf_debug=True (seen with 1.5.0, rknn-toolkit2 issue #219): "
+     "use another rknn-toolkit2 version; no board time for this point"),
+    ("tk2.0.0b0_ddr_freq_failure.log", "2.0.0b0",
+     "rknn-toolkit2 2.0.0b0 failed inside its own eval_perf (get_ddr_freq: ValueError: invalid literal for int() "
+     "with base 10: 'cat: /sys/class/devfreq/dmc/cur_freq: 没有那个文件或目录'): the board's kernel does not give "
+     "the DDR frequency that eval_perf(fix_freq=True) reads (no /sys/class/devfreq/dmc); no board time for this point"),
+    ("tk2.3.2_perf_detail_empty.log", "2.3.2",
+     "rknn-toolkit2 2.3.2 failed inside its own eval_perf (eval_perf: ValueError: Performance information is empty, "
+     "some mistakes may happened.); no board time for this point"),
+])
+def test_toolkit_failing_inside_eval_perf_one_line(name, version, expected):
+    text = _captured(name)
+    assert board.parse_eval_perf(text)["total_us"] is None
+    assert board.eval_perf_problem(text, version) == expected
+
+
+def test_eval_perf_without_any_time_names_the_version():
+    problem = board.eval_perf_problem(_captured("tk2.3.2_no_time_unknown_freq.log"), "2.3.2")
+    assert problem.startswith("rknn-toolkit2 2.3.2: eval_perf printed no time in a format this parser reads")
+    assert "IOCTL_CMD_PERF_RUN fail" in problem and "\n" not in problem
+    perf = board.parse_eval_perf(_captured("tk2.3.2_no_time_unknown_freq.log"))
+    assert perf["frequencies"] == {"CPU": [], "NPU": [], "DDR": []}  # 'Unknown' is not a number
+
+
+def test_toolkit_failure_in_the_worker_becomes_the_points_one_line(tmp_path):
+    """The worker keeps eval_perf's exception per repeat; the point carries our one line, no traceback, no time."""
+    job = {"id": "j", "label": "rknn", "dtype": "fp16", "m": 1, "k": 1024, "n": 1024, "perf_repeats": 1}
+    trace = _captured("tk1.5.0_format_perf_detail_failure.log")
+    res = {"id": "j", "ok": True, "check": {"rel_err": 1e-4, "finite": True}, "wall_seconds": [0.004],
+           "eval_perf": [{"log": None, "returned": None, "error": "substring not found", "traceback": trace}]}
+    point = board._point(job, res, tmp_path, toolkit.SIM_TOLERANCE, "1.5.0")
+    assert point["timing"] is None and "eval_perf" not in point
+    assert point["error"].startswith("rknn-toolkit2 1.5.0 failed inside its own eval_perf (format_perf_detail: ")
+    assert "\n" not in point["error"] and "Traceback" not in point["error"]
+    # an error the worker caught without a traceback still names the version
+    res["eval_perf"] = [{"log": None, "returned": None, "error": "RuntimeError: boom"}]
+    point = board._point(job, res, tmp_path, toolkit.SIM_TOLERANCE, "2.5.0")
+    assert point["error"].startswith("rknn-toolkit2 2.5.0 failed inside its own eval_perf (eval_perf: RuntimeError: boom)")
+
+
+def test_worker_keeps_eval_perfs_exception_per_repeat(tmp_path):
+    """rknn_worker.board_job with a stand-in RKNN whose eval_perf fails inside format_perf_detail (as 1.5.0):
+    the job keeps its check and wall times, the repeat keeps the error and the traceback; the host turns it
+    into one line."""
+    from rwkvprobe import onnxgen, rknn_worker
+
+    spec = onnxgen.ModelSpec(1, 64, 32, "fp32")
+    onnxgen.write_model(spec, tmp_path, onnxgen.DEFAULT_OPSET)
+    onnx_path = str(tmp_path / spec.filename)
+
+    class FakeRKNN:
+        NPU_CORE_0 = 1
+
+        def __init__(self, verbose=False):
+            pass
+
+        def load_rknn(self, path):
+            return 0
+
+        def init_runtime(self, **kw):
+            return 0
+
+        def get_sdk_version(self):
+            return "fake"
+
+        def inference(self, inputs):
+            return [rknn_worker._reference(onnx_path, inputs[0])]
+
+        def format_perf_detail(self):
+            "substring".index("not there")
+
+        def eval_perf(self, is_print=True, fix_freq=True):
+            return self.format_perf_detail()
+
+        def release(self):
+            pass
+
+    job = {"id": "j", "label": "rknn[core0]", "dtype": "fp16", "m": 1, "k": 64, "n": 32, "core_mask": "NPU_CORE_0",
+           "calls": 2, "perf_repeats": 2, "seed": 7, "rknn": "x.rknn", "onnx": onnx_path}
+    res = rknn_worker.board_job(FakeRKNN, job, {"log_dir": str(tmp_path)}, {})
+    assert res["ok"] and res["check"]["rel_err"] == 0.0 and len(res["wall_seconds"]) == 2
+    assert [r["error"] for r in res["eval_perf"]] == ["ValueError: substring not found"] * 2
+    assert "format_perf_detail" in res["eval_perf"][0]["traceback"]
+    point = board._point(job, res, tmp_path, toolkit.SIM_TOLERANCE, "1.5.0")
+    assert point["error"].startswith("rknn-toolkit2 1.5.0 failed inside its own eval_perf (format_perf_detail: "
+                                     "ValueError: substring not found)")
+    assert point["timing"] is None and point["check"]["ok"] and "\n" not in point["error"]
 
 
 # ------------------------------------------------------------------------------------------------

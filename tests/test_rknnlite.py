@@ -133,6 +133,104 @@ def test_missing_runtime_messages(monkeypatch, tmp_path, fake_lite, situation, w
         assert "airockchip/rknn-toolkit2 (rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so)" in reason
 
 
+# ------------------------------------------------------------------------------------------------
+# The runtime's version, read from the file (never by loading it)
+
+#: the text a real librknnrt.so carries, as found in airockchip/rknn-toolkit2's armhf librknnrt.so 1.6.0
+REAL_TAG = b"librknnrt version: 1.6.0 (9a7b5d24c@2023-12-13T17:32:13)"
+
+
+def _runtime_of_version(path, tag=REAL_TAG):
+    """A whole aarch64 ELF (headers only) with the runtime's version string among its bytes, as a real one has."""
+    body = elf().ljust(1000, b"\0") + b"RKNN Runtime Information, %s\0\0" + tag + b"\0\0\0"
+    path.write_bytes(body)
+    return path
+
+
+def test_runtime_version_read_from_the_bytes(tmp_path):
+    lib = _runtime_of_version(tmp_path / "librknnrt.so")
+    assert rb.runtime_version(str(lib)) == "1.6.0 (9a7b5d24c@2023-12-13T17:32:13)"
+    # a format string before the real text is passed over; no text at all, or no file, is None
+    lib.write_bytes(elf() + b"\0librknnrt version: %s\0" + REAL_TAG.replace(b"1.6.0", b"2.3.2") + b"\0")
+    assert rb.runtime_version(str(lib)) == "2.3.2 (9a7b5d24c@2023-12-13T17:32:13)"
+    lib.write_bytes(elf().ljust(1000, b"\0"))
+    assert rb.runtime_version(str(lib)) is None
+    lib.write_bytes(b"")
+    assert rb.runtime_version(str(lib)) is None
+    assert rb.runtime_version(str(tmp_path / "none.so")) is None
+    assert [rb.release(v) for v in ("1.6.0 (9a7b5d24c@x)", "1.5.0+1fa95b5c", "2.0.0b0+9bab5682", "x", None)] == [
+        "1.6.0", "1.5.0", "2.0.0b0", None, None]
+
+
+def _on_board_with(monkeypatch, tmp_path, fake_lite, lite):
+    monkeypatch.setattr(rb.platform, "machine", lambda: "aarch64")
+    dt = tmp_path / "compatible"
+    dt.write_bytes(b"rockchip,rk3588-orangepi-5\0rockchip,rk3588\0")
+    monkeypatch.setattr(rb, "DEVICE_TREE", str(dt))
+    runtime = _runtime_of_version(tmp_path / "librknnrt.so")
+    monkeypatch.setattr(rb, "RUNTIME_PATH", str(runtime))
+    monkeypatch.setattr(rb, "lite_version", lambda: lite)
+    return runtime
+
+
+def test_runtime_of_another_version_refused_before_it_is_loaded(monkeypatch, tmp_path, fake_lite):
+    runtime = _on_board_with(monkeypatch, tmp_path, fake_lite, "2.3.2")
+
+    def never(path):
+        raise AssertionError("the library was about to be loaded")
+
+    monkeypatch.setattr(rb, "_load_error", never)
+    assert rb.missing_runtime() == (
+        f"the NPU runtime {runtime} is librknnrt 1.6.0 but rknn-toolkit-lite2 is 2.3.2: replace {runtime} with "
+        "librknnrt.so 2.3.2 from airockchip/rknn-toolkit2 (rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so) "
+        "(or pip install 'rknn-toolkit-lite2==1.6.0')")
+
+
+def test_runtime_of_the_same_version_goes_on_to_the_load_check(monkeypatch, tmp_path, fake_lite):
+    _on_board_with(monkeypatch, tmp_path, fake_lite, "1.6.0")
+    tried = []
+    monkeypatch.setattr(rb, "_load_error", lambda path: tried.append(path))
+    assert rb.missing_runtime() is None and tried == [rb.RUNTIME_PATH]
+
+
+@pytest.mark.parametrize("built, refused", [("2.3.2+abc", True), ("1.6.0", False), ("1.5.0+1fa95b5c", False),
+                                            ("2.0.0b0+9bab5682", True), (None, False)])
+def test_models_from_a_newer_toolkit_than_the_runtime_refused(monkeypatch, tmp_path, built, refused):
+    runtime = _runtime_of_version(tmp_path / "librknnrt.so")
+    folder = tmp_path / "rknn"
+    folder.mkdir()
+    manifest = {"schema": 1, "kind": "rknn-convert", "models": []}
+    if built:
+        manifest["toolkit"] = {"rknn-toolkit2": built}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if not refused:
+        rb.check_models_runtime(folder, str(runtime))
+        return
+    with pytest.raises(InputError) as e:
+        rb.check_models_runtime(folder, str(runtime))
+    b = rb.release(built)
+    assert str(e.value) == (
+        f"{folder}: converted with rknn-toolkit2 {b}, newer than the NPU runtime {runtime} (librknnrt 1.6.0): "
+        f"replace {runtime} with librknnrt.so {b} from airockchip/rknn-toolkit2 "
+        f"(rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so) (and rknn-toolkit-lite2 with {b}), or convert "
+        "again with rknn-toolkit2 1.6.0")
+
+
+def test_cli_refuses_models_newer_than_the_runtime(as_on_board, cli, monkeypatch, tmp_path):
+    """analyze --backends rknnlite --rknn DIR: one line, exit 2, nothing written."""
+    runtime = _runtime_of_version(tmp_path / "librknnrt.so")
+    monkeypatch.setattr(rb, "RUNTIME_PATH", str(runtime))
+    folder = _fake_convert_dir(tmp_path, [(1, 64, 64)])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "toolkit": {"rknn-toolkit2": "2.5.0"}}))
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: x\nsource: t\nlayers:\n  - {name: a, k: 64, n: 64, count: 1}\n")
+    code, out, err = cli("analyze", prof, "--backends", "rknnlite", "--rknn", folder, "--out", tmp_path / "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "converted with rknn-toolkit2 2.5.0, newer than the NPU runtime" in err and "librknnrt 1.6.0" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_runtime_hint_names_the_installed_toolkit_version(monkeypatch):
     monkeypatch.setattr(rb, "lite_version", lambda: "2.3.2")
     hint = rb.runtime_hint()

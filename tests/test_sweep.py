@@ -228,3 +228,87 @@ def test_budget_stops_cleanly_and_resume_completes(sweep_cli, tmp_path):
     # a different grid cannot be resumed into the same folder
     code, _, err = sweep_cli("sweep", "--resume", out, "--sizes", "64:256:64")
     assert code == 2 and "--resume" in err and "--sizes" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# NPU core masks: one series per mask, as analyze (the fake RKNNLite of tests/fake_rknnlite: plumbing only,
+# none of its times is an NPU's)
+
+
+@pytest.fixture
+def fake_npu(monkeypatch, tmp_path):
+    """The fake RKNNLite, the board checks answered as on an RK3588, the masks init_runtime was given, and a
+    folder of fake .rknn models (fp16 weights as .npy) for the grid M=1, K=N=32 and 64."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from rwkvprobe.backends import rknnlite_backend as rb
+    from rwkvprobe.onnxgen import weight_matrix
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_rknnlite"))
+    for name in [m for m in sys.modules if m.startswith("rknnlite")]:
+        monkeypatch.delitem(sys.modules, name)
+    import rknnlite.api as api
+
+    monkeypatch.setattr(rb, "missing_runtime", lambda: None)
+    masks = []
+    real_init = api.RKNNLite.init_runtime
+
+    def init_runtime(self, target=None, device_id=None, async_mode=False, core_mask=api.RKNNLite.NPU_CORE_AUTO):
+        masks.append(core_mask)
+        return real_init(self, target, device_id, async_mode, core_mask)
+
+    monkeypatch.setattr(api.RKNNLite, "init_runtime", init_runtime)
+    folder = tmp_path / "rknn"
+    folder.mkdir()
+    models = []
+    for size in (32, 64):
+        name = f"matmul_m1_k{size}_n{size}_fp16.rknn"
+        with open(folder / name, "wb") as f:
+            np.save(f, weight_matrix(size, size, "fp16"))
+        models.append({"dtype": "fp16", "m": 1, "k": size, "n": size, "file": name, "ok": True})
+    (folder / "manifest.json").write_text(json.dumps({"schema": 1, "kind": "rknn-convert", "models": models}))
+    return masks, folder
+
+
+def test_sweep_npu_cores_one_series_per_mask(sweep_cli, tmp_path, fake_npu):
+    masks, models = fake_npu
+    out = tmp_path / "run"
+    code, stdout, err = sweep_cli("sweep", "--backends", "rknnlite", "--rknn", models, "--npu-cores", "0,1,0_1_2",
+                                  "--dtypes", "fp16", "--m", "1", "--sizes", "32,64", "--budget", "20", "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    labels = ["rknnlite[core0]", "rknnlite[core1]", "rknnlite[cores0-2]"]
+    assert results["settings"]["npu_cores"] == "0,1,0_1_2" and results["settings"]["rknn_dir"] == str(models)
+    assert sorted(results["backends"]) == sorted(labels)
+    assert {lbl: results["backends"][lbl]["core_mask"] for lbl in labels} == {
+        "rknnlite[core0]": "0", "rknnlite[core1]": "1", "rknnlite[cores0-2]": "0_1_2"}
+    got = {(p["backend"], p["size"]) for p in results["measurements"]}
+    assert got == {(lbl, size) for lbl in labels for size in (32, 64)}
+    assert all(p["check"]["ok"] for p in results["measurements"])
+    # each mask reached init_runtime as its own RKNNLite constant: NPU_CORE_0, _1, _0_1_2; never AUTO
+    assert set(masks) == {1, 2, 7}
+    assert {s["backend"] for s in results["fits"]["series"]} == set(labels)
+    for lbl in labels:
+        assert lbl in (out / "sweep.md").read_text()
+    # --resume takes the masks and the models from the folder: nothing is left to measure
+    masks.clear()
+    code, _, err = sweep_cli("sweep", "--resume", out, "--budget", "20")
+    assert code == 0, err
+    assert len(json.loads((out / "results.json").read_text())["measurements"]) == 6
+
+
+@pytest.mark.parametrize("value", ["0,9", ",", "core1"])
+def test_sweep_bad_npu_cores_one_line_exit_2(sweep_cli, tmp_path, value):
+    code, out, err = sweep_cli("sweep", "--backends", "numpy", "--sizes", "32", "--npu-cores", value,
+                               "--out", tmp_path / "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--npu-cores" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sweep_rknnlite_needs_rknn_dir(sweep_cli, tmp_path, fake_npu):
+    code, out, err = sweep_cli("sweep", "--backends", "rknnlite", "--dtypes", "fp16", "--sizes", "32", "--m", "1",
+                               "--out", tmp_path / "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--rknn DIR" in err

@@ -9,8 +9,10 @@ with the real wheel on emulated aarch64, ``.ci/aarch64.sh``):
 ``inference(inputs, data_type=None, data_format=None, ...) -> list | None``, ``release()``.
 
 What the library itself reads on the board: the SoC from ``/proc/device-tree/compatible`` and the
-runtime from ``/usr/lib/librknnrt.so`` (no other path). When either is missing or the runtime is
-damaged, ``init_runtime`` returns -1 after logging a traceback through the Python logger ``acuityLogger``
+runtime from ``/usr/lib/librknnrt.so`` (no other path). The runtime's version is read from the library
+file's bytes ("librknnrt version: X", :func:`runtime_version`) without loading it, and compared with
+rknn-toolkit-lite2's and with the rknn-toolkit2 recorded in the --rknn folder's manifest. When the SoC
+or the runtime is missing or the runtime is damaged, ``init_runtime`` returns -1 after logging a traceback through the Python logger ``acuityLogger``
 on stderr. rwkvprobe checks the same things first and says what is missing in one line; around the
 library's own calls it keeps the library's output (logger, tracebacks, the C runtime's prints on fds 1
 and 2) aside and shows it only with ``--verbose`` (:func:`show_library_log`).
@@ -174,6 +176,77 @@ def _runtime_problem(path: str) -> str | None:
     return f"cannot be loaded ({why})" if why else None
 
 
+# ---------------------------------------------------------------------------------------------------
+# Which runtime version: read from the library file, never by loading it
+
+#: how the runtime names itself ("I RKNN: [..] RKNN Runtime Information: librknnrt version: 1.6.0
+#: (9a7b5d24c@2023-12-13T17:32:13)"): the same text is one NUL-terminated string in the library file
+#: (seen in airockchip/rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/armhf/librknnrt.so 1.6.0)
+RUNTIME_VERSION_TAG = b"librknnrt version: "
+_RELEASE = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:(a|b|rc)(\d+))?")
+
+
+def runtime_version(path: str) -> str | None:
+    """'1.6.0 (9a7b5d24c@2023-12-13T17:32:13)': the version text a librknnrt.so carries, found in its bytes
+    (memory-mapped, not loaded); None when the file holds none or cannot be read."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                at = mm.find(RUNTIME_VERSION_TAG)
+                while at >= 0:
+                    start = at + len(RUNTIME_VERSION_TAG)
+                    end = mm.find(b"\0", start, start + 200)
+                    text = mm[start:end if end >= 0 else start + 200].decode("ascii", "replace").strip()
+                    if release(text):  # not a format string such as "librknnrt version: %s"
+                        return text
+                    at = mm.find(RUNTIME_VERSION_TAG, start)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def release(version: str | None) -> str | None:
+    """'1.6.0' of '1.6.0 (9a7b5d24c@...)', '1.5.0' of '1.5.0+1fa95b5c', '2.0.0b0' of '2.0.0b0+9bab5682'."""
+    m = _RELEASE.match((version or "").strip())
+    return m.group(0) if m else None
+
+
+def _release_key(version: str) -> tuple:
+    m = _RELEASE.match(version)
+    pre = (0, {"a": 0, "b": 1, "rc": 2}[m.group(4)], int(m.group(5))) if m.group(4) else (1, 0, 0)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), *pre)
+
+
+def runtime_mismatch(path: str | None = None) -> str | None:
+    """One line when the librknnrt.so at ``path`` is another version than rknn-toolkit-lite2: which file to
+    replace and with what; None when they match or either version is unknown."""
+    path = path or RUNTIME_PATH
+    rt, lite = release(runtime_version(path)), release(lite_version())
+    if not rt or not lite or rt == lite:
+        return None
+    return (f"the NPU runtime {path} is librknnrt {rt} but rknn-toolkit-lite2 is {lite}: replace {path} with "
+            f"librknnrt.so {lite} from {RUNTIME_SOURCE} (or pip install 'rknn-toolkit-lite2=={rt}')")
+
+
+def check_models_runtime(rknn_dir, path: str | None = None) -> None:
+    """InputError (one line) when the .rknn models were converted by an rknn-toolkit2 newer than the runtime
+    here (it cannot read them): the version recorded in the folder's manifest.json against the library's."""
+    from rwkvprobe.toolkit import read_convert_manifest
+
+    path = path or RUNTIME_PATH
+    manifest = read_convert_manifest(rknn_dir)
+    built = release(str((manifest.get("toolkit") or {}).get("rknn-toolkit2") or ""))
+    rt = release(runtime_version(path)) if Path(path).is_file() else None
+    if built and rt and _release_key(rt) < _release_key(built):
+        raise InputError(f"{rknn_dir}: converted with rknn-toolkit2 {built}, newer than the NPU runtime {path} "
+                         f"(librknnrt {rt}): replace {path} with librknnrt.so {built} from {RUNTIME_SOURCE} (and "
+                         f"rknn-toolkit-lite2 with {built}), or convert again with rknn-toolkit2 {rt}")
+
+
 def missing_runtime() -> str | None:
     """What is missing for the NPU here, in one line with the fix; None when everything is in place."""
     machine = platform.machine()
@@ -188,9 +261,15 @@ def missing_runtime() -> str | None:
         stray = next((p for p in STRAY_RUNTIME_PATHS if Path(p).is_file()), None)
         also = f" ({stray} is there, but rknn-toolkit-lite2 loads only {RUNTIME_PATH})" if stray else ""
         return f"the NPU runtime {RUNTIME_PATH} is missing{also}: {runtime_hint()}"
-    problem = _runtime_problem(RUNTIME_PATH)
+    problem = _elf_problem(RUNTIME_PATH)
     if problem:
         return f"the NPU runtime {RUNTIME_PATH} {problem}: {runtime_hint()}"
+    mismatch = runtime_mismatch(RUNTIME_PATH)  # read from the file: refused before anything loads it
+    if mismatch:
+        return mismatch
+    why = _load_error(RUNTIME_PATH)
+    if why:
+        return f"the NPU runtime {RUNTIME_PATH} cannot be loaded ({why}): {runtime_hint()}"
     return None
 
 

@@ -17,7 +17,9 @@ to the real proc): it arranges each situation itself by writing ``/proc/device-t
    2 and our one line naming what is missing and how to fix it, and nothing else on stderr (with
    ``--verbose`` too, ending in the same line); and the backend's own path through the real library
    (``RknnLiteRunner``: load_rknn + init_runtime) gives the same line, keeps the library's traceback off
-   the terminal, and shows it with ``--verbose``.
+   the terminal, and shows it with ``--verbose``. A librknnrt.so of another version than
+   rknn-toolkit-lite2 (a whole aarch64 library that names itself "librknnrt version: 1.4.0 ...") is
+   refused with the line naming the file to replace, before anything tries to load it.
 
 Prints one line per check; exits 1 on the first failure class with every difference listed.
 """
@@ -43,6 +45,8 @@ METHODS = ("__init__", "load_rknn", "init_runtime", "inference", "release")
 DEVICE_TREE = Path("/proc/device-tree")
 RUNTIME = Path("/usr/lib/librknnrt.so")
 RK3588_DT = b"rockchip,rk3588-evb1-lp4-v10\0rockchip,rk3588\0"
+#: the version a stand-in librknnrt.so names itself with: another one than the installed rknn-toolkit-lite2
+OTHER_RUNTIME = "1.4.0 (a1b2c3d4e@2022-08-31T10:00:00)"
 #: what only the library prints (its log lines, tracebacks); none of it may reach the user without --verbose
 NOISE = re.compile(r"^(?:[EWID] |Traceback|  File |\w*(?:Error|Exception): )|Catch exception|acuityLogger", re.M)
 
@@ -258,13 +262,29 @@ def check_library_path(name: str, expected: str, library_says: str, work: Path) 
           f"expected /{library_says}/ in:\n{loud_text}")
 
 
+def check_not_loaded(name: str, expected: str) -> None:
+    """The version is read from the file's bytes: the refusal comes before any attempt to load the library
+    (rknnlite_backend tries a load in a child process and remembers it in _LOADED: none happened)."""
+    from rwkvprobe.backends import rknnlite_backend as rb
+
+    rb._LOADED.clear()
+    reason = rb.missing_runtime()
+    check(reason is not None and re.fullmatch(expected, reason) is not None and not rb._LOADED,
+          f"{name}: refused before it is loaded (no load attempted): {reason}",
+          f"expected /{expected}/ and no load attempt; loads tried: {list(rb._LOADED)}")
+
+
 def check_situations(lite: str) -> None:
     v = re.escape(lite)
     fix = (rf"install librknnrt\.so {v}, the same version as the installed rknn-toolkit-lite2 {v}, from "
            r"airockchip/rknn-toolkit2 \(rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt\.so\) as /usr/lib/librknnrt\.so")
     html = b"<!DOCTYPE html>\n<html><head><title>rknn-toolkit2/librknnrt.so at master</title></head></html>\n"
     with open("/usr/lib/aarch64-linux-gnu/libstdc++.so.6", "rb") as f:
-        cut = f.read(64 * 1024)  # a real aarch64 library, download interrupted
+        whole = f.read()
+    cut = whole[:64 * 1024]  # a real aarch64 library, download interrupted
+    # a whole aarch64 library that names itself as another runtime version, as a real librknnrt.so does
+    other = whole + b"\0RKNN Runtime Information, %s\0" + f"librknnrt version: {OTHER_RUNTIME}".encode() + b"\0"
+    o = re.escape(OTHER_RUNTIME.split()[0])
     situations = [
         # name, /proc/device-tree/compatible, /usr/lib/librknnrt.so, our message, what the library itself says
         ("no device tree", None, None,
@@ -278,6 +298,11 @@ def check_situations(lite: str) -> None:
         ("RK3588 with a cut-short librknnrt.so", RK3588_DT, cut,
          rf"the NPU runtime /usr/lib/librknnrt\.so is cut short: 65,536 bytes where its own headers need [\d,]+ "
          rf"\(an incomplete download\?\): {fix}", None),
+        ("RK3588 with a librknnrt.so of another version", RK3588_DT, other,
+         rf"the NPU runtime /usr/lib/librknnrt\.so is librknnrt {o} but rknn-toolkit-lite2 is {v}: replace "
+         rf"/usr/lib/librknnrt\.so with librknnrt\.so {v} from airockchip/rknn-toolkit2 "
+         rf"\(rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt\.so\) \(or pip install 'rknn-toolkit-lite2=={o}'\)",
+         None),
     ]
     print(f"3. situations: rwkvprobe analyze {PROFILE.relative_to(SRC)} --backends rknnlite --quick", flush=True)
     if not os.access("/proc", os.W_OK) or Path("/proc/self").resolve().parent == Path("/proc"):
@@ -290,6 +315,8 @@ def check_situations(lite: str) -> None:
                 check_cli(name, expected, Path(tmp))
                 if library_says is not None:
                     check_library_path(name, expected, library_says, Path(tmp))
+                elif runtime is other:
+                    check_not_loaded(name, expected)
                 else:
                     ok(f"{name}: the library path is not tried (loading a cut-short library can kill the process "
                        "with SIGBUS: the check above stops first, without loading it)")
