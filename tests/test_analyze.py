@@ -199,3 +199,45 @@ def test_backend_without_a_quantized_kernel_falls_back_to_the_labelled_bound(cli
     what_if = report.split("## Quantization what-if (*modelled*)")[1].split("##")[0]
     assert "| numpy fp32 | int4 |" in what_if and "upper bounds" in what_if
     assert "## Quantized weights, measured" not in report  # nothing measured is claimed
+
+
+def test_low_ceilings_are_probed_again_and_kept(cli, small, tmp_path, monkeypatch):
+    """A disturbed first probe (here: 10x too low) and a peak measured 100x too low: the layers that beat them
+    make analyze probe the bandwidth and measure the peak again at once, and every probe is kept."""
+    from rwkvprobe import analyze, bandwidth, measure
+
+    real_bw, real_ceil = bandwidth.measure_bandwidth, measure.measure_ceilings
+
+    def low_bandwidth(*args, **kwargs):
+        result = real_bw(*args, **kwargs)
+        if kwargs.get("kernels") != ("read",):  # the first, full probe only
+            for run in result["runs"]:
+                for k in run["kernels"].values():
+                    k["best_gbps"] /= 10
+        return result
+
+    calls = []
+
+    def low_peak(*args, **kwargs):
+        c = real_ceil(*args, **kwargs)
+        calls.append(kwargs.get("gemv"))
+        if len(calls) == 1:
+            c["peak_gflops"] /= 100
+        return c
+
+    monkeypatch.setattr(bandwidth, "measure_bandwidth", low_bandwidth)
+    monkeypatch.setattr(analyze, "measure_ceilings", low_peak)
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("analyze", small, "--out", out, *FAST, "--tokens", "1,8")
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    again = [p for p in r["bandwidth_probes"] if p["when"].startswith("again after")]
+    assert again and len(again) <= analyze.MAX_REPROBES and "GB/s" in again[0]["when"]
+    assert r["bandwidth_probes"][-1]["when"] == "after the layers"
+    assert all(p["check_ok"] and p["trials"] == analyze.BANDWIDTH_TRIALS for p in r["bandwidth_probes"])
+    assert r["bandwidth"]["trials"] == analyze.BANDWIDTH_TRIALS  # STREAM's 10 trials in --quick too
+    (c,) = r["ceilings"]
+    assert c["compute_again"]["after"].startswith("numpy fp32 M=") and len(calls) == 2
+    # the second measurement (not cut down) is far above the first: it is the ceiling now
+    assert c["peak_gflops"] == c["compute_again"]["peak_gflops"] > 0
+    assert "- (--quick)" in (out / "report.md").read_text()  # no GEMV ceiling in --quick
