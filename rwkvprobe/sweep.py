@@ -636,7 +636,7 @@ def sweep_command(
                                     "multiple of K such as '4k' (the FFN's up projection)."),
     backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, "
                                            "torch-cuda, tinygrad. Default: every one installed."),
-    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16. Default fp32."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16; quantized weights (int8, int4, ...; ggml: q8_0, q5_1, q4_0, q4_k, f16 = fp16). Default fp32."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs "
                                           "this process may use."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7."),
@@ -671,8 +671,7 @@ def sweep_command(
     size_list = parse_sizes(sizes_text) if sizes is not None or not grid_old else list(grid_old["sizes"])
     grid = make_grid(size_list, m if m is not None else grid_old.get("m"),
                      k if k is not None else grid_old.get("k"), n if n is not None else grid_old.get("n"))
-    dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else stored.get("dtypes")
-    check_dtypes(dts)
+    dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else stored.get("dtypes"))
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else stored.get("backends")
     n_threads = threads if threads is not None else stored.get("threads") or default_threads()
     if n_threads <= 0 or n_threads > 1024:
