@@ -226,15 +226,17 @@ def point_memory_bytes(w: Workload, copies: int, backend: str) -> int:
     onnxruntime also builds its model (fp32 weight, cast copy, serialized bytes) and holds one weight per
     session; torch makes an fp32 temporary per copy.
     """
-    e = ELEMENT_BYTES[w.dtype]
+    e = w.activation_bytes
     kn = w.k * w.n
-    need = kn * 4 + copies * kn * e  # base weight (cached) + the copies
+    need = kn * 4 + copies * w.weight_bytes  # base weight (cached) + the copies (quantized: their real bytes)
+    if w.quantized:  # the check reads the weight back dequantized (fp32, and its transpose for ggml)
+        need += 2 * kn * 4
     need += w.m * w.k * e + copies * w.m * w.n * e  # A and one output per copy
     need += w.m * w.k * 8 + 5 * w.m * w.n * 8 + w.k * min(w.n, 4096) * 8  # float64 reference and comparison
     if backend == "torch" or backend == "torch-cuda":
         need += kn * 4
     if backend == "onnxruntime":
-        need += kn * 4 + 2 * kn * e  # building the model
+        need += kn * 4 + 2 * kn * ELEMENT_BYTES.get(w.dtype, 4)  # building the model
     return int(need)
 
 

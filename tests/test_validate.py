@@ -172,7 +172,8 @@ def test_record_replaces_the_same_backend_and_dtype():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backend", "numpy"], "validate runs the real model with torch only"),
+    (["--backend", "numpy"], "validate checks the torch or the ggml prediction"),
+    (["--backend", "ggml", "--dtype", "q4_0"], "no ggml RWKV forward pass exists in rwkvprobe to check a quantized"),
     (["--dtype", "int8"], "--dtype int8: expected one of fp32, bf16, fp16"),
     (["--tokens", "0"], "--tokens 0: expected between 1 and 100000"),
     (["--chunk", "-1"], "--chunk -1: expected a prefill chunk of 0 (none) to 4096 tokens"),
