@@ -298,3 +298,32 @@ def test_non_matmul_stand_in_is_labelled():
     assert nonmatmul.block_dtype("q4_0", "ggml") == "fp32" and nonmatmul.block_dtype("fp16", "ggml") == "fp32"
     assert nonmatmul.block_dtype("fp16", "torch") == "fp16"
     assert "not a ggml graph" in nonmatmul.STAND_IN_NOTE
+
+
+@needs_ggml
+def test_plan_adds_the_f16_series_and_the_default_run_has_ggml():
+    from rwkvprobe.analyze import AnalyzeSettings, plan_series
+
+    pairs, _ = plan_series(AnalyzeSettings(backends=["ggml"], dtypes=["q4_0"], tokens=[1], threads=1, cpus=None))
+    assert pairs == [("ggml", "fp16"), ("ggml", "q4_0")]
+    pairs, _ = plan_series(AnalyzeSettings(backends=None, dtypes=None, tokens=[1], threads=1, cpus=None))
+    assert [p for p in pairs if p[0] == "ggml"] == [("ggml", "fp16"), ("ggml", "q8_0"), ("ggml", "q4_0")]
+
+
+@needs_ggml
+def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quantized_formats(tmp_path):
+    from rwkvprobe.analyze import Analysis, AnalyzeSettings
+
+    ll = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml"))
+    default = Analysis(ll, AnalyzeSettings(backends=None, dtypes=None, tokens=[1, 64], threads=1, cpus=None), tmp_path)
+    named = Analysis(ll, AnalyzeSettings(backends=["ggml"], dtypes=None, tokens=[1, 64], threads=1, cpus=None), tmp_path)
+    assert not default._wanted("ggml", "fp16", 64, 768, 768) and named._wanted("ggml", "fp16", 64, 768, 768)
+    assert default._wanted("onnxruntime", "fp32", 64, 768, 768)
+    assert named._wanted("ggml", "fp16", 1, 768, 65536) and not named._wanted("ggml", "q4_0", 1, 768, 65536)  # head
+    assert not named._wanted("ggml", "q8_0", 1, 768, 64) and named._wanted("ggml", "q8_0", 1, 768, 3072)  # LoRA, ffn
+    everything = Analysis(ll, AnalyzeSettings(backends=["ggml"], dtypes=None, tokens=[1], threads=1, cpus=None,
+                                              quantize=["att", "ffn", "lora", "head"]), tmp_path)
+    assert everything._wanted("ggml", "q4_0", 1, 768, 65536)
+    from rwkvprobe.measure import COMPUTE_SHAPES
+
+    assert default._compute_shapes("ggml") == COMPUTE_SHAPES[:1] and named._compute_shapes("ggml") == COMPUTE_SHAPES
