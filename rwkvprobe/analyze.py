@@ -308,9 +308,18 @@ class Analysis:
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
         wanted = {(b, nonmatmul.block_dtype(d, b)) for b, d in pairs
                   if b in nonmatmul.BACKENDS or b in nonmatmul.STAND_IN}
-        if importlib.util.find_spec("torch") is None:  # ggml without torch: the non-matmul part stays modelled
-            wanted = {(b, d) for b, d in wanted if b not in nonmatmul.STAND_IN}
+        from rwkvprobe import ggml_block
+
+        graph = "ggml" in {b for b, _ in pairs} and ggml_block.supported(profile)  # its own graph (RWKV-7)
+        if importlib.util.find_spec("torch") is None:  # no torch: no stand-in, the non-matmul part stays modelled
+            wanted = {(b, d) for b, d in wanted if b not in nonmatmul.STAND_IN or (b == "ggml" and graph)}
         for b, d in sorted(wanted - have):
+            if b == "ggml" and graph:
+                progress.stage("non-matmul block: ggml graph (fp32)")
+                r["nonmatmul"].append(ggml_block.measure_series(profile, self.settings.threads, 0.3 if quick else 0.8,
+                                                                llc, self.settings.cold))
+                self.save()
+                continue
             progress.stage(f"non-matmul block: {b} {d}" + (" (torch-timed stand-in)" if b in nonmatmul.STAND_IN else ""))
             r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
                                                            self.settings.cold, threads=self.settings.threads))

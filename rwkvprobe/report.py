@@ -126,7 +126,14 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
                          if r.get("stored_as")})
         out.append(f"In the quantized ggml series, {', '.join(floats)} and the embedding stayed "
                    f"{desc.get('float_dtype', 'fp16')} (rwkv.cpp's rule), timed by the ggml {desc.get('float_dtype', 'fp16')} "
-                   "kernel; the non-matmul work is a torch-timed stand-in, not a ggml graph.")
+                   "kernel.")
+    one = next(iter(ggml.values()))
+    if one.get("non_matmul_engine") == "ggml":
+        out.append(f"ggml's non-matmul work ({one['non_matmul_seconds'] * 1e3:.2f} ms/token) is measured as a ggml graph "
+                   "of one block's elementwise ops and wkv7 state update, state carried, times n_layer.")
+    elif one.get("non_matmul_stand_in"):
+        out.append(f"ggml's non-matmul work ({one['non_matmul_seconds'] * 1e3:.2f} ms/token) is a torch-timed stand-in, "
+                   "not a ggml graph (no ggml graph of this block here).")
     f16 = ggml.get("fp16")
     for q in ("q8_0", "q4_0"):
         if f16 and q in ggml:
@@ -287,14 +294,15 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms", "weight GB/s",
                   "prefill tokens/s", "matmul time by bound"], rows)
     md += ["", "Decode = sum over layers of (median time per call x runs per token) + the non-matmul per-token "
-           "work. For torch on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
+           "work. For torch (and ggml, as a ggml graph, on RWKV-7) on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
            "and RNN state update, run as a CPU forward pass runs them (TorchScript, state in fp32) with cold caches, "
            "times n_layer. Elsewhere it is *modelled* (marked *) as its bytes (RNN state read and written, vector "
            "parameters) over the DRAM bandwidth: a lower bound that leaves out framework per-op overhead. Layer times "
            "are measured, except those of layers that could not be measured (or of a modelled device), which use the "
            "model time: those rows are marked *. Prefill counts matmuls only."
            + (" † ggml: the non-matmul work is the same torch-timed block (fp32, ggml's activation type), a "
-              "measured stand-in, not a ggml graph: rwkvprobe builds no ggml graph of a block's elementwise ops."
+              "measured stand-in, not a ggml graph: rwkvprobe builds a ggml graph of the block for RWKV-7 (head size "
+              "a multiple of 64) only."
               if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
            ""]
     md += _validation_section(results, layers)

@@ -201,6 +201,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "non_matmul_measured": nonmatmul is not None,
             # measured, but not on this series' engine (ggml: the torch-timed block stands in for ggml's graph)
             "non_matmul_stand_in": (nonmatmul or {}).get("stand_in"),
+            "non_matmul_engine": (nonmatmul or {}).get("engine"),  # "ggml": timed as a ggml graph
             "seconds_per_token": total,
             "tokens_per_second": 1.0 / total,
             "share_by_kind": {k: v / matmul for k, v in share.items()},

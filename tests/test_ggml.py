@@ -169,7 +169,7 @@ def test_describe_names_the_build_and_the_rule():
 @pytest.mark.slow
 def test_analyze_ggml_end_to_end(tmp_path):
     """`analyze --backends ggml --dtypes f16,q8_0,q4_0`: measured decode per format, the f16 -> q4_0
-    speed-up, the head and LoRA matrices kept f16 and never measured at q4_0."""
+    speed-up, the head and LoRA matrices kept f16 and never measured at q4_0, the block's ggml graph."""
     import json
 
     prof = tmp_path / "tiny.yaml"
@@ -185,11 +185,12 @@ def test_analyze_ggml_end_to_end(tmp_path):
     assert ("fp16", 256, 2048) in measured and ("q4_0", 256, 1024) in measured
     assert not any(d == "q4_0" and n == 2048 for d, _, n in measured)  # the head stays f16
     assert not any(d == "q8_0" and k == 256 and n == 32 for d, k, n in measured)  # so do the LoRA matrices
-    assert {x["backend"]: x["dtype"] for x in r["nonmatmul"]} == {"ggml": "fp32"}
-    assert "not a ggml graph" in r["nonmatmul"][0]["stand_in"]
+    [block] = r["nonmatmul"]  # RWKV-7 with heads of 64: one block as a ggml graph, checked, then timed
+    assert (block["backend"], block["dtype"], block["engine"]) == ("ggml", "fp32", "ggml") and block["check"]["ok"]
+    assert "is measured as a ggml graph" in p.stdout
     report = (out / "report.md").read_text()
     assert "head, lora and the embedding stayed fp16 (rwkv.cpp's rule)" in report
-    assert "| ggml q4_0 |" in report and "†" in report
+    assert "| ggml q4_0 |" in report and "†" not in report
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,6 +294,7 @@ def test_quantize_option_overrides_the_ggml_rule():
 
 
 def test_non_matmul_stand_in_is_labelled():
+    """Where no ggml graph of the block exists (RWKV-4/5/6, odd head sizes) the torch block stands in, labelled."""
     from rwkvprobe import nonmatmul
 
     assert nonmatmul.block_dtype("q4_0", "ggml") == "fp32" and nonmatmul.block_dtype("fp16", "ggml") == "fp32"
@@ -327,3 +329,52 @@ def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quan
     from rwkvprobe.measure import COMPUTE_SHAPES
 
     assert default._compute_shapes("ggml") == COMPUTE_SHAPES[:1] and named._compute_shapes("ggml") == COMPUTE_SHAPES
+
+
+# ------------------------------------------------------------------------------------------------
+# The non-matmul block as a ggml graph (RWKV-7)
+
+
+@needs_ggml
+def test_ggml_block_graph_matches_the_torch_block_and_carries_its_state():
+    torch = pytest.importorskip("torch") if not REQUIRED else __import__("torch")
+    from rwkvprobe import ggml_block, nonmatmul
+
+    profile = load_profile(PROFILES / "rwkv-0b1.yaml")
+    inputs = ggml_block.block_inputs(profile, seed=1)
+    block = ggml_block.GgmlBlock(inputs, 2)
+    try:
+        check = ggml_block.check_against_torch(inputs, block)
+        assert check["ok"] and check["rel_err"] < 1e-5, check
+        # a second token starts from the state the first one left: the torch block fed that state agrees
+        after_one = block.read("state")
+        block.run()
+        t = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))  # noqa: E731
+        with torch.no_grad():
+            _, _, _, state2, _ = nonmatmul.block_function(7)(
+                t(inputs["x"]), t(inputs["shift_att"]), t(inputs["shift_ffn"]), t(after_one).view(inputs["state"].shape),
+                t(inputs["v_first"]), [t(a) for a in inputs["vec"]], [t(a) for a in inputs["mm"]], inputs["H"], inputs["S"])
+        got = block.read("state")
+        assert np.abs(got - state2.numpy().ravel()).max() <= 1e-5 * np.abs(got).max()
+        assert np.abs(got - after_one).max() > 1e-3  # it really moved on
+    finally:
+        block.close()
+
+
+@needs_ggml
+def test_ggml_block_is_timed_only_when_it_matches(monkeypatch):
+    pytest.importorskip("torch") if not REQUIRED else None
+    from rwkvprobe import ggml_block
+    from rwkvprobe.profile import parse_profile
+
+    small = parse_profile({"name": "s7", "source": "test", "version": 7, "n_layer": 2, "n_embd": 128,
+                           "vocab_size": 512, "head_size": 64, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})
+    entry = ggml_block.measure_series(small, 1, 0.05, None, cold=True)
+    assert entry["engine"] == "ggml" and entry["check"]["ok"] and entry["seconds_per_token"] > 0
+    assert entry["seconds_per_token"] == pytest.approx(2 * entry["seconds_per_block"])
+    monkeypatch.setattr(ggml_block, "TOLERANCE", 0.0)
+    bad = ggml_block.measure_series(small, 1, 0.05, None, cold=True)
+    assert not bad["check"]["ok"] and bad["seconds_per_token"] is None and bad["timing"] is None
+    odd = parse_profile({"name": "s7", "source": "test", "version": 7, "n_layer": 2, "n_embd": 128,
+                         "vocab_size": 512, "head_size": 32, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})
+    assert not ggml_block.supported(odd)  # ggml's wkv7 kernel needs heads of 64: the torch stand-in serves

@@ -333,4 +333,5 @@ class GgmlBackend(Backend):
                 "types": types, "quantize_kinds": list(self.quantize_kinds), "float_dtype": self.float_dtype,
                 "quantize_rule": "rwkv.cpp: the embedding, the head and RWKV-7's LoRA matrices stay f16; "
                                  "att/ffn matrices take the quantized format",
-                "non_matmul": "not a ggml graph: the torch-timed fp32 block (nonmatmul.py) stands in for it"}
+                "non_matmul": "RWKV-7: one block's ops as a ggml graph (ggml_block.py); other versions: the "
+                              "torch-timed fp32 block (nonmatmul.py) as a labelled stand-in"}
