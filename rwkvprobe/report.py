@@ -118,7 +118,8 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
         return []
     parts = [f"{d} {x['seconds_per_token'] * 1e3:.1f} ms/token{'' if x['fully_measured'] else ' (partly modelled)'}"
              for d, x in ggml.items()]
-    out = [f"ggml (the kernels of llama.cpp and rwkv.cpp; {desc.get('threads', '?')} threads), decode as measured: "
+    n = desc.get("threads", "?")
+    out = [f"ggml (the kernels of llama.cpp and rwkv.cpp; {n} thread{'' if n == 1 else 's'}), decode as measured: "
            + ", ".join(parts) + "."]
     kept = [s for s in series if s["backend"] == "ggml" and any(r.get("stored_as") for r in s["rows"])]
     if kept:
