@@ -6,6 +6,7 @@ measured and ``--resume DIR`` measures only what is missing.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ class AnalyzeSettings:
     npu_cores: str = "auto"  # core masks, comma-separated: one series each (board.parse_core_masks)
     device_id: str | None = None  # the adb device ID of the board for the rknn backend (board.py)
     block_size: int = 32  # blockwise-quantized weights
-    quantize: list[str] = field(default_factory=lambda: ["att", "ffn", "custom"])  # kinds stored quantized
+    #: kinds stored quantized in the model-level figures; None: each backend's rule (roofline.quantize_kinds)
+    quantize: list[str] | None = None
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
 
     def to_json(self) -> dict:
@@ -107,7 +109,12 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     pairs = []
     for b in names:
         cls = board.RknnBoardBackend if b == board.BACKEND else backend_class(b)
-        wanted = settings.dtypes or list(cls.default_dtypes)
+        wanted = list(settings.dtypes or cls.default_dtypes)
+        # a backend whose quantized series keep some matrices at a float type (ggml: rwkv.cpp keeps the
+        # head and the LoRA matrices f16) measures those with its float series: add it when not asked for
+        keep = getattr(cls, "float_dtype", None)
+        if keep and keep not in wanted and any(d in cls.formats for d in wanted):
+            wanted.insert(0, keep)
         for d in wanted:
             if d not in cls.dtypes:
                 skipped.append({"backend": b, "dtype": d, "reason": f"{b} has no {d} matmul"})
@@ -121,12 +128,23 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     return pairs, skipped
 
 
-def check_dtypes(dtypes: list[str] | None) -> None:
+#: other spellings accepted by --dtypes (ggml's type names)
+DTYPE_ALIASES = {"f32": "fp32", "f16": "fp16", "q4_K": "q4_k"}
+
+
+def check_dtypes(dtypes: list[str] | None) -> list[str] | None:
+    """The dtypes with ggml's spellings (f16, f32, q4_K) mapped to rwkvprobe's; one line for an unknown one."""
     from rwkvprobe.backends import DTYPES
 
+    out = []
     for d in dtypes or []:
+        d = DTYPE_ALIASES.get(d, d)
         if d not in DTYPES:
-            raise InputError(f"--dtypes: unknown dtype '{d}' (expected {', '.join(DTYPES)})")
+            raise InputError(f"--dtypes: unknown dtype '{d}' (expected {', '.join(DTYPES)}; ggml's f32, f16 "
+                             "and q4_K are accepted too)")
+        if d not in out:
+            out.append(d)
+    return out if dtypes is not None else None
 
 
 def _projected(c: dict, w: Workload, bandwidth_bps: float | None) -> float | None:
@@ -252,7 +270,8 @@ class Analysis:
             # --quick leaves out the cold GEMV of CPU backends (W comes from the bandwidth probe); a board's
             # series keep theirs (board.py: the NPU's own bandwidth)
             r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note,
-                                                  block_size=s.block_size, gemv=not quick))
+                                                  block_size=s.block_size, gemv=not quick,
+                                                  compute_shapes=self._compute_shapes(b)))
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         lap("ceilings")
@@ -262,7 +281,7 @@ class Analysis:
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
-                  if (b, d, m, k, n) not in done]
+                  if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)]
         elapsed = time.perf_counter() - t_start
         remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS, 1.0)
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
@@ -361,6 +380,35 @@ class Analysis:
         point["remeasured"] = first
         return point
 
+    def _compute_shapes(self, backend: str) -> tuple:
+        """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only
+        by default (ggml in a default run: its budget stays small; M=1 layers sit far below the ridge point)."""
+        from rwkvprobe.measure import COMPUTE_SHAPES
+
+        cls = backend_class(backend) if backend in BACKEND_NAMES else None
+        if cls is not None and self.settings.backends is None and getattr(cls, "default_tokens", None):
+            return COMPUTE_SHAPES[:1]
+        return COMPUTE_SHAPES
+
+    def _wanted(self, backend: str, dtype: str, m: int, k: int, n: int) -> bool:
+        """Whether a layer point of a series is measured at all.
+
+        A backend with ``default_tokens`` (ggml) measures only those token counts unless it was named in
+        --backends (a default run keeps its budget small); a backend whose quantized series keep some kinds at
+        its ``float_dtype`` (ggml) does not measure those kinds' shapes in the quantized format: the model-level
+        figures take them from the float series (roofline.build_verdict)."""
+        cls = backend_class(backend) if backend in BACKEND_NAMES else None
+        if cls is None:
+            return True
+        if self.settings.backends is None and getattr(cls, "default_tokens", None) and m not in cls.default_tokens:
+            return False
+        if getattr(cls, "float_dtype", None) and dtype in cls.formats:
+            from rwkvprobe.roofline import quantize_kinds
+
+            kinds = quantize_kinds(self.settings.quantize, {"quantize_kinds": getattr(cls, "quantize_kinds", None)})
+            return any(layer.kind in kinds for layer in self.layers.layers if (layer.k, layer.n) == (k, n))
+        return True
+
     def _measure_nonmatmul(self, pairs, llc, quick: bool, progress) -> None:
         """One block's non-matmul decode work, timed in torch (nonmatmul.py), for the torch series."""
         from rwkvprobe import nonmatmul
@@ -369,11 +417,23 @@ class Analysis:
         if profile.version not in nonmatmul.VERSIONS:
             return
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
-        wanted = {(b, nonmatmul.block_dtype(d)) for b, d in pairs if b in nonmatmul.BACKENDS}
+        wanted = {(b, nonmatmul.block_dtype(d, b)) for b, d in pairs
+                  if b in nonmatmul.BACKENDS or b in nonmatmul.STAND_IN}
+        from rwkvprobe import ggml_block
+
+        graph = "ggml" in {b for b, _ in pairs} and ggml_block.supported(profile)  # its own graph (RWKV-7)
+        if importlib.util.find_spec("torch") is None:  # no torch: no stand-in, the non-matmul part stays modelled
+            wanted = {(b, d) for b, d in wanted if b not in nonmatmul.STAND_IN or (b == "ggml" and graph)}
         for b, d in sorted(wanted - have):
-            progress.stage(f"non-matmul block: {b} {d}")
+            if b == "ggml" and graph:
+                progress.stage("non-matmul block: ggml graph (fp32)")
+                r["nonmatmul"].append(ggml_block.measure_series(profile, self.settings.threads, 0.3 if quick else 0.8,
+                                                                llc, self.settings.cold))
+                self.save()
+                continue
+            progress.stage(f"non-matmul block: {b} {d}" + (" (torch-timed stand-in)" if b in nonmatmul.STAND_IN else ""))
             r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
-                                                           self.settings.cold))
+                                                           self.settings.cold, threads=self.settings.threads))
             self.save()
 
     def _write_models(self, points) -> None:

@@ -280,9 +280,9 @@ class Reporter:
 @app.command("analyze")
 def analyze_cmd(
     profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
-    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, torch-linear (weights [N, K] as nn.Linear keeps them), onnxruntime, torch-cuda, tinygrad, rknnlite (on the board), rknn (a board driven over adb from this machine). Default: every one installed (torch-linear and rknn only when named)."),
-    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn. Default: each backend's usual ones."),
-    quantize: str = typer.Option("att,ffn,custom", "--quantize", help="Layer kinds stored quantized in the int8/int4 model-level figures (att, ffn, lora, head, custom); the rest stay at the float type."),
+    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, torch-linear (weights [N, K] as nn.Linear keeps them), onnxruntime, ggml (llama.cpp's and rwkv.cpp's kernels), torch-cuda, tinygrad, rknnlite (on the board), rknn (a board driven over adb from this machine). Default: every one installed (torch-linear and rknn only when named)."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn; ggml's q8_0, q5_1, q4_0, q4_k (f16/f32 accepted for fp16/fp32). Default: each backend's usual ones (ggml: fp16, q8_0, q4_0)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Layer kinds stored quantized in the quantized model-level figures (att, ffn, lora, head, custom); the rest stay at the float type. Default: each backend's rule (att,ffn,custom; ggml: rwkv.cpp's, which keeps the embedding, head and LoRA matrices f16)."),
     block_size: int = typer.Option(32, "--block-size", help="Block size of blockwise-quantized weights (int4/int8 MatMulNBits, torch int4 groups)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="M values: 1 = decode, larger = a prefill chunk. Default 1,64 (--quick: 1)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs this process may use."),
@@ -316,8 +316,7 @@ def analyze_cmd(
     from rwkvprobe.board import BACKEND as BOARD_BACKEND, parse_core_masks
 
     masks = parse_core_masks(npu_cores)  # one line naming a bad mask
-    dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None
-    check_dtypes(dts)
+    dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None)
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     if device_id is not None and BOARD_BACKEND not in (names or []):
         raise InputError("--device-id is for --backends rknn (an RK3588 driven over adb from this machine)")
@@ -331,7 +330,8 @@ def analyze_cmd(
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
                                cold=not warm, budget_seconds=budget or (45.0 if quick else 150.0), quick=quick,
                                rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
-                               quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom")))
+                               quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
+                               if quantize is not None else None)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     reporter = Reporter(err_console, verbose)

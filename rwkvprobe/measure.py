@@ -73,11 +73,13 @@ def point_seconds(point: dict) -> float | None:
 
 
 def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
-                     onnx_dir: Path | None = None, progress=None, block_size: int = 32, gemv: bool = True) -> dict:
+                     onnx_dir: Path | None = None, progress=None, block_size: int = 32, gemv: bool = True,
+                     compute_shapes: tuple = COMPUTE_SHAPES) -> dict:
     """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype.
 
     ``gemv=False`` leaves the cold GEMV out (``analyze --quick``: the verdict's W is the bandwidth probe's,
-    the GEMV only guides which points are too slow to measure)."""
+    the GEMV only guides which points are too slow to measure). ``compute_shapes``: the peak-compute shapes
+    to try (fewer for a decode-only series with a small budget)."""
     out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
 
     def step(label):
@@ -88,7 +90,7 @@ def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy
     out["overhead"] = measure_point(backend, backend.workload(*OVERHEAD_SHAPE, dtype, block_size), llc_bytes, policy, cold=False,
                                     onnx_dir=onnx_dir)
     step("peak compute")
-    for shape in COMPUTE_SHAPES:
+    for shape in compute_shapes:
         point = measure_point(backend, backend.workload(*shape, dtype, block_size), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
         out["compute"].append(point)
         t = point_seconds(point)

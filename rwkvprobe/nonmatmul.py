@@ -22,10 +22,19 @@ VERSIONS = (4, 5, 6, 7)
 #: the analyze series that get a timed block: torch on the CPU, in either weight layout
 BACKENDS = ("torch", "torch-linear")
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+#: series whose engine runs its non-matmul work in a graph of its own that rwkvprobe does not build: they get
+#: this torch-timed block as a measured stand-in, labelled so, at the activation type the engine computes in.
+#: ggml (rwkv.cpp, llama.cpp) computes its elementwise ops and state in fp32 whatever the weight format.
+STAND_IN = {"ggml": "fp32"}
+STAND_IN_NOTE = ("torch-timed stand-in: the same block's ops timed in torch (TorchScript, fp32), not a ggml "
+                 "graph; ggml runs them as nodes of its own graph, which rwkvprobe does not build")
 
 
-def block_dtype(dtype: str) -> str:
-    """The dtype of a series' non-matmul work: quantized-weight series keep fp32 activations."""
+def block_dtype(dtype: str, backend: str = "") -> str:
+    """The dtype of a series' non-matmul work: quantized-weight series keep fp32 activations; a stand-in
+    series (STAND_IN) the type its engine computes in."""
+    if backend in STAND_IN:
+        return STAND_IN[backend]
     return dtype if dtype in FLOAT_DTYPES else "fp32"
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -264,7 +273,19 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
 
 
 def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
-                   cold: bool) -> dict:
-    """The results entry of one series' timed block (analyze, and validate on an older results file)."""
+                   cold: bool, threads: int | None = None) -> dict:
+    """The results entry of one series' timed block (analyze, and validate on an older results file).
+
+    ``threads``: torch's intra-op threads for a stand-in series (the torch series set them themselves)."""
     policy = TimingPolicy(budget_seconds=budget_seconds, min_samples=5)
+    if backend in STAND_IN and threads:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            entry = measure_block(profile, dtype, policy, llc_bytes, cold)
+        finally:
+            torch.set_num_threads(before)
+        return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
     return {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}

@@ -39,6 +39,11 @@ def weight_bytes_of(dtype: str) -> float:
     for base in ("int8", "int4"):
         if dtype.startswith(base):
             return DTYPE_BYTES[base]
+    from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
+
+    if dtype in GGML_DTYPES:  # ggml's block formats: their real bytes, scales included (fixed layout)
+        fmt = FORMATS[dtype]
+        return fmt.block_bytes / fmt.fixed_block
     raise KeyError(dtype)
 
 

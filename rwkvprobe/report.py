@@ -91,6 +91,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     for p in best["model"].get("prefill", []):
         out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s "
                    f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}).")
+    out += _engine_sentences(series, results)
     quant = [q for q in quant_comparison(verdict, results) if q["fully_measured"]]
     if quant:
         q = min(quant, key=lambda x: x["measured_seconds"])
@@ -183,6 +184,40 @@ def stability_line(results: dict) -> str:
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 
+def _engine_sentences(series: list[dict], results: dict) -> list[str]:
+    """ggml (the kernels of llama.cpp and rwkv.cpp): decode per format as measured, and f16 -> q4_0."""
+    desc = (results.get("backends") or {}).get("ggml") or {}
+    ggml = {s["dtype"]: s["model"]["decode"] for s in series if s["backend"] == "ggml" and s["model"].get("decode")}
+    if not ggml:
+        return []
+    parts = [f"{d} {x['seconds_per_token'] * 1e3:.1f} ms/token{'' if x['fully_measured'] else ' (partly modelled)'}"
+             for d, x in ggml.items()]
+    n = desc.get("threads", "?")
+    out = [f"ggml (the kernels of llama.cpp and rwkv.cpp; {n} thread{'' if n == 1 else 's'}), decode as measured: "
+           + ", ".join(parts) + "."]
+    kept = [s for s in series if s["backend"] == "ggml" and any(r.get("stored_as") for r in s["rows"])]
+    if kept:
+        floats = sorted({r["layer"].split(".")[0] if r["kind"] == "head" else r["kind"] for r in kept[0]["rows"]
+                         if r.get("stored_as")})
+        out.append(f"In the quantized ggml series, {', '.join(floats)} and the embedding stayed "
+                   f"{desc.get('float_dtype', 'fp16')} (rwkv.cpp's rule), timed by the ggml {desc.get('float_dtype', 'fp16')} "
+                   "kernel.")
+    one = next(iter(ggml.values()))
+    if one.get("non_matmul_engine") == "ggml":
+        out.append(f"ggml's non-matmul work ({one['non_matmul_seconds'] * 1e3:.2f} ms/token) is measured as a ggml graph "
+                   "of one block's elementwise ops and wkv7 state update, state carried, times n_layer.")
+    elif one.get("non_matmul_stand_in"):
+        out.append(f"ggml's non-matmul work ({one['non_matmul_seconds'] * 1e3:.2f} ms/token) is a torch-timed stand-in, "
+                   "not a ggml graph (no ggml graph of this block here).")
+    f16 = ggml.get("fp16")
+    for q in ("q8_0", "q4_0"):
+        if f16 and q in ggml:
+            out.append(f"ggml fp16 -> {q}: {f16['seconds_per_token'] / ggml[q]['seconds_per_token']:.2f}x faster decode "
+                       f"as measured (weights {f16['weight_bytes_per_token'] / ggml[q]['weight_bytes_per_token']:.2f}x "
+                       "fewer bytes per token).")
+    return out
+
+
 def _decode(series: list[dict], backend_prefix: str, dtype: str) -> dict | None:
     for s in series:
         if s["backend"].startswith(backend_prefix) and s["dtype"] == dtype and s["model"].get("decode"):
@@ -223,10 +258,17 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
     if not rows:
         return []
     comps = quant_comparison(verdict, results)
-    kinds = comps[0]["quantized_kinds"]
+    rules = {}
+    for q in comps:
+        rules.setdefault((tuple(q["quantized_kinds"]), tuple(q["float_kinds"])), []).append(q["backend"])
+    said = []
+    for (kinds, floats), names in rules.items():
+        rule = ((results.get("backends") or {}).get(names[0]) or {}).get("quantize_rule")
+        said.append(f"{', '.join(sorted(set(names)))}: layers of kind {', '.join(kinds)} are stored quantized "
+                    f"({'`--quantize`' if results.get('settings', {}).get('quantize') else (rule or 'the default rule, `--quantize` changes it')}); "
+                    f"{', '.join(floats) or 'no other kind'} and the embedding stay at the float type")
     md = ["## Quantized weights, measured", "",
-          f"Layers of kind {', '.join(kinds)} are stored quantized (`--quantize`); {', '.join(comps[0]['float_kinds']) or 'no other kind'} "
-          "and the embedding stay at the float type, as common runtimes keep them. Each format's time is measured on "
+          "; ".join(said) + ". Each format's time is measured on "
           "its own kernel (checked against A x the dequantized weights). The bytes-only bound re-models the float "
           "layers with the format's real bytes per weight (scales and zero points included) as if dequantization "
           "were free. * = partly modelled.", ""] + _table(
@@ -320,18 +362,24 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         pre = "; ".join(f"M={p['chunk']}: {p['tokens_per_second']:.1f}{'*' if p['modelled'] else ''}"
                         for p in s["model"].get("prefill", []))
         rows.append([_label(s), f"{d['seconds_per_token'] * 1e3:.1f}", f"{d['tokens_per_second']:.2f}",
-                     f"{d['non_matmul_seconds'] * 1e3:.2f}" + ("" if d.get("non_matmul_measured") else "*"),
+                     f"{d['non_matmul_seconds'] * 1e3:.2f}" + ("" if d.get("non_matmul_measured") else "*")
+                     + ("†" if d.get("non_matmul_stand_in") else ""),
                      f"{d['weight_gbps_attained']:.1f}", pre or "-",
                      ", ".join(f"{k} {_pct(v)}" for k, v in sorted(d["share_by_bound"].items(), key=lambda kv: -kv[1]))])
     md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms", "weight GB/s",
                   "prefill tokens/s", "matmul time by bound"], rows)
     md += ["", "Decode = sum over layers of (median time per call x runs per token) + the non-matmul per-token "
-           "work. For torch on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
+           "work. For torch (and ggml, as a ggml graph, on RWKV-7) on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
            "and RNN state update, run as a CPU forward pass runs them (TorchScript, state in fp32) with cold caches, "
            "times n_layer. Elsewhere it is *modelled* (marked *) as its bytes (RNN state read and written, vector "
            "parameters) over the DRAM bandwidth: a lower bound that leaves out framework per-op overhead. Layer times "
            "are measured, except those of layers that could not be measured (or of a modelled device), which use the "
-           "model time: those rows are marked *. Prefill counts matmuls only.", ""]
+           "model time: those rows are marked *. Prefill counts matmuls only."
+           + (" † ggml: the non-matmul work is the same torch-timed block (fp32, ggml's activation type), a "
+              "measured stand-in, not a ggml graph: rwkvprobe builds a ggml graph of the block for RWKV-7 (head size "
+              "a multiple of 64) only."
+              if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
+           ""]
     md += _validation_section(results, layers)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)

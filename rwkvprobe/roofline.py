@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from rwkvprobe.backends.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
 from rwkvprobe.measure import point_seconds
 from rwkvprobe.profile import DTYPE_BYTES, LayerList, activation_bytes_of, weight_bytes_of
 
@@ -115,25 +116,40 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
 
 
 def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float) -> list[dict]:
-    """One row per layer and token count of a series: measured verdict, else the model's time (labelled)."""
+    """One row per layer and token count of a series: measured verdict, else the model's time (labelled).
+
+    A backend that keeps some kinds at a float type in its quantized series (ggml, rwkv.cpp's rule) takes
+    those rows from its float series (``stored_as``), judged on that series' own peak and overhead."""
     rows = []
+    desc = (results.get("backends") or {}).get(c["backend"]) or {}
+    keep_float = desc.get("float_dtype") if c["dtype"] in QUANTIZED_ROW_DTYPES and desc.get("float_dtype") else None
+    q_kinds = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
+    float_c = next((f for f in results.get("ceilings", []) if (f["backend"], f["dtype"]) == (c["backend"], keep_float)
+                    and f.get("peak_gflops") and f.get("overhead_seconds") is not None), None)
     for m in results.get("settings", {}).get("tokens", [1]):
         for layer in layers.layers:
-            p = by_key.get((c["backend"], c["dtype"], m, layer.k, layer.n))
+            stored, P_r, t0_r = c["dtype"], P, t0
+            if keep_float and layer.kind not in q_kinds:  # this matrix stays at the float type
+                stored = keep_float
+                if float_c:
+                    P_r, t0_r = float_c["peak_gflops"] * 1e9, float_c["overhead_seconds"]
+            p = by_key.get((c["backend"], stored, m, layer.k, layer.n))
             row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
                    "count": layer.count, "measured": False, "status": "not measured"}
+            if stored != c["dtype"]:
+                row["stored_as"] = stored
             if p is not None:
                 row["status"] = _status(p)
                 if (p.get("contention") or {}).get("contended"):
                     row["contended"] = True
             t = point_seconds(p) if p else None
-            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, c["dtype"])
+            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, stored)
             if t is not None:
-                row.update(layer_verdict(flops, nbytes, t, P, bw_s, t0), measured=True)
+                row.update(layer_verdict(flops, nbytes, t, P_r, bw_s, t0_r), measured=True)
             else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
                 row.update({"seconds": None, "flops": flops, "bytes": nbytes,
-                            "model_seconds": model_seconds(flops, nbytes, P, bw_s, t0),
-                            "bound": classify(flops, nbytes, P, bw_s, t0)})
+                            "model_seconds": model_seconds(flops, nbytes, P_r, bw_s, t0_r),
+                            "bound": classify(flops, nbytes, P_r, bw_s, t0_r)})
             rows.append(row)
     return rows
 
@@ -149,7 +165,8 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
     roofline. Returns one dict per change (``text`` names the layer and both figures; ``P``, ``W``,
     ``t0`` the ceilings after it); empty when the ceilings hold.
     """
-    measured = [r for r in rows if r.get("measured") and r.get("seconds")]
+    # rows kept at another type (ggml's f16 rows in a quantized series) answer to that series' ceilings
+    measured = [r for r in rows if r.get("measured") and r.get("seconds") and not r.get("stored_as")]
     if not measured:
         return []
     out = []
@@ -228,7 +245,7 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     from rwkvprobe.nonmatmul import block_dtype
 
     for x in results.get("nonmatmul") or []:
-        if x.get("backend") == backend and x.get("dtype") == block_dtype(dtype) and x.get("seconds_per_token"):
+        if x.get("backend") == backend and x.get("dtype") == block_dtype(dtype, backend) and x.get("seconds_per_token"):
             return x
     return None
 
@@ -257,13 +274,20 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "modelled_matmul_seconds": modelled_part,
             "non_matmul_seconds": other,
             "non_matmul_measured": nonmatmul is not None,
+            # measured, but not on this series' engine (ggml: the torch-timed block stands in for ggml's graph)
+            "non_matmul_stand_in": (nonmatmul or {}).get("stand_in"),
+            "non_matmul_engine": (nonmatmul or {}).get("engine"),  # "ggml": timed as a ggml graph
             "seconds_per_token": total,
             "tokens_per_second": 1.0 / total,
             "share_by_kind": {k: v / matmul for k, v in share.items()},
             "share_by_bound": {k: v / matmul for k, v in bounds.items()},
-            "weight_bytes_per_token": layers.weight_bytes_per_token(dtype),
+            # each matrix at the type it is stored in (a quantized series may keep some at a float type)
+            "weight_bytes_per_token": (sum(r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype)) * r["count"]
+                                           for r in decode)
+                                       + layers.embedding_bytes_per_token(_embedding_dtype(decode, dtype))),
             # matmul weights over matmul time (the embedding row and the modelled non-matmul part left out)
-            "weight_gbps_attained": sum(r["k"] * r["n"] * weight_bytes_of(dtype) * r["count"] for r in decode) / matmul / 1e9,
+            "weight_gbps_attained": sum(r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype)) * r["count"]
+                                        for r in decode) / matmul / 1e9,
             "fully_measured": modelled_part == 0,
         }
         out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
@@ -277,6 +301,11 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
                 "chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
                 "modelled": any(not r["measured"] for r in chunk)})
     return out
+
+
+def _embedding_dtype(rows: list[dict], dtype: str) -> str:
+    """The embedding's type: the float type a quantized series keeps some matrices at, else the series' own."""
+    return next((r["stored_as"] for r in rows if r.get("stored_as")), dtype)
 
 
 def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
@@ -295,7 +324,7 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
         t = other
         for r in decode:
             measured = r["seconds"] if r["measured"] else r["model_seconds"]
-            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
+            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype))
             q_bytes = r["k"] * r["n"] * DTYPE_BYTES[q] + activations
             # keep the layer's measured efficiency: scale the modelled time by measured / model
             efficiency = measured / r["model_seconds"] if r["model_seconds"] else 1.0
@@ -310,6 +339,12 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
 DEFAULT_QUANTIZE = ("att", "ffn", "custom")
 
 
+def quantize_kinds(setting: list[str] | None, backend_desc: dict | None = None) -> set[str]:
+    """The layer kinds a quantized series stores quantized: ``--quantize`` when given, else the backend's own
+    rule (its description's ``quantize_kinds``: ggml follows rwkv.cpp), else DEFAULT_QUANTIZE."""
+    return set(setting or (backend_desc or {}).get("quantize_kinds") or DEFAULT_QUANTIZE)
+
+
 def quant_comparison(verdict: dict, results: dict) -> list[dict]:
     """Measured quantized decode beside its bytes-only bound, per backend and format, layer by layer.
 
@@ -319,7 +354,6 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
     weight (scales and zero points included, from the measured points), keeping the layer's measured
     efficiency: what the format would give if dequantization were free.
     """
-    quantize = set(results.get("settings", {}).get("quantize") or DEFAULT_QUANTIZE)
     series = {(s["backend"], s["dtype"]): s for s in verdict["series"]}
     bpw = {(p["backend"], p["dtype"], p["k"], p["n"]): p.get("bytes_per_weight")
            for p in results.get("measurements", []) if p.get("m") == 1}
@@ -327,7 +361,11 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
     for (backend, dtype), q in series.items():
         if dtype in ("fp32", "fp16", "bf16") or not q["model"].get("decode"):
             continue
-        floats = [series[(backend, d)] for d in ("fp16", "fp32", "bf16")
+        desc = (results.get("backends") or {}).get(backend) or {}
+        quantize = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
+        # a backend with a float type of its own for the unquantized matrices (ggml: f16) is compared with it
+        float_types = (desc["float_dtype"],) if desc.get("float_dtype") else ("fp16", "fp32", "bf16")
+        floats = [series[(backend, d)] for d in float_types
                   if (backend, d) in series and series[(backend, d)]["model"].get("decode")]
         if not floats:
             continue

@@ -229,15 +229,17 @@ def point_memory_bytes(w: Workload, copies: int, backend: str) -> int:
     onnxruntime also builds its model (fp32 weight, cast copy, serialized bytes) and holds one weight per
     session; torch makes an fp32 temporary per copy.
     """
-    e = ELEMENT_BYTES[w.dtype]
+    e = w.activation_bytes
     kn = w.k * w.n
-    need = kn * 4 + copies * kn * e  # base weight (cached) + the copies
+    need = kn * 4 + copies * w.weight_bytes  # base weight (cached) + the copies (quantized: their real bytes)
+    if w.quantized:  # the check reads the weight back dequantized (fp32, and its transpose for ggml)
+        need += 2 * kn * 4
     need += w.m * w.k * e + copies * w.m * w.n * e  # A and one output per copy
     need += w.m * w.k * 8 + 5 * w.m * w.n * 8 + w.k * min(w.n, 4096) * 8  # float64 reference and comparison
     if backend == "torch" or backend == "torch-cuda":
         need += kn * 4
     if backend == "onnxruntime":
-        need += kn * 4 + 2 * kn * e  # building the model
+        need += kn * 4 + 2 * kn * ELEMENT_BYTES.get(w.dtype, 4)  # building the model
     return int(need)
 
 
@@ -658,7 +660,7 @@ def sweep_command(
     backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, "
                                            "torch-cuda, tinygrad, rknnlite (on the board, with --rknn). Default: "
                                            "every one installed."),
-    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16. Default fp32."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16; quantized weights (int8, int4, ...; ggml: q8_0, q5_1, q4_0, q4_k, f16 = fp16). Default fp32."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs "
                                           "this process may use."),
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7."),
@@ -698,8 +700,7 @@ def sweep_command(
     size_list = parse_sizes(sizes_text) if sizes is not None or not grid_old else list(grid_old["sizes"])
     grid = make_grid(size_list, m if m is not None else grid_old.get("m"),
                      k if k is not None else grid_old.get("k"), n if n is not None else grid_old.get("n"))
-    dts = [d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else stored.get("dtypes")
-    check_dtypes(dts)
+    dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else stored.get("dtypes"))
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else stored.get("backends")
     n_threads = threads if threads is not None else stored.get("threads") or default_threads()
     if n_threads <= 0 or n_threads > 1024:

@@ -30,6 +30,11 @@ PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7:
 #: a real pass whose per-token times spread more than this (IQR / median) ran on a busy machine
 NOISY = 0.10
 DTYPES = ("fp32", "bf16", "fp16")
+#: ggml's quantized formats: no ggml forward pass here to check them against (check_request says so)
+GGML_QUANTIZED = ("q8_0", "q5_1", "q4_0", "q4_k")
+#: what a ggml series' check is, said wherever it is shown
+GGML_NOTE = ("the real pass is BlinkDL's reference package (torch), not a ggml engine such as rwkv.cpp: it checks "
+             "that ggml's per-layer times add up to a forward pass of the same model, not ggml's own graph")
 
 
 def check_request(ll: LayerList, backend: str, dtype: str, tokens: int, chunk: int) -> None:
@@ -38,9 +43,14 @@ def check_request(ll: LayerList, backend: str, dtype: str, tokens: int, chunk: i
     if p.version is None:
         raise InputError(f"{p.path or p.name}: a 'layers:' profile has no RWKV model to run; validate needs an "
                          "RWKV profile (version 4-7)")
-    if backend != "torch":
-        raise InputError(f"--backend {backend}: validate runs the real model with torch only (the reference "
-                         "implementation is written in torch): use --backend torch")
+    if backend not in ("torch", "ggml"):
+        raise InputError(f"--backend {backend}: validate checks the torch or the ggml prediction (the real model "
+                         "runs in BlinkDL's reference package, written in torch): use --backend torch or ggml")
+    if backend == "ggml" and dtype in GGML_QUANTIZED:
+        raise InputError(f"--backend ggml --dtype {dtype}: no ggml RWKV forward pass exists in rwkvprobe to check a "
+                         "quantized ggml prediction against (that needs rwkv.cpp's library and a model converted "
+                         "and quantized by its scripts, timed token by token); validate checks ggml's fp32/fp16/bf16 "
+                         "predictions against the reference package, which is not a ggml engine")
     if dtype not in DTYPES:
         raise InputError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     if not 1 <= tokens <= 100_000:
@@ -174,6 +184,8 @@ def summary_lines(v: dict, name: str) -> list[str]:
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
                      "the CPUs during the real pass; rerun on a quiet machine before trusting the ratio.")
+    if v["backend"] == "ggml":
+        lines.append(f"Note ({v['backend']} {v['dtype']}): {GGML_NOTE}.")
     if not v["measured"].get("logits_finite", True):
         lines.append("Note: the random-weight model produced non-finite logits; timings may not be representative.")
     return lines
@@ -192,7 +204,7 @@ def record(results: dict, validation: dict) -> None:
 
 def validate_command(
     profile: Path = typer.Argument(..., help="An RWKV profile YAML file, e.g. profiles/rwkv-0b1.yaml."),
-    backend: str = typer.Option("torch", "--backend", help="The backend of the real forward pass: torch."),
+    backend: str = typer.Option("torch", "--backend", help="The analyze series whose prediction is checked: torch, or ggml (fp32/fp16/bf16; the real pass is the torch reference either way, not a ggml engine)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16: the weights and activations of the real pass and of the prediction."),
     tokens: int = typer.Option(64, "--tokens", help="Decoded tokens to time, one by one."),
     chunk: int = typer.Option(64, "--chunk", help="Tokens of the prefill chunk timed too (0: none)."),
@@ -210,7 +222,7 @@ def validate_command(
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
     check_memory(ll, dtype)
-    series = PREDICTION_SERIES[ll.profile.version]
+    series = PREDICTION_SERIES[ll.profile.version] if backend == "torch" else backend
     reporter = Reporter(err_console, verbose)
     if results is not None:
         data = load_results(results, kinds=("analyze",))
@@ -228,7 +240,8 @@ def validate_command(
             torch.set_num_threads(run_threads)
             reporter.stage(f"non-matmul block: {series} {dtype}")
             data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
-                ll.profile, series, dtype, 0.8, llc_bytes(), data.get("settings", {}).get("cold", True)))
+                ll.profile, series, nonmatmul.block_dtype(dtype, series), 0.8, llc_bytes(),
+                data.get("settings", {}).get("cold", True), threads=run_threads))
             pred = prediction(data, ll, series, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent

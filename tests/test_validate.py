@@ -157,6 +157,22 @@ def test_compare_ratio_target_and_gap_split_add_up():
     assert any(x.startswith("Warning: the decoded tokens' times spread 40%") for x in summary_lines(v, "tiny"))
 
 
+def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
+    from rwkvprobe.results import save_results
+    from rwkvprobe.validate import compare, summary_lines
+
+    v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
+    v.update(backend="ggml", dtype="fp16", threads=2)
+    assert any("not a ggml engine such as rwkv.cpp" in x for x in summary_lines(v, "tiny"))
+    v.update(backend="torch")
+    assert not any("ggml" in x for x in summary_lines(v, "tiny"))
+    # the ggml prediction comes from the ggml series, never from torch's
+    path = tmp_path / "torch.json"
+    save_results(path, _results_for(layer_list(load_profile(PROFILES / "rwkv-0b1.yaml"))))
+    code, _, err = cli("validate", PROFILES / "rwkv-0b1.yaml", "--results", path, "--backend", "ggml", "--dtype", "fp32")
+    assert code == 2 and "has no measured ggml fp32 decode" in err and "--backends ggml" in err
+
+
 def test_record_replaces_the_same_backend_and_dtype():
     from rwkvprobe.validate import record
 
@@ -172,7 +188,8 @@ def test_record_replaces_the_same_backend_and_dtype():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backend", "numpy"], "validate runs the real model with torch only"),
+    (["--backend", "numpy"], "validate checks the torch or the ggml prediction"),
+    (["--backend", "ggml", "--dtype", "q4_0"], "no ggml RWKV forward pass exists in rwkvprobe to check a quantized"),
     (["--dtype", "int8"], "--dtype int8: expected one of fp32, bf16, fp16"),
     (["--tokens", "0"], "--tokens 0: expected between 1 and 100000"),
     (["--chunk", "-1"], "--chunk -1: expected a prefill chunk of 0 (none) to 4096 tokens"),

@@ -47,8 +47,11 @@ DTYPES = tuple(ELEMENT_BYTES) + QUANT_DTYPES
 #: int8-a8 and int4-a8 multiply integers exactly, and their reference replays the activation
 #: quantization bit for bit (measured ~1e-7): 1e-3 leaves room for a rare rounding tie of one
 #: activation, still 5x under their quantization noise.
+#: ggml's quantized formats (q8_0, q5_1, q4_0, q4_k) are checked against A as ggml's own quantizer of
+#: the vec_dot type gives it x the weights as ggml's own dequantizer gives them (measured ~1e-7; q5_1
+#: ~3e-4: its q8_1 activation blocks carry their sum rounded to fp16): 1e-3 as for the -a8 formats.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2, "int8": 1e-4, "int4": 1e-4, "int8-dyn": 1e-3,
-             "int8-a8": 1e-3, "int4-a8": 1e-3}
+             "int8-a8": 1e-3, "int4-a8": 1e-3, "q8_0": 1e-3, "q5_1": 1e-3, "q4_0": 1e-3, "q4_k": 1e-3}
 
 
 class UnavailableDtype(ValueError):
@@ -124,7 +127,7 @@ class Workload:
         base = f"m{self.m}_k{self.k}_n{self.n}_{self.dtype}"
         fmt = self.weight_format
         if fmt:
-            base += f"_{fmt.name}" + (f"_b{self.block_size}" if fmt.blockwise else "")
+            base += f"_{fmt.name}" + (f"_b{fmt.fixed_block or self.block_size}" if fmt.blockwise else "")
         return base
 
 
@@ -337,6 +340,7 @@ _REGISTRY = {
     "torch-linear": ("rwkvprobe.backends.torch_backend", "TorchLinearBackend"),
     "torch-cuda": ("rwkvprobe.backends.torch_backend", "TorchCudaBackend"),
     "onnxruntime": ("rwkvprobe.backends.ort_backend", "OrtBackend"),
+    "ggml": ("rwkvprobe.backends.ggml_backend", "GgmlBackend"),
     "tinygrad": ("rwkvprobe.backends.tinygrad_backend", "TinygradBackend"),
     "rknnlite": ("rwkvprobe.backends.rknnlite_backend", "RknnLiteBackend"),
 }

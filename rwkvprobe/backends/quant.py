@@ -29,6 +29,10 @@ import numpy as np
 #: weight dtypes stored as integers; activations and outputs stay fp32 (int8-dyn, int8-a8 and
 #: int4-a8 quantize A to 8 bits inside the call)
 QUANT_DTYPES = ("int8", "int4", "int8-dyn", "int8-a8", "int4-a8")
+#: ggml's block formats (rwkv.cpp, llama.cpp), each its own dtype: fp32 activations, which ggml's mat-vec
+#: quantizes itself to its vec_dot type (q8_0, q8_1 or q8_K) inside the call
+GGML_DTYPES = ("q8_0", "q5_1", "q4_0", "q4_k")
+QUANT_DTYPES += GGML_DTYPES
 #: bytes per activation/output element of a quantized workload (fp32)
 ACTIVATION_BYTES = 4
 #: weights per scale of a blockwise format, unless a workload says otherwise (``--block-size``)
@@ -53,6 +57,10 @@ class WeightFormat:
     accuracy_level: int = 0  # MatMulNBits compute type: 1 fp32, 4 int8 activations
     block_sizes: tuple[int, ...] = ()  # block sizes the kernel accepts (blockwise formats)
     detail: str = ""
+    #: formats with a fixed block layout (ggml): weights per block and bytes per block (scales included),
+    #: as ggml's type traits give them (ggml_blck_size, ggml_type_size); K must be whole blocks
+    fixed_block: int = 0
+    block_bytes: int = 0
 
     @property
     def blockwise(self) -> bool:
@@ -60,6 +68,8 @@ class WeightFormat:
 
     def groups(self, k: int, n: int, block_size: int) -> tuple[int, int]:
         """(scales per column, columns): the layout of the scales."""
+        if self.fixed_block:
+            return math.ceil(k / self.fixed_block), n
         if self.grouping == "block":
             return math.ceil(k / block_size), n
         if self.grouping == "channel":
@@ -68,6 +78,8 @@ class WeightFormat:
 
     def weight_bytes(self, k: int, n: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
         """Exact bytes of W[K,N] in this format: packed integers, scales and zero points."""
+        if self.fixed_block:
+            return math.ceil(k / self.fixed_block) * self.block_bytes * n
         per_col, cols = self.groups(k, n, block_size)
         rows = per_col * block_size if (self.blockwise and self.pad_k) else k
         data = math.ceil(rows * self.bits / 8) * n
@@ -77,6 +89,8 @@ class WeightFormat:
 
     def label(self, block_size: int = DEFAULT_BLOCK_SIZE) -> str:
         """e.g. ``int4 (MatMulNBits, block 32)``."""
+        if self.fixed_block:
+            return f"{self.dtype} ({self.op}, block {self.fixed_block}, {self.block_bytes / self.fixed_block:.4g} B/weight)"
         if self.grouping == "block":
             where = f"block {block_size}"
         elif self.grouping == "channel":
@@ -87,6 +101,8 @@ class WeightFormat:
         return f"{self.dtype} ({self.op}, {where}{extra})"
 
     def check_block_size(self, block_size: int) -> None:
+        if self.fixed_block:  # ggml's blocks are fixed: --block-size does not apply
+            return
         if self.blockwise and block_size not in self.block_sizes:
             raise ValueError(f"{self.label(block_size)}: block size {block_size} is not supported "
                              f"(expected one of {', '.join(map(str, self.block_sizes))})")
@@ -124,9 +140,30 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
                  detail="torch weight-only int4, fp32 scale and fp32 zero per group, w = (q - 8) * scale + zero"),
 )}
 
+# ggml's formats (ggml-common.h): the layout is ggml's, the byte counts are checked against ggml's type
+# traits by the ggml backend before it runs anything (and by tests/test_ggml.py).
+FORMATS.update({f.name: f for f in (
+    WeightFormat("q8_0", "q8_0", 8, "block", 2, 0, "ggml Q8_0", fixed_block=32, block_bytes=34,
+                 activations="q8_0 per-block",
+                 detail="ggml Q8_0: blocks of 32 int8 with one fp16 scale (34 B / 32 weights); the mat-vec "
+                        "quantizes A to q8_0 itself"),
+    WeightFormat("q5_1", "q5_1", 5, "block", 2, 16, "ggml Q5_1", fixed_block=32, block_bytes=24,
+                 activations="q8_1 per-block",
+                 detail="ggml Q5_1: blocks of 32 5-bit weights with fp16 scale and fp16 minimum (24 B / 32); "
+                        "A quantized to q8_1 inside the call"),
+    WeightFormat("q4_0", "q4_0", 4, "block", 2, 0, "ggml Q4_0", fixed_block=32, block_bytes=18,
+                 activations="q8_0 per-block",
+                 detail="ggml Q4_0: blocks of 32 4-bit weights with one fp16 scale (18 B / 32); A quantized "
+                        "to q8_0 inside the call"),
+    WeightFormat("q4_k", "q4_k", 4, "block", 2, 0, "ggml Q4_K", fixed_block=256, block_bytes=144,
+                 activations="q8_K per-block",
+                 detail="ggml Q4_K: super-blocks of 256 4-bit weights in 8 sub-blocks with 6-bit scales and "
+                        "minimums, fp16 super-scale and super-minimum (144 B / 256); A quantized to q8_K"),
+)})
+
 #: the format a quantized dtype means unless a backend stores it differently (Backend.formats)
 DEFAULT_FORMATS = {"int4": "nbits4", "int8": "nbits8", "int8-dyn": "dynamic8", "int8-a8": "nbits8a8",
-                   "int4-a8": "nbits4a8"}
+                   "int4-a8": "nbits4a8", **{d: d for d in GGML_DTYPES}}
 
 
 # ------------------------------------------------------------------------------------------------
