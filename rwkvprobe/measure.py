@@ -70,9 +70,13 @@ def point_seconds(point: dict) -> float | None:
 
 
 def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
-                     onnx_dir: Path | None = None, progress=None, block_size: int = 32) -> dict:
-    """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype."""
+                     onnx_dir: Path | None = None, progress=None, block_size: int = 32, light: bool = False) -> dict:
+    """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype.
+
+    ``light`` (the what-if series): the overhead and the smallest compute shape only, no GEMV."""
     out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
+    if light:
+        out["light"] = True
 
     def step(label):
         if progress:
@@ -82,12 +86,15 @@ def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy
     out["overhead"] = measure_point(backend, backend.workload(*OVERHEAD_SHAPE, dtype, block_size), llc_bytes, policy, cold=False,
                                     onnx_dir=onnx_dir)
     step("peak compute")
-    for shape in COMPUTE_SHAPES:
+    for shape in COMPUTE_SHAPES[:1] if light else COMPUTE_SHAPES:
         point = measure_point(backend, backend.workload(*shape, dtype, block_size), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
         out["compute"].append(point)
         t = point_seconds(point)
         if t is None or t > COMPUTE_STOP_SECONDS:
             break
+    if light:
+        out.update(summarize_ceilings(out))
+        return out
     step("GEMV bandwidth")
     out["gemv"] = measure_point(backend, backend.workload(*GEMV_SHAPE, dtype, block_size), llc_bytes, policy, cold=True,
                                 onnx_dir=onnx_dir)
