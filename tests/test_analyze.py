@@ -198,3 +198,38 @@ def test_backend_without_a_quantized_kernel_falls_back_to_the_labelled_bound(cli
     what_if = report.split("## Quantization what-if (*modelled*)")[1].split("##")[0]
     assert "| numpy fp32 | int4 |" in what_if and "upper bounds" in what_if
     assert "## Quantized weights, measured" not in report  # nothing measured is claimed
+
+
+@pytest.mark.slow
+def test_default_run_measures_the_int8_int4_what_if_on_decode_shapes(cli, small, tmp_path):
+    """No --dtypes: onnxruntime's int8 and int4 formats are measured too, decode shapes only, and the verdict
+    leads with them (backend and format named), the bytes-only figure beside them."""
+    out = tmp_path / "run"
+    code, stdout, err = cli("analyze", small, "--out", out, "--backends", "numpy,onnxruntime", "--quick",
+                            "--budget", "8", "--tokens", "1,8")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    whatif = {tuple(x) for x in results["settings"]["whatif_series"]}
+    assert {d for _, d in whatif} & {"int8-a8", "int8"} and {d for _, d in whatif} & {"int4-a8", "int4"}
+    assert {b for b, _ in whatif} == {"onnxruntime"}
+    quantized = [p for p in results["measurements"] if (p["backend"], p["dtype"]) in whatif]
+    assert quantized and {p["m"] for p in quantized} == {1}  # decode shapes only
+    assert "what-if points" in results["stage_seconds"]
+    assert all(c.get("light") for c in results["ceilings"] if (c["backend"], c["dtype"]) in whatif)
+    flat = " ".join(stdout.split())
+    assert "Smaller weights, measured" in flat and "onnxruntime int" in flat and "Bytes-only upper bound" in flat
+
+
+def test_plan_whatif_only_without_dtypes():
+    from rwkvprobe.analyze import AnalyzeSettings, plan_whatif
+
+    def settings(dtypes):
+        return AnalyzeSettings(backends=None, dtypes=dtypes, tokens=[1], threads=1, cpus=None)
+
+    pairs = [("numpy", "fp32"), ("onnxruntime", "fp32")]
+    got, why = plan_whatif(settings(None), pairs)
+    assert why is None and len(got) == 2 and all(b == "onnxruntime" for b, _ in got)
+    assert plan_whatif(settings(["fp32"]), pairs) == ([], "--dtypes named no quantized format")
+    assert plan_whatif(settings(["fp32", "int4"]), pairs) == ([], None)  # measured as a full series instead
+    got, why = plan_whatif(settings(None), [("numpy", "fp32")])
+    assert got == [] and "onnxruntime" in why

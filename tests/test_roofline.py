@@ -575,3 +575,22 @@ def test_quantized_series_use_the_fp32_non_matmul_block(rwkv7, rwkv7_results):
     assert _nonmatmul(results, "torch", "int4")["seconds_per_token"] == 0.01
     assert _nonmatmul(results, "torch", "bf16")["seconds_per_token"] == 0.02
     assert _nonmatmul(results, "torch", "fp16") is None and _nonmatmul(results, "numpy", "fp32") is None
+
+
+def test_prefill_with_the_timed_sequential_state_update_is_not_an_upper_bound(rwkv7, rwkv7_results):
+    import copy
+
+    results = copy.deepcopy(rwkv7_results)
+    (plain,) = series_of(build_verdict(results, rwkv7))["model"]["prefill"]
+    assert plain["with_state"] is False  # numpy: no timed block, matmuls only
+    results["nonmatmul"] = [{"backend": "numpy", "dtype": "fp32", "seconds_per_token": 0.001,
+                             "seq": {"8": {"chunk": 8, "seconds_per_chunk": 0.004}}}]
+    (pre,) = series_of(build_verdict(results, rwkv7))["model"]["prefill"]
+    assert pre["with_state"] and pre["state_seconds"] == 0.004
+    assert pre["seconds"] == pytest.approx(plain["matmul_seconds"] + 0.004)
+    assert pre["tokens_per_second"] == pytest.approx(8 / (plain["matmul_seconds"] + 0.004))
+    sentence = next(s for s in verdict_sentences(build_verdict(results, rwkv7), rwkv7, results) if s.startswith("Prefill"))
+    assert "plus the sequential state update" in sentence and "upper bound" not in sentence
+    sentence = next(s for s in verdict_sentences(build_verdict(rwkv7_results, rwkv7), rwkv7, rwkv7_results)
+                    if s.startswith("Prefill"))
+    assert "at most" in sentence and "an upper bound" in sentence
