@@ -278,7 +278,7 @@ class Reporter:
 def analyze_cmd(
     profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
     backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, torch-linear (weights [N, K] as nn.Linear keeps them), onnxruntime, torch-cuda, tinygrad, rknnlite (on the board), rknn (a board driven over adb from this machine). Default: every one installed (torch-linear and rknn only when named)."),
-    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn. Default: each backend's usual ones."),
+    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16, and quantized weights int8, int4, int8-a8, int4-a8, int8-dyn. Default: each backend's usual ones, plus onnxruntime's int8 and int4 formats on the decode shapes (the measured smaller-weights what-if)."),
     quantize: str = typer.Option("att,ffn,custom", "--quantize", help="Layer kinds stored quantized in the int8/int4 model-level figures (att, ffn, lora, head, custom); the rest stay at the float type."),
     block_size: int = typer.Option(32, "--block-size", help="Block size of blockwise-quantized weights (int4/int8 MatMulNBits, torch int4 groups)."),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="M values: 1 = decode, larger = a prefill chunk. Default 1,64 (--quick: 1)."),
