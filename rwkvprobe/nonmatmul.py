@@ -290,7 +290,8 @@ def _v7_seq_source():
 
     def v7_seq(x: torch.Tensor, x_prev: torch.Tensor, state: torch.Tensor, vec: List[torch.Tensor],
                mm: List[torch.Tensor], H: int, S: int):
-        # mm: r, w (low-rank out), k, v, a (low-rank out), g, v-residual (low-rank out), ffn key [T, dim_ffn]
+        # mm: r, w (low-rank out), k, v, a (low-rank out), g, v-residual (low-rank out), ffn key [T, dim_ffn],
+        #     decay low-rank in [T, decay], gate low-rank in [T, gate], ffn value [T, C]
         T, C = x.shape[0], x.shape[1]
         h = F.layer_norm(x, (C,), vec[0], vec[1])
         xx = torch.cat((x_prev.unsqueeze(0), h[:-1, :])) - h
@@ -310,10 +311,14 @@ def _v7_seq_source():
         xx = F.group_norm(xx.view(T, C), num_groups=H, weight=vec[14], bias=vec[15], eps=64e-5).view(T, C)
         xx = xx + ((r * k * vec[13]).view(T, H, S).sum(dim=-1, keepdim=True) * v.view(T, H, S)).view(T, C)
         y = xx * mm[5]
-        h2 = F.layer_norm(x + y, (C,), vec[16], vec[17])
+        x = x + y
+        h2 = F.layer_norm(x, (C,), vec[16], vec[17])
         fx = torch.cat((x_prev.unsqueeze(0), h2[:-1, :])) - h2
         act = torch.relu(mm[7]) ** 2
-        return state, [y, h2 + fx * vec[18], act] + mixes
+        x = x + mm[10]
+        # the low-rank inner activations (decay tanh, gate sigmoid) and the two token-shift states kept
+        inner = [torch.tanh(mm[8]), torch.sigmoid(mm[9]), h[-1, :], h2[-1, :]]
+        return state, [y, h2 + fx * vec[18], act, x] + mixes + inner
 
     return v7_seq
 
@@ -444,7 +449,8 @@ def seq_inputs(profile: Profile, dtype: str, chunk: int, seed: int = 0) -> tuple
     vec = norm + [rnd(C, lo_=0.0) for _ in range(6)] + [rnd(C) for _ in range(6)]
     vec += [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1),
             rnd(C, lo_=0.0)]
-    mm = [rnd(T, C) for _ in range(7)] + [rnd(T, F_)]
+    lo = profile.lora
+    mm = [rnd(T, C) for _ in range(7)] + [rnd(T, F_), rnd(T, lo["decay"]), rnd(T, lo["gate"]), rnd(T, C)]
     return x, xp, rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32), vec, mm, H, S
 
 

@@ -404,7 +404,9 @@ def _what_if_section(verdict: dict) -> list[str]:
     if not rows:
         return []
     return ["## Quantization what-if (*modelled*)", "",
-            "Each decode layer re-modelled with its weight bytes at the narrower type, keeping the layer's measured "
+            "Each decode layer of the quantized kinds (`--quantize`; fp16: every layer) re-modelled with its weight bytes "
+            "at the narrower format's real size (int8/int4 as blockwise MatMulNBits: scales and zero points included; "
+            "head, low-rank and embedding kept float), keeping the layer's measured "
             "efficiency: bandwidth-bound layers scale with bytes, compute- and overhead-bound ones do not. "
             "Dequantization is taken as free, so these are upper bounds on the speed-up. (The seed article saw "
             "int4 about 4x faster than fp16 in rwkv.cpp on an RK3588: what a fully bandwidth-bound model predicts.)", ""] + \

@@ -274,7 +274,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "fully_measured": modelled_part == 0,
         }
         if dtype in FLOAT_DTYPES and not whatif and all(r["stored"] in FLOAT_DTYPES for r in decode):
-            out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
+            out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other, results)
     if whatif:
         return out
     for m in results.get("settings", {}).get("tokens", [1]):
@@ -296,29 +296,50 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
     return out
 
 
-def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
-             other: float) -> dict:
-    """Decode time if weights were stored at int8/int4 (modelled upper bound on the speed-up).
+def _what_if_bytes_per_weight(q: str, k: int, n: int, block_size: int) -> float:
+    """Real bytes per weight of a what-if format: int8/int4 as onnxruntime's blockwise MatMulNBits stores them
+    (packed integers, a scale and a zero point per block), fp16 at 2 bytes."""
+    if q in ("int8", "int4"):
+        from rwkvprobe.backends.quant import DEFAULT_FORMATS, FORMATS
 
-    Each layer's time is re-modelled with its weight bytes at the new width: a bandwidth-bound layer
-    shrinks with its bytes, a compute- or overhead-bound one does not. Dequantization is assumed free,
-    so this is the best case; the measured quantized kernels (when present) say what a kernel achieves.
+        fmt = FORMATS[DEFAULT_FORMATS[q]]
+        return fmt.weight_bytes(k, n, block_size) / (k * n)
+    return DTYPE_BYTES[q]
+
+
+def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
+             other: float, results: dict | None = None) -> dict:
+    """Decode time if weights were stored at fp16/int8/int4 (modelled upper bound on the speed-up).
+
+    The layers of the kinds a quantized model stores quantized (``settings.quantize``, default
+    DEFAULT_QUANTIZE) are re-modelled with their weight bytes at the new format's real size (block scales and
+    zero points included); the head, low-rank matrices and embedding keep their float bytes, as the measured
+    quantized series do. A bandwidth-bound layer shrinks with its bytes, a compute- or overhead-bound one does
+    not. Dequantization is assumed free, so this is the best case; the measured quantized kernels (when
+    present) say what a kernel achieves.
     """
-    base = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode) + other
+    settings = (results or {}).get("settings", {})
+    quantize = set(settings.get("quantize") or DEFAULT_QUANTIZE)
+    block = int(settings.get("block_size") or 32)
+    base = sum(_row_time(r) * r["count"] for r in decode) + other
+    base_bytes = sum(r["weight_bytes"] * r["count"] for r in decode)
     out = {}
     for q in ("fp16", "int8", "int4"):
         if DTYPE_BYTES[q] >= weight_bytes_of(dtype):
             continue
         t = other
+        q_weight_bytes = 0.0
         for r in decode:
-            measured = r["seconds"] if r["measured"] else r["model_seconds"]
+            per = _what_if_bytes_per_weight(q, r["k"], r["n"], block) if r["kind"] in quantize or q == "fp16" \
+                else weight_bytes_of(dtype)
             activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
-            q_bytes = r["k"] * r["n"] * DTYPE_BYTES[q] + activations
+            q_bytes = r["k"] * r["n"] * per + activations
+            q_weight_bytes += r["k"] * r["n"] * per * r["count"]
             # keep the layer's measured efficiency: scale the modelled time by measured / model
-            efficiency = measured / r["model_seconds"] if r["model_seconds"] else 1.0
+            efficiency = _row_time(r) / r["model_seconds"] if r["model_seconds"] else 1.0
             t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
-                  "bytes_ratio": layers.weight_bytes_per_token(dtype) / layers.weight_bytes_per_token(q)}
+                  "bytes_ratio": base_bytes / q_weight_bytes}
     return out
 
 
