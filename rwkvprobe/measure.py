@@ -29,9 +29,13 @@ def onnx_cache_dir() -> Path:
 
 
 def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,
-                  cold: bool = True, onnx_dir: Path | None = None) -> dict:
-    """Check one workload against float64, then time it; a wrong result is recorded, not timed."""
-    rotation = plan_rotation(workload.weight_bytes, llc_bytes, cold)
+                  cold: bool = True, onnx_dir: Path | None = None, max_copies: int | None = None) -> dict:
+    """Check one workload against float64, then time it; a wrong result is recorded, not timed.
+
+    ``max_copies``: fewer distinct weight buffers (the rest of the cold traffic is the untimed eviction read),
+    for points whose copies are costly to prepare (the what-if's quantized sessions)."""
+    rotation = (plan_rotation(workload.weight_bytes, llc_bytes, cold, max_copies=max_copies) if max_copies
+                else plan_rotation(workload.weight_bytes, llc_bytes, cold))
     point = {
         "backend": backend.name, "dtype": workload.dtype, "m": workload.m, "k": workload.k, "n": workload.n,
         "flops": workload.flops, "bytes": workload.bytes_moved, "rotation": rotation.describe(),

@@ -233,3 +233,14 @@ def test_plan_whatif_only_without_dtypes():
     assert plan_whatif(settings(["fp32", "int4"]), pairs) == ([], None)  # measured as a full series instead
     got, why = plan_whatif(settings(None), [("numpy", "fp32")])
     assert got == [] and "onnxruntime" in why
+
+
+def test_whatif_points_rotate_fewer_copies_but_stay_cold():
+    from rwkvprobe.timing import LLC_FACTOR, plan_rotation
+
+    llc = 32 * 1024**2
+    full = plan_rotation(2.6e6, llc, True)
+    few = plan_rotation(2.6e6, llc, True, max_copies=4)
+    assert full.copies == 16 and few.copies == 4
+    # between two uses of one buffer at least LLC_FACTOR x the cache still passes: the flush makes up the rest
+    assert few.copies * (2.6e6 + few.flush_bytes) >= LLC_FACTOR * llc
