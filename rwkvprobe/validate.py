@@ -190,6 +190,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
             lines.append(f"Prefill chunk of {pre['chunk']}: measured {pre['measured_tokens_per_second']:.0f} tokens/s; "
                          f"analyze's matmul-only figure {tps:.0f} tokens/s "
                          "(an upper bound: it leaves out the sequential state update).")
+    if s["rest_forward_seconds"] <= 0.01 * m:
+        lines.append("Warning: the profiled weight matmuls took (almost) the whole token: the machine's load changed "
+                     "between the profiled and the unprofiled tokens, so this split is not trustworthy; rerun on a "
+                     "quiet machine.")
     spread = (d["q3"] - d["q1"]) / d["median"]
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "

@@ -316,3 +316,18 @@ def test_split_uses_the_matmul_share_paired_in_time():
     v = compare(_fake_prediction(), real, chunk=0)
     assert v["split"]["matmul_forward_seconds"] == pytest.approx(0.040)
     assert v["split"]["rest_forward_seconds"] == pytest.approx(0.010)
+
+
+def test_a_split_with_nothing_left_outside_the_matmuls_is_flagged():
+    from rwkvprobe.validate import compare, summary_lines
+
+    real = _fake_real(0.050)
+    real["profiled"]["matmul_share"] = 1.0  # clipped: profiled matmuls took longer than the plain token
+    v = compare(_fake_prediction(), real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert any(x.startswith("Warning: the profiled weight matmuls took (almost) the whole token")
+               for x in summary_lines(v, "tiny"))
+    real["profiled"]["matmul_share"] = 0.8
+    v = compare(_fake_prediction(), real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert not any("whole token" in x for x in summary_lines(v, "tiny"))
