@@ -128,6 +128,40 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     return pairs, skipped
 
 
+#: seconds of timing per what-if point (decode shapes of quantized formats, measured by default)
+WHATIF_POINT_SECONDS = {True: 0.08, False: 0.2}  # by --quick
+#: weight copies of a what-if point (each an onnxruntime session to build and check); the eviction read makes
+#: up the rest of the cold traffic, so every call still finds its weight in DRAM
+WHATIF_COPIES = 4
+
+
+def plan_whatif(settings: AnalyzeSettings, pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
+    """The quantized series measured by default for the smaller-weights what-if, or why there are none.
+
+    Only when --dtypes is not given: for each planned backend with ``whatif_dtypes`` (onnxruntime: int8 and
+    int4 MatMulNBits), the first format of each width that runs here, on the decode shapes of the kinds
+    stored quantized. Explicit --dtypes measure exactly what they name (their quantized series are full ones).
+    """
+    if settings.dtypes is not None:
+        if any(d not in ("fp32", "fp16", "bf16") for d in settings.dtypes):
+            return [], None
+        return [], "--dtypes named no quantized format"
+    out, why = [], []
+    for b in dict.fromkeys(b for b, _ in pairs):
+        cls = backend_class(b) if b in BACKEND_NAMES else None
+        for group in getattr(cls, "whatif_dtypes", ()):
+            ok = [d for d in group if cls.dtype_unavailable(d) is None]
+            if ok and (b, ok[0]) not in pairs:
+                out.append((b, ok[0]))
+            elif not ok:
+                why.append(f"{b} cannot run {'/'.join(group)} here")
+    if out:
+        return out, None
+    if why:
+        return [], "; ".join(why)
+    return [], "no backend measured here has a quantized kernel (onnxruntime has: --backends onnxruntime)"
+
+
 #: other spellings accepted by --dtypes (ggml's type names)
 DTYPE_ALIASES = {"f32": "fp32", "f16": "fp16", "q4_K": "q4_k"}
 
@@ -226,6 +260,12 @@ class Analysis:
             self.results.update({"bandwidth": None, "ceilings": [], "measurements": [], "skipped": []})
         r = self.results
         pairs, skipped = plan_series(s)
+        if "whatif_series" not in r["settings"]:
+            whatif, why = plan_whatif(s, pairs)
+            r["settings"]["whatif_series"] = [list(x) for x in whatif]
+            r["settings"]["whatif_missing"] = why
+        whatif = [tuple(x) for x in r["settings"]["whatif_series"]]
+        pairs = pairs + [x for x in whatif if x not in pairs]
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
         from rwkvprobe import board
@@ -267,11 +307,14 @@ class Analysis:
         todo = [p for p in pairs if p not in have]
         for i, (b, d) in enumerate(todo):
             progress.stage(f"ceilings {i + 1}/{len(todo)}: {b} {d}")
+            t_ceil = time.perf_counter()
             # --quick leaves out the cold GEMV of CPU backends (W comes from the bandwidth probe); a board's
-            # series keep theirs (board.py: the NPU's own bandwidth)
+            # series keep theirs (board.py: the NPU's own bandwidth); what-if series take a light set
             r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note,
                                                   block_size=s.block_size, gemv=not quick,
-                                                  compute_shapes=self._compute_shapes(b)))
+                                                  compute_shapes=self._compute_shapes(b), light=(b, d) in whatif))
+            if (b, d) in whatif:
+                stages["what-if ceilings"] = stages.get("what-if ceilings", 0.0) + time.perf_counter() - t_ceil
             self.save()
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         lap("ceilings")
@@ -280,12 +323,17 @@ class Analysis:
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
+        quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in set(s.quantize)}
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
-                  if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)]
+                  if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
+                  and ((b, d) not in whatif or (m == 1 and (k, n) in quantized))]
+        n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
+        whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
-        remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS, 1.0)
+        remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS
+                        - 2.5 * n_whatif * whatif_policy.budget_seconds, 1.0)
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
-        per_point = min(1.0, max(0.05, remaining / max(len(points), 1) / 2.5))
+        per_point = min(1.0, max(0.05, remaining / max(len(points) - n_whatif, 1) / 2.5))
         self._write_models(points)
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
@@ -310,12 +358,18 @@ class Analysis:
                                     f"measured ceilings (per-point budget {per_point:.2f} s); raise --budget to measure it",
                          "check": None, "timing": None, "error": None}
             else:
-                point = measure_point(backends[b], w, llc, policy, s.cold, s.onnx_dir)
+                t_point = time.perf_counter()
+                whatif_point = (b, d) in whatif
+                pol = whatif_policy if whatif_point else policy
+                copies = WHATIF_COPIES if whatif_point else None
+                point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
                 spare = left - (len(points) - i) * (setup + MIN_POINT_SECONDS)
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()):
-                    point = self._remeasure(point, backends[b], w, llc, policy, progress, label)
+                    point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
+                if whatif_point:
+                    stages["what-if points"] = stages.get("what-if points", 0.0) + time.perf_counter() - t_point
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
@@ -367,11 +421,12 @@ class Analysis:
             c["peak_gflops"] = max(c["peak_gflops"], again["peak_gflops"])
         self.save()
 
-    def _remeasure(self, point: dict, backend, w: Workload, llc, policy, progress, label: str) -> dict:
+    def _remeasure(self, point: dict, backend, w: Workload, llc, policy, progress, label: str,
+                   max_copies: int | None = None) -> dict:
         """A point timed while other processes took the CPUs: measured once more; the quieter one is kept."""
         share = point["contention"]["other_share"] + point["contention"]["steal_share"]
         progress.note(f"{label}: other processes took {share:.0%} of the CPUs while it was timed: measuring again")
-        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir)
+        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
         first = {"contention": point["contention"], "median_seconds": (point.get("timing") or {}).get("median_seconds")}
         if again.get("timing") and again.get("contention"):
             share2 = again["contention"]["other_share"] + again["contention"]["steal_share"]
@@ -433,7 +488,8 @@ class Analysis:
                 continue
             progress.stage(f"non-matmul block: {b} {d}" + (" (torch-timed stand-in)" if b in nonmatmul.STAND_IN else ""))
             r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
-                                                           self.settings.cold, threads=self.settings.threads))
+                                                           self.settings.cold, threads=self.settings.threads,
+                                                           chunks=tuple(self.settings.tokens)))
             self.save()
 
     def _write_models(self, points) -> None:

@@ -73,35 +73,60 @@ def weight_matmul_shape(event, shapes: set, batched: dict):
     return None
 
 
-def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int) -> dict:
-    """Per-token time of the weight matmuls by shape, measured by torch.profiler over ``n`` tokens."""
+def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int, rounds: int = 3) -> dict:
+    """Per-token time of the weight matmuls by shape, measured by torch.profiler, and the matmul share.
+
+    ``rounds`` times: ``n`` tokens timed without the profiler, then ``n`` tokens under it. The matmul share of
+    a token is the profiled weight-matmul time over the unprofiled token time of the same round (paired in
+    time, so a machine that gets busier or quieter between rounds moves both); the profiler's own per-op cost
+    lands mostly on the many small non-matmul ops, so it does not inflate the share much. The split of the
+    measured decode time uses the median share over the rounds.
+    """
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     shapes = {(k, nn) for k, nn, _ in layer_shapes}
     batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(n):
-            logits, state = model.forward([token], state)
-            token = int(torch.argmax(logits))
     per_shape: dict = {}
     other_matmul_us = 0.0
-    for ev in prof.key_averages(group_by_input_shape=True):
-        if ev.key not in MATMUL_OPS:
-            continue
-        shape = weight_matmul_shape(ev, shapes, batched)
-        if shape is None:
-            other_matmul_us += ev.self_cpu_time_total
-            continue
-        d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
-        d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
-        d["us"] += ev.self_cpu_time_total
+    shares, round_info = [], []
+    for _ in range(rounds):
+        plain = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            logits, state = model.forward([token], state)
+            plain.append(time.perf_counter() - t0)
+            token = int(torch.argmax(logits))
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                logits, state = model.forward([token], state)
+                token = int(torch.argmax(logits))
+            wall = (time.perf_counter() - t0) / n
+        matmul_us = 0.0
+        for ev in prof.key_averages(group_by_input_shape=True):
+            if ev.key not in MATMUL_OPS:
+                continue
+            shape = weight_matmul_shape(ev, shapes, batched)
+            if shape is None:
+                other_matmul_us += ev.self_cpu_time_total
+                continue
+            d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
+            d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
+            d["us"] += ev.self_cpu_time_total
+            matmul_us += ev.self_cpu_time_total
+        token_s = statistics.median(plain)
+        shares.append(min(1.0, matmul_us / 1e6 / n / token_s))
+        round_info.append({"token_seconds": token_s, "profiled_token_seconds": wall,
+                           "weight_matmul_seconds": matmul_us / 1e6 / n})
+    total = n * rounds
     for d in per_shape.values():
-        d["calls_per_token"] = d["calls"] / n
+        d["calls_per_token"] = d["calls"] / total
         d["seconds_per_call"] = d["us"] / 1e6 / d["calls"]
-    matmul = sum(d["us"] for d in per_shape.values()) / 1e6 / n
-    return {"tokens": n, "weight_matmul_seconds_per_token": matmul, "by_shape": list(per_shape.values()),
-            "other_matmul_seconds_per_token": other_matmul_us / 1e6 / n}
+    matmul = sum(d["us"] for d in per_shape.values()) / 1e6 / total
+    return {"tokens": total, "weight_matmul_seconds_per_token": matmul, "by_shape": list(per_shape.values()),
+            "other_matmul_seconds_per_token": other_matmul_us / 1e6 / total,
+            "matmul_share": statistics.median(shares), "rounds": round_info}
 
 
 def run(cfg: dict) -> dict:

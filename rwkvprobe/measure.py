@@ -30,9 +30,13 @@ def onnx_cache_dir() -> Path:
 
 
 def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,
-                  cold: bool = True, onnx_dir: Path | None = None) -> dict:
-    """Check one workload against float64, then time it; a wrong result is recorded, not timed."""
-    rotation = plan_rotation(workload.weight_bytes, llc_bytes, cold)
+                  cold: bool = True, onnx_dir: Path | None = None, max_copies: int | None = None) -> dict:
+    """Check one workload against float64, then time it; a wrong result is recorded, not timed.
+
+    ``max_copies``: fewer distinct weight buffers (the rest of the cold traffic is the untimed eviction read),
+    for points whose copies are costly to prepare (the what-if's quantized sessions)."""
+    rotation = (plan_rotation(workload.weight_bytes, llc_bytes, cold, max_copies=max_copies) if max_copies
+                else plan_rotation(workload.weight_bytes, llc_bytes, cold))
     point = {
         "backend": backend.name, "dtype": workload.dtype, "m": workload.m, "k": workload.k, "n": workload.n,
         "flops": workload.flops, "bytes": workload.bytes_moved, "rotation": rotation.describe(),
@@ -74,13 +78,16 @@ def point_seconds(point: dict) -> float | None:
 
 def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy: TimingPolicy,
                      onnx_dir: Path | None = None, progress=None, block_size: int = 32, gemv: bool = True,
-                     compute_shapes: tuple = COMPUTE_SHAPES) -> dict:
+                     compute_shapes: tuple = COMPUTE_SHAPES, light: bool = False) -> dict:
     """Peak GFLOP/s, cold GEMV GB/s and per-call overhead of one backend at one dtype.
 
     ``gemv=False`` leaves the cold GEMV out (``analyze --quick``: the verdict's W is the bandwidth probe's,
     the GEMV only guides which points are too slow to measure). ``compute_shapes``: the peak-compute shapes
-    to try (fewer for a decode-only series with a small budget)."""
+    to try (fewer for a decode-only series with a small budget). ``light`` (the what-if series): the
+    overhead and the smallest compute shape only, no GEMV."""
     out: dict = {"backend": backend.name, "dtype": dtype, "compute": [], "gemv": None, "overhead": None}
+    if light:
+        out["light"] = True
 
     def step(label):
         if progress:
@@ -90,14 +97,14 @@ def measure_ceilings(backend: Backend, dtype: str, llc_bytes: int | None, policy
     out["overhead"] = measure_point(backend, backend.workload(*OVERHEAD_SHAPE, dtype, block_size), llc_bytes, policy, cold=False,
                                     onnx_dir=onnx_dir)
     step("peak compute")
-    for shape in compute_shapes:
+    for shape in compute_shapes[:1] if light else compute_shapes:
         point = measure_point(backend, backend.workload(*shape, dtype, block_size), llc_bytes, policy, cold=False, onnx_dir=onnx_dir)
         out["compute"].append(point)
         t = point_seconds(point)
         if t is None or t > COMPUTE_STOP_SECONDS:
             break
-    if not gemv:
-        out["gemv_skipped"] = "not measured in --quick runs"
+    if light or not gemv:
+        out["gemv_skipped"] = "not measured in --quick runs" if not light else "not measured for a what-if series"
         out.update(summarize_ceilings(out))
         return out
     step("GEMV bandwidth")

@@ -273,8 +273,9 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
 
 
 def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
-                   cold: bool, threads: int | None = None) -> dict:
-    """The results entry of one series' timed block (analyze, and validate on an older results file).
+                   cold: bool, threads: int | None = None, chunks: tuple[int, ...] = ()) -> dict:
+    """The results entry of one series' timed block (analyze, and validate on an older results file), with
+    the sequential prefill work of each chunk length in ``chunks`` (key ``seq``, by chunk length).
 
     ``threads``: torch's intra-op threads for a stand-in series (the torch series set them themselves)."""
     policy = TimingPolicy(budget_seconds=budget_seconds, min_samples=5)
@@ -288,4 +289,214 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         finally:
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
-    return {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
+    out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
+    seq = {str(m): x for m in chunks if m > 1 and (x := measure_seq(profile, dtype, m, policy))}
+    if seq:
+        out["seq"] = seq
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Prefill: the sequential part of a chunk
+#
+# For a chunk of T tokens the reference runs every weight matmul once with M = T, but the RNN state update
+# stays a loop over the T tokens (``for t in range(T)`` in each version's ``*_seq`` function), around
+# chunk-wide norms, token-shift mixes and activations. That loop is what a matmul-only prefill figure
+# leaves out. The functions below run it as the reference does, with the matmul outputs as fixed inputs.
+
+
+def _v7_seq_source():
+    import torch
+    import torch.nn.functional as F
+
+    def v7_seq(x: torch.Tensor, x_prev: torch.Tensor, state: torch.Tensor, vec: List[torch.Tensor],
+               mm: List[torch.Tensor], H: int, S: int):
+        # mm: r, w (low-rank out), k, v, a (low-rank out), g, v-residual (low-rank out), ffn key [T, dim_ffn],
+        #     decay low-rank in [T, decay], gate low-rank in [T, gate], ffn value [T, C]
+        T, C = x.shape[0], x.shape[1]
+        h = F.layer_norm(x, (C,), vec[0], vec[1])
+        xx = torch.cat((x_prev.unsqueeze(0), h[:-1, :])) - h
+        mixes = [h + xx * vec[2], h + xx * vec[3], h + xx * vec[4], h + xx * vec[5], h + xx * vec[6], h + xx * vec[7]]
+        r, k, v = mm[0], mm[2], mm[3]
+        a = torch.sigmoid(vec[9] + mm[4])
+        kk = F.normalize((k * vec[11]).view(T, H, S), dim=-1, p=2.0).view(T, C)
+        k = k * (1 + (a - 1) * vec[12])
+        v = v + (mm[6] - v) * torch.sigmoid(vec[10] + mm[6])
+        w = torch.exp(-0.606531 * torch.sigmoid((vec[8] + mm[1]).float()))
+        for t in range(T):
+            r_, w_, k_, v_, kk_, a_ = r[t], w[t], k[t], v[t], kk[t], a[t]
+            vk = v_.view(H, S, 1) @ k_.view(H, 1, S)
+            ab = (-kk_).view(H, S, 1) @ (kk_ * a_).view(H, 1, S)
+            state = state * w_.view(H, 1, S) + state @ ab.float() + vk.float()
+            xx[t] = (state.to(dtype=x.dtype) @ r_.view(H, S, 1)).view(C)
+        xx = F.group_norm(xx.view(T, C), num_groups=H, weight=vec[14], bias=vec[15], eps=64e-5).view(T, C)
+        xx = xx + ((r * k * vec[13]).view(T, H, S).sum(dim=-1, keepdim=True) * v.view(T, H, S)).view(T, C)
+        y = xx * mm[5]
+        x = x + y
+        h2 = F.layer_norm(x, (C,), vec[16], vec[17])
+        fx = torch.cat((x_prev.unsqueeze(0), h2[:-1, :])) - h2
+        act = torch.relu(mm[7]) ** 2
+        x = x + mm[10]
+        # the low-rank inner activations (decay tanh, gate sigmoid) and the two token-shift states kept
+        inner = [torch.tanh(mm[8]), torch.sigmoid(mm[9]), h[-1, :], h2[-1, :]]
+        return state, [y, h2 + fx * vec[18], act, x] + mixes + inner
+
+    return v7_seq
+
+
+def _v4_seq_source():
+    import torch
+    import torch.nn.functional as F
+
+    def v4_seq(x: torch.Tensor, x_prev: torch.Tensor, state: List[torch.Tensor], vec: List[torch.Tensor],
+               mm: List[torch.Tensor]):
+        # mm: r, k, v (fp32) [T, C], ffn receptance, ffn key [T, dim_ffn]
+        T, C = x.shape[0], x.shape[1]
+        aa, bb, pp = state[0], state[1], state[2]
+        h = F.layer_norm(x, (C,), vec[0], vec[1])
+        sx = torch.cat((x_prev.unsqueeze(0), h[:-1, :]))
+        mixes = [h * vec[4] + sx * (1 - vec[4]), h * vec[5] + sx * (1 - vec[5]), h * vec[6] + sx * (1 - vec[6])]
+        r = torch.sigmoid(mm[0])
+        k, v = mm[1], mm[2]
+        for t in range(T):
+            kk = k[t]
+            vv = v[t]
+            ww = vec[8] + kk
+            p = torch.maximum(pp, ww)
+            e1 = torch.exp(pp - p)
+            e2 = torch.exp(ww - p)
+            sx[t] = ((e1 * aa + e2 * vv) / (e1 * bb + e2)).to(dtype=x.dtype)
+            ww = vec[7] + pp
+            p = torch.maximum(ww, kk)
+            e1 = torch.exp(ww - p)
+            e2 = torch.exp(kk - p)
+            aa = e1 * aa + e2 * vv
+            bb = e1 * bb + e2
+            pp = p
+        y = r * sx
+        h2 = F.layer_norm(x + y, (C,), vec[2], vec[3])
+        fs = torch.cat((x_prev.unsqueeze(0), h2[:-1, :]))
+        act = torch.relu(mm[4]) ** 2
+        return [aa, bb, pp], [y, h2 * vec[9] + fs * (1 - vec[9]), torch.sigmoid(mm[3]), act] + mixes
+
+    return v4_seq
+
+
+def _v56_seq_source():
+    import torch
+    import torch.nn.functional as F
+
+    def v56_seq(x: torch.Tensor, x_prev: torch.Tensor, state: torch.Tensor, vec: List[torch.Tensor],
+                mm: List[torch.Tensor], H: int, S: int, v6: bool):
+        # vec: ln1 w/b, ln2 w/b, ln_x w/b, time_decay (H,S,1), time_first (H,S,1), 4 mixes, ffn mix
+        # mm: r, k, v (fp32) [T, C], gate [T, C], decay low-rank out [T, C] (v6), ffn key [T, dim_ffn]
+        T, C = x.shape[0], x.shape[1]
+        h = F.layer_norm(x, (C,), vec[0], vec[1])
+        sx = torch.cat((x_prev.unsqueeze(0), h[:-1, :]))
+        mixes = [h * vec[8] + sx * (1 - vec[8]), h * vec[9] + sx * (1 - vec[9]), h * vec[10] + sx * (1 - vec[10]),
+                 h * vec[11] + sx * (1 - vec[11])]
+        r = mm[0].view(T, H, S).transpose(0, 1)
+        k = mm[1].view(T, H, S).permute(1, 2, 0)
+        v = mm[2].view(T, H, S).transpose(0, 1)
+        g = F.silu(mm[3])
+        if v6:
+            w = vec[6].view(1, H, S, 1) + mm[4].float().view(T, H, S, 1)
+            w = torch.exp(-torch.exp(w.float()))
+        else:
+            w = vec[6].view(1, H, S, 1).expand(T, H, S, 1)
+        out = torch.empty((T, H, S), dtype=r.dtype)
+        for t in range(T):
+            rt = r[:, t:t + 1, :]
+            kt = k[:, :, t:t + 1]
+            vt = v[:, t:t + 1, :]
+            at = kt @ vt
+            out[t] = (rt @ (vec[7] * at + state)).squeeze(1)
+            state = at + w[t] * state
+        y = F.group_norm(out.reshape(T, C), num_groups=H, weight=vec[4], bias=vec[5], eps=64e-5).to(dtype=x.dtype) * g
+        h2 = F.layer_norm(x + y, (C,), vec[2], vec[3])
+        fs = torch.cat((x_prev.unsqueeze(0), h2[:-1, :]))
+        act = torch.relu(mm[5]) ** 2
+        return state, [y, h2 * vec[12] + fs * (1 - vec[12]), act] + mixes
+
+    return v56_seq
+
+
+_SEQ_SCRIPTED: dict = {}
+
+
+def seq_function(version: int):
+    """The TorchScript function of one block's sequential prefill work (compiled once per process)."""
+    import torch
+
+    if version not in _SEQ_SCRIPTED:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            source = {4: _v4_seq_source, 5: _v56_seq_source, 6: _v56_seq_source, 7: _v7_seq_source}
+            _SEQ_SCRIPTED[version] = torch.jit.script(source[version]())
+    return _SEQ_SCRIPTED[version]
+
+
+def seq_inputs(profile: Profile, dtype: str, chunk: int, seed: int = 0) -> tuple:
+    """Seeded arguments of one block's sequential prefill function for a chunk of ``chunk`` tokens."""
+    import torch
+
+    v, C, F_ = profile.version, profile.n_embd, profile.dim_ffn
+    dt = getattr(torch, _TORCH_DTYPES[dtype])
+    f32 = torch.float32
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, lo_=-1.0, hi=1.0, dtype=dt):
+        return (torch.rand(shape, generator=g) * (hi - lo_) + lo_).to(dtype)
+
+    T = chunk
+    x, xp = rnd(T, C), rnd(C)
+    if v == 4:
+        vec = [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+        vec += [rnd(C, lo_=0.0) for _ in range(3)] + [rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C, lo_=0.0)]
+        mm = [rnd(T, C), rnd(T, C, dtype=f32), rnd(T, C, dtype=f32), rnd(T, C), rnd(T, F_)]
+        state = [rnd(C, dtype=f32), rnd(C, lo_=0.5, hi=1.5, dtype=f32), rnd(C, dtype=f32)]
+        return x, xp, state, vec, mm
+    S = profile.head_size
+    H = C // S
+    norm = [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+    if v in (5, 6):
+        vec = norm + [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+        vec += [rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32), rnd(H, S, 1, dtype=f32)]
+        vec += [rnd(C, lo_=0.0) for _ in range(5)]
+        mm = [rnd(T, C, dtype=f32), rnd(T, C, dtype=f32), rnd(T, C, dtype=f32), rnd(T, C), rnd(T, C), rnd(T, F_)]
+        return x, xp, rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32), vec, mm, H, S, v == 6
+    vec = norm + [rnd(C, lo_=0.0) for _ in range(6)] + [rnd(C) for _ in range(6)]
+    vec += [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1),
+            rnd(C, lo_=0.0)]
+    lo = profile.lora
+    mm = [rnd(T, C) for _ in range(7)] + [rnd(T, F_), rnd(T, lo["decay"]), rnd(T, lo["gate"]), rnd(T, C)]
+    return x, xp, rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32), vec, mm, H, S
+
+
+def measure_seq(profile: Profile, dtype: str, chunk: int, policy: TimingPolicy) -> dict | None:
+    """Median seconds of one block's sequential prefill work for a chunk, times n_layer (None: no such block).
+
+    Every block has its own inputs (rotated); no eviction: within a chunk the state stays in cache after its
+    first step, and the chunk's matmuls (M = chunk) are compute-heavy rather than streaming."""
+    import torch
+
+    if profile.version not in VERSIONS or chunk < 2:
+        return None
+    fn = seq_function(profile.version)
+    copies = min(profile.n_layer, 4)
+    blocks = [list(seq_inputs(profile, dtype, chunk, seed=i)) for i in range(copies)]
+
+    def call(i: int) -> None:
+        b = blocks[i]
+        b[2] = fn(*b)[0]
+
+    with torch.no_grad():
+        for i in range(3):
+            call(i % copies)
+        timing = measure(call, copies, policy)
+    return {"chunk": chunk, "seconds_per_block": timing["median_seconds"],
+            "seconds_per_chunk": timing["median_seconds"] * profile.n_layer, "timing": timing,
+            "what": f"one block's sequential state update over a chunk of {chunk} tokens (the reference's per-token "
+                    "loop, TorchScript) with its chunk-wide norms, mixes and activations, times n_layer"}

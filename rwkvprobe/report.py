@@ -9,7 +9,7 @@ from rwkvprobe.analyze import layers_from_json
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.profile import LayerList
-from rwkvprobe.roofline import RULE, build_verdict, quant_comparison
+from rwkvprobe.roofline import KERNEL, KERNEL_LIMITED, RULE, build_verdict, measured_what_if, quant_comparison
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
 
@@ -41,7 +41,7 @@ def _where(results: dict) -> str:
 
 def _best(series: list[dict]) -> dict | None:
     """The fastest decode, preferring series whose every layer was measured over partly modelled ones."""
-    timed = [s for s in series if s["model"].get("decode")]
+    timed = [s for s in series if s["model"].get("decode") and not s.get("whatif")]
     if not timed:
         return None
     return min(timed, key=lambda s: (not s["model"]["decode"]["fully_measured"],
@@ -70,18 +70,30 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         how = "*modelled*" if d["modelled_matmul_seconds"] >= d["matmul_seconds"] else "*partly modelled*"
     ties = tied_with(best, series, results)
     fastest = "the fastest" + (f", tied within noise with {', '.join(ties)}" if ties else "")
-    out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
-           f"({_label(best)}, {fastest}) is in {main} layers. Best decode ({how}): "
-           f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), reading "
-           f"{d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token at {d['weight_gbps_attained']:.1f} GB/s, "
-           f"{_pct(d['weight_gbps_attained'] / bw)} of the {'modelled' if results.get('device') else 'measured'} "
-           f"{bw:.1f} GB/s DRAM bandwidth."]
-    wi = best["model"].get("what_if", {})
-    if wi:
-        parts = [f"{q} weights ~{v['speedup']:.1f}x (bytes {v['bytes_ratio']:.1f}x fewer)" for q, v in wi.items()]
-        out.append("Smaller weights, *modelled* from these layer times (best case: dequantization taken as free): "
-                   + ", ".join(parts) + ".")
-    if main == "bandwidth-bound":
+    kind_note = ""
+    if best.get("float_kinds"):
+        kind_note = (f" ({', '.join(best['quantized_kinds'])} at {best['dtype']}; {', '.join(best['float_kinds'])} and the "
+                     f"embedding kept at {best['float_dtype']})")
+    reading = (f"reading {d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token{kind_note} at "
+               f"{d['weight_gbps_attained']:.1f} GB/s, {_pct(d['weight_gbps_attained'] / bw)} of the "
+               f"{'modelled' if results.get('device') else 'measured'} {bw:.1f} GB/s DRAM bandwidth")
+    if main == KERNEL:
+        out = [f"**{name} decode {_where(results)} is kernel-limited**: {_pct(bounds[main])} of the per-token matmul "
+               f"time ({_label(best)}, {fastest}) is in layers that reach less than {_pct(KERNEL_LIMITED)} of their "
+               f"roofline bound (their real bytes over the DRAM bandwidth, their FLOPs over the kernel's own measured "
+               f"peak): the kernel ({'dequantization or a slow GEMV' if best['dtype'] not in ('fp32', 'fp16', 'bf16') else 'a slow GEMV'}), "
+               f"not memory or compute, holds them back; they read weights at {d['kernel_limited_gbps']:.1f} GB/s, "
+               f"{_pct(d['kernel_limited_gbps'] / bw)} of DRAM bandwidth. Best decode ({how}): "
+               f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
+    else:
+        out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
+               f"({_label(best)}, {fastest}) is in {main} layers. Best decode ({how}): "
+               f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
+    out += _smaller_weights_sentences(verdict, results)
+    if main == KERNEL:
+        out.append("A faster kernel for these shapes would help first: neither more FLOP/s nor fewer bytes per weight "
+                   "speeds up a layer that reaches neither ceiling.")
+    elif main == "bandwidth-bound":
         out.append("A faster matmul engine (more FLOP/s, an NPU) would not speed up decode by itself: "
                    "it waits on memory. Fewer bytes per weight would.")
     elif main == "compute-bound":
@@ -89,18 +101,15 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     else:
         out.append("Per-call overhead dominates: fewer, larger calls (batching, fused layers) would help most.")
     for p in best["model"].get("prefill", []):
-        out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s "
-                   f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}).")
+        if p.get("with_state"):
+            out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(best)}: "
+                       f"matmuls at M={p['chunk']} plus the sequential state update, {_ms(p['state_seconds'])} a chunk, timed "
+                       f"as the reference loops over the chunk's tokens{', partly modelled' if p['modelled'] else ''}).")
+        else:
+            out.append(f"Prefill in chunks of {p['chunk']} tokens: at most {p['tokens_per_second']:.1f} tokens/s "
+                       f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}: an upper bound, "
+                       "the sequential state update is not timed for this backend).")
     out += _engine_sentences(series, results)
-    quant = [q for q in quant_comparison(verdict, results) if q["fully_measured"]]
-    if quant:
-        q = min(quant, key=lambda x: x["measured_seconds"])
-        why = (f"this kernel streams weights at only {q['effective_gbps']:.1f} GB/s effective: the dequantization, "
-               "not memory, is now the bottleneck" if q["limited_by_kernel"] else
-               "it reaches its bytes-only bound: still bandwidth-bound")
-        out.append(f"Measured quantized weights: {q['format']} on {q['backend']} cuts weight bytes {q['bytes_ratio']:.1f}x "
-                   f"against {q['baseline']}; decode is {q['measured_speedup']:.2f}x faster (bytes-only bound "
-                   f"{q['bound_speedup']:.2f}x): {why}.")
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
     if wrong:
         out.append(f"**{len(wrong)} measurement(s) gave WRONG results** and were not timed: see below.")
@@ -218,6 +227,39 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
     return out
 
 
+def _smaller_weights_sentences(verdict: dict, results: dict) -> list[str]:
+    """Measured int8/int4 speed-ups first (backend and format named), the bytes-only model beside them."""
+    w = measured_what_if(verdict, results)
+    modelled = w["modelled"]
+    bound = ", ".join(f"{q} ~{v['speedup']:.1f}x" for q, v in modelled.items() if q != "fp16")
+    ref = w["reference"]
+    if w["measured"]:
+        parts = []
+        for q in w["measured"]:
+            vs = (f"{q['speedup_vs_reference']:.2f}x against {q['reference']}" if q.get("reference") else "")
+            own = f"{q['backend']} {q['baseline']}"
+            if q.get("reference") != own:
+                vs += f", {q['measured_speedup']:.2f}x against {own}"
+            state = (f"kernel-limited: its quantized layers read {q['effective_gbps']:.1f} GB/s, "
+                     f"{_pct(q['dram_fraction'])} of DRAM bandwidth" if q["limited_by_kernel"] else
+                     f"its quantized layers read {q['effective_gbps']:.1f} GB/s, {_pct(q['dram_fraction'])} of DRAM bandwidth")
+            parts.append(f"{q['backend']} {q['format']}: {_ms(q['measured_seconds'])}/token, {vs} "
+                         f"({q['weight_bytes_per_token'] / 1e9:.3g} GB of weights a token; {state})")
+        kinds = w["measured"][0]
+        line = (f"Smaller weights, measured ({', '.join(kinds['quantized_kinds'])} quantized; "
+                f"{', '.join(kinds['float_kinds']) + ' and ' if kinds['float_kinds'] else ''}the embedding kept float): "
+                + "; ".join(parts) + ".")
+        if bound and ref:
+            line += (f" Bytes-only upper bound, *modelled* from {_label(ref)}'s layer times with dequantization taken "
+                     f"as free: {bound}.")
+        return [line]
+    if modelled:
+        parts = [f"{q} weights ~{v['speedup']:.1f}x (bytes {v['bytes_ratio']:.1f}x fewer)" for q, v in modelled.items()]
+        return ["Smaller weights, *modelled* only from these layer times (best case: dequantization taken as free; "
+                "an upper bound): " + ", ".join(parts) + f". Not measured: {w['why_not']}."]
+    return []
+
+
 def _decode(series: list[dict], backend_prefix: str, dtype: str) -> dict | None:
     for s in series:
         if s["backend"].startswith(backend_prefix) and s["dtype"] == dtype and s["model"].get("decode"):
@@ -250,11 +292,12 @@ def _device_sentences(series: list[dict], results: dict) -> list[str]:
 def _quant_section(verdict: dict, results: dict) -> list[str]:
     rows = []
     for q in quant_comparison(verdict, results):
-        rows.append([q["backend"], q["format"], q["baseline"], f"{q['bytes_ratio']:.2f}x" if q["bytes_ratio"] else "-",
+        rows.append([q["backend"], q["format"] + (" (what-if)" if q.get("whatif") else ""), q["baseline"], f"{q['bytes_ratio']:.2f}x" if q["bytes_ratio"] else "-",
                      _ms(q["baseline_seconds"]), _ms(q["measured_seconds"]) + ("" if q["fully_measured"] else " *"),
                      f"{q['measured_speedup']:.2f}x", f"{q['bound_speedup']:.2f}x",
                      f"{q['effective_gbps']:.1f}" if q["effective_gbps"] else "-",
-                     "kernel (dequantization)" if q["limited_by_kernel"] else "memory (at its bound)"])
+                     _pct(q["dram_fraction"]) if q.get("dram_fraction") else "-",
+                     "kernel (dequantization or GEMV)" if q["limited_by_kernel"] else "its roofline (memory or compute)"])
     if not rows:
         return []
     comps = quant_comparison(verdict, results)
@@ -271,9 +314,12 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
           "; ".join(said) + ". Each format's time is measured on "
           "its own kernel (checked against A x the dequantized weights). The bytes-only bound re-models the float "
           "layers with the format's real bytes per weight (scales and zero points included) as if dequantization "
-          "were free. * = partly modelled.", ""] + _table(
+          "were free: an upper bound on the speed-up, not a ceiling the format is judged against. 'Limited by' "
+          f"reads the roofline: kernel when most of the quantized layers' time is in layers below {_pct(KERNEL_LIMITED)} "
+          "of their bound (real bytes over the DRAM bandwidth, FLOPs over the format's own measured peak). "
+          "Formats measured by default for this what-if (decode shapes only) are marked what-if. * = partly modelled.", ""] + _table(
         ["backend", "format", "vs", "fewer bytes", "baseline ms/token", "measured ms/token", "measured speed-up",
-         "bytes-only bound", "weight GB/s effective", "limited by"], rows) + [""]
+         "bytes-only bound", "weight GB/s effective", "of DRAM bandwidth", "limited by"], rows) + [""]
     for q in comps:
         md += [f"Per layer, {q['backend']} {q['format']} (M=1, time per call):", ""]
         md += _table(["layer", "KxN", "runs/token", "stored as", f"{q['baseline']}", "measured", "bytes-only bound"],
@@ -359,8 +405,8 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         d = s["model"].get("decode")
         if not d:
             continue
-        pre = "; ".join(f"M={p['chunk']}: {p['tokens_per_second']:.1f}{'*' if p['modelled'] else ''}"
-                        for p in s["model"].get("prefill", []))
+        pre = "; ".join(f"M={p['chunk']}: {'' if p.get('with_state') else '≤'}{p['tokens_per_second']:.1f}"
+                        f"{'*' if p['modelled'] else ''}" for p in s["model"].get("prefill", []))
         rows.append([_label(s), f"{d['seconds_per_token'] * 1e3:.1f}", f"{d['tokens_per_second']:.2f}",
                      f"{d['non_matmul_seconds'] * 1e3:.2f}" + ("" if d.get("non_matmul_measured") else "*")
                      + ("†" if d.get("non_matmul_stand_in") else ""),
@@ -374,7 +420,10 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
            "times n_layer. Elsewhere it is *modelled* (marked *) as its bytes (RNN state read and written, vector "
            "parameters) over the DRAM bandwidth: a lower bound that leaves out framework per-op overhead. Layer times "
            "are measured, except those of layers that could not be measured (or of a modelled device), which use the "
-           "model time: those rows are marked *. Prefill counts matmuls only."
+           "model time: those rows are marked *. Prefill = the matmuls at M = chunk plus, for torch on an RWKV profile, the sequential state "
+           "update (the reference loops over the chunk's tokens; timed per block, times n_layer); where that "
+           "is not timed the figure counts matmuls only and is marked ≤ (an upper bound). Time by bound "
+           "counts measured layers below half of their roofline as kernel-limited."
            + (" † ggml: the non-matmul work is the same torch-timed block (fp32, ggml's activation type), a "
               "measured stand-in, not a ggml graph: rwkvprobe builds a ggml graph of the block for RWKV-7 (head size "
               "a multiple of 64) only."
@@ -482,7 +531,9 @@ def _what_if_section(verdict: dict) -> list[str]:
     if not rows:
         return []
     return ["## Quantization what-if (*modelled*)", "",
-            "Each decode layer re-modelled with its weight bytes at the narrower type, keeping the layer's measured "
+            "Each decode layer of the quantized kinds (`--quantize`; fp16: every layer) re-modelled with its weight bytes "
+            "at the narrower format's real size (int8/int4 as blockwise MatMulNBits: scales and zero points included; "
+            "head, low-rank and embedding kept float), keeping the layer's measured "
             "efficiency: bandwidth-bound layers scale with bytes, compute- and overhead-bound ones do not. "
             "Dequantization is taken as free, so these are upper bounds on the speed-up. (The seed article saw "
             "int4 about 4x faster than fp16 in rwkv.cpp on an RK3588: what a fully bandwidth-bound model predicts.)", ""] + \

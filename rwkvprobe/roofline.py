@@ -32,6 +32,13 @@ RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P
 KERNEL_LIMITED = 0.5
 #: a measured layer may reach this multiple of a measured ceiling (noise) before the ceiling is raised
 CEILING_TOLERANCE = 1.05
+#: the summary's name for measured time in layers below KERNEL_LIMITED of their bound: their kernel (a slow
+#: GEMV, dequantization), not the ceiling they are classed under, holds them back
+KERNEL = "kernel-limited"
+#: the buckets of the verdict's "matmul time by bound"
+BOUNDS = CLASSES + (KERNEL,)
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
 
 
 def classify(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> str:
@@ -89,6 +96,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     bw = _bandwidth_bps(results)
     series: dict[tuple[str, str], dict] = {}
     warnings: list[str] = []
+    whatif = {tuple(x) for x in results.get("settings", {}).get("whatif_series") or []}
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
     for c in results.get("ceilings", []):
         if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None:
@@ -103,14 +111,25 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
             P, bw_s, t0 = adjustments[-1]["P"], adjustments[-1]["W"], adjustments[-1]["t0"]
             rows = _rows(results, layers, c, by_key, P, bw_s, t0)
             warnings += [f"{c['backend']} {c['dtype']}: {a['text']}" for a in adjustments]
+        if key in whatif:  # measured for the what-if: decode shapes only
+            rows = [r for r in rows if r["m"] == 1]
         series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": P / 1e9,
                        "bandwidth_gbps": bw_s / 1e9, "overhead_seconds": t0, "gemv_gbps": c.get("gemv_gbps"),
                        "measured_ceilings": {"peak_gflops": c["peak_gflops"], "overhead_seconds": c["overhead_seconds"],
                                              "bandwidth_gbps": (c.get("bandwidth_gbps") or bw / 1e9)},
                        "ceiling_adjustments": [{k: v for k, v in a.items() if k not in ("P", "W", "t0")}
                                                for a in adjustments],
-                       "rows": rows, "model": _model_level(rows, layers, c["dtype"], bw_s, P, t0, results,
-                                                           _nonmatmul(results, c["backend"], c["dtype"]))}
+                       "whatif": key in whatif, "rows": rows}
+        kept = [r for r in rows if r.get("stored_as")]
+        if kept:  # a backend's own rule (ggml: rwkv.cpp's) already kept these rows at its float type
+            series[key].update(float_dtype=kept[0]["stored_as"],
+                               quantized_kinds=sorted({r["kind"] for r in rows if not r.get("stored_as")}),
+                               float_kinds=sorted({r["kind"] for r in kept}))
+    _keep_float(series, results)
+    for s in series.values():
+        s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
+                                  s["peak_gflops"] * 1e9, s["overhead_seconds"], results,
+                                  _nonmatmul(results, s["backend"], s["dtype"]), whatif=s["whatif"])
     return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values()),
             "ceiling_warnings": warnings}
 
@@ -135,9 +154,10 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
                     P_r, t0_r = float_c["peak_gflops"] * 1e9, float_c["overhead_seconds"]
             p = by_key.get((c["backend"], stored, m, layer.k, layer.n))
             row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
-                   "count": layer.count, "measured": False, "status": "not measured"}
+                   "count": layer.count, "measured": False, "status": "not measured", "stored": stored,
+                   "weight_bytes": layer.k * layer.n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(stored))}
             if stored != c["dtype"]:
-                row["stored_as"] = stored
+                row.update(stored_as=stored, kept_float=True)
             if p is not None:
                 row["status"] = _status(p)
                 if (p.get("contention") or {}).get("contended"):
@@ -213,6 +233,53 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
+def _keep_float(series: dict, results: dict) -> None:
+    """A quantized series is the model as it would run: the kinds not quantized stay float.
+
+    (Not for the RK3588 NPU, measured or modelled: its int8 graphs quantize every layer.) Layers of the
+    kinds in ``settings.quantize`` keep the quantized format's rows; the others (by default
+    the head and the low-rank matrices) take the rows of the same backend's fastest float series, with
+    their float bytes, so that every byte and GB/s figure of the series counts the weights a token really
+    reads. Without a float series of that backend they are modelled at fp32 (the activation type of the
+    quantized kernels) and labelled so.
+    """
+    quantize = set(results.get("settings", {}).get("quantize") or DEFAULT_QUANTIZE)
+    decode_time = {}
+    for key, s in series.items():
+        if s["dtype"] in FLOAT_DTYPES:
+            rows = [r for r in s["rows"] if r["m"] == 1]
+            if rows:
+                decode_time[key] = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in rows)
+    for (backend, dtype), s in series.items():
+        # the RK3588 NPU (measured, or a modelled device) quantizes the whole graph (w8a8, head included)
+        if dtype in FLOAT_DTYPES or results.get("device") or backend.split("[")[0] in ("rknnlite", "rknn"):
+            continue
+        if s.get("float_dtype"):  # its rows are already at their real types (ggml: rwkv.cpp's rule, _rows)
+            continue
+        floats = [(decode_time[(backend, d)], d) for d in FLOAT_DTYPES if (backend, d) in decode_time]
+        base = series[(backend, min(floats)[1])] if floats else None
+        base_rows = {(r["layer"], r["m"]): r for r in base["rows"]} if base else {}
+        P, bw, t0 = s["peak_gflops"] * 1e9, s["bandwidth_gbps"] * 1e9, s["overhead_seconds"]
+        rows = []
+        for r in s["rows"]:
+            if r["kind"] in quantize:
+                rows.append(r)
+            elif (r["layer"], r["m"]) in base_rows:
+                rows.append(dict(base_rows[(r["layer"], r["m"])], kept_float=True))
+            else:
+                flops, nbytes = _work(r["m"], r["k"], r["n"], "fp32")
+                rows.append({**{k: r[k] for k in ("layer", "kind", "k", "n", "m", "count")},
+                             "measured": False, "kept_float": True, "stored": "fp32",
+                             "status": f"kept float: no float {backend} series measured, modelled at fp32",
+                             "weight_bytes": r["k"] * r["n"] * 4.0, "seconds": None, "flops": flops, "bytes": nbytes,
+                             "model_seconds": model_seconds(flops, nbytes, P, bw, t0),
+                             "bound": classify(flops, nbytes, P, bw, t0)})
+        s["rows"] = rows
+        s["float_dtype"] = base["dtype"] if base else "fp32"
+        s["quantized_kinds"] = sorted(quantize & {r["kind"] for r in rows})
+        s["float_kinds"] = sorted({r["kind"] for r in rows if r.get("kept_float")})
+
+
 def _status(p: dict) -> str:
     if p.get("error"):
         return "failed: " + p["error"]
@@ -250,25 +317,41 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     return None
 
 
+def _row_time(r: dict) -> float:
+    return r["seconds"] if r["measured"] else r["model_seconds"]
+
+
 def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
-                 results: dict, nonmatmul: dict | None = None) -> dict:
-    """Decode ms/token, prefill tokens/s, share by kind and the int8/int4 what-if, for one series.
+                 results: dict, nonmatmul: dict | None = None, whatif: bool = False) -> dict:
+    """Decode ms/token, prefill tokens/s, share by kind and bound and the int8/int4 what-if, for one series.
+
+    ``dtype`` is the float type of the series' activations and of its embedding row (for a quantized series,
+    the float type its unquantized layers keep). Weight bytes count every row at its real size (quantized
+    rows with their scales and zero points). Measured time in layers below KERNEL_LIMITED of their roofline
+    counts as kernel-limited, whatever ceiling they are classed under.
 
     The work outside the weight matmuls is the measured non-matmul block times n_layer where analyze
     timed it, else modelled as its bytes over the DRAM bandwidth (a lower bound)."""
     out: dict = {}
     decode = [r for r in rows if r["m"] == 1]
     if decode:
-        matmul = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode)
+        matmul = sum(_row_time(r) * r["count"] for r in decode)
         modelled_part = sum(r["model_seconds"] * r["count"] for r in decode if not r["measured"])
         other = nonmatmul["seconds_per_token"] if nonmatmul else non_matmul_bytes(layers, dtype) / bw
         total = matmul + other
         share: dict[str, float] = defaultdict(float)
         bounds: dict[str, float] = defaultdict(float)
+        limited_time = limited_bytes = 0.0
         for r in decode:
-            t = (r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"]
+            t = _row_time(r) * r["count"]
             share[r["kind"]] += t
-            bounds[r["bound"]] += t
+            if r.get("kernel_limited"):
+                bounds[KERNEL] += t
+                limited_time += t
+                limited_bytes += r["weight_bytes"] * r["count"]
+            else:
+                bounds[r["bound"]] += t
+        weight_bytes = sum(r["weight_bytes"] * r["count"] for r in decode)
         out["decode"] = {
             "matmul_seconds": matmul,
             "modelled_matmul_seconds": modelled_part,
@@ -281,56 +364,81 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             "tokens_per_second": 1.0 / total,
             "share_by_kind": {k: v / matmul for k, v in share.items()},
             "share_by_bound": {k: v / matmul for k, v in bounds.items()},
-            # each matrix at the type it is stored in (a quantized series may keep some at a float type)
-            "weight_bytes_per_token": (sum(r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype)) * r["count"]
-                                           for r in decode)
-                                       + layers.embedding_bytes_per_token(_embedding_dtype(decode, dtype))),
+            # every matmul weight at its real size (scales, zero points, the float head) plus one embedding row
+            "weight_bytes_per_token": weight_bytes + layers.embedding_bytes_per_token(dtype),
             # matmul weights over matmul time (the embedding row and the modelled non-matmul part left out)
-            "weight_gbps_attained": sum(r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype)) * r["count"]
-                                        for r in decode) / matmul / 1e9,
+            "weight_gbps_attained": weight_bytes / matmul / 1e9,
+            "dram_fraction": weight_bytes / matmul / bw,
+            "kernel_limited_gbps": limited_bytes / limited_time / 1e9 if limited_time else None,
             "fully_measured": modelled_part == 0,
         }
-        out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other)
+        if dtype in FLOAT_DTYPES and not whatif and all(r["stored"] in FLOAT_DTYPES for r in decode):
+            out["what_if"] = _what_if(decode, layers, dtype, bw, P, t0, other, results)
+    if whatif:
+        return out
     for m in results.get("settings", {}).get("tokens", [1]):
         if m == 1:
             continue
         chunk = [r for r in rows if r["m"] == m]
         if chunk:
-            t = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in chunk)
-            out.setdefault("prefill", []).append({
-                "chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
-                "modelled": any(not r["measured"] for r in chunk)})
+            t = sum(_row_time(r) * r["count"] for r in chunk)
+            pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
+                   "modelled": any(not r["measured"] for r in chunk)}
+            if nonmatmul and nonmatmul.get("seq"):  # the sequential part, timed for this chunk length
+                seq = nonmatmul["seq"].get(str(m))
+                if seq:
+                    pre.update({"state_seconds": seq["seconds_per_chunk"], "seconds": t + seq["seconds_per_chunk"],
+                                "tokens_per_second": m / (t + seq["seconds_per_chunk"]), "with_state": True})
+            pre.setdefault("with_state", False)
+            pre.setdefault("seconds", t)
+            out.setdefault("prefill", []).append(pre)
     return out
 
 
-def _embedding_dtype(rows: list[dict], dtype: str) -> str:
-    """The embedding's type: the float type a quantized series keeps some matrices at, else the series' own."""
-    return next((r["stored_as"] for r in rows if r.get("stored_as")), dtype)
+def _what_if_bytes_per_weight(q: str, k: int, n: int, block_size: int) -> float:
+    """Real bytes per weight of a what-if format: int8/int4 as onnxruntime's blockwise MatMulNBits stores them
+    (packed integers, a scale and a zero point per block), fp16 at 2 bytes."""
+    if q in ("int8", "int4"):
+        from rwkvprobe.backends.quant import DEFAULT_FORMATS, FORMATS
+
+        fmt = FORMATS[DEFAULT_FORMATS[q]]
+        return fmt.weight_bytes(k, n, block_size) / (k * n)
+    return DTYPE_BYTES[q]
 
 
 def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
-             other: float) -> dict:
-    """Decode time if weights were stored at int8/int4 (modelled upper bound on the speed-up).
+             other: float, results: dict | None = None) -> dict:
+    """Decode time if weights were stored at fp16/int8/int4 (modelled upper bound on the speed-up).
 
-    Each layer's time is re-modelled with its weight bytes at the new width: a bandwidth-bound layer
-    shrinks with its bytes, a compute- or overhead-bound one does not. Dequantization is assumed free,
-    so this is the best case; the measured quantized kernels (when present) say what a kernel achieves.
+    The layers of the kinds a quantized model stores quantized (``settings.quantize``, default
+    DEFAULT_QUANTIZE) are re-modelled with their weight bytes at the new format's real size (block scales and
+    zero points included); the head, low-rank matrices and embedding keep their float bytes, as the measured
+    quantized series do. A bandwidth-bound layer shrinks with its bytes, a compute- or overhead-bound one does
+    not. Dequantization is assumed free, so this is the best case; the measured quantized kernels (when
+    present) say what a kernel achieves.
     """
-    base = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in decode) + other
+    settings = (results or {}).get("settings", {})
+    quantize = set(settings.get("quantize") or DEFAULT_QUANTIZE)
+    block = int(settings.get("block_size") or 32)
+    base = sum(_row_time(r) * r["count"] for r in decode) + other
+    base_bytes = sum(r["weight_bytes"] * r["count"] for r in decode)
     out = {}
     for q in ("fp16", "int8", "int4"):
         if DTYPE_BYTES[q] >= weight_bytes_of(dtype):
             continue
         t = other
+        q_weight_bytes = 0.0
         for r in decode:
-            measured = r["seconds"] if r["measured"] else r["model_seconds"]
-            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(r.get("stored_as", dtype))
-            q_bytes = r["k"] * r["n"] * DTYPE_BYTES[q] + activations
+            per = _what_if_bytes_per_weight(q, r["k"], r["n"], block) if r["kind"] in quantize or q == "fp16" \
+                else weight_bytes_of(dtype)
+            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
+            q_bytes = r["k"] * r["n"] * per + activations
+            q_weight_bytes += r["k"] * r["n"] * per * r["count"]
             # keep the layer's measured efficiency: scale the modelled time by measured / model
-            efficiency = measured / r["model_seconds"] if r["model_seconds"] else 1.0
+            efficiency = _row_time(r) / r["model_seconds"] if r["model_seconds"] else 1.0
             t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
-                  "bytes_ratio": layers.weight_bytes_per_token(dtype) / layers.weight_bytes_per_token(q)}
+                  "bytes_ratio": base_bytes / q_weight_bytes}
     return out
 
 
@@ -346,23 +454,23 @@ def quantize_kinds(setting: list[str] | None, backend_desc: dict | None = None) 
 
 
 def quant_comparison(verdict: dict, results: dict) -> list[dict]:
-    """Measured quantized decode beside its bytes-only bound, per backend and format, layer by layer.
+    """Measured quantized decode beside its bytes-only what-if, per backend and format, layer by layer.
 
-    The model mixes: layers of the kinds in ``settings.quantize`` (default DEFAULT_QUANTIZE) take the
-    quantized format's measured time, the others the same backend's faster float series (fp16 or fp32).
-    The bound re-models each quantized layer of that float series with the format's real bytes per
-    weight (scales and zero points included, from the measured points), keeping the layer's measured
-    efficiency: what the format would give if dequantization were free.
+    The quantized series is the model as it runs (build_verdict): layers of the kinds in ``settings.quantize``
+    (default DEFAULT_QUANTIZE) at the format's measured time, the others at the same backend's fastest float
+    series (fp16 or fp32). The bytes-only figure re-models each quantized layer of that float series with the
+    format's real bytes per weight (scales and zero points included, from the measured points), keeping the
+    float layer's measured efficiency: what the format would give if dequantization were free (an upper
+    bound on the speed-up, not a ceiling the format is judged against). Whether the quantized layers are
+    kernel-limited is read from the roofline (their real bytes over the DRAM ceiling, their FLOPs over the
+    format's own measured peak), like any layer.
     """
     series = {(s["backend"], s["dtype"]): s for s in verdict["series"]}
-    bpw = {(p["backend"], p["dtype"], p["k"], p["n"]): p.get("bytes_per_weight")
-           for p in results.get("measurements", []) if p.get("m") == 1}
     out = []
     for (backend, dtype), q in series.items():
-        if dtype in ("fp32", "fp16", "bf16") or not q["model"].get("decode"):
+        if dtype in FLOAT_DTYPES or not q["model"].get("decode"):
             continue
         desc = (results.get("backends") or {}).get(backend) or {}
-        quantize = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
         # a backend with a float type of its own for the unquantized matrices (ggml: f16) is compared with it
         float_types = (desc["float_dtype"],) if desc.get("float_dtype") else ("fp16", "fp32", "bf16")
         floats = [series[(backend, d)] for d in float_types
@@ -377,39 +485,84 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
         other = base["model"]["decode"]["non_matmul_seconds"]
         rows, fully = [], True
         for r in (r for r in base["rows"] if r["m"] == 1):
-            t_base = r["seconds"] if r["measured"] else r["model_seconds"]
-            if r["kind"] in quantize and r["layer"] in q_rows:
-                qr = q_rows[r["layer"]]
-                t_q = qr["seconds"] if qr["measured"] else qr["model_seconds"]
+            t_base = _row_time(r)
+            qr = q_rows.get(r["layer"])
+            if qr is not None and not qr.get("kept_float"):
+                t_q = _row_time(qr)
                 fully = fully and qr["measured"]
-                per = bpw.get((backend, dtype, r["k"], r["n"])) or weight_bytes_of(dtype)
+                per = qr["weight_bytes"] / (r["k"] * r["n"])
                 activations = r["bytes"] - r["k"] * r["n"] * base_bytes
                 efficiency = t_base / r["model_seconds"] if r["model_seconds"] else 1.0
                 t_bound = model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, bw, t0) * efficiency
-                quantized = True
+                quantized, limited = True, bool(qr.get("kernel_limited"))
             else:
                 t_q = t_bound = t_base
-                per, quantized = base_bytes, False
+                per, quantized, limited = base_bytes, False, False
             rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
                          "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
-                         "measured_seconds": t_q, "bound_seconds": t_bound})
+                         "measured_seconds": t_q, "bound_seconds": t_bound, "kernel_limited": limited})
         total = lambda key: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
         base_t, meas_t, bound_t = total("baseline_seconds"), total("measured_seconds"), total("bound_seconds")
         base_weight_bytes = sum(x["k"] * x["n"] * base_bytes * x["count"] for x in rows)
         weight_bytes = sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in rows)
         q_layers = [x for x in rows if x["quantized"]]
         q_time = sum(x["measured_seconds"] * x["count"] for x in q_layers)
+        limited_time = sum(x["measured_seconds"] * x["count"] for x in q_layers if x["kernel_limited"])
+        effective = (sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in q_layers) / q_time / 1e9
+                     if q_time else None)
+        dram = q["bandwidth_gbps"]
         out.append({
-            "backend": backend, "dtype": dtype, "baseline": base["dtype"],
+            "backend": backend, "dtype": dtype, "baseline": base["dtype"], "whatif": q.get("whatif", False),
             "format": next((p.get("format") for p in results.get("measurements", [])
                             if p["backend"] == backend and p["dtype"] == dtype and p.get("format")), dtype),
-            "quantized_kinds": sorted(quantize & {x["kind"] for x in rows}),
+            "quantized_kinds": sorted({x["kind"] for x in q_layers}),
             "float_kinds": sorted({x["kind"] for x in rows if not x["quantized"]}),
             "bytes_ratio": base_weight_bytes / weight_bytes if weight_bytes else None,
+            "weight_bytes_per_token": q["model"]["decode"]["weight_bytes_per_token"],
             "baseline_seconds": base_t, "measured_seconds": meas_t, "bound_seconds": bound_t,
             "measured_speedup": base_t / meas_t, "bound_speedup": base_t / bound_t,
-            "effective_gbps": (sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in q_layers) / q_time / 1e9
-                               if q_time else None),
-            "fully_measured": fully, "limited_by_kernel": meas_t > 1.3 * bound_t, "layers": rows,
+            "effective_gbps": effective, "dram_gbps": dram,
+            "dram_fraction": effective / dram if effective and dram else None,
+            "fully_measured": fully, "limited_by_kernel": q_time > 0 and limited_time >= 0.5 * q_time,
+            "layers": rows,
         })
     return out
+
+
+def measured_what_if(verdict: dict, results: dict) -> dict:
+    """The verdict's smaller-weights figures: measured quantized decode first, the bytes-only model beside it.
+
+    ``measured``: every fully measured quantized series (any backend with quantized series, named by backend
+    and format), its decode time and its speed-up over the fastest float decode of the run (and over its own
+    backend's float series); ``modelled``: the bytes-only what-if of that fastest float series (an upper
+    bound: dequantization free); ``why_not``: why nothing was measured, where nothing was.
+    """
+    floats = [s for s in verdict["series"] if s["dtype"] in FLOAT_DTYPES and s["model"].get("decode")]
+    ref = min(floats, key=lambda s: (not s["model"]["decode"]["fully_measured"],
+                                     s["model"]["decode"]["seconds_per_token"])) if floats else None
+    measured = []
+    for q in quant_comparison(verdict, results):
+        if not q["fully_measured"]:
+            continue
+        x = dict(q)
+        if ref:
+            x["reference"] = f"{ref['backend']} {ref['dtype']}"
+            x["speedup_vs_reference"] = ref["model"]["decode"]["seconds_per_token"] / q["measured_seconds"]
+        measured.append(x)
+    measured.sort(key=lambda x: x["measured_seconds"])
+    why = None
+    if not measured:
+        settings = results.get("settings", {})
+        skipped = [x for x in results.get("skipped", []) if x.get("dtype") and x["dtype"] not in FLOAT_DTYPES]
+        if settings.get("whatif_missing"):
+            why = settings["whatif_missing"]
+        elif skipped:
+            why = "; ".join(f"{x['backend']} {x['dtype']}: {x['reason']}" for x in skipped[:3])
+        elif any(s["dtype"] not in FLOAT_DTYPES for s in verdict["series"]):
+            why = "the quantized series were only partly measured (layers skipped or failed)"
+        elif "whatif_series" in settings and not settings["whatif_series"]:
+            why = "no quantized series was planned"
+        else:
+            why = "this results file predates measured what-ifs (rerun analyze)"
+    return {"measured": measured, "reference": ref, "modelled": (ref or {}).get("model", {}).get("what_if", {}),
+            "why_not": why}

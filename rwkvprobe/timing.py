@@ -129,7 +129,7 @@ class Rotation:
 
 
 def plan_rotation(weight_bytes: float, llc_bytes: int | None, cold: bool = True,
-                  max_rotation_bytes: float = 768e6) -> Rotation:
+                  max_rotation_bytes: float = 768e6, max_copies: int = MAX_COPIES) -> Rotation:
     """How many distinct weight buffers (and how much eviction traffic) make every call cold.
 
     Warm: one buffer, reused, no eviction (the cache-resident case).
@@ -138,7 +138,7 @@ def plan_rotation(weight_bytes: float, llc_bytes: int | None, cold: bool = True,
         return Rotation(1, 0, False)
     need = LLC_FACTOR * (llc_bytes or DEFAULT_LLC_BYTES)
     cap = max(1, int(max_rotation_bytes // weight_bytes))
-    copies = max(1, min(math.ceil(need / weight_bytes), cap, MAX_COPIES))
+    copies = max(1, min(math.ceil(need / weight_bytes), cap, max_copies))
     flush = max(0, math.ceil((need - copies * weight_bytes) / copies))
     return Rotation(copies, int(flush), True)
 

@@ -125,7 +125,9 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
     measured = real["decode"]["median"]
     predicted = pred["decode_seconds"]
     prof = real["profiled"]
-    matmul_real = prof["weight_matmul_seconds_per_token"]
+    # the weight-matmul share of a token, paired in time with unprofiled tokens (forward_worker.profile_decode),
+    # applied to the measured decode time; older workers gave the profiled matmul time alone
+    matmul_real = prof["matmul_share"] * measured if "matmul_share" in prof else prof["weight_matmul_seconds_per_token"]
     shapes = []
     for x in sorted(prof["by_shape"], key=lambda x: -x["seconds_per_call"] * x["calls_per_token"]):
         key = f"{x['k']}x{x['n']}"
@@ -147,9 +149,18 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
     }
     pre = pred["prefill"].get(chunk)
     if real.get("prefill") and pre:
-        out["prefill"] = {"chunk": chunk, "measured_tokens_per_second": real["prefill"]["tokens_per_second"],
-                          "predicted_tokens_per_second_matmuls_only": pre["tokens_per_second"],
-                          "predicted_modelled": pre["modelled"]}
+        measured_tps = real["prefill"]["tokens_per_second"]
+        with_state = bool(pre.get("with_state"))
+        out["prefill"] = {"chunk": chunk, "measured_tokens_per_second": measured_tps,
+                          "predicted_tokens_per_second": pre["tokens_per_second"],
+                          "predicted_with_state": with_state,
+                          "predicted_state_seconds": pre.get("state_seconds"),
+                          "predicted_matmul_seconds": pre["matmul_seconds"],
+                          "measured_seconds": real["prefill"]["median"],
+                          "predicted_modelled": pre["modelled"],
+                          # predicted time over measured time, as for decode
+                          "predicted_over_measured": measured_tps / pre["tokens_per_second"],
+                          "within_target": with_state and abs(measured_tps / pre["tokens_per_second"] - 1) <= TARGET}
     return out
 
 
@@ -177,9 +188,22 @@ def summary_lines(v: dict, name: str) -> list[str]:
     ]
     if v.get("prefill"):
         pre = v["prefill"]
-        lines.append(f"Prefill chunk of {pre['chunk']}: measured {pre['measured_tokens_per_second']:.0f} tokens/s; "
-                     f"analyze's matmul-only figure {pre['predicted_tokens_per_second_matmuls_only']:.0f} tokens/s "
-                     "(an upper bound: it leaves out the sequential state update).")
+        if pre.get("predicted_with_state"):
+            lines.append(
+                f"Prefill chunk of {pre['chunk']}: predicted {pre['predicted_tokens_per_second']:.0f} tokens/s (matmuls at "
+                f"M={pre['chunk']} {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + the sequential state update "
+                f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk), measured {pre['measured_tokens_per_second']:.0f} "
+                f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
+                f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target.")
+        else:
+            tps = pre.get("predicted_tokens_per_second", pre.get("predicted_tokens_per_second_matmuls_only"))
+            lines.append(f"Prefill chunk of {pre['chunk']}: measured {pre['measured_tokens_per_second']:.0f} tokens/s; "
+                         f"analyze's matmul-only figure {tps:.0f} tokens/s "
+                         "(an upper bound: it leaves out the sequential state update).")
+    if s["rest_forward_seconds"] <= 0.01 * m:
+        lines.append("Warning: the profiled weight matmuls took (almost) the whole token: the machine's load changed "
+                     "between the profiled and the unprofiled tokens, so this split is not trustworthy; rerun on a "
+                     "quiet machine.")
     spread = (d["q3"] - d["q1"]) / d["median"]
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
@@ -231,6 +255,20 @@ def validate_command(
         if threads is not None and threads != run_threads:
             raise InputError(f"--threads {threads}: {results} was measured with {run_threads} threads; the "
                              "prediction holds for those (leave --threads out)")
+        pre = pred["prefill"].get(chunk)
+        if (chunk and pre and not pre.get("with_state") and pred["non_matmul_measured"]
+                and ll.profile.version in nonmatmul.VERSIONS):
+            # a results file without the sequential prefill work: time it now for this chunk
+            import torch
+
+            torch.set_num_threads(run_threads)
+            reporter.stage(f"sequential prefill work: {series} {dtype}, chunk {chunk}")
+            entry = next(x for x in data["nonmatmul"] if x.get("backend") == series
+                         and x.get("dtype") == nonmatmul.block_dtype(dtype))
+            seq = nonmatmul.measure_seq(ll.profile, nonmatmul.block_dtype(dtype), chunk,
+                                        nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5))
+            entry.setdefault("seq", {})[str(chunk)] = seq
+            pred = prediction(data, ll, series, dtype)
         if not pred["non_matmul_measured"] and ll.profile.version in nonmatmul.VERSIONS:
             # an older results file: time the non-matmul block now, as analyze does today
             import torch
@@ -241,7 +279,7 @@ def validate_command(
             reporter.stage(f"non-matmul block: {series} {dtype}")
             data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
                 ll.profile, series, nonmatmul.block_dtype(dtype, series), 0.8, llc_bytes(),
-                data.get("settings", {}).get("cold", True), threads=run_threads))
+                data.get("settings", {}).get("cold", True), threads=run_threads, chunks=(chunk,) if chunk else ()))
             pred = prediction(data, ll, series, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent

@@ -241,3 +241,49 @@ def test_low_ceilings_are_probed_again_and_kept(cli, small, tmp_path, monkeypatc
     # the second measurement (not cut down) is far above the first: it is the ceiling now
     assert c["peak_gflops"] == c["compute_again"]["peak_gflops"] > 0
     assert "- (--quick)" in (out / "report.md").read_text()  # no GEMV ceiling in --quick
+
+
+@pytest.mark.slow
+def test_default_run_measures_the_int8_int4_what_if_on_decode_shapes(cli, small, tmp_path):
+    """No --dtypes: onnxruntime's int8 and int4 formats are measured too, decode shapes only, and the verdict
+    leads with them (backend and format named), the bytes-only figure beside them."""
+    out = tmp_path / "run"
+    code, stdout, err = cli("analyze", small, "--out", out, "--backends", "numpy,onnxruntime", "--quick",
+                            "--budget", "8", "--tokens", "1,8")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    whatif = {tuple(x) for x in results["settings"]["whatif_series"]}
+    assert {d for _, d in whatif} & {"int8-a8", "int8"} and {d for _, d in whatif} & {"int4-a8", "int4"}
+    assert {b for b, _ in whatif} == {"onnxruntime"}
+    quantized = [p for p in results["measurements"] if (p["backend"], p["dtype"]) in whatif]
+    assert quantized and {p["m"] for p in quantized} == {1}  # decode shapes only
+    assert "what-if points" in results["stage_seconds"]
+    assert all(c.get("light") for c in results["ceilings"] if (c["backend"], c["dtype"]) in whatif)
+    flat = " ".join(stdout.split())
+    assert "Smaller weights, measured" in flat and "onnxruntime int" in flat and "Bytes-only upper bound" in flat
+
+
+def test_plan_whatif_only_without_dtypes():
+    from rwkvprobe.analyze import AnalyzeSettings, plan_whatif
+
+    def settings(dtypes):
+        return AnalyzeSettings(backends=None, dtypes=dtypes, tokens=[1], threads=1, cpus=None)
+
+    pairs = [("numpy", "fp32"), ("onnxruntime", "fp32")]
+    got, why = plan_whatif(settings(None), pairs)
+    assert why is None and len(got) == 2 and all(b == "onnxruntime" for b, _ in got)
+    assert plan_whatif(settings(["fp32"]), pairs) == ([], "--dtypes named no quantized format")
+    assert plan_whatif(settings(["fp32", "int4"]), pairs) == ([], None)  # measured as a full series instead
+    got, why = plan_whatif(settings(None), [("numpy", "fp32")])
+    assert got == [] and "onnxruntime" in why
+
+
+def test_whatif_points_rotate_fewer_copies_but_stay_cold():
+    from rwkvprobe.timing import LLC_FACTOR, plan_rotation
+
+    llc = 32 * 1024**2
+    full = plan_rotation(2.6e6, llc, True)
+    few = plan_rotation(2.6e6, llc, True, max_copies=4)
+    assert full.copies == 16 and few.copies == 4
+    # between two uses of one buffer at least LLC_FACTOR x the cache still passes: the flush makes up the rest
+    assert few.copies * (2.6e6 + few.flush_bytes) >= LLC_FACTOR * llc

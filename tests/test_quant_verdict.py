@@ -32,7 +32,7 @@ def _results(int4_seconds):
     return r, fp32_t
 
 
-def test_format_at_its_bytes_bound_is_memory_limited():
+def test_format_at_its_bytes_bound_is_on_its_roofline_and_the_sentence_leads_with_the_measurement():
     bound_t = (K * N * 0.640625 + 8 * K) / BW
     r, fp32_t = _results(bound_t)
     [q] = quant_comparison(build_verdict(r, LAYERS), r)
@@ -41,18 +41,43 @@ def test_format_at_its_bytes_bound_is_memory_limited():
     assert q["bound_speedup"] == pytest.approx(fp32_t / bound_t, rel=1e-3)
     assert q["measured_speedup"] == pytest.approx(q["bound_speedup"], rel=1e-3)
     assert not q["limited_by_kernel"]
-    line = next(s for s in verdict_sentences(build_verdict(r, LAYERS), LAYERS, r) if "quantized" in s)
-    assert "still bandwidth-bound" in line
+    assert q["dram_fraction"] == pytest.approx(K * N * 0.640625 / bound_t / BW, rel=1e-6)
+    line = next(s for s in verdict_sentences(build_verdict(r, LAYERS), LAYERS, r) if s.startswith("Smaller weights"))
+    # measured first, naming backend and format; the bytes-only model beside it as an upper bound
+    assert line.startswith("Smaller weights, measured") and "onnxruntime int4 (test format)" in line
+    assert f"{fp32_t / bound_t:.2f}x against onnxruntime fp32" in line
+    assert line.index("measured") < line.index("Bytes-only upper bound")
+    assert "kernel-limited" not in line and "reaches" not in line
 
 
-def test_slow_dequantization_is_named_as_the_bottleneck():
+def test_slow_dequantization_is_kernel_limited_on_the_roofline():
     r, fp32_t = _results(fp32_t_slow := 0.8 * ((K * N * 4 + 8 * K) / BW))
-    [q] = quant_comparison(build_verdict(r, LAYERS), r)
+    v = build_verdict(r, LAYERS)
+    [q] = quant_comparison(v, r)
     assert q["measured_speedup"] == pytest.approx(1 / 0.8, rel=1e-3)
     assert q["bound_speedup"] > 5 and q["limited_by_kernel"]
     assert q["effective_gbps"] == pytest.approx(K * N * 0.640625 * 10 / (fp32_t_slow * 10) / 1e9, rel=1e-6)
-    line = next(s for s in verdict_sentences(build_verdict(r, LAYERS), LAYERS, r) if "quantized" in s)
-    assert "dequantization" in line and "1.25x faster" in line
+    # the int4 series itself counts its time as kernel-limited (12.8% of DRAM bandwidth < 50% of its bound)
+    (s,) = [x for x in v["series"] if x["dtype"] == "int4"]
+    assert s["model"]["decode"]["share_by_bound"] == {"kernel-limited": 1.0}
+    line = next(x for x in verdict_sentences(v, LAYERS, r) if x.startswith("Smaller weights"))
+    assert "kernel-limited" in line and "1.25x against onnxruntime fp32" in line
+    assert f"{_pct(q['dram_fraction'])} of DRAM bandwidth" in line
+
+
+def _pct(x):
+    return f"{100 * x:.0f}%"
+
+
+def test_nothing_quantized_measured_says_why_and_keeps_the_modelled_figure():
+    r, _ = _results(1e-3)
+    r["measurements"] = r["measurements"][:1]
+    r["ceilings"] = r["ceilings"][:1]
+    r["settings"]["whatif_series"] = []
+    r["settings"]["whatif_missing"] = "--dtypes named no quantized format"
+    line = next(x for x in verdict_sentences(build_verdict(r, LAYERS), LAYERS, r) if x.startswith("Smaller weights"))
+    assert line.startswith("Smaller weights, *modelled* only") and "upper bound" in line
+    assert line.endswith("Not measured: --dtypes named no quantized format.")
 
 
 def test_no_float_baseline_no_comparison():
@@ -93,3 +118,81 @@ def test_head_and_lora_stay_float_by_default_and_quantize_option_changes_it():
     r["settings"]["quantize"] = ["att", "ffn", "lora", "head"]
     [everything] = quant_comparison(build_verdict(r, layers), r)
     assert everything["float_kinds"] == [] and everything["measured_seconds"] < q["measured_seconds"]
+
+
+def _rwkv7_results(int4_seconds_of, fp32_seconds_of, int4_peak=100.0):
+    """RWKV7_SMALL with onnxruntime fp32 and int4-a8 points (every shape), at chosen times."""
+    from roofline_fixtures import RWKV7_SMALL
+
+    from rwkvprobe.analyze import profile_json
+
+    layers = layers_of(RWKV7_SMALL)
+    r = new_results("analyze", settings={"tokens": [1]})
+    r["profile"] = profile_json(layers)
+    r["bandwidth"] = {"runs": [{"kernels": {"read": {"best_gbps": 10.0}}}]}
+    ceil = {"backend": "onnxruntime", "peak_gflops": 1000.0, "overhead_seconds": 1e-9, "gemv_gbps": 9.0}
+    r["ceilings"] = [dict(ceil, dtype="fp32"), dict(ceil, dtype="int4-a8", peak_gflops=int4_peak)]
+    r["measurements"] = []
+    for layer in layers.unique_shapes():
+        k, n = layer
+        for dtype, t, bpw in (("fp32", fp32_seconds_of(k, n), 4.0), ("int4-a8", int4_seconds_of(k, n), 0.640625)):
+            r["measurements"].append({
+                "backend": "onnxruntime", "dtype": dtype, "m": 1, "k": k, "n": n, "flops": 2.0 * k * n,
+                "bytes": k * n * bpw + 4 * (k + n), "bytes_per_weight": bpw, "format": f"{dtype} (test)",
+                "check": {"ok": True}, "timing": {"median_seconds": t}, "error": None})
+    return layers, r
+
+
+def test_quantized_series_counts_the_float_head_in_its_bytes_and_is_kernel_limited():
+    # fp32 at its bandwidth roof; int4-a8 at 14% of DRAM bandwidth for every shape (a slow dequantizing kernel)
+    layers, r = _rwkv7_results(lambda k, n: (k * n * 0.640625 + 4 * (k + n)) / (0.14 * 10e9),
+                               lambda k, n: (k * n * 4 + 4 * (k + n)) / 10e9)
+    v = build_verdict(r, layers)
+    (s,) = [x for x in v["series"] if x["dtype"] == "int4-a8"]
+    rows = {x["layer"]: x for x in s["rows"]}
+    assert rows["head"]["kept_float"] and rows["head"]["stored"] == "fp32"
+    assert not rows["ffn.key"].get("kept_float") and rows["ffn.key"]["stored"] == "int4-a8"
+    d = s["model"]["decode"]
+    expected = sum(x.k * x.n * x.count * (0.640625 if x.kind in ("att", "ffn") else 4.0) for x in layers.layers)
+    expected += layers.embedding_dim * 4.0
+    assert d["weight_bytes_per_token"] == pytest.approx(expected)
+    head_bytes = 512 * 1024 * 4.0
+    assert d["weight_bytes_per_token"] > head_bytes + sum(x.k * x.n * x.count * 0.640625 for x in layers.layers
+                                                         if x.kind in ("att", "ffn"))
+    assert s["float_kinds"] == ["head", "lora"] and s["quantized_kinds"] == ["att", "ffn"]
+    # the quantized layers are kernel-limited on the roofline; the float head is at its bound
+    assert d["share_by_bound"]["kernel-limited"] > 0.5
+    assert max(d["share_by_bound"], key=d["share_by_bound"].get) == "kernel-limited"
+    # make int4-a8 the fastest series: fp32 att/ffn very slow, its head and low-rank layers at their roof
+    def fp32_time(k, n):
+        at_roof = (k * n * 4 + 4 * (k + n)) / 10e9
+        return at_roof if (k, n) == (512, 1024) or min(k, n) < 64 else 10.0
+
+    layers2, r2 = _rwkv7_results(lambda k, n: (k * n * 0.640625 + 4 * (k + n)) / (0.14 * 10e9), fp32_time)
+    lines = verdict_sentences(build_verdict(r2, layers2), layers2, r2)
+    assert lines[0].startswith("**RWKV-7 test decode on this machine is kernel-limited**")
+    assert "onnxruntime int4-a8, the fastest" in lines[0] and "14% of DRAM bandwidth" in lines[0]
+    assert "head and lora" in lines[0] or "head, lora" in lines[0]
+
+
+def test_float_layer_below_half_its_roofline_counts_as_kernel_limited():
+    # fp32 at 47% of the bandwidth roof (the rwkv-1b5 onnxruntime fp32 case: 13.3 of 28.2 GB/s)
+    layers, r = _rwkv7_results(lambda k, n: 1.0, lambda k, n: (k * n * 4 + 4 * (k + n)) / (0.47 * 10e9))
+    (s,) = [x for x in build_verdict(r, layers)["series"] if x["dtype"] == "fp32"]
+    d = s["model"]["decode"]
+    big = sum(x.k * x.n * x.count for x in layers.layers if x.kind != "lora")
+    assert d["share_by_bound"].get("kernel-limited", 0) > 0.9
+    assert d["kernel_limited_gbps"] == pytest.approx(0.47 * 10, rel=0.02)
+    assert big > 0
+
+
+def test_whatif_series_keep_decode_rows_only_and_are_not_the_headline():
+    layers, r = _rwkv7_results(lambda k, n: 1e-9, lambda k, n: (k * n * 4 + 4 * (k + n)) / 10e9)
+    r["settings"]["tokens"] = [1, 8]
+    r["settings"]["whatif_series"] = [["onnxruntime", "int4-a8"]]
+    v = build_verdict(r, layers)
+    (s,) = [x for x in v["series"] if x["dtype"] == "int4-a8"]
+    assert s["whatif"] and {x["m"] for x in s["rows"]} == {1} and "prefill" not in s["model"]
+    lines = verdict_sentences(v, layers, r)
+    assert "onnxruntime fp32, the fastest" in lines[0]
+    assert any(x.startswith("Smaller weights, measured") and "onnxruntime int4-a8 (test)" in x for x in lines)

@@ -300,3 +300,51 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     again = json.loads((out / "results.json").read_text())
     assert [x["backend"] for x in again["nonmatmul"]] == ["torch"]
     assert again["validation"][0]["predicted"]["non_matmul_measured"] and "prefill" not in again["validation"][0]
+
+
+def test_prefill_with_the_state_update_is_checked_against_the_target():
+    from rwkvprobe.validate import compare, summary_lines
+
+    pred = _fake_prediction()
+    pred["prefill"] = {64: {"chunk": 64, "tokens_per_second": 640.0, "matmul_seconds": 0.08, "state_seconds": 0.02,
+                            "with_state": True, "modelled": False}}
+    real = _fake_real(0.042)
+    real["prefill"] = {"chunk": 64, "median": 0.11, "tokens_per_second": 64 / 0.11, "samples": [0.11]}
+    v = compare(pred, real, chunk=64)
+    pre = v["prefill"]
+    assert pre["predicted_over_measured"] == pytest.approx(0.1 / 0.11) and pre["within_target"]
+    v.update(backend="torch", dtype="fp32", threads=2)
+    line = next(x for x in summary_lines(v, "tiny") if x.startswith("Prefill"))
+    assert "sequential state update 20.0 ms" in line and "within the 15% target" in line and "upper bound" not in line
+    real["prefill"] = {"chunk": 64, "median": 0.2, "tokens_per_second": 64 / 0.2, "samples": [0.2]}
+    assert not compare(pred, real, chunk=64)["prefill"]["within_target"]
+    pred["prefill"][64]["with_state"] = False  # matmuls only: an upper bound, never 'within'
+    v = compare(pred, real, chunk=64)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert not v["prefill"]["within_target"]
+    assert any("an upper bound" in x for x in summary_lines(v, "tiny"))
+
+
+def test_split_uses_the_matmul_share_paired_in_time():
+    from rwkvprobe.validate import compare
+
+    real = _fake_real(0.050)
+    real["profiled"]["matmul_share"] = 0.8
+    v = compare(_fake_prediction(), real, chunk=0)
+    assert v["split"]["matmul_forward_seconds"] == pytest.approx(0.040)
+    assert v["split"]["rest_forward_seconds"] == pytest.approx(0.010)
+
+
+def test_a_split_with_nothing_left_outside_the_matmuls_is_flagged():
+    from rwkvprobe.validate import compare, summary_lines
+
+    real = _fake_real(0.050)
+    real["profiled"]["matmul_share"] = 1.0  # clipped: profiled matmuls took longer than the plain token
+    v = compare(_fake_prediction(), real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert any(x.startswith("Warning: the profiled weight matmuls took (almost) the whole token")
+               for x in summary_lines(v, "tiny"))
+    real["profiled"]["matmul_share"] = 0.8
+    v = compare(_fake_prediction(), real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert not any("whole token" in x for x in summary_lines(v, "tiny"))

@@ -166,6 +166,9 @@ class Backend:
     name = "base"
     dtypes: tuple[str, ...] = ()
     default_dtypes: tuple[str, ...] = ()
+    #: quantized formats measured by default (decode shapes only) for the smaller-weights what-if: one group
+    #: per width, the first format of a group that runs here is measured (see analyze.plan_whatif)
+    whatif_dtypes: tuple[tuple[str, ...], ...] = ()
     module = ""  # the package it needs
     extra = ""  # the rwkvprobe extra that installs it
     opt_in = False  # True: measured only when named in --backends, never by default
