@@ -323,7 +323,9 @@ class Analysis:
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
-        quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in set(s.quantize)}
+        from rwkvprobe.roofline import quantize_kinds
+
+        quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
                   if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
                   and ((b, d) not in whatif or (m == 1 and (k, n) in quantized))]
