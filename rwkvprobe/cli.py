@@ -160,6 +160,8 @@ def onnx_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M, tokens per call: 1 for decode, e.g. 1,64 for decode and a prefill chunk."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or both (fp32,fp16)."),
     opset: int = typer.Option(14, "--opset", help="ONNX opset (RKNN accepts 14)."),
+    block: bool = typer.Option(False, "--block", help="Whole-block decode graphs instead (RWKV-7): block 0, a later "
+                               "block, the head and the full model, state in and out, with blocks.json."),
 ):
     """Write one ONNX MatMul model per unique (M, K, N, dtype) of a profile, with a manifest."""
     from rwkvprobe import onnxgen
@@ -167,6 +169,9 @@ def onnx_cmd(
     ll = layer_list(load_profile(profile))
     ms = parse_int_list(tokens, "--tokens")
     dts = parse_choice_list(dtype, "--dtype", onnxgen.ONNX_DTYPES)
+    if block:
+        _onnx_blocks(ll, out, ms, dts, opset)
+        return
     too_big = [m for m in ms if m > 65536]
     if too_big:
         raise InputError(f"--tokens {too_big[0]}: expected at most 65536 tokens per call")
@@ -184,6 +189,24 @@ def onnx_cmd(
     size = sum(e["bytes"] for e in manifest["models"])
     print(f"{len(manifest['models'])} models ({written} written, {manifest['reused']} reused, {si(size, 'B')}) "
           f"and {out / onnxgen.MANIFEST} for {len(manifest['layers'])} layer runs, opset {opset}")
+
+
+def _onnx_blocks(ll: LayerList, out: Path, tokens: list[int], dtypes: list[str], opset: int) -> None:
+    from rwkvprobe import onnxblock
+
+    if tokens != [1]:
+        raise InputError("--block: the block graphs are one decode step (--tokens 1)")
+    if opset != onnxblock.OPSET:
+        raise InputError(f"--block: the block graphs use opset {onnxblock.OPSET}; leave --opset out")
+    onnxblock.check_profile(ll.profile)
+
+    def progress(spec, reused):
+        err_console.print(f"{'reused' if reused else 'wrote'} {spec.filename}", markup=False)
+
+    manifest = onnxblock.generate(ll.profile, out, dtypes, progress=progress)
+    size = sum(g["bytes"] for g in manifest["graphs"])
+    print(f"{len(manifest['graphs'])} block graphs ({si(size, 'B')}) and {out / onnxblock.MANIFEST}: "
+          f"{', '.join(onnxblock.KINDS)} x {','.join(dtypes)}, opset {onnxblock.OPSET}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -259,6 +259,9 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
            "are measured, except those of layers that could not be measured (or of a modelled device), which use the "
            "model time: those rows are marked *. Prefill counts matmuls only.", ""]
     md += _validation_section(results, layers)
+    from rwkvprobe.onnxblock import report_section as _block_section
+
+    md += _block_section(results, verdict)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
