@@ -398,9 +398,15 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     folder = ensure_writable_dir(out or default_out_dir(ll).with_name(default_out_dir(ll).name + "-" + Path(device).stem))
     if (folder / RESULTS).exists():
         raise InputError(f"{folder / RESULTS} exists: choose another --out")
-    compiler = None
+    compiler = blocks = None
     if rknn is not None:
-        compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
+        blocks_manifest = toolkit.read_blocks_manifest(rknn)
+        if blocks_manifest is not None:
+            from rwkvprobe.device import block_estimates
+
+            blocks = block_estimates(blocks_manifest, dev, ll.profile)
+        if blocks_manifest is None or (rknn / "manifest.json").is_file():
+            compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
     elif toolkit.installed():
         from rwkvprobe.measure import onnx_cache_dir
 
@@ -411,9 +417,13 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     else:
         err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)
     results = modelled_results(dev, profile_json(ll), tokens, compiler)
+    if blocks:
+        results["compiler_block_estimates"] = blocks
     save_results(folder / RESULTS, results)
     path = render(results, folder)
-    for line in verdict_lines(results):
+    from rwkvprobe.device import block_estimate_lines
+
+    for line in verdict_lines(results) + block_estimate_lines(results):
         out_console.print(line, highlight=False, markup=False)
     print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
 
@@ -474,6 +484,8 @@ def convert_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M values, e.g. 1,64."),
     no_simulate: bool = typer.Option(False, "--no-simulate", help="Skip the simulator correctness check."),
     ceilings: bool = typer.Option(True, "--ceilings/--no-ceilings", help="Also convert the ceiling shapes that 'analyze --backends rknnlite' measures."),
+    block: bool = typer.Option(False, "--block", help="Convert the whole-block decode graphs instead (RWKV-7; "
+                               "'rwkvprobe onnx --block'): per-op cycle table, ops sent to the CPU, blocks-manifest.json."),
 ):
     """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""
     from rwkvprobe import toolkit
@@ -481,6 +493,9 @@ def convert_cmd(
     ll = layer_list(load_profile(profile))
     dts = parse_choice_list(dtype, "--dtype", toolkit.RKNN_DTYPES)
     ms = parse_int_list(tokens, "--tokens")
+    if block:
+        _convert_blocks(ll, out, dts, ms, target, not no_simulate)
+        return
     manifest = toolkit.convert(ll, out, dts, ms, target, not no_simulate,
                                progress=lambda m: err_console.print(m, markup=False), with_ceilings=ceilings)
     table = Table(title=f"{ll.profile.name} -> RKNN ({target}); simulator = correctness only, never a timing")
@@ -499,6 +514,42 @@ def convert_cmd(
     print(f"{len(manifest['models'])} models in {out}, {bad} failed their check")
     if bad:
         raise typer.Exit(1)
+
+
+def _convert_blocks(ll: LayerList, out: Path, dtypes: list[str], tokens: list[int], target: str, simulate: bool) -> None:
+    from rwkvprobe import onnxblock, toolkit
+
+    if tokens != [1]:
+        raise InputError("--block: the block graphs are one decode step (--tokens 1)")
+    onnxblock.check_profile(ll.profile)
+    manifest = toolkit.convert_blocks(ll.profile, out, dtypes, target, simulate,
+                                      progress=lambda m: err_console.print(m, markup=False))
+    table = Table(title=f"{ll.profile.name} whole blocks -> RKNN ({target}); compiler estimate, simulator = correctness only")
+    for col in ("graph", "dtype", "simulator rel. error", "compiler cycles DDR/NPU/total", "ops on the CPU", "top op kinds by cycles"):
+        table.add_column(col, justify="left" if col in ("graph", "ops on the CPU", "top op kinds by cycles") else "right")
+    bad = 0
+    for g in manifest["graphs"]:
+        sim = g.get("simulator") or {}
+        c = g.get("cycles") or {}
+        bad += not g.get("ok")
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in op_kind_shares(c)[:3])
+        table.add_row(g["graph"], g["dtype"],
+                      (f"{sim['rel_err']:.1e}" + ("" if sim.get("ok") else " WRONG")) if sim else (g.get("error") or "-"),
+                      f"{c.get('ddr_cycles', 0)}/{c.get('npu_cycles', 0)}/{c.get('total_cycles', 0)}",
+                      ", ".join(g.get("cpu_ops") or []) or "none", kinds or "-")
+    out_console.print(table)
+    print(f"{len(manifest['graphs'])} block graphs in {out / toolkit.BLOCKS_MANIFEST}, {bad} failed their check")
+    if bad:
+        raise typer.Exit(1)
+
+
+def op_kind_shares(cycles: dict) -> list[tuple[str, float]]:
+    """The op kinds of a compiler cycle table by share of its total cycles, largest first."""
+    total = cycles.get("total_cycles") or 0
+    by: dict = {}
+    for o in cycles.get("ops", []):
+        by[o["op"]] = by.get(o["op"], 0) + o["total_cycles"]
+    return sorted(((k, v / total) for k, v in by.items() if v and total), key=lambda kv: -kv[1])
 
 
 def _register_optional_commands() -> None:

@@ -266,6 +266,9 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
+    from rwkvprobe.device import block_estimate_section as _block_estimate_section
+
+    md += _block_estimate_section(results)
     from rwkvprobe.board import report_section as _board_section
 
     md += _board_section(results)
