@@ -224,6 +224,9 @@ def bandwidth_cmd(
                                        "Default: each cluster on its own, then all CPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results JSON (with the environment) to this file."),
+    npu: bool = typer.Option(False, "--npu", help="Also the NPU side: memory-only graphs (elementwise add, copy, a 64 MB GEMV) "
+                             "through the RKNN compiler; its DDR-cycle figure, labelled as the compiler's estimate (no board)."),
+    device: str = typer.Option("rk3588", "--device", help="With --npu: the device profile whose NPU clock turns cycles into time."),
 ):
     """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
     import json
@@ -231,6 +234,12 @@ def bandwidth_cmd(
     from rwkvprobe import bandwidth, system
     from rwkvprobe.results import new_results, save_results
 
+    if npu:  # refuse a missing toolkit or an unknown device before measuring anything
+        from rwkvprobe import toolkit
+        from rwkvprobe.device import load_device
+
+        toolkit.require_toolkit()
+        load_device(device)
     array_bytes = bandwidth.parse_size(size) if size is not None else None
     thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
     cpu_list = system.resolve_cpus(cpus)
@@ -246,12 +255,21 @@ def bandwidth_cmd(
                                              "cpus": cpu_list})
     results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
     results["warnings"] = system.environment_warnings(env, before, results["after"])
+    if npu:
+        from rwkvprobe import npubw
+
+        results["npu_bandwidth"] = npubw.measure(device, progress=lambda m: err_console.print(m, markup=False))
     if out is not None:
         save_results(out, results)
     if json_out:
         print(json.dumps(results, indent=1))
     else:
         out_console.print(bandwidth.bandwidth_table(result))
+        if npu:
+            from rwkvprobe import npubw
+
+            for line in npubw.table_lines(results["npu_bandwidth"]):
+                print(line)
     print_warnings(results)
     err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
                       markup=False, highlight=False)
@@ -419,6 +437,11 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     results = modelled_results(dev, profile_json(ll), tokens, compiler)
     if blocks:
         results["compiler_block_estimates"] = blocks
+    from rwkvprobe import npubw
+
+    npu_bw = npubw.cached(device, rknn) or npubw.cached(device)
+    if npu_bw:
+        results["npu_bandwidth"] = npu_bw
     save_results(folder / RESULTS, results)
     path = render(results, folder)
     from rwkvprobe.device import block_estimate_lines

@@ -269,6 +269,9 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     from rwkvprobe.device import block_estimate_section as _block_estimate_section
 
     md += _block_estimate_section(results)
+    from rwkvprobe.npubw import report_section as _npu_bandwidth_section
+
+    md += _npu_bandwidth_section(results)
     from rwkvprobe.board import report_section as _board_section
 
     md += _board_section(results)

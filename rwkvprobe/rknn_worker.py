@@ -103,7 +103,10 @@ def _graph_check(rk, job):
     import numpy as np
 
     data = np.load(job["check_npz"])
-    result = rk.inference(inputs=[data["in:" + n] for n in job["input_names"]])
+    inputs = [data["in:" + n] for n in job["input_names"]]
+    # 4-D inputs are NCHW here (the toolkit assumes NHWC unless told)
+    fmt = {"data_format": "nchw"} if all(a.ndim == 4 for a in inputs) else {}
+    result = rk.inference(inputs=inputs, **fmt)
     if not result or len(result) != len(job["output_names"]):
         return None
     per, finite = {}, True

@@ -97,3 +97,50 @@ def test_real_block_conversion_checked_in_the_simulator(cli, tmp_path, write_yam
     assert "NPU fp16 decode, RKNN compiler estimate (whole blocks):" in out
     report = (tmp_path / "an" / "report.md").read_text()
     assert "## RKNN compiler estimate (whole blocks)" in report and "| block | fp16 |" in report
+
+
+# ------------------------------------------------------------------------------------------------
+# bandwidth --npu
+
+
+def test_npu_bandwidth_from_the_compilers_gemv_table():
+    """The real GEMV build log: three K tiles, DDR-bound; bytes over DDR cycles at the NPU clock."""
+    from rwkvprobe.npubw import compiler_bandwidth
+
+    c = toolkit.parse_cycles((DATA / "rknn_build_npu_bw_gemv_fp16.log").read_text())
+    bw = compiler_bandwidth(c, 1e9)
+    assert bw["ddr_cycles"] == 1064737 + 1065430 + 710748
+    assert bw["bytes"] == (24579 + 24595 + 16402) * 1024
+    assert bw["gbps"] == pytest.approx(bw["bytes"] / (bw["ddr_cycles"] / 1e9) / 1e9)
+    assert 20 < bw["gbps"] < 30 and bw["note"] is None
+
+
+def test_npu_bandwidth_says_no_estimate_for_elementwise_ops():
+    from rwkvprobe.npubw import compiler_bandwidth
+
+    c = toolkit.parse_cycles((DATA / "rknn_build_npu_bw_add_fp16.log").read_text())
+    bw = compiler_bandwidth(c, 1e9)
+    assert bw["gbps"] is None and bw["ddr_cycles"] == 0
+    assert bw["note"].startswith("no estimate: the compiler gives these ops no DDR cycles")
+    assert bw["bytes"] > 3 * 16e6  # A, B and C at 16 MB each in fp16
+
+
+def test_bandwidth_npu_without_toolkit_is_one_line_before_measuring(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKVPROBE_TOOLKIT_DIR", str(tmp_path / "none"))
+    code, out, err = cli("bandwidth", "--npu", "--threads", "1", "--trials", "1")
+    assert code == 2 and out == ""
+    assert err.startswith("rwkvprobe: error: the RKNN toolkit environment is not installed") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_bandwidth_npu_with_the_real_compiler(tmp_path):
+    _toolkit_or_skip()
+    from rwkvprobe import npubw
+
+    r = npubw.measure("rk3588", out=tmp_path, progress=lambda m: None)
+    by = {g["graph"]: g for g in r["graphs"]}
+    assert set(by) == {"add", "copy", "gemv"} and all(g["ok"] for g in by.values()), r
+    assert r["label"].startswith("RKNN compiler estimate")
+    assert by["gemv"]["compiler"]["gbps"] > 0 and by["gemv"]["compiler"]["bytes"] > 64e6
+    lines = npubw.table_lines(r)
+    assert any(line.strip().startswith("gemv") and "GB/s" in line for line in lines)
