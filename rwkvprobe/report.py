@@ -303,6 +303,9 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         md += _table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
     md += _ceilings_section(results)
+    from rwkvprobe.nominal import report_section as _nominal_section
+
+    md += _nominal_section(results)
     md += _skipped_section(results)
     md += _environment_section(results)
     md += ["## Method", "",
