@@ -89,7 +89,8 @@ def rows(dev: dict, rknn: Path | None = None) -> list[dict]:
             for d in est["decode"]:
                 if d["dtype"] == "int8":
                     row("RKLLM RWKV-7 1.5B w8a8 decode", SOURCES["rkllm"], "tokens/s", 13.82, d["tokens_per_second"],
-                        "RKNN compiler's whole-block estimate, int8 (w8a8)",
+                        "RKNN compiler's whole-block estimate, int8 (w8a8)" + (
+                            "" if d["all_simulator_ok"] else "; a graph missed its simulator check"),
                         "that the compiler's DDR cycles at the 1 GHz NPU clock are the block's time: its cycle table "
                         "gives elementwise and CPU-side ops no cycles, and its DDR model is not the board's")
     row("RKLLM TinyLlama 1.1B w8a8 decode", SOURCES["rkllm"], "tokens/s", 24.43, tiny[("NPU, fused calls (modelled)", "int8")],

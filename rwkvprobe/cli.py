@@ -604,7 +604,9 @@ _NO_ARGS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 
 def main(argv: Optional[list[str]] = None) -> None:
     try:
-        app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
+        code = app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
+        if isinstance(code, int) and code:  # click hands typer.Exit(n) back as a return value here
+            sys.exit(code)
     except InputError as e:
         _error(str(e))
     except Interrupted as e:
