@@ -282,7 +282,7 @@ class Analysis:
             onnxblock._settings_key(profile, 0).encode()).hexdigest()[:12]
         for b, d in wanted:
             progress.stage(f"block graphs: {b} {d}")
-            policy = TimingPolicy(budget_seconds=0.3 if quick else 0.8, min_samples=5)
+            policy = TimingPolicy(budget_seconds=0.8 if quick else 2.0, min_samples=5)
             r["block_graphs"].append(onnxblock.measure_graphs(profile, folder, d, self.settings.threads, policy, llc,
                                                               self.settings.cold))
             self.save()

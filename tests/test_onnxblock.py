@@ -192,3 +192,17 @@ def test_block_comparison_sums_the_series_matmuls_and_non_matmul_share():
     md = "\n".join(onnxblock.report_section(results, verdict))
     assert "| onnxruntime fp32 | block | 3.000 | 4.400* | 0.68 |" in md
     assert "| onnxruntime fp32 | model | too big | 14.600* | - |" in md
+
+
+@pytest.mark.slow
+def test_analyze_reports_the_block_measured_as_one_graph(cli, write_yaml, tmp_path):
+    prof = write_yaml(TINY_YAML)
+    code, _, err = cli("analyze", prof, "--quick", "--backends", "onnxruntime", "--dtypes", "fp32", "--out", tmp_path / "a")
+    assert code == 0, err
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    (series,) = results["block_graphs"]
+    assert series["backend"] == "onnxruntime" and series["dtype"] == "fp32" and series["n_layer"] == 2
+    assert all(series["graphs"][k]["seconds"] > 0 for k in onnxblock.KINDS)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Block measured as one graph" in report
+    assert "| onnxruntime fp32 | block |" in report and "| onnxruntime fp32 | chained: block0 + 1 x block + head |" in report
