@@ -160,7 +160,7 @@ def onnx_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M, tokens per call: 1 for decode, e.g. 1,64 for decode and a prefill chunk."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or both (fp32,fp16)."),
     opset: int = typer.Option(14, "--opset", help="ONNX opset (RKNN accepts 14)."),
-    block: bool = typer.Option(False, "--block", help="Whole-block decode graphs instead (RWKV-7): block 0, a later "
+    block: bool = typer.Option(False, "--block", help="Whole-block decode graphs instead (RWKV-7 or RWKV-4): block 0, a later "
                                "block, the head and the full model, state in and out, with blocks.json."),
 ):
     """Write one ONNX MatMul model per unique (M, K, N, dtype) of a profile, with a manifest."""
@@ -507,7 +507,7 @@ def convert_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M values, e.g. 1,64."),
     no_simulate: bool = typer.Option(False, "--no-simulate", help="Skip the simulator correctness check."),
     ceilings: bool = typer.Option(True, "--ceilings/--no-ceilings", help="Also convert the ceiling shapes that 'analyze --backends rknnlite' measures."),
-    block: bool = typer.Option(False, "--block", help="Convert the whole-block decode graphs instead (RWKV-7; "
+    block: bool = typer.Option(False, "--block", help="Convert the whole-block decode graphs instead (RWKV-7 or RWKV-4; "
                                "'rwkvprobe onnx --block'): per-op cycle table, ops sent to the CPU, blocks-manifest.json."),
 ):
     """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""

@@ -1,10 +1,10 @@
 """Whole RWKV blocks as ONNX graphs: every op of one decode step, with the RNN state in and out.
 
-``rwkvprobe onnx PROFILE --block`` writes, for RWKV-7:
+``rwkvprobe onnx PROFILE --block`` writes, for RWKV-7 and RWKV-4:
 
-- ``block0``: the first block (layer norms, token shift and mixes, the four low-rank paths, the WKV state
-  update, the FFN); it also returns ``v_first``, the value the later blocks mix in (value residual);
-- ``block``: any later block (takes ``v_first``); its weights are layer 1's;
+- ``block0``: the first block (layer norms, token shift and mixes, RWKV-7's four low-rank paths, the WKV state
+  update, the FFN); for RWKV-7 it also returns ``v_first``, the value the later blocks mix in (value residual);
+- ``block``: any later block (RWKV-7: takes ``v_first``); its weights are layer 1's;
 - ``head``: the final layer norm and the head matmul;
 - ``model``: the full decode step: every block chained, then the head, with every layer's state in and out.
 
@@ -12,11 +12,12 @@ The embedding lookup (one row of the table, already layer-normed by ``ln0`` as t
 stays outside the graphs: its input ``x`` is that row. Weights are seeded random numbers in BlinkDL's checkpoint
 layout (the same names and shapes the reference package loads; see ``checkpoint_weights``), each tensor seeded
 from its name, so a block's graph needs only its own weights; the state is seeded random in sane ranges. The
-graph follows the reference's ``RWKV_x070_TMix_one`` / ``CMix_one`` op for op (a test checks the output and the
+graph follows the reference's ``RWKV_x070_TMix_one`` / ``CMix_one`` (RWKV-4: ``att_one`` / ``ffn_one``) op for op (a test checks the output and the
 new state against the reference's forward step). Layer and group norms are written out
 (ReduceMean/Sub/Mul/Sqrt/Div) so the graphs use opset 14, which the RKNN compiler accepts.
 
-fp16 graphs hold every tensor in fp16, the WKV state included (the reference keeps that state in fp32).
+fp16 graphs hold every tensor in fp16, the WKV state included (the reference keeps that state in fp32; RWKV-4's
+running exponent and sums are fp32 there too).
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.profile import Profile, state_dict_shapes
 
-VERSIONS = (7,)
+VERSIONS = (4, 7)
 KINDS = ("block0", "block", "head", "model")
 DTYPES = ("fp32", "fp16")
 OPSET = 14
 #: bumped whenever the weights, the state or the graph change, so no stale cached graph is reused
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 MANIFEST = "blocks.json"
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000  # below protobuf's 2 GB limit, with room for the graph
 
@@ -77,15 +78,26 @@ def checkpoint_weights(profile: Profile, seed: int = 0, names=None) -> dict[str,
     return {n: checkpoint_tensor(n, tuple(s), seed) for n, s in shapes.items() if names is None or n in names}
 
 
+def state_parts(profile: Profile) -> tuple[str, ...]:
+    """The names of one layer's state tensors, in the reference's order."""
+    return ("att_x", "aa", "bb", "pp", "ffn_x") if profile.version == 4 else ("att_x", "wkv", "ffn_x")
+
+
 def random_state(profile: Profile, layer: int, seed: int = 1) -> dict[str, np.ndarray]:
     """One layer's seeded decode state: the two token-shift vectors [1, C] (previous normed inputs, in the
-    range a layer norm gives) and the WKV state [H, S, S] in [-0.1, 0.1]."""
-    C, S = profile.n_embd, profile.head_size
-    H = C // S
+    range a layer norm gives) and the WKV state: RWKV-7 [H, S, S] in [-0.1, 0.1]; RWKV-4 its numerator aa in
+    [-1, 1], denominator bb in [0.5, 1.5] and running exponent pp in [-2, 2], each [1, C]."""
+    C = profile.n_embd
     g = _rng(f"state-{layer}", seed)
-    return {"att_x": g.uniform(-2, 2, (1, C)).astype(np.float32),
-            "wkv": g.uniform(-0.1, 0.1, (H, S, S)).astype(np.float32),
-            "ffn_x": g.uniform(-2, 2, (1, C)).astype(np.float32)}
+    out = {"att_x": g.uniform(-2, 2, (1, C)).astype(np.float32)}
+    if profile.version == 4:
+        out.update(aa=g.uniform(-1, 1, (1, C)).astype(np.float32), bb=g.uniform(0.5, 1.5, (1, C)).astype(np.float32),
+                   pp=g.uniform(-2, 2, (1, C)).astype(np.float32))
+    else:
+        S = profile.head_size
+        out["wkv"] = g.uniform(-0.1, 0.1, (C // S, S, S)).astype(np.float32)
+    out["ffn_x"] = g.uniform(-2, 2, (1, C)).astype(np.float32)
+    return out
 
 
 def embedded_input(profile: Profile, seed: int = 1) -> np.ndarray:
@@ -196,6 +208,44 @@ def _v7_block(g: _Graph, z: dict, i: int, x: str, v_first: str | None, att_x: st
     return x, v_first
 
 
+def _v4_block(g: _Graph, z: dict, i: int, x: str, st: dict, outs: dict) -> str:
+    """One RWKV-4 block (the reference's att_one + ffn_one); time_decay enters as -exp(time_decay), as the
+    reference stores it after loading."""
+    C = z[f"blocks.{i}.ln1.weight"].shape[0]
+    p = f"blocks.{i}."
+    a, f = p + "att.", p + "ffn."
+
+    def W(name, transpose=False):
+        t = z[name]
+        return g.w(name, (t.T if transpose else t).reshape(1, C) if t.ndim != 2 else (t.T if transpose else t))
+
+    def mix(h, sx, m):
+        return g.op("Add", g.op("Mul", h, W(m)), g.op("Mul", sx, g.op("Sub", g.const(1.0), W(m))))
+
+    h = g.layer_norm(x, W(p + "ln1.weight"), W(p + "ln1.bias"))
+    g.op("Identity", h, out=outs["att_x"])
+    r = g.op("Sigmoid", g.op("MatMul", mix(h, st["att_x"], a + "time_mix_r"), W(a + "receptance.weight", True)))
+    k = g.op("MatMul", mix(h, st["att_x"], a + "time_mix_k"), W(a + "key.weight", True))
+    v = g.op("MatMul", mix(h, st["att_x"], a + "time_mix_v"), W(a + "value.weight", True))
+    decay = g.w(a + "time_decay", -np.exp(z[a + "time_decay"].astype(np.float64)).reshape(1, C))
+    aa, bb, pp = st["aa"], st["bb"], st["pp"]
+    ww = g.op("Add", W(a + "time_first"), k)
+    q = g.op("Max", pp, ww)
+    e1, e2 = g.op("Exp", g.op("Sub", pp, q)), g.op("Exp", g.op("Sub", ww, q))
+    wkv = g.op("Div", g.op("Add", g.op("Mul", e1, aa), g.op("Mul", e2, v)), g.op("Add", g.op("Mul", e1, bb), e2))
+    ww = g.op("Add", decay, pp)
+    q = g.op("Max", ww, k, out=outs["pp"])
+    e1, e2 = g.op("Exp", g.op("Sub", ww, q)), g.op("Exp", g.op("Sub", k, q))
+    g.op("Add", g.op("Mul", e1, aa), g.op("Mul", e2, v), out=outs["aa"])
+    g.op("Add", g.op("Mul", e1, bb), e2, out=outs["bb"])
+    x = g.op("Add", x, g.op("MatMul", g.op("Mul", r, wkv), W(a + "output.weight", True)))
+    h2 = g.layer_norm(x, W(p + "ln2.weight"), W(p + "ln2.bias"))
+    g.op("Identity", h2, out=outs["ffn_x"])
+    fr = g.op("Sigmoid", g.op("MatMul", mix(h2, st["ffn_x"], f + "time_mix_r"), W(f + "receptance.weight", True)))
+    act = g.op("Relu", g.op("MatMul", mix(h2, st["ffn_x"], f + "time_mix_k"), W(f + "key.weight", True)))
+    return g.op("Add", x, g.op("Mul", fr, g.op("MatMul", g.op("Mul", act, act), W(f + "value.weight", True))))
+
+
 def _head(g: _Graph, z: dict, x: str, out: str) -> str:
     y = g.layer_norm(x, g.w("ln_out.weight", z["ln_out.weight"]), g.w("ln_out.bias", z["ln_out.bias"]))
     return g.op("MatMul", y, g.w("head.weight", z["head.weight"].T), out=out)
@@ -216,10 +266,11 @@ def _names(profile: Profile, kind: str) -> list[str]:
 class GraphSpec:
     kind: str
     dtype: str
+    version: int = 7
 
     @property
     def filename(self) -> str:
-        return f"rwkv7_{self.kind}_{self.dtype}.onnx"
+        return f"rwkv{self.version}_{self.kind}_{self.dtype}.onnx"
 
 
 def check_profile(profile: Profile) -> None:
@@ -233,21 +284,25 @@ def check_profile(profile: Profile) -> None:
 
 def graph_io(profile: Profile, kind: str) -> tuple[list, list]:
     """(inputs, outputs) of a graph: [(name, shape)] in order."""
-    C, S, V = profile.n_embd, profile.head_size, profile.vocab_size
-    H = C // S
+    C, V = profile.n_embd, profile.vocab_size
+    shapes = {part: (1, C) for part in state_parts(profile)}
+    if profile.version == 7:
+        S = profile.head_size
+        shapes["wkv"] = (C // S, S, S)
 
     def st(i):
-        return [(f"state{i}_att_x", (1, C)), (f"state{i}_wkv", (H, S, S)), (f"state{i}_ffn_x", (1, C))]
+        return [(f"state{i}_{part}", shapes[part]) for part in state_parts(profile)]
 
     def new(i):
-        return [(f"new_state{i}_att_x", (1, C)), (f"new_state{i}_wkv", (H, S, S)), (f"new_state{i}_ffn_x", (1, C))]
+        return [(f"new_state{i}_{part}", shapes[part]) for part in state_parts(profile)]
 
+    v7 = profile.version == 7
     if kind == "head":
         return [("x", (1, C))], [("logits", (1, V))]
     if kind == "block0":
-        return [("x", (1, C))] + st(0), [("x_out", (1, C))] + new(0) + [("v_first", (1, C))]
+        return [("x", (1, C))] + st(0), [("x_out", (1, C))] + new(0) + ([("v_first", (1, C))] if v7 else [])
     if kind == "block":
-        return [("x", (1, C)), ("v_first", (1, C))] + st(1), [("x_out", (1, C))] + new(1)
+        return [("x", (1, C))] + ([("v_first", (1, C))] if v7 else []) + st(1), [("x_out", (1, C))] + new(1)
     ins, outs = [("x", (1, C))], [("logits", (1, V))]
     for i in range(profile.n_layer):
         ins += st(i)
@@ -262,27 +317,31 @@ def build_graph(profile: Profile, kind: str, dtype: str = "fp32", seed: int = 0)
     check_profile(profile)
     if kind not in KINDS:
         raise InputError(f"unknown block graph kind {kind!r}: expected one of {', '.join(KINDS)}")
-    C, S = profile.n_embd, profile.head_size
-    H = C // S
     z = checkpoint_weights(profile, seed, set(_names(profile, kind)))
     g = _Graph(dtype)
     ins, outs = graph_io(profile, kind)
+    v7 = profile.version == 7
     if kind == "head":
         _head(g, z, "x", "logits")
     else:
         layers = {"block0": [0], "block": [1], "model": range(profile.n_layer)}[kind]
-        x, v_first = "x", ("v_first" if kind == "block" else None)
+        x, v_first = "x", ("v_first" if kind == "block" and v7 else None)
         for i in layers:
-            o = {s: f"new_state{i}_{s}" for s in ("att_x", "wkv", "ffn_x")}
-            x, v_first = _v7_block(g, z, i, x, v_first, f"state{i}_att_x", f"state{i}_wkv", f"state{i}_ffn_x", H, S, o)
+            o = {part: f"new_state{i}_{part}" for part in state_parts(profile)}
+            st = {part: f"state{i}_{part}" for part in state_parts(profile)}
+            if v7:
+                S = profile.head_size
+                x, v_first = _v7_block(g, z, i, x, v_first, st["att_x"], st["wkv"], st["ffn_x"], profile.n_embd // S, S, o)
+            else:
+                x = _v4_block(g, z, i, x, st, o)
         if kind == "model":
             _head(g, z, x, "logits")
         else:
             g.op("Identity", x, out="x_out")
-            if kind == "block0":
+            if kind == "block0" and v7:
                 g.op("Identity", v_first, out="v_first")
     graph = helper.make_graph(
-        g.nodes, f"rwkv7_{kind}",
+        g.nodes, f"rwkv{profile.version}_{kind}",
         [helper.make_tensor_value_info(n, g.elem, list(s)) for n, s in ins],
         [helper.make_tensor_value_info(n, g.elem, list(s)) for n, s in outs],
         initializer=list(g.inits.values()))
@@ -341,7 +400,7 @@ def save_graph(model, path: Path) -> dict:
 
 def _settings_key(profile: Profile, seed: int) -> str:
     p = profile
-    return f"v{GRAPH_VERSION};seed={seed};L={p.n_layer};C={p.n_embd};V={p.vocab_size};S={p.head_size};F={p.dim_ffn};lora={sorted(p.lora.items())}"
+    return f"v{GRAPH_VERSION};rwkv{p.version};seed={seed};L={p.n_layer};C={p.n_embd};V={p.vocab_size};S={p.head_size};F={p.dim_ffn};lora={sorted(p.lora.items())}"
 
 
 def generate(profile: Profile, out: Path, dtypes: list[str], kinds: tuple = KINDS, seed: int = 0,
@@ -362,7 +421,7 @@ def generate(profile: Profile, out: Path, dtypes: list[str], kinds: tuple = KIND
         old = {e["file"]: e for e in old.get("graphs", [])} if old.get("settings") == key else {}
     except (OSError, ValueError, AttributeError):
         old = {}
-    specs = [GraphSpec(k, d) for d in dtypes for k in kinds]
+    specs = [GraphSpec(k, d, profile.version) for d in dtypes for k in kinds]
     todo = [s for s in specs if not (s.filename in old and (out / s.filename).is_file())]
     if todo:
         need = sum(weight_bytes(profile, s.kind, s.dtype) for s in todo)

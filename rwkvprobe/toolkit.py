@@ -246,7 +246,8 @@ def _chained_inputs(profile, graphs: dict, steps: int) -> dict:
         model_in = {"x": x, **{k: v for k, v in state.items() if k.startswith("state")}}
         b0_in = {"x": x, **{k: v for k, v in state.items() if k.startswith("state0_")}}
         b0 = dict(zip([o.name for o in sess["block0"].get_outputs()], sess["block0"].run(None, b0_in)))
-        b1_in = {"x": b0["x_out"], "v_first": b0["v_first"], **{k: v for k, v in state.items() if k.startswith("state1_")}}
+        b1_in = {"x": b0["x_out"], **({"v_first": b0["v_first"]} if "v_first" in b0 else {}),
+                 **{k: v for k, v in state.items() if k.startswith("state1_")}}
         b1 = dict(zip([o.name for o in sess["block"].get_outputs()], sess["block"].run(None, b1_in)))
         head_in = {"x": b1["x_out"]}
         for k, feeds in (("block0", b0_in), ("block", b1_in), ("head", head_in), ("model", model_in)):
@@ -306,7 +307,7 @@ def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588"
             dataset = check_dir / f"calib_{kind}.txt"
             dataset.write_text("\n".join(lines) + "\n")
         for d in dtypes:
-            stem = f"rwkv7_{kind}_{d}"
+            stem = f"rwkv{profile.version}_{kind}_{d}"
             jobs.append({"id": stem, "onnx": str(paths[kind]), "rknn": str(out / f"{stem}.rknn"),
                          "log": str(out / f"{stem}.build.log"), "dtype": d, "graph": kind, "check_npz": str(npz),
                          "input_names": g["inputs"], "output_names": g["outputs"],

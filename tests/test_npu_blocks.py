@@ -62,9 +62,9 @@ def test_convert_block_refuses_other_versions_before_the_toolkit(cli, tmp_path, 
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("RWKVPROBE_TOOLKIT_DIR", str(tmp_path / "none"))
-    code, _, err = cli("convert", "profiles/rwkv4-169m.yaml", "--block", "--out", tmp_path / "o")
+    code, _, err = cli("convert", "profiles/rwkv5-0b4.yaml", "--block", "--out", tmp_path / "o")
     assert code == 2
-    assert err == "rwkvprobe: error: --block: whole-block graphs are written for RWKV-7; profiles/rwkv4-169m.yaml is RWKV-4\n"
+    assert err == "rwkvprobe: error: --block: whole-block graphs are written for RWKV-4/7; profiles/rwkv5-0b4.yaml is RWKV-5\n"
 
 
 def _toolkit_or_skip():

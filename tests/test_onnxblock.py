@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 TINY = {"name": "t", "source": "t", "version": 7, "n_layer": 2, "n_embd": 128, "vocab_size": 256, "head_size": 64,
         "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}}
+TINY4 = {"name": "t4", "source": "t", "version": 4, "n_layer": 2, "n_embd": 128, "vocab_size": 256}
 TINY_YAML = """name: tiny7
 source: test
 version: 7
@@ -29,24 +30,28 @@ lora: {decay: 16, aaa: 16, mv: 8, gate: 32}
 #: the reference's forward step (BlinkDL rwkv 0.8.32, RWKV_V7_ON) on the checkpoint and state the graphs use
 REFERENCE = r"""
 import json, os, sys
-os.environ["RWKV_V7_ON"] = "1"
+data = json.loads(sys.argv[1])
+os.environ["RWKV_V7_ON"] = "1" if data["version"] == 7 else "0"
 import numpy as np, torch
 from rwkvprobe import forward_worker as fw, onnxblock as ob
 from rwkvprobe.profile import parse_profile
-p = parse_profile(json.loads(sys.argv[1]))
-m = fw.load_reference({k: torch.from_numpy(v) for k, v in ob.checkpoint_weights(p, 0).items()}, 7, "fp32")
+p = parse_profile(data)
+m = fw.load_reference({k: torch.from_numpy(v) for k, v in ob.checkpoint_weights(p, 0).items()}, p.version, "fp32")
+emb = (m.z if p.version == 7 else m.w)["emb.weight"]
 token = 5
 feeds = ob.graph_inputs(p, "model", "fp32", 1)
+parts = ob.state_parts(p)
 state = []
 for i in range(p.n_layer):
-    state += [torch.from_numpy(feeds[f"state{i}_att_x"][0].copy()), torch.from_numpy(feeds[f"state{i}_wkv"].copy()),
-              torch.from_numpy(feeds[f"state{i}_ffn_x"][0].copy())]
+    for part in parts:
+        t = feeds[f"state{i}_{part}"]
+        state.append(torch.from_numpy((t if part == "wkv" else t[0]).copy()))
 with torch.no_grad():
     logits, new = m.forward([token], state)
-res = {"x": m.z["emb.weight"][token].numpy()[None, :], "logits": logits.numpy()[None, :]}
+res = {"x": emb[token].numpy()[None, :], "logits": logits.numpy()[None, :]}
 for i in range(p.n_layer):
-    for j, part in enumerate(("att_x", "wkv", "ffn_x")):
-        t = new[3 * i + j].numpy()
+    for j, part in enumerate(parts):
+        t = new[len(parts) * i + j].numpy()
         res[f"new_state{i}_{part}"] = t if part == "wkv" else t[None, :]
 np.savez(sys.argv[2], **res)
 """
@@ -61,15 +66,16 @@ def _run(profile, kind, feeds, dtype="fp32"):
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, feeds)))
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+@pytest.fixture(scope="module", params=[7, 4], ids=["rwkv7", "rwkv4"])
+def reference(request, tmp_path_factory):
     pytest.importorskip("rwkv")
     pytest.importorskip("torch")
+    data = TINY if request.param == 7 else TINY4
     out = tmp_path_factory.mktemp("ref") / "ref.npz"
-    proc = subprocess.run([sys.executable, "-c", REFERENCE, json.dumps(TINY), str(out)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", REFERENCE, json.dumps(data), str(out)], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return dict(np.load(out))
+    return parse_profile(data), dict(np.load(out))
 
 
 def _close(got, ref):
@@ -80,33 +86,37 @@ def _close(got, ref):
 
 
 def test_full_model_graph_matches_the_reference_forward_step(reference):
-    p = parse_profile(TINY)
+    p, ref = reference
     feeds = onnxblock.graph_inputs(p, "model", "fp32", 1)
-    feeds["x"] = reference["x"]
+    feeds["x"] = ref["x"]
     out = _run(p, "model", feeds)
-    assert set(out) == {"logits"} | {f"new_state{i}_{s}" for i in range(2) for s in ("att_x", "wkv", "ffn_x")}
-    for name, ref in reference.items():
+    parts = onnxblock.state_parts(p)
+    assert set(out) == {"logits"} | {f"new_state{i}_{s}" for i in range(2) for s in parts}
+    for name, r in ref.items():
         if name != "x":
-            _close(out[name], ref)
+            _close(out[name], r)
     # the state really changed, so matching it is not trivial
-    assert np.max(np.abs(reference["new_state1_wkv"] - feeds["state1_wkv"])) > 0.1
+    moved = "wkv" if p.version == 7 else "aa"
+    assert np.max(np.abs(ref[f"new_state1_{moved}"] - feeds[f"state1_{moved}"])) > 0.1
 
 
 def test_block_graphs_chained_match_the_reference(reference):
-    """block0 (layer 0) -> block (layer 1, with v_first) -> head is the 2-layer reference's decode step."""
-    p = parse_profile(TINY)
+    """block0 (layer 0) -> block (layer 1; RWKV-7 with v_first) -> head is the 2-layer reference's decode step."""
+    p, ref = reference
     st = onnxblock.graph_inputs(p, "model", "fp32", 1)
-    b0 = _run(p, "block0", {"x": reference["x"], **{k: v for k, v in st.items() if k.startswith("state0_")}})
-    b1 = _run(p, "block", {"x": b0["x_out"], "v_first": b0["v_first"], **{k: v for k, v in st.items() if k.startswith("state1_")}})
+    b0 = _run(p, "block0", {"x": ref["x"], **{k: v for k, v in st.items() if k.startswith("state0_")}})
+    extra = {"v_first": b0["v_first"]} if p.version == 7 else {}
+    b1 = _run(p, "block", {"x": b0["x_out"], **extra, **{k: v for k, v in st.items() if k.startswith("state1_")}})
     head = _run(p, "head", {"x": b1["x_out"]})
-    _close(head["logits"], reference["logits"])
+    _close(head["logits"], ref["logits"])
     for i, out in ((0, b0), (1, b1)):
-        for s in ("att_x", "wkv", "ffn_x"):
-            _close(out[f"new_state{i}_{s}"], reference[f"new_state{i}_{s}"])
+        for s in onnxblock.state_parts(p):
+            _close(out[f"new_state{i}_{s}"], ref[f"new_state{i}_{s}"])
 
 
-def test_fp16_graph_follows_the_fp32_graph():
-    p = parse_profile(TINY)
+@pytest.mark.parametrize("data", [TINY, TINY4], ids=["rwkv7", "rwkv4"])
+def test_fp16_graph_follows_the_fp32_graph(data):
+    p = parse_profile(data)
     f32 = _run(p, "model", onnxblock.graph_inputs(p, "model", "fp32"))
     f16 = _run(p, "model", onnxblock.graph_inputs(p, "model", "fp16"), "fp16")
     for name, ref in f32.items():
@@ -142,10 +152,10 @@ def test_onnx_block_cli_writes_and_reuses(cli, write_yaml, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["profiles/rwkv4-169m.yaml", "--block"],
-     "rwkvprobe: error: --block: whole-block graphs are written for RWKV-7; profiles/rwkv4-169m.yaml is RWKV-4\n"),
+    (["profiles/rwkv6-1b5.yaml", "--block"],
+     "rwkvprobe: error: --block: whole-block graphs are written for RWKV-4/7; profiles/rwkv6-1b5.yaml is RWKV-6\n"),
     (["profiles/example-layers.yaml", "--block"],
-     "rwkvprobe: error: --block: whole-block graphs are written for RWKV-7; profiles/example-layers.yaml is a layers: profile\n"),
+     "rwkvprobe: error: --block: whole-block graphs are written for RWKV-4/7; profiles/example-layers.yaml is a layers: profile\n"),
     (["profiles/rwkv-0b1.yaml", "--block", "--tokens", "1,64"],
      "rwkvprobe: error: --block: the block graphs are one decode step (--tokens 1)\n"),
     (["profiles/rwkv-0b1.yaml", "--block", "--opset", "13"],
