@@ -445,6 +445,8 @@ def generate(profile: Profile, out: Path, dtypes: list[str], kinds: tuple = KIND
         graphs.append(entry)
         if progress:
             progress(s, s not in todo)
+    # graphs of other kinds or dtypes written earlier with the same settings stay listed
+    graphs += [e for f, e in old.items() if f not in {s.filename for s in specs} and (out / f).is_file()]
     manifest = {"schema": 1, "kind": "rwkv-block-graphs", "profile": profile.name, "profile_path": profile.path,
                 "version": profile.version, "n_layer": profile.n_layer, "opset": OPSET, "seed": seed, "settings": key,
                 "embedding": "outside the graphs: input x is the embedded token (ln0 applied), as the reference stores it",

@@ -149,6 +149,8 @@ def test_onnx_block_cli_writes_and_reuses(cli, write_yaml, tmp_path):
     code, _, err = cli("onnx", prof, "--out", out, "--block")
     assert code == 0 and "reused rwkv7_model_fp32.onnx" in err
     assert (out / "rwkv7_model_fp32.onnx").stat().st_mtime_ns == mtime
+    # a request for fewer graphs keeps the others listed
+    assert len(json.loads((out / "blocks.json").read_text())["graphs"]) == 8
 
 
 @pytest.mark.parametrize("args,message", [
