@@ -535,8 +535,10 @@ def block_comparison(results: dict, verdict: dict) -> list[dict]:
             total = None
             if mm is not None:
                 total = mm if kind in ("model", "head") else mm + (nm_block or 0.0)
+            mine = {"head": [r for r in per_layer.values() if r["kind"] == "head"], "block0": first,
+                    "block": later, "model": list(per_layer.values())}[kind]
             modelled = (not decode.get("non_matmul_measured", False) and kind != "head") or \
-                any(not r.get("measured") for r in (later if kind != "head" else per_layer.values()))
+                any(not r.get("measured") for r in mine)
             rows.append({"backend": b["backend"], "dtype": b["dtype"], "kind": kind, "graph_seconds": gm.get("seconds"),
                          "status": gm.get("skipped") or gm.get("error"), "sum_seconds": total,
                          "sum_partly_modelled": modelled and total is not None,

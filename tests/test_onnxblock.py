@@ -218,3 +218,17 @@ def test_analyze_reports_the_block_measured_as_one_graph(cli, write_yaml, tmp_pa
     report = (tmp_path / "a" / "report.md").read_text()
     assert "## Block measured as one graph" in report
     assert "| onnxruntime fp32 | block |" in report and "| onnxruntime fp32 | chained: block0 + 1 x block + head |" in report
+
+
+def test_block_comparison_marks_only_the_graphs_with_a_modelled_part():
+    rows = [{"layer": "att.key", "kind": "att", "m": 1, "count": 2, "measured": False, "seconds": None, "model_seconds": 1e-3},
+            {"layer": "head", "kind": "head", "m": 1, "count": 1, "measured": True, "seconds": 5e-3}]
+    verdict = {"series": [{"backend": "onnxruntime", "dtype": "fp32", "rows": rows,
+                           "model": {"decode": {"non_matmul_seconds": 0.0, "non_matmul_measured": True,
+                                                "seconds_per_token": 7e-3, "fully_measured": False}}}]}
+    results = {"block_graphs": [{"backend": "onnxruntime", "dtype": "fp32", "n_layer": 2,
+                                 "graphs": {k: {"seconds": 1e-3} for k in onnxblock.KINDS}}]}
+    got = {r["kind"]: r for r in onnxblock.block_comparison(results, verdict)}
+    assert got["block"]["sum_partly_modelled"] and got["model"]["sum_partly_modelled"]
+    assert not got["head"]["sum_partly_modelled"]
+    assert got["block"]["sum_seconds"] == pytest.approx(1e-3)  # the unmeasured layer's modelled time
