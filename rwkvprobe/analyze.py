@@ -283,8 +283,11 @@ class Analysis:
         for b, d in wanted:
             progress.stage(f"block graphs: {b} {d}")
             policy = TimingPolicy(budget_seconds=0.8 if quick else 2.0, min_samples=5)
+            # --quick: one later block (the graph n_layer - 1 blocks run; a few seconds even for 1.5B); otherwise
+            # block 0, the head (the chained decode step) and the full-model graph too
+            kinds = ("block",) if quick else onnxblock.KINDS
             r["block_graphs"].append(onnxblock.measure_graphs(profile, folder, d, self.settings.threads, policy, llc,
-                                                              self.settings.cold))
+                                                              self.settings.cold, kinds))
             self.save()
 
     def _write_models(self, points) -> None:

@@ -474,14 +474,17 @@ def measure_graphs(profile: Profile, folder: Path, dtype: str, threads: int, pol
     from rwkvprobe.backends.ort_backend import _session_options
     from rwkvprobe.timing import eviction, measure, plan_rotation
 
-    manifest = generate(profile, folder, [dtype], kinds)
     out: dict = {"backend": BACKEND, "dtype": dtype, "threads": threads, "cold": cold, "n_layer": profile.n_layer,
                  "onnxruntime": ort.__version__, "graphs": {}}
+    for kind in kinds:  # too big to time: not even written
+        nbytes = weight_bytes(profile, kind, dtype)
+        if nbytes > MAX_TIMED_BYTES:
+            out["graphs"][kind] = {"skipped": f"weights {nbytes / 1e9:.2f} GB above {MAX_TIMED_BYTES / 1e9:.1f} GB: "
+                                              "not timed (the chained block graphs stand for it)"}
+    manifest = generate(profile, folder, [dtype], tuple(k for k in kinds if k not in out["graphs"]))
     for e in manifest["graphs"]:
         kind = e["kind"]
-        if e["weight_bytes"] > MAX_TIMED_BYTES:
-            out["graphs"][kind] = {"skipped": f"weights {e['weight_bytes'] / 1e9:.2f} GB above {MAX_TIMED_BYTES / 1e9:.1f} GB: "
-                                              "not timed (the chained block graphs stand for it)"}
+        if kind not in kinds or e["dtype"] != dtype or kind in out["graphs"]:
             continue
         rot = plan_rotation(e["weight_bytes"], llc_bytes, cold)
         try:
@@ -530,7 +533,9 @@ def block_comparison(results: dict, verdict: dict) -> list[dict]:
                 "head": sum(t(r) for r in per_layer.values() if r["kind"] == "head") or None,
                 "model": decode.get("seconds_per_token")}
         for kind in KINDS:
-            gm = b["graphs"].get(kind) or {}
+            if kind not in b["graphs"]:  # not asked for (analyze --quick leaves the full model out)
+                continue
+            gm = b["graphs"][kind]
             mm = sums[kind]
             total = None
             if mm is not None:

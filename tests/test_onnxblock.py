@@ -214,10 +214,11 @@ def test_analyze_reports_the_block_measured_as_one_graph(cli, write_yaml, tmp_pa
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     (series,) = results["block_graphs"]
     assert series["backend"] == "onnxruntime" and series["dtype"] == "fp32" and series["n_layer"] == 2
-    assert all(series["graphs"][k]["seconds"] > 0 for k in onnxblock.KINDS)
+    assert set(series["graphs"]) == {"block"}  # --quick times one later block only
+    assert series["graphs"]["block"]["seconds"] > 0
     report = (tmp_path / "a" / "report.md").read_text()
     assert "## Block measured as one graph" in report
-    assert "| onnxruntime fp32 | block |" in report and "| onnxruntime fp32 | chained: block0 + 1 x block + head |" in report
+    assert "| onnxruntime fp32 | block |" in report and "chained" not in report
 
 
 def test_block_comparison_marks_only_the_graphs_with_a_modelled_part():
@@ -232,3 +233,14 @@ def test_block_comparison_marks_only_the_graphs_with_a_modelled_part():
     assert got["block"]["sum_partly_modelled"] and got["model"]["sum_partly_modelled"]
     assert not got["head"]["sum_partly_modelled"]
     assert got["block"]["sum_seconds"] == pytest.approx(1e-3)  # the unmeasured layer's modelled time
+
+
+def test_graphs_too_big_to_time_are_not_even_written(tmp_path, monkeypatch):
+    from rwkvprobe.timing import TimingPolicy
+
+    p = parse_profile(TINY)
+    monkeypatch.setattr(onnxblock, "MAX_TIMED_BYTES", onnxblock.weight_bytes(p, "block", "fp32"))
+    r = onnxblock.measure_graphs(p, tmp_path, "fp32", 1, TimingPolicy(budget_seconds=0.02, min_samples=3), 1 << 20)
+    assert r["graphs"]["model"]["skipped"].startswith("weights ") and "not timed" in r["graphs"]["model"]["skipped"]
+    assert r["graphs"]["block"]["seconds"] > 0
+    assert not (tmp_path / "rwkv7_model_fp32.onnx").exists()
