@@ -279,7 +279,7 @@ class Analysis:
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("block_graphs", [])}
         wanted = sorted({(b, d) for b, d in pairs if b == onnxblock.BACKEND and d in onnxblock.DTYPES} - have)
         folder = Path(self.settings.onnx_dir) / "blocks" / hashlib.sha256(
-            onnxblock._settings_key(profile, 0).encode()).hexdigest()[:12]
+            onnxblock.settings_key(profile, 0).encode()).hexdigest()[:12]
         for b, d in wanted:
             progress.stage(f"block graphs: {b} {d}")
             policy = TimingPolicy(budget_seconds=0.8 if quick else 2.0, min_samples=5)

@@ -143,7 +143,7 @@ def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
     added (one call per graph). Also the op kinds that take the cycles and the ops the compiler sends to the CPU."""
     from rwkvprobe import onnxblock
 
-    if blocks_manifest.get("settings") != onnxblock._settings_key(profile, 0):
+    if blocks_manifest.get("settings") != onnxblock.settings_key(profile, 0):
         raise InputError(f"--rknn: the block graphs there were converted for {blocks_manifest.get('profile')!r} "
                          f"with other dimensions than {profile.name!r}: run 'rwkvprobe convert PROFILE --block' for it")
     clock = dev["npu_clock_mhz"]["value"] * 1e6

@@ -398,7 +398,7 @@ def save_graph(model, path: Path) -> dict:
             "bytes": path.stat().st_size + ((path.parent / data_name).stat().st_size if data_name else 0)}
 
 
-def _settings_key(profile: Profile, seed: int) -> str:
+def settings_key(profile: Profile, seed: int) -> str:
     p = profile
     return f"v{GRAPH_VERSION};rwkv{p.version};seed={seed};L={p.n_layer};C={p.n_embd};V={p.vocab_size};S={p.head_size};F={p.dim_ffn};lora={sorted(p.lora.items())}"
 
@@ -415,7 +415,7 @@ def generate(profile: Profile, out: Path, dtypes: list[str], kinds: tuple = KIND
         if d not in DTYPES:
             raise InputError(f"--dtype {d}: expected one of {', '.join(DTYPES)}")
     out = ensure_writable_dir(out)
-    key = _settings_key(profile, seed)
+    key = settings_key(profile, seed)
     try:
         old = json.loads((out / MANIFEST).read_text())
         old = {e["file"]: e for e in old.get("graphs", [])} if old.get("settings") == key else {}

@@ -20,7 +20,7 @@ TINY = {"name": "t", "source": "t", "version": 7, "n_layer": 3, "n_embd": 128, "
 def _manifest(profile, graphs=("block0", "block", "head")):
     cycles = toolkit.parse_cycles((DATA / "rknn_build_rwkv7_block_fp16.log").read_text())
     return {"kind": "rknn-convert-blocks", "target": "rk3588", "toolkit": {"rknn-toolkit2": "2.5.0"},
-            "profile": profile.name, "settings": onnxblock._settings_key(profile, 0),
+            "profile": profile.name, "settings": onnxblock.settings_key(profile, 0),
             "graphs": [{"graph": g, "dtype": "fp16", "cycles": cycles, "simulator": {"ok": True, "rel_err": 1e-3},
                         "cpu_ops": ["Exp", "Max", "ReduceSumSquare", "Reshape"]} for g in graphs]}
 
