@@ -163,10 +163,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rknn", type=Path, help="a 'rwkvprobe convert profiles/rwkv-1b5.yaml --block' folder")
     ap.add_argument("--device", default="rk3588")
     args = ap.parse_args(argv)
-    dev = load_device(args.device)
+    from rwkvprobe.errors import InputError
+
+    try:
+        dev = load_device(args.device)
+        out = rows(dev, args.rknn)
+    except InputError as e:
+        print(f"device_model_check: error: {e}", file=sys.stderr)
+        return 2
     print(f"Modelled {dev['name']} ({dev['path']}) against published figures; every modelled value is modelled, "
           f"not measured; nothing fitted.")
-    print(table(rows(dev, args.rknn), args.markdown))
+    print(table(out, args.markdown))
     return 0
 
 

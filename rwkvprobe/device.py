@@ -145,7 +145,7 @@ def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
 
     if blocks_manifest.get("settings") != onnxblock.settings_key(profile, 0):
         raise InputError(f"--rknn: the block graphs there were converted for {blocks_manifest.get('profile')!r} "
-                         f"with other dimensions than {profile.name!r}: run 'rwkvprobe convert PROFILE --block' for it")
+                         f"with other settings (dimensions, or an older graph version) than {profile.name!r}: run 'rwkvprobe convert PROFILE --block' for it")
     clock = dev["npu_clock_mhz"]["value"] * 1e6
     graphs, per_dtype = [], {}
     for g in blocks_manifest.get("graphs", []):
