@@ -46,7 +46,7 @@ def test_block_estimate_is_block0_plus_later_blocks_plus_head_at_the_npu_clock()
 def test_block_estimate_refuses_graphs_of_another_profile():
     p = parse_profile(TINY)
     other = parse_profile({**TINY, "n_embd": 256, "name": "u"})
-    with pytest.raises(InputError, match="converted for 't' with other settings \(dimensions, or an older graph version\) than 'u'"):
+    with pytest.raises(InputError, match=r"converted for 't' with other settings \(dimensions, or an older graph version\) than 'u'"):
         block_estimates(_manifest(p), load_device("rk3588"), other)
 
 
