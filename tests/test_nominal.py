@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from rwkvprobe import nominal
 from rwkvprobe.analyze import profile_json
 from rwkvprobe.device import load_device, modelled_results

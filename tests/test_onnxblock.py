@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from rwkvprobe import onnxblock
 from rwkvprobe.profile import parse_profile
 
