@@ -6,6 +6,7 @@ measured and ``--resume DIR`` measures only what is missing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import time
@@ -320,6 +321,8 @@ class Analysis:
         lap("ceilings")
         self._measure_nonmatmul(pairs, llc, quick, progress)
         lap("non-matmul")
+        self._measure_block_graphs(pairs, llc, quick, progress)
+        lap("block graphs")
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
@@ -492,6 +495,27 @@ class Analysis:
             r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
                                                            self.settings.cold, threads=self.settings.threads,
                                                            chunks=tuple(self.settings.tokens)))
+            self.save()
+
+    def _measure_block_graphs(self, pairs, llc, quick: bool, progress) -> None:
+        """Whole-block ONNX graphs (onnxblock.py) timed in onnxruntime, for its fp32/fp16 series (RWKV-7)."""
+        from rwkvprobe import onnxblock
+
+        r, profile = self.results, self.layers.profile
+        if profile.version not in onnxblock.VERSIONS or profile.n_layer < 2:
+            return
+        have = {(x["backend"], x["dtype"]) for x in r.setdefault("block_graphs", [])}
+        wanted = sorted({(b, d) for b, d in pairs if b == onnxblock.BACKEND and d in onnxblock.DTYPES} - have)
+        folder = Path(self.settings.onnx_dir) / "blocks" / hashlib.sha256(
+            onnxblock.settings_key(profile, 0).encode()).hexdigest()[:12]
+        for b, d in wanted:
+            progress.stage(f"block graphs: {b} {d}")
+            policy = TimingPolicy(budget_seconds=0.8 if quick else 2.0, min_samples=5)
+            # --quick: one later block (the graph n_layer - 1 blocks run; a few seconds even for 1.5B); otherwise
+            # block 0, the head (the chained decode step) and the full-model graph too
+            kinds = ("block",) if quick else onnxblock.KINDS
+            r["block_graphs"].append(onnxblock.measure_graphs(profile, folder, d, self.settings.threads, policy, llc,
+                                                              self.settings.cold, kinds))
             self.save()
 
     def _write_models(self, points) -> None:

@@ -160,6 +160,8 @@ def onnx_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M, tokens per call: 1 for decode, e.g. 1,64 for decode and a prefill chunk."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, fp16 or both (fp32,fp16)."),
     opset: int = typer.Option(14, "--opset", help="ONNX opset (RKNN accepts 14)."),
+    block: bool = typer.Option(False, "--block", help="Whole-block decode graphs instead (RWKV-7 or RWKV-4): block 0, a later "
+                               "block, the head and the full model, state in and out, with blocks.json."),
 ):
     """Write one ONNX MatMul model per unique (M, K, N, dtype) of a profile, with a manifest."""
     from rwkvprobe import onnxgen
@@ -167,6 +169,9 @@ def onnx_cmd(
     ll = layer_list(load_profile(profile))
     ms = parse_int_list(tokens, "--tokens")
     dts = parse_choice_list(dtype, "--dtype", onnxgen.ONNX_DTYPES)
+    if block:
+        _onnx_blocks(ll, out, ms, dts, opset)
+        return
     too_big = [m for m in ms if m > 65536]
     if too_big:
         raise InputError(f"--tokens {too_big[0]}: expected at most 65536 tokens per call")
@@ -186,6 +191,24 @@ def onnx_cmd(
           f"and {out / onnxgen.MANIFEST} for {len(manifest['layers'])} layer runs, opset {opset}")
 
 
+def _onnx_blocks(ll: LayerList, out: Path, tokens: list[int], dtypes: list[str], opset: int) -> None:
+    from rwkvprobe import onnxblock
+
+    if tokens != [1]:
+        raise InputError("--block: the block graphs are one decode step (--tokens 1)")
+    if opset != onnxblock.OPSET:
+        raise InputError(f"--block: the block graphs use opset {onnxblock.OPSET}; leave --opset out")
+    onnxblock.check_profile(ll.profile)
+
+    def progress(spec, reused):
+        err_console.print(f"{'reused' if reused else 'wrote'} {spec.filename}", markup=False)
+
+    manifest = onnxblock.generate(ll.profile, out, dtypes, progress=progress)
+    size = sum(g["bytes"] for g in manifest["graphs"])
+    print(f"{len(manifest['graphs'])} block graphs ({si(size, 'B')}) and {out / onnxblock.MANIFEST}: "
+          f"{', '.join(onnxblock.KINDS)} x {','.join(dtypes)}, opset {onnxblock.OPSET}")
+
+
 # ------------------------------------------------------------------------------------------------
 # bandwidth
 
@@ -202,6 +225,9 @@ def bandwidth_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the results JSON on stdout instead of the table."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the results JSON (with the environment) to this file."),
     engine: str = typer.Option("auto", "--engine", help="Kernel engine: auto (numba when installed), numba, or numpy."),
+    npu: bool = typer.Option(False, "--npu", help="Also the NPU side: memory-only graphs (elementwise add, copy, a 64 MB GEMV) "
+                             "through the RKNN compiler; its DDR-cycle figure, labelled as the compiler's estimate (no board)."),
+    device: str = typer.Option("rk3588", "--device", help="With --npu: the device profile whose NPU clock turns cycles into time."),
 ):
     """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
     import json
@@ -209,6 +235,12 @@ def bandwidth_cmd(
     from rwkvprobe import bandwidth, system
     from rwkvprobe.results import new_results, save_results
 
+    if npu:  # refuse a missing toolkit or an unknown device before measuring anything
+        from rwkvprobe import toolkit
+        from rwkvprobe.device import load_device
+
+        toolkit.require_toolkit()
+        load_device(device)
     array_bytes = bandwidth.parse_size(size) if size is not None else None
     thread_counts = parse_int_list(threads, "--threads") if threads is not None else None
     cpu_list = system.resolve_cpus(cpus)
@@ -226,12 +258,21 @@ def bandwidth_cmd(
                                              "cpus": cpu_list, "engine": engine})
     results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
     results["warnings"] = system.environment_warnings(env, before, results["after"])
+    if npu:
+        from rwkvprobe import npubw
+
+        results["npu_bandwidth"] = npubw.measure(device, progress=lambda m: err_console.print(m, markup=False))
     if out is not None:
         save_results(out, results)
     if json_out:
         print(json.dumps(results, indent=1))
     else:
         out_console.print(bandwidth.bandwidth_table(result))
+        if npu:
+            from rwkvprobe import npubw
+
+            for line in npubw.table_lines(results["npu_bandwidth"]):
+                print(line)
     print_warnings(results)
     err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
                       markup=False, highlight=False)
@@ -382,23 +423,37 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
     with lock_folder(folder):  # one run per folder
         if (folder / RESULTS).exists():
             raise InputError(f"{folder / RESULTS} exists: choose another --out")
-        compiler = None
+        compiler = blocks = None
         if rknn is not None:
-            compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
+            blocks_manifest = toolkit.read_blocks_manifest(rknn)
+            if blocks_manifest is not None:
+                from rwkvprobe.device import block_estimates
+
+                blocks = block_estimates(blocks_manifest, dev, ll.profile)
+            if blocks_manifest is None or (rknn / "manifest.json").is_file():
+                compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
         elif toolkit.installed():
             from rwkvprobe.measure import onnx_cache_dir
 
             cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
             # decode shapes only (M=1): what the verdict needs, and half the builds
-            manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1],
-                                       progress=lambda m: err_console.print(m, markup=False))
+            manifest = toolkit.convert(ll, cache, ["fp16", "int8"], [1], progress=lambda m: err_console.print(m, markup=False))
             compiler = compiler_estimates(manifest, dev)
         else:
             err_console.print("note: no RKNN compiler estimates: 'rwkvprobe toolkit install' adds them", markup=False)
         results = modelled_results(dev, profile_json(ll), tokens, compiler)
+        if blocks:
+            results["compiler_block_estimates"] = blocks
+        from rwkvprobe import npubw
+
+        npu_bw = npubw.cached(device, rknn) or npubw.cached(device)
+        if npu_bw:
+            results["npu_bandwidth"] = npu_bw
         save_results(folder / RESULTS, results)
         path = render(results, folder)
-        for line in verdict_lines(results):
+        from rwkvprobe.device import block_estimate_lines
+
+        for line in verdict_lines(results) + block_estimate_lines(results):
             out_console.print(line, highlight=False, markup=False)
         print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
 
@@ -459,6 +514,8 @@ def convert_cmd(
     tokens: str = typer.Option("1", "--tokens", help="M values, e.g. 1,64."),
     no_simulate: bool = typer.Option(False, "--no-simulate", help="Skip the simulator correctness check."),
     ceilings: bool = typer.Option(True, "--ceilings/--no-ceilings", help="Also convert the ceiling shapes that 'analyze --backends rknnlite' measures."),
+    block: bool = typer.Option(False, "--block", help="Convert the whole-block decode graphs instead (RWKV-7 or RWKV-4; "
+                               "'rwkvprobe onnx --block'): per-op cycle table, ops sent to the CPU, blocks-manifest.json."),
 ):
     """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""
     from rwkvprobe import toolkit
@@ -466,6 +523,9 @@ def convert_cmd(
     ll = layer_list(load_profile(profile))
     dts = parse_choice_list(dtype, "--dtype", toolkit.RKNN_DTYPES)
     ms = parse_int_list(tokens, "--tokens")
+    if block:
+        _convert_blocks(ll, out, dts, ms, target, not no_simulate)
+        return
     manifest = toolkit.convert(ll, out, dts, ms, target, not no_simulate,
                                progress=lambda m: err_console.print(m, markup=False), with_ceilings=ceilings)
     table = Table(title=f"{ll.profile.name} -> RKNN ({target}); simulator = correctness only, never a timing")
@@ -484,6 +544,42 @@ def convert_cmd(
     print(f"{len(manifest['models'])} models in {out}, {bad} failed their check")
     if bad:
         raise typer.Exit(1)
+
+
+def _convert_blocks(ll: LayerList, out: Path, dtypes: list[str], tokens: list[int], target: str, simulate: bool) -> None:
+    from rwkvprobe import onnxblock, toolkit
+
+    if tokens != [1]:
+        raise InputError("--block: the block graphs are one decode step (--tokens 1)")
+    onnxblock.check_profile(ll.profile)
+    manifest = toolkit.convert_blocks(ll.profile, out, dtypes, target, simulate,
+                                      progress=lambda m: err_console.print(m, markup=False))
+    table = Table(title=f"{ll.profile.name} whole blocks -> RKNN ({target}); compiler estimate, simulator = correctness only")
+    for col in ("graph", "dtype", "simulator rel. error", "compiler cycles DDR/NPU/total", "ops on the CPU", "top op kinds by cycles"):
+        table.add_column(col, justify="left" if col in ("graph", "ops on the CPU", "top op kinds by cycles") else "right")
+    bad = 0
+    for g in manifest["graphs"]:
+        sim = g.get("simulator") or {}
+        c = g.get("cycles") or {}
+        bad += not g.get("ok")
+        kinds = ", ".join(f"{k} {v:.0%}" for k, v in op_kind_shares(c)[:3])
+        table.add_row(g["graph"], g["dtype"],
+                      (f"{sim['rel_err']:.1e}" + ("" if sim.get("ok") else " WRONG")) if sim else (g.get("error") or "-"),
+                      f"{c.get('ddr_cycles', 0)}/{c.get('npu_cycles', 0)}/{c.get('total_cycles', 0)}",
+                      ", ".join(g.get("cpu_ops") or []) or "none", kinds or "-")
+    out_console.print(table)
+    print(f"{len(manifest['graphs'])} block graphs in {out / toolkit.BLOCKS_MANIFEST}, {bad} failed their check")
+    if bad:
+        raise typer.Exit(1)
+
+
+def op_kind_shares(cycles: dict) -> list[tuple[str, float]]:
+    """The op kinds of a compiler cycle table by share of its total cycles, largest first."""
+    total = cycles.get("total_cycles") or 0
+    by: dict = {}
+    for o in cycles.get("ops", []):
+        by[o["op"]] = by.get(o["op"], 0) + o["total_cycles"]
+    return sorted(((k, v / total) for k, v in by.items() if v and total), key=lambda kv: -kv[1])
 
 
 def _register_optional_commands() -> None:
@@ -515,7 +611,9 @@ _NO_ARGS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 
 def main(argv: Optional[list[str]] = None) -> None:
     try:
-        app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
+        code = app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
+        if isinstance(code, int) and code:  # click hands typer.Exit(n) back as a return value here
+            sys.exit(code)
     except InputError as e:
         _error(str(e))
     except Interrupted as e:

@@ -135,3 +135,86 @@ def compiler_estimates(convert_manifest: dict, dev: dict) -> dict:
     return {"label": "RKNN compiler estimate", "toolkit": convert_manifest.get("toolkit", {}),
             "target": convert_manifest.get("target"), "clock_mhz": dev["npu_clock_mhz"]["value"],
             "clock_source": dev["npu_clock_mhz"]["source"], "models": models}
+
+
+def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
+    """The RKNN compiler's own whole-block estimate (``convert --block``) as NPU decode time per token: block 0,
+    n_layer - 1 later blocks and the head, each graph's cycle total at the device's NPU clock, no per-call overhead
+    added (one call per graph). Also the op kinds that take the cycles and the ops the compiler sends to the CPU."""
+    from rwkvprobe import onnxblock
+
+    if blocks_manifest.get("settings") != onnxblock.settings_key(profile, 0):
+        raise InputError(f"--rknn: the block graphs there were converted for {blocks_manifest.get('profile')!r} "
+                         f"with other settings (dimensions, or an older graph version) than {profile.name!r}: run 'rwkvprobe convert PROFILE --block' for it")
+    clock = dev["npu_clock_mhz"]["value"] * 1e6
+    graphs, per_dtype = [], {}
+    for g in blocks_manifest.get("graphs", []):
+        c = g.get("cycles") or {}
+        if not c.get("total_cycles"):
+            continue
+        by: dict = {}
+        for o in c.get("ops", []):
+            by[o["op"]] = by.get(o["op"], 0) + o["total_cycles"]
+        zero = sorted({o["op"] for o in c.get("ops", []) if not o["total_cycles"]
+                       and o["op"] not in ("InputOperator", "OutputOperator")})
+        sim = g.get("simulator") or {}
+        graphs.append({"graph": g["graph"], "dtype": g["dtype"], "ddr_cycles": c["ddr_cycles"], "npu_cycles": c["npu_cycles"],
+                       "total_cycles": c["total_cycles"], "bound": c["bound"], "seconds": c["total_cycles"] / clock,
+                       "op_kinds": sorted(({"op": k, "cycles": v, "share": v / c["total_cycles"]} for k, v in by.items() if v),
+                                          key=lambda x: -x["cycles"]),
+                       "no_estimate_ops": zero, "cpu_ops": g.get("cpu_ops", []), "simulator_ok": sim.get("ok"),
+                       "simulator_rel_err": sim.get("rel_err")})
+        per_dtype.setdefault(g["dtype"], {})[g["graph"]] = graphs[-1]
+    decode = []
+    L = profile.n_layer
+    for dt, gs in sorted(per_dtype.items()):
+        if all(k in gs for k in ("block0", "block", "head")):
+            t = gs["block0"]["seconds"] + (L - 1) * gs["block"]["seconds"] + gs["head"]["seconds"]
+            decode.append({"dtype": dt, "seconds_per_token": t, "tokens_per_second": 1 / t,
+                           "how": f"block0 + {L - 1} x block + head, one call each",
+                           "model_graph_seconds": (gs.get("model") or {}).get("seconds"),
+                           "all_simulator_ok": all(x["simulator_ok"] for x in gs.values())})
+    return {"label": "RKNN compiler estimate (whole blocks)", "toolkit": blocks_manifest.get("toolkit", {}),
+            "target": blocks_manifest.get("target"), "clock_mhz": dev["npu_clock_mhz"]["value"],
+            "clock_source": dev["npu_clock_mhz"]["source"], "graphs": graphs, "decode": decode}
+
+
+def block_estimate_lines(results: dict) -> list[str]:
+    """Plain-text lines: the compiler's whole-block NPU decode estimate beside the per-call models."""
+    b = results.get("compiler_block_estimates")
+    if not b:
+        return []
+    lines = []
+    for d in b["decode"]:
+        extra = "" if d["all_simulator_ok"] else " (a graph missed its simulator check: see the report)"
+        lines.append(f"NPU {d['dtype']} decode, {b['label']}: {d['seconds_per_token'] * 1e3:.2f} ms/token "
+                     f"({d['tokens_per_second']:.1f} tokens/s; {d['how']}, at {b['clock_mhz']:.0f} MHz; modelled, "
+                     f"not measured){extra}")
+    return lines
+
+
+def block_estimate_section(results: dict) -> list[str]:
+    b = results.get("compiler_block_estimates")
+    if not b:
+        return []
+    md = [f"## {b['label']}", "",
+          f"`rwkvprobe convert PROFILE --block` built whole RWKV blocks (every op of a decode step, state in and out) with "
+          f"rknn-toolkit2 {b['toolkit'].get('rknn-toolkit2', '')} for {b.get('target')}; its per-op "
+          f"`Cycles(DDR/NPU/Total)` table, at the NPU clock of {b['clock_mhz']:.0f} MHz ({b['clock_source']}), gives the "
+          "NPU decode estimate below in place of the fixed per-call overhead of the per-matmul models: one call per graph. "
+          "The compiler's estimate, not a measurement. Ops it runs on the CPU, and elementwise ops it gives no cycles, "
+          "add time it does not count.", ""]
+    md += ["| dtype | NPU decode (compiler estimate) | tokens/s | how | full-model graph |", "|---|---|---|---|---|"]
+    for d in b["decode"]:
+        full = f"{d['model_graph_seconds'] * 1e3:.3f} ms" if d.get("model_graph_seconds") else "not converted"
+        md.append(f"| {d['dtype']} | {d['seconds_per_token'] * 1e3:.3f} ms/token | {d['tokens_per_second']:.1f} | "
+                  f"{d['how']} | {full} |")
+    md += ["", "| graph | dtype | DDR / NPU / total cycles | time at clock | op kinds taking the cycles | ops on the CPU | "
+               "ops with no cycle estimate | simulator check |", "|---|---|---|---|---|---|---|---|"]
+    for g in b["graphs"]:
+        kinds = ", ".join(f"{k['op']} {k['share']:.0%}" for k in g["op_kinds"][:4])
+        sim = "-" if g["simulator_ok"] is None else ("ok" if g["simulator_ok"] else f"WRONG ({g['simulator_rel_err']:.1e})")
+        md.append(f"| {g['graph']} | {g['dtype']} | {g['ddr_cycles']} / {g['npu_cycles']} / {g['total_cycles']} | "
+                  f"{g['seconds'] * 1e3:.3f} ms | {kinds} | {', '.join(g['cpu_ops']) or 'none'} | "
+                  f"{', '.join(g['no_estimate_ops']) or 'none'} | {sim} |")
+    return md + [""]

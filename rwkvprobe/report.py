@@ -430,10 +430,19 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
               if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
            ""]
     md += _validation_section(results, layers)
+    from rwkvprobe.onnxblock import report_section as _block_section
+
+    md += _block_section(results, verdict)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
+    from rwkvprobe.device import block_estimate_section as _block_estimate_section
+
+    md += _block_estimate_section(results)
+    from rwkvprobe.npubw import report_section as _npu_bandwidth_section
+
+    md += _npu_bandwidth_section(results)
     from rwkvprobe.board import report_section as _board_section
 
     md += _board_section(results)
@@ -470,6 +479,9 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         md += _table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
     md += _ceilings_section(results)
+    from rwkvprobe.nominal import report_section as _nominal_section
+
+    md += _nominal_section(results)
     md += _skipped_section(results)
     md += _environment_section(results)
     md += ["## Method", "",

@@ -97,6 +97,27 @@ class _CaptureStdout:
         return False
 
 
+def _graph_check(rk, job):
+    """A multi-input graph (a whole RWKV block): the inputs and expected outputs (onnxruntime, fp32) come in an
+    .npz from rwkvprobe; each output's error relative to its largest value, and the worst of them."""
+    import numpy as np
+
+    data = np.load(job["check_npz"])
+    inputs = [data["in:" + n] for n in job["input_names"]]
+    # 4-D inputs are NCHW here (the toolkit assumes NHWC unless told)
+    fmt = {"data_format": "nchw"} if all(a.ndim == 4 for a in inputs) else {}
+    result = rk.inference(inputs=inputs, **fmt)
+    if not result or len(result) != len(job["output_names"]):
+        return None
+    per, finite = {}, True
+    for name, got in zip(job["output_names"], result):
+        ref = data["out:" + name].astype(np.float64)
+        got = np.asarray(got, dtype=np.float64).reshape(ref.shape)
+        finite = finite and bool(np.isfinite(got).all())
+        per[name] = float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) or 1.0))
+    return {"rel_err": max(per.values()), "per_output": per, "finite": finite}
+
+
 def run_job(job, target, simulate):
     from rknn.api import RKNN
 
@@ -111,7 +132,7 @@ def run_job(job, target, simulate):
             quant = job["dtype"] == "int8"
             kwargs = {"do_quantization": quant}
             if quant:
-                kwargs["dataset"] = _calibration(job, tmp)
+                kwargs["dataset"] = job["dataset"] if job.get("dataset") else _calibration(job, tmp)
             t0 = time.perf_counter()
             with _CaptureStdout(job["log"]):
                 ret = rknn.build(**kwargs)
@@ -127,7 +148,7 @@ def run_job(job, target, simulate):
             if rknn.init_runtime() != 0:
                 out["error"] = "init_runtime (simulator) failed"
                 return out
-            check, _ = _checked_inference(rknn, job)
+            check = _graph_check(rknn, job) if job.get("check_npz") else _checked_inference(rknn, job)[0]
             if check is None:
                 out["error"] = "simulator inference returned nothing"
                 return out

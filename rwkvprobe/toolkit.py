@@ -219,3 +219,136 @@ def read_convert_manifest(folder: Path) -> dict:
     if not isinstance(data, dict) or data.get("kind") != "rknn-convert":
         raise InputError(f"{folder}/manifest.json: not an RKNN conversion manifest")
     return data
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-block graphs (convert --block)
+
+BLOCKS_MANIFEST = "blocks-manifest.json"
+#: the full-model graph is converted only up to this many fp32 weight bytes (else the chained blocks stand for it)
+MAX_MODEL_GRAPH_BYTES = 256 * 1000**2
+CALIBRATION_STEPS = 8
+
+
+def _chained_inputs(profile, graphs: dict, steps: int) -> dict:
+    """Inputs of each graph as the reference's decode step produces them: the block graphs (which a test holds
+    equal to the reference's forward step) chained in onnxruntime over ``steps`` tokens from the seeded state."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from rwkvprobe import onnxblock
+
+    sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in graphs.items()}
+    state = onnxblock.graph_inputs(profile, "model", "fp32")
+    seen: dict = {k: [] for k in graphs}
+    for t in range(steps):
+        x = onnxblock._rng(f"calib-{t}", 0).uniform(-2, 2, (1, profile.n_embd)).astype(np.float32)
+        model_in = {"x": x, **{k: v for k, v in state.items() if k.startswith("state")}}
+        b0_in = {"x": x, **{k: v for k, v in state.items() if k.startswith("state0_")}}
+        b0 = dict(zip([o.name for o in sess["block0"].get_outputs()], sess["block0"].run(None, b0_in)))
+        b1_in = {"x": b0["x_out"], **({"v_first": b0["v_first"]} if "v_first" in b0 else {}),
+                 **{k: v for k, v in state.items() if k.startswith("state1_")}}
+        b1 = dict(zip([o.name for o in sess["block"].get_outputs()], sess["block"].run(None, b1_in)))
+        head_in = {"x": b1["x_out"]}
+        for k, feeds in (("block0", b0_in), ("block", b1_in), ("head", head_in), ("model", model_in)):
+            if k in seen:
+                seen[k].append(feeds)
+        if "model" in sess:
+            outs = dict(zip([o.name for o in sess["model"].get_outputs()], sess["model"].run(None, model_in)))
+            state = {k[4:]: v for k, v in outs.items() if k.startswith("new_state")}
+        else:
+            state = {**state, **{k[4:]: v for k, v in {**b0, **b1}.items() if k.startswith("new_state")}}
+    return seen
+
+
+def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588", simulate: bool = True,
+                   progress=print) -> dict:
+    """The whole-block graphs (onnxblock.py) -> .rknn, each checked in the simulator against onnxruntime's fp32
+    output of the same graph (correctness only), with the compiler's per-op cycle table; int8 (w8a8) calibrated
+    on the inputs the chained decode step produces. Writes ``blocks-manifest.json``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from rwkvprobe import onnxblock
+    from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+
+    for d in dtypes:
+        if d not in RKNN_DTYPES:
+            raise InputError(f"--dtype {d}: expected {' or '.join(RKNN_DTYPES)} (the NPU runs fp16 or int8)")
+    onnxblock.check_profile(profile)
+    py = require_toolkit()
+    out = ensure_writable_dir(out)
+    kinds = ("block0", "block", "head")
+    if onnxblock.weight_bytes(profile, "model", "fp32") <= MAX_MODEL_GRAPH_BYTES:
+        kinds += ("model",)
+    progress(f"convert --block: ONNX graphs {', '.join(kinds)} of {profile.name}")
+    gen = onnxblock.generate(profile, out / "onnx", ["fp32"], kinds)
+    paths = {g["kind"]: out / "onnx" / g["file"] for g in gen["graphs"]}
+    check_dir = ensure_writable_dir(out / "check")
+    calib = _chained_inputs(profile, paths, CALIBRATION_STEPS) if "int8" in dtypes else {}
+    jobs = []
+    for g in gen["graphs"]:
+        kind = g["kind"]
+        feeds = onnxblock.graph_inputs(profile, kind, "fp32")
+        sess = ort.InferenceSession(str(paths[kind]), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, feeds)
+        npz = check_dir / f"{kind}.npz"
+        np.savez(npz, **{f"in:{k}": v for k, v in feeds.items()}, **{f"out:{n}": o for n, o in zip(g["outputs"], outs)})
+        dataset = None
+        if calib:
+            lines = []
+            for t, sample in enumerate(calib[kind]):
+                files = []
+                for name in g["inputs"]:
+                    f = check_dir / f"calib_{kind}_{t}_{name}.npy"
+                    np.save(f, sample[name])
+                    files.append(str(f))
+                lines.append(" ".join(files))
+            dataset = check_dir / f"calib_{kind}.txt"
+            dataset.write_text("\n".join(lines) + "\n")
+        for d in dtypes:
+            stem = f"rwkv{profile.version}_{kind}_{d}"
+            jobs.append({"id": stem, "onnx": str(paths[kind]), "rknn": str(out / f"{stem}.rknn"),
+                         "log": str(out / f"{stem}.build.log"), "dtype": d, "graph": kind, "check_npz": str(npz),
+                         "input_names": g["inputs"], "output_names": g["outputs"],
+                         "dataset": str(dataset) if dataset and d == "int8" else None})
+    progress(f"convert --block: {len(jobs)} RKNN builds for {target} in the toolkit environment (simulator check: {simulate})")
+    response = _run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs})
+    entries = []
+    for job, res in zip(jobs, response["jobs"]):
+        entry = {"graph": job["graph"], "dtype": job["dtype"], "target": target, "file": Path(job["rknn"]).name,
+                 "onnx": str(Path(job["onnx"]).relative_to(out)), "log": Path(job["log"]).name, "ok": res["ok"],
+                 "error": res.get("error"), "rknn_bytes": res.get("rknn_bytes"), "build_seconds": res.get("build_seconds"),
+                 "weight_bytes_fp32": onnxblock.weight_bytes(profile, job["graph"], "fp32")}
+        if res.get("simulator"):
+            tol = SIM_TOLERANCE[job["dtype"]]
+            sim = res["simulator"]
+            entry["simulator"] = {**sim, "tolerance": tol, "ok": sim["finite"] and sim["rel_err"] <= tol,
+                                  "against": "onnxruntime fp32 output of the same graph",
+                                  "note": "correctness only: simulator times are host CPU times, never NPU timings"}
+            entry["ok"] = entry["ok"] and entry["simulator"]["ok"]
+        log = Path(job["log"])
+        entry["cycles"] = parse_cycles(log.read_text(errors="replace")) if log.is_file() else None
+        entry["cpu_ops"] = sorted({o["op"] for o in (entry["cycles"] or {}).get("ops", [])
+                                   if o["target"] == "CPU" and o["op"] not in ("InputOperator", "OutputOperator")})
+        entries.append(entry)
+    result = {"schema": 1, "kind": "rknn-convert-blocks", "target": target,
+              "toolkit": response.get("versions") or {"rknn-toolkit2": TOOLKIT_VERSION},
+              "profile": profile.name, "settings": gen["settings"], "n_layer": profile.n_layer, "dtypes": dtypes,
+              "graphs": entries}
+    atomic_write_text(out / BLOCKS_MANIFEST, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def read_blocks_manifest(folder: Path) -> dict | None:
+    """The ``convert --block`` manifest in a folder, or None when there is none."""
+    path = Path(folder) / BLOCKS_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{path}: not a readable JSON file") from None
+    if not isinstance(data, dict) or data.get("kind") != "rknn-convert-blocks":
+        raise InputError(f"{path}: not an RKNN block conversion manifest")
+    return data
