@@ -32,8 +32,11 @@ BANDWIDTH_TRIALS = 10
 REPROBE_EXCESS = 1.05
 #: at most this many re-probes triggered by fast layers in one run (each costs a few tenths of a second)
 MAX_REPROBES = 4
-#: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots)
-FINISH_RESERVE_SECONDS = 3.0
+#: weight buffers of a layer point in --quick runs (the eviction read keeps every call cold)
+QUICK_COPIES = 4
+#: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots) and
+#: for starting the process, so that --budget is close to the command's wall time
+FINISH_RESERVE_SECONDS = 6.0
 #: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
 MIN_POINT_SECONDS = 0.03
 #: on long runs, the bandwidth is probed again after this many seconds of layer measurements
@@ -51,7 +54,7 @@ class AnalyzeSettings:
     threads: int
     cpus: list[int] | None
     cold: bool = True
-    budget_seconds: float = 150.0
+    budget_seconds: float = 100.0
     quick: bool = False
     rknn_dir: Path | None = None  # .rknn models for the rknnlite and rknn backends ('rwkvprobe convert')
     npu_cores: str = "auto"  # core masks, comma-separated: one series each (board.parse_core_masks)
@@ -366,7 +369,9 @@ class Analysis:
                 t_point = time.perf_counter()
                 whatif_point = (b, d) in whatif
                 pol = whatif_policy if whatif_point else policy
-                copies = WHATIF_COPIES if whatif_point else None
+                # --quick: at most QUICK_COPIES weight buffers a point (the untimed eviction read makes up the
+                # rest of the cold traffic): preparing and checking 16 copies was most of a quick run's time
+                copies = WHATIF_COPIES if whatif_point else (QUICK_COPIES if quick else None)
                 point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
@@ -505,7 +510,9 @@ class Analysis:
         if profile.version not in onnxblock.VERSIONS or profile.n_layer < 2:
             return
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("block_graphs", [])}
-        wanted = sorted({(b, d) for b, d in pairs if b == onnxblock.BACKEND and d in onnxblock.DTYPES} - have)
+        # --quick: fp32 only (one graph of one later block); the default run times every dtype and graph
+        dtypes = ("fp32",) if quick else onnxblock.DTYPES
+        wanted = sorted({(b, d) for b, d in pairs if b == onnxblock.BACKEND and d in dtypes} - have)
         folder = Path(self.settings.onnx_dir) / "blocks" / hashlib.sha256(
             onnxblock.settings_key(profile, 0).encode()).hexdigest()[:12]
         for b, d in wanted:

@@ -156,7 +156,7 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     out = []
     for s in series:
         d = s["model"].get("decode")
-        if s is best or not d or not d.get("fully_measured"):
+        if s is best or not d or not d.get("fully_measured") or s.get("whatif"):
             continue
         if math.log(d["seconds_per_token"] / t_best) <= NOISE_Z * math.hypot(s_best, decode_rel_sigma(s, results)):
             out.append(_label(s))
