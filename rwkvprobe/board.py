@@ -683,7 +683,7 @@ def run_series(analysis, pairs: list[tuple[str, str]], progress) -> None:
     log_dir = ensure_writable_dir(analysis.out_dir / "board")
     quick = bool(s.quick)
     jobs, seen = [], {}
-    for label, d, (m, k, n), role in wanted:
+    for label, d, (m, k, n), _role in wanted:
         key = (label, d, m, k, n)
         if key in seen:
             continue

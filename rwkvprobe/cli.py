@@ -354,7 +354,8 @@ def analyze_cmd(
     from rwkvprobe.backends.rknnlite_backend import show_library_log
 
     show_library_log(verbose)  # rknn-toolkit-lite2's log and tracebacks: kept aside unless --verbose
-    from rwkvprobe.board import BACKEND as BOARD_BACKEND, parse_core_masks
+    from rwkvprobe.board import BACKEND as BOARD_BACKEND
+    from rwkvprobe.board import parse_core_masks
 
     masks = parse_core_masks(npu_cores)  # one line naming a bad mask
     dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None)

@@ -645,7 +645,7 @@ def summarize_sweep(measurements: list[dict]) -> dict:
         if len(common) < 2:
             continue
 
-        def pick(s, key):
+        def pick(s, key, common=common):
             return [s[key][s["sizes"].index(x)] for x in common]
 
         ya, yb = pick(a, "seconds"), pick(b, "seconds")

@@ -50,8 +50,8 @@ def load_reference(state_dict: dict, version: int, dtype: str):
     """The reference package's model on this state dict (its loader reads a file: hand it ours)."""
     from unittest import mock
 
-    import torch
     import rwkv.model as reference
+    import torch
 
     kwargs = {} if version == 7 else {"verbose": False}
     with mock.patch.object(torch, "load", lambda *a, **k: state_dict):

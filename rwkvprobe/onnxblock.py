@@ -496,7 +496,7 @@ def measure_graphs(profile: Profile, folder: Path, dtype: str, threads: int, pol
             if not finite:
                 out["graphs"][kind] = {"error": "output not finite", "weight_bytes": e["weight_bytes"]}
                 continue
-            timing = measure(lambda i: sessions[i].run(None, feeds), rot.copies, policy,
+            timing = measure(lambda i, sessions=sessions, feeds=feeds: sessions[i].run(None, feeds), rot.copies, policy,
                              between=eviction(rot.flush_bytes))
             out["graphs"][kind] = {"seconds": timing["median_seconds"], "weight_bytes": e["weight_bytes"],
                                    "rotation": rot.describe(), "timing": timing, "file": e["file"]}

@@ -501,7 +501,7 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
             rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
                          "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
                          "measured_seconds": t_q, "bound_seconds": t_bound, "kernel_limited": limited})
-        total = lambda key: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
+        total = lambda key, rows=rows, other=other: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
         base_t, meas_t, bound_t = total("baseline_seconds"), total("measured_seconds"), total("bound_seconds")
         base_weight_bytes = sum(x["k"] * x["n"] * base_bytes * x["count"] for x in rows)
         weight_bytes = sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in rows)

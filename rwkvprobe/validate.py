@@ -304,7 +304,7 @@ def validate_command(
         real = run_forward(ll, dtype, run_threads, tokens, chunk, cpus)
     except RuntimeError as e:
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     v = compare(pred, real, chunk)
     v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens, "prediction_series": series,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

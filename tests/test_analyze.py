@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import PROFILES, ROOT, run_module
 
 SMALL = """name: small test model

@@ -4,8 +4,8 @@ import importlib.util
 
 import numpy as np
 import pytest
-
 from conftest import PROFILES
+
 from rwkvprobe.backends import (
     BACKEND_NAMES,
     TOLERANCE,

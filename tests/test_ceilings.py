@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, series_of, work
+
 from rwkvprobe.report import render, verdict_sentences
 from rwkvprobe.roofline import CEILING_TOLERANCE, build_verdict, hold_ceilings, model_seconds
 

@@ -3,8 +3,8 @@
 import re
 
 import pytest
-
 from conftest import PROFILES, run_module
+
 from rwkvprobe import __version__
 from rwkvprobe.profile import layer_list, load_profile
 

@@ -11,8 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rwkvprobe.compare import (GBPS, SECONDS, TEXT, Comparison, Row, compare_command, compare_files, ratio_cell,
-                               render_markdown)
+from rwkvprobe.compare import GBPS, SECONDS, TEXT, Comparison, Row, compare_command, compare_files, ratio_cell, render_markdown
 from rwkvprobe.errors import InputError
 from rwkvprobe.results import new_results, save_results
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_module
+
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import LOCK_NAME, lock_folder
 

@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import PROFILES, run_module
+
 from rwkvprobe.backends import TOLERANCE, UnavailableDtype, backend_class, check_runner
 from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
 from rwkvprobe.errors import InputError, MissingExtra
@@ -257,6 +257,7 @@ def _ggml_results(layers, times):
 
 def test_quantized_ggml_series_takes_kept_matrices_from_its_f16_series():
     from roofline_fixtures import RWKV7_SMALL, layers_of
+
     from rwkvprobe.report import verdict_sentences
     from rwkvprobe.roofline import build_verdict, quant_comparison
 
@@ -283,6 +284,7 @@ def test_quantized_ggml_series_takes_kept_matrices_from_its_f16_series():
 
 def test_quantize_option_overrides_the_ggml_rule():
     from roofline_fixtures import RWKV7_SMALL, layers_of
+
     from rwkvprobe.roofline import build_verdict
 
     layers = layers_of(RWKV7_SMALL)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from rwkvprobe.profile import parse_profile
 from rwkvprobe.timing import TimingPolicy
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import PROFILES
+
 from rwkvprobe import toolkit
 from rwkvprobe.analyze import profile_json
 from rwkvprobe.device import compiler_estimates, load_device, modelled_results

@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from conftest import PROFILES
+
 from rwkvprobe import onnxgen
 from rwkvprobe.errors import InputError
 from rwkvprobe.profile import layer_list, load_profile, parse_profile

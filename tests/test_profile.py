@@ -4,8 +4,8 @@ import math
 import re
 
 import pytest
-
 from conftest import PROFILES
+
 from rwkvprobe.errors import InputError
 from rwkvprobe.profile import (
     DTYPE_BYTES,

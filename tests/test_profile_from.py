@@ -16,8 +16,8 @@ import textwrap
 
 import pytest
 import yaml
-
 from conftest import PROFILES, ROOT
+
 from rwkvprobe.errors import InputError
 from rwkvprobe.importer import detect_version, profile_from, profile_yaml
 from rwkvprobe.profile import (

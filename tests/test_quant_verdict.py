@@ -1,8 +1,8 @@
 """The measured quantization verdict: a format's measured decode beside its bytes-only bound."""
 
 import pytest
-
 from roofline_fixtures import explicit_profile, layers_of
+
 from rwkvprobe.report import verdict_sentences
 from rwkvprobe.results import new_results
 from rwkvprobe.roofline import build_verdict, quant_comparison

@@ -11,15 +11,23 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from roofline_fixtures import (
+    RWKV4_SMALL,
+    RWKV7_SMALL,
+    explicit_profile,
+    layers_of,
+    make_results,
+    model_time,
+    point,
+    series_of,
+    work,
+)
 
-from roofline_fixtures import (RWKV4_SMALL, RWKV7_SMALL, explicit_profile, layers_of, make_results, model_time,
-                               point, series_of, work)
 from rwkvprobe import roofline
 from rwkvprobe.analyze import layers_from_json
 from rwkvprobe.profile import DTYPE_BYTES
 from rwkvprobe.report import render, verdict_sentences
-from rwkvprobe.roofline import (CLASSES, RULE, build_verdict, classify, layer_verdict, model_seconds,
-                                non_matmul_bytes)
+from rwkvprobe.roofline import CLASSES, RULE, build_verdict, classify, layer_verdict, model_seconds, non_matmul_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 up, down = (lambda x: math.nextafter(x, math.inf)), (lambda x: math.nextafter(x, 0.0))

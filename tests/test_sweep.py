@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import run_module
+
 from rwkvprobe import cli as cli_module
 from rwkvprobe import sweep
 from rwkvprobe.backends import Workload

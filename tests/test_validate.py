@@ -8,8 +8,8 @@ import sys
 from collections import Counter
 
 import pytest
-
 from conftest import PROFILES, ROOT
+
 from rwkvprobe.analyze import profile_json
 from rwkvprobe.profile import layer_list, load_profile, parse_profile
 
