@@ -32,6 +32,8 @@ BANDWIDTH_TRIALS = 10
 REPROBE_EXCESS = 1.05
 #: at most this many re-probes triggered by fast layers in one run (each costs a few tenths of a second)
 MAX_REPROBES = 4
+#: before measuring a contended point again, wait at most this long for the other processes to go quiet
+QUIET_WAIT_SECONDS = 1.0
 #: weight buffers of a layer point in --quick runs (the eviction read keeps every call cold)
 QUICK_COPIES = 4
 #: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots) and
@@ -376,7 +378,7 @@ class Analysis:
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
                 spare = left - (len(points) - i) * (setup + MIN_POINT_SECONDS)
-                if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()):
+                if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
                     stages["what-if points"] = stages.get("what-if points", 0.0) + time.perf_counter() - t_point
@@ -436,8 +438,10 @@ class Analysis:
         """A point timed while other processes took the CPUs: measured once more; the quieter one is kept."""
         share = point["contention"]["other_share"] + point["contention"]["steal_share"]
         progress.note(f"{label}: other processes took {share:.0%} of the CPUs while it was timed: measuring again")
+        waited = _wait_for_quiet(QUIET_WAIT_SECONDS)
         again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
-        first = {"contention": point["contention"], "median_seconds": (point.get("timing") or {}).get("median_seconds")}
+        first = {"contention": point["contention"], "median_seconds": (point.get("timing") or {}).get("median_seconds"),
+                 "waited_for_quiet_seconds": waited}
         if again.get("timing") and again.get("contention"):
             share2 = again["contention"]["other_share"] + again["contention"]["steal_share"]
             if share2 <= share or not again["contention"]["contended"]:
@@ -538,6 +542,20 @@ class Analysis:
             if not (folder / spec.filename).is_file():
                 onnxgen.check_resources([spec], folder)
                 onnxgen.write_model(spec, folder, onnxgen.DEFAULT_OPSET)
+
+
+def _wait_for_quiet(limit: float, step: float = 0.25) -> float:
+    """Wait (at most ``limit`` seconds) until a ``step`` window passes with the machine not contended;
+    returns the seconds waited. Used before measuring a contended point again."""
+    from rwkvprobe import contention
+
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        a = contention.sample()
+        time.sleep(step)
+        if not contention.between(a, contention.sample())["contended"]:
+            break
+    return time.monotonic() - start
 
 
 def _hold_for_test() -> None:  # pragma: no cover - exercised by the interrupt test in a subprocess

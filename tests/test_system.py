@@ -323,3 +323,13 @@ def test_a_real_sample_is_sane():
     b = c.sample()
     got = c.between(a, b)
     assert x > 0 and got["cpus"] >= 1 and got["other_cpu_seconds"] >= 0 and got["steal_cpu_seconds"] >= 0
+
+
+def test_wait_for_quiet_returns_at_once_when_quiet_and_gives_up_when_busy(monkeypatch):
+    from rwkvprobe import analyze, contention
+
+    monkeypatch.setattr(contention, "between", lambda a, b, threshold=0.1: {"contended": False})
+    assert analyze._wait_for_quiet(5.0, step=0.01) < 1.0
+    monkeypatch.setattr(contention, "between", lambda a, b, threshold=0.1: {"contended": True})
+    waited = analyze._wait_for_quiet(0.2, step=0.01)
+    assert 0.2 <= waited < 1.0
