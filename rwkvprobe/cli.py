@@ -1,4 +1,5 @@
-"""The ``rwkvprobe`` command line: thin wrappers that parse, call plain functions and print."""
+"""The ``rwkvprobe`` command line: parses options, runs the commands (progress, interrupts, one-line errors)
+and prints their results. Exit codes: 0 ok, 1 a measurement failed, 2 bad usage or bad input, 130 interrupted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Errors that end a command with one line on stderr and exit code 2 (bad usage or bad input)."""
+"""Errors that end a command with one line on stderr: exit code 2 for bad usage or bad input (InputError,
+MissingExtra), 130 for a run the user stopped (Interrupted)."""
 
 
 class InputError(Exception):

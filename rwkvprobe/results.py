@@ -2,7 +2,13 @@
 
 Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
 - 1 (rwkvprobe 0.1.0): kind, command, environment (+ after snapshot, warnings), settings, profile and
-  layers, bandwidth, ceilings per backend and dtype, measurements with every raw sample, skipped.
+  layers, bandwidth, ceilings per backend and dtype, measurements with every raw sample, skipped; later
+  additions within 1: nonmatmul (timed non-matmul block), validation, board (eval_perf), compiler_estimates.
+- 2: bandwidth_probes (the read bandwidth probed again between and after the layers: when, trials, best),
+  per-point contention (other processes' CPU time and steal while timed) and remeasured, ceilings with
+  compute_again, gemv_skipped and light, settings.whatif_series (the measured int8/int4 what-if), nonmatmul
+  seq (prefill's sequential state update), block_graphs (whole blocks in onnxruntime), ggml's series.
+  Version-1 files still load: every field added in 2 is optional to readers.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, read_input_text
 
 SCHEMA = "rwkvprobe-results"
-SCHEMA_VERSION = 1
-KINDS = ("analyze", "bandwidth", "ceilings", "sweep")
+SCHEMA_VERSION = 2
+KINDS = ("analyze", "bandwidth", "sweep")
 
 
 def new_results(kind: str, environment: dict | None = None, settings: dict | None = None) -> dict:

@@ -321,18 +321,17 @@ def test_library_output_restores_the_streams(monkeypatch, capfd):
     logger = logging.getLogger(rb.LIBRARY_LOGGER)
     monkeypatch.setattr(logger, "handlers", [handler])  # the library's own: a stream handler on stderr
     monkeypatch.setattr(logger, "propagate", False)
-    if True:
-        streams = sys.stdout, sys.stderr
-        with rb.library_output("test") as log:
-            os.write(2, b"native noise\n")
-            print("python noise")
-            logger.error("E logged noise")
-        assert (sys.stdout, sys.stderr) == streams and handler.stream is sys.stderr
-        assert log.text.splitlines() == ["native noise", "python noise", "E logged noise"]
-        assert log.error() == "logged noise"
-        print("after")
-        os.write(2, b"fd 2 after\n")
-        assert capfd.readouterr() == ("after\n", "fd 2 after\n")
+    streams = sys.stdout, sys.stderr
+    with rb.library_output("test") as log:
+        os.write(2, b"native noise\n")
+        print("python noise")
+        logger.error("E logged noise")
+    assert (sys.stdout, sys.stderr) == streams and handler.stream is sys.stderr
+    assert log.text.splitlines() == ["native noise", "python noise", "E logged noise"]
+    assert log.error() == "logged noise"
+    print("after")
+    os.write(2, b"fd 2 after\n")
+    assert capfd.readouterr() == ("after\n", "fd 2 after\n")
 
 
 def test_inference_none_is_recorded_not_timed(as_on_board, tmp_path, monkeypatch):
