@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 try:  # newer typer releases carry their own copy of click
@@ -18,8 +17,13 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
 from rwkvprobe import __version__
+from rwkvprobe.compare import compare_command
+from rwkvprobe.console import Reporter, err_console, out_console, print_warnings, run_keeping_results  # noqa: F401
 from rwkvprobe.errors import InputError, Interrupted
+from rwkvprobe.importer import profile_from_command
 from rwkvprobe.profile import DTYPE_BYTES, LayerList, layer_list, load_profile, profiles_dir, shipped_profiles
+from rwkvprobe.sweep import sweep_command
+from rwkvprobe.validate import validate_command
 
 app = typer.Typer(
     add_completion=False,
@@ -29,17 +33,6 @@ app = typer.Typer(
 )
 profile_app = typer.Typer(no_args_is_help=True, help="List the shipped model profiles or show one's layers.")
 app.add_typer(profile_app, name="profile")
-
-def _console(stderr: bool = False) -> Console:
-    """Rich console; when not on a terminal (pipes, CI logs) use 120 columns, not rich's 80."""
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
-    return Console(stderr=stderr, highlight=False, width=width)
-
-
-out_console = _console()
-err_console = _console(stderr=True)
-
 
 def _version(value: bool):
     if value:
@@ -283,42 +276,6 @@ def bandwidth_cmd(
 # analyze / report
 
 
-class Reporter:
-    """Progress on stderr: stage lines, then a rich progress bar with ETA over the layer points."""
-
-    def __init__(self, console: Console, verbose: bool = False):
-        self.console = console
-        self.verbose = verbose
-        self.progress = None
-        self.task = None
-
-    def stage(self, text: str) -> None:
-        self.console.print(f"[bold]{text}[/bold]", highlight=False)
-
-    def note(self, text: str) -> None:
-        if self.verbose:
-            self.console.print(f"  {text}", markup=False, highlight=False)
-
-    def begin_points(self, total: int, what: str = "layers") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.console.print(f"[bold]{what}: {total} points to measure[/bold]", highlight=False)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 console=self.console, transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task("measuring", total=total)
-
-    def advance(self, label: str) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=1, description=label[:40].ljust(40))
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
 @app.command("analyze")
 def analyze_cmd(
     profile: Path = typer.Argument(..., help="A profile YAML file, e.g. profiles/rwkv-1b5.yaml."),
@@ -391,24 +348,6 @@ def analyze_cmd(
         out_console.print(line, highlight=False, markup=False)
     print_warnings(results)
     print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
-
-
-def run_keeping_results(job, reporter: "Reporter", resume_command: str) -> dict:
-    """``job.run(reporter)``; on Ctrl-C save what was measured and say how to resume (exit 130)."""
-    try:
-        return job.run(reporter)
-    except KeyboardInterrupt:
-        reporter.close()
-        if job.results is not None:
-            job.save()
-        raise Interrupted(f"interrupted: what was measured is in {job.path}; complete it with: {resume_command}") from None
-    finally:
-        reporter.close()
-
-
-def print_warnings(results: dict) -> None:
-    for w in results.get("warnings", []):
-        err_console.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional[Path], rknn: Optional[Path]) -> None:
@@ -584,19 +523,11 @@ def op_kind_shares(cycles: dict) -> list[tuple[str, float]]:
     return sorted(((k, v / total) for k, v in by.items() if v and total), key=lambda kv: -kv[1])
 
 
-def _register_optional_commands() -> None:
-    from rwkvprobe.compare import compare_command
-    from rwkvprobe.sweep import sweep_command
-    from rwkvprobe.validate import validate_command
-
-    app.command("compare")(compare_command)
-    app.command("sweep")(sweep_command)
-    app.command("validate")(validate_command)
-    from rwkvprobe.importer import profile_from_command
-    profile_app.command("from")(profile_from_command)
-
-
-_register_optional_commands()
+# The commands whose functions live beside their engines (no import cycle since console.py)
+app.command("compare")(compare_command)
+app.command("sweep")(sweep_command)
+app.command("validate")(validate_command)
+profile_app.command("from")(profile_from_command)
 
 
 # ------------------------------------------------------------------------------------------------

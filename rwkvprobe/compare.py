@@ -27,6 +27,7 @@ import typer
 
 from rwkvprobe.analyze import RESULTS, layers_from_json
 from rwkvprobe.bandwidth import KERNELS
+from rwkvprobe.console import err_console, out_console
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure import point_seconds
@@ -342,7 +343,6 @@ def compare_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the comparison as markdown to this file."),
 ):
     """Compare results files side by side (two boards, two governors, before/after), with ratios to the first."""
-    from rwkvprobe.cli import err_console, out_console
 
     comparison = compare_files(files)
     text = render_markdown(comparison) + "\n"

@@ -501,7 +501,7 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
     checks = results.get("validation") or []
     if not checks:
         return []
-    from rwkvprobe.validate import TARGET, summary_lines
+    from rwkvprobe.validation import TARGET, summary_lines
 
     md = ["## Prediction checked", "",
           "`rwkvprobe validate` ran the real model (BlinkDL's reference forward pass, seeded random weights) token by "

@@ -27,6 +27,7 @@ import typer
 
 from rwkvprobe import system
 from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload
+from rwkvprobe.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
 from rwkvprobe.measure import measure_point, onnx_cache_dir
@@ -684,7 +685,6 @@ def sweep_command(
 ):
     """The seed article's scaling experiment: time vs size per backend, fitted cost model, crossovers."""
     from rwkvprobe.analyze import check_dtypes
-    from rwkvprobe.cli import Reporter, err_console, out_console, print_warnings, run_keeping_results
     from rwkvprobe.sweep_report import render_sweep
     from rwkvprobe.system import resolve_cpus
     from rwkvprobe.timing import default_threads

@@ -18,23 +18,18 @@ from typing import Optional
 import typer
 
 from rwkvprobe import nonmatmul
+from rwkvprobe.console import Reporter, err_console, out_console, run_keeping_results
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
 from rwkvprobe.profile import LayerList, layer_list, load_profile
+from rwkvprobe.validation import GGML_NOTE, NOISY, TARGET, summary_lines  # noqa: F401 (re-exported)
 
-#: the prediction counts as confirmed when predicted / measured is within this fraction of 1
-TARGET = 0.15
 #: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
 #: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
 PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7: "torch"}
-#: a real pass whose per-token times spread more than this (IQR / median) ran on a busy machine
-NOISY = 0.10
 DTYPES = ("fp32", "bf16", "fp16")
 #: ggml's quantized formats: no ggml forward pass here to check them against (check_request says so)
 GGML_QUANTIZED = ("q8_0", "q5_1", "q4_0", "q4_k")
-#: what a ggml series' check is, said wherever it is shown
-GGML_NOTE = ("the real pass is BlinkDL's reference package (torch), not a ggml engine such as rwkv.cpp: it checks "
-             "that ggml's per-layer times add up to a forward pass of the same model, not ggml's own graph")
 
 
 def check_request(ll: LayerList, backend: str, dtype: str, tokens: int, chunk: int) -> None:
@@ -164,57 +159,6 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
     return out
 
 
-def summary_lines(v: dict, name: str) -> list[str]:
-    """Plain sentences: predicted vs measured, the ratio, and where the gap is."""
-    p, m, s = v["predicted"]["decode_seconds"], v["measured"]["decode"]["median"], v["split"]
-    d = v["measured"]["decode"]
-    verdict = "within" if v["within_target"] else "OUTSIDE"
-    series = v.get("prediction_series", v["backend"])
-    layout = f" ({series}: weights [N, K] as the reference keeps this version on a CPU)" if series != v["backend"] else ""
-    rest_source = ("from analyze's timed non-matmul block" if s.get("rest_predicted_measured")
-                   else "modelled as bytes over bandwidth")
-    lines = [
-        f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token{layout}, "
-        f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens, IQR {d['q1'] * 1e3:.1f}-"
-        f"{d['q3'] * 1e3:.1f}) in the reference forward pass ({v['reference']}, random weights): predicted/measured "
-        f"{v['predicted_over_measured']:.2f}, {verdict} the {v['target']:.0%} target.",
-        f"Gap {(m - p) * 1e3:+.1f} ms/token: weight matmuls {(s['matmul_forward_seconds'] - s['matmul_predicted_seconds']) * 1e3:+.1f} ms "
-        f"({s['matmul_forward_seconds'] * 1e3:.1f} ms inside the forward pass, timed by torch.profiler, vs "
-        f"{s['matmul_predicted_seconds'] * 1e3:.1f} ms from analyze's per-layer measurements); everything else "
-        f"{(s['rest_forward_seconds'] - s['rest_predicted_seconds']) * 1e3:+.1f} ms ({s['rest_forward_seconds'] * 1e3:.1f} ms "
-        f"in the forward pass vs {s['rest_predicted_seconds'] * 1e3:.2f} ms "
-        f"{rest_source}: "
-        "elementwise ops, norms, the RNN state update, framework overhead).",
-    ]
-    if v.get("prefill"):
-        pre = v["prefill"]
-        if pre.get("predicted_with_state"):
-            lines.append(
-                f"Prefill chunk of {pre['chunk']}: predicted {pre['predicted_tokens_per_second']:.0f} tokens/s (matmuls at "
-                f"M={pre['chunk']} {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + the sequential state update "
-                f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk), measured {pre['measured_tokens_per_second']:.0f} "
-                f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
-                f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target.")
-        else:
-            tps = pre.get("predicted_tokens_per_second", pre.get("predicted_tokens_per_second_matmuls_only"))
-            lines.append(f"Prefill chunk of {pre['chunk']}: measured {pre['measured_tokens_per_second']:.0f} tokens/s; "
-                         f"analyze's matmul-only figure {tps:.0f} tokens/s "
-                         "(an upper bound: it leaves out the sequential state update).")
-    if s["rest_forward_seconds"] <= 0.01 * m:
-        lines.append("Warning: the profiled weight matmuls took (almost) the whole token: the machine's load changed "
-                     "between the profiled and the unprofiled tokens, so this split is not trustworthy; rerun on a "
-                     "quiet machine.")
-    spread = (d["q3"] - d["q1"]) / d["median"]
-    if spread > NOISY:
-        lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
-                     "the CPUs during the real pass; rerun on a quiet machine before trusting the ratio.")
-    if v["backend"] == "ggml":
-        lines.append(f"Note ({v['backend']} {v['dtype']}): {GGML_NOTE}.")
-    if not v["measured"].get("logits_finite", True):
-        lines.append("Note: the random-weight model produced non-finite logits; timings may not be representative.")
-    return lines
-
-
 def record(results: dict, validation: dict) -> None:
     """Store a validation in an analyze results dict, replacing an earlier one of the same backend and dtype."""
     kept = [x for x in results.get("validation") or []
@@ -238,7 +182,6 @@ def validate_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """Run the real model (random weights) token by token and compare with analyze's prediction."""
-    from rwkvprobe.cli import Reporter, err_console, out_console, run_keeping_results
     from rwkvprobe.report import render
     from rwkvprobe.results import load_results, save_results
     from rwkvprobe.timing import default_threads
