@@ -100,14 +100,21 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         out.append("More FLOP/s (a faster kernel, more cores, an NPU) would speed up decode; smaller weights alone would not.")
     else:
         out.append("Per-call overhead dominates: fewer, larger calls (batching, fused layers) would help most.")
-    for p in best["model"].get("prefill", []):
+    # prefill from the fastest series whose prefill was measured (a decode-only series' prefill is modelled),
+    # one with the sequential state update timed first (a matmul-only figure is only an upper bound)
+    pre_series = min((s for s in series if not s.get("whatif") and s["model"].get("prefill")
+                      and not any(p["modelled"] for p in s["model"]["prefill"])),
+                     key=lambda s: (not s["model"]["prefill"][0].get("with_state"),
+                                    s["model"]["prefill"][0].get("seconds", s["model"]["prefill"][0]["matmul_seconds"])),
+                     default=best)
+    for p in pre_series["model"].get("prefill", []):
         if p.get("with_state"):
-            out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(best)}: "
+            out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(pre_series)}: "
                        f"matmuls at M={p['chunk']} plus the sequential state update, {_ms(p['state_seconds'])} a chunk, timed "
                        f"as the reference loops over the chunk's tokens{', partly modelled' if p['modelled'] else ''}).")
         else:
             out.append(f"Prefill in chunks of {p['chunk']} tokens: at most {p['tokens_per_second']:.1f} tokens/s "
-                       f"({_label(best)}, matmuls only{', partly modelled' if p['modelled'] else ''}: an upper bound, "
+                       f"({_label(pre_series)}, matmuls only{', partly modelled' if p['modelled'] else ''}: an upper bound, "
                        "the sequential state update is not timed for this backend).")
     out += _engine_sentences(series, results)
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]
