@@ -288,7 +288,7 @@ def analyze_cmd(
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7; recorded."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: rwkvprobe-out/<profile>-<timestamp>/."),
     quick: bool = typer.Option(False, "--quick", help="Decode only, shorter timing: about a minute."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run, about its wall time (default 100, --quick 40)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run, about its wall time (default 100, --quick 38)."),
     warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
     device: Optional[str] = typer.Option(None, "--device", help="Model a device instead of measuring this machine: rk3588 or a device YAML. Every figure is labelled modelled."),
@@ -328,7 +328,7 @@ def analyze_cmd(
     if block_size not in (16, 32, 64, 128, 256):
         raise InputError(f"--block-size {block_size}: expected 16, 32, 64, 128 or 256")
     settings = AnalyzeSettings(backends=names, dtypes=dts, tokens=ms, threads=n_threads, cpus=resolve_cpus(cpus),
-                               cold=not warm, budget_seconds=budget or (40.0 if quick else 100.0), quick=quick,
+                               cold=not warm, budget_seconds=budget or (38.0 if quick else 100.0), quick=quick,
                                rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
                                if quantize is not None else None)
