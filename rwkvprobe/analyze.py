@@ -17,7 +17,7 @@ from pathlib import Path
 from rwkvprobe import system
 from rwkvprobe.backends import BACKEND_NAMES, Workload, available_backends, backend_class, get_backend
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
+from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
 from rwkvprobe.measure import measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.profile import LayerList
 from rwkvprobe.results import load_results, new_results, save_results
@@ -219,14 +219,7 @@ class Analysis:
     @classmethod
     def start(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path | None) -> "Analysis":
         out = ensure_writable_dir(out_dir or default_out_dir(layers))
-        lock = lock_folder(out)  # one run per folder: a second one is refused here, before anything is read
-        try:
-            if (out / RESULTS).exists():
-                raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
-        except BaseException:
-            lock.release()
-            raise
-        return cls(layers, settings, out, lock=lock)
+        return cls(layers, settings, out, lock=lock_new_run(out, RESULTS))
 
     @classmethod
     def resume(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path) -> "Analysis":

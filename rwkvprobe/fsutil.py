@@ -191,3 +191,16 @@ def lock_folder(path: str | Path, warn=None) -> FolderLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     return FolderLock(folder, fd, took_over)
+
+
+def lock_new_run(out: Path, results_name: str) -> FolderLock:
+    """The start of a new run into ``out`` (analyze, sweep): take the folder's lock, then refuse a folder
+    that already holds a results file (one line pointing at --resume), giving the lock back."""
+    lock = lock_folder(out)  # one run per folder: a second one is refused here, before anything is read
+    try:
+        if (out / results_name).exists():
+            raise InputError(f"{out / results_name} exists: use --resume {out} to complete it, or another --out")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -29,7 +29,7 @@ from rwkvprobe import system
 from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload
 from rwkvprobe.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
+from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
 from rwkvprobe.measure import measure_point, onnx_cache_dir
 from rwkvprobe.results import load_results, new_results, save_results
 from rwkvprobe.timing import TimingPolicy, plan_rotation, set_affinity
@@ -429,14 +429,7 @@ class Sweep:
     @classmethod
     def start(cls, settings: SweepSettings, out_dir: Path | None) -> "Sweep":
         out = ensure_writable_dir(out_dir or default_out_dir(settings.grid))
-        lock = lock_folder(out)  # one run per folder: a second one is refused here
-        try:
-            if (out / RESULTS).exists():
-                raise InputError(f"{out / RESULTS} exists: use --resume {out} to complete it, or another --out")
-        except BaseException:
-            lock.release()
-            raise
-        return cls(settings, out, lock=lock)
+        return cls(settings, out, lock=lock_new_run(out, RESULTS))
 
     @classmethod
     def resume(cls, settings: SweepSettings, out_dir: Path, results: dict | None = None) -> "Sweep":
