@@ -34,8 +34,8 @@ REPROBE_EXCESS = 1.05
 MAX_REPROBES = 4
 #: before measuring a contended point again, wait at most this long for the other processes to go quiet
 QUIET_WAIT_SECONDS = 1.0
-#: weight buffers of a layer point in --quick runs (the eviction read keeps every call cold)
-QUICK_COPIES = 4
+#: weight buffers of a layer point (the untimed eviction read between calls keeps every call cold)
+POINT_COPIES = 4
 #: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots) and
 #: for starting the process, so that --budget is close to the command's wall time
 FINISH_RESERVE_SECONDS = 6.0
@@ -354,7 +354,7 @@ class Analysis:
             budget = min(per_point, max(MIN_POINT_SECONDS, left / (len(points) - i) - setup))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
-            calls = plan_rotation(w.weight_bytes, llc, s.cold).copies + policy.min_samples + 1
+            calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
             if proj is not None and proj * calls > SKIP_FACTOR * per_point:
                 point = {"backend": b, "dtype": d, "m": m, "k": k, "n": n, "flops": w.flops, "bytes": w.bytes_moved,
                          "skipped": f"projected {proj:.2f} s a call ({calls} calls at least) from this backend's "
@@ -364,9 +364,9 @@ class Analysis:
                 t_point = time.perf_counter()
                 whatif_point = (b, d) in whatif
                 pol = whatif_policy if whatif_point else policy
-                # --quick: at most QUICK_COPIES weight buffers a point (the untimed eviction read makes up the
-                # rest of the cold traffic): preparing and checking 16 copies was most of a quick run's time
-                copies = WHATIF_COPIES if whatif_point else (QUICK_COPIES if quick else None)
+                # at most POINT_COPIES weight buffers a point (the untimed eviction read makes up the rest of the
+                # cold traffic): preparing and checking 16 copies was most of a run's time
+                copies = WHATIF_COPIES if whatif_point else POINT_COPIES
                 point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
