@@ -397,6 +397,11 @@ class Analysis:
                               f"{c['peak_gflops']:.1f}: measuring the peak again")
                 self._compute_again(backends[b], c, llc, label)
         lap("layers")
+        # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at fp32)
+        # before the last probe allocates its arrays
+        from rwkvprobe.backends import base_weight
+
+        base_weight.cache_clear()
         if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
             progress.stage("memory bandwidth again")
             self._probe("after the layers", t_start)
