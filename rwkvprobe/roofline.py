@@ -194,24 +194,21 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
     def name(r):
         return f"layer {r['layer']} (M={r['m']}, {r['k']}x{r['n']})"
 
-    top = max(measured, key=lambda r: r["bytes"] / r["seconds"])
-    attained = top["bytes"] / top["seconds"]
-    if attained > tolerance * W:
-        out.append({"ceiling": "bandwidth", "layer": top["layer"], "m": top["m"], "unit": "GB/s",
-                    "measured": W / 1e9, "attained": attained / 1e9,
-                    "text": f"{name(top)} read {attained / 1e9:.1f} GB/s, {attained / W - 1:.0%} above the measured "
-                            f"DRAM bandwidth of {W / 1e9:.1f} GB/s (best of every probe of the run): its bandwidth "
-                            f"ceiling is raised to {attained / 1e9:.1f} GB/s"})
-        W = attained
-    top = max(measured, key=lambda r: r["flops"] / r["seconds"])
-    attained = top["flops"] / top["seconds"]
-    if attained > tolerance * P:
-        out.append({"ceiling": "compute", "layer": top["layer"], "m": top["m"], "unit": "GFLOP/s",
-                    "measured": P / 1e9, "attained": attained / 1e9,
-                    "text": f"{name(top)} ran at {attained / 1e9:.1f} GFLOP/s, {attained / P - 1:.0%} above the "
-                            f"measured peak of {P / 1e9:.1f} GFLOP/s: its compute ceiling is raised to "
-                            f"{attained / 1e9:.1f} GFLOP/s"})
-        P = attained
+    ceilings = {"bandwidth": W, "compute": P}
+    # (ceiling, the row's work it is judged on, unit, how a layer attaining it is said, the ceiling's own name)
+    for ceiling, work, unit, verb, measured_as in (
+            ("bandwidth", "bytes", "GB/s", "read", "the measured DRAM bandwidth of {} (best of every probe of the run)"),
+            ("compute", "flops", "GFLOP/s", "ran at", "the measured peak of {}")):
+        top = max(measured, key=lambda r: r[work] / r["seconds"])
+        attained, limit = top[work] / top["seconds"], ceilings[ceiling]
+        if attained > tolerance * limit:
+            out.append({"ceiling": ceiling, "layer": top["layer"], "m": top["m"], "unit": unit,
+                        "measured": limit / 1e9, "attained": attained / 1e9,
+                        "text": f"{name(top)} {verb} {attained / 1e9:.1f} {unit}, {attained / limit - 1:.0%} above "
+                                + measured_as.format(f"{limit / 1e9:.1f} {unit}")
+                                + f": its {ceiling} ceiling is raised to {attained / 1e9:.1f} {unit}"})
+            ceilings[ceiling] = attained
+    W, P = ceilings["bandwidth"], ceilings["compute"]
     # the largest t0 that keeps every measured layer within the tolerance of its roofline
     slack = [(tolerance * r["seconds"] - max(r["flops"] / P, r["bytes"] / W), r) for r in measured]
     worst = max(measured, key=lambda r: model_seconds(r["flops"], r["bytes"], P, W, t0) / r["seconds"])
