@@ -185,9 +185,11 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
     roofline. Returns one dict per change (``text`` names the layer and both figures; ``P``, ``W``,
     ``t0`` the ceilings after it); empty when the ceilings hold.
     """
-    # rows kept at another type (ggml's f16 rows in a quantized series) answer to that series' ceilings
-    measured = [r for r in rows if r.get("measured") and r.get("seconds") and not r.get("stored_as")]
-    if not measured:
+    # DRAM bandwidth is the machine's: every measured row counts against W. Compute and overhead are the
+    # kernel's: rows kept at another type (ggml's f16 rows in a quantized series) answer to that series' P, t0
+    every = [r for r in rows if r.get("measured") and r.get("seconds")]
+    measured = [r for r in every if not r.get("stored_as")]
+    if not every:
         return []
     out = []
 
@@ -199,7 +201,10 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
     for ceiling, work, unit, verb, measured_as in (
             ("bandwidth", "bytes", "GB/s", "read", "the measured DRAM bandwidth of {} (best of every probe of the run)"),
             ("compute", "flops", "GFLOP/s", "ran at", "the measured peak of {}")):
-        top = max(measured, key=lambda r: r[work] / r["seconds"])
+        judged = every if ceiling == "bandwidth" else measured
+        if not judged:
+            continue
+        top = max(judged, key=lambda r: r[work] / r["seconds"])
         attained, limit = top[work] / top["seconds"], ceilings[ceiling]
         if attained > tolerance * limit:
             out.append({"ceiling": ceiling, "layer": top["layer"], "m": top["m"], "unit": unit,
@@ -209,6 +214,10 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
                                 + f": its {ceiling} ceiling is raised to {attained / 1e9:.1f} {unit}"})
             ceilings[ceiling] = attained
     W, P = ceilings["bandwidth"], ceilings["compute"]
+    if not measured:
+        for a in out:
+            a.update(P=P, W=W, t0=t0)
+        return out
     # the largest t0 that keeps every measured layer within the tolerance of its roofline
     slack = [(tolerance * r["seconds"] - max(r["flops"] / P, r["bytes"] / W), r) for r in measured]
     worst = max(measured, key=lambda r: model_seconds(r["flops"], r["bytes"], P, W, t0) / r["seconds"])

@@ -157,3 +157,16 @@ def test_overhead_lowered_only_as_far_as_the_tolerance_needs():
     assert raise_p["ceiling"] == "compute" and raise_p["attained"] == pytest.approx(2 * 128 * 768 / 66e-6 / 1e9)
     assert lower_t0["ceiling"] == "per-call overhead"
     assert lower_t0["t0"] == pytest.approx(0.05 * 66e-6)  # not 0: the layer may show up to 105%
+
+
+def test_a_row_kept_at_another_type_still_raises_the_series_bandwidth():
+    # ggml's quantized series take the head from the f16 series: if that row reads above W, this series
+    # shows it against its own W, so its own W is raised, with its own warning naming the layer
+    rows = [{"layer": "head", "m": 1, "k": 1024, "n": 65536, "measured": True, "seconds": 1e-3,
+             "flops": 2 * 1024 * 65536, "bytes": 37.4e6, "stored_as": "fp16"},
+            {"layer": "ffn.key", "m": 1, "k": 1024, "n": 4096, "measured": True, "seconds": 1e-3,
+             "flops": 2 * 1024 * 4096, "bytes": 2.3e6}]
+    (adj,) = hold_ceilings(rows, P=1e12, W=35.3e9, t0=0.0)
+    assert adj["ceiling"] == "bandwidth" and adj["layer"] == "head" and adj["W"] == pytest.approx(37.4e9)
+    # compute and overhead stay the kernel's: a kept row alone changes neither
+    assert hold_ceilings([dict(rows[0], seconds=1e-9, bytes=1.0)], P=1e9, W=1e12, t0=1e-3) == []
