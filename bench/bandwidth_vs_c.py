@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from rwkvprobe import bandwidth, system  # noqa: E402
+from rwkvprobe.measure import bandwidth, system  # noqa: E402
 
 SOURCE = HERE / "stream_ref.c"
 BINARY = HERE / "stream_ref"

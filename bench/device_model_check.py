@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rwkvprobe.analyze import profile_json  # noqa: E402
-from rwkvprobe.device import load_device, modelled_results  # noqa: E402
-from rwkvprobe.profile import layer_list, load_profile  # noqa: E402
-from rwkvprobe.report import verdict_of  # noqa: E402
+from rwkvprobe.measure.analyze import profile_json  # noqa: E402
+from rwkvprobe.model.device import load_device, modelled_results  # noqa: E402
+from rwkvprobe.model.profile import layer_list, load_profile  # noqa: E402
+from rwkvprobe.report.markdown import verdict_of  # noqa: E402
 
 TOLERANCE = 0.25
 
@@ -80,8 +80,8 @@ def rows(dev: dict, rknn: Path | None = None) -> list[dict]:
     row("RKLLM RWKV-7 1.5B w8a8 decode", SOURCES["rkllm"], "tokens/s", 13.82,
         rwkv[("NPU, a call per matmul (modelled)", "int8")], "NPU int8, a call per matmul", per_call)
     if rknn is not None:
-        from rwkvprobe import toolkit
-        from rwkvprobe.device import block_estimates
+        from rwkvprobe.model.device import block_estimates
+        from rwkvprobe.npu import toolkit
 
         manifest = toolkit.read_blocks_manifest(rknn)
         if manifest:

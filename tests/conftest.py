@@ -12,7 +12,7 @@ PROFILES = ROOT / "profiles"
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
-    from rwkvprobe.cli import main
+    from rwkvprobe.cli.app import main
 
     def run(*args):
         code = 0

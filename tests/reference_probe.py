@@ -19,7 +19,7 @@ if profile_data["version"] == 7:
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from rwkvprobe.profile import parse_profile, state_dict_shapes  # noqa: E402
+from rwkvprobe.model.profile import parse_profile, state_dict_shapes  # noqa: E402
 
 torch.manual_seed(0)
 profile = parse_profile(profile_data)

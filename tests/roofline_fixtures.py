@@ -1,13 +1,13 @@
 """Synthetic profiles and results dicts for tests/test_roofline.py (no hardware, no timing).
 
 Every figure here is chosen by hand; the expected values in the tests are recomputed from these
-inputs with the formulas of the design notes, not read back from rwkvprobe.roofline.
+inputs with the formulas of the design notes, not read back from rwkvprobe.verdict.roofline.
 """
 
 from __future__ import annotations
 
-from rwkvprobe import analyze
-from rwkvprobe.profile import DTYPE_BYTES, layer_list, parse_profile
+from rwkvprobe.measure import analyze
+from rwkvprobe.model.profile import DTYPE_BYTES, layer_list, parse_profile
 from rwkvprobe.results import new_results
 
 #: A small RWKV-7: big enough that its att/ffn/head layers are bandwidth-bound at 10 GB/s and

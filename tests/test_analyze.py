@@ -203,7 +203,8 @@ def test_backend_without_a_quantized_kernel_falls_back_to_the_labelled_bound(cli
 def test_low_ceilings_are_probed_again_and_kept(cli, small, tmp_path, monkeypatch):
     """A disturbed first probe (here: 10x too low) and a peak measured 100x too low: the layers that beat them
     make analyze probe the bandwidth and measure the peak again at once, and every probe is kept."""
-    from rwkvprobe import analyze, bandwidth, measure
+    from rwkvprobe.measure import analyze, bandwidth
+    from rwkvprobe.measure import points as measure
 
     real_bw, real_ceil = bandwidth.measure_bandwidth, measure.measure_ceilings
 
@@ -263,7 +264,7 @@ def test_default_run_measures_the_int8_int4_what_if_on_decode_shapes(cli, small,
 
 
 def test_plan_whatif_only_without_dtypes():
-    from rwkvprobe.analyze import AnalyzeSettings, plan_whatif
+    from rwkvprobe.measure.analyze import AnalyzeSettings, plan_whatif
 
     def settings(dtypes):
         return AnalyzeSettings(backends=None, dtypes=dtypes, tokens=[1], threads=1, cpus=None)
@@ -278,7 +279,7 @@ def test_plan_whatif_only_without_dtypes():
 
 
 def test_whatif_points_rotate_fewer_copies_but_stay_cold():
-    from rwkvprobe.timing import LLC_FACTOR, plan_rotation
+    from rwkvprobe.measure.timing import LLC_FACTOR, plan_rotation
 
     llc = 32 * 1024**2
     full = plan_rotation(2.6e6, llc, True)

@@ -15,9 +15,9 @@ from rwkvprobe.backends import (
     get_backend,
 )
 from rwkvprobe.errors import InputError, MissingExtra
-from rwkvprobe.measure import measure_point
-from rwkvprobe.profile import layer_list, load_profile
-from rwkvprobe.timing import TimingPolicy
+from rwkvprobe.measure.points import measure_point
+from rwkvprobe.measure.timing import TimingPolicy
+from rwkvprobe.model.profile import layer_list, load_profile
 
 SHAPES = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml")).unique_shapes()
 USABLE, SKIPPED = available_backends()
@@ -128,7 +128,7 @@ def test_registry_names():
 
 @pytest.mark.skipif("torch" not in USABLE, reason="torch not installed")
 def test_torch_linear_stores_weights_n_by_k_and_runs_only_when_named():
-    from rwkvprobe.analyze import AnalyzeSettings, plan_series
+    from rwkvprobe.measure.analyze import AnalyzeSettings, plan_series
 
     b = get_backend("torch-linear", 1)
     runner = b.prepare(Workload(1, 64, 48, "fp32"), 2)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from rwkvprobe import bandwidth as bw
 from rwkvprobe.errors import InputError
+from rwkvprobe.measure import bandwidth as bw
 
 SMALL = 64 * 1024  # bytes per array: 8192 float64
 USABLE = bw.usable_cpus()

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, series_of, work
 
-from rwkvprobe.report import render, verdict_sentences
-from rwkvprobe.roofline import CEILING_TOLERANCE, build_verdict, hold_ceilings, model_seconds
+from rwkvprobe.report.markdown import render, verdict_sentences
+from rwkvprobe.verdict.roofline import CEILING_TOLERANCE, build_verdict, hold_ceilings, model_seconds
 
 LAYERS = layers_of(RWKV7_SMALL)
 

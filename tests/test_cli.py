@@ -6,7 +6,7 @@ import pytest
 from conftest import PROFILES, run_module
 
 from rwkvprobe import __version__
-from rwkvprobe.profile import layer_list, load_profile
+from rwkvprobe.model.profile import layer_list, load_profile
 
 
 def test_version(cli):
@@ -101,7 +101,7 @@ def test_headline_onnx_command_rwkv_1b5(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from rwkvprobe.onnxgen import weight_matrix
+    from rwkvprobe.measure.onnxgen import weight_matrix
 
     proc = run_module("onnx", PROFILES / "rwkv-1b5.yaml", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -11,9 +11,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rwkvprobe.compare import GBPS, SECONDS, TEXT, Comparison, Row, compare_command, compare_files, ratio_cell, render_markdown
 from rwkvprobe.errors import InputError
 from rwkvprobe.results import new_results, save_results
+from rwkvprobe.verdict.compare import (
+    GBPS,
+    SECONDS,
+    TEXT,
+    Comparison,
+    Row,
+    compare_command,
+    compare_files,
+    ratio_cell,
+    render_markdown,
+)
 
 # ------------------------------------------------------------------------------------------------
 # Hand-made results files: one 4x8 layer run twice per token, so decode time = 2 x the layer's median

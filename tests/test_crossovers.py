@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rwkvprobe import fit
-from rwkvprobe.sweep_report import pair_sentence
+from rwkvprobe.report.sweep import pair_sentence
+from rwkvprobe.verdict import fit
 
 X = [128 * i for i in range(1, 13)]
 
@@ -97,8 +97,8 @@ def _two_series(factor: float):
 
 @pytest.mark.parametrize("factor, tied", [(1.01, True), (1.3, False)])
 def test_the_fastest_series_names_its_ties(factor, tied):
-    from rwkvprobe.report import verdict_sentences
-    from rwkvprobe.roofline import build_verdict
+    from rwkvprobe.report.markdown import verdict_sentences
+    from rwkvprobe.verdict.roofline import build_verdict
 
     layers, r = _two_series(factor)
     text = verdict_sentences(build_verdict(r, layers), layers, r)[0]

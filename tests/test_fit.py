@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rwkvprobe import fit
+from rwkvprobe.verdict import fit
 
 T0, P, W = 20e-6, 80e9, 12e9  # seconds, FLOP/s, bytes/s
 

@@ -15,7 +15,7 @@ from conftest import PROFILES, run_module
 from rwkvprobe.backends import TOLERANCE, UnavailableDtype, backend_class, check_runner
 from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
 from rwkvprobe.errors import InputError, MissingExtra
-from rwkvprobe.profile import layer_list, load_profile
+from rwkvprobe.model.profile import layer_list, load_profile
 
 HAVE_GGML = importlib.util.find_spec("ggml") is not None
 REQUIRED = os.environ.get("RWKVPROBE_REQUIRE_GGML") == "1"
@@ -110,8 +110,8 @@ def test_k_not_whole_blocks_is_refused_with_one_line(dtype, k):
 
 @needs_ggml
 def test_measure_point_records_the_refusal_and_goes_on():
-    from rwkvprobe.measure import measure_point
-    from rwkvprobe.timing import TimingPolicy
+    from rwkvprobe.measure.points import measure_point
+    from rwkvprobe.measure.timing import TimingPolicy
 
     b = _backend()
     point = measure_point(b, b.workload(1, 96, 16, "q4_k"), None, TimingPolicy(budget_seconds=0.02))
@@ -212,7 +212,7 @@ def test_missing_ggml_names_the_extra(monkeypatch, cli):
 
 
 def test_dtype_spellings_of_ggml_are_accepted():
-    from rwkvprobe.analyze import check_dtypes
+    from rwkvprobe.measure.analyze import check_dtypes
 
     assert check_dtypes(["f16", "q8_0", "q4_K", "fp16"]) == ["fp16", "q8_0", "q4_k"]
     assert check_dtypes(None) is None
@@ -223,7 +223,7 @@ def test_dtype_spellings_of_ggml_are_accepted():
 def test_ggml_formats_bytes_without_ggml():
     """Reports render anywhere: the formats' bytes are known without the library."""
     from rwkvprobe.backends import Workload
-    from rwkvprobe.profile import weight_bytes_of
+    from rwkvprobe.model.profile import weight_bytes_of
 
     assert Workload(1, 2048, 2048, "q4_0").weight_bytes == 2048 // 32 * 18 * 2048
     assert Workload(1, 2048, 2048, "q4_0", block_size=128).weight_bytes == 2048 // 32 * 18 * 2048  # fixed blocks
@@ -232,7 +232,7 @@ def test_ggml_formats_bytes_without_ggml():
 
 def _ggml_results(layers, times):
     """A results file with ggml fp16/q4_0 points (seconds per call by dtype), q4_0 measured on att/ffn only."""
-    from rwkvprobe.analyze import profile_json
+    from rwkvprobe.measure.analyze import profile_json
     from rwkvprobe.results import new_results
 
     r = new_results("analyze", settings={"tokens": [1], "quantize": None})
@@ -258,8 +258,8 @@ def _ggml_results(layers, times):
 def test_quantized_ggml_series_takes_kept_matrices_from_its_f16_series():
     from roofline_fixtures import RWKV7_SMALL, layers_of
 
-    from rwkvprobe.report import verdict_sentences
-    from rwkvprobe.roofline import build_verdict, quant_comparison
+    from rwkvprobe.report.markdown import verdict_sentences
+    from rwkvprobe.verdict.roofline import build_verdict, quant_comparison
 
     layers = layers_of(RWKV7_SMALL)
     r = _ggml_results(layers, {"fp16": 1e-3, "q4_0": 0.4e-3})
@@ -285,7 +285,7 @@ def test_quantized_ggml_series_takes_kept_matrices_from_its_f16_series():
 def test_quantize_option_overrides_the_ggml_rule():
     from roofline_fixtures import RWKV7_SMALL, layers_of
 
-    from rwkvprobe.roofline import build_verdict
+    from rwkvprobe.verdict.roofline import build_verdict
 
     layers = layers_of(RWKV7_SMALL)
     r = _ggml_results(layers, {"fp16": 1e-3, "q4_0": 0.4e-3})
@@ -297,7 +297,7 @@ def test_quantize_option_overrides_the_ggml_rule():
 
 def test_non_matmul_stand_in_is_labelled():
     """Where no ggml graph of the block exists (RWKV-4/5/6, odd head sizes) the torch block stands in, labelled."""
-    from rwkvprobe import nonmatmul
+    from rwkvprobe.measure import nonmatmul
 
     assert nonmatmul.block_dtype("q4_0", "ggml") == "fp32" and nonmatmul.block_dtype("fp16", "ggml") == "fp32"
     assert nonmatmul.block_dtype("fp16", "torch") == "fp16"
@@ -306,7 +306,7 @@ def test_non_matmul_stand_in_is_labelled():
 
 @needs_ggml
 def test_plan_adds_the_f16_series_and_the_default_run_has_ggml():
-    from rwkvprobe.analyze import AnalyzeSettings, plan_series
+    from rwkvprobe.measure.analyze import AnalyzeSettings, plan_series
 
     pairs, _ = plan_series(AnalyzeSettings(backends=["ggml"], dtypes=["q4_0"], tokens=[1], threads=1, cpus=None))
     assert pairs == [("ggml", "fp16"), ("ggml", "q4_0")]
@@ -316,7 +316,7 @@ def test_plan_adds_the_f16_series_and_the_default_run_has_ggml():
 
 @needs_ggml
 def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quantized_formats(tmp_path):
-    from rwkvprobe.analyze import Analysis, AnalyzeSettings
+    from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings
 
     ll = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml"))
     default = Analysis(ll, AnalyzeSettings(backends=None, dtypes=None, tokens=[1, 64], threads=1, cpus=None), tmp_path)
@@ -328,7 +328,7 @@ def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quan
     everything = Analysis(ll, AnalyzeSettings(backends=["ggml"], dtypes=None, tokens=[1], threads=1, cpus=None,
                                               quantize=["att", "ffn", "lora", "head"]), tmp_path)
     assert everything._wanted("ggml", "q4_0", 1, 768, 65536)
-    from rwkvprobe.measure import COMPUTE_SHAPES
+    from rwkvprobe.measure.points import COMPUTE_SHAPES
 
     assert default._compute_shapes("ggml") == COMPUTE_SHAPES[:1] and named._compute_shapes("ggml") == COMPUTE_SHAPES
 
@@ -340,7 +340,7 @@ def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quan
 @needs_ggml
 def test_ggml_block_graph_matches_the_torch_block_and_carries_its_state():
     torch = pytest.importorskip("torch") if not REQUIRED else __import__("torch")
-    from rwkvprobe import ggml_block, nonmatmul
+    from rwkvprobe.measure import ggml_block, nonmatmul
 
     profile = load_profile(PROFILES / "rwkv-0b1.yaml")
     inputs = ggml_block.block_inputs(profile, seed=1)
@@ -366,8 +366,8 @@ def test_ggml_block_graph_matches_the_torch_block_and_carries_its_state():
 @needs_ggml
 def test_ggml_block_is_timed_only_when_it_matches(monkeypatch):
     pytest.importorskip("torch") if not REQUIRED else None
-    from rwkvprobe import ggml_block
-    from rwkvprobe.profile import parse_profile
+    from rwkvprobe.measure import ggml_block
+    from rwkvprobe.model.profile import parse_profile
 
     small = parse_profile({"name": "s7", "source": "test", "version": 7, "n_layer": 2, "n_embd": 128,
                            "vocab_size": 512, "head_size": 64, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})

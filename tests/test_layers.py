@@ -11,9 +11,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "rwkvprobe"
 
 #: modules allowed to import typer or rich: the CLI, and today's engine modules that still do (to shrink)
-UI_ALLOWED = {"rwkvprobe.cli", "rwkvprobe.console"}
-UI_BASELINE = {"rwkvprobe.bandwidth", "rwkvprobe.compare", "rwkvprobe.importer", "rwkvprobe.sweep",
-               "rwkvprobe.validate"}
+UI_ALLOWED = {"rwkvprobe.cli.app", "rwkvprobe.cli.console"}
+UI_BASELINE = {"rwkvprobe.measure.bandwidth", "rwkvprobe.verdict.compare", "rwkvprobe.model.importer", "rwkvprobe.measure.sweep",
+               "rwkvprobe.measure.validate"}
 #: modules on an import cycle: none since console.py and validation.py broke the circles through the CLI
 #: and report <-> validate; none may join
 CYCLE_BASELINE: set[str] = set()

@@ -6,10 +6,10 @@ import sys
 import pytest
 from conftest import ROOT
 
-from rwkvprobe import nominal
-from rwkvprobe.analyze import profile_json
-from rwkvprobe.device import load_device, modelled_results
-from rwkvprobe.profile import layer_list, load_profile
+from rwkvprobe.measure.analyze import profile_json
+from rwkvprobe.model.device import load_device, modelled_results
+from rwkvprobe.model.profile import layer_list, load_profile
+from rwkvprobe.verdict import nominal
 
 
 def _measured(board=None):

@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from rwkvprobe.profile import parse_profile
-from rwkvprobe.timing import TimingPolicy
+from rwkvprobe.measure.timing import TimingPolicy
+from rwkvprobe.model.profile import parse_profile
 
 torch = pytest.importorskip("torch")
 
@@ -23,8 +23,9 @@ os.environ["RWKV_V7_ON"] = "1" if data["version"] == 7 else "0"
 from collections import Counter
 import torch
 from torch.profiler import profile, ProfilerActivity
-from rwkvprobe import forward_worker as fw, nonmatmul
-from rwkvprobe.profile import parse_profile, state_dict_shapes
+from rwkvprobe.measure import forward_worker as fw
+from rwkvprobe.measure import nonmatmul
+from rwkvprobe.model.profile import parse_profile, state_dict_shapes
 
 def top_level_ops(prof):
     c = Counter()
@@ -88,7 +89,7 @@ def test_timed_block_runs_the_reference_blocks_non_matmul_operations(version):
 
 
 def test_measure_block_times_every_layer_cold_and_skips_layers_profiles():
-    from rwkvprobe.nonmatmul import measure_block
+    from rwkvprobe.measure.nonmatmul import measure_block
 
     p7 = parse_profile(TINY7)
     r = measure_block(p7, "fp32", TimingPolicy(budget_seconds=0.05, min_samples=3), llc_bytes=1 << 20)
@@ -106,7 +107,7 @@ def test_measure_block_times_every_layer_cold_and_skips_layers_profiles():
 
 
 def test_block_state_update_is_carried_and_stays_fp32():
-    from rwkvprobe.nonmatmul import block_function, block_inputs
+    from rwkvprobe.measure.nonmatmul import block_function, block_inputs
 
     p7 = parse_profile(TINY7)
     args = list(block_inputs(p7, "bf16"))
@@ -121,7 +122,7 @@ def test_block_state_update_is_carried_and_stays_fp32():
 @pytest.mark.parametrize("version", [4, 5, 6, 7])
 def test_sequential_prefill_work_runs_for_every_version_and_carries_the_state(version):
     """One block's chunk loop runs (TorchScript) with the state shape decode keeps, and its state moves."""
-    from rwkvprobe import nonmatmul
+    from rwkvprobe.measure import nonmatmul
 
     p = parse_profile({"name": "t", "source": "t", **TINY[version]})
     args = list(nonmatmul.seq_inputs(p, "fp32", 5))
@@ -141,7 +142,7 @@ def test_sequential_prefill_work_runs_for_every_version_and_carries_the_state(ve
 
 def test_v7_chunk_loop_equals_the_decode_state_update_token_by_token():
     """The chunk's loop is the reference's per-token recurrence: T steps of state*w + state@ab + vk."""
-    from rwkvprobe import nonmatmul
+    from rwkvprobe.measure import nonmatmul
 
     p = parse_profile({"name": "t", "source": "t", **TINY7})
     x, xp, state, vec, mm, H, S = nonmatmul.seq_inputs(p, "fp32", 4)

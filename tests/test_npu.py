@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import PROFILES
 
-from rwkvprobe import toolkit
-from rwkvprobe.analyze import profile_json
-from rwkvprobe.device import compiler_estimates, load_device, modelled_results
 from rwkvprobe.errors import InputError
-from rwkvprobe.profile import layer_list, load_profile, parse_profile
-from rwkvprobe.report import render, verdict_lines
-from rwkvprobe.roofline import build_verdict
+from rwkvprobe.measure.analyze import profile_json
+from rwkvprobe.model.device import compiler_estimates, load_device, modelled_results
+from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
+from rwkvprobe.npu import toolkit
+from rwkvprobe.report.markdown import render, verdict_lines
+from rwkvprobe.verdict.roofline import build_verdict
 
 DATA = Path(__file__).parent / "data"
 

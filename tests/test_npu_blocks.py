@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from rwkvprobe import onnxblock, toolkit
-from rwkvprobe.device import block_estimate_lines, block_estimates, load_device
 from rwkvprobe.errors import InputError
-from rwkvprobe.profile import parse_profile
+from rwkvprobe.measure import onnxblock
+from rwkvprobe.model.device import block_estimate_lines, block_estimates, load_device
+from rwkvprobe.model.profile import parse_profile
+from rwkvprobe.npu import toolkit
 
 DATA = Path(__file__).parent / "data"
 TINY = {"name": "t", "source": "t", "version": 7, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64,
@@ -105,7 +106,7 @@ def test_real_block_conversion_checked_in_the_simulator(cli, tmp_path, write_yam
 
 def test_npu_bandwidth_from_the_compilers_gemv_table():
     """The real GEMV build log: three K tiles, DDR-bound; bytes over DDR cycles at the NPU clock."""
-    from rwkvprobe.npubw import compiler_bandwidth
+    from rwkvprobe.npu.bandwidth import compiler_bandwidth
 
     c = toolkit.parse_cycles((DATA / "rknn_build_npu_bw_gemv_fp16.log").read_text())
     bw = compiler_bandwidth(c, 1e9)
@@ -116,7 +117,7 @@ def test_npu_bandwidth_from_the_compilers_gemv_table():
 
 
 def test_npu_bandwidth_says_no_estimate_for_elementwise_ops():
-    from rwkvprobe.npubw import compiler_bandwidth
+    from rwkvprobe.npu.bandwidth import compiler_bandwidth
 
     c = toolkit.parse_cycles((DATA / "rknn_build_npu_bw_add_fp16.log").read_text())
     bw = compiler_bandwidth(c, 1e9)
@@ -135,7 +136,7 @@ def test_bandwidth_npu_without_toolkit_is_one_line_before_measuring(cli, tmp_pat
 @pytest.mark.slow
 def test_bandwidth_npu_with_the_real_compiler(tmp_path):
     _toolkit_or_skip()
-    from rwkvprobe import npubw
+    from rwkvprobe.npu import bandwidth as npubw
 
     r = npubw.measure("rk3588", out=tmp_path, progress=lambda m: None)
     by = {g["graph"]: g for g in r["graphs"]}

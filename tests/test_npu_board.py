@@ -17,10 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from rwkvprobe import board, toolkit
-from rwkvprobe.analyze import AnalyzeSettings, plan_series
 from rwkvprobe.errors import InputError
-from rwkvprobe.profile import layer_list, parse_profile
+from rwkvprobe.measure.analyze import AnalyzeSettings, plan_series
+from rwkvprobe.model.profile import layer_list, parse_profile
+from rwkvprobe.npu import board, toolkit
 
 DATA = Path(__file__).parent / "data"
 FAKE = Path(__file__).parent / "fake_rknnlite"
@@ -209,7 +209,8 @@ def test_worker_keeps_eval_perfs_exception_per_repeat(tmp_path):
     """rknn_worker.board_job with a stand-in RKNN whose eval_perf fails inside format_perf_detail (as 1.5.0):
     the job keeps its check and wall times, the repeat keeps the error and the traceback; the host turns it
     into one line."""
-    from rwkvprobe import onnxgen, rknn_worker
+    from rwkvprobe.measure import onnxgen
+    from rwkvprobe.npu import rknn_worker
 
     spec = onnxgen.ModelSpec(1, 64, 32, "fp32")
     onnxgen.write_model(spec, tmp_path, onnxgen.DEFAULT_OPSET)
@@ -333,9 +334,9 @@ def test_rknnlite_series_per_core_mask(fake_board_lite, tmp_path):
     import numpy as np
 
     from rwkvprobe.backends import Workload
-    from rwkvprobe.measure import measure_point
-    from rwkvprobe.onnxgen import weight_matrix
-    from rwkvprobe.timing import TimingPolicy
+    from rwkvprobe.measure.onnxgen import weight_matrix
+    from rwkvprobe.measure.points import measure_point
+    from rwkvprobe.measure.timing import TimingPolicy
 
     with open(tmp_path / "m.rknn", "wb") as f:
         np.save(f, weight_matrix(64, 96, "fp16"))
@@ -368,7 +369,7 @@ def _fake_response(jobs, rel_err=4e-4):
 
 
 def test_run_series_stores_board_times_apart_from_wall_times(tmp_path, monkeypatch):
-    from rwkvprobe.roofline import build_verdict
+    from rwkvprobe.verdict.roofline import build_verdict
 
     ll = layer_list(parse_profile({"name": "small", "source": "t", "layers": [{"name": "a", "k": 1024, "n": 1024,
                                                                                 "count": 2}]}))

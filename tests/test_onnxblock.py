@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from rwkvprobe import onnxblock
-from rwkvprobe.profile import parse_profile
+from rwkvprobe.measure import onnxblock
+from rwkvprobe.model.profile import parse_profile
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -33,8 +33,9 @@ import json, os, sys
 data = json.loads(sys.argv[1])
 os.environ["RWKV_V7_ON"] = "1" if data["version"] == 7 else "0"
 import numpy as np, torch
-from rwkvprobe import forward_worker as fw, onnxblock as ob
-from rwkvprobe.profile import parse_profile
+from rwkvprobe.measure import forward_worker as fw
+from rwkvprobe.measure import onnxblock as ob
+from rwkvprobe.model.profile import parse_profile
 p = parse_profile(data)
 m = fw.load_reference({k: torch.from_numpy(v) for k, v in ob.checkpoint_weights(p, 0).items()}, p.version, "fp32")
 emb = (m.z if p.version == 7 else m.w)["emb.weight"]
@@ -171,7 +172,7 @@ def test_onnx_block_cli_refuses(cli, tmp_path, monkeypatch, args, message):
 
 
 def test_measure_graphs_times_every_graph_and_chains_them(tmp_path):
-    from rwkvprobe.timing import TimingPolicy
+    from rwkvprobe.measure.timing import TimingPolicy
 
     p = parse_profile(TINY)
     r = onnxblock.measure_graphs(p, tmp_path, "fp32", 1, TimingPolicy(budget_seconds=0.05, min_samples=3), 1 << 20)
@@ -236,7 +237,7 @@ def test_block_comparison_marks_only_the_graphs_with_a_modelled_part():
 
 
 def test_graphs_too_big_to_time_are_not_even_written(tmp_path, monkeypatch):
-    from rwkvprobe.timing import TimingPolicy
+    from rwkvprobe.measure.timing import TimingPolicy
 
     p = parse_profile(TINY)
     monkeypatch.setattr(onnxblock, "MAX_TIMED_BYTES", onnxblock.weight_bytes(p, "block", "fp32"))

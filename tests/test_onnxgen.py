@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from conftest import PROFILES
 
-from rwkvprobe import onnxgen
 from rwkvprobe.errors import InputError
-from rwkvprobe.profile import layer_list, load_profile, parse_profile
+from rwkvprobe.measure import onnxgen
+from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
 
 SMALL = parse_profile({"name": "small", "source": "test", "layers": [
     {"name": "a", "k": 64, "n": 96, "count": 3},

@@ -7,7 +7,7 @@ import pytest
 from conftest import PROFILES
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.profile import (
+from rwkvprobe.model.profile import (
     DTYPE_BYTES,
     count_params,
     default_dim_ffn,

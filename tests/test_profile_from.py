@@ -19,8 +19,8 @@ import yaml
 from conftest import PROFILES, ROOT
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.importer import detect_version, profile_from, profile_yaml
-from rwkvprobe.profile import (
+from rwkvprobe.model.importer import detect_version, profile_from, profile_yaml
+from rwkvprobe.model.profile import (
     default_dim_ffn,
     layer_list,
     load_profile,

@@ -17,8 +17,8 @@ from rwkvprobe.backends import (
     get_backend,
 )
 from rwkvprobe.backends.quant import DEFAULT_BLOCK_SIZE, FORMATS, dynamic_quantize_linear
-from rwkvprobe.measure import measure_point
-from rwkvprobe.timing import TimingPolicy
+from rwkvprobe.measure.points import measure_point
+from rwkvprobe.measure.timing import TimingPolicy
 
 USABLE, _ = available_backends()
 needs_ort = pytest.mark.skipif("onnxruntime" not in USABLE, reason="onnxruntime not installed")
@@ -387,7 +387,7 @@ def test_a_kernel_wrong_on_this_cpu_is_refused_everywhere_it_is_asked_for(monkey
         point = measure_point(b, b.workload(1, 64, 64, "int8-dyn"), None, TimingPolicy(budget_seconds=0.05),
                               onnx_dir=tmp_path)
         assert point["timing"] is None and "gives wrong results here" in point["error"]
-        from rwkvprobe.analyze import AnalyzeSettings, plan_series
+        from rwkvprobe.measure.analyze import AnalyzeSettings, plan_series
 
         pairs, skipped = plan_series(AnalyzeSettings(backends=["onnxruntime"], dtypes=["fp32", "int8-dyn"],
                                                      tokens=[1], threads=1, cpus=None))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkvprobe.profile import layer_list, parse_profile
+from rwkvprobe.model.profile import layer_list, parse_profile
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,9 +12,9 @@ import pytest
 from rwkvprobe.backends import Workload, check_runner
 from rwkvprobe.backends import rknnlite_backend as rb
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure import measure_point
-from rwkvprobe.onnxgen import weight_matrix
-from rwkvprobe.timing import TimingPolicy
+from rwkvprobe.measure.onnxgen import weight_matrix
+from rwkvprobe.measure.points import measure_point
+from rwkvprobe.measure.timing import TimingPolicy
 
 FAKE = Path(__file__).parent / "fake_rknnlite"
 

@@ -1,7 +1,7 @@
 """Roofline verdict, model-level estimates, what-ifs and the report, on synthetic measurements.
 
 No hardware is timed here: every "measured" time is written by hand (see roofline_fixtures), and each
-expected value is recomputed from the design's formulas, not read back from rwkvprobe.roofline.
+expected value is recomputed from the design's formulas, not read back from rwkvprobe.verdict.roofline.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from roofline_fixtures import (
     work,
 )
 
-from rwkvprobe import roofline
-from rwkvprobe.analyze import layers_from_json
-from rwkvprobe.profile import DTYPE_BYTES
-from rwkvprobe.report import render, verdict_sentences
-from rwkvprobe.roofline import CLASSES, RULE, build_verdict, classify, layer_verdict, model_seconds, non_matmul_bytes
+from rwkvprobe.measure.analyze import layers_from_json
+from rwkvprobe.model.profile import DTYPE_BYTES
+from rwkvprobe.report.markdown import render, verdict_sentences
+from rwkvprobe.verdict import roofline
+from rwkvprobe.verdict.roofline import CLASSES, RULE, build_verdict, classify, layer_verdict, model_seconds, non_matmul_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 up, down = (lambda x: math.nextafter(x, math.inf)), (lambda x: math.nextafter(x, 0.0))
@@ -597,7 +597,7 @@ def test_a_measured_non_matmul_block_replaces_the_bytes_model(rwkv7, rwkv7_resul
 
 
 def test_quantized_series_use_the_fp32_non_matmul_block(rwkv7, rwkv7_results):
-    from rwkvprobe.roofline import _nonmatmul
+    from rwkvprobe.verdict.roofline import _nonmatmul
 
     results = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 0.01},
                              {"backend": "torch", "dtype": "bf16", "seconds_per_token": 0.02}]}

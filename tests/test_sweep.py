@@ -5,10 +5,10 @@ import json
 import pytest
 from conftest import run_module
 
-from rwkvprobe import cli as cli_module
-from rwkvprobe import sweep
 from rwkvprobe.backends import Workload
+from rwkvprobe.cli import app as cli_module
 from rwkvprobe.errors import InputError
+from rwkvprobe.measure import sweep
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +196,7 @@ def test_small_sweep_writes_results_csv_report_and_plots(sweep_cli, tmp_path):
     assert "numpy fp32" in stdout and "wrote" in stdout
 
     # re-rendered from the results file alone, elsewhere: the same report
-    from rwkvprobe.sweep_report import render_sweep
+    from rwkvprobe.report.sweep import render_sweep
 
     again = render_sweep(results, tmp_path / "elsewhere")
     assert again.read_text() == report
@@ -245,7 +245,7 @@ def fake_npu(monkeypatch, tmp_path):
     import numpy as np
 
     from rwkvprobe.backends import rknnlite_backend as rb
-    from rwkvprobe.onnxgen import weight_matrix
+    from rwkvprobe.measure.onnxgen import weight_matrix
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_rknnlite"))
     for name in [m for m in sys.modules if m.startswith("rknnlite")]:

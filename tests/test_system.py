@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkvprobe import system
+from rwkvprobe.measure import system
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
                "OPENBLAS_L2_SIZE", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
@@ -286,7 +286,7 @@ def test_real_machine():
 
 
 def test_contention_counts_other_processes_and_steal():
-    from rwkvprobe import contention as c
+    from rwkvprobe.measure import contention as c
 
     a = c.Sample(wall=0.0, busy=100.0, steal=5.0, own=10.0, cpus=2)
     # 1 s: the machine was busy 1.5 CPU-s, 0.5 of it ours; 0.2 CPU-s stolen by the hypervisor
@@ -303,7 +303,7 @@ def test_contention_counts_other_processes_and_steal():
 
 
 def test_contention_summary_names_contended_points():
-    from rwkvprobe import contention as c
+    from rwkvprobe.measure import contention as c
 
     calm = {"other_share": 0.01, "steal_share": 0.0, "contended": False}
     busy = {"other_share": 0.4, "steal_share": 0.05, "contended": True}
@@ -316,7 +316,7 @@ def test_contention_summary_names_contended_points():
 
 
 def test_a_real_sample_is_sane():
-    from rwkvprobe import contention as c
+    from rwkvprobe.measure import contention as c
 
     a = c.sample()
     x = sum(i * i for i in range(200_000))  # some work of our own
@@ -326,7 +326,7 @@ def test_a_real_sample_is_sane():
 
 
 def test_wait_for_quiet_returns_at_once_when_quiet_and_gives_up_when_busy(monkeypatch):
-    from rwkvprobe import analyze, contention
+    from rwkvprobe.measure import analyze, contention
 
     monkeypatch.setattr(contention, "between", lambda a, b, threshold=0.1: {"contended": False})
     assert analyze._wait_for_quiet(5.0, step=0.01) < 1.0

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 from conftest import PROFILES, ROOT
 
-from rwkvprobe.analyze import profile_json
-from rwkvprobe.profile import layer_list, load_profile, parse_profile
+from rwkvprobe.measure.analyze import profile_json
+from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
 
 torch = pytest.importorskip("torch") if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1" else __import__("torch")
 if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1":
@@ -48,7 +48,7 @@ def tiny_yaml(tmp_path, version):
 def test_forward_pass_runs_every_weight_matmul_the_layer_list_counts(version):
     """The profiler, inside the reference's real decode, sees each layer shape exactly as often per token as
     our layer list says (the per-shape split of validate rests on this)."""
-    from rwkvprobe.validate import run_forward
+    from rwkvprobe.measure.validate import run_forward
 
     ll = tiny(version)
     real = run_forward(ll, "fp32", threads=1, tokens=5, chunk=4, cpus=None)
@@ -69,8 +69,8 @@ import json, os, sys
 version = int(sys.argv[1])
 os.environ["RWKV_V7_ON"] = "1" if version == 7 else "0"
 import torch
-from rwkvprobe import forward_worker as fw
-from rwkvprobe.profile import parse_profile, state_dict_shapes
+from rwkvprobe.measure import forward_worker as fw
+from rwkvprobe.model.profile import parse_profile, state_dict_shapes
 profile = parse_profile(json.loads(sys.argv[2]))
 sd = fw.random_state_dict(state_dict_shapes(profile), 3)
 path = os.path.join(sys.argv[3], "model.pth")
@@ -102,8 +102,8 @@ def test_in_memory_weights_give_the_reference_its_usual_model(version, tmp_path)
 
 
 def test_random_weights_are_seeded_and_scaled_by_fan_in():
-    from rwkvprobe.forward_worker import random_state_dict
-    from rwkvprobe.profile import state_dict_shapes
+    from rwkvprobe.measure.forward_worker import random_state_dict
+    from rwkvprobe.model.profile import state_dict_shapes
 
     shapes = state_dict_shapes(tiny(7).profile)
     a, b = random_state_dict(shapes, 1), random_state_dict(shapes, 1)
@@ -133,7 +133,7 @@ def _fake_real(median=0.050):
 
 
 def test_compare_ratio_target_and_gap_split_add_up():
-    from rwkvprobe.validate import compare, summary_lines
+    from rwkvprobe.measure.validate import compare, summary_lines
 
     v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
     assert v["predicted_over_measured"] == pytest.approx(0.8)
@@ -158,8 +158,8 @@ def test_compare_ratio_target_and_gap_split_add_up():
 
 
 def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
+    from rwkvprobe.measure.validate import compare, summary_lines
     from rwkvprobe.results import save_results
-    from rwkvprobe.validate import compare, summary_lines
 
     v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
     v.update(backend="ggml", dtype="fp16", threads=2)
@@ -174,7 +174,7 @@ def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
 
 
 def test_record_replaces_the_same_backend_and_dtype():
-    from rwkvprobe.validate import record
+    from rwkvprobe.measure.validate import record
 
     results = {}
     record(results, {"backend": "torch", "dtype": "fp32", "n": 1})
@@ -303,7 +303,7 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
 
 
 def test_prefill_with_the_state_update_is_checked_against_the_target():
-    from rwkvprobe.validate import compare, summary_lines
+    from rwkvprobe.measure.validate import compare, summary_lines
 
     pred = _fake_prediction()
     pred["prefill"] = {64: {"chunk": 64, "tokens_per_second": 640.0, "matmul_seconds": 0.08, "state_seconds": 0.02,
@@ -326,7 +326,7 @@ def test_prefill_with_the_state_update_is_checked_against_the_target():
 
 
 def test_split_uses_the_matmul_share_paired_in_time():
-    from rwkvprobe.validate import compare
+    from rwkvprobe.measure.validate import compare
 
     real = _fake_real(0.050)
     real["profiled"]["matmul_share"] = 0.8
@@ -336,7 +336,7 @@ def test_split_uses_the_matmul_share_paired_in_time():
 
 
 def test_a_split_with_nothing_left_outside_the_matmuls_is_flagged():
-    from rwkvprobe.validate import compare, summary_lines
+    from rwkvprobe.measure.validate import compare, summary_lines
 
     real = _fake_real(0.050)
     real["profiled"]["matmul_share"] = 1.0  # clipped: profiled matmuls took longer than the plain token

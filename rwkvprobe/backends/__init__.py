@@ -262,7 +262,7 @@ def base_weight(k: int, n: int) -> np.ndarray:
 
     Read-only: runners make their own copies.
     """
-    from rwkvprobe.onnxgen import weight_matrix
+    from rwkvprobe.measure.onnxgen import weight_matrix
 
     w = weight_matrix(k, n, "fp32")
     w.setflags(write=False)

@@ -28,7 +28,7 @@ import numpy as np
 
 from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, base_weight
 from rwkvprobe.backends.quant import FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
-from rwkvprobe.onnxgen import NP_DTYPES, ModelSpec
+from rwkvprobe.measure.onnxgen import NP_DTYPES, ModelSpec
 
 #: onnxruntime's quantizer default: asymmetric, a zero point per block
 NBITS_SYMMETRIC = False
@@ -227,7 +227,7 @@ def write_quantized_model(workload: Workload, folder: Path, opset: int | None = 
     """The cached quantized model of a workload, converted from the fp32 model of the same shape."""
     import onnx
 
-    from rwkvprobe.onnxgen import DEFAULT_OPSET, write_model
+    from rwkvprobe.measure.onnxgen import DEFAULT_OPSET, write_model
 
     spec = ModelSpec(workload.m, workload.k, workload.n, "fp32")
     final = folder / quantized_filename(workload)
@@ -294,7 +294,7 @@ class OrtBackend(Backend):
         return _probe(cls.formats[dtype])
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
-        from rwkvprobe.onnxgen import DEFAULT_OPSET, write_model
+        from rwkvprobe.measure.onnxgen import DEFAULT_OPSET, write_model
 
         if onnx_dir is None:
             raise ValueError("the onnxruntime backend needs a folder for its ONNX models")

@@ -235,7 +235,7 @@ def runtime_mismatch(path: str | None = None) -> str | None:
 def check_models_runtime(rknn_dir, path: str | None = None) -> None:
     """InputError (one line) when the .rknn models were converted by an rknn-toolkit2 newer than the runtime
     here (it cannot read them): the version recorded in the folder's manifest.json against the library's."""
-    from rwkvprobe.toolkit import read_convert_manifest
+    from rwkvprobe.npu.toolkit import read_convert_manifest
 
     path = path or RUNTIME_PATH
     manifest = read_convert_manifest(rknn_dir)
@@ -444,7 +444,7 @@ class RknnLiteBackend(Backend):
         return missing_runtime()
 
     def model_path(self, w: Workload) -> Path:
-        from rwkvprobe.toolkit import read_convert_manifest
+        from rwkvprobe.npu.toolkit import read_convert_manifest
 
         if self.rknn_dir is None:
             raise InputError("the rknnlite backend needs --rknn DIR: .rknn models written by 'rwkvprobe convert'")

@@ -1,6 +1,6 @@
 """The bandwidth probe's five STREAM kernels as compiled loops (numba), one fused pass each.
 
-Imported lazily by :mod:`rwkvprobe.bandwidth` (importing numba costs a few tenths of a second, the first
+Imported lazily by :mod:`rwkvprobe.measure.bandwidth` (importing numba costs a few tenths of a second, the first
 compile a second or two; compiled code is cached on disk). Each function releases the GIL
 (``nogil=True``), so the probe's pinned worker threads stream memory in parallel, as OpenMP threads do in
 the C reference (``bench/stream_ref.c``). Only the read kernel's sum may be reordered (``fastmath``), so

@@ -14,7 +14,7 @@ tells it: ``ln_x`` -> 5, ``gate.weight`` -> 5.1, a ``time_decay`` of shape (head
 ``time_maa`` -> 6, else 4; RWKV-7 checkpoints (which the package loads with its separate
 ``RWKV_x070`` class) are the ones with ``att.r_k``. Profiles describe 4, 5.2, 6 and 7; 5.0 and 5.1
 are refused. Every tensor of a BlinkDL-layout file is then checked against
-:func:`rwkvprobe.profile.state_dict_shapes` of the inferred profile, so the profile's parameter count
+:func:`rwkvprobe.model.profile.state_dict_shapes` of the inferred profile, so the profile's parameter count
 is the file's. Tensor names may carry a common prefix (``model.``, ``rwkv.``, ...); the renamed
 layout of Hugging Face ``transformers``' RWKV conversion (``embeddings``, ``attention``,
 ``feed_forward``, ``pre_ln``, ``time_mix_key``) and the RWKV-7 layout of flash-linear-attention
@@ -39,7 +39,7 @@ import typer
 import yaml
 
 from rwkvprobe.errors import InputError, MissingExtra
-from rwkvprobe.profile import default_dim_ffn, layer_list, parse_profile, state_dict_shapes
+from rwkvprobe.model.profile import default_dim_ffn, layer_list, parse_profile, state_dict_shapes
 
 Shapes = dict[str, tuple[int, ...]]
 

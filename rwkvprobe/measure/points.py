@@ -10,9 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from rwkvprobe import contention
 from rwkvprobe.backends import Backend, Workload, check_runner
-from rwkvprobe.timing import TimingPolicy, eviction, measure, plan_rotation
+from rwkvprobe.measure import contention
+from rwkvprobe.measure.timing import TimingPolicy, eviction, measure, plan_rotation
 
 #: square-ish matmuls for the compute ceiling, smallest first; stop growing once a call is this slow
 COMPUTE_SHAPES = ((64, 1024, 1024), (128, 2048, 2048), (256, 2048, 2048), (512, 2048, 4096))
@@ -23,7 +23,7 @@ OVERHEAD_SHAPE = (1, 64, 64)  # 16 kB of fp32 weights (whole quantization blocks
 
 def onnx_cache_dir() -> Path:
     """Where generated ONNX models are kept between runs (reused by content hash)."""
-    from rwkvprobe.onnxgen import WEIGHTS_VERSION
+    from rwkvprobe.measure.onnxgen import WEIGHTS_VERSION
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rwkvprobe" / f"onnx-weights-v{WEIGHTS_VERSION}"

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rwkvprobe.backends.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
-from rwkvprobe.measure import point_seconds
-from rwkvprobe.profile import DTYPE_BYTES, LayerList, activation_bytes_of, weight_bytes_of
+from rwkvprobe.measure.points import point_seconds
+from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, activation_bytes_of, weight_bytes_of
 
 CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
 RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
@@ -305,7 +305,7 @@ def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
 
 def _bandwidth_bps(results: dict) -> float | None:
     """W: the best read GB/s over every bandwidth probe of the run (before, between and after the layers)."""
-    from rwkvprobe.bandwidth import best_read_gbps
+    from rwkvprobe.measure.bandwidth import best_read_gbps
 
     best = best_read_gbps(results)
     return best * 1e9 if best else None
@@ -315,7 +315,7 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     """The measured non-matmul block of a series (analyze times it for torch; see nonmatmul.py).
 
     Quantized-weight series run their non-matmul work at the float activation type: they use the fp32 block."""
-    from rwkvprobe.nonmatmul import block_dtype
+    from rwkvprobe.measure.nonmatmul import block_dtype
 
     for x in results.get("nonmatmul") or []:
         if x.get("backend") == backend and x.get("dtype") == block_dtype(dtype, backend) and x.get("seconds_per_token"):

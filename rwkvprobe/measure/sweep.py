@@ -25,14 +25,14 @@ from typing import Optional
 
 import typer
 
-from rwkvprobe import system
 from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload
-from rwkvprobe.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
+from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
-from rwkvprobe.measure import measure_point, onnx_cache_dir
+from rwkvprobe.measure import system
+from rwkvprobe.measure.points import measure_point, onnx_cache_dir
+from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
 from rwkvprobe.results import load_results, new_results, save_results
-from rwkvprobe.timing import TimingPolicy, plan_rotation, set_affinity
 
 RESULTS = "results.json"
 DEFAULT_SIZES = "128:2048:128"
@@ -266,7 +266,7 @@ def check_memory(grid: Grid, pairs: list[tuple[str, str]], llc: int | None, cold
 
 def plan_pairs(settings: SweepSettings) -> tuple[list[tuple[str, str]], list[dict]]:
     """(backend, dtype) pairs and the skipped ones, by analyze's rules (unknown/missing backends refused)."""
-    from rwkvprobe.analyze import plan_series
+    from rwkvprobe.measure.analyze import plan_series
 
     return plan_series(settings)
 
@@ -372,7 +372,7 @@ def cpu_times() -> dict | None:
     """Busy and steal CPU seconds of the whole machine and of this process, now (contention.sample)."""
     import os
 
-    from rwkvprobe import contention as _c
+    from rwkvprobe.measure import contention as _c
 
     try:
         now = _c.sample()
@@ -384,7 +384,7 @@ def cpu_times() -> dict | None:
 
 def contention(before: dict | None, after: dict | None) -> dict | None:
     """Share of the CPUs other processes (and the hypervisor, as steal) took while the sweep ran."""
-    from rwkvprobe import contention as _c
+    from rwkvprobe.measure import contention as _c
 
     if not before or not after or after["wall"] <= before["wall"]:
         return None
@@ -454,7 +454,7 @@ class Sweep:
         pinned = set_affinity(s.cpus)
         llc = system.llc_bytes()
         pairs, skipped = plan_pairs(s)
-        from rwkvprobe.board import instantiate
+        from rwkvprobe.npu.board import instantiate
 
         # one series per NPU core mask (rknnlite[core0], ...): each its own backend with its mask set
         backends = {name: instantiate(name, s) for name in {b for b, _ in pairs}}
@@ -550,7 +550,7 @@ class Sweep:
         for run in r["runs"]:
             r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
-        from rwkvprobe.fit import summarize_sweep
+        from rwkvprobe.verdict.fit import summarize_sweep
 
         r["fits"] = summarize_sweep(r["measurements"])
         self.save()
@@ -585,7 +585,7 @@ class Sweep:
 
     def _check_onnx_disk(self, todo) -> None:
         specs = []
-        from rwkvprobe import onnxgen
+        from rwkvprobe.measure import onnxgen
 
         for size, b, d in todo:
             if b == "onnxruntime":
@@ -598,7 +598,7 @@ class Sweep:
 
 
 def onnx_file(w: Workload) -> str:
-    from rwkvprobe.onnxgen import ModelSpec
+    from rwkvprobe.measure.onnxgen import ModelSpec
 
     return ModelSpec(w.m, w.k, w.n, w.dtype).filename
 
@@ -633,7 +633,7 @@ def check_resume_settings(results: dict, settings: SweepSettings, out: Path) -> 
 
 def summary_lines(results: dict) -> list[str]:
     """The headline findings as plain terminal lines."""
-    from rwkvprobe.sweep_report import summary_sentences
+    from rwkvprobe.report.sweep import summary_sentences
 
     return [s.replace("**", "") for s in summary_sentences(results)]
 
@@ -677,10 +677,10 @@ def sweep_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """The seed article's scaling experiment: time vs size per backend, fitted cost model, crossovers."""
-    from rwkvprobe.analyze import check_dtypes
-    from rwkvprobe.sweep_report import render_sweep
-    from rwkvprobe.system import resolve_cpus
-    from rwkvprobe.timing import default_threads
+    from rwkvprobe.measure.analyze import check_dtypes
+    from rwkvprobe.measure.system import resolve_cpus
+    from rwkvprobe.measure.timing import default_threads
+    from rwkvprobe.report.sweep import render_sweep
 
     old = None
     if resume is not None:
@@ -703,7 +703,7 @@ def sweep_command(
     # square grids run warm by default, as the article's repeated calls of one model; fixed-M (RWKV) grids
     # run cold, as decode reads every weight from DRAM
     cold = (not warm) if warm is not None else stored.get("cold", not grid.square)
-    from rwkvprobe.board import parse_core_masks
+    from rwkvprobe.npu.board import parse_core_masks
 
     masks = parse_core_masks(npu_cores if npu_cores is not None else stored.get("npu_cores") or "auto")
     rknn_dir = rknn if rknn is not None else (Path(stored["rknn_dir"]) if stored.get("rknn_dir") else None)

@@ -7,7 +7,7 @@ barrier; a trial lasts from the first worker's start to the last worker's finish
 Two kernel engines, chosen at run time (``engine_name()``):
 
 - ``numba`` (default when numba imports): each kernel is one compiled, fused loop
-  (:mod:`rwkvprobe.stream_kernels`) that releases the GIL, like the C reference's OpenMP loops. This is
+  (:mod:`rwkvprobe.measure.stream_kernels`) that releases the GIL, like the C reference's OpenMP loops. This is
   the engine that reaches the C reference on every CPU tried, AVX2-only ones included.
 - ``numpy-threads`` (fallback, or ``RWKVPROBE_STREAM_ENGINE=numpy``): numpy ufuncs with ``out=``, which
   also release the GIL:
@@ -37,8 +37,8 @@ from typing import Callable, Optional
 import numpy as np
 from rich.table import Table
 
-from rwkvprobe import system
 from rwkvprobe.errors import InputError
+from rwkvprobe.measure import system
 
 KERNELS = ("copy", "scale", "add", "triad", "read")
 ARRAYS_MOVED = {"copy": 2, "scale": 2, "add": 3, "triad": 3, "read": 1}
@@ -66,7 +66,7 @@ Progress = Optional[Callable[[str], None]]
 def _numba_kernels():
     """The compiled kernels, or None when numba cannot be imported here."""
     try:
-        from rwkvprobe import stream_kernels
+        from rwkvprobe.measure import stream_kernels
     except Exception:  # numba missing, or broken for this Python/numpy: fall back to numpy
         return None
     return stream_kernels

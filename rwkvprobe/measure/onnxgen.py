@@ -18,7 +18,7 @@ import numpy as np
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.profile import LayerList
+from rwkvprobe.model.profile import LayerList
 
 ONNX_DTYPES = ("fp32", "fp16")
 NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}

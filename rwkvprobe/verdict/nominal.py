@@ -15,7 +15,7 @@ def _device(results: dict) -> tuple[dict | None, str]:
         return results["device"], "the modelled device"
     board = (results.get("environment") or {}).get("board") or {}
     if board.get("rk3588"):
-        from rwkvprobe.device import load_device
+        from rwkvprobe.model.device import load_device
 
         return load_device("rk3588"), "this board's device tree (RK3588)"
     return None, ""

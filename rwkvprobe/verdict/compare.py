@@ -25,15 +25,15 @@ from typing import Callable, Optional, Union
 
 import typer
 
-from rwkvprobe.analyze import RESULTS, layers_from_json
-from rwkvprobe.bandwidth import KERNELS
-from rwkvprobe.console import err_console, out_console
+from rwkvprobe.cli.console import err_console, out_console
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure import point_seconds
-from rwkvprobe.report import _ms, _table
+from rwkvprobe.measure.analyze import RESULTS, layers_from_json
+from rwkvprobe.measure.bandwidth import KERNELS
+from rwkvprobe.measure.points import point_seconds
+from rwkvprobe.report.markdown import _ms, _table
 from rwkvprobe.results import load_results
-from rwkvprobe.roofline import _status, build_verdict
+from rwkvprobe.verdict.roofline import _status, build_verdict
 
 #: one cell: a number (compared), a text (shown as is, no ratio) or None (the file lacks the row)
 Value = Union[float, str, None]
@@ -107,7 +107,7 @@ def _results_path(path: Path) -> Path:
 
 def _environment(r: dict) -> Cells:
     env = r.get("environment") or {}
-    from rwkvprobe.system import summarize_environment
+    from rwkvprobe.measure.system import summarize_environment
 
     summary = dict(summarize_environment(env))
     settings = r.get("settings") or {}

@@ -17,12 +17,12 @@ from typing import Optional
 
 import typer
 
-from rwkvprobe import nonmatmul
-from rwkvprobe.console import Reporter, err_console, out_console, run_keeping_results
+from rwkvprobe.cli.console import Reporter, err_console, out_console, run_keeping_results
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
-from rwkvprobe.profile import LayerList, layer_list, load_profile
-from rwkvprobe.validation import GGML_NOTE, NOISY, TARGET, summary_lines  # noqa: F401 (re-exported)
+from rwkvprobe.measure import nonmatmul
+from rwkvprobe.model.profile import LayerList, layer_list, load_profile
+from rwkvprobe.verdict.validation import GGML_NOTE, NOISY, TARGET, summary_lines  # noqa: F401 (re-exported)
 
 #: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
 #: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
@@ -74,7 +74,7 @@ def check_memory(ll: LayerList, dtype: str) -> None:
 
 def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
     """analyze's per-token figures for one backend and dtype (matmuls measured, the rest modelled)."""
-    from rwkvprobe.report import verdict_of
+    from rwkvprobe.report.markdown import verdict_of
 
     stored, verdict = verdict_of(results)
     if [(x.k, x.n, x.count) for x in stored.layers] != [(x.k, x.n, x.count) for x in ll.layers]:
@@ -100,11 +100,11 @@ def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
 
 def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
                 seed: int = 0) -> dict:
-    from rwkvprobe.analyze import profile_json
+    from rwkvprobe.measure.analyze import profile_json
 
     cfg = {"profile": profile_json(ll), "dtype": dtype, "threads": threads, "tokens": tokens, "chunk": chunk,
            "seed": seed, "cpus": cpus}
-    result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.forward_worker"], cfg)
+    result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.measure.forward_worker"], cfg)
     if result is None:
         raise RuntimeError(f"the forward pass did not finish: {tail}")
     if not result.get("ok"):
@@ -182,9 +182,9 @@ def validate_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
 ):
     """Run the real model (random weights) token by token and compare with analyze's prediction."""
-    from rwkvprobe.report import render
+    from rwkvprobe.measure.timing import default_threads
+    from rwkvprobe.report.markdown import render
     from rwkvprobe.results import load_results, save_results
-    from rwkvprobe.timing import default_threads
 
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
@@ -216,7 +216,7 @@ def validate_command(
             # an older results file: time the non-matmul block now, as analyze does today
             import torch
 
-            from rwkvprobe.system import llc_bytes
+            from rwkvprobe.measure.system import llc_bytes
 
             torch.set_num_threads(run_threads)
             reporter.stage(f"non-matmul block: {series} {dtype}")
@@ -227,7 +227,7 @@ def validate_command(
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent
     else:
-        from rwkvprobe.analyze import Analysis, AnalyzeSettings
+        from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings
 
         run_threads = threads if threads is not None else default_threads()
         if not 0 < run_threads <= 1024:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rwkvprobe import plots
-from rwkvprobe.analyze import layers_from_json
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.profile import LayerList
-from rwkvprobe.roofline import KERNEL, KERNEL_LIMITED, RULE, build_verdict, measured_what_if, quant_comparison
+from rwkvprobe.measure.analyze import layers_from_json
+from rwkvprobe.model.profile import LayerList
+from rwkvprobe.report import plots
+from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, build_verdict, measured_what_if, quant_comparison
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
 
@@ -135,7 +135,7 @@ def decode_rel_sigma(s: dict, results: dict) -> float:
     """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
 
     Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
-    from rwkvprobe.fit import SIGMA_FLOOR, rel_sigma
+    from rwkvprobe.verdict.fit import SIGMA_FLOOR, rel_sigma
 
     timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
               for p in results.get("measurements", [])}
@@ -154,7 +154,7 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     """Series whose decode differs from the best one's by no more than their combined uncertainty."""
     import math
 
-    from rwkvprobe.fit import NOISE_Z
+    from rwkvprobe.verdict.fit import NOISE_Z
 
     if not best["model"].get("decode"):
         return []
@@ -172,7 +172,7 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
 
 def stability_line(results: dict) -> str:
     """One line: how steady the run was (bandwidth probes, contention around the points)."""
-    from rwkvprobe.contention import CONTENDED_SHARE, summary
+    from rwkvprobe.measure.contention import CONTENDED_SHARE, summary
 
     probes = []
     for run in (results.get("bandwidth") or {}).get("runs", []):
@@ -437,20 +437,20 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
               if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
            ""]
     md += _validation_section(results, layers)
-    from rwkvprobe.onnxblock import report_section as _block_section
+    from rwkvprobe.measure.onnxblock import report_section as _block_section
 
     md += _block_section(results, verdict)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
-    from rwkvprobe.device import block_estimate_section as _block_estimate_section
+    from rwkvprobe.model.device import block_estimate_section as _block_estimate_section
 
     md += _block_estimate_section(results)
-    from rwkvprobe.npubw import report_section as _npu_bandwidth_section
+    from rwkvprobe.npu.bandwidth import report_section as _npu_bandwidth_section
 
     md += _npu_bandwidth_section(results)
-    from rwkvprobe.board import report_section as _board_section
+    from rwkvprobe.npu.board import report_section as _board_section
 
     md += _board_section(results)
     if not results.get("device") and not any(s["backend"].split("[")[0] in ("rknnlite", "rknn")
@@ -486,7 +486,7 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         md += _table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
     md += _ceilings_section(results)
-    from rwkvprobe.nominal import report_section as _nominal_section
+    from rwkvprobe.verdict.nominal import report_section as _nominal_section
 
     md += _nominal_section(results)
     md += _skipped_section(results)
@@ -508,7 +508,7 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
     checks = results.get("validation") or []
     if not checks:
         return []
-    from rwkvprobe.validation import TARGET, summary_lines
+    from rwkvprobe.verdict.validation import TARGET, summary_lines
 
     md = ["## Prediction checked", "",
           "`rwkvprobe validate` ran the real model (BlinkDL's reference forward pass, seeded random weights) token by "
@@ -619,7 +619,7 @@ def _skipped_section(results: dict) -> list[str]:
 
 
 def _environment_section(results: dict) -> list[str]:
-    from rwkvprobe.system import summarize_environment
+    from rwkvprobe.measure.system import summarize_environment
 
     if results.get("device"):
         dev = results["device"]

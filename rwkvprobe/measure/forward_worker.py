@@ -1,6 +1,6 @@
 """The real RWKV forward pass for ``rwkvprobe validate``, run in a subprocess of its own.
 
-``python -m rwkvprobe.forward_worker CONFIG.json OUT.json``. BlinkDL's reference package (``rwkv``)
+``python -m rwkvprobe.measure.forward_worker CONFIG.json OUT.json``. BlinkDL's reference package (``rwkv``)
 picks its RWKV-7 class from ``RWKV_V7_ON`` at import time and compiles TorchScript functions, so each
 run gets a fresh interpreter. The model is built from seeded random weights in the reference's own
 checkpoint layout (no download): the weights' values do not change the work a token costs, only their
@@ -132,8 +132,8 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
 def run(cfg: dict) -> dict:
     import torch
 
-    from rwkvprobe.profile import Profile, layer_list, state_dict_shapes
-    from rwkvprobe.timing import summarize
+    from rwkvprobe.measure.timing import summarize
+    from rwkvprobe.model.profile import Profile, layer_list, state_dict_shapes
 
     if cfg.get("cpus"):
         os.sched_setaffinity(0, cfg["cpus"])  # the CPUs the prediction was measured on

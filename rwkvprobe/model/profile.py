@@ -430,11 +430,11 @@ def count_params(shapes: dict[str, tuple[int, ...]]) -> int:
 
 def profiles_dir() -> Path:
     """The folder of shipped profiles: ``profiles/`` of the source tree, or the copy in the package."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "profiles", here / "profiles"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / "profiles", package / "profiles"):
         if candidate.is_dir():
             return candidate
-    return here.parent / "profiles"
+    return package.parent / "profiles"
 
 
 def shipped_profiles() -> list[Path]:

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from rwkvprobe import system
 from rwkvprobe.backends import BACKEND_NAMES, Workload, available_backends, backend_class, get_backend
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
-from rwkvprobe.measure import measure_ceilings, measure_point, onnx_cache_dir, point_seconds
-from rwkvprobe.profile import LayerList
+from rwkvprobe.measure import system
+from rwkvprobe.measure.points import measure_ceilings, measure_point, onnx_cache_dir, point_seconds
+from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
+from rwkvprobe.model.profile import LayerList
 from rwkvprobe.results import load_results, new_results, save_results
-from rwkvprobe.timing import TimingPolicy, plan_rotation, set_affinity
 
 RESULTS = "results.json"
 #: a point projected to take longer than this many times its budget for one call is skipped
@@ -84,7 +84,7 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
 
     The NPU backends give one series per core mask of ``npu_cores`` (``rknnlite[core0]``, ...).
     """
-    from rwkvprobe import board
+    from rwkvprobe.npu import board
 
     masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))
     usable, unavailable = available_backends()
@@ -267,7 +267,7 @@ class Analysis:
         pairs = pairs + [x for x in whatif if x not in pairs]
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
-        from rwkvprobe import board
+        from rwkvprobe.npu import board
 
         pairs, board_pairs = board.split_board(pairs)  # the rknn series run in the toolkit worker
         backends = {label: board.instantiate(label, s) for label in {b for b, _ in pairs}}
@@ -286,7 +286,7 @@ class Analysis:
 
         lap("setup")
         quick = s.quick
-        from rwkvprobe.bandwidth import best_read_gbps, measure_bandwidth
+        from rwkvprobe.measure.bandwidth import best_read_gbps, measure_bandwidth
 
         if not r.get("bandwidth"):
             progress.stage("memory bandwidth")
@@ -324,7 +324,7 @@ class Analysis:
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
-        from rwkvprobe.roofline import quantize_kinds
+        from rwkvprobe.verdict.roofline import quantize_kinds
 
         quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
@@ -414,7 +414,7 @@ class Analysis:
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
-        from rwkvprobe.bandwidth import probe_read
+        from rwkvprobe.measure.bandwidth import probe_read
 
         probe = probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
         probe.update(when=when, at_seconds=time.perf_counter() - t_start)
@@ -450,7 +450,7 @@ class Analysis:
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only
         by default (ggml in a default run: its budget stays small; M=1 layers sit far below the ridge point)."""
-        from rwkvprobe.measure import COMPUTE_SHAPES
+        from rwkvprobe.measure.points import COMPUTE_SHAPES
 
         cls = backend_class(backend) if backend in BACKEND_NAMES else None
         if cls is not None and self.settings.backends is None and getattr(cls, "default_tokens", None):
@@ -470,7 +470,7 @@ class Analysis:
         if self.settings.backends is None and getattr(cls, "default_tokens", None) and m not in cls.default_tokens:
             return False
         if getattr(cls, "float_dtype", None) and dtype in cls.formats:
-            from rwkvprobe.roofline import quantize_kinds
+            from rwkvprobe.verdict.roofline import quantize_kinds
 
             kinds = quantize_kinds(self.settings.quantize, {"quantize_kinds": getattr(cls, "quantize_kinds", None)})
             return any(layer.kind in kinds for layer in self.layers.layers if (layer.k, layer.n) == (k, n))
@@ -478,7 +478,7 @@ class Analysis:
 
     def _measure_nonmatmul(self, pairs, llc, quick: bool, progress) -> None:
         """One block's non-matmul decode work, timed in torch (nonmatmul.py), for the torch series."""
-        from rwkvprobe import nonmatmul
+        from rwkvprobe.measure import nonmatmul
 
         r, profile = self.results, self.layers.profile
         if profile.version not in nonmatmul.VERSIONS:
@@ -486,7 +486,7 @@ class Analysis:
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
         wanted = {(b, nonmatmul.block_dtype(d, b)) for b, d in pairs
                   if b in nonmatmul.BACKENDS or b in nonmatmul.STAND_IN}
-        from rwkvprobe import ggml_block
+        from rwkvprobe.measure import ggml_block
 
         graph = "ggml" in {b for b, _ in pairs} and ggml_block.supported(profile)  # its own graph (RWKV-7)
         if importlib.util.find_spec("torch") is None:  # no torch: no stand-in, the non-matmul part stays modelled
@@ -506,7 +506,7 @@ class Analysis:
 
     def _measure_block_graphs(self, pairs, llc, quick: bool, progress) -> None:
         """Whole-block ONNX graphs (onnxblock.py) timed in onnxruntime, for its fp32/fp16 series (RWKV-7)."""
-        from rwkvprobe import onnxblock
+        from rwkvprobe.measure import onnxblock
 
         r, profile = self.results, self.layers.profile
         if profile.version not in onnxblock.VERSIONS or profile.n_layer < 2:
@@ -529,7 +529,7 @@ class Analysis:
 
     def _write_models(self, points) -> None:
         """The ONNX models onnxruntime will run (reused from the cache folder when already there)."""
-        from rwkvprobe import onnxgen
+        from rwkvprobe.measure import onnxgen
 
         # quantized models are made by the backend from the fp32 one
         need = sorted({(m, k, n, d if d in onnxgen.ONNX_DTYPES else "fp32") for m, k, n, b, d in points
@@ -545,7 +545,7 @@ class Analysis:
 def _wait_for_quiet(limit: float, step: float = 0.25) -> float:
     """Wait (at most ``limit`` seconds) until a ``step`` window passes with the machine not contended;
     returns the seconds waited. Used before measuring a contended point again."""
-    from rwkvprobe import contention
+    from rwkvprobe.measure import contention
 
     start = time.monotonic()
     while time.monotonic() - start < limit:
@@ -565,7 +565,7 @@ def _hold_for_test() -> None:  # pragma: no cover - exercised by the interrupt t
 
 def layers_from_json(data: dict) -> LayerList:
     """The LayerList stored in a results file (so reports render without the profile file)."""
-    from rwkvprobe.profile import Layer, Profile
+    from rwkvprobe.model.profile import Layer, Profile
 
     try:
         profile = Profile(name=data["name"], source=data.get("source", ""), path=data.get("path", ""),

@@ -32,7 +32,7 @@ import numpy as np
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.profile import Profile, state_dict_shapes
+from rwkvprobe.model.profile import Profile, state_dict_shapes
 
 VERSIONS = (4, 7)
 KINDS = ("block0", "block", "head", "model")
@@ -472,7 +472,7 @@ def measure_graphs(profile: Profile, folder: Path, dtype: str, threads: int, pol
     import onnxruntime as ort
 
     from rwkvprobe.backends.ort_backend import _session_options
-    from rwkvprobe.timing import eviction, measure, plan_rotation
+    from rwkvprobe.measure.timing import eviction, measure, plan_rotation
 
     out: dict = {"backend": BACKEND, "dtype": dtype, "threads": threads, "cold": cold, "n_layer": profile.n_layer,
                  "onnxruntime": ort.__version__, "graphs": {}}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.fit import NOISE_Z, PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.plots import pyplot, save_figure
+from rwkvprobe.report.plots import pyplot, save_figure
+from rwkvprobe.verdict.fit import NOISE_Z, PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
 
 REPORT = "sweep.md"
 CSV = "sweep.csv"
@@ -479,7 +479,7 @@ def _measurements_section(results: dict, summary: dict) -> list[str]:
 
 
 def _skipped_section(results: dict) -> list[str]:
-    from rwkvprobe.report import skipped_lines
+    from rwkvprobe.report.markdown import skipped_lines
 
     lines = skipped_lines(results, lambda m: f"{m['backend']} {m['dtype']} n={m.get('size')} ({m['m']}x{m['k']}x{m['n']})")
     stopped = results.get("stopped")
@@ -491,7 +491,7 @@ def _skipped_section(results: dict) -> list[str]:
 
 
 def _environment_section(results: dict) -> list[str]:
-    from rwkvprobe.system import summarize_environment
+    from rwkvprobe.measure.system import summarize_environment
 
     env = results.get("environment") or {}
     rows = [[k, str(v)] for k, v in summarize_environment(env)] if env else []

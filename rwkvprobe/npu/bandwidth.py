@@ -47,7 +47,7 @@ def write_graphs(folder: Path) -> list[dict]:
     """The memory-only ONNX graphs, their seeded inputs and expected outputs (.npz for the simulator check)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from rwkvprobe.onnxgen import ModelSpec, weight_matrix, write_model
+    from rwkvprobe.measure.onnxgen import ModelSpec, weight_matrix, write_model
 
     F = TensorProto.FLOAT
     shape = list(ELEMENTWISE_SHAPE)
@@ -92,10 +92,10 @@ def compiler_bandwidth(cycles: dict, clock_hz: float) -> dict:
 
 def measure(device: str = "rk3588", out: Path | None = None, simulate: bool = True, progress=print) -> dict:
     """Convert the memory-only graphs and return the compiler's NPU bandwidth figures (no board needed)."""
-    from rwkvprobe import toolkit
-    from rwkvprobe.device import load_device
     from rwkvprobe.fsutil import ensure_writable_dir
-    from rwkvprobe.measure import onnx_cache_dir
+    from rwkvprobe.measure.points import onnx_cache_dir
+    from rwkvprobe.model.device import load_device
+    from rwkvprobe.npu import toolkit
 
     dev = load_device(device)
     py = toolkit.require_toolkit()
@@ -131,7 +131,7 @@ def measure(device: str = "rk3588", out: Path | None = None, simulate: bool = Tr
 
 def cached(device: str = "rk3588", folder: Path | None = None) -> dict | None:
     """The last ``bandwidth --npu`` result for a device (in ``folder``, else the cache), or None."""
-    from rwkvprobe.measure import onnx_cache_dir
+    from rwkvprobe.measure.points import onnx_cache_dir
 
     path = (folder or onnx_cache_dir().parent / f"npu-bandwidth-{Path(device).stem}") / RESULT
     try:

@@ -17,13 +17,13 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
 from rwkvprobe import __version__
-from rwkvprobe.compare import compare_command
-from rwkvprobe.console import Reporter, err_console, out_console, print_warnings, run_keeping_results  # noqa: F401
+from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warnings, run_keeping_results  # noqa: F401
 from rwkvprobe.errors import InputError, Interrupted
-from rwkvprobe.importer import profile_from_command
-from rwkvprobe.profile import DTYPE_BYTES, LayerList, layer_list, load_profile, profiles_dir, shipped_profiles
-from rwkvprobe.sweep import sweep_command
-from rwkvprobe.validate import validate_command
+from rwkvprobe.measure.sweep import sweep_command
+from rwkvprobe.measure.validate import validate_command
+from rwkvprobe.model.importer import profile_from_command
+from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, layer_list, load_profile, profiles_dir, shipped_profiles
+from rwkvprobe.verdict.compare import compare_command
 
 app = typer.Typer(
     add_completion=False,
@@ -158,7 +158,7 @@ def onnx_cmd(
                                "block, the head and the full model, state in and out, with blocks.json."),
 ):
     """Write one ONNX MatMul model per unique (M, K, N, dtype) of a profile, with a manifest."""
-    from rwkvprobe import onnxgen
+    from rwkvprobe.measure import onnxgen
 
     ll = layer_list(load_profile(profile))
     ms = parse_int_list(tokens, "--tokens")
@@ -186,7 +186,7 @@ def onnx_cmd(
 
 
 def _onnx_blocks(ll: LayerList, out: Path, tokens: list[int], dtypes: list[str], opset: int) -> None:
-    from rwkvprobe import onnxblock
+    from rwkvprobe.measure import onnxblock
 
     if tokens != [1]:
         raise InputError("--block: the block graphs are one decode step (--tokens 1)")
@@ -226,12 +226,12 @@ def bandwidth_cmd(
     """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
     import json
 
-    from rwkvprobe import bandwidth, system
+    from rwkvprobe.measure import bandwidth, system
     from rwkvprobe.results import new_results, save_results
 
     if npu:  # refuse a missing toolkit or an unknown device before measuring anything
-        from rwkvprobe import toolkit
-        from rwkvprobe.device import load_device
+        from rwkvprobe.model.device import load_device
+        from rwkvprobe.npu import toolkit
 
         toolkit.require_toolkit()
         load_device(device)
@@ -253,7 +253,7 @@ def bandwidth_cmd(
     results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
     results["warnings"] = system.environment_warnings(env, before, results["after"])
     if npu:
-        from rwkvprobe import npubw
+        from rwkvprobe.npu import bandwidth as npubw
 
         results["npu_bandwidth"] = npubw.measure(device, progress=lambda m: err_console.print(m, markup=False))
     if out is not None:
@@ -263,7 +263,7 @@ def bandwidth_cmd(
     else:
         out_console.print(bandwidth.bandwidth_table(result))
         if npu:
-            from rwkvprobe import npubw
+            from rwkvprobe.npu import bandwidth as npubw
 
             for line in npubw.table_lines(results["npu_bandwidth"]):
                 print(line)
@@ -298,10 +298,10 @@ def analyze_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail, and the NPU library's own log (rknnlite)."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
-    from rwkvprobe.analyze import Analysis, AnalyzeSettings, check_dtypes, plan_series
-    from rwkvprobe.report import render
-    from rwkvprobe.system import resolve_cpus
-    from rwkvprobe.timing import default_threads
+    from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings, check_dtypes, plan_series
+    from rwkvprobe.measure.system import resolve_cpus
+    from rwkvprobe.measure.timing import default_threads
+    from rwkvprobe.report.markdown import render
 
     ll = layer_list(load_profile(profile))
     ms = parse_int_list(tokens, "--tokens") if tokens else ([1] if quick else [1, 64])
@@ -312,8 +312,8 @@ def analyze_cmd(
     from rwkvprobe.backends.rknnlite_backend import show_library_log
 
     show_library_log(verbose)  # rknn-toolkit-lite2's log and tracebacks: kept aside unless --verbose
-    from rwkvprobe.board import BACKEND as BOARD_BACKEND
-    from rwkvprobe.board import parse_core_masks
+    from rwkvprobe.npu.board import BACKEND as BOARD_BACKEND
+    from rwkvprobe.npu.board import parse_core_masks
 
     masks = parse_core_masks(npu_cores)  # one line naming a bad mask
     dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else None)
@@ -342,7 +342,7 @@ def analyze_cmd(
         path = render(results, analysis.out_dir)
     finally:
         analysis.release()
-    from rwkvprobe.report import verdict_lines
+    from rwkvprobe.report.markdown import verdict_lines
 
     for line in verdict_lines(results):
         out_console.print(line, highlight=False, markup=False)
@@ -352,11 +352,11 @@ def analyze_cmd(
 
 def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional[Path], rknn: Optional[Path]) -> None:
     """analyze --device: the verdict for a modelled device (no measurement), with compiler estimates."""
-    from rwkvprobe import toolkit
-    from rwkvprobe.analyze import RESULTS, default_out_dir, profile_json
-    from rwkvprobe.device import compiler_estimates, load_device, modelled_results
     from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
-    from rwkvprobe.report import render, verdict_lines
+    from rwkvprobe.measure.analyze import RESULTS, default_out_dir, profile_json
+    from rwkvprobe.model.device import compiler_estimates, load_device, modelled_results
+    from rwkvprobe.npu import toolkit
+    from rwkvprobe.report.markdown import render, verdict_lines
     from rwkvprobe.results import save_results
 
     dev = load_device(device)
@@ -368,13 +368,13 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
         if rknn is not None:
             blocks_manifest = toolkit.read_blocks_manifest(rknn)
             if blocks_manifest is not None:
-                from rwkvprobe.device import block_estimates
+                from rwkvprobe.model.device import block_estimates
 
                 blocks = block_estimates(blocks_manifest, dev, ll.profile)
             if blocks_manifest is None or (rknn / "manifest.json").is_file():
                 compiler = compiler_estimates(toolkit.read_convert_manifest(rknn), dev)
         elif toolkit.installed():
-            from rwkvprobe.measure import onnx_cache_dir
+            from rwkvprobe.measure.points import onnx_cache_dir
 
             cache = onnx_cache_dir().parent / f"rknn-{Path(device).stem}"
             # decode shapes only (M=1): what the verdict needs, and half the builds
@@ -385,14 +385,14 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
         results = modelled_results(dev, profile_json(ll), tokens, compiler)
         if blocks:
             results["compiler_block_estimates"] = blocks
-        from rwkvprobe import npubw
+        from rwkvprobe.npu import bandwidth as npubw
 
         npu_bw = npubw.cached(device, rknn) or npubw.cached(device)
         if npu_bw:
             results["npu_bandwidth"] = npu_bw
         save_results(folder / RESULTS, results)
         path = render(results, folder)
-        from rwkvprobe.device import block_estimate_lines
+        from rwkvprobe.model.device import block_estimate_lines
 
         for line in verdict_lines(results) + block_estimate_lines(results):
             out_console.print(line, highlight=False, markup=False)
@@ -409,12 +409,12 @@ def report_cmd(
 
     results = load_results(results_file, kinds=("analyze", "sweep"))
     if results["kind"] == "sweep":
-        from rwkvprobe.sweep import summary_lines
-        from rwkvprobe.sweep_report import render_sweep
+        from rwkvprobe.measure.sweep import summary_lines
+        from rwkvprobe.report.sweep import render_sweep
 
         path, lines = render_sweep(results, out or results_file.parent), summary_lines(results)
     else:
-        from rwkvprobe.report import render, verdict_lines
+        from rwkvprobe.report.markdown import render, verdict_lines
 
         path, lines = render(results, out or results_file.parent), verdict_lines(results)
     for line in lines:
@@ -431,7 +431,7 @@ def toolkit_install(
     python: Optional[str] = typer.Option(None, "--python", help="The Python to build it with (3.6-3.12). Default: this one."),
 ):
     """Create the toolkit's own virtual environment with rknn-toolkit2 and versions that work with it."""
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     py = toolkit.install(python, progress=lambda m: err_console.print(m, markup=False))
     print(f"RKNN toolkit {toolkit.TOOLKIT_VERSION} ready: {py}")
@@ -440,7 +440,7 @@ def toolkit_install(
 @toolkit_app.command("status")
 def toolkit_status():
     """Where the toolkit environment is and whether it is installed."""
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     state = "installed" if toolkit.installed() else "not installed (rwkvprobe toolkit install)"
     print(f"rknn-toolkit2 {toolkit.TOOLKIT_VERSION}: {state} at {toolkit.toolkit_dir()}")
@@ -459,7 +459,7 @@ def convert_cmd(
                                "'rwkvprobe onnx --block'): per-op cycle table, ops sent to the CPU, blocks-manifest.json."),
 ):
     """ONNX -> RKNN for every unique layer shape, checked in the toolkit's simulator (correctness only)."""
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     ll = layer_list(load_profile(profile))
     dts = parse_choice_list(dtype, "--dtype", toolkit.RKNN_DTYPES)
@@ -488,7 +488,8 @@ def convert_cmd(
 
 
 def _convert_blocks(ll: LayerList, out: Path, dtypes: list[str], tokens: list[int], target: str, simulate: bool) -> None:
-    from rwkvprobe import onnxblock, toolkit
+    from rwkvprobe.measure import onnxblock
+    from rwkvprobe.npu import toolkit
 
     if tokens != [1]:
         raise InputError("--block: the block graphs are one decode step (--tokens 1)")

@@ -376,7 +376,7 @@ def eval_perf_problem(text: str, toolkit_version: str | None, error: str | None 
 
 def adb_path() -> str | None:
     """The adb that rknn-toolkit2 bundles in the toolkit environment (the one it starts), else PATH's."""
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     machine = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
         platform.machine().lower(), platform.machine().lower())
@@ -515,7 +515,7 @@ class RknnBoardBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        from rwkvprobe import toolkit
+        from rwkvprobe.npu import toolkit
 
         if not toolkit.installed():
             return (f"the RKNN toolkit environment is not installed ({toolkit.toolkit_dir()}): run "
@@ -525,14 +525,14 @@ class RknnBoardBackend(Backend):
 
 def check_ready(settings) -> None:
     """Refuse in one line, before anything is written: no toolkit environment, or no board over adb."""
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     toolkit.require_toolkit()
     probe_board(getattr(settings, "device_id", None))
 
 
 def describe(pairs: list[tuple[str, str]], settings) -> dict:
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     out = {}
     for label in dict.fromkeys(b for b, _ in pairs):
@@ -550,8 +550,8 @@ def describe(pairs: list[tuple[str, str]], settings) -> dict:
 
 def _models(analysis, dtypes: list[str], progress) -> tuple[Path, dict]:
     """(folder, {(dtype, m, k, n): manifest entry}) of the .rknn models: --rknn DIR, or converted now."""
-    from rwkvprobe import toolkit
-    from rwkvprobe.measure import onnx_cache_dir
+    from rwkvprobe.measure.points import onnx_cache_dir
+    from rwkvprobe.npu import toolkit
 
     s = analysis.settings
     if s.rknn_dir is not None:
@@ -569,7 +569,7 @@ def _models(analysis, dtypes: list[str], progress) -> tuple[Path, dict]:
 
 def _onnx_for(folder: Path, entry: dict, onnx_dir: Path) -> Path:
     """The ONNX model a .rknn was converted from (its float64 reference), regenerated if it is gone."""
-    from rwkvprobe import onnxgen
+    from rwkvprobe.measure import onnxgen
 
     if entry.get("onnx") and (folder / entry["onnx"]).is_file():
         return folder / entry["onnx"]
@@ -585,7 +585,7 @@ def run_jobs(jobs: list[dict], device_id: str | None, log_dir: Path) -> dict:
 
     InputError (one line) when no job reached the board: no board, or the runtime did not start.
     """
-    from rwkvprobe import toolkit
+    from rwkvprobe.npu import toolkit
 
     py = toolkit.require_toolkit()
     adb = adb_path()
@@ -607,7 +607,7 @@ def run_jobs(jobs: list[dict], device_id: str | None, log_dir: Path) -> dict:
 
 def _point(job: dict, res: dict | None, out_dir: Path, tolerance: dict, toolkit_version: str | None = None) -> dict:
     from rwkvprobe.backends import Workload
-    from rwkvprobe.timing import summarize
+    from rwkvprobe.measure.timing import summarize
 
     w = Workload(job["m"], job["k"], job["n"], job["dtype"], scheme="rknn8" if job["dtype"] == "int8" else "")
     point = {"backend": job["label"], "dtype": job["dtype"], "m": job["m"], "k": job["k"], "n": job["n"],
@@ -663,9 +663,9 @@ def _point(job: dict, res: dict | None, out_dir: Path, tolerance: dict, toolkit_
 
 def run_series(analysis, pairs: list[tuple[str, str]], progress) -> None:
     """Measure the ``rknn`` series on the board: the ceiling shapes and every missing layer point."""
-    from rwkvprobe import toolkit
     from rwkvprobe.fsutil import ensure_writable_dir
-    from rwkvprobe.measure import summarize_ceilings
+    from rwkvprobe.measure.points import summarize_ceilings
+    from rwkvprobe.npu import toolkit
 
     s, r = analysis.settings, analysis.results
     have = {(c["backend"], c["dtype"]) for c in r["ceilings"]}

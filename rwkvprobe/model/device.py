@@ -17,7 +17,7 @@ from rwkvprobe.results import new_results
 
 
 def devices_dir() -> Path:
-    from rwkvprobe.profile import profiles_dir
+    from rwkvprobe.model.profile import profiles_dir
 
     return profiles_dir() / "devices"
 
@@ -141,7 +141,7 @@ def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
     """The RKNN compiler's own whole-block estimate (``convert --block``) as NPU decode time per token: block 0,
     n_layer - 1 later blocks and the head, each graph's cycle total at the device's NPU clock, no per-call overhead
     added (one call per graph). Also the op kinds that take the cycles and the ops the compiler sends to the CPU."""
-    from rwkvprobe import onnxblock
+    from rwkvprobe.measure import onnxblock
 
     if blocks_manifest.get("settings") != onnxblock.settings_key(profile, 0):
         raise InputError(f"--rknn: the block graphs there were converted for {blocks_manifest.get('profile')!r} "

@@ -134,7 +134,7 @@ def parse_cycles(log: str) -> dict:
 
 def ceiling_specs() -> list[tuple[int, int, int]]:
     """The shapes the measured ceilings use (peak, GEMV, overhead), so an on-board run has them too."""
-    from rwkvprobe.measure import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
+    from rwkvprobe.measure.points import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
 
     return [OVERHEAD_SHAPE, *COMPUTE_SHAPES, GEMV_SHAPE]
 
@@ -145,8 +145,8 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
 
     ``with_ceilings`` adds the ceiling shapes that ``analyze --backends rknnlite`` measures on the board.
     """
-    from rwkvprobe import onnxgen
     from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+    from rwkvprobe.measure import onnxgen
 
     for d in dtypes:
         if d not in RKNN_DTYPES:
@@ -236,7 +236,7 @@ def _chained_inputs(profile, graphs: dict, steps: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from rwkvprobe import onnxblock
+    from rwkvprobe.measure import onnxblock
 
     sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in graphs.items()}
     state = onnxblock.graph_inputs(profile, "model", "fp32")
@@ -269,8 +269,8 @@ def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588"
     import numpy as np
     import onnxruntime as ort
 
-    from rwkvprobe import onnxblock
     from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+    from rwkvprobe.measure import onnxblock
 
     for d in dtypes:
         if d not in RKNN_DTYPES:

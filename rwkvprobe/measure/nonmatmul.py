@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import List
 
-from rwkvprobe.profile import Profile
-from rwkvprobe.timing import TimingPolicy, measure
+from rwkvprobe.measure.timing import TimingPolicy, measure
+from rwkvprobe.model.profile import Profile
 
 #: RWKV versions whose block is timed here
 VERSIONS = (4, 5, 6, 7)
@@ -248,7 +248,7 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
     """
     import torch
 
-    from rwkvprobe.timing import DEFAULT_LLC_BYTES, eviction
+    from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, eviction
 
     if profile.version not in VERSIONS:
         return None

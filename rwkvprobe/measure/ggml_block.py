@@ -18,8 +18,8 @@ import ctypes
 
 import numpy as np
 
-from rwkvprobe.profile import Profile
-from rwkvprobe.timing import TimingPolicy, measure
+from rwkvprobe.measure.timing import TimingPolicy, measure
+from rwkvprobe.model.profile import Profile
 
 #: RWKV versions with a ggml graph of the block
 VERSIONS = (7,)
@@ -177,7 +177,7 @@ def check_against_torch(inputs: dict, block: GgmlBlock) -> dict | None:
         return None
     import torch
 
-    from rwkvprobe import nonmatmul
+    from rwkvprobe.measure import nonmatmul
 
     def t(a):
         return torch.from_numpy(np.array(a, dtype=np.float32))
@@ -203,7 +203,7 @@ def measure_block(profile: Profile, threads: int, policy: TimingPolicy, llc_byte
                   cold: bool = True) -> dict | None:
     """Median seconds of one block's non-matmul decode work as a ggml graph (None: no graph for this version)."""
     from rwkvprobe.backends.ggml_backend import GgmlBackend
-    from rwkvprobe.timing import DEFAULT_LLC_BYTES, eviction
+    from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, eviction
 
     if not supported(profile):
         return None
