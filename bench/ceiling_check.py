@@ -22,8 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rwkvprobe.report.markdown import verdict_of  # noqa: E402
-from rwkvprobe.verdict.roofline import CEILING_TOLERANCE  # noqa: E402
+from rwkvprobe.verdict.roofline import CEILING_TOLERANCE, verdict_of  # noqa: E402
 
 DEFAULT = ["profiles/rwkv-0b4.yaml", "profiles/rwkv-1b5.yaml", "profiles/rwkv4-1b5.yaml"]
 

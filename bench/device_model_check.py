@@ -22,10 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rwkvprobe.measure.analyze import profile_json  # noqa: E402
-from rwkvprobe.model.device import load_device, modelled_results  # noqa: E402
-from rwkvprobe.model.profile import layer_list, load_profile  # noqa: E402
-from rwkvprobe.report.markdown import verdict_of  # noqa: E402
+from rwkvprobe.model.profile import layer_list, load_profile, profile_json  # noqa: E402
+from rwkvprobe.npu.device import load_device, modelled_results  # noqa: E402
+from rwkvprobe.verdict.roofline import verdict_of  # noqa: E402
 
 TOLERANCE = 0.25
 
@@ -80,8 +79,8 @@ def rows(dev: dict, rknn: Path | None = None) -> list[dict]:
     row("RKLLM RWKV-7 1.5B w8a8 decode", SOURCES["rkllm"], "tokens/s", 13.82,
         rwkv[("NPU, a call per matmul (modelled)", "int8")], "NPU int8, a call per matmul", per_call)
     if rknn is not None:
-        from rwkvprobe.model.device import block_estimates
         from rwkvprobe.npu import toolkit
+        from rwkvprobe.npu.device import block_estimates
 
         manifest = toolkit.read_blocks_manifest(rknn)
         if manifest:

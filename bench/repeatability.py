@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rwkvprobe.report.markdown import _best, verdict_of  # noqa: E402
+from rwkvprobe.report.markdown import _best  # noqa: E402
+from rwkvprobe.verdict.roofline import verdict_of  # noqa: E402
 
 TARGET = 0.10
 

@@ -1,4 +1,4 @@
-from rwkvprobe.cli import main
+from rwkvprobe.cli.app import main
 
 if __name__ == "__main__":
     main()

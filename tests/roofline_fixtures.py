@@ -6,8 +6,7 @@ inputs with the formulas of the design notes, not read back from rwkvprobe.verdi
 
 from __future__ import annotations
 
-from rwkvprobe.measure import analyze
-from rwkvprobe.model.profile import DTYPE_BYTES, layer_list, parse_profile
+from rwkvprobe.model.profile import DTYPE_BYTES, layer_list, parse_profile, profile_json
 from rwkvprobe.results import new_results
 
 #: A small RWKV-7: big enough that its att/ffn/head layers are bandwidth-bound at 10 GB/s and
@@ -66,7 +65,7 @@ def make_results(layers, *, tokens=(1, 8), bw_gbps: float = 10.0, peak_gflops: f
         def time_of(m, k, n):
             return model_time(m, k, n, dtype, peak_gflops, bw_gbps, overhead)
     r = new_results("analyze", {}, {"tokens": list(tokens), "threads": 1, "cold": True})
-    r["profile"] = analyze.profile_json(layers)
+    r["profile"] = profile_json(layers)
     r["bandwidth"] = {"engine": "synthetic", "array_bytes": 1e9, "trials": 5,
                       "runs": [{"threads": 1, "cluster": None,
                                 "kernels": {"read": {"best_gbps": bw_gbps, "avg_gbps": bw_gbps}}}]}

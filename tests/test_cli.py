@@ -101,7 +101,7 @@ def test_headline_onnx_command_rwkv_1b5(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from rwkvprobe.measure.onnxgen import weight_matrix
+    from rwkvprobe.backends.onnxgen import weight_matrix
 
     proc = run_module("onnx", PROFILES / "rwkv-1b5.yaml", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -11,19 +11,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from rwkvprobe.cli.compare import compare_command
 from rwkvprobe.errors import InputError
-from rwkvprobe.results import new_results, save_results
-from rwkvprobe.verdict.compare import (
+from rwkvprobe.report.compare import (
     GBPS,
     SECONDS,
     TEXT,
     Comparison,
     Row,
-    compare_command,
     compare_files,
     ratio_cell,
     render_markdown,
 )
+from rwkvprobe.results import new_results, save_results
 
 # ------------------------------------------------------------------------------------------------
 # Hand-made results files: one 4x8 layer run twice per token, so decode time = 2 x the layer's median
@@ -230,7 +230,7 @@ def test_an_analyze_output_folder_stands_for_its_results_json(save, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# The command, end to end through a throwaway typer app (the lead registers it in cli.py)
+# The command, end to end through a throwaway typer app (cli/app.py registers it)
 
 
 @pytest.fixture

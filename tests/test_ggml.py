@@ -13,9 +13,9 @@ import pytest
 from conftest import PROFILES, run_module
 
 from rwkvprobe.backends import TOLERANCE, UnavailableDtype, backend_class, check_runner
-from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.model.profile import layer_list, load_profile
+from rwkvprobe.model.quant import FORMATS, GGML_DTYPES
 
 HAVE_GGML = importlib.util.find_spec("ggml") is not None
 REQUIRED = os.environ.get("RWKVPROBE_REQUIRE_GGML") == "1"
@@ -232,7 +232,7 @@ def test_ggml_formats_bytes_without_ggml():
 
 def _ggml_results(layers, times):
     """A results file with ggml fp16/q4_0 points (seconds per call by dtype), q4_0 measured on att/ffn only."""
-    from rwkvprobe.measure.analyze import profile_json
+    from rwkvprobe.model.profile import profile_json
     from rwkvprobe.results import new_results
 
     r = new_results("analyze", settings={"tokens": [1], "quantize": None})

@@ -6,9 +6,9 @@ import sys
 import pytest
 from conftest import ROOT
 
-from rwkvprobe.measure.analyze import profile_json
-from rwkvprobe.model.device import load_device, modelled_results
-from rwkvprobe.model.profile import layer_list, load_profile
+from rwkvprobe.model.profile import layer_list, load_profile, profile_json
+from rwkvprobe.npu.device import load_device, modelled_results
+from rwkvprobe.report import sections
 from rwkvprobe.verdict import nominal
 
 
@@ -24,7 +24,7 @@ def test_unknown_nominal_on_a_machine_without_a_device_profile():
     assert [r["ceiling"] for r in rows] == ["numpy fp32 GFLOP/s", "rknnlite fp16 GFLOP/s",
                                             "rknnlite fp16 GB/s (cold GEMV)", "DRAM GB/s (read kernel, best)"]
     assert all(r["nominal"] is None and r["percent"] is None for r in rows)
-    md = "\n".join(nominal.report_section(_measured()))
+    md = "\n".join(sections.nominal_section(_measured()))
     assert "% of nominal: unknown" in md and "none describes Some CPU" in md
     assert "| DRAM GB/s (read kernel, best) | 16.9 GB/s | unknown | unknown | - |" in md
 

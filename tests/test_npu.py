@@ -9,10 +9,9 @@ import pytest
 from conftest import PROFILES
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure.analyze import profile_json
-from rwkvprobe.model.device import compiler_estimates, load_device, modelled_results
-from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
+from rwkvprobe.model.profile import layer_list, load_profile, parse_profile, profile_json
 from rwkvprobe.npu import toolkit
+from rwkvprobe.npu.device import compiler_estimates, load_device, modelled_results
 from rwkvprobe.report.markdown import render, verdict_lines
 from rwkvprobe.verdict.roofline import build_verdict
 

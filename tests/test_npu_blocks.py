@@ -9,9 +9,10 @@ import pytest
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure import onnxblock
-from rwkvprobe.model.device import block_estimate_lines, block_estimates, load_device
 from rwkvprobe.model.profile import parse_profile
 from rwkvprobe.npu import toolkit
+from rwkvprobe.npu.device import block_estimates, load_device
+from rwkvprobe.report.sections import block_estimate_lines, npu_bandwidth_lines
 
 DATA = Path(__file__).parent / "data"
 TINY = {"name": "t", "source": "t", "version": 7, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64,
@@ -143,5 +144,5 @@ def test_bandwidth_npu_with_the_real_compiler(tmp_path):
     assert set(by) == {"add", "copy", "gemv"} and all(g["ok"] for g in by.values()), r
     assert r["label"].startswith("RKNN compiler estimate")
     assert by["gemv"]["compiler"]["gbps"] > 0 and by["gemv"]["compiler"]["bytes"] > 64e6
-    lines = npubw.table_lines(r)
+    lines = npu_bandwidth_lines(r)
     assert any(line.strip().startswith("gemv") and "GB/s" in line for line in lines)

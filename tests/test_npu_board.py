@@ -20,7 +20,8 @@ import pytest
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure.analyze import AnalyzeSettings, plan_series
 from rwkvprobe.model.profile import layer_list, parse_profile
-from rwkvprobe.npu import board, toolkit
+from rwkvprobe.npu import adb, board, cores, evalperf, toolkit
+from rwkvprobe.report import sections
 
 DATA = Path(__file__).parent / "data"
 FAKE = Path(__file__).parent / "fake_rknnlite"
@@ -32,7 +33,7 @@ SAMPLE = DATA / "rknn_eval_perf_m1_k1024_n1024_fp16.log"
 
 
 def test_parse_eval_perf_sample():
-    perf = board.parse_eval_perf(SAMPLE.read_text())
+    perf = evalperf.parse_eval_perf(SAMPLE.read_text())
     assert [r["op"] for r in perf["layers"]] == ["InputOperator", "Reshape", "Conv", "Reshape", "OutputOperator"]
     conv = perf["layers"][2]
     assert (conv["time_us"], conv["ddr_cycles"], conv["npu_cycles"], conv["total_cycles"]) == (118, 88833, 32768, 88833)
@@ -53,23 +54,23 @@ def test_parse_eval_perf_in_the_runtime_log_format_with_colours():
     """The same table as the runtime's own log prints it: 'D RKNN: [time] ' before each line, colours."""
     text = "\n".join(f"D RKNN: [10:00:00.000] \x1b[0m{line}" for line in SAMPLE.read_text().splitlines()
                      if not line.startswith("#"))
-    perf = board.parse_eval_perf(text)
+    perf = evalperf.parse_eval_perf(text)
     assert len(perf["layers"]) == 5 and perf["total_us"] == 174 and perf["layers"][2]["time_us"] == 118
 
 
 def test_parse_eval_perf_fallbacks():
     # perf_debug=False: only a total
-    perf = board.parse_eval_perf("Total Time(us): 1234\n")
+    perf = evalperf.parse_eval_perf("Total Time(us): 1234\n")
     assert perf["total_us"] == 1234 and perf["total_from"] == "Total Time(us)" and perf["layers"] == []
     # no total line: the sum of the layers, said so
     body = "\n".join(line for line in SAMPLE.read_text().splitlines() if not line.startswith("Total Operator"))
-    perf = board.parse_eval_perf(body)
+    perf = evalperf.parse_eval_perf(body)
     assert perf["total_us"] == 174 and perf["total_from"] == "sum of the per-layer times"
     # frequency lists printed with fix_freq
-    perf = board.parse_eval_perf("CPU Current Frequency List:\n    - 2256000\n    - 1800000\nNPU Current Frequency List:\n"
+    perf = evalperf.parse_eval_perf("CPU Current Frequency List:\n    - 2256000\n    - 1800000\nNPU Current Frequency List:\n"
                                  "    - 1000000\n")
     assert perf["frequencies"] == {"CPU": [2256000, 1800000], "NPU": [1000000]}
-    nothing = board.parse_eval_perf("E eval_perf: The runtime has not been initialized\n")
+    nothing = evalperf.parse_eval_perf("E eval_perf: The runtime has not been initialized\n")
     assert nothing["total_us"] is None and nothing["layers"] == []
 
 
@@ -88,11 +89,11 @@ def _captured(name):
 
 # name -> (layout, rows, printed total, its label, NPU time, rows per op from the ranking table)
 CAPTURES = {
-    "rk3588_tk1.5.0_yolov5s_python.log": (board.FORMAT_1X, 82, 27987, "Total Operator Elapsed Time(us)", 27761,
+    "rk3588_tk1.5.0_yolov5s_python.log": (evalperf.FORMAT_1X, 82, 27987, "Total Operator Elapsed Time(us)", 27761,
                                           {"ConvRelu": 50, "Concat": 13, "OutputOperator": 3}),
-    "rk3588_rt1.6.0_yolov8n_cpp.log": (board.FORMAT_2X, 108, 128441, "Total Operator Elapsed Per Frame Time(us)",
+    "rk3588_rt1.6.0_yolov8n_cpp.log": (evalperf.FORMAT_2X, 108, 128441, "Total Operator Elapsed Per Frame Time(us)",
                                        127303, {"ConvExSwish": 57, "Concat": 13, "OutputOperator": 9}),
-    "rk3588_tk2.0.0b0_yolov8n_cores012.log": (board.FORMAT_2X, 108, 96186,
+    "rk3588_tk2.0.0b0_yolov8n_cores012.log": (evalperf.FORMAT_2X, 108, 96186,
                                               "Total Operator Elapsed Per Frame Time(us)", 95641,
                                               {"ConvExSwish": 57, "Concat": 13, "OutputOperator": 9}),
 }
@@ -102,7 +103,7 @@ CAPTURES = {
 def test_parse_eval_perf_captured_on_boards(name):
     """Every row read, and the numbers agree with the capture's own totals and ranking table."""
     layout, rows, total, label, npu, calls = CAPTURES[name]
-    perf = board.parse_eval_perf(_captured(name))
+    perf = evalperf.parse_eval_perf(_captured(name))
     assert perf["format"] == layout and perf["unread_rows"] == []
     assert [r["id"] for r in perf["layers"]] == list(range(1, rows + 1))
     assert perf["total_us"] == total and perf["total_from"] == label
@@ -113,13 +114,13 @@ def test_parse_eval_perf_captured_on_boards(name):
     for op, n in calls.items():
         assert sum(1 for r in perf["layers"] if r["op"] == op) == n
         assert next(r["calls"] for r in perf["ranking"] if r["op"] == op) == n
-    assert board.eval_perf_problem(_captured(name), "x") is None
+    assert evalperf.eval_perf_problem(_captured(name), "x") is None
 
 
 def test_parse_eval_perf_1x_columns():
     """rknn-toolkit2 1.5.0: three cycle columns, WorkLoad with '- Up:', Task columns before RW(KB), memory in MB,
     two rows the paste wrapped onto a second line joined again."""
-    perf = board.parse_eval_perf(_captured("rk3588_tk1.5.0_yolov5s_python.log"))
+    perf = evalperf.parse_eval_perf(_captured("rk3588_tk1.5.0_yolov5s_python.log"))
     conv = perf["layers"][1]
     assert (conv["op"], conv["dtype"], conv["target"]) == ("ConvRelu", "UINT8", "NPU")
     assert (conv["ddr_cycles"], conv["npu_cycles"], conv["total_cycles"], conv["time_us"]) == (851599, 345600, 851599,
@@ -137,7 +138,7 @@ def test_parse_eval_perf_1x_columns():
 
 def test_parse_eval_perf_2x_all_cores():
     """The 2.x table with core mask 0_1_2: per-core MacUsage and the WorkLoad split over three cores."""
-    perf = board.parse_eval_perf(_captured("rk3588_tk2.0.0b0_yolov8n_cores012.log"))
+    perf = evalperf.parse_eval_perf(_captured("rk3588_tk2.0.0b0_yolov8n_cores012.log"))
     first_conv = perf["layers"][1]
     assert first_conv["time_us"] == 9524 and first_conv["mac_usage"] == [0.77, 0.77, 0.77]
     assert (first_conv["ddr_cycles"], first_conv["npu_cycles"], first_conv["total_cycles"]) == (1222645, 4700160,
@@ -156,9 +157,9 @@ def test_eval_perf_row_never_guessed():
     i = next(i for i, ln in enumerate(lines) if ln.startswith("7 "))
     lines[i] = lines[i][:90]  # row 7 loses its Time(us) and everything after
     text = "\n".join(lines)
-    perf = board.parse_eval_perf(text)
+    perf = evalperf.parse_eval_perf(text)
     assert perf["unread_rows"] == ["7"] and perf["total_us"] is None and perf["npu_us"] is None
-    problem = board.eval_perf_problem(text, "1.6.0")
+    problem = evalperf.eval_perf_problem(text, "1.6.0")
     assert problem.startswith("rknn-toolkit2 1.6.0: ") and "ID 7" in problem and "\n" not in problem
 
 
@@ -177,15 +178,15 @@ def test_eval_perf_row_never_guessed():
 ])
 def test_toolkit_failing_inside_eval_perf_one_line(name, version, expected):
     text = _captured(name)
-    assert board.parse_eval_perf(text)["total_us"] is None
-    assert board.eval_perf_problem(text, version) == expected
+    assert evalperf.parse_eval_perf(text)["total_us"] is None
+    assert evalperf.eval_perf_problem(text, version) == expected
 
 
 def test_eval_perf_without_any_time_names_the_version():
-    problem = board.eval_perf_problem(_captured("tk2.3.2_no_time_unknown_freq.log"), "2.3.2")
+    problem = evalperf.eval_perf_problem(_captured("tk2.3.2_no_time_unknown_freq.log"), "2.3.2")
     assert problem.startswith("rknn-toolkit2 2.3.2: eval_perf printed no time in a format this parser reads")
     assert "IOCTL_CMD_PERF_RUN fail" in problem and "\n" not in problem
-    perf = board.parse_eval_perf(_captured("tk2.3.2_no_time_unknown_freq.log"))
+    perf = evalperf.parse_eval_perf(_captured("tk2.3.2_no_time_unknown_freq.log"))
     assert perf["frequencies"] == {"CPU": [], "NPU": [], "DDR": []}  # 'Unknown' is not a number
 
 
@@ -209,7 +210,7 @@ def test_worker_keeps_eval_perfs_exception_per_repeat(tmp_path):
     """rknn_worker.board_job with a stand-in RKNN whose eval_perf fails inside format_perf_detail (as 1.5.0):
     the job keeps its check and wall times, the repeat keeps the error and the traceback; the host turns it
     into one line."""
-    from rwkvprobe.measure import onnxgen
+    from rwkvprobe.backends import onnxgen
     from rwkvprobe.npu import rknn_worker
 
     spec = onnxgen.ModelSpec(1, 64, 32, "fp32")
@@ -260,33 +261,33 @@ def test_worker_keeps_eval_perfs_exception_per_repeat(tmp_path):
 
 
 def test_core_mask_lists():
-    assert board.parse_core_masks("0,1,0_1_2") == ["0", "1", "0_1_2"]
-    assert board.parse_core_masks("auto") == ["auto"]  # the one-mask form still works
-    assert board.parse_core_masks(" 0_1 , 0_1,ALL ") == ["0_1", "all"]
+    assert cores.parse_core_masks("0,1,0_1_2") == ["0", "1", "0_1_2"]
+    assert cores.parse_core_masks("auto") == ["auto"]  # the one-mask form still works
+    assert cores.parse_core_masks(" 0_1 , 0_1,ALL ") == ["0_1", "all"]
     for bad in ("0,9", "", ",", "0-2", "core0"):
         with pytest.raises(InputError, match="--npu-cores") as e:
-            board.parse_core_masks(bad)
+            cores.parse_core_masks(bad)
         assert "\n" not in str(e.value)
 
 
 def test_series_labels_round_trip():
-    labels = {m: board.series_label("rknnlite", m) for m in board.CORE_MASKS}
+    labels = {m: cores.series_label("rknnlite", m) for m in cores.CORE_MASKS}
     assert labels == {"auto": "rknnlite", "0": "rknnlite[core0]", "1": "rknnlite[core1]", "2": "rknnlite[core2]",
                       "0_1": "rknnlite[cores0-1]", "0_1_2": "rknnlite[cores0-2]", "all": "rknnlite[all]"}
     for mask, label in labels.items():
-        assert board.split_label(label) == ("rknnlite", mask)
-        assert board.split_label(label.replace("rknnlite", "rknn")) == ("rknn", mask)
-    assert board.split_label("numpy") == ("numpy", None)
-    assert board.series_labels("onnxruntime", ["0", "1"]) == ["onnxruntime"]
-    assert board.series_labels("rknn", ["0", "0_1_2"]) == ["rknn[core0]", "rknn[cores0-2]"]
-    assert board.split_board([("numpy", "fp32"), ("rknn[core0]", "fp16"), ("rknn", "int8")]) == (
+        assert cores.split_label(label) == ("rknnlite", mask)
+        assert cores.split_label(label.replace("rknnlite", "rknn")) == ("rknn", mask)
+    assert cores.split_label("numpy") == ("numpy", None)
+    assert cores.series_labels("onnxruntime", ["0", "1"]) == ["onnxruntime"]
+    assert cores.series_labels("rknn", ["0", "0_1_2"]) == ["rknn[core0]", "rknn[cores0-2]"]
+    assert cores.split_board([("numpy", "fp32"), ("rknn[core0]", "fp16"), ("rknn", "int8")]) == (
         [("numpy", "fp32")], [("rknn[core0]", "fp16"), ("rknn", "int8")])
 
 
 def test_core_masks_match_the_rknnlite_backend():
     from rwkvprobe.backends import rknnlite_backend as rb
 
-    assert board.CORE_MASKS == rb.CORE_MASKS
+    assert cores.CORE_MASKS == rb.CORE_MASKS
 
 
 @pytest.mark.parametrize("value", ["0,9", "", "0,,x", "core1"])
@@ -334,7 +335,7 @@ def test_rknnlite_series_per_core_mask(fake_board_lite, tmp_path):
     import numpy as np
 
     from rwkvprobe.backends import Workload
-    from rwkvprobe.measure.onnxgen import weight_matrix
+    from rwkvprobe.backends.onnxgen import weight_matrix
     from rwkvprobe.measure.points import measure_point
     from rwkvprobe.measure.timing import TimingPolicy
 
@@ -383,7 +384,7 @@ def test_run_series_stores_board_times_apart_from_wall_times(tmp_path, monkeypat
         (tmp_path / "onnx").mkdir(exist_ok=True)
         (tmp_path / e["onnx"]).write_bytes(b"onnx")
     monkeypatch.setattr(board, "_models", lambda analysis, dtypes, progress: (tmp_path, models))
-    monkeypatch.setattr(board, "on_board", lambda: False)
+    monkeypatch.setattr(adb, "on_board", lambda: False)
     sent = {}
 
     def run_jobs(jobs, device_id, log_dir):
@@ -413,7 +414,7 @@ def test_run_series_stores_board_times_apart_from_wall_times(tmp_path, monkeypat
     verdict = build_verdict(results, ll)
     s = next(x for x in verdict["series"] if x["backend"] == "rknn[core0]")
     assert s["bandwidth_gbps"] == pytest.approx(c["gemv_gbps"]) and s["rows"][0]["seconds"] == pytest.approx(174e-6)
-    section = "\n".join(board.report_section(results))
+    section = "\n".join(sections.board_section(results))
     assert "Board measurements" in section and "174 µs" in section and "host wall over adb" in section
     assert "ABC123" in section
     # a second call finds nothing missing and runs nothing
@@ -443,9 +444,9 @@ def _toolkit_or_skip():
 def _no_new_adb_server(before, timeout=10.0):
     """No adb server (zombies aside) that was not running before: what the toolkit started was stopped."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and board.adb_servers() - before:
+    while time.monotonic() < deadline and adb.adb_servers() - before:
         time.sleep(0.2)
-    return not (board.adb_servers() - before)
+    return not (adb.adb_servers() - before)
 
 
 def test_toolkit_missing_refuses_rknn_in_one_line(cli, tmp_path, monkeypatch):
@@ -463,14 +464,14 @@ def test_no_board_cli_one_line_exit_2_and_no_adb_left(tmp_path):
     _toolkit_or_skip()
     from conftest import run_module
 
-    if board.on_board():
+    if adb.on_board():
         pytest.skip("runs on an RK3588 itself")
-    before = board.adb_servers()
+    before = adb.adb_servers()
     prof = tmp_path / "p.yaml"
     prof.write_text("name: x\nsource: t\nlayers:\n  - {name: a, k: 64, n: 64, count: 1}\n")
     proc = run_module("analyze", prof, "--backends", "rknn", "--npu-cores", "0,0_1_2", "--out", tmp_path / "r")
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"rwkvprobe: error: {board.NO_BOARD}"]
+    assert proc.stderr.strip().splitlines() == [f"rwkvprobe: error: {adb.NO_BOARD}"]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists()
     assert _no_new_adb_server(before)
@@ -480,7 +481,7 @@ def test_no_board_cli_one_line_exit_2_and_no_adb_left(tmp_path):
 def test_no_board_real_init_runtime_fails_cleanly_and_adb_is_stopped(tmp_path):
     """A real .rknn, the real worker: init_runtime(target='rk3588') fails without a board -> one line."""
     _toolkit_or_skip()
-    if board.on_board():
+    if adb.on_board():
         pytest.skip("runs on an RK3588 itself")
     ll = layer_list(parse_profile({"name": "tiny", "source": "t", "layers": [{"name": "a", "k": 64, "n": 64,
                                                                               "count": 1}]}))
@@ -490,10 +491,10 @@ def test_no_board_real_init_runtime_fails_cleanly_and_adb_is_stopped(tmp_path):
     job = {"id": "tiny", "label": "rknn[core0]", "dtype": "fp16", "m": 1, "k": 64, "n": 64,
            "core_mask": "NPU_CORE_0", "calls": 2, "perf_repeats": 1, "seed": 7,
            "rknn": str(tmp_path / "rknn" / e["file"]), "onnx": str(tmp_path / "rknn" / e["onnx"])}
-    before = board.adb_servers()
+    before = adb.adb_servers()
     with pytest.raises(InputError) as err:
         board.run_jobs([job], None, tmp_path / "logs")
-    assert str(err.value) == board.NO_BOARD
+    assert str(err.value) == adb.NO_BOARD
     assert _no_new_adb_server(before)
 
 
@@ -501,20 +502,20 @@ def test_no_board_real_init_runtime_fails_cleanly_and_adb_is_stopped(tmp_path):
 def test_an_adb_server_already_running_is_left_alone(tmp_path):
     """Stop what we start, only that: a server the user had running keeps running after the probe."""
     _toolkit_or_skip()
-    if board.on_board():
+    if adb.on_board():
         pytest.skip("runs on an RK3588 itself")
-    adb = board.adb_path()
-    before = board.adb_servers()
-    subprocess.run([adb, "start-server"], capture_output=True, timeout=60)
+    adb_exe = adb.adb_path()
+    before = adb.adb_servers()
+    subprocess.run([adb_exe, "start-server"], capture_output=True, timeout=60)
     try:
-        theirs = board.adb_servers() - before
+        theirs = adb.adb_servers() - before
         assert theirs, "adb start-server started nothing"
-        board._PROBED.clear()
+        adb._PROBED.clear()
         with pytest.raises(InputError, match="no RK3588 board found over adb"):
-            board.probe_board(None)
-        assert theirs <= board.adb_servers()
+            adb.probe_board(None)
+        assert theirs <= adb.adb_servers()
     finally:
-        board.stop_adb(adb, before)
+        adb.stop_adb(adb_exe, before)
     assert _no_new_adb_server(before)
 
 

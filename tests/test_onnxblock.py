@@ -11,6 +11,7 @@ from conftest import ROOT
 
 from rwkvprobe.measure import onnxblock
 from rwkvprobe.model.profile import parse_profile
+from rwkvprobe.report import sections
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -202,7 +203,7 @@ def test_block_comparison_sums_the_series_matmuls_and_non_matmul_share():
     assert got["head"]["sum_seconds"] == pytest.approx(5e-3) and not got["head"]["sum_partly_modelled"]
     assert got["model"]["graph_seconds"] is None and got["model"]["status"] == "too big"
     assert got["block"]["sum_partly_modelled"]  # the non-matmul share is modelled for onnxruntime
-    md = "\n".join(onnxblock.report_section(results, verdict))
+    md = "\n".join(sections.block_graph_section(results, verdict))
     assert "| onnxruntime fp32 | block | 3.000 | 4.400* | 0.68 |" in md
     assert "| onnxruntime fp32 | model | too big | 14.600* | - |" in md
 

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from conftest import PROFILES
 
+from rwkvprobe.backends import onnxgen
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure import onnxgen
 from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
 
 SMALL = parse_profile({"name": "small", "source": "test", "layers": [

@@ -16,9 +16,9 @@ from rwkvprobe.backends import (
     check_runner,
     get_backend,
 )
-from rwkvprobe.backends.quant import DEFAULT_BLOCK_SIZE, FORMATS, dynamic_quantize_linear
 from rwkvprobe.measure.points import measure_point
 from rwkvprobe.measure.timing import TimingPolicy
+from rwkvprobe.model.quant import DEFAULT_BLOCK_SIZE, FORMATS, dynamic_quantize_linear
 
 USABLE, _ = available_backends()
 needs_ort = pytest.mark.skipif("onnxruntime" not in USABLE, reason="onnxruntime not installed")

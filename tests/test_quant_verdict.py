@@ -21,7 +21,7 @@ def _point(dtype, seconds, bytes_per_weight, act=4):
 
 def _results(int4_seconds):
     r = new_results("analyze", settings={"tokens": [1]})
-    from rwkvprobe.measure.analyze import profile_json
+    from rwkvprobe.model.profile import profile_json
 
     r["profile"] = profile_json(LAYERS)
     r["bandwidth"] = {"runs": [{"kernels": {"read": {"best_gbps": BW / 1e9}}}]}
@@ -92,7 +92,7 @@ def test_head_and_lora_stay_float_by_default_and_quantize_option_changes_it():
 
     layers = layers_of(RWKV7_SMALL)
     r = new_results("analyze", settings={"tokens": [1]})
-    from rwkvprobe.measure.analyze import profile_json
+    from rwkvprobe.model.profile import profile_json
 
     r["profile"] = profile_json(layers)
     r["bandwidth"] = {"runs": [{"kernels": {"read": {"best_gbps": 10.0}}}]}
@@ -124,7 +124,7 @@ def _rwkv7_results(int4_seconds_of, fp32_seconds_of, int4_peak=100.0):
     """RWKV7_SMALL with onnxruntime fp32 and int4-a8 points (every shape), at chosen times."""
     from roofline_fixtures import RWKV7_SMALL
 
-    from rwkvprobe.measure.analyze import profile_json
+    from rwkvprobe.model.profile import profile_json
 
     layers = layers_of(RWKV7_SMALL)
     r = new_results("analyze", settings={"tokens": [1]})

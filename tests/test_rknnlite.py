@@ -11,8 +11,8 @@ import pytest
 
 from rwkvprobe.backends import Workload, check_runner
 from rwkvprobe.backends import rknnlite_backend as rb
+from rwkvprobe.backends.onnxgen import weight_matrix
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure.onnxgen import weight_matrix
 from rwkvprobe.measure.points import measure_point
 from rwkvprobe.measure.timing import TimingPolicy
 

@@ -23,8 +23,7 @@ from roofline_fixtures import (
     work,
 )
 
-from rwkvprobe.measure.analyze import layers_from_json
-from rwkvprobe.model.profile import DTYPE_BYTES
+from rwkvprobe.model.profile import DTYPE_BYTES, layers_from_json
 from rwkvprobe.report.markdown import render, verdict_sentences
 from rwkvprobe.verdict import roofline
 from rwkvprobe.verdict.roofline import CLASSES, RULE, build_verdict, classify, layer_verdict, model_seconds, non_matmul_bytes

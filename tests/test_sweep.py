@@ -9,6 +9,7 @@ from rwkvprobe.backends import Workload
 from rwkvprobe.cli import app as cli_module
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure import sweep
+from rwkvprobe.verdict.fit import summarize_sweep
 
 
 @pytest.fixture(autouse=True)
@@ -183,7 +184,8 @@ def test_small_sweep_writes_results_csv_report_and_plots(sweep_cli, tmp_path):
     for p in results["measurements"]:
         assert p["check"]["ok"] and p["timing"]["n"] == len(p["timing"]["samples"]) >= 3
     assert results["runs"][0]["estimate_seconds"] > 0
-    [series] = results["fits"]["series"]
+    assert "fits" not in results  # computed when rendered (report.sweep), never stored twice
+    [series] = summarize_sweep(results["measurements"])["series"]
     assert series["fits"]["roofline"]["ok"] and series["fits"]["power_law"]["ok"]
     csv_lines = (out / "sweep.csv").read_text().splitlines()
     assert csv_lines[0].startswith("backend,dtype,size,m,k,n,") and len(csv_lines) == 5
@@ -245,7 +247,7 @@ def fake_npu(monkeypatch, tmp_path):
     import numpy as np
 
     from rwkvprobe.backends import rknnlite_backend as rb
-    from rwkvprobe.measure.onnxgen import weight_matrix
+    from rwkvprobe.backends.onnxgen import weight_matrix
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "fake_rknnlite"))
     for name in [m for m in sys.modules if m.startswith("rknnlite")]:

@@ -10,8 +10,7 @@ from collections import Counter
 import pytest
 from conftest import PROFILES, ROOT
 
-from rwkvprobe.measure.analyze import profile_json
-from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
+from rwkvprobe.model.profile import layer_list, load_profile, parse_profile, profile_json
 
 torch = pytest.importorskip("torch") if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1" else __import__("torch")
 if os.environ.get("RWKVPROBE_REQUIRE_REFERENCE") != "1":
@@ -133,7 +132,7 @@ def _fake_real(median=0.050):
 
 
 def test_compare_ratio_target_and_gap_split_add_up():
-    from rwkvprobe.measure.validate import compare, summary_lines
+    from rwkvprobe.verdict.validation import compare, summary_lines
 
     v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
     assert v["predicted_over_measured"] == pytest.approx(0.8)
@@ -158,8 +157,8 @@ def test_compare_ratio_target_and_gap_split_add_up():
 
 
 def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
-    from rwkvprobe.measure.validate import compare, summary_lines
     from rwkvprobe.results import save_results
+    from rwkvprobe.verdict.validation import compare, summary_lines
 
     v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
     v.update(backend="ggml", dtype="fp16", threads=2)
@@ -303,7 +302,7 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
 
 
 def test_prefill_with_the_state_update_is_checked_against_the_target():
-    from rwkvprobe.measure.validate import compare, summary_lines
+    from rwkvprobe.verdict.validation import compare, summary_lines
 
     pred = _fake_prediction()
     pred["prefill"] = {64: {"chunk": 64, "tokens_per_second": 640.0, "matmul_seconds": 0.08, "state_seconds": 0.02,
@@ -326,7 +325,7 @@ def test_prefill_with_the_state_update_is_checked_against_the_target():
 
 
 def test_split_uses_the_matmul_share_paired_in_time():
-    from rwkvprobe.measure.validate import compare
+    from rwkvprobe.verdict.validation import compare
 
     real = _fake_real(0.050)
     real["profiled"]["matmul_share"] = 0.8
@@ -336,7 +335,7 @@ def test_split_uses_the_matmul_share_paired_in_time():
 
 
 def test_a_split_with_nothing_left_outside_the_matmuls_is_flagged():
-    from rwkvprobe.measure.validate import compare, summary_lines
+    from rwkvprobe.verdict.validation import compare, summary_lines
 
     real = _fake_real(0.050)
     real["profiled"]["matmul_share"] = 1.0  # clipped: profiled matmuls took longer than the plain token

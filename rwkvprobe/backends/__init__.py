@@ -5,7 +5,7 @@ A backend prepares a :class:`Runner` for one :class:`Workload` (A[M,K] x W[K,N] 
 weight as the ONNX model of that shape (``onnxgen.weight_matrix``) times a known scale, so every
 output can be checked against a float64 reference before its time counts.
 
-Quantized dtypes (``int8``, ``int4``, ``int8-dyn``; see :mod:`rwkvprobe.backends.quant`) keep fp32
+Quantized dtypes (``int8``, ``int4``, ``int8-dyn``; see :mod:`rwkvprobe.model.quant`) keep fp32
 activations and store the weight in a backend-specific *weight format* whose real bytes (scales and
 zero points included) the :class:`Workload` counts. Build such workloads with
 ``Backend.workload(m, k, n, dtype, block_size)`` so that they carry the format that backend uses.
@@ -23,7 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
-from rwkvprobe.backends.quant import (
+from rwkvprobe.backends.onnxgen import weight_matrix
+from rwkvprobe.errors import InputError, MissingExtra
+from rwkvprobe.model.quant import (
     ACTIVATION_BYTES,
     DEFAULT_BLOCK_SIZE,
     DEFAULT_FORMATS,
@@ -31,7 +33,6 @@ from rwkvprobe.backends.quant import (
     QUANT_DTYPES,
     WeightFormat,
 )
-from rwkvprobe.errors import InputError, MissingExtra
 
 #: bytes per element of activations and weights at each float dtype
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -262,7 +263,6 @@ def base_weight(k: int, n: int) -> np.ndarray:
 
     Read-only: runners make their own copies.
     """
-    from rwkvprobe.measure.onnxgen import weight_matrix
 
     w = weight_matrix(k, n, "fp32")
     w.setflags(write=False)

@@ -28,8 +28,8 @@ import importlib.util
 
 import numpy as np
 
-from rwkvprobe.backends import Backend, UnavailableDtype, Workload, activation, base_weight
-from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
+from rwkvprobe.backends import Backend, UnavailableDtype, Workload, activation, base_weight, check_runner
+from rwkvprobe.model.quant import FORMATS, GGML_DTYPES
 
 #: rwkvprobe dtype -> ggml type name (GGML_TYPE_<name>)
 GGML_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q5_1": "Q5_1", "q4_0": "Q4_0",
@@ -223,7 +223,6 @@ class GgmlRunner:
 @functools.lru_cache(maxsize=None)
 def _probe(dtype: str) -> str | None:
     """None if this ggml build runs ``dtype`` right (a tiny mat-vec, checked); else why not."""
-    from rwkvprobe.backends import check_runner
 
     g = _ggml()
     name = GGML_TYPES[dtype]

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, base_weight
-from rwkvprobe.backends.quant import FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
-from rwkvprobe.measure.onnxgen import NP_DTYPES, ModelSpec
+from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, base_weight, check_runner
+from rwkvprobe.backends.onnxgen import DEFAULT_OPSET, NP_DTYPES, ModelSpec, write_model
+from rwkvprobe.model.quant import FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
 
 #: onnxruntime's quantizer default: asymmetric, a zero point per block
 NBITS_SYMMETRIC = False
@@ -227,7 +227,6 @@ def write_quantized_model(workload: Workload, folder: Path, opset: int | None = 
     """The cached quantized model of a workload, converted from the fp32 model of the same shape."""
     import onnx
 
-    from rwkvprobe.measure.onnxgen import DEFAULT_OPSET, write_model
 
     spec = ModelSpec(workload.m, workload.k, workload.n, "fp32")
     final = folder / quantized_filename(workload)
@@ -258,7 +257,6 @@ def _probe(scheme: str) -> str | None:
     """Run a tiny model of a quantized format once: None if onnxruntime runs it right here."""
     import tempfile
 
-    from rwkvprobe.backends import check_runner
 
     w = Workload(1, 64, 16, FORMATS[scheme].dtype, scheme=scheme)
     try:
@@ -294,7 +292,6 @@ class OrtBackend(Backend):
         return _probe(cls.formats[dtype])
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
-        from rwkvprobe.measure.onnxgen import DEFAULT_OPSET, write_model
 
         if onnx_dir is None:
             raise ValueError("the onnxruntime backend needs a folder for its ONNX models")

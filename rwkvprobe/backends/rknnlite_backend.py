@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import platform
@@ -235,7 +236,6 @@ def runtime_mismatch(path: str | None = None) -> str | None:
 def check_models_runtime(rknn_dir, path: str | None = None) -> None:
     """InputError (one line) when the .rknn models were converted by an rknn-toolkit2 newer than the runtime
     here (it cannot read them): the version recorded in the folder's manifest.json against the library's."""
-    from rwkvprobe.npu.toolkit import read_convert_manifest
 
     path = path or RUNTIME_PATH
     manifest = read_convert_manifest(rknn_dir)
@@ -444,7 +444,6 @@ class RknnLiteBackend(Backend):
         return missing_runtime()
 
     def model_path(self, w: Workload) -> Path:
-        from rwkvprobe.npu.toolkit import read_convert_manifest
 
         if self.rknn_dir is None:
             raise InputError("the rknnlite backend needs --rknn DIR: .rknn models written by 'rwkvprobe convert'")
@@ -463,3 +462,13 @@ class RknnLiteBackend(Backend):
     def describe(self) -> dict:
         return {"name": self.name, "rknn-toolkit-lite2": lite_version(), "core_mask": self.core_mask,
                 "rknn_dir": str(self.rknn_dir), "timing": "host wall time per inference() call, copies included"}
+
+
+def read_convert_manifest(folder: Path) -> dict:
+    try:
+        data = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{folder}: no RKNN manifest.json (write one with 'rwkvprobe convert')") from None
+    if not isinstance(data, dict) or data.get("kind") != "rknn-convert":
+        raise InputError(f"{folder}/manifest.json: not an RKNN conversion manifest")
+    return data

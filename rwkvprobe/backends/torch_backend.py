@@ -21,8 +21,8 @@ import importlib.util
 
 import numpy as np
 
-from rwkvprobe.backends import Backend, UnavailableDtype, Workload, activation, base_weight, copy_scale
-from rwkvprobe.backends.quant import dequantize_int4_groups, quantize_int4_groups, quantize_int8_per_channel
+from rwkvprobe.backends import Backend, UnavailableDtype, Workload, activation, base_weight, check_runner, copy_scale
+from rwkvprobe.model.quant import dequantize_int4_groups, quantize_int4_groups, quantize_int8_per_channel
 
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 #: the aten op each quantized dtype needs
@@ -137,7 +137,6 @@ def _probe(dtype: str) -> str | None:
     """None when this torch runs the ``dtype`` weight-only kernel right on this CPU, else why not."""
     import torch
 
-    from rwkvprobe.backends import check_runner
 
     missing = [op for op in _QUANT_OPS[dtype] if not hasattr(torch.ops.aten, op)]
     if missing:

@@ -1,5 +1,2 @@
-"""The command-line layer: the typer app and its commands (the only layer that imports typer or rich)."""
-
-from rwkvprobe.cli.app import app, main
-
-__all__ = ["app", "main"]
+"""The command-line layer: the typer app (app.py) and one module per command group. The only layer that
+imports typer or rich; nothing below imports it."""

@@ -14,13 +14,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from rwkvprobe.backends import BACKEND_NAMES, Workload, available_backends, backend_class, get_backend
+from rwkvprobe.backends import (
+    BACKEND_NAMES,
+    DTYPES,
+    Workload,
+    available_backends,
+    backend_class,
+    base_weight,
+    get_backend,
+    onnxgen,
+)
+from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
-from rwkvprobe.measure import system
-from rwkvprobe.measure.points import measure_ceilings, measure_point, onnx_cache_dir, point_seconds
+from rwkvprobe.measure import contention, ggml_block, nonmatmul, onnxblock, system
+from rwkvprobe.measure.bandwidth import best_read_gbps, measure_bandwidth, probe_read
+from rwkvprobe.measure.points import COMPUTE_SHAPES, measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
-from rwkvprobe.model.profile import LayerList
+from rwkvprobe.model.profile import LayerList, profile_json
+from rwkvprobe.model.quant import quantize_kinds
+from rwkvprobe.npu import board, cores
 from rwkvprobe.results import load_results, new_results, save_results
 
 RESULTS = "results.json"
@@ -59,10 +72,10 @@ class AnalyzeSettings:
     budget_seconds: float = 100.0
     quick: bool = False
     rknn_dir: Path | None = None  # .rknn models for the rknnlite and rknn backends ('rwkvprobe convert')
-    npu_cores: str = "auto"  # core masks, comma-separated: one series each (board.parse_core_masks)
+    npu_cores: str = "auto"  # core masks, comma-separated: one series each (cores.parse_core_masks)
     device_id: str | None = None  # the adb device ID of the board for the rknn backend (board.py)
     block_size: int = 32  # blockwise-quantized weights
-    #: kinds stored quantized in the model-level figures; None: each backend's rule (roofline.quantize_kinds)
+    #: kinds stored quantized in the model-level figures; None: each backend's rule (model.quant.quantize_kinds)
     quantize: list[str] | None = None
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
 
@@ -84,9 +97,8 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
 
     The NPU backends give one series per core mask of ``npu_cores`` (``rknnlite[core0]``, ...).
     """
-    from rwkvprobe.npu import board
 
-    masks = board.parse_core_masks(getattr(settings, "npu_cores", "auto"))
+    masks = cores.parse_core_masks(getattr(settings, "npu_cores", "auto"))
     usable, unavailable = available_backends()
     skipped = []
     if settings.backends is None:  # every usable one, except those run only when named (torch-linear)
@@ -95,7 +107,7 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     else:
         names = []
         for b in settings.backends:
-            if b == board.BACKEND:  # host-driven: rknn-toolkit2 in its environment, a board over adb
+            if b == cores.BACKEND:  # host-driven: rknn-toolkit2 in its environment, a board over adb
                 if not hasattr(settings, "device_id"):
                     raise InputError("--backends rknn (a board driven over adb) is for 'rwkvprobe analyze'")
                 board.check_ready(settings)
@@ -103,18 +115,17 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
                 continue
             if b not in BACKEND_NAMES:
                 raise InputError(f"--backends: unknown backend '{b}' "
-                                 f"(expected {', '.join(BACKEND_NAMES + (board.BACKEND,))})")
+                                 f"(expected {', '.join(BACKEND_NAMES + (cores.BACKEND,))})")
             get_backend(b, settings.threads)  # raises one line naming the extra when it cannot run
             if b == "rknnlite" and settings.rknn_dir is None:
                 raise InputError("--backends rknnlite needs --rknn DIR: the .rknn models 'rwkvprobe convert' wrote")
             if b == "rknnlite":  # models from a newer rknn-toolkit2 than the runtime here: refused, one line
-                from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 
                 check_models_runtime(settings.rknn_dir)
             names.append(b)
     pairs = []
     for b in names:
-        cls = board.RknnBoardBackend if b == board.BACKEND else backend_class(b)
+        cls = board.RknnBoardBackend if b == cores.BACKEND else backend_class(b)
         wanted = list(settings.dtypes or cls.default_dtypes)
         # a backend whose quantized series keep some matrices at a float type (ggml: rwkv.cpp keeps the
         # head and the LoRA matrices f16) measures those with its float series: add it when not asked for
@@ -127,7 +138,7 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
             elif (why := cls.dtype_unavailable(d)) is not None:
                 skipped.append({"backend": b, "dtype": d, "reason": why})
             else:
-                pairs += [(label, d) for label in board.series_labels(b, masks)]
+                pairs += [(label, d) for label in cores.series_labels(b, masks)]
     if not pairs:
         raise InputError("nothing to measure: no backend here supports the requested dtypes "
                          f"({', '.join(settings.dtypes or [])})")
@@ -174,7 +185,6 @@ DTYPE_ALIASES = {"f32": "fp32", "f16": "fp16", "q4_K": "q4_k"}
 
 def check_dtypes(dtypes: list[str] | None) -> list[str] | None:
     """The dtypes with ggml's spellings (f16, f32, q4_K) mapped to rwkvprobe's; one line for an unknown one."""
-    from rwkvprobe.backends import DTYPES
 
     out = []
     for d in dtypes or []:
@@ -267,9 +277,8 @@ class Analysis:
         pairs = pairs + [x for x in whatif if x not in pairs]
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
-        from rwkvprobe.npu import board
 
-        pairs, board_pairs = board.split_board(pairs)  # the rknn series run in the toolkit worker
+        pairs, board_pairs = cores.split_board(pairs)  # the rknn series run in the toolkit worker
         backends = {label: board.instantiate(label, s) for label in {b for b, _ in pairs}}
         r["backends"] = {name: b.describe() for name, b in backends.items()}
         r["backends"].update(board.describe(board_pairs, s))
@@ -286,7 +295,6 @@ class Analysis:
 
         lap("setup")
         quick = s.quick
-        from rwkvprobe.measure.bandwidth import best_read_gbps, measure_bandwidth
 
         if not r.get("bandwidth"):
             progress.stage("memory bandwidth")
@@ -324,7 +332,6 @@ class Analysis:
 
         # the layer points: shape-outermost so one base weight serves every backend and dtype
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
-        from rwkvprobe.verdict.roofline import quantize_kinds
 
         quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
         points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
@@ -399,7 +406,6 @@ class Analysis:
         lap("layers")
         # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at fp32)
         # before the last probe allocates its arrays
-        from rwkvprobe.backends import base_weight
 
         base_weight.cache_clear()
         if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
@@ -414,7 +420,6 @@ class Analysis:
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
-        from rwkvprobe.measure.bandwidth import probe_read
 
         probe = probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
         probe.update(when=when, at_seconds=time.perf_counter() - t_start)
@@ -450,7 +455,6 @@ class Analysis:
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only
         by default (ggml in a default run: its budget stays small; M=1 layers sit far below the ridge point)."""
-        from rwkvprobe.measure.points import COMPUTE_SHAPES
 
         cls = backend_class(backend) if backend in BACKEND_NAMES else None
         if cls is not None and self.settings.backends is None and getattr(cls, "default_tokens", None):
@@ -470,7 +474,6 @@ class Analysis:
         if self.settings.backends is None and getattr(cls, "default_tokens", None) and m not in cls.default_tokens:
             return False
         if getattr(cls, "float_dtype", None) and dtype in cls.formats:
-            from rwkvprobe.verdict.roofline import quantize_kinds
 
             kinds = quantize_kinds(self.settings.quantize, {"quantize_kinds": getattr(cls, "quantize_kinds", None)})
             return any(layer.kind in kinds for layer in self.layers.layers if (layer.k, layer.n) == (k, n))
@@ -478,7 +481,6 @@ class Analysis:
 
     def _measure_nonmatmul(self, pairs, llc, quick: bool, progress) -> None:
         """One block's non-matmul decode work, timed in torch (nonmatmul.py), for the torch series."""
-        from rwkvprobe.measure import nonmatmul
 
         r, profile = self.results, self.layers.profile
         if profile.version not in nonmatmul.VERSIONS:
@@ -486,7 +488,6 @@ class Analysis:
         have = {(x["backend"], x["dtype"]) for x in r.setdefault("nonmatmul", [])}
         wanted = {(b, nonmatmul.block_dtype(d, b)) for b, d in pairs
                   if b in nonmatmul.BACKENDS or b in nonmatmul.STAND_IN}
-        from rwkvprobe.measure import ggml_block
 
         graph = "ggml" in {b for b, _ in pairs} and ggml_block.supported(profile)  # its own graph (RWKV-7)
         if importlib.util.find_spec("torch") is None:  # no torch: no stand-in, the non-matmul part stays modelled
@@ -506,7 +507,6 @@ class Analysis:
 
     def _measure_block_graphs(self, pairs, llc, quick: bool, progress) -> None:
         """Whole-block ONNX graphs (onnxblock.py) timed in onnxruntime, for its fp32/fp16 series (RWKV-7)."""
-        from rwkvprobe.measure import onnxblock
 
         r, profile = self.results, self.layers.profile
         if profile.version not in onnxblock.VERSIONS or profile.n_layer < 2:
@@ -529,7 +529,6 @@ class Analysis:
 
     def _write_models(self, points) -> None:
         """The ONNX models onnxruntime will run (reused from the cache folder when already there)."""
-        from rwkvprobe.measure import onnxgen
 
         # quantized models are made by the backend from the fp32 one
         need = sorted({(m, k, n, d if d in onnxgen.ONNX_DTYPES else "fp32") for m, k, n, b, d in points
@@ -545,7 +544,6 @@ class Analysis:
 def _wait_for_quiet(limit: float, step: float = 0.25) -> float:
     """Wait (at most ``limit`` seconds) until a ``step`` window passes with the machine not contended;
     returns the seconds waited. Used before measuring a contended point again."""
-    from rwkvprobe.measure import contention
 
     start = time.monotonic()
     while time.monotonic() - start < limit:
@@ -563,31 +561,3 @@ def _hold_for_test() -> None:  # pragma: no cover - exercised by the interrupt t
         time.sleep(0.05)
 
 
-def layers_from_json(data: dict) -> LayerList:
-    """The LayerList stored in a results file (so reports render without the profile file)."""
-    from rwkvprobe.model.profile import Layer, Profile
-
-    try:
-        profile = Profile(name=data["name"], source=data.get("source", ""), path=data.get("path", ""),
-                          version=data.get("version"), n_layer=data.get("n_layer", 0), n_embd=data.get("n_embd", 0),
-                          vocab_size=data.get("vocab_size", 0), head_size=data.get("head_size", 0),
-                          dim_ffn=data.get("dim_ffn", 0), lora=data.get("lora") or {})
-        layers = tuple(Layer(x["name"], x["kind"], int(x["k"]), int(x["n"]), int(x["count"]), int(x["stored"]))
-                       for x in data["layers"])
-        emb = data.get("embedding") or {}
-        return LayerList(profile, layers, emb.get("rows", 0), emb.get("dim", 0), data.get("other_params", 0))
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"results file: the profile block is incomplete ({e})") from None
-
-
-def profile_json(layers: LayerList) -> dict:
-    p = layers.profile
-    return {
-        "name": p.name, "path": p.path, "source": p.source, "version": p.version, "n_layer": p.n_layer,
-        "n_embd": p.n_embd, "vocab_size": p.vocab_size, "head_size": p.head_size, "dim_ffn": p.dim_ffn,
-        "lora": p.lora, "total_params": layers.total_params,
-        "layers": [{"name": x.name, "kind": x.kind, "k": x.k, "n": x.n, "count": x.count, "stored": x.stored}
-                   for x in layers.layers],
-        "embedding": {"rows": layers.embedding_rows, "dim": layers.embedding_dim},
-        "other_params": layers.other_params,
-    }

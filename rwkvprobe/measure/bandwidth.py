@@ -35,10 +35,9 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-from rich.table import Table
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure import system
+from rwkvprobe.measure import stream_kernels, system
 
 KERNELS = ("copy", "scale", "add", "triad", "read")
 ARRAYS_MOVED = {"copy": 2, "scale": 2, "add": 3, "triad": 3, "read": 1}
@@ -66,7 +65,7 @@ Progress = Optional[Callable[[str], None]]
 def _numba_kernels():
     """The compiled kernels, or None when numba cannot be imported here."""
     try:
-        from rwkvprobe.measure import stream_kernels
+        pass
     except Exception:  # numba missing, or broken for this Python/numpy: fall back to numpy
         return None
     return stream_kernels
@@ -450,7 +449,7 @@ def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tup
                 "triad_block_elements": team.triad_block, "workers": team.workers, "engine": team.engine}
 
 
-def _cpu_text(cpus: list[int]) -> str:
+def cpu_text(cpus: list[int]) -> str:
     return ",".join(map(str, cpus))
 
 
@@ -485,7 +484,7 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
     began = time.perf_counter()
     results = []
     for r in runs:
-        say(f"bandwidth: {r['threads']} thread(s) on CPU {_cpu_text(r['cpus'])} ({r['cluster']}), "
+        say(f"bandwidth: {r['threads']} thread(s) on CPU {cpu_text(r['cpus'])} ({r['cluster']}), "
             f"3 arrays x {elements * ITEM_BYTES / 1e6:.0f} MB, {trials} trials")
         measured = measure_run(elements, r["cpus"], trials, kernels, engine)
         results.append({**r, **measured})
@@ -530,24 +529,3 @@ def best_read_gbps(results: dict) -> float | None:
 
 # ------------------------------------------------------------------------------------------------
 # Rendering and the command
-
-
-def bandwidth_table(result: dict) -> Table:
-    """A rich Table: one row per run and kernel, STREAM's columns."""
-    llc = f"{result['llc_bytes'] / 1e6:.3g} MB" if result.get("llc_bytes") else "unknown"
-    caption = (f"{result['engine']}, 3 float64 arrays x {result['array_bytes'] / 1e6:.0f} MB (LLC {llc}), "
-               f"best of {result['trials']} trials; GB/s = 1e9 bytes/s, bytes counted as STREAM does")
-    table = Table(title="Memory bandwidth (STREAM-style)", caption=caption)
-    for col in ("cluster", "threads", "CPUs", "kernel", "best GB/s", "avg GB/s", "min s", "max s"):
-        table.add_column(col, justify="left" if col in ("cluster", "CPUs", "kernel") else "right")
-    for i, run in enumerate(result["runs"]):
-        if i:
-            table.add_section()
-        for j, (name, k) in enumerate(run["kernels"].items()):
-            first = j == 0
-            table.add_row(run["cluster"] if first else "", str(run["threads"]) if first else "",
-                          _cpu_text(run["cpus"]) if first else "", name, f"{k['best_gbps']:.2f}", f"{k['avg_gbps']:.2f}",
-                          f"{k['min_seconds']:.5f}", f"{k['max_seconds']:.5f}")
-        if not run["check_ok"]:
-            table.add_row("", "", "", "[red]wrong values in the arrays[/red]", "", "", "", "")
-    return table

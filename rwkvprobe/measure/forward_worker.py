@@ -17,6 +17,9 @@ import statistics
 import sys
 import time
 
+from rwkvprobe.measure.timing import summarize
+from rwkvprobe.model.profile import Profile, layer_list, state_dict_shapes
+
 #: the reference package's matmul-family ATen ops (the profiler names them this way)
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::mv", "aten::addmv", "aten::baddbmm", "aten::dot")
 STRATEGY = {"fp32": "cpu fp32", "bf16": "cpu bf16", "fp16": "cpu fp16"}
@@ -132,8 +135,6 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
 def run(cfg: dict) -> dict:
     import torch
 
-    from rwkvprobe.measure.timing import summarize
-    from rwkvprobe.model.profile import Profile, layer_list, state_dict_shapes
 
     if cfg.get("cpus"):
         os.sched_setaffinity(0, cfg["cpus"])  # the CPUs the prediction was measured on

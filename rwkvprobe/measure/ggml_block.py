@@ -18,7 +18,9 @@ import ctypes
 
 import numpy as np
 
-from rwkvprobe.measure.timing import TimingPolicy, measure
+from rwkvprobe.backends.ggml_backend import GgmlBackend, _cpu_init, _ggml
+from rwkvprobe.measure import nonmatmul
+from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, TimingPolicy, eviction, measure
 from rwkvprobe.model.profile import Profile
 
 #: RWKV versions with a ggml graph of the block
@@ -54,7 +56,6 @@ class GgmlBlock:
     """One block's graph over its own inputs; ``run()`` computes it and carries the state."""
 
     def __init__(self, inputs: dict, threads: int, threadpool=None):
-        from rwkvprobe.backends.ggml_backend import _cpu_init, _ggml
 
         g = _ggml()
         _cpu_init()
@@ -177,7 +178,6 @@ def check_against_torch(inputs: dict, block: GgmlBlock) -> dict | None:
         return None
     import torch
 
-    from rwkvprobe.measure import nonmatmul
 
     def t(a):
         return torch.from_numpy(np.array(a, dtype=np.float32))
@@ -202,8 +202,6 @@ def check_against_torch(inputs: dict, block: GgmlBlock) -> dict | None:
 def measure_block(profile: Profile, threads: int, policy: TimingPolicy, llc_bytes: int | None = None,
                   cold: bool = True) -> dict | None:
     """Median seconds of one block's non-matmul decode work as a ggml graph (None: no graph for this version)."""
-    from rwkvprobe.backends.ggml_backend import GgmlBackend
-    from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, eviction
 
     if not supported(profile):
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import List
 
-from rwkvprobe.measure.timing import TimingPolicy, measure
+from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, TimingPolicy, eviction, measure
 from rwkvprobe.model.profile import Profile
 
 #: RWKV versions whose block is timed here
@@ -248,7 +248,6 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
     """
     import torch
 
-    from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, eviction
 
     if profile.version not in VERSIONS:
         return None

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkvprobe.backends.ort_backend import _session_options
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.measure.timing import eviction, measure, plan_rotation
 from rwkvprobe.model.profile import Profile, state_dict_shapes
 
 VERSIONS = (4, 7)
@@ -471,8 +473,6 @@ def measure_graphs(profile: Profile, folder: Path, dtype: str, threads: int, pol
     sessions that each hold their own weights, plus an untimed eviction read (timing.plan_rotation)."""
     import onnxruntime as ort
 
-    from rwkvprobe.backends.ort_backend import _session_options
-    from rwkvprobe.measure.timing import eviction, measure, plan_rotation
 
     out: dict = {"backend": BACKEND, "dtype": dtype, "threads": threads, "cold": cold, "n_layer": profile.n_layer,
                  "onnxruntime": ort.__version__, "graphs": {}}
@@ -556,25 +556,3 @@ def block_comparison(results: dict, verdict: dict) -> list[dict]:
     return rows
 
 
-def report_section(results: dict, verdict: dict) -> list[str]:
-    rows = block_comparison(results, verdict)
-    if not rows:
-        return []
-
-    def ms(x):
-        return "-" if x is None else f"{x * 1e3:.3f}"
-
-    md = ["## Block measured as one graph", "",
-          "onnxruntime ran whole-block ONNX graphs (`rwkvprobe onnx PROFILE --block`: every op of one decode step, "
-          "state in and out; a test checks them against the reference forward step), timed cold like the matmuls. "
-          "Beside each: the sum of its matmuls, measured one call each in the same series, plus its share of the "
-          "non-matmul work as the decode figure above counts it (* where part of that sum is *modelled*). The ratio "
-          "is the per-call and fusion effect, measured.", "",
-          "| series | graph | measured as one graph (ms) | sum of its matmuls + non-matmul work (ms) | one graph / sum |",
-          "|---|---|---|---|---|"]
-    for r in rows:
-        got = ms(r["graph_seconds"]) if r["graph_seconds"] else (r["status"] or "-")
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        md.append(f"| {r['backend']} {r['dtype']} | {r['kind']} | {got} | {ms(r['sum_seconds'])}"
-                  f"{'*' if r['sum_partly_modelled'] else ''} | {ratio} |")
-    return md + [""]

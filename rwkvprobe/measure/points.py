@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from rwkvprobe.backends import Backend, Workload, check_runner
+from rwkvprobe.backends.onnxgen import WEIGHTS_VERSION
 from rwkvprobe.measure import contention
 from rwkvprobe.measure.timing import TimingPolicy, eviction, measure, plan_rotation
 
@@ -23,7 +24,6 @@ OVERHEAD_SHAPE = (1, 64, 64)  # 16 kB of fp32 weights (whole quantization blocks
 
 def onnx_cache_dir() -> Path:
     """Where generated ONNX models are kept between runs (reused by content hash)."""
-    from rwkvprobe.measure.onnxgen import WEIGHTS_VERSION
 
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "rwkvprobe" / f"onnx-weights-v{WEIGHTS_VERSION}"

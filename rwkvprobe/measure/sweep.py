@@ -9,7 +9,7 @@ measures only what is missing. Before measuring, each backend is timed once on a
 every point's cost: the run time is estimated up front, points that would eat more than SKIP_SHARE of the
 budget are skipped (and listed), and the run stops cleanly at ``--budget`` keeping what it has.
 
-Fits, crossovers and reach sizes (``fit.summarize_sweep``) and the report (``sweep_report.render_sweep``)
+Fits, crossovers and reach sizes (``fit.summarize_sweep``) and the report (``report.sweep.render_sweep``)
 are pure functions of the results file.
 """
 
@@ -21,17 +21,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
-import typer
-
-from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload
-from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
+from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, onnxgen
+from rwkvprobe.backends.onnxgen import ModelSpec
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
+from rwkvprobe.measure import contention as _c
 from rwkvprobe.measure import system
+from rwkvprobe.measure.analyze import plan_series
 from rwkvprobe.measure.points import measure_point, onnx_cache_dir
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
+from rwkvprobe.npu.board import instantiate
 from rwkvprobe.results import load_results, new_results, save_results
 
 RESULTS = "results.json"
@@ -205,7 +205,7 @@ class SweepSettings:
     sizes_text: str = DEFAULT_SIZES
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
     rknn_dir: Path | None = None  # .rknn models of the grid's shapes for rknnlite ('rwkvprobe convert')
-    npu_cores: str = "auto"  # core masks, comma-separated: one rknnlite series each (board.parse_core_masks)
+    npu_cores: str = "auto"  # core masks, comma-separated: one rknnlite series each (cores.parse_core_masks)
 
     def __post_init__(self):
         if self.dtypes is None:
@@ -266,7 +266,6 @@ def check_memory(grid: Grid, pairs: list[tuple[str, str]], llc: int | None, cold
 
 def plan_pairs(settings: SweepSettings) -> tuple[list[tuple[str, str]], list[dict]]:
     """(backend, dtype) pairs and the skipped ones, by analyze's rules (unknown/missing backends refused)."""
-    from rwkvprobe.measure.analyze import plan_series
 
     return plan_series(settings)
 
@@ -372,7 +371,6 @@ def cpu_times() -> dict | None:
     """Busy and steal CPU seconds of the whole machine and of this process, now (contention.sample)."""
     import os
 
-    from rwkvprobe.measure import contention as _c
 
     try:
         now = _c.sample()
@@ -384,7 +382,6 @@ def cpu_times() -> dict | None:
 
 def contention(before: dict | None, after: dict | None) -> dict | None:
     """Share of the CPUs other processes (and the hypervisor, as steal) took while the sweep ran."""
-    from rwkvprobe.measure import contention as _c
 
     if not before or not after or after["wall"] <= before["wall"]:
         return None
@@ -454,7 +451,6 @@ class Sweep:
         pinned = set_affinity(s.cpus)
         llc = system.llc_bytes()
         pairs, skipped = plan_pairs(s)
-        from rwkvprobe.npu.board import instantiate
 
         # one series per NPU core mask (rknnlite[core0], ...): each its own backend with its mask set
         backends = {name: instantiate(name, s) for name in {b for b, _ in pairs}}
@@ -550,9 +546,7 @@ class Sweep:
         for run in r["runs"]:
             r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
-        from rwkvprobe.verdict.fit import summarize_sweep
 
-        r["fits"] = summarize_sweep(r["measurements"])
         self.save()
         return r
 
@@ -585,7 +579,6 @@ class Sweep:
 
     def _check_onnx_disk(self, todo) -> None:
         specs = []
-        from rwkvprobe.measure import onnxgen
 
         for size, b, d in todo:
             if b == "onnxruntime":
@@ -598,7 +591,6 @@ class Sweep:
 
 
 def onnx_file(w: Workload) -> str:
-    from rwkvprobe.measure.onnxgen import ModelSpec
 
     return ModelSpec(w.m, w.k, w.n, w.dtype).filename
 
@@ -631,107 +623,5 @@ def check_resume_settings(results: dict, settings: SweepSettings, out: Path) -> 
                              "use the same grid (or leave the option out)")
 
 
-def summary_lines(results: dict) -> list[str]:
-    """The headline findings as plain terminal lines."""
-    from rwkvprobe.report.sweep import summary_sentences
-
-    return [s.replace("**", "") for s in summary_sentences(results)]
-
-
 # ------------------------------------------------------------------------------------------------
 # The command (registered by cli.py as ``app.command("sweep")(sweep_command)``)
-
-
-def sweep_command(
-    sizes: Optional[str] = typer.Option(None, "--sizes", help="START:STOP:STEP (STOP included) or a list like "
-                                        "128,256,512. Default 128:2048:128."),
-    m: Optional[str] = typer.Option(None, "--m", help="'square' (M = K = N = size, as the seed article; the "
-                                    "default) or a fixed M: 1 = decode, e.g. 64 = a prefill chunk."),
-    k: Optional[str] = typer.Option(None, "--k", help="With a fixed M: K = 'size' (default), a number, or a "
-                                    "multiple of N such as '4n' (the FFN's down projection)."),
-    n: Optional[str] = typer.Option(None, "--n", help="With a fixed M: N = 'size' (default), a number, or a "
-                                    "multiple of K such as '4k' (the FFN's up projection)."),
-    backends: Optional[str] = typer.Option(None, "--backends", help="Comma-separated: numpy, torch, onnxruntime, "
-                                           "torch-cuda, tinygrad, rknnlite (on the board, with --rknn). Default: "
-                                           "every one installed."),
-    dtypes: Optional[str] = typer.Option(None, "--dtypes", help="Comma-separated: fp32, fp16, bf16; quantized weights (int8, int4, ...; ggml: q8_0, q5_1, q4_0, q4_k, f16 = fp16). Default fp32."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every backend. Default: all CPUs "
-                                          "this process may use."),
-    cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7."),
-    warm: Optional[bool] = typer.Option(None, "--warm/--cold", help="Weights cache-resident (warm: the default "
-                                        "for square grids, as the article) or read from DRAM on every call (cold: "
-                                        "the default with a fixed M, as RWKV decode)."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run (default 150): "
-                                           "it stops cleanly there and keeps what it measured."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: "
-                                       "rwkvprobe-out/sweep-<grid>-<timestamp>/."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted or budget-stopped "
-                                          "sweep in this folder (options left out are taken from it)."),
-    estimate: bool = typer.Option(False, "--estimate", help="Calibrate, print the estimated run time and the "
-                                  "plan, measure nothing."),
-    rknn: Optional[Path] = typer.Option(None, "--rknn", help="--backends rknnlite: a folder written by 'rwkvprobe "
-                                        "convert' with the .rknn models of the grid's shapes."),
-    npu_cores: Optional[str] = typer.Option(None, "--npu-cores", help="NPU core masks for rknnlite, comma-separated, "
-                                            "each its own series: auto, 0, 1, 2, 0_1, 0_1_2, all (e.g. 0,1,0_1_2). "
-                                            "Default auto."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail."),
-):
-    """The seed article's scaling experiment: time vs size per backend, fitted cost model, crossovers."""
-    from rwkvprobe.measure.analyze import check_dtypes
-    from rwkvprobe.measure.system import resolve_cpus
-    from rwkvprobe.measure.timing import default_threads
-    from rwkvprobe.report.sweep import render_sweep
-
-    old = None
-    if resume is not None:
-        if out is not None:
-            raise InputError("--out and --resume: give one of them (--resume writes into the folder it completes)")
-        old = load_results(Path(resume) / RESULTS, kinds=("sweep",))
-    stored = (old or {}).get("settings", {})
-    grid_old = stored.get("grid") or {}
-    sizes_text = sizes if sizes is not None else stored.get("sizes_text", DEFAULT_SIZES)
-    size_list = parse_sizes(sizes_text) if sizes is not None or not grid_old else list(grid_old["sizes"])
-    grid = make_grid(size_list, m if m is not None else grid_old.get("m"),
-                     k if k is not None else grid_old.get("k"), n if n is not None else grid_old.get("n"))
-    dts = check_dtypes([d.strip() for d in dtypes.split(",") if d.strip()] if dtypes else stored.get("dtypes"))
-    names = [b.strip() for b in backends.split(",") if b.strip()] if backends else stored.get("backends")
-    n_threads = threads if threads is not None else stored.get("threads") or default_threads()
-    if n_threads <= 0 or n_threads > 1024:
-        raise InputError(f"--threads {n_threads}: expected a positive number of threads")
-    if budget is not None and not (0 < budget < 1e7):
-        raise InputError(f"--budget {budget}: expected a positive number of seconds")
-    # square grids run warm by default, as the article's repeated calls of one model; fixed-M (RWKV) grids
-    # run cold, as decode reads every weight from DRAM
-    cold = (not warm) if warm is not None else stored.get("cold", not grid.square)
-    from rwkvprobe.npu.board import parse_core_masks
-
-    masks = parse_core_masks(npu_cores if npu_cores is not None else stored.get("npu_cores") or "auto")
-    rknn_dir = rknn if rknn is not None else (Path(stored["rknn_dir"]) if stored.get("rknn_dir") else None)
-    settings = SweepSettings(grid=grid, backends=names, dtypes=dts, threads=n_threads, cpus=resolve_cpus(cpus),
-                             cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text,
-                             rknn_dir=rknn_dir, npu_cores=",".join(masks))
-    pairs, _ = plan_pairs(settings)  # unknown or missing backends are refused before anything is written
-    check_memory(grid, pairs, system.llc_bytes(), cold)
-    reporter = Reporter(err_console, verbose)
-    if estimate:  # calibrate and print the plan; nothing is measured or written
-        if old is not None:
-            check_resume_settings(old, settings, Path(resume))
-        Sweep(settings, Path(resume or "."), old).run(reporter, estimate_only=True)
-        return
-    sweep = Sweep.resume(settings, Path(resume), old) if resume is not None else Sweep.start(settings, out)
-    err_console.print(f"rwkvprobe sweep: {grid.describe()}, n = {grid.sizes[0]}..{grid.sizes[-1]} "
-                      f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} thread{'' if n_threads == 1 else 's'}, "
-                      f"{'cold' if cold else 'warm'} cache -> {sweep.out_dir}", highlight=False, markup=False)
-    try:
-        results = run_keeping_results(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}")
-        path = render_sweep(results, sweep.out_dir)
-    finally:
-        sweep.release()
-    for line in summary_lines(results):
-        out_console.print(line, highlight=False, markup=False)
-    print_warnings(results)
-    if results.get("stopped"):
-        err_console.print(f"stopped at the {settings.budget_seconds:.3g} s budget: "
-                          f"{len(results['stopped']['not_measured'])} point(s) not measured; complete them with: "
-                          f"rwkvprobe sweep --resume {sweep.out_dir} --budget SECONDS", highlight=False, markup=False)
-    print(f"wrote {sweep.path}, {path}, {path.parent / 'sweep.csv'} and plots in {sweep.out_dir}")

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rwkvprobe.errors import InputError
+
 
 def _read(root: str | Path, rel: str) -> str | None:
     try:
@@ -123,13 +125,11 @@ def resolve_cpus(spec: str | None, root: str | Path = "/") -> list[int] | None:
     if spec in clusters:
         return clusters[spec]
     if spec in ("big", "little"):
-        from rwkvprobe.errors import InputError
 
         raise InputError(f"cluster '{spec}': this CPU has no big.LITTLE clusters (clusters: {', '.join(clusters)})")
     cpus = parse_cpu_list(spec)
     online = set(online_cpus(root))
     if not cpus or not re.fullmatch(r"[\d,\s-]+", spec) or (online and not set(cpus) <= online):
-        from rwkvprobe.errors import InputError
 
         raise InputError(f"--cpus {spec!r}: expected big, little, all, or online CPU numbers like 0-3 "
                          f"(online: {', '.join(map(str, sorted(online))) or 'unknown'})")

@@ -31,15 +31,11 @@ import math
 import pickle
 import re
 import struct
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import typer
-import yaml
-
 from rwkvprobe.errors import InputError, MissingExtra
-from rwkvprobe.model.profile import default_dim_ffn, layer_list, parse_profile, state_dict_shapes
+from rwkvprobe.model.profile import default_dim_ffn, parse_profile, state_dict_shapes
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -115,28 +111,6 @@ def profile_yaml(data: dict) -> str:
         lines += [f"  {k}: {r}" for k, r in data["lora"].items()]
     lines.append(f"source: {_q(data['source'])}")
     return "\n".join(lines) + "\n"
-
-
-def profile_from_command(
-    path: Path = typer.Argument(..., help="An RWKV .pth checkpoint, a .safetensors file, or a Hugging Face "
-                                "config.json (or the folder holding it)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the profile to this file (atomically) "
-                                       "instead of printing it, e.g. profiles/my-model.yaml."),
-    name: Optional[str] = typer.Option(None, "--name", help="The profile's name (default: from the file name)."),
-):
-    """A profile from a real model: reads tensor shapes (.pth, safetensors header) or a config.json."""
-    from rwkvprobe.fsutil import atomic_write_text
-
-    data = profile_from(path, name)
-    text = profile_yaml(data)
-    profile = parse_profile(yaml.safe_load(text), str(out or path))  # what we write must load back
-    if out is None:
-        sys.stdout.write(text)
-        return
-    atomic_write_text(out, text)
-    ll = layer_list(profile)
-    print(f"{out}: RWKV-{profile.version}, {profile.n_layer} layers, n_embd {profile.n_embd}, "
-          f"{ll.total_params:,} parameters", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------

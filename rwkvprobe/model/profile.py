@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from rwkvprobe.errors import InputError
+from rwkvprobe.fsutil import read_input_text
+from rwkvprobe.model.quant import FORMATS, GGML_DTYPES
 
 #: Bytes per weight at each storage type. int4 is the nominal half byte: block scales and zero points
 #: are not counted here (the quantized backends report their real bytes per weight).
@@ -39,7 +41,6 @@ def weight_bytes_of(dtype: str) -> float:
     for base in ("int8", "int4"):
         if dtype.startswith(base):
             return DTYPE_BYTES[base]
-    from rwkvprobe.backends.quant import FORMATS, GGML_DTYPES
 
     if dtype in GGML_DTYPES:  # ggml's block formats: their real bytes, scales included (fixed layout)
         fmt = FORMATS[dtype]
@@ -197,7 +198,6 @@ def default_dim_ffn(version: int, n_embd: int) -> int:
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile file; any problem raises InputError naming the file and key."""
     p = str(path)
-    from rwkvprobe.fsutil import read_input_text
 
     text = read_input_text(path, "profile file")
     try:
@@ -439,3 +439,32 @@ def profiles_dir() -> Path:
 
 def shipped_profiles() -> list[Path]:
     return sorted(p for p in profiles_dir().glob("*.yaml"))
+
+
+def layers_from_json(data: dict) -> LayerList:
+    """The LayerList stored in a results file (so reports render without the profile file)."""
+
+    try:
+        profile = Profile(name=data["name"], source=data.get("source", ""), path=data.get("path", ""),
+                          version=data.get("version"), n_layer=data.get("n_layer", 0), n_embd=data.get("n_embd", 0),
+                          vocab_size=data.get("vocab_size", 0), head_size=data.get("head_size", 0),
+                          dim_ffn=data.get("dim_ffn", 0), lora=data.get("lora") or {})
+        layers = tuple(Layer(x["name"], x["kind"], int(x["k"]), int(x["n"]), int(x["count"]), int(x["stored"]))
+                       for x in data["layers"])
+        emb = data.get("embedding") or {}
+        return LayerList(profile, layers, emb.get("rows", 0), emb.get("dim", 0), data.get("other_params", 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"results file: the profile block is incomplete ({e})") from None
+
+
+def profile_json(layers: LayerList) -> dict:
+    p = layers.profile
+    return {
+        "name": p.name, "path": p.path, "source": p.source, "version": p.version, "n_layer": p.n_layer,
+        "n_embd": p.n_embd, "vocab_size": p.vocab_size, "head_size": p.head_size, "dim_ffn": p.dim_ffn,
+        "lora": p.lora, "total_params": layers.total_params,
+        "layers": [{"name": x.name, "kind": x.kind, "k": x.k, "n": x.n, "count": x.count, "stored": x.stored}
+                   for x in layers.layers],
+        "embedding": {"rows": layers.embedding_rows, "dim": layers.embedding_dim},
+        "other_params": layers.other_params,
+    }

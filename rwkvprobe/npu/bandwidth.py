@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rwkvprobe.backends.onnxgen import ModelSpec, weight_matrix, write_model
 from rwkvprobe.errors import InputError
+from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.measure.points import onnx_cache_dir
+from rwkvprobe.npu import toolkit
+from rwkvprobe.npu.device import load_device
 
 #: elementwise tensors: 8.4 M values, 16 MB each in fp16 (the NPU's dtype), 32 MB in the fp32 graph
 ELEMENTWISE_SHAPE = (1, 32, 512, 512)
@@ -47,7 +52,6 @@ def write_graphs(folder: Path) -> list[dict]:
     """The memory-only ONNX graphs, their seeded inputs and expected outputs (.npz for the simulator check)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from rwkvprobe.measure.onnxgen import ModelSpec, weight_matrix, write_model
 
     F = TensorProto.FLOAT
     shape = list(ELEMENTWISE_SHAPE)
@@ -92,10 +96,6 @@ def compiler_bandwidth(cycles: dict, clock_hz: float) -> dict:
 
 def measure(device: str = "rk3588", out: Path | None = None, simulate: bool = True, progress=print) -> dict:
     """Convert the memory-only graphs and return the compiler's NPU bandwidth figures (no board needed)."""
-    from rwkvprobe.fsutil import ensure_writable_dir
-    from rwkvprobe.measure.points import onnx_cache_dir
-    from rwkvprobe.model.device import load_device
-    from rwkvprobe.npu import toolkit
 
     dev = load_device(device)
     py = toolkit.require_toolkit()
@@ -107,7 +107,7 @@ def measure(device: str = "rk3588", out: Path | None = None, simulate: bool = Tr
              "check_npz": str(folder / g["check_npz"]), "input_names": g["inputs"], "output_names": g["outputs"]}
             for g in graphs]
     progress(f"bandwidth --npu: {len(jobs)} RKNN builds for {target} (memory-only graphs; simulator check: {simulate})")
-    response = toolkit._run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs})
+    response = toolkit.run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs})
     clock = dev["npu_clock_mhz"]["value"] * 1e6
     rows = []
     for g, job, res in zip(graphs, jobs, response["jobs"]):
@@ -131,7 +131,6 @@ def measure(device: str = "rk3588", out: Path | None = None, simulate: bool = Tr
 
 def cached(device: str = "rk3588", folder: Path | None = None) -> dict | None:
     """The last ``bandwidth --npu`` result for a device (in ``folder``, else the cache), or None."""
-    from rwkvprobe.measure.points import onnx_cache_dir
 
     path = (folder or onnx_cache_dir().parent / f"npu-bandwidth-{Path(device).stem}") / RESULT
     try:
@@ -141,34 +140,7 @@ def cached(device: str = "rk3588", folder: Path | None = None) -> dict | None:
     return data if isinstance(data, dict) and data.get("graphs") else None
 
 
-def report_section(results: dict) -> list[str]:
-    r = results.get("npu_bandwidth")
-    if not r:
-        return []
-    return ["## NPU bandwidth (RKNN compiler estimate)", "",
-            "From `rwkvprobe bandwidth --npu`: memory-only graphs converted with the RKNN compiler, no board. "
-            "Not a measurement.", "", "```"] + table_lines(r) + ["```", ""]
-
-
-def table_lines(result: dict) -> list[str]:
-    lines = [f"NPU bandwidth, {result['label']}: {result['device']}, rknn-toolkit2 "
-             f"{result['toolkit'].get('rknn-toolkit2', '')}, DDR cycles at the {result['clock_mhz']:.0f} MHz NPU clock "
-             f"({result['clock_source']})"]
-    for r in result["graphs"]:
-        c = r["compiler"]
-        check = "simulator ok" if r["ok"] else f"FAILED ({r['error'] or 'simulator check'})"
-        if c["gbps"] is None:
-            fig = f"{c['note']}; RW {c['bytes'] / 1e6:.1f} MB"
-        else:
-            pct = c["gbps"] / result["dram_theoretical_gbps"]
-            fig = (f"{c['gbps']:.1f} GB/s ({c['bytes'] / 1e6:.1f} MB in {c['ddr_cycles']} DDR cycles; {pct:.0%} of the "
-                   f"{result['dram_theoretical_gbps']:.1f} GB/s theoretical DRAM)")
-        lines.append(f"  {r['graph']:5s} {r['what']}: {fig} [{check}]")
-    return lines
-
-
 def save(result: dict, path: Path) -> None:
-    from rwkvprobe.fsutil import atomic_write_text
 
     try:
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")

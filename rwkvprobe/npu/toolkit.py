@@ -16,8 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rwkvprobe.backends import onnxgen
+from rwkvprobe.backends.rknnlite_backend import read_convert_manifest
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import run_json_worker
+from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir, run_json_worker
+from rwkvprobe.measure import onnxblock
+from rwkvprobe.measure.points import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
 
 TOOLKIT_VERSION = "2.5.0"
 #: What works with rknn-toolkit2 2.5.0 (installed with --no-deps): onnx>=1.19 removed onnx.mapping
@@ -134,7 +138,6 @@ def parse_cycles(log: str) -> dict:
 
 def ceiling_specs() -> list[tuple[int, int, int]]:
     """The shapes the measured ceilings use (peak, GEMV, overhead), so an on-board run has them too."""
-    from rwkvprobe.measure.points import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
 
     return [OVERHEAD_SHAPE, *COMPUTE_SHAPES, GEMV_SHAPE]
 
@@ -145,8 +148,6 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
 
     ``with_ceilings`` adds the ceiling shapes that ``analyze --backends rknnlite`` measures on the board.
     """
-    from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-    from rwkvprobe.measure import onnxgen
 
     for d in dtypes:
         if d not in RKNN_DTYPES:
@@ -179,7 +180,7 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
                          "log": str(out / f"{stem}.build.log"), "dtype": d, "m": e["m"], "k": e["k"], "n": e["n"]})
     progress(f"convert: {len(jobs)} RKNN builds for {target} in the toolkit environment (simulator check: {simulate})"
              + (f", {len(reused)} reused" if reused else ""))
-    response = _run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs}) if jobs else {"jobs": []}
+    response = run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs}) if jobs else {"jobs": []}
     models = list(reused)
     for job, res in zip(jobs, response["jobs"]):
         entry = {k: job[k] for k in ("dtype", "m", "k", "n")}
@@ -203,22 +204,12 @@ def convert(layers, out: Path, dtypes: list[str], tokens: list[int], target: str
     return result
 
 
-def _run_worker(py: Path, request: dict) -> dict:
+def run_worker(py: Path, request: dict) -> dict:
     # in a temporary cwd: the toolkit drops check*.onnx files into the working folder
     response, tail = run_json_worker([str(py), str(WORKER)], request)
     if response is None:
         raise InputError(f"the RKNN toolkit worker failed: {tail[:300]}")
     return response
-
-
-def read_convert_manifest(folder: Path) -> dict:
-    try:
-        data = json.loads((Path(folder) / "manifest.json").read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{folder}: no RKNN manifest.json (write one with 'rwkvprobe convert')") from None
-    if not isinstance(data, dict) or data.get("kind") != "rknn-convert":
-        raise InputError(f"{folder}/manifest.json: not an RKNN conversion manifest")
-    return data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +227,6 @@ def _chained_inputs(profile, graphs: dict, steps: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from rwkvprobe.measure import onnxblock
 
     sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in graphs.items()}
     state = onnxblock.graph_inputs(profile, "model", "fp32")
@@ -269,8 +259,6 @@ def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588"
     import numpy as np
     import onnxruntime as ort
 
-    from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-    from rwkvprobe.measure import onnxblock
 
     for d in dtypes:
         if d not in RKNN_DTYPES:
@@ -313,7 +301,7 @@ def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588"
                          "input_names": g["inputs"], "output_names": g["outputs"],
                          "dataset": str(dataset) if dataset and d == "int8" else None})
     progress(f"convert --block: {len(jobs)} RKNN builds for {target} in the toolkit environment (simulator check: {simulate})")
-    response = _run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs})
+    response = run_worker(py, {"target": target, "simulate": simulate, "jobs": jobs})
     entries = []
     for job, res in zip(jobs, response["jobs"]):
         entry = {"graph": job["graph"], "dtype": job["dtype"], "target": target, "file": Path(job["rknn"]).name,

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure.analyze import layers_from_json
+from rwkvprobe.measure.contention import CONTENDED_SHARE, summary
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
-from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, build_verdict, measured_what_if, quant_comparison
+from rwkvprobe.report.format import environment_section, md_table, ms
+from rwkvprobe.report.sections import (
+    block_estimate_section,
+    block_graph_section,
+    board_section,
+    nominal_section,
+    npu_bandwidth_section,
+)
+from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
+from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, measured_what_if, quant_comparison, verdict_of
+from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
-
-
-def _ms(s: float) -> str:
-    if s >= 1.0:
-        return f"{s:.3g} s"
-    return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} µs"
 
 
 def _pct(x: float) -> str:
@@ -84,11 +87,11 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
                f"peak): the kernel ({'dequantization or a slow GEMV' if best['dtype'] not in ('fp32', 'fp16', 'bf16') else 'a slow GEMV'}), "
                f"not memory or compute, holds them back; they read weights at {d['kernel_limited_gbps']:.1f} GB/s, "
                f"{_pct(d['kernel_limited_gbps'] / bw)} of DRAM bandwidth. Best decode ({how}): "
-               f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
+               f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     else:
         out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
                f"({_label(best)}, {fastest}) is in {main} layers. Best decode ({how}): "
-               f"{_ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
+               f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     out += _smaller_weights_sentences(verdict, results)
     if main == KERNEL:
         out.append("A faster kernel for these shapes would help first: neither more FLOP/s nor fewer bytes per weight "
@@ -110,7 +113,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     for p in pre_series["model"].get("prefill", []):
         if p.get("with_state"):
             out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(pre_series)}: "
-                       f"matmuls at M={p['chunk']} plus the sequential state update, {_ms(p['state_seconds'])} a chunk, timed "
+                       f"matmuls at M={p['chunk']} plus the sequential state update, {ms(p['state_seconds'])} a chunk, timed "
                        f"as the reference loops over the chunk's tokens{', partly modelled' if p['modelled'] else ''}).")
         else:
             out.append(f"Prefill in chunks of {p['chunk']} tokens: at most {p['tokens_per_second']:.1f} tokens/s "
@@ -135,7 +138,6 @@ def decode_rel_sigma(s: dict, results: dict) -> float:
     """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
 
     Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
-    from rwkvprobe.verdict.fit import SIGMA_FLOOR, rel_sigma
 
     timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
               for p in results.get("measurements", [])}
@@ -154,7 +156,6 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     """Series whose decode differs from the best one's by no more than their combined uncertainty."""
     import math
 
-    from rwkvprobe.verdict.fit import NOISE_Z
 
     if not best["model"].get("decode"):
         return []
@@ -172,7 +173,6 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
 
 def stability_line(results: dict) -> str:
     """One line: how steady the run was (bandwidth probes, contention around the points)."""
-    from rwkvprobe.measure.contention import CONTENDED_SHARE, summary
 
     probes = []
     for run in (results.get("bandwidth") or {}).get("runs", []):
@@ -250,7 +250,7 @@ def _smaller_weights_sentences(verdict: dict, results: dict) -> list[str]:
             state = (f"kernel-limited: its quantized layers read {q['effective_gbps']:.1f} GB/s, "
                      f"{_pct(q['dram_fraction'])} of DRAM bandwidth" if q["limited_by_kernel"] else
                      f"its quantized layers read {q['effective_gbps']:.1f} GB/s, {_pct(q['dram_fraction'])} of DRAM bandwidth")
-            parts.append(f"{q['backend']} {q['format']}: {_ms(q['measured_seconds'])}/token, {vs} "
+            parts.append(f"{q['backend']} {q['format']}: {ms(q['measured_seconds'])}/token, {vs} "
                          f"({q['weight_bytes_per_token'] / 1e9:.3g} GB of weights a token; {state})")
         kinds = w["measured"][0]
         line = (f"Smaller weights, measured ({', '.join(kinds['quantized_kinds'])} quantized; "
@@ -300,7 +300,7 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
     rows = []
     for q in quant_comparison(verdict, results):
         rows.append([q["backend"], q["format"] + (" (what-if)" if q.get("whatif") else ""), q["baseline"], f"{q['bytes_ratio']:.2f}x" if q["bytes_ratio"] else "-",
-                     _ms(q["baseline_seconds"]), _ms(q["measured_seconds"]) + ("" if q["fully_measured"] else " *"),
+                     ms(q["baseline_seconds"]), ms(q["measured_seconds"]) + ("" if q["fully_measured"] else " *"),
                      f"{q['measured_speedup']:.2f}x", f"{q['bound_speedup']:.2f}x",
                      f"{q['effective_gbps']:.1f}" if q["effective_gbps"] else "-",
                      _pct(q["dram_fraction"]) if q.get("dram_fraction") else "-",
@@ -324,16 +324,16 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
           "were free: an upper bound on the speed-up, not a ceiling the format is judged against. 'Limited by' "
           f"reads the roofline: kernel when most of the quantized layers' time is in layers below {_pct(KERNEL_LIMITED)} "
           "of their bound (real bytes over the DRAM bandwidth, FLOPs over the format's own measured peak). "
-          "Formats measured by default for this what-if (decode shapes only) are marked what-if. * = partly modelled.", ""] + _table(
+          "Formats measured by default for this what-if (decode shapes only) are marked what-if. * = partly modelled.", ""] + md_table(
         ["backend", "format", "vs", "fewer bytes", "baseline ms/token", "measured ms/token", "measured speed-up",
          "bytes-only bound", "weight GB/s effective", "of DRAM bandwidth", "limited by"], rows) + [""]
     for q in comps:
         md += [f"Per layer, {q['backend']} {q['format']} (M=1, time per call):", ""]
-        md += _table(["layer", "KxN", "runs/token", "stored as", f"{q['baseline']}", "measured", "bytes-only bound"],
+        md += md_table(["layer", "KxN", "runs/token", "stored as", f"{q['baseline']}", "measured", "bytes-only bound"],
                      [[x["layer"], f"{x['k']}x{x['n']}", str(x["count"]),
                        f"{q['dtype']} ({x['bytes_per_weight']:.3g} B/weight)" if x["quantized"] else q["baseline"],
-                       _ms(x["baseline_seconds"]), _ms(x["measured_seconds"]) if x["quantized"] else "-",
-                       _ms(x["bound_seconds"]) if x["quantized"] else "-"] for x in q["layers"]]) + [""]
+                       ms(x["baseline_seconds"]), ms(x["measured_seconds"]) if x["quantized"] else "-",
+                       ms(x["bound_seconds"]) if x["quantized"] else "-"] for x in q["layers"]]) + [""]
     return md
 
 
@@ -358,11 +358,11 @@ def _compiler_section(results: dict, layers: LayerList) -> list[str]:
             totals[dt] = totals.get(dt, 0.0) + e["seconds"] * layer.count
             sim = "-" if e["simulator_ok"] is None else ("ok" if e["simulator_ok"] else f"WRONG ({e['simulator_rel_err']:.1e})")
             rows.append([dt, layer.name, f"{layer.k}x{layer.n}", str(layer.count), str(e["ddr_cycles"]), str(e["npu_cycles"]),
-                         _ms(e["seconds"]), f"{e['bound']}-bound", sim])
-    md += _table(["dtype", "layer (M=1)", "KxN", "runs/token", "DDR cycles", "NPU cycles", "time at clock", "compiler says",
+                         ms(e["seconds"]), f"{e['bound']}-bound", sim])
+    md += md_table(["dtype", "layer (M=1)", "KxN", "runs/token", "DDR cycles", "NPU cycles", "time at clock", "compiler says",
                   "simulator check"], rows) + [""]
     for dt, t in totals.items():
-        md.append(f"- {dt}: decode matmuls {_ms(t)}/token of NPU time by the compiler's estimate "
+        md.append(f"- {dt}: decode matmuls {ms(t)}/token of NPU time by the compiler's estimate "
                   f"({1 / t:.1f} tokens/s before any per-call overhead).")
     return md + [""]
 
@@ -381,12 +381,6 @@ def render(results: dict, out_dir: Path) -> Path:
     path = out_dir / "report.md"
     atomic_write_text(path, text)
     return path
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
 
 
 def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics: dict) -> list[str]:
@@ -419,7 +413,7 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
                      + ("†" if d.get("non_matmul_stand_in") else ""),
                      f"{d['weight_gbps_attained']:.1f}", pre or "-",
                      ", ".join(f"{k} {_pct(v)}" for k, v in sorted(d["share_by_bound"].items(), key=lambda kv: -kv[1]))])
-    md += _table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms", "weight GB/s",
+    md += md_table(["backend dtype", "decode ms/token", "tokens/s", "non-matmul ms", "weight GB/s",
                   "prefill tokens/s", "matmul time by bound"], rows)
     md += ["", "Decode = sum over layers of (median time per call x runs per token) + the non-matmul per-token "
            "work. For torch (and ggml, as a ggml graph, on RWKV-7) on an RWKV profile that work is measured: one block's layer norms, token-shift mixes, activations "
@@ -437,22 +431,18 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
               if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
            ""]
     md += _validation_section(results, layers)
-    from rwkvprobe.measure.onnxblock import report_section as _block_section
 
-    md += _block_section(results, verdict)
+    md += block_graph_section(results, verdict)
     md += _memory_section(layers, env)
     md += _what_if_section(verdict)
     md += _quant_section(verdict, results)
     md += _compiler_section(results, layers)
-    from rwkvprobe.model.device import block_estimate_section as _block_estimate_section
 
-    md += _block_estimate_section(results)
-    from rwkvprobe.npu.bandwidth import report_section as _npu_bandwidth_section
+    md += block_estimate_section(results)
 
-    md += _npu_bandwidth_section(results)
-    from rwkvprobe.npu.board import report_section as _board_section
+    md += npu_bandwidth_section(results)
 
-    md += _board_section(results)
+    md += board_section(results)
     if not results.get("device") and not any(s["backend"].split("[")[0] in ("rknnlite", "rknn")
                                              for s in verdict["series"]):
         md += ["## NPU vs CPU", "",
@@ -467,7 +457,7 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     for s in verdict["series"]:
         md += [f"### {_label(s)}", "",
                f"Ceilings: peak {s['peak_gflops']:.1f} GFLOP/s, DRAM {s['bandwidth_gbps']:.1f} GB/s, per-call "
-               f"overhead {_ms(s['overhead_seconds'])}; ridge point {s['peak_gflops'] / s['bandwidth_gbps']:.1f} FLOP/byte."
+               f"overhead {ms(s['overhead_seconds'])}; ridge point {s['peak_gflops'] / s['bandwidth_gbps']:.1f} FLOP/byte."
                + "".join(f" **{a['ceiling'].capitalize()} ceiling raised to what layer {a['layer']} (M={a['m']}) "
                          "attained** (see the warning above)." if a["ceiling"] != "per-call overhead" else
                          f" **Per-call overhead lowered** (layer {a['layer']}, M={a['m']}, ran faster than the "
@@ -476,19 +466,18 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
         rows = []
         for r in s["rows"]:
             if r.get("measured"):
-                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), _ms(r["seconds"]),
+                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), ms(r["seconds"]),
                              f"{r['attained_gflops']:.2f}", f"{r['attained_gbps']:.1f}", f"{r['intensity']:.2f}",
                              _pct(r["roofline_fraction"]) + (" (kernel-limited)" if r["kernel_limited"] else ""),
                              r["bound"] + (" (contended)" if r.get("contended") else "")])
             else:
                 rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]),
-                             f"*{_ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
-        md += _table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
+                             f"*{ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
+        md += md_table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
     md += _ceilings_section(results)
-    from rwkvprobe.verdict.nominal import report_section as _nominal_section
 
-    md += _nominal_section(results)
+    md += nominal_section(results)
     md += _skipped_section(results)
     md += _environment_section(results)
     md += ["## Method", "",
@@ -508,7 +497,6 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
     checks = results.get("validation") or []
     if not checks:
         return []
-    from rwkvprobe.verdict.validation import TARGET, summary_lines
 
     md = ["## Prediction checked", "",
           "`rwkvprobe validate` ran the real model (BlinkDL's reference forward pass, seeded random weights) token by "
@@ -521,7 +509,7 @@ def _validation_section(results: dict, layers: LayerList) -> list[str]:
                      "yes" if v["within_target"] else "**no**",
                      f"{s['matmul_forward_seconds'] * 1e3:.1f} / {s['matmul_predicted_seconds'] * 1e3:.1f}",
                      f"{s['rest_forward_seconds'] * 1e3:.1f} / {s['rest_predicted_seconds'] * 1e3:.2f}"])
-    md += _table(["backend dtype", "threads", "predicted ms/token", "measured ms/token", "predicted/measured",
+    md += md_table(["backend dtype", "threads", "predicted ms/token", "measured ms/token", "predicted/measured",
                   f"within {TARGET:.0%}", "matmuls ms: forward / predicted", "rest ms: forward / modelled"], rows)
     md += [""]
     for v in checks:
@@ -537,7 +525,7 @@ def _memory_section(layers: LayerList, env: dict) -> list[str]:
         fits = "-" if not total else ("fits" if need < 0.8 * total else "does NOT fit in 80% of RAM")
         rows.append([d, f"{need / 1e9:.2f} GB", fits])
     head = [f"## Weights in RAM (this machine: {total / 1e9:.1f} GB)" if total else "## Weights in RAM", ""]
-    return head + _table(["weights at", "size", "vs this machine"], rows) + [
+    return head + md_table(["weights at", "size", "vs this machine"], rows) + [
         "", f"{layers.total_params:,} parameters; int4 counted at a nominal half byte (no block scales).", ""]
 
 
@@ -556,15 +544,15 @@ def _what_if_section(verdict: dict) -> list[str]:
             "efficiency: bandwidth-bound layers scale with bytes, compute- and overhead-bound ones do not. "
             "Dequantization is taken as free, so these are upper bounds on the speed-up. (The seed article saw "
             "int4 about 4x faster than fp16 in rwkv.cpp on an RK3588: what a fully bandwidth-bound model predicts.)", ""] + \
-        _table(["from", "to", "fewer bytes", "decode ms/token", "tokens/s", "speed-up"], rows) + [""]
+        md_table(["from", "to", "fewer bytes", "decode ms/token", "tokens/s", "speed-up"], rows) + [""]
 
 
 def _ceilings_section(results: dict) -> list[str]:
     if results.get("modelled"):
         md = ["## Modelled ceilings (from the device profile)", ""]
-        rows = [[c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}", _ms(c["overhead_seconds"]) if c["overhead_seconds"] else "0",
+        rows = [[c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}", ms(c["overhead_seconds"]) if c["overhead_seconds"] else "0",
                  c.get("source", "")] for c in results.get("ceilings", [])]
-        md += _table(["engine", "dtype", "GFLOP/s", "per-call overhead", "source"], rows) + [""]
+        md += md_table(["engine", "dtype", "GFLOP/s", "per-call overhead", "source"], rows) + [""]
         bw = results.get("bandwidth") or {}
         run = (bw.get("runs") or [{}])[0]
         md += [f"DRAM bandwidth (modelled): {run.get('kernels', {}).get('read', {}).get('best_gbps', 0):.1f} GB/s "
@@ -575,8 +563,8 @@ def _ceilings_section(results: dict) -> list[str]:
     for c in results.get("ceilings", []):
         rows.append([c["backend"], c["dtype"], f"{c['peak_gflops']:.1f}" if c.get("peak_gflops") else "failed",
                      f"{c['gemv_gbps']:.1f}" if c.get("gemv_gbps") else ("- (--quick)" if c.get("gemv_skipped") else "failed"),
-                     _ms(c["overhead_seconds"]) if c.get("overhead_seconds") is not None else "failed"])
-    md += _table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
+                     ms(c["overhead_seconds"]) if c.get("overhead_seconds") is not None else "failed"])
+    md += md_table(["backend", "dtype", "peak GFLOP/s (large matmul)", "GEMV GB/s (M=1, 4096x8192, cold)",
                   "per-call overhead (1x64x64, warm)"], rows) + [""]
     bw = results.get("bandwidth") or {}
     rows = []
@@ -587,12 +575,12 @@ def _ceilings_section(results: dict) -> list[str]:
     if rows:
         md += [f"Memory bandwidth ({bw.get('engine', '')}, arrays of {bw.get('array_bytes', 0) / 1e6:.0f} MB, "
                f"best of {bw.get('trials')} trials{', ' + bw['when'] if bw.get('when') else ''}):", ""]
-        md += _table(["threads", "cluster", "kernel", "best GB/s", "average GB/s"], rows) + [""]
+        md += md_table(["threads", "cluster", "kernel", "best GB/s", "average GB/s"], rows) + [""]
     probes = results.get("bandwidth_probes") or []
     if probes:
         md += ["The read bandwidth probed again during the run (same threads and CPUs, best of each probe's trials); "
                "the verdict's W is the best read figure of every probe:", ""]
-        md += _table(["when", "s into the run", "read best GB/s", "read average GB/s", "values checked"],
+        md += md_table(["when", "s into the run", "read best GB/s", "read average GB/s", "values checked"],
                      [[p.get("when", ""), f"{p.get('at_seconds', 0):.0f}", f"{p['read_best_gbps']:.2f}",
                        f"{p.get('read_avg_gbps', 0):.2f}", "ok" if p.get("check_ok", True) else "WRONG"]
                       for p in probes]) + [""]
@@ -619,32 +607,16 @@ def _skipped_section(results: dict) -> list[str]:
 
 
 def _environment_section(results: dict) -> list[str]:
-    from rwkvprobe.measure.system import summarize_environment
-
     if results.get("device"):
         dev = results["device"]
         rows = [[c.get("name", ""), f"{c.get('cores')}x {c.get('core')} up to {c.get('max_mhz')} MHz ({c.get('source')})"]
                 for c in dev.get("cpu_clusters", [])]
         rows.append(["DRAM", f"{dev['dram_theoretical_gbps']['value']} GB/s theoretical ({dev['dram_theoretical_gbps']['source']})"])
         rows.append(["NPU", f"{dev['npu_cores']} cores at {dev['npu_clock_mhz']['value']:.0f} MHz"])
-        return ["## Device (modelled)", ""] + _table(["", ""], rows) + [""]
-    env = results.get("environment") or {}
-    rows = [[k, str(v)] for k, v in summarize_environment(env)] if env else []
+        return ["## Device (modelled)", ""] + md_table(["", ""], rows) + [""]
     s = results.get("settings", {})
-    rows.append(["Settings", f"threads {s.get('threads')}, cpus {s.get('pinned_cpus') or 'not pinned'}, "
-                             f"tokens {s.get('tokens')}, {'cold' if s.get('cold', True) else 'warm'} cache"])
-    for name, b in (results.get("backends") or {}).items():
-        rows.append([f"backend {name}", ", ".join(f"{k}={v}" for k, v in b.items() if k != "name")])
-    return ["## Environment", ""] + _table(["", ""], rows) + [""]
-
-
-def verdict_of(results: dict) -> tuple[LayerList, dict]:
-    """The layer list and verdict of a results file; a damaged file is refused with one line."""
-    try:
-        layers = layers_from_json(results["profile"])
-        return layers, build_verdict(results, layers)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        raise InputError(f"results file is damaged or incomplete ({type(e).__name__}: {e})") from None
+    return environment_section(results, f"threads {s.get('threads')}, cpus {s.get('pinned_cpus') or 'not pinned'}, "
+                                        f"tokens {s.get('tokens')}, {'cold' if s.get('cold', True) else 'warm'} cache")
 
 
 def verdict_lines(results: dict) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.report.format import environment_section, md_table
+from rwkvprobe.report.markdown import skipped_lines
 from rwkvprobe.report.plots import pyplot, save_figure
 from rwkvprobe.verdict.fit import NOISE_Z, PEAK_FRACTIONS, power_law_predict, rel_sigma, roofline_predict, summarize_sweep
 
@@ -52,11 +54,6 @@ def size_pm(x: float, s: float | None) -> str:
 
 def _us(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def _axis(results: dict) -> str:
@@ -406,7 +403,7 @@ def _fits_section(summary: dict) -> list[str]:
             "by the residual scatter. A ceiling no point is limited by cannot be estimated: it is given as a "
             "lower bound (what was attained). The better model has the lower AICc (a difference under 2 is a "
             "tie). Regimes count the points where the fitted t0, B/W or F/P term is largest.", ""] + \
-        _table(["backend dtype", "t0 (µs)", "P (GFLOP/s)", "W (GB/s)", "overhead/bandwidth/compute points",
+        md_table(["backend dtype", "t0 (µs)", "P (GFLOP/s)", "W (GB/s)", "overhead/bandwidth/compute points",
                 "rms error", "a (s)", "p", "rms error", "better fit", "outliers (n)"], rows) + [""] + \
         (notes + [""] if notes else []) + [
         "W is an *effective* bandwidth: the bytes counted (each matrix once) over the time of the points the "
@@ -428,7 +425,7 @@ def _crossover_section(summary: dict) -> list[str]:
             "Where the faster of two backends changes, on the measured medians interpolated in log-log. Sizes "
             "where the two differ by less than twice their combined uncertainty count as ties, not crossings; "
             "± combines the bracketing points' noise, the interpolation error and any tied stretch.", ""] + \
-        _table(["pair", "crossovers", "faster at smallest n", "faster at largest n"], rows) + [""]
+        md_table(["pair", "crossovers", "faster at smallest n", "faster at largest n"], rows) + [""]
 
 
 def _reach_section(summary: dict) -> list[str]:
@@ -453,7 +450,7 @@ def _reach_section(summary: dict) -> list[str]:
     return ["## Reaching the peak", "",
             "The size from which each backend attains a share of its own peak (the highest measured GFLOP/s, "
             "outliers left out).", ""] + \
-        _table(["backend dtype", "peak GFLOP/s", *[f"{f:.0%} of peak from n" for f in PEAK_FRACTIONS]], rows) + [""]
+        md_table(["backend dtype", "peak GFLOP/s", *[f"{f:.0%} of peak from n" for f in PEAK_FRACTIONS]], rows) + [""]
 
 
 def _measurements_section(results: dict, summary: dict) -> list[str]:
@@ -475,11 +472,10 @@ def _measurements_section(results: dict, summary: dict) -> list[str]:
         rows.append(row)
     return ["## Measurements", "", "Median time per call and attained GFLOP/s; every sample is in results.json, "
             "one row per point in sweep.csv.", ""] + \
-        _table(["n", "MxKxN", *[e["label"] for e in series]], rows) + [""]
+        md_table(["n", "MxKxN", *[e["label"] for e in series]], rows) + [""]
 
 
 def _skipped_section(results: dict) -> list[str]:
-    from rwkvprobe.report.markdown import skipped_lines
 
     lines = skipped_lines(results, lambda m: f"{m['backend']} {m['dtype']} n={m.get('size')} ({m['m']}x{m['k']}x{m['n']})")
     stopped = results.get("stopped")
@@ -491,20 +487,13 @@ def _skipped_section(results: dict) -> list[str]:
 
 
 def _environment_section(results: dict) -> list[str]:
-    from rwkvprobe.measure.system import summarize_environment
-
-    env = results.get("environment") or {}
-    rows = [[k, str(v)] for k, v in summarize_environment(env)] if env else []
     s = results.get("settings", {})
-    rows.append(["Settings", f"threads {s.get('threads')}, cpus {s.get('pinned_cpus') or 'not pinned'}, "
-                             f"{'cold' if s.get('cold', True) else 'warm'} cache, budget {s.get('budget_seconds')} s"])
-    for name, b in (results.get("backends") or {}).items():
-        rows.append([f"backend {name}", ", ".join(f"{k}={v}" for k, v in b.items() if k != "name")])
     runs = results.get("runs") or []
-    if runs:
-        rows.append(["Run time", "; ".join(f"estimated {r.get('estimate_seconds', 0):.0f} s, took "
-                                           f"{r.get('elapsed_seconds', 0):.0f} s" for r in runs)])
-    return ["## Environment", ""] + _table(["", ""], rows) + [""]
+    extra = [["Run time", "; ".join(f"estimated {r.get('estimate_seconds', 0):.0f} s, took "
+                                    f"{r.get('elapsed_seconds', 0):.0f} s" for r in runs)]] if runs else []
+    return environment_section(results, f"threads {s.get('threads')}, cpus {s.get('pinned_cpus') or 'not pinned'}, "
+                                        f"{'cold' if s.get('cold', True) else 'warm'} cache, budget {s.get('budget_seconds')} s",
+                               extra)
 
 
 def _method_section(results: dict) -> list[str]:

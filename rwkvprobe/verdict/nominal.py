@@ -7,6 +7,8 @@ nominal figure is unknown and the report says so: rwkvprobe does not guess a CPU
 
 from __future__ import annotations
 
+from rwkvprobe.npu.device import load_device
+
 NPU_PREFIXES = ("rknn", "rknnlite", "NPU")
 
 
@@ -15,7 +17,6 @@ def _device(results: dict) -> tuple[dict | None, str]:
         return results["device"], "the modelled device"
     board = (results.get("environment") or {}).get("board") or {}
     if board.get("rk3588"):
-        from rwkvprobe.model.device import load_device
 
         return load_device("rk3588"), "this board's device tree (RK3588)"
     return None, ""
@@ -57,18 +58,3 @@ def rows(results: dict) -> list[dict]:
     return out
 
 
-def report_section(results: dict) -> list[str]:
-    rs = rows(results)
-    if not rs:
-        return []
-    md = ["## Measured vs nominal", ""]
-    if not any(r["nominal"] for r in rs):
-        cpu = ((results.get("environment") or {}).get("cpu") or {}).get("model") or "this CPU"
-        md += [f"% of nominal: unknown. rwkvprobe takes nominal figures only from a device profile "
-               f"(`profiles/devices/`, each with its source), and none describes {cpu}.", ""]
-    md += ["| ceiling | value | nominal | % of nominal | nominal's source |", "|---|---|---|---|---|"]
-    for r in rs:
-        nominal = "unknown" if r["nominal"] is None else f"{r['nominal']:.1f} {r['unit']}"
-        pct = "unknown" if r["percent"] is None else f"{r['percent']:.0f}%"
-        md.append(f"| {r['ceiling']} | {r['value']:.1f} {r['unit']} | {nominal} | {pct} | {r['source'] or '-'} |")
-    return md + [""]

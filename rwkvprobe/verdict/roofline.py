@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from rwkvprobe.backends.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
+from rwkvprobe.errors import InputError
+from rwkvprobe.measure.bandwidth import best_read_gbps
+from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
-from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, activation_bytes_of, weight_bytes_of
+from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, activation_bytes_of, layers_from_json, weight_bytes_of
+from rwkvprobe.model.quant import DEFAULT_FORMATS, DEFAULT_QUANTIZE, FORMATS, quantize_kinds
+from rwkvprobe.model.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
 
 CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
 RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
@@ -159,7 +163,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
             if stored != c["dtype"]:
                 row.update(stored_as=stored, kept_float=True)
             if p is not None:
-                row["status"] = _status(p)
+                row["status"] = point_status(p)
                 if (p.get("contention") or {}).get("contended"):
                     row["contended"] = True
             t = point_seconds(p) if p else None
@@ -286,7 +290,7 @@ def _keep_float(series: dict, results: dict) -> None:
         s["float_kinds"] = sorted({r["kind"] for r in rows if r.get("kept_float")})
 
 
-def _status(p: dict) -> str:
+def point_status(p: dict) -> str:
     if p.get("error"):
         return "failed: " + p["error"]
     if p.get("skipped"):
@@ -305,7 +309,6 @@ def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
 
 def _bandwidth_bps(results: dict) -> float | None:
     """W: the best read GB/s over every bandwidth probe of the run (before, between and after the layers)."""
-    from rwkvprobe.measure.bandwidth import best_read_gbps
 
     best = best_read_gbps(results)
     return best * 1e9 if best else None
@@ -315,7 +318,6 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     """The measured non-matmul block of a series (analyze times it for torch; see nonmatmul.py).
 
     Quantized-weight series run their non-matmul work at the float activation type: they use the fp32 block."""
-    from rwkvprobe.measure.nonmatmul import block_dtype
 
     for x in results.get("nonmatmul") or []:
         if x.get("backend") == backend and x.get("dtype") == block_dtype(dtype, backend) and x.get("seconds_per_token"):
@@ -405,7 +407,6 @@ def _what_if_bytes_per_weight(q: str, k: int, n: int, block_size: int) -> float:
     """Real bytes per weight of a what-if format: int8/int4 as onnxruntime's blockwise MatMulNBits stores them
     (packed integers, a scale and a zero point per block), fp16 at 2 bytes."""
     if q in ("int8", "int4"):
-        from rwkvprobe.backends.quant import DEFAULT_FORMATS, FORMATS
 
         fmt = FORMATS[DEFAULT_FORMATS[q]]
         return fmt.weight_bytes(k, n, block_size) / (k * n)
@@ -446,17 +447,6 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
                   "bytes_ratio": base_bytes / q_weight_bytes}
     return out
-
-
-#: Which layer kinds a quantized model stores quantized by default: the big block matrices. The head,
-#: the low-rank (LoRA) matrices and the embedding stay at the float type, as common runtimes keep them.
-DEFAULT_QUANTIZE = ("att", "ffn", "custom")
-
-
-def quantize_kinds(setting: list[str] | None, backend_desc: dict | None = None) -> set[str]:
-    """The layer kinds a quantized series stores quantized: ``--quantize`` when given, else the backend's own
-    rule (its description's ``quantize_kinds``: ggml follows rwkv.cpp), else DEFAULT_QUANTIZE."""
-    return set(setting or (backend_desc or {}).get("quantize_kinds") or DEFAULT_QUANTIZE)
 
 
 def quant_comparison(verdict: dict, results: dict) -> list[dict]:
@@ -572,3 +562,12 @@ def measured_what_if(verdict: dict, results: dict) -> dict:
             why = "this results file predates measured what-ifs (rerun analyze)"
     return {"measured": measured, "reference": ref, "modelled": (ref or {}).get("model", {}).get("what_if", {}),
             "why_not": why}
+
+
+def verdict_of(results: dict) -> tuple[LayerList, dict]:
+    """The layer list and verdict of a results file; a damaged file is refused with one line."""
+    try:
+        layers = layers_from_json(results["profile"])
+        return layers, build_verdict(results, layers)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise InputError(f"results file is damaged or incomplete ({type(e).__name__}: {e})") from None

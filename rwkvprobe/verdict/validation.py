@@ -4,6 +4,10 @@ and report (which renders) both use it, so neither imports the other for it."""
 
 from __future__ import annotations
 
+from rwkvprobe.errors import InputError
+from rwkvprobe.model.profile import LayerList
+from rwkvprobe.verdict.roofline import verdict_of
+
 #: the prediction counts as confirmed when predicted / measured is within this fraction of 1
 TARGET = 0.15
 #: a real pass whose per-token times spread more than this (IQR / median) ran on a busy machine
@@ -63,3 +67,66 @@ def summary_lines(v: dict, name: str) -> list[str]:
         lines.append("Note: the random-weight model produced non-finite logits; timings may not be representative.")
     return lines
 
+
+def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
+    """analyze's per-token figures for one backend and dtype (matmuls measured, the rest modelled)."""
+
+    stored, verdict = verdict_of(results)
+    if [(x.k, x.n, x.count) for x in stored.layers] != [(x.k, x.n, x.count) for x in ll.layers]:
+        raise InputError(f"the results file holds {stored.profile.name!r}, whose layers differ from "
+                         f"{ll.profile.name!r}: pass the analyze results of the same profile")
+    for s in verdict["series"]:
+        if s["backend"] == backend and s["dtype"] == dtype and s["model"].get("decode"):
+            d = s["model"]["decode"]
+            out = {"decode_seconds": d["seconds_per_token"], "matmul_seconds": d["matmul_seconds"],
+                   "non_matmul_seconds": d["non_matmul_seconds"], "non_matmul_measured": d["non_matmul_measured"],
+                   "fully_measured": d["fully_measured"],
+                   "per_call": {f"{r['k']}x{r['n']}": r["seconds"] if r["measured"] else None
+                                for r in s["rows"] if r["m"] == 1}}
+            out["prefill"] = {p["chunk"]: p for p in s["model"].get("prefill", [])}
+            return out
+    raise InputError(f"the results file has no measured {backend} {dtype} decode: run rwkvprobe analyze "
+                     f"{ll.profile.path or 'PROFILE'} --backends {backend} --dtypes {dtype}")
+
+
+def compare(pred: dict, real: dict, chunk: int) -> dict:
+    measured = real["decode"]["median"]
+    predicted = pred["decode_seconds"]
+    prof = real["profiled"]
+    # the weight-matmul share of a token, paired in time with unprofiled tokens (forward_worker.profile_decode),
+    # applied to the measured decode time; older workers gave the profiled matmul time alone
+    matmul_real = prof["matmul_share"] * measured if "matmul_share" in prof else prof["weight_matmul_seconds_per_token"]
+    shapes = []
+    for x in sorted(prof["by_shape"], key=lambda x: -x["seconds_per_call"] * x["calls_per_token"]):
+        key = f"{x['k']}x{x['n']}"
+        a = pred["per_call"].get(key)
+        shapes.append({"shape": key, "calls_per_token": x["calls_per_token"], "forward_seconds_per_call": x["seconds_per_call"],
+                       "analyze_seconds_per_call": a, "ratio": a / x["seconds_per_call"] if a else None})
+    out = {
+        "predicted": pred, "measured": {"decode": real["decode"], "prefill": real.get("prefill"),
+                                        "logits_finite": real.get("logits_finite")},
+        "predicted_over_measured": predicted / measured,
+        "within_target": abs(predicted / measured - 1) <= TARGET, "target": TARGET,
+        "split": {"matmul_forward_seconds": matmul_real, "matmul_predicted_seconds": pred["matmul_seconds"],
+                  "rest_forward_seconds": measured - matmul_real,
+                  "rest_predicted_seconds": pred["non_matmul_seconds"],
+                  "rest_predicted_measured": pred.get("non_matmul_measured", False),
+                  "state_matmul_seconds": prof.get("other_matmul_seconds_per_token")},
+        "by_shape": shapes,
+        "reference": real.get("reference"), "torch": real.get("torch"), "load_seconds": real.get("load_seconds"),
+    }
+    pre = pred["prefill"].get(chunk)
+    if real.get("prefill") and pre:
+        measured_tps = real["prefill"]["tokens_per_second"]
+        with_state = bool(pre.get("with_state"))
+        out["prefill"] = {"chunk": chunk, "measured_tokens_per_second": measured_tps,
+                          "predicted_tokens_per_second": pre["tokens_per_second"],
+                          "predicted_with_state": with_state,
+                          "predicted_state_seconds": pre.get("state_seconds"),
+                          "predicted_matmul_seconds": pre["matmul_seconds"],
+                          "measured_seconds": real["prefill"]["median"],
+                          "predicted_modelled": pre["modelled"],
+                          # predicted time over measured time, as for decode
+                          "predicted_over_measured": measured_tps / pre["tokens_per_second"],
+                          "within_target": with_state and abs(measured_tps / pre["tokens_per_second"] - 1) <= TARGET}
+    return out

@@ -13,11 +13,12 @@ from typing import Any
 import yaml
 
 from rwkvprobe.errors import InputError
+from rwkvprobe.measure import onnxblock
+from rwkvprobe.model.profile import profiles_dir
 from rwkvprobe.results import new_results
 
 
 def devices_dir() -> Path:
-    from rwkvprobe.model.profile import profiles_dir
 
     return profiles_dir() / "devices"
 
@@ -141,7 +142,6 @@ def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
     """The RKNN compiler's own whole-block estimate (``convert --block``) as NPU decode time per token: block 0,
     n_layer - 1 later blocks and the head, each graph's cycle total at the device's NPU clock, no per-call overhead
     added (one call per graph). Also the op kinds that take the cycles and the ops the compiler sends to the CPU."""
-    from rwkvprobe.measure import onnxblock
 
     if blocks_manifest.get("settings") != onnxblock.settings_key(profile, 0):
         raise InputError(f"--rknn: the block graphs there were converted for {blocks_manifest.get('profile')!r} "
@@ -179,42 +179,3 @@ def block_estimates(blocks_manifest: dict, dev: dict, profile) -> dict:
             "clock_source": dev["npu_clock_mhz"]["source"], "graphs": graphs, "decode": decode}
 
 
-def block_estimate_lines(results: dict) -> list[str]:
-    """Plain-text lines: the compiler's whole-block NPU decode estimate beside the per-call models."""
-    b = results.get("compiler_block_estimates")
-    if not b:
-        return []
-    lines = []
-    for d in b["decode"]:
-        extra = "" if d["all_simulator_ok"] else " (a graph missed its simulator check: see the report)"
-        lines.append(f"NPU {d['dtype']} decode, {b['label']}: {d['seconds_per_token'] * 1e3:.2f} ms/token "
-                     f"({d['tokens_per_second']:.1f} tokens/s; {d['how']}, at {b['clock_mhz']:.0f} MHz; modelled, "
-                     f"not measured){extra}")
-    return lines
-
-
-def block_estimate_section(results: dict) -> list[str]:
-    b = results.get("compiler_block_estimates")
-    if not b:
-        return []
-    md = [f"## {b['label']}", "",
-          f"`rwkvprobe convert PROFILE --block` built whole RWKV blocks (every op of a decode step, state in and out) with "
-          f"rknn-toolkit2 {b['toolkit'].get('rknn-toolkit2', '')} for {b.get('target')}; its per-op "
-          f"`Cycles(DDR/NPU/Total)` table, at the NPU clock of {b['clock_mhz']:.0f} MHz ({b['clock_source']}), gives the "
-          "NPU decode estimate below in place of the fixed per-call overhead of the per-matmul models: one call per graph. "
-          "The compiler's estimate, not a measurement. Ops it runs on the CPU, and elementwise ops it gives no cycles, "
-          "add time it does not count.", ""]
-    md += ["| dtype | NPU decode (compiler estimate) | tokens/s | how | full-model graph |", "|---|---|---|---|---|"]
-    for d in b["decode"]:
-        full = f"{d['model_graph_seconds'] * 1e3:.3f} ms" if d.get("model_graph_seconds") else "not converted"
-        md.append(f"| {d['dtype']} | {d['seconds_per_token'] * 1e3:.3f} ms/token | {d['tokens_per_second']:.1f} | "
-                  f"{d['how']} | {full} |")
-    md += ["", "| graph | dtype | DDR / NPU / total cycles | time at clock | op kinds taking the cycles | ops on the CPU | "
-               "ops with no cycle estimate | simulator check |", "|---|---|---|---|---|---|---|---|"]
-    for g in b["graphs"]:
-        kinds = ", ".join(f"{k['op']} {k['share']:.0%}" for k in g["op_kinds"][:4])
-        sim = "-" if g["simulator_ok"] is None else ("ok" if g["simulator_ok"] else f"WRONG ({g['simulator_rel_err']:.1e})")
-        md.append(f"| {g['graph']} | {g['dtype']} | {g['ddr_cycles']} / {g['npu_cycles']} / {g['total_cycles']} | "
-                  f"{g['seconds'] * 1e3:.3f} ms | {kinds} | {', '.join(g['cpu_ops']) or 'none'} | "
-                  f"{', '.join(g['no_estimate_ops']) or 'none'} | {sim} |")
-    return md + [""]

@@ -285,3 +285,14 @@ def dequantize_int4_groups(q: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
     n, k = q.shape
     g = (q.reshape(n, k // group, group).astype(np.float32) - np.float32(8)) * scales[..., None] + zeros[..., None]
     return np.ascontiguousarray(g.reshape(n, k).T)
+
+
+#: Which layer kinds a quantized model stores quantized by default: the big block matrices. The head,
+#: the low-rank (LoRA) matrices and the embedding stay at the float type, as common runtimes keep them.
+DEFAULT_QUANTIZE = ("att", "ffn", "custom")
+
+
+def quantize_kinds(setting: list[str] | None, backend_desc: dict | None = None) -> set[str]:
+    """The layer kinds a quantized series stores quantized: ``--quantize`` when given, else the backend's own
+    rule (its description's ``quantize_kinds``: ggml follows rwkv.cpp), else DEFAULT_QUANTIZE."""
+    return set(setting or (backend_desc or {}).get("quantize_kinds") or DEFAULT_QUANTIZE)

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import typer
-
-from rwkvprobe.cli.console import err_console, out_console
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure.analyze import RESULTS, layers_from_json
+from rwkvprobe.measure.analyze import RESULTS
 from rwkvprobe.measure.bandwidth import KERNELS
 from rwkvprobe.measure.points import point_seconds
-from rwkvprobe.report.markdown import _ms, _table
+from rwkvprobe.measure.system import summarize_environment
+from rwkvprobe.model.profile import layers_from_json
+from rwkvprobe.report.format import md_table, ms
 from rwkvprobe.results import load_results
-from rwkvprobe.verdict.roofline import _status, build_verdict
+from rwkvprobe.verdict.roofline import build_verdict, point_status
 
 #: one cell: a number (compared), a text (shown as is, no ratio) or None (the file lacks the row)
 Value = Union[float, str, None]
@@ -48,7 +47,7 @@ class Metric:
 
 
 TEXT = Metric(None, str)
-SECONDS = Metric("lower", _ms)
+SECONDS = Metric("lower", ms)
 GBPS = Metric("higher", lambda v: f"{v:.2f} GB/s")
 GFLOPS = Metric("higher", lambda v: f"{v:.1f} GFLOP/s")
 TOKENS = Metric("higher", lambda v: f"{v:.2f} tokens/s")
@@ -107,7 +106,6 @@ def _results_path(path: Path) -> Path:
 
 def _environment(r: dict) -> Cells:
     env = r.get("environment") or {}
-    from rwkvprobe.measure.system import summarize_environment
 
     summary = dict(summarize_environment(env))
     settings = r.get("settings") or {}
@@ -180,7 +178,7 @@ def _layers(r: dict) -> Cells:
         t = point_seconds(p)
         cells[(p["backend"], p["dtype"], p["m"], p["k"], p["n"])] = (
             f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}", SECONDS,
-            t if t is not None else _status(p).split(":")[0])
+            t if t is not None else point_status(p).split(":")[0])
     return cells
 
 
@@ -269,7 +267,7 @@ def _letters(c: Comparison) -> list[str]:
     return [chr(ord("A") + i) if i < 26 else f"F{i + 1}" for i in range(len(c.paths))]
 
 
-def _header(c: Comparison) -> list[str]:
+def header(c: Comparison) -> list[str]:
     names = _letters(c)
     cols = ["", "better", f"{names[0]} (baseline)"]
     for name in names[1:]:
@@ -277,7 +275,7 @@ def _header(c: Comparison) -> list[str]:
     return cols
 
 
-def _cells(c: Comparison, row: Row) -> list[tuple[str, int]]:
+def cells(c: Comparison, row: Row) -> list[tuple[str, int]]:
     """(text, +1/-1/0) per column after the label: better, baseline, then value and ratio per file."""
     cells = [(row.metric.better or "", 0), (value_text(row, 0), 0)]
     for i in range(1, len(c.paths)):
@@ -299,26 +297,9 @@ def render_markdown(c: Comparison) -> str:
     md = ["# rwkvprobe comparison", ""] + [f"- {line}" for line in legend(c)] + [""]
     for s in c.sections:
         md += [f"## {s.title}", ""]
-        md += _table(_header(c), [[_md(row.label)] + [_md(text) for text, _ in _cells(c, row)] for row in s.rows])
+        md += md_table(header(c), [[_md(row.label)] + [_md(text) for text, _ in cells(c, row)] for row in s.rows])
         md += ["", s.note, ""] if s.note else [""]
     return "\n".join(md)
-
-
-def print_tables(c: Comparison, console) -> None:
-    """The comparison as rich tables, better ratios in green and worse in red."""
-    from rich.table import Table
-    from rich.text import Text
-
-    for line in legend(c):
-        console.print(line, markup=False, highlight=False)
-    styles = {1: "green", -1: "red", 0: ""}
-    for s in c.sections:
-        table = Table(title=s.title, caption=s.note or None, title_justify="left")
-        for i, col in enumerate(_header(c)):
-            table.add_column(col, justify="left" if i < 2 else "right", no_wrap=i == 0)
-        for row in s.rows:
-            table.add_row(row.label, *[Text(text, style=styles[sign]) for text, sign in _cells(c, row)])
-        console.print(table)
 
 
 def write_markdown(path: Path, text: str) -> None:
@@ -334,25 +315,3 @@ def write_markdown(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # The command (registered in cli.py)
-
-
-def compare_command(
-    files: list[Path] = typer.Argument(..., help="Two or more results.json files (or analyze output folders); "
-                                       "the first is the baseline."),
-    markdown: bool = typer.Option(False, "--markdown", help="Print markdown instead of the terminal tables."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the comparison as markdown to this file."),
-):
-    """Compare results files side by side (two boards, two governors, before/after), with ratios to the first."""
-
-    comparison = compare_files(files)
-    text = render_markdown(comparison) + "\n"
-    if out is not None:
-        write_markdown(out, text)
-    for w in comparison.warnings:
-        err_console.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
-    if markdown:
-        print(text, end="")
-    else:
-        print_tables(comparison, out_console)
-    if out is not None:
-        err_console.print(f"wrote {out}", markup=False, highlight=False, soft_wrap=True)
