@@ -161,9 +161,11 @@ def test_subset_of_kernels_and_progress():
 def test_table_renders_every_kernel():
     from rich.console import Console
 
+    from rwkvprobe.cli.bandwidth import bandwidth_table
+
     result = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=1)
     console = Console(record=True, width=150)
-    console.print(bw.bandwidth_table(result))
+    console.print(bandwidth_table(result))
     text = console.export_text()
     assert all(k in text for k in bw.KERNELS) and "best GB/s" in text
 

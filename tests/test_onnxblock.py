@@ -12,6 +12,7 @@ from conftest import ROOT
 from rwkvprobe.measure import onnxblock
 from rwkvprobe.model.profile import parse_profile
 from rwkvprobe.report import sections
+from rwkvprobe.verdict import blocks
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -196,7 +197,7 @@ def test_block_comparison_sums_the_series_matmuls_and_non_matmul_share():
     results = {"block_graphs": [{"backend": "onnxruntime", "dtype": "fp32", "n_layer": 2, "chained_seconds_per_token": 0.0073,
                                  "graphs": {"block0": {"seconds": 2e-3}, "block": {"seconds": 3e-3},
                                             "head": {"seconds": 4e-3}, "model": {"skipped": "too big"}}}]}
-    got = {r["kind"]: r for r in onnxblock.block_comparison(results, verdict)}
+    got = {r["kind"]: r for r in blocks.block_comparison(results, verdict)}
     assert got["block0"]["sum_seconds"] == pytest.approx(1e-3 + 3e-3 + 2e-4)
     assert got["block"]["sum_seconds"] == pytest.approx(1e-3 + 2e-4 + 3e-3 + 2e-4)
     assert got["block"]["ratio"] == pytest.approx(3e-3 / 4.4e-3)
@@ -231,7 +232,7 @@ def test_block_comparison_marks_only_the_graphs_with_a_modelled_part():
                                                 "seconds_per_token": 7e-3, "fully_measured": False}}}]}
     results = {"block_graphs": [{"backend": "onnxruntime", "dtype": "fp32", "n_layer": 2,
                                  "graphs": {k: {"seconds": 1e-3} for k in onnxblock.KINDS}}]}
-    got = {r["kind"]: r for r in onnxblock.block_comparison(results, verdict)}
+    got = {r["kind"]: r for r in blocks.block_comparison(results, verdict)}
     assert got["block"]["sum_partly_modelled"] and got["model"]["sum_partly_modelled"]
     assert not got["head"]["sum_partly_modelled"]
     assert got["block"]["sum_seconds"] == pytest.approx(1e-3)  # the unmeasured layer's modelled time

@@ -292,7 +292,7 @@ def test_sweep_npu_cores_one_series_per_mask(sweep_cli, tmp_path, fake_npu):
     assert all(p["check"]["ok"] for p in results["measurements"])
     # each mask reached init_runtime as its own RKNNLite constant: NPU_CORE_0, _1, _0_1_2; never AUTO
     assert set(masks) == {1, 2, 7}
-    assert {s["backend"] for s in results["fits"]["series"]} == set(labels)
+    assert {s["backend"] for s in summarize_sweep(results["measurements"])["series"]} == set(labels)
     for lbl in labels:
         assert lbl in (out / "sweep.md").read_text()
     # --resume takes the masks and the models from the folder: nothing is left to measure

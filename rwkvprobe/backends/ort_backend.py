@@ -292,7 +292,6 @@ class OrtBackend(Backend):
         return _probe(cls.formats[dtype])
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
-
         if onnx_dir is None:
             raise ValueError("the onnxruntime backend needs a folder for its ONNX models")
         folder = Path(onnx_dir)

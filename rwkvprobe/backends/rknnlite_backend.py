@@ -444,7 +444,6 @@ class RknnLiteBackend(Backend):
         return missing_runtime()
 
     def model_path(self, w: Workload) -> Path:
-
         if self.rknn_dir is None:
             raise InputError("the rknnlite backend needs --rknn DIR: .rknn models written by 'rwkvprobe convert'")
         if self._files is None:

@@ -13,8 +13,9 @@ from rwkvprobe.cli.options import parse_choice_list, parse_int_list
 from rwkvprobe.cli.sweep import summary_lines
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
-from rwkvprobe.measure.analyze import RESULTS, Analysis, AnalyzeSettings, check_dtypes, default_out_dir, plan_series
+from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings, check_dtypes, default_out_dir, plan_series
 from rwkvprobe.measure.points import onnx_cache_dir
+from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.system import resolve_cpus
 from rwkvprobe.measure.timing import default_threads
 from rwkvprobe.model.profile import LayerList, layer_list, load_profile, profile_json

@@ -1,8 +1,7 @@
 """The CLI layer's console: the rich consoles, progress reporting, warnings and interrupt handling.
 
-Commands (cli.py, and the command functions of compare, sweep and validate) use these; the engine modules
-below take a progress object with ``stage``, ``note``, ``begin_points``, ``advance`` and ``close`` (Reporter
-here) and never import rich themselves for it. Imports nothing of the project but its errors.
+The commands (cli/*.py) use these; the measuring code below takes a ``progress.Progress`` (Reporter here is
+one) and never imports rich for it. Imports nothing of the project but its errors.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from rwkvprobe.errors import Interrupted
+from rwkvprobe.measure.run import Run
 
 
 def _console(stderr: bool = False) -> Console:
@@ -21,10 +21,6 @@ def _console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
     return Console(stderr=stderr, highlight=False, width=width)
-
-
-out_console = _console()
-err_console = _console(stderr=True)
 
 
 out_console = _console()
@@ -67,7 +63,7 @@ class Reporter:
             self.progress = None
 
 
-def run_keeping_results(job, reporter: "Reporter", resume_command: str) -> dict:
+def run_keeping_results(job: Run, reporter: Reporter, resume_command: str) -> dict:
     """``job.run(reporter)``; on Ctrl-C save what was measured and say how to resume (exit 130)."""
     try:
         return job.run(reporter)

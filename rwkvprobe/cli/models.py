@@ -54,7 +54,6 @@ def onnx_cmd(
 
 
 def _onnx_blocks(ll: LayerList, out: Path, tokens: list[int], dtypes: list[str], opset: int) -> None:
-
     if tokens != [1]:
         raise InputError("--block: the block graphs are one decode step (--tokens 1)")
     if opset != onnxblock.OPSET:
@@ -126,7 +125,6 @@ def convert_cmd(
 
 
 def _convert_blocks(ll: LayerList, out: Path, dtypes: list[str], tokens: list[int], target: str, simulate: bool) -> None:
-
     if tokens != [1]:
         raise InputError("--block: the block graphs are one decode step (--tokens 1)")
     onnxblock.check_profile(ll.profile)

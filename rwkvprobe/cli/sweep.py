@@ -11,10 +11,10 @@ from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warn
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure import system
 from rwkvprobe.measure.analyze import check_dtypes
+from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.sweep import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_SIZES,
-    RESULTS,
     Sweep,
     SweepSettings,
     check_memory,

@@ -13,9 +13,16 @@ from rwkvprobe.cli.console import Reporter, err_console, out_console, run_keepin
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure import nonmatmul
 from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings
-from rwkvprobe.measure.system import llc_bytes
 from rwkvprobe.measure.timing import default_threads
-from rwkvprobe.measure.validate import PREDICTION_SERIES, check_memory, check_request, record, run_forward
+from rwkvprobe.measure.validate import (
+    PREDICTION_SERIES,
+    check_memory,
+    check_request,
+    record,
+    run_forward,
+    time_nonmatmul_block,
+    time_prefill_state,
+)
 from rwkvprobe.model.profile import layer_list, load_profile
 from rwkvprobe.report.markdown import render
 from rwkvprobe.results import load_results, save_results
@@ -51,26 +58,11 @@ def validate_command(
         if (chunk and pre and not pre.get("with_state") and pred["non_matmul_measured"]
                 and ll.profile.version in nonmatmul.VERSIONS):
             # a results file without the sequential prefill work: time it now for this chunk
-            import torch
-
-            torch.set_num_threads(run_threads)
-            reporter.stage(f"sequential prefill work: {series} {dtype}, chunk {chunk}")
-            entry = next(x for x in data["nonmatmul"] if x.get("backend") == series
-                         and x.get("dtype") == nonmatmul.block_dtype(dtype))
-            seq = nonmatmul.measure_seq(ll.profile, nonmatmul.block_dtype(dtype), chunk,
-                                        nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5))
-            entry.setdefault("seq", {})[str(chunk)] = seq
+            time_prefill_state(data, ll.profile, series, dtype, chunk, run_threads, reporter)
             pred = prediction(data, ll, series, dtype)
         if not pred["non_matmul_measured"] and ll.profile.version in nonmatmul.VERSIONS:
             # an older results file: time the non-matmul block now, as analyze does today
-            import torch
-
-
-            torch.set_num_threads(run_threads)
-            reporter.stage(f"non-matmul block: {series} {dtype}")
-            data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
-                ll.profile, series, nonmatmul.block_dtype(dtype, series), 0.8, llc_bytes(),
-                data.get("settings", {}).get("cold", True), threads=run_threads, chunks=(chunk,) if chunk else ()))
+            time_nonmatmul_block(data, ll.profile, series, dtype, chunk, run_threads, reporter)
             pred = prediction(data, ll, series, dtype)
         cpus = data.get("settings", {}).get("pinned_cpus")
         path, out_dir = results, results.parent

@@ -26,17 +26,18 @@ from rwkvprobe.backends import (
 )
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
-from rwkvprobe.measure import contention, ggml_block, nonmatmul, onnxblock, system
-from rwkvprobe.measure.bandwidth import best_read_gbps, measure_bandwidth, probe_read
+from rwkvprobe.fsutil import ensure_writable_dir
+from rwkvprobe.measure import bandwidth, contention, ggml_block, nonmatmul, onnxblock, system
 from rwkvprobe.measure.points import COMPUTE_SHAPES, measure_ceilings, measure_point, onnx_cache_dir, point_seconds
+from rwkvprobe.measure.run import RESULTS, Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
+from rwkvprobe.model.cost import roofline_seconds
 from rwkvprobe.model.profile import LayerList, profile_json
 from rwkvprobe.model.quant import quantize_kinds
 from rwkvprobe.npu import board, cores
-from rwkvprobe.results import load_results, new_results, save_results
+from rwkvprobe.progress import Progress
+from rwkvprobe.results import new_results
 
-RESULTS = "results.json"
 #: a point projected to take longer than this many times its budget for one call is skipped
 SKIP_FACTOR = 4.0
 #: STREAM's rule, in every mode: the bandwidth ceiling is the best of at least this many trials
@@ -198,45 +199,51 @@ def check_dtypes(dtypes: list[str] | None) -> list[str] | None:
 
 
 def _projected(c: dict, w: Workload, bandwidth_bps: float | None) -> float | None:
+    """A point's projected time (model.cost) from its series' ceilings: the cold GEMV rate where measured,
+    else the DRAM bandwidth; None before the peak is known."""
     if not c.get("peak_gflops"):
         return None
-    t = w.flops / (c["peak_gflops"] * 1e9)
-    if c.get("gemv_gbps"):
-        t = max(t, w.bytes_moved / (c["gemv_gbps"] * 1e9))
-    elif bandwidth_bps:
-        t = max(t, w.bytes_moved / bandwidth_bps)
-    return t + (c.get("overhead_seconds") or 0.0)
+    bw = c["gemv_gbps"] * 1e9 if c.get("gemv_gbps") else bandwidth_bps
+    return float(roofline_seconds(w.flops, w.bytes_moved, c["peak_gflops"] * 1e9, bw, c.get("overhead_seconds") or 0.0))
 
 
-class Analysis:
+class _Laps:
+    """Wall time per stage of a run, added into ``results["stage_seconds"]`` (across resumes)."""
+
+    def __init__(self, stages: dict):
+        self.stages = stages
+        self.mark = time.perf_counter()
+
+    def add(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    def lap(self, name: str) -> None:
+        """The time since the last lap counts to ``name``."""
+        now = time.perf_counter()
+        self.add(name, now - self.mark)
+        self.mark = now
+
+
+class Analysis(Run):
     """One analyze run; ``run()`` measures what ``results`` still lacks, saving after each point."""
+
+    KIND = "analyze"
+    settings: AnalyzeSettings
 
     def __init__(self, layers: LayerList, settings: AnalyzeSettings, out_dir: Path, results: dict | None = None,
                  lock=None):
+        super().__init__(settings, out_dir, results, lock)
         self.layers = layers
-        self.settings = settings
-        self.out_dir = out_dir
-        self.path = out_dir / RESULTS
-        self.results = results
-        self.lock = lock  # fsutil.FolderLock on out_dir, taken by start()/resume()
-
-    def release(self) -> None:
-        """Give the output folder's lock back (the run is over)."""
-        if self.lock is not None:
-            self.lock.release()
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
     def start(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path | None) -> "Analysis":
-        out = ensure_writable_dir(out_dir or default_out_dir(layers))
-        return cls(layers, settings, out, lock=lock_new_run(out, RESULTS))
+        out, lock = cls.new_folder(out_dir or default_out_dir(layers))
+        return cls(layers, settings, out, lock=lock)
 
     @classmethod
     def resume(cls, layers: LayerList, settings: AnalyzeSettings, out_dir: Path) -> "Analysis":
-        out = ensure_writable_dir(out_dir)
-        lock = lock_folder(out)
-        try:
-            results = load_results(out / RESULTS, kinds=("analyze",))
+        def check(results: dict, out: Path) -> None:
             if results.get("profile", {}).get("name") != layers.profile.name:
                 raise InputError(f"{out / RESULTS}: holds profile {results.get('profile', {}).get('name')!r}, "
                                  f"not {layers.profile.name!r}")
@@ -245,21 +252,60 @@ class Analysis:
                 if old.get(key) != settings.to_json()[key]:
                     raise InputError(f"--resume {out}: it was run with {key}={old.get(key)!r}, "
                                      f"not {settings.to_json()[key]!r}; use the same options")
-        except BaseException:
-            lock.release()
-            raise
+
+        out, lock, results = cls.reopen(out_dir, check)
         return cls(layers, settings, out, results, lock=lock)
 
-    def save(self) -> None:
-        save_results(self.path, self.results)
-
     # -- the run -------------------------------------------------------------------------------
-    def run(self, progress) -> dict:
-        """Measure everything missing; ``progress`` is a Progress-like reporter (see cli)."""
+    def run(self, progress: Progress) -> dict:
+        """Measure everything missing: bandwidth, board series, ceilings, non-matmul work, block graphs, the layer
+        points (re-probing the bandwidth between them), then the bandwidth again."""
         s = self.settings
         t_start = time.perf_counter()
         pinned = set_affinity(s.cpus)
         llc = system.llc_bytes()
+        pairs, board_pairs, whatif, backends = self._setup(pinned)
+        r = self.results
+        assert r is not None
+        laps = _Laps(r.setdefault("stage_seconds", {}))
+        laps.lap("setup")
+        if not r.get("bandwidth"):
+            progress.stage("memory bandwidth")
+            r["bandwidth"] = bandwidth.measure_bandwidth(threads=[s.threads], trials=BANDWIDTH_TRIALS, cpus=s.cpus,
+                                               kernels=("copy", "triad", "read"), progress=progress.note)
+            r["bandwidth"]["when"] = "before the layers"
+            self.save()
+        r.setdefault("bandwidth_probes", [])
+        laps.lap("bandwidth")
+        if board_pairs:
+            board.run_series(self, board_pairs, progress)
+            laps.lap("board")
+        self._measure_all_ceilings(pairs, whatif, backends, llc, progress, laps)
+        laps.lap("ceilings")
+        self._measure_nonmatmul(pairs, llc, s.quick, progress)
+        laps.lap("non-matmul")
+        self._measure_block_graphs(pairs, llc, s.quick, progress)
+        laps.lap("block graphs")
+        points = self._plan_points(pairs, whatif)
+        self._measure_points(points, whatif, backends, llc, t_start, progress, laps)
+        laps.lap("layers")
+        # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at
+        # fp32) before the last probe allocates its arrays
+        base_weight.cache_clear()
+        if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
+            progress.stage("memory bandwidth again")
+            self._probe("after the layers", t_start)
+            laps.lap("bandwidth")
+        r["after"] = system.snapshot_dynamic()
+        r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
+        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
+        self.save()
+        return r
+
+    def _setup(self, pinned) -> tuple[list, list, list, dict]:
+        """A new results dict (or the resumed one) with its series planned; (pairs measured here, board
+        pairs, what-if pairs, {label: backend})."""
+        s = self.settings
         if self.results is None:
             env = system.capture_environment()
             self.results = new_results("analyze", env, s.to_json())
@@ -270,46 +316,24 @@ class Analysis:
         r = self.results
         pairs, skipped = plan_series(s)
         if "whatif_series" not in r["settings"]:
-            whatif, why = plan_whatif(s, pairs)
-            r["settings"]["whatif_series"] = [list(x) for x in whatif]
+            planned, why = plan_whatif(s, pairs)
+            r["settings"]["whatif_series"] = [list(x) for x in planned]
             r["settings"]["whatif_missing"] = why
         whatif = [tuple(x) for x in r["settings"]["whatif_series"]]
         pairs = pairs + [x for x in whatif if x not in pairs]
         known_skips = {(x["backend"], x["dtype"]) for x in r["skipped"]}
         r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known_skips]
-
         pairs, board_pairs = cores.split_board(pairs)  # the rknn series run in the toolkit worker
         backends = {label: board.instantiate(label, s) for label in {b for b, _ in pairs}}
         r["backends"] = {name: b.describe() for name, b in backends.items()}
         r["backends"].update(board.describe(board_pairs, s))
         self.save()
+        return pairs, board_pairs, whatif, backends
 
-        stages = r.setdefault("stage_seconds", {})
-        mark = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            stages[name] = stages.get(name, 0.0) + now - mark
-            mark = now
-
-        lap("setup")
-        quick = s.quick
-
-        if not r.get("bandwidth"):
-            progress.stage("memory bandwidth")
-            r["bandwidth"] = measure_bandwidth(threads=[s.threads], trials=BANDWIDTH_TRIALS, cpus=s.cpus,
-                                               kernels=("copy", "triad", "read"), progress=progress.note)
-            r["bandwidth"]["when"] = "before the layers"
-            self.save()
-        r.setdefault("bandwidth_probes", [])
-        bw_bps = (best_read_gbps(r) or 0.0) * 1e9
-        lap("bandwidth")
-        if board_pairs:
-            board.run_series(self, board_pairs, progress)
-            lap("board")
-
-        ceiling_policy = TimingPolicy(budget_seconds=0.15 if quick else 0.4, min_samples=3)
+    def _measure_all_ceilings(self, pairs, whatif, backends, llc, progress: Progress, laps: "_Laps") -> None:
+        s, r = self.settings, self.results
+        assert r is not None
+        policy = TimingPolicy(budget_seconds=0.15 if s.quick else 0.4, min_samples=3)
         have = {(c["backend"], c["dtype"]) for c in r["ceilings"]}
         todo = [p for p in pairs if p not in have]
         for i, (b, d) in enumerate(todo):
@@ -317,28 +341,34 @@ class Analysis:
             t_ceil = time.perf_counter()
             # --quick leaves out the cold GEMV of CPU backends (W comes from the bandwidth probe); a board's
             # series keep theirs (board.py: the NPU's own bandwidth); what-if series take a light set
-            r["ceilings"].append(measure_ceilings(backends[b], d, llc, ceiling_policy, s.onnx_dir, progress.note,
-                                                  block_size=s.block_size, gemv=not quick,
+            r["ceilings"].append(measure_ceilings(backends[b], d, llc, policy, s.onnx_dir, progress.note,
+                                                  block_size=s.block_size, gemv=not s.quick,
                                                   compute_shapes=self._compute_shapes(b), light=(b, d) in whatif))
             if (b, d) in whatif:
-                stages["what-if ceilings"] = stages.get("what-if ceilings", 0.0) + time.perf_counter() - t_ceil
+                laps.add("what-if ceilings", time.perf_counter() - t_ceil)
             self.save()
-        ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
-        lap("ceilings")
-        self._measure_nonmatmul(pairs, llc, quick, progress)
-        lap("non-matmul")
-        self._measure_block_graphs(pairs, llc, quick, progress)
-        lap("block graphs")
 
-        # the layer points: shape-outermost so one base weight serves every backend and dtype
+    def _plan_points(self, pairs, whatif) -> list[tuple]:
+        """The layer points still to measure, shape-outermost so one base weight serves every backend and dtype;
+        what-if series on the decode shapes of the quantized kinds only."""
+        s, r = self.settings, self.results
+        assert r is not None
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
-
         quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
-        points = [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
-                  if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
-                  and ((b, d) not in whatif or (m == 1 and (k, n) in quantized))]
+        return [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
+                if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
+                and ((b, d) not in whatif or (m == 1 and (k, n) in quantized))]
+
+    def _measure_points(self, points, whatif, backends, llc, t_start: float, progress: Progress,
+                        laps: "_Laps") -> None:
+        """Time every point within what is left of the budget, saving after each; probe the bandwidth again
+        every REPROBE_INTERVAL_SECONDS or when a layer reads faster than it, the peak when one beats it."""
+        s, r = self.settings, self.results
+        assert r is not None
+        ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
+        bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
         n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
-        whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[quick], min_samples=3)
+        whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[s.quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
         remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS
                         - 2.5 * n_whatif * whatif_policy.budget_seconds, 1.0)
@@ -381,7 +411,7 @@ class Analysis:
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
-                    stages["what-if points"] = stages.get("what-if points", 0.0) + time.perf_counter() - t_point
+                    laps.add("what-if points", time.perf_counter() - t_point)
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
@@ -403,25 +433,11 @@ class Analysis:
                 progress.note(f"{label} ran at {point['flops'] / t / 1e9:.1f} GFLOP/s, above {b} {d}'s measured peak "
                               f"{c['peak_gflops']:.1f}: measuring the peak again")
                 self._compute_again(backends[b], c, llc, label)
-        lap("layers")
-        # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at fp32)
-        # before the last probe allocates its arrays
-
-        base_weight.cache_clear()
-        if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
-            progress.stage("memory bandwidth again")
-            self._probe("after the layers", t_start)
-            lap("bandwidth")
-        r["after"] = system.snapshot_dynamic()
-        r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
-        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
-        self.save()
-        return r
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
 
-        probe = probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
+        probe = bandwidth.probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
         probe.update(when=when, at_seconds=time.perf_counter() - t_start)
         self.results["bandwidth_probes"].append(probe)
         self.save()

@@ -56,7 +56,6 @@ class GgmlBlock:
     """One block's graph over its own inputs; ``run()`` computes it and carries the state."""
 
     def __init__(self, inputs: dict, threads: int, threadpool=None):
-
         g = _ggml()
         _cpu_init()
         self.g = g

@@ -25,16 +25,17 @@ from pathlib import Path
 from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, onnxgen
 from rwkvprobe.backends.onnxgen import ModelSpec
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import ensure_writable_dir, lock_folder, lock_new_run
+from rwkvprobe.fsutil import ensure_writable_dir
 from rwkvprobe.measure import contention as _c
 from rwkvprobe.measure import system
 from rwkvprobe.measure.analyze import plan_series
 from rwkvprobe.measure.points import measure_point, onnx_cache_dir
+from rwkvprobe.measure.run import Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
 from rwkvprobe.npu.board import instantiate
-from rwkvprobe.results import load_results, new_results, save_results
+from rwkvprobe.progress import Progress
+from rwkvprobe.results import new_results
 
-RESULTS = "results.json"
 DEFAULT_SIZES = "128:2048:128"
 DEFAULT_BUDGET_SECONDS = 150.0
 DEFAULT_DTYPES = ["fp32"]
@@ -408,43 +409,23 @@ def contention_warnings(c: dict | None) -> list[str]:
 # The run
 
 
-class Sweep:
+class Sweep(Run):
     """One sweep run; ``run()`` measures what ``results`` still lacks, saving after each point."""
 
-    def __init__(self, settings: SweepSettings, out_dir: Path, results: dict | None = None, lock=None):
-        self.settings = settings
-        self.out_dir = out_dir
-        self.path = out_dir / RESULTS
-        self.results = results
-        self.lock = lock  # fsutil.FolderLock on out_dir, taken by start()/resume()
-
-    def release(self) -> None:
-        """Give the output folder's lock back (the run is over)."""
-        if self.lock is not None:
-            self.lock.release()
+    KIND = "sweep"
+    settings: SweepSettings
 
     @classmethod
     def start(cls, settings: SweepSettings, out_dir: Path | None) -> "Sweep":
-        out = ensure_writable_dir(out_dir or default_out_dir(settings.grid))
-        return cls(settings, out, lock=lock_new_run(out, RESULTS))
+        out, lock = cls.new_folder(out_dir or default_out_dir(settings.grid))
+        return cls(settings, out, lock=lock)
 
     @classmethod
     def resume(cls, settings: SweepSettings, out_dir: Path, results: dict | None = None) -> "Sweep":
-        out = ensure_writable_dir(out_dir)
-        lock = lock_folder(out)
-        try:
-            # read again under the lock: what a run that just ended wrote is what is completed
-            results = load_results(out / RESULTS, kinds=("sweep",))
-            check_resume_settings(results, settings, out)
-        except BaseException:
-            lock.release()
-            raise
+        out, lock, results = cls.reopen(out_dir, lambda r, folder: check_resume_settings(r, settings, folder))
         return cls(settings, out, results, lock=lock)
 
-    def save(self) -> None:
-        save_results(self.path, self.results)
-
-    def run(self, progress, estimate_only: bool = False) -> dict:
+    def run(self, progress: Progress, estimate_only: bool = False) -> dict:
         """Calibrate, estimate, then measure every missing point (nothing with ``estimate_only``)."""
         s = self.settings
         t_start = time.perf_counter()
@@ -591,7 +572,6 @@ class Sweep:
 
 
 def onnx_file(w: Workload) -> str:
-
     return ModelSpec(w.m, w.k, w.n, w.dtype).filename
 
 

@@ -14,7 +14,10 @@ import sys
 
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
-from rwkvprobe.model.profile import LayerList, profile_json
+from rwkvprobe.measure import nonmatmul
+from rwkvprobe.measure.system import llc_bytes
+from rwkvprobe.model.profile import LayerList, Profile, profile_json
+from rwkvprobe.progress import Progress
 
 #: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
 #: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
@@ -70,7 +73,6 @@ def check_memory(ll: LayerList, dtype: str) -> None:
 
 def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
                 seed: int = 0) -> dict:
-
     cfg = {"profile": profile_json(ll), "dtype": dtype, "threads": threads, "tokens": tokens, "chunk": chunk,
            "seed": seed, "cpus": cpus}
     result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.measure.forward_worker"], cfg)
@@ -94,3 +96,35 @@ def record(results: dict, validation: dict) -> None:
 
 # --------------------------------------------------------------------------------------------
 # The command
+
+
+# --------------------------------------------------------------------------------------------
+# Completing an older analyze results file with what the prediction needs
+
+
+def time_prefill_state(data: dict, profile: Profile, series: str, dtype: str, chunk: int, threads: int,
+                       progress: Progress) -> None:
+    """Time the sequential prefill work (the state update per token) for ``chunk`` into the series' non-matmul
+    entry of ``data`` (a results file written before analyze timed it)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    progress.stage(f"sequential prefill work: {series} {dtype}, chunk {chunk}")
+    entry = next(x for x in data["nonmatmul"] if x.get("backend") == series
+                 and x.get("dtype") == nonmatmul.block_dtype(dtype))
+    seq = nonmatmul.measure_seq(profile, nonmatmul.block_dtype(dtype), chunk,
+                                nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5))
+    entry.setdefault("seq", {})[str(chunk)] = seq
+
+
+def time_nonmatmul_block(data: dict, profile: Profile, series: str, dtype: str, chunk: int, threads: int,
+                         progress: Progress) -> None:
+    """Time the non-matmul block of ``series`` into ``data`` as analyze does today (a results file written
+    before analyze timed it)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    progress.stage(f"non-matmul block: {series} {dtype}")
+    data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
+        profile, series, nonmatmul.block_dtype(dtype, series), 0.8, llc_bytes(),
+        data.get("settings", {}).get("cold", True), threads=threads, chunks=(chunk,) if chunk else ()))

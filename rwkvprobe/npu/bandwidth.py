@@ -141,7 +141,6 @@ def cached(device: str = "rk3588", folder: Path | None = None) -> dict | None:
 
 
 def save(result: dict, path: Path) -> None:
-
     try:
         atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     except OSError as e:

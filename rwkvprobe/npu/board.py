@@ -72,7 +72,6 @@ class RknnBoardBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-
         if not toolkit.installed():
             return (f"the RKNN toolkit environment is not installed ({toolkit.toolkit_dir()}): run "
                     "'rwkvprobe toolkit install'")
@@ -87,7 +86,6 @@ def check_ready(settings) -> None:
 
 
 def describe(pairs: list[tuple[str, str]], settings) -> dict:
-
     out = {}
     for label in dict.fromkeys(b for b, _ in pairs):
         _, mask = split_label(label)
@@ -156,7 +154,6 @@ def run_jobs(jobs: list[dict], device_id: str | None, log_dir: Path) -> dict:
 
 
 def _point(job: dict, res: dict | None, out_dir: Path, tolerance: dict, toolkit_version: str | None = None) -> dict:
-
     w = Workload(job["m"], job["k"], job["n"], job["dtype"], scheme="rknn8" if job["dtype"] == "int8" else "")
     point = {"backend": job["label"], "dtype": job["dtype"], "m": job["m"], "k": job["k"], "n": job["n"],
              "flops": w.flops, "bytes": w.bytes_moved, "bytes_per_weight": w.bytes_per_weight, "format": w.label,

@@ -19,7 +19,6 @@ from rwkvprobe.results import new_results
 
 
 def devices_dir() -> Path:
-
     return profiles_dir() / "devices"
 
 

@@ -25,9 +25,9 @@ from typing import Callable, Optional, Union
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure.analyze import RESULTS
 from rwkvprobe.measure.bandwidth import KERNELS
 from rwkvprobe.measure.points import point_seconds
+from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.system import summarize_environment
 from rwkvprobe.model.profile import layers_from_json
 from rwkvprobe.report.format import md_table, ms

@@ -17,7 +17,7 @@ from rwkvprobe.report.sections import (
     npu_bandwidth_section,
 )
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
-from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, measured_what_if, quant_comparison, verdict_of
+from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, measured_what_if, quant_comparison, row_seconds, verdict_of
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
@@ -145,7 +145,7 @@ def decode_rel_sigma(s: dict, results: dict) -> float:
     for r in s["rows"]:
         if r["m"] != 1:
             continue
-        t = (r["seconds"] if r.get("measured") else r["model_seconds"]) * r["count"]
+        t = row_seconds(r) * r["count"]
         sig = rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))) if r.get("measured") else 0.25
         var += (t * sig) ** 2
         total += t

@@ -4,9 +4,9 @@ ceilings against their nominal figures. Each renders a record that the measuring
 
 from __future__ import annotations
 
-from rwkvprobe.measure.onnxblock import block_comparison
 from rwkvprobe.npu.cores import TARGET
 from rwkvprobe.npu.evalperf import EVAL_PERF_DETAIL, EVAL_PERF_SOURCE, WALL_SOURCE
+from rwkvprobe.verdict.blocks import block_comparison
 from rwkvprobe.verdict.nominal import rows
 
 

@@ -476,7 +476,6 @@ def _measurements_section(results: dict, summary: dict) -> list[str]:
 
 
 def _skipped_section(results: dict) -> list[str]:
-
     lines = skipped_lines(results, lambda m: f"{m['backend']} {m['dtype']} n={m.get('size')} ({m['m']}x{m['k']}x{m['n']})")
     stopped = results.get("stopped")
     if stopped:

@@ -35,6 +35,8 @@ from itertools import combinations
 
 import numpy as np
 
+from rwkvprobe.model.cost import roofline_seconds
+
 #: Relative uncertainty floor of one median time: run-to-run drift the samples of one point do not show.
 SIGMA_FLOOR = 0.02
 #: Two measured times differ significantly when their log ratio exceeds this many combined sigmas.
@@ -99,15 +101,13 @@ def _r2(logt: np.ndarray, resid: np.ndarray, w: np.ndarray) -> float | None:
 
 
 def roofline_time(t0: float, peak_flops: float | None, bandwidth_bps: float | None, flops, bytes_):
-    """t0 + max(F/P, B/W); a ceiling of None (or inf) contributes nothing."""
-    f = np.asarray(flops, float)
-    b = np.asarray(bytes_, float)
-    c = 0.0 if not peak_flops or not math.isfinite(peak_flops) else 1.0 / peak_flops
-    d = 0.0 if not bandwidth_bps or not math.isfinite(bandwidth_bps) else 1.0 / bandwidth_bps
-    return t0 + np.maximum(c * f, d * b)
+    """t0 + max(F/P, B/W) (model.cost); a ceiling of None (or inf) contributes nothing."""
+    return roofline_seconds(np.asarray(flops, float), np.asarray(bytes_, float), peak_flops, bandwidth_bps, t0)
 
 
 def _model(theta: np.ndarray, f: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The roofline time in the fit's parameters theta = (t0, 1/P, 1/W): model.cost's formula, written with the
+    inverse rates so that an unconstrained ceiling is 0, not inf (the optimizer's space)."""
     return theta[0] + np.maximum(theta[1] * f, theta[2] * b)
 
 

@@ -17,7 +17,6 @@ def _device(results: dict) -> tuple[dict | None, str]:
         return results["device"], "the modelled device"
     board = (results.get("environment") or {}).get("board") or {}
     if board.get("rk3588"):
-
         return load_device("rk3588"), "this board's device tree (RK3588)"
     return None, ""
 

@@ -22,6 +22,7 @@ from rwkvprobe.errors import InputError
 from rwkvprobe.measure.bandwidth import best_read_gbps
 from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
+from rwkvprobe.model.cost import roofline_seconds
 from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, activation_bytes_of, layers_from_json, weight_bytes_of
 from rwkvprobe.model.quant import DEFAULT_FORMATS, DEFAULT_QUANTIZE, FORMATS, quantize_kinds
 from rwkvprobe.model.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
@@ -55,7 +56,8 @@ def classify(flops: float, nbytes: float, peak_flops: float, bandwidth: float, o
 
 
 def model_seconds(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> float:
-    return overhead + max(flops / peak_flops, nbytes / bandwidth)
+    """The roofline model time of one call (model.cost, the one formula)."""
+    return float(roofline_seconds(flops, nbytes, peak_flops, bandwidth, overhead))
 
 
 def layer_verdict(flops: float, nbytes: float, seconds: float, peak_flops: float, bandwidth: float,
@@ -259,7 +261,7 @@ def _keep_float(series: dict, results: dict) -> None:
         if s["dtype"] in FLOAT_DTYPES:
             rows = [r for r in s["rows"] if r["m"] == 1]
             if rows:
-                decode_time[key] = sum((r["seconds"] if r["measured"] else r["model_seconds"]) * r["count"] for r in rows)
+                decode_time[key] = sum(row_seconds(r) * r["count"] for r in rows)
     for (backend, dtype), s in series.items():
         # the RK3588 NPU (measured, or a modelled device) quantizes the whole graph (w8a8, head included)
         if dtype in FLOAT_DTYPES or results.get("device") or backend.split("[")[0] in ("rknnlite", "rknn"):
@@ -325,8 +327,10 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     return None
 
 
-def _row_time(r: dict) -> float:
-    return r["seconds"] if r["measured"] else r["model_seconds"]
+def row_seconds(r: dict) -> float:
+    """The one rule for a layer row's time: measured where measured, else the roofline model's time (every
+    figure built from a modelled row is labelled so where it is shown)."""
+    return r["seconds"] if r.get("measured") else r["model_seconds"]
 
 
 def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: float, t0: float,
@@ -343,7 +347,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
     out: dict = {}
     decode = [r for r in rows if r["m"] == 1]
     if decode:
-        matmul = sum(_row_time(r) * r["count"] for r in decode)
+        matmul = sum(row_seconds(r) * r["count"] for r in decode)
         modelled_part = sum(r["model_seconds"] * r["count"] for r in decode if not r["measured"])
         other = nonmatmul["seconds_per_token"] if nonmatmul else non_matmul_bytes(layers, dtype) / bw
         total = matmul + other
@@ -351,7 +355,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
         bounds: dict[str, float] = defaultdict(float)
         limited_time = limited_bytes = 0.0
         for r in decode:
-            t = _row_time(r) * r["count"]
+            t = row_seconds(r) * r["count"]
             share[r["kind"]] += t
             if r.get("kernel_limited"):
                 bounds[KERNEL] += t
@@ -389,7 +393,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             continue
         chunk = [r for r in rows if r["m"] == m]
         if chunk:
-            t = sum(_row_time(r) * r["count"] for r in chunk)
+            t = sum(row_seconds(r) * r["count"] for r in chunk)
             pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
                    "modelled": any(not r["measured"] for r in chunk)}
             if nonmatmul and nonmatmul.get("seq"):  # the sequential part, timed for this chunk length
@@ -407,7 +411,6 @@ def _what_if_bytes_per_weight(q: str, k: int, n: int, block_size: int) -> float:
     """Real bytes per weight of a what-if format: int8/int4 as onnxruntime's blockwise MatMulNBits stores them
     (packed integers, a scale and a zero point per block), fp16 at 2 bytes."""
     if q in ("int8", "int4"):
-
         fmt = FORMATS[DEFAULT_FORMATS[q]]
         return fmt.weight_bytes(k, n, block_size) / (k * n)
     return DTYPE_BYTES[q]
@@ -427,7 +430,7 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
     settings = (results or {}).get("settings", {})
     quantize = set(settings.get("quantize") or DEFAULT_QUANTIZE)
     block = int(settings.get("block_size") or 32)
-    base = sum(_row_time(r) * r["count"] for r in decode) + other
+    base = sum(row_seconds(r) * r["count"] for r in decode) + other
     base_bytes = sum(r["weight_bytes"] * r["count"] for r in decode)
     out = {}
     for q in ("fp16", "int8", "int4"):
@@ -442,7 +445,7 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
             q_bytes = r["k"] * r["n"] * per + activations
             q_weight_bytes += r["k"] * r["n"] * per * r["count"]
             # keep the layer's measured efficiency: scale the modelled time by measured / model
-            efficiency = _row_time(r) / r["model_seconds"] if r["model_seconds"] else 1.0
+            efficiency = row_seconds(r) / r["model_seconds"] if r["model_seconds"] else 1.0
             t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
                   "bytes_ratio": base_bytes / q_weight_bytes}
@@ -481,10 +484,10 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
         other = base["model"]["decode"]["non_matmul_seconds"]
         rows, fully = [], True
         for r in (r for r in base["rows"] if r["m"] == 1):
-            t_base = _row_time(r)
+            t_base = row_seconds(r)
             qr = q_rows.get(r["layer"])
             if qr is not None and not qr.get("kept_float"):
-                t_q = _row_time(qr)
+                t_q = row_seconds(qr)
                 fully = fully and qr["measured"]
                 per = qr["weight_bytes"] / (r["k"] * r["n"])
                 activations = r["bytes"] - r["k"] * r["n"] * base_bytes
