@@ -16,6 +16,7 @@ are pure functions of the results file.
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -370,9 +371,6 @@ def point_cost(w: Workload, backend: str, t_call: float, per_point: float, llc: 
 
 def cpu_times() -> dict | None:
     """Busy and steal CPU seconds of the whole machine and of this process, now (contention.sample)."""
-    import os
-
-
     try:
         now = _c.sample()
     except Exception:  # pragma: no cover - psutil cannot read the CPU times here

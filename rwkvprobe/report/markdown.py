@@ -17,7 +17,7 @@ from rwkvprobe.report.sections import (
     npu_bandwidth_section,
 )
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
-from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, measured_what_if, quant_comparison, row_seconds, verdict_of
+from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, row_seconds, verdict_of
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
@@ -236,7 +236,7 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
 
 def _smaller_weights_sentences(verdict: dict, results: dict) -> list[str]:
     """Measured int8/int4 speed-ups first (backend and format named), the bytes-only model beside them."""
-    w = measured_what_if(verdict, results)
+    w = verdict["smaller_weights"]
     modelled = w["modelled"]
     bound = ", ".join(f"{q} ~{v['speedup']:.1f}x" for q, v in modelled.items() if q != "fp16")
     ref = w["reference"]
@@ -298,7 +298,7 @@ def _device_sentences(series: list[dict], results: dict) -> list[str]:
 
 def _quant_section(verdict: dict, results: dict) -> list[str]:
     rows = []
-    for q in quant_comparison(verdict, results):
+    for q in verdict["quant"]:
         rows.append([q["backend"], q["format"] + (" (what-if)" if q.get("whatif") else ""), q["baseline"], f"{q['bytes_ratio']:.2f}x" if q["bytes_ratio"] else "-",
                      ms(q["baseline_seconds"]), ms(q["measured_seconds"]) + ("" if q["fully_measured"] else " *"),
                      f"{q['measured_speedup']:.2f}x", f"{q['bound_speedup']:.2f}x",
@@ -307,7 +307,7 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
                      "kernel (dequantization or GEMV)" if q["limited_by_kernel"] else "its roofline (memory or compute)"])
     if not rows:
         return []
-    comps = quant_comparison(verdict, results)
+    comps = verdict["quant"]
     rules = {}
     for q in comps:
         rules.setdefault((tuple(q["quantized_kinds"]), tuple(q["float_kinds"])), []).append(q["backend"])

@@ -43,7 +43,6 @@ KERNEL = "kernel-limited"
 #: the buckets of the verdict's "matmul time by bound"
 BOUNDS = CLASSES + (KERNEL,)
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
-KINDS_ORDER = ("att", "lora", "ffn", "head", "custom")
 
 
 def classify(flops: float, nbytes: float, peak_flops: float, bandwidth: float, overhead: float) -> str:
@@ -136,8 +135,13 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
         s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
                                   s["peak_gflops"] * 1e9, s["overhead_seconds"], results,
                                   _nonmatmul(results, s["backend"], s["dtype"]), whatif=s["whatif"])
-    return {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values()),
-            "ceiling_warnings": warnings}
+    verdict = {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values()),
+               "ceiling_warnings": warnings}
+    # computed once here, rendered by the report: quantized decode beside its bytes-only what-if, and the
+    # smaller-weights figures (measured first)
+    verdict["quant"] = quant_comparison(verdict, results)
+    verdict["smaller_weights"] = measured_what_if(verdict, results)
+    return verdict
 
 
 def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float) -> list[dict]:
@@ -540,7 +544,8 @@ def measured_what_if(verdict: dict, results: dict) -> dict:
     ref = min(floats, key=lambda s: (not s["model"]["decode"]["fully_measured"],
                                      s["model"]["decode"]["seconds_per_token"])) if floats else None
     measured = []
-    for q in quant_comparison(verdict, results):
+    comps = verdict["quant"] if "quant" in verdict else quant_comparison(verdict, results)
+    for q in comps:
         if not q["fully_measured"]:
             continue
         x = dict(q)
