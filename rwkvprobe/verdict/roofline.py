@@ -17,6 +17,7 @@ A layer far below 1 is limited by its kernel, not by the ceiling it is classed u
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure.bandwidth import best_read_gbps
@@ -135,8 +136,8 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
         s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
                                   s["peak_gflops"] * 1e9, s["overhead_seconds"], results,
                                   _nonmatmul(results, s["backend"], s["dtype"]), whatif=s["whatif"])
-    verdict = {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE, "series": list(series.values()),
-               "ceiling_warnings": warnings}
+    verdict: dict[str, Any] = {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE,
+                               "series": list(series.values()), "ceiling_warnings": warnings}
     # computed once here, rendered by the report: quantized decode beside its bytes-only what-if, and the
     # smaller-weights figures (measured first)
     verdict["quant"] = quant_comparison(verdict, results)
