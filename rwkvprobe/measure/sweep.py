@@ -430,7 +430,6 @@ class Sweep(Run):
         pinned = set_affinity(s.cpus)
         llc = system.llc_bytes()
         pairs, skipped = plan_pairs(s)
-
         # one series per NPU core mask (rknnlite[core0], ...): each its own backend with its mask set
         backends = {name: instantiate(name, s) for name in {b for b, _ in pairs}}
         previous = (self.results or {}).get("measurements", [])
@@ -439,20 +438,52 @@ class Sweep(Run):
         todo = [p for p in plan_points(s.grid, pairs) if p not in done]
         self._check_onnx_disk(todo)
         if not estimate_only:
-            if self.results is None:
-                self.results = new_results("sweep", system.capture_environment(), s.to_json())
-                self.results["settings"]["pinned_cpus"] = pinned
-                self.results["before"] = system.snapshot_dynamic()
-                self.results.update({"measurements": [], "skipped": [], "runs": []})
-            r = self.results
-            r["settings"].update(budget_seconds=s.budget_seconds, backends=s.backends, dtypes=s.dtypes,
-                                 npu_cores=s.npu_cores, rknn_dir=str(s.rknn_dir) if s.rknn_dir else None)
-            known = {(x["backend"], x["dtype"]) for x in r["skipped"]}
-            r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known]
-            r.setdefault("backends", {}).update({name: b.describe() for name, b in backends.items()})
-            r["measurements"] = [p for p in r["measurements"] if not p.get("skipped")]
-            self.save()
+            self._setup(pinned, skipped, backends)
+        cal, ref_rate, plan, run_log = self._calibrate(pairs, backends, todo, llc, t_start, progress)
+        if estimate_only:
+            return {"plan": plan, "run": run_log, "points": todo}
+        r = self.results
+        assert r is not None
+        r["runs"].append(run_log)
+        self.save()
+        cpu_before = cpu_times()
+        left_out = self._measure_points(todo, backends, cal, plan, ref_rate, llc, t_start, progress)
+        progress.close()
+        run_log["elapsed_seconds"] = time.perf_counter() - t_start
+        run_log["left_out_for_budget"] = len(left_out)
+        if left_out:
+            r["stopped"] = {"reason": "budget", "budget_seconds": s.budget_seconds, "not_measured": left_out}
+        else:
+            r.pop("stopped", None)
+        r["after"] = system.snapshot_dynamic()
+        run_log["contention"] = contention(cpu_before, cpu_times())
+        r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
+        for run in r["runs"]:
+            r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
+        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
+        self.save()
+        return r
 
+    def _setup(self, pinned, skipped: list[dict], backends: dict) -> None:
+        """A new results dict (or the resumed one) with this run's settings, skips and backends."""
+        s = self.settings
+        if self.results is None:
+            self.results = new_results("sweep", system.capture_environment(), s.to_json())
+            self.results["settings"]["pinned_cpus"] = pinned
+            self.results["before"] = system.snapshot_dynamic()
+            self.results.update({"measurements": [], "skipped": [], "runs": []})
+        r = self.results
+        r["settings"].update(budget_seconds=s.budget_seconds, backends=s.backends, dtypes=s.dtypes,
+                             npu_cores=s.npu_cores, rknn_dir=str(s.rknn_dir) if s.rknn_dir else None)
+        known = {(x["backend"], x["dtype"]) for x in r["skipped"]}
+        r["skipped"] += [x for x in skipped if (x["backend"], x["dtype"]) not in known]
+        r.setdefault("backends", {}).update({name: b.describe() for name, b in backends.items()})
+        r["measurements"] = [p for p in r["measurements"] if not p.get("skipped")]
+        self.save()
+
+    def _calibrate(self, pairs, backends: dict, todo, llc, t_start: float, progress: Progress):
+        """Each pair timed on one or two sizes of the grid, the reference rate, the plan and the run's log."""
+        s = self.settings
         cal_start = cpu_times()
         progress.stage(f"calibrating {len(pairs)} backend x dtype pair{'s' if len(pairs) != 1 else ''}")
         cal = {}
@@ -472,14 +503,15 @@ class Sweep(Run):
             progress.stage(f"warning: other processes are using about {busy['others_share']:.0%} of the "
                            f"{busy['cpus']} CPUs now: expect inflated, noisy times (fewer --threads than idle CPUs "
                            "helps)")
-        if estimate_only:
-            return {"plan": plan, "run": run_log, "points": todo}
-        r = self.results
-        r["runs"].append(run_log)
-        self.save()
+        return cal, ref_rate, plan, run_log
 
+    def _measure_points(self, todo, backends: dict, cal: dict, plan: dict, ref_rate: float, llc, t_start: float,
+                        progress: Progress) -> list[dict]:
+        """Measure the points in order, saving after each; those projected past the budget are left out
+        (returned), those projected too slow for any budget are stored as skipped."""
+        s, r = self.settings, self.results
+        assert r is not None
         # a longer warm-up than analyze's: on a VM an idle vCPU takes several calls (milliseconds each) to wake
-        cpu_before = cpu_times()
         policy = TimingPolicy(budget_seconds=plan["per_point"], min_samples=3,
                               warmup_seconds=min(WARMUP_SECONDS, plan["per_point"] / 2))
         # projections start from the calibration and follow what each pair actually measured
@@ -512,22 +544,7 @@ class Sweep(Run):
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
-        progress.close()
-        run_log["elapsed_seconds"] = time.perf_counter() - t_start
-        run_log["left_out_for_budget"] = len(left_out)
-        if left_out:
-            r["stopped"] = {"reason": "budget", "budget_seconds": s.budget_seconds, "not_measured": left_out}
-        else:
-            r.pop("stopped", None)
-        r["after"] = system.snapshot_dynamic()
-        run_log["contention"] = contention(cpu_before, cpu_times())
-        r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
-        for run in r["runs"]:
-            r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
-        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
-
-        self.save()
-        return r
+        return left_out
 
     def _plan(self, todo, cal, ref_rate, llc, elapsed) -> dict:
         """Projected cost of every point from the calibration, the per-point timing budget, the estimate."""
