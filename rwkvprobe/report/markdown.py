@@ -385,6 +385,43 @@ def render(results: dict, out_dir: Path) -> Path:
 
 def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics: dict) -> list[str]:
     env = results.get("environment", {})
+    md = _verdict_section(results, layers, verdict, title)
+    md += _model_level_section(verdict)
+    md += _validation_section(results, layers)
+
+    md += block_graph_section(results, verdict)
+    md += _memory_section(layers, env)
+    md += _what_if_section(verdict)
+    md += _quant_section(verdict, results)
+    md += _compiler_section(results, layers)
+
+    md += block_estimate_section(results)
+
+    md += npu_bandwidth_section(results)
+
+    md += board_section(results)
+    if not results.get("device") and not any(s["backend"].split("[")[0] in ("rknnlite", "rknn")
+                                             for s in verdict["series"]):
+        md += ["## NPU vs CPU", "",
+               "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
+               "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
+               "only as the CPU's accurate baseline.", ""]
+    if pics:
+        md += ["## Plots", ""]
+        md += [f"![roofline]({PLOTS['roofline']})", "", f"![per-layer times]({PLOTS['layers']})", "",
+               f"![decode time share]({PLOTS['share']})", ""]
+    md += _per_layer_section(verdict)
+    md += _ceilings_section(results)
+
+    md += nominal_section(results)
+    md += _skipped_section(results)
+    md += _environment_section(results)
+    md += _method_section(results)
+    return md
+
+
+def _verdict_section(results: dict, layers: LayerList, verdict: dict, title: str) -> list[str]:
+    """Title, what was run, the verdict sentences and the run's warnings."""
     md = [f"# rwkvprobe: {title}", ""]
     if results.get("device"):
         md += [f"**Modelled, not measured.** Written {results.get('created', '')} by rwkvprobe "
@@ -400,6 +437,12 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
     warnings = results.get("warnings") or []
     if warnings:
         md += ["", "**Warnings about this run:**", ""] + [f"- {w}" for w in warnings]
+    return md
+
+
+def _model_level_section(verdict: dict) -> list[str]:
+    """Decode and prefill per series, with how each figure was obtained."""
+    md: list[str] = []
     md += ["", "## Model-level figures", ""]
     rows = []
     for s in verdict["series"]:
@@ -430,29 +473,12 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
               "a multiple of 64) only."
               if any((s["model"].get("decode") or {}).get("non_matmul_stand_in") for s in verdict["series"]) else ""),
            ""]
-    md += _validation_section(results, layers)
+    return md
 
-    md += block_graph_section(results, verdict)
-    md += _memory_section(layers, env)
-    md += _what_if_section(verdict)
-    md += _quant_section(verdict, results)
-    md += _compiler_section(results, layers)
 
-    md += block_estimate_section(results)
-
-    md += npu_bandwidth_section(results)
-
-    md += board_section(results)
-    if not results.get("device") and not any(s["backend"].split("[")[0] in ("rknnlite", "rknn")
-                                             for s in verdict["series"]):
-        md += ["## NPU vs CPU", "",
-               "No NPU backend ran in this results file. On an RK3588 the NPU executes fp16 (or int8) whatever the "
-               "ONNX graph says, so a like-for-like comparison sets NPU fp16 beside CPU fp16, and CPU fp32 beside it "
-               "only as the CPU's accurate baseline.", ""]
-    if pics:
-        md += ["## Plots", ""]
-        md += [f"![roofline]({PLOTS['roofline']})", "", f"![per-layer times]({PLOTS['layers']})", "",
-               f"![decode time share]({PLOTS['share']})", ""]
+def _per_layer_section(verdict: dict) -> list[str]:
+    """Each series' ceilings and every layer's time against its roofline."""
+    md: list[str] = []
     md += ["## Per-layer verdict", "", f"Rule: {RULE}", ""]
     for s in verdict["series"]:
         md += [f"### {_label(s)}", "",
@@ -475,11 +501,12 @@ def _markdown(results: dict, layers: LayerList, verdict: dict, title: str, pics:
                              f"*{ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
         md += md_table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
-    md += _ceilings_section(results)
+    return md
 
-    md += nominal_section(results)
-    md += _skipped_section(results)
-    md += _environment_section(results)
+
+def _method_section(results: dict) -> list[str]:
+    """How the points were checked and timed."""
+    md: list[str] = []
     md += ["## Method", "",
            "- Each point: the backend's output for every weight copy is checked against a float64 reference "
            "(relative error within the dtype's tolerance) before any time counts; a wrong result is reported, not timed.",
