@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from rwkvprobe.backends.rknnlite_backend import read_convert_manifest, show_library_log
-from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
+from rwkvprobe.cli.console import Reporter, err_console, print_lines, print_warnings, run_and_render
 from rwkvprobe.cli.options import parse_choice_list, parse_int_list
 from rwkvprobe.cli.sweep import summary_lines
 from rwkvprobe.errors import InputError
@@ -83,14 +83,9 @@ def analyze_cmd(
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
                       f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)
-    try:
-        results = run_keeping_results(analysis, reporter, f"rwkvprobe analyze {profile} --resume {analysis.out_dir}")
-        path = render(results, analysis.out_dir)
-    finally:
-        analysis.release()
-
-    for line in verdict_lines(results):
-        out_console.print(line, highlight=False, markup=False)
+    results, path = run_and_render(analysis, reporter, f"rwkvprobe analyze {profile} --resume {analysis.out_dir}",
+                                   render)
+    print_lines(verdict_lines(results))
     print_warnings(results)
     print(f"wrote {analysis.path}, {path} and plots in {analysis.out_dir}")
 
@@ -128,9 +123,7 @@ def _analyze_device(ll: LayerList, device: str, tokens: list[int], out: Optional
             results["npu_bandwidth"] = npu_bw
         save_results(folder / RESULTS, results)
         path = render(results, folder)
-
-        for line in verdict_lines(results) + block_estimate_lines(results):
-            out_console.print(line, highlight=False, markup=False)
+        print_lines(verdict_lines(results) + block_estimate_lines(results))
         print(f"wrote {folder / RESULTS}, {path} and plots in {folder} (modelled: nothing was measured)")
 
 
@@ -147,6 +140,5 @@ def report_cmd(
     else:
 
         path, lines = render(results, out or results_file.parent), verdict_lines(results)
-    for line in lines:
-        out_console.print(line, highlight=False, markup=False)
+    print_lines(lines)
     print(f"wrote {path}")

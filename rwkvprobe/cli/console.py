@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -74,6 +75,22 @@ def run_keeping_results(job: Run, reporter: Reporter, resume_command: str) -> di
         raise Interrupted(f"interrupted: what was measured is in {job.path}; complete it with: {resume_command}") from None
     finally:
         reporter.close()
+
+
+def run_and_render(job: Run, reporter: Reporter, resume_command: str,
+                   render: Callable[[dict, Path], Path]) -> tuple[dict, Path]:
+    """Run ``job`` (run_keeping_results), render its report into its folder, give the folder back."""
+    try:
+        results = run_keeping_results(job, reporter, resume_command)
+        return results, render(results, job.out_dir)
+    finally:
+        job.release()
+
+
+def print_lines(lines: list[str]) -> None:
+    """Plain lines on stdout (no rich markup or highlighting)."""
+    for line in lines:
+        out_console.print(line, highlight=False, markup=False)
 
 
 def print_warnings(results: dict) -> None:

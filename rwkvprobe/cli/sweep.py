@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from rwkvprobe.cli.console import Reporter, err_console, out_console, print_warnings, run_keeping_results
+from rwkvprobe.cli.console import Reporter, err_console, print_lines, print_warnings, run_and_render
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure import system
 from rwkvprobe.measure.analyze import check_dtypes
@@ -105,13 +105,8 @@ def sweep_command(
     err_console.print(f"rwkvprobe sweep: {grid.describe()}, n = {grid.sizes[0]}..{grid.sizes[-1]} "
                       f"({len(grid.sizes)} sizes), {len(pairs)} backend x dtype, {n_threads} thread{'' if n_threads == 1 else 's'}, "
                       f"{'cold' if cold else 'warm'} cache -> {sweep.out_dir}", highlight=False, markup=False)
-    try:
-        results = run_keeping_results(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}")
-        path = render_sweep(results, sweep.out_dir)
-    finally:
-        sweep.release()
-    for line in summary_lines(results):
-        out_console.print(line, highlight=False, markup=False)
+    results, path = run_and_render(sweep, reporter, f"rwkvprobe sweep --resume {sweep.out_dir}", render_sweep)
+    print_lines(summary_lines(results))
     print_warnings(results)
     if results.get("stopped"):
         err_console.print(f"stopped at the {settings.budget_seconds:.3g} s budget: "
