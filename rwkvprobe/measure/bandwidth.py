@@ -63,12 +63,8 @@ Progress = Optional[Callable[[str], None]]
 
 
 def _numba_kernels():
-    """The compiled kernels, or None when numba cannot be imported here."""
-    try:
-        pass
-    except Exception:  # numba missing, or broken for this Python/numpy: fall back to numpy
-        return None
-    return stream_kernels
+    """The compiled kernels, or None when numba cannot be imported here (stream_kernels.compiled)."""
+    return stream_kernels.compiled()
 
 
 def engine_name(requested: str | None = None) -> str:
