@@ -4,6 +4,8 @@ No timing thresholds: the machine is shared. Arrays are small so the whole file 
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -250,3 +252,17 @@ def test_probe_read_is_compact_and_checked():
     probe = bw.probe_read(1, [USABLE[0]], trials=2)
     assert probe["check_ok"] is True and probe["threads"] == 1 and len(probe["seconds"]) == 2
     assert probe["read_best_gbps"] > 0 and json.loads(json.dumps(probe)) == probe
+
+
+def test_runs_on_numpy_where_numba_and_the_optional_packages_do_not_import():
+    """Nothing of the package imports numba (or torch, ggml, ...) at import time: with them unimportable the
+    CLI still starts and the probe falls back to its numpy engine (a deferred import once hid this)."""
+    code = ("import sys\n"
+            "for m in ('numba', 'torch', 'ggml', 'rwkv', 'tinygrad', 'rknnlite'):\n"
+            "    sys.modules[m] = None\n"
+            "from rwkvprobe.cli.app import main\n"
+            "main(['bandwidth', '--size', '16M', '--trials', '1', '--threads', '1', '--json'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)["bandwidth"]
+    assert result["engine"].startswith("numpy") and result["runs"][0]["check_ok"]
