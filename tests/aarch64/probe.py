@@ -110,7 +110,7 @@ def check_install() -> str:
     installed = Path(rknnlite_backend.__file__)
     check(SRC not in installed.parents, "rwkvprobe imported from the venv, not from the source tree", str(installed))
     same = all((SRC / "rwkvprobe" / rel).read_bytes() == (installed.parents[1] / rel).read_bytes()
-               for rel in ("backends/rknnlite_backend.py", "cli.py"))
+               for rel in ("backends/rknnlite_backend.py", "cli/app.py"))
     check(same, "the installed rwkvprobe is this source tree (reinstalled on this run)")
     return version("rknn-toolkit-lite2")
 
