@@ -113,6 +113,7 @@ class Point(TypedDict):
     timed. A point that failed has ``error`` and no timing; one projected too slow has ``skipped``."""
 
     backend: str
+    at: NotRequired[float]  # analyze: epoch seconds when it was timed (roofline.bandwidth_phases)
     dtype: str
     m: int
     k: int
@@ -256,6 +257,7 @@ class Bandwidth(TypedDict):
     """bandwidth.measure_bandwidth(): STREAM bandwidth per thread count and CPU cluster."""
 
     runs: list[BandwidthRun]
+    at: NotRequired[float]  # analyze's first probe: epoch seconds
     array_bytes: NotRequired[int]
     elements: NotRequired[int]
     llc_bytes: NotRequired[Union[int, None]]
@@ -282,6 +284,7 @@ class BandwidthProbe(TypedDict):
     array_bytes: NotRequired[int]
     when: NotRequired[str]
     at_seconds: NotRequired[float]
+    at: NotRequired[float]  # epoch seconds: the verdict judges each layer at the bandwidth around it
 
 
 class NonmatmulSeq(TypedDict):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, series_of, work
 
 from rwkvprobe.report.markdown import render, verdict_sentences
-from rwkvprobe.verdict.roofline import CEILING_TOLERANCE, build_verdict, hold_ceilings, model_seconds
+from rwkvprobe.verdict.roofline import CEILING_TOLERANCE, bandwidth_phases, build_verdict, hold_ceilings, model_seconds
 
 LAYERS = layers_of(RWKV7_SMALL)
 
@@ -170,3 +170,72 @@ def test_a_row_kept_at_another_type_still_raises_the_series_bandwidth():
     assert adj["ceiling"] == "bandwidth" and adj["layer"] == "head" and adj["W"] == pytest.approx(37.4e9)
     # compute and overhead stay the kernel's: a kept row alone changes neither
     assert hold_ceilings([dict(rows[0], seconds=1e-9, bytes=1.0)], P=1e9, W=1e12, t0=1e-3) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Bandwidth phases: each layer judged at the bandwidth of its moment (the same verdict twice)
+
+
+def _with_phases(r: dict, probes: list[tuple[float, float]], at_of) -> dict:
+    """Timed probes ``(at, GB/s)`` (the first is the full probe before the layers) and a time for each point."""
+    r["bandwidth"]["at"] = probes[0][0]
+    r["bandwidth"]["runs"][0]["kernels"]["read"]["best_gbps"] = probes[0][1]
+    r["bandwidth_probes"] = [{"when": "between layers", "at": at, "read_best_gbps": gbps, "check_ok": True}
+                             for at, gbps in probes[1:]]
+    for p in r["measurements"]:
+        p["at"] = at_of(p)
+    return r
+
+
+def test_bandwidth_phases_take_the_better_probe_around_a_point():
+    r = _with_phases(make_results(LAYERS), [(0.0, 35.0), (10.0, 60.0), (20.0, 35.0)], lambda p: 1.0)
+    around = bandwidth_phases(r)
+    assert around({"at": 5.0}) == pytest.approx(60e9)   # 35 before, 60 after
+    assert around({"at": 25.0}) is None                 # no probe after it: the series' W applies
+    assert around({"at": 15.0}) == pytest.approx(60e9)  # 60 before, 35 after
+    assert around({"at": 20.0}) == pytest.approx(35e9)  # at a probe: that probe
+    assert around({}) is None                           # an older file: no time
+    assert bandwidth_phases(make_results(LAYERS))({"at": 1.0}) is None  # probes without a time
+
+
+def test_a_layer_between_bursts_is_judged_at_its_moment_not_at_the_burst():
+    """The dev VM's bandwidth: ~35 GB/s with bursts of ~60. A layer reading 28 GB/s between bursts is at 80% of
+    what memory gave it, not kernel-limited at 47% of the burst; the same layer in a run that saw no burst
+    gets the same verdict. Without times (an older file) it is judged against the best probe, as before."""
+    def t(m, k, n):
+        return work(m, k, n, "fp32")[1] / 28e9
+    verdicts = []
+    for probes in ([(0.0, 35.0), (10.0, 35.0), (20.0, 60.0), (30.0, 35.0)],   # a burst caught after the layers
+                   [(0.0, 35.0), (10.0, 35.0), (20.0, 35.0), (30.0, 35.0)]):  # no burst
+        r = _with_phases(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t), probes,
+                         lambda p: 5.0)
+        s = series_of(build_verdict(r, LAYERS))
+        verdicts.append({(x["layer"], x["m"]): (x["bound"], x["kernel_limited"]) for x in s["rows"] if x["measured"]})
+        big = next(x for x in s["rows"] if x["measured"] and x["layer"] == "head" and x["m"] == 1)
+        assert big["phase_gbps"] == pytest.approx(35.0) and big["roofline_fraction"] == pytest.approx(0.8, rel=0.02)
+    assert verdicts[0] == verdicts[1]
+    old = make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t)
+    old["bandwidth_probes"] = [{"when": "after the layers", "read_best_gbps": 60.0, "check_ok": True}]
+    head = next(x for x in series_of(build_verdict(old, LAYERS))["rows"] if x["layer"] == "head" and x["m"] == 1)
+    assert head["kernel_limited"] and head["roofline_fraction"] == pytest.approx(28 / 60, rel=0.02)
+
+
+@settings(max_examples=40, deadline=None)
+@given(probes=st.lists(st.floats(10.0, 80.0), min_size=2, max_size=8),
+       noise=st.lists(st.floats(0.3, 3.0), min_size=64, max_size=64),
+       when=st.lists(st.floats(0.0, 1.0), min_size=64, max_size=64))
+def test_phases_never_show_a_layer_above_its_ceiling_without_a_warning(probes, noise, when):
+    """Noisy layers at random moments between random probes: every shown figure still within 105% of the series'
+    ceilings (or named in a warning), and each layer within 105% of its own roofline."""
+    it, at = iter(noise * 4), iter(when * 4)
+
+    def t(m, k, n):
+        return model_time(m, k, n, "fp32", 100.0, 20.0, 1e-5) * next(it)
+    r = make_results(LAYERS, bw_gbps=20.0, peak_gflops=100.0, overhead=1e-5, time_of=t)
+    span = float(len(probes) - 1)
+    r = _with_phases(r, [(float(i), g) for i, g in enumerate(probes)], lambda p: next(at) * span)
+    v = build_verdict(r, LAYERS)
+    _check_invariant(v)
+    for row in series_of(v)["rows"]:
+        if row.get("phase_gbps"):
+            assert row["phase_gbps"] * 1e9 <= max(probes) * 1e9 * (1 + 1e-9)

@@ -55,8 +55,10 @@ POINT_COPIES = 4
 FINISH_RESERVE_SECONDS = 6.0
 #: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
 MIN_POINT_SECONDS = 0.03
-#: on long runs, the bandwidth is probed again after this many seconds of layer measurements
-REPROBE_INTERVAL_SECONDS = 60.0
+#: while the layers are timed the read bandwidth is probed again this often (about 0.1 s a probe): a VM's DRAM
+#: bandwidth comes in phases (bursts of 1.6-1.8x for a few seconds), and each layer is judged at the bandwidth
+#: of its moment (roofline.bandwidth_phases), so that the same run twice gives the same verdict
+PHASE_PROBE_SECONDS = 3.0
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
 #: interrupt always arrives in the middle of a run
 HOLD_ENV = "RWKVPROBE_TEST_HOLD_AFTER_POINTS"
@@ -273,7 +275,7 @@ class Analysis(Run):
             progress.stage("memory bandwidth")
             r["bandwidth"] = bandwidth.measure_bandwidth(threads=[s.threads], trials=BANDWIDTH_TRIALS, cpus=s.cpus,
                                                kernels=("copy", "triad", "read"), progress=progress.note)
-            r["bandwidth"]["when"] = "before the layers"
+            r["bandwidth"].update(when="before the layers", at=time.time())
             self.save()
         r.setdefault("bandwidth_probes", [])
         laps.lap("bandwidth")
@@ -362,7 +364,7 @@ class Analysis(Run):
     def _measure_points(self, points, whatif, backends, llc, t_start: float, progress: Progress,
                         laps: "_Laps") -> None:
         """Time every point within what is left of the budget, saving after each; probe the bandwidth again
-        every REPROBE_INTERVAL_SECONDS or when a layer reads faster than it, the peak when one beats it."""
+        every PHASE_PROBE_SECONDS or when a layer reads faster than it, the peak when one beats it."""
         s, r = self.settings, self.results
         assert r is not None
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
@@ -375,6 +377,8 @@ class Analysis(Run):
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
         per_point = min(1.0, max(0.05, remaining / max(len(points) - n_whatif, 1) / 2.5))
         self._write_models(points)
+        if points:  # the bandwidth of the first points' moment (bandwidth_phases)
+            bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0
@@ -412,6 +416,7 @@ class Analysis(Run):
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
+                point["at"] = time.time()  # when it was timed: the verdict judges it at that moment's bandwidth
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
@@ -424,7 +429,7 @@ class Analysis(Run):
                               f"{bw_bps / 1e9:.1f} GB/s: probing the bandwidth again")
                 bw_bps = max(bw_bps, self._probe(f"again after {label} read {point['bytes'] / t / 1e9:.1f} GB/s", t_start))
                 last_probe = time.perf_counter()
-            elif time.perf_counter() - last_probe > REPROBE_INTERVAL_SECONDS:
+            elif time.perf_counter() - last_probe > PHASE_PROBE_SECONDS:
                 bw_bps = max(bw_bps, self._probe(f"between layers, after {label}", t_start))
                 last_probe = time.perf_counter()
             c = ceilings[(b, d)]
@@ -438,7 +443,7 @@ class Analysis(Run):
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
 
         probe = bandwidth.probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
-        probe.update(when=when, at_seconds=time.perf_counter() - t_start)
+        probe.update(when=when, at_seconds=time.perf_counter() - t_start, at=time.time())
         self.results["bandwidth_probes"].append(probe)
         self.save()
         return probe["read_best_gbps"] * 1e9 if probe["check_ok"] else 0.0

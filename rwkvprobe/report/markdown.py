@@ -480,6 +480,11 @@ def _per_layer_section(verdict: dict) -> list[str]:
     """Each series' ceilings and every layer's time against its roofline."""
     md: list[str] = []
     md += ["## Per-layer verdict", "", f"Rule: {RULE}", ""]
+    phases = [r["phase_gbps"] for s in verdict["series"] for r in s["rows"] if r.get("phase_gbps")]
+    if phases:
+        md += [f"Each measured layer is judged at the DRAM bandwidth of its moment: the better of the read probes just "
+               f"before and just after it ({min(phases):.1f}-{max(phases):.1f} GB/s in this run; a VM's bandwidth comes "
+               "in phases), never less than the layer itself needed and never above the series' DRAM ceiling below.", ""]
     for s in verdict["series"]:
         md += [f"### {_label(s)}", "",
                f"Ceilings: peak {s['peak_gflops']:.1f} GFLOP/s, DRAM {s['bandwidth_gbps']:.1f} GB/s, per-call "

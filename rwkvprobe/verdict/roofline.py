@@ -17,7 +17,7 @@ A layer far below 1 is limited by its kernel, not by the ceiling it is classed u
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure.bandwidth import best_read_gbps
@@ -104,6 +104,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     warnings: list[str] = []
     whatif = {tuple(x) for x in results.get("settings", {}).get("whatif_series") or []}
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
+    phase = bandwidth_phases(results)
     for c in results.get("ceilings", []):
         if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None:
             continue
@@ -111,11 +112,13 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
         key = (c["backend"], c["dtype"])
         # a series measured on another machine (a board driven over adb) carries that machine's bandwidth
         bw_s = c["bandwidth_gbps"] * 1e9 if c.get("bandwidth_gbps") else bw
-        rows = _rows(results, layers, c, by_key, P, bw_s, t0)
+        # a board's series keep its own bandwidth; this machine's layers are judged at the bandwidth of their moment
+        local = None if c.get("bandwidth_gbps") else phase
+        rows = _rows(results, layers, c, by_key, P, bw_s, t0, local)
         adjustments = [] if c.get("modelled") else hold_ceilings(rows, P, bw_s, t0)
         if adjustments:
             P, bw_s, t0 = adjustments[-1]["P"], adjustments[-1]["W"], adjustments[-1]["t0"]
-            rows = _rows(results, layers, c, by_key, P, bw_s, t0)
+            rows = _rows(results, layers, c, by_key, P, bw_s, t0, local)
             warnings += [f"{c['backend']} {c['dtype']}: {a['text']}" for a in adjustments]
         if key in whatif:  # measured for the what-if: decode shapes only
             rows = [r for r in rows if r["m"] == 1]
@@ -145,8 +148,12 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     return verdict
 
 
-def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float) -> list[dict]:
+def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float,
+          phase: Callable[[dict], float | None] | None = None) -> list[dict]:
     """One row per layer and token count of a series: measured verdict, else the model's time (labelled).
+
+    A measured layer is judged at the DRAM bandwidth of its moment (``phase``: the probes around it, see
+    bandwidth_phases) where the run probed often enough to know it, never above the series' W.
 
     A backend that keeps some kinds at a float type in its quantized series (ggml, rwkv.cpp's rule) takes
     those rows from its float series (``stored_as``), judged on that series' own peak and overhead."""
@@ -176,13 +183,64 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
             t = point_seconds(p) if p else None
             flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, stored)
             if t is not None:
-                row.update(layer_verdict(flops, nbytes, t, P_r, bw_s, t0_r), measured=True)
+                local = phase(p) if phase and p else None
+                if local:
+                    row["phase_gbps"] = local / 1e9
+                row.update(layer_verdict(flops, nbytes, t, P_r, row_bandwidth(row, bw_s, t0_r, nbytes, t), t0_r),
+                           measured=True)
             else:  # not measured (skipped, failed or wrong): the model's time, labelled modelled
                 row.update({"seconds": None, "flops": flops, "bytes": nbytes,
                             "model_seconds": model_seconds(flops, nbytes, P_r, bw_s, t0_r),
                             "bound": classify(flops, nbytes, P_r, bw_s, t0_r)})
             rows.append(row)
     return rows
+
+
+def row_bandwidth(row: dict, W: float, t0: float, nbytes: float | None = None, seconds: float | None = None) -> float:
+    """The DRAM bandwidth a measured row is judged at: the series' W, or, where the run knows the bandwidth of
+    the row's moment (``phase_gbps``), that, but never less than the row itself needed (bytes over its time
+    less the per-call overhead: a layer is never judged slower than memory let it be) nor more than W."""
+    local = row.get("phase_gbps")
+    if not local:
+        return W
+    nbytes = row["bytes"] if nbytes is None else nbytes
+    seconds = row["seconds"] if seconds is None else seconds
+    need = nbytes / (seconds - t0) if seconds > t0 else W
+    return min(W, max(local * 1e9, need))
+
+
+def bandwidth_phases(results: dict) -> Callable[[dict], float | None]:
+    """The bandwidth around each point, from the probes that carry a time (``at``, epoch seconds).
+
+    A VM's DRAM bandwidth comes in phases (on the dev VM: about 35 GB/s, with bursts of 55-64 GB/s for a few
+    seconds every half minute or so). W is the best probe of the run, but a layer timed between bursts could
+    not reach it: judged against W it would look kernel-limited in one run and bandwidth-bound in the next.
+    analyze probes every PHASE_PROBE_SECONDS while it times layers; a point is judged at the better of the
+    probes just before and just after it (bytes/s). Points or probes without a time (older files): None,
+    and the series' W applies."""
+    timed = []
+    first = results.get("bandwidth") or {}
+    if first.get("at") is not None:
+        for run in first.get("runs", []):
+            read = run.get("kernels", {}).get("read", {})
+            if read.get("best_gbps") and run.get("check_ok", True):
+                timed.append((first["at"], read["best_gbps"] * 1e9))
+    for probe in results.get("bandwidth_probes") or []:
+        if probe.get("at") is not None and probe.get("read_best_gbps") and probe.get("check_ok", True):
+            timed.append((probe["at"], probe["read_best_gbps"] * 1e9))
+    timed.sort()
+
+    def around(point: dict) -> float | None:
+        at = point.get("at")
+        if at is None or len(timed) < 2:
+            return None
+        before = [bps for when, bps in timed if when <= at]
+        after = [bps for when, bps in timed if when >= at]
+        if not before or not after:
+            return None
+        return max(before[-1], after[0])
+
+    return around
 
 
 def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: float = CEILING_TOLERANCE) -> list[dict]:
@@ -230,9 +288,9 @@ def hold_ceilings(rows: list[dict], P: float, W: float, t0: float, tolerance: fl
             a.update(P=P, W=W, t0=t0)
         return out
     # the largest t0 that keeps every measured layer within the tolerance of its roofline
-    slack = [(tolerance * r["seconds"] - max(r["flops"] / P, r["bytes"] / W), r) for r in measured]
-    worst = max(measured, key=lambda r: model_seconds(r["flops"], r["bytes"], P, W, t0) / r["seconds"])
-    if model_seconds(worst["flops"], worst["bytes"], P, W, t0) > tolerance * worst["seconds"]:
+    slack = [(tolerance * r["seconds"] - max(r["flops"] / P, r["bytes"] / row_bandwidth(r, W, t0)), r) for r in measured]
+    worst = max(measured, key=lambda r: model_seconds(r["flops"], r["bytes"], P, row_bandwidth(r, W, t0), t0) / r["seconds"])
+    if model_seconds(worst["flops"], worst["bytes"], P, row_bandwidth(worst, W, t0), t0) > tolerance * worst["seconds"]:
         allowed, limiting = min(slack, key=lambda x: x[0])
         allowed = max(0.0, allowed)
         out.append({"ceiling": "per-call overhead", "layer": limiting["layer"], "m": limiting["m"], "unit": "s",
