@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rwkvprobe.report.markdown import _best  # noqa: E402
-from rwkvprobe.verdict.roofline import verdict_of  # noqa: E402
+from rwkvprobe.verdict.roofline import main_bound, verdict_of  # noqa: E402
 
 TARGET = 0.10
 
@@ -43,7 +43,8 @@ def decode(results: dict) -> tuple[dict[str, float], str, str]:
            for s in verdict["series"] if s["model"].get("decode")}
     best = _best(verdict["series"])
     bounds = best["model"]["decode"]["share_by_bound"]
-    return per, f"{best['backend']} {best['dtype']}", max(bounds, key=bounds.get)
+    main = main_bound(bounds) or "mixed"
+    return per, f"{best['backend']} {best['dtype']}", main
 
 
 def main() -> int:

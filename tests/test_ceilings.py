@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, series_of, work
 
 from rwkvprobe.report.markdown import render, verdict_sentences
-from rwkvprobe.verdict.roofline import CEILING_TOLERANCE, bandwidth_phases, build_verdict, hold_ceilings, model_seconds
+from rwkvprobe.verdict.roofline import (
+    CEILING_TOLERANCE,
+    bandwidth_phases,
+    build_verdict,
+    hold_ceilings,
+    main_bound,
+    model_seconds,
+)
 
 LAYERS = layers_of(RWKV7_SMALL)
 
@@ -239,3 +246,36 @@ def test_phases_never_show_a_layer_above_its_ceiling_without_a_warning(probes, n
     for row in series_of(v)["rows"]:
         if row.get("phase_gbps"):
             assert row["phase_gbps"] * 1e9 <= max(probes) * 1e9 * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# The headline names a bound only when it holds most of the time (a 42/38 split flips between runs)
+
+
+@pytest.mark.parametrize("shares, expected", [
+    ({"compute-bound": 0.42, "kernel-limited": 0.38, "bandwidth-bound": 0.20}, None),
+    ({"compute-bound": 0.50, "bandwidth-bound": 0.50}, None),
+    ({"bandwidth-bound": 0.51, "compute-bound": 0.49}, "bandwidth-bound"),
+    ({"overhead-bound": 1.0}, "overhead-bound"),
+    ({}, None),
+])
+def test_main_bound_needs_a_majority(shares, expected):
+    assert main_bound(shares) == expected
+
+
+def test_a_split_decode_is_called_mixed_with_every_share():
+    # the att matrices at 45% of their roofline (kernel-limited), the big ones at it (bandwidth-bound), the tiny
+    # low-rank ones overhead-bound: no bound holds most of the time, so none is named
+    def t(m, k, n, slow=2.2):
+        f, b = work(m, k, n, "fp32")
+        return (3e-5 + b / 10e9) * (slow if k == n == 512 else 1.0)
+    r = make_results(LAYERS, bw_gbps=10.0, peak_gflops=1e4, overhead=3e-5, time_of=t)
+    v = build_verdict(r, LAYERS)
+    shares = series_of(v)["model"]["decode"]["share_by_bound"]
+    assert set(shares) == {"kernel-limited", "bandwidth-bound", "overhead-bound"} and max(shares.values()) < 0.5, shares
+    head = verdict_sentences(v, LAYERS, r)[0]
+    assert "is mixed**" in head and all(k in head for k in shares)
+    # the att matrices slower still: a kernel-limited majority, named
+    r2 = make_results(LAYERS, bw_gbps=10.0, peak_gflops=1e4, overhead=3e-5,
+                      time_of=lambda m, k, n: t(m, k, n, slow=3.3))
+    assert "is kernel-limited**" in verdict_sentences(build_verdict(r2, LAYERS), LAYERS, r2)[0]

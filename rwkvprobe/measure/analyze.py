@@ -369,16 +369,20 @@ class Analysis(Run):
         assert r is not None
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
+        probe_seconds = 0.0
+        if points:  # the bandwidth of the first points' moment (bandwidth_phases); its cost plans the others
+            t_probe = time.perf_counter()
+            bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
+            probe_seconds = time.perf_counter() - t_probe
         n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
         whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[s.quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
         remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS
                         - 2.5 * n_whatif * whatif_policy.budget_seconds, 1.0)
+        remaining = max(remaining * (1.0 - probe_seconds / PHASE_PROBE_SECONDS), 1.0)  # the phase probes to come
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
         per_point = min(1.0, max(0.05, remaining / max(len(points) - n_whatif, 1) / 2.5))
         self._write_models(points)
-        if points:  # the bandwidth of the first points' moment (bandwidth_phases)
-            bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0

@@ -17,7 +17,7 @@ from rwkvprobe.report.sections import (
     npu_bandwidth_section,
 )
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
-from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, row_seconds, verdict_of
+from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, main_bound, row_seconds, verdict_of
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
@@ -64,7 +64,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         return ["No backend produced a checked measurement: no verdict (see Skipped and failed below)."]
     d = best["model"]["decode"]
     bounds = d["share_by_bound"]
-    main = max(bounds, key=bounds.get)
+    main = main_bound(bounds)
     name = layers.profile.name
     bw = best.get("bandwidth_gbps") or verdict["bandwidth_gbps"]  # a board series carries the board's
     if d["fully_measured"]:
@@ -88,6 +88,11 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
                f"not memory or compute, holds them back; they read weights at {d['kernel_limited_gbps']:.1f} GB/s, "
                f"{_pct(d['kernel_limited_gbps'] / bw)} of DRAM bandwidth. Best decode ({how}): "
                f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
+    elif main is None:
+        split = ", ".join(f"{k} {_pct(v)}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+        out = [f"**{name} decode {_where(results)} is mixed**: no bound holds most of the per-token matmul time "
+               f"({_label(best)}, {fastest}): {split}. Best decode ({how}): "
+               f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     else:
         out = [f"**{name} decode {_where(results)} is {main}**: {_pct(bounds[main])} of the per-token matmul time "
                f"({_label(best)}, {fastest}) is in {main} layers. Best decode ({how}): "
@@ -101,6 +106,9 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
                    "it waits on memory. Fewer bytes per weight would.")
     elif main == "compute-bound":
         out.append("More FLOP/s (a faster kernel, more cores, an NPU) would speed up decode; smaller weights alone would not.")
+    elif main is None:
+        out.append("No single change dominates: each layer's own bound (the per-layer tables below) says what would "
+                   "speed it up, and the model-level table how much of the time each bound holds.")
     else:
         out.append("Per-call overhead dominates: fewer, larger calls (batching, fused layers) would help most.")
     # prefill from the fastest series whose prefill was measured (a decode-only series' prefill is modelled),

@@ -390,6 +390,20 @@ def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
     return None
 
 
+#: a decode is called by one bound only when layers of that bound hold more than this share of its matmul time
+MAJORITY = 0.5
+
+
+def main_bound(share_by_bound: dict[str, float]) -> str | None:
+    """The bound a decode is called by: the one whose layers hold most of the matmul time, if more than half
+    of it (MAJORITY); None (mixed) otherwise, where a plurality of 40% against 38% would name one bound in one
+    run and the other in the next."""
+    if not share_by_bound:
+        return None
+    top = max(share_by_bound, key=lambda k: share_by_bound[k])
+    return top if share_by_bound[top] > MAJORITY else None
+
+
 def row_seconds(r: dict) -> float:
     """The one rule for a layer row's time: measured where measured, else the roofline model's time (every
     figure built from a modelled row is labelled so where it is shown)."""
