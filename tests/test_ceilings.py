@@ -249,30 +249,33 @@ def test_phases_never_show_a_layer_above_its_ceiling_without_a_warning(probes, n
 
 
 # ------------------------------------------------------------------------------------------------
-# The headline names a bound only when it holds most of the time (a 42/38 split flips between runs)
+# The headline names a bound only with a clear lead (a 42/38 split flipped between runs)
 
 
 @pytest.mark.parametrize("shares, expected", [
     ({"compute-bound": 0.42, "kernel-limited": 0.38, "bandwidth-bound": 0.20}, None),
     ({"compute-bound": 0.50, "bandwidth-bound": 0.50}, None),
-    ({"bandwidth-bound": 0.51, "compute-bound": 0.49}, "bandwidth-bound"),
+    ({"compute-bound": 0.49, "bandwidth-bound": 0.33, "kernel-limited": 0.18}, "compute-bound"),
+    ({"compute-bound": 0.59, "bandwidth-bound": 0.41}, "compute-bound"),
+    ({"bandwidth-bound": 0.56, "compute-bound": 0.44}, None),
     ({"overhead-bound": 1.0}, "overhead-bound"),
     ({}, None),
 ])
-def test_main_bound_needs_a_majority(shares, expected):
+def test_main_bound_needs_a_clear_lead(shares, expected):
     assert main_bound(shares) == expected
 
 
 def test_a_split_decode_is_called_mixed_with_every_share():
     # the att matrices at 45% of their roofline (kernel-limited), the big ones at it (bandwidth-bound), the tiny
-    # low-rank ones overhead-bound: no bound holds most of the time, so none is named
+    # low-rank ones overhead-bound: no bound clearly leads, so none is named
     def t(m, k, n, slow=2.2):
         f, b = work(m, k, n, "fp32")
         return (3e-5 + b / 10e9) * (slow if k == n == 512 else 1.0)
     r = make_results(LAYERS, bw_gbps=10.0, peak_gflops=1e4, overhead=3e-5, time_of=t)
     v = build_verdict(r, LAYERS)
     shares = series_of(v)["model"]["decode"]["share_by_bound"]
-    assert set(shares) == {"kernel-limited", "bandwidth-bound", "overhead-bound"} and max(shares.values()) < 0.5, shares
+    top, second = sorted(shares.values(), reverse=True)[:2]
+    assert set(shares) == {"kernel-limited", "bandwidth-bound", "overhead-bound"} and top - second < 0.15, shares
     head = verdict_sentences(v, LAYERS, r)[0]
     assert "is mixed**" in head and all(k in head for k in shares)
     # the att matrices slower still: a kernel-limited majority, named

@@ -262,3 +262,17 @@ def test_summarize_sweep_is_json_ready():
     [c] = pair["crossovers"]
     truth = ((2e-4 - 5e-6) / (2 / 90e9 - 2 / 150e9)) ** (1 / 3)
     assert c["faster_above"] == "b" and abs(c["x"] - truth) < 2 * c["sigma"] + 0.02 * truth
+
+
+def test_rel_sigma_holds_against_a_third_of_outliers():
+    """ggml's 0.05 ms calls with a 4 ms one (a worker thread woken a scheduler tick late) in every few: the IQR
+    sees the outliers once they pass a quarter of the samples, the median absolute deviation does not."""
+    fast = [0.050e-3, 0.052e-3, 0.049e-3, 0.051e-3, 0.050e-3, 0.053e-3, 0.048e-3, 0.050e-3, 0.051e-3, 0.052e-3,
+            0.049e-3, 0.050e-3]
+    samples = fast + [4.0e-3] * 5  # 5 of 17: 29% outliers
+    s = sorted(samples)
+    timing = {"median_seconds": s[8], "n": len(s), "samples": samples, "iqr_seconds": s[12] - s[4]}
+    assert timing["iqr_seconds"] > 1e-3  # the IQR is blown by the outliers
+    assert fit.rel_sigma(timing) == fit.SIGMA_FLOOR  # the MAD-based sigma: the fast calls', below the floor
+    # without samples (an older file) the IQR is all there is
+    assert fit.rel_sigma({"median_seconds": s[8], "n": len(s), "iqr_seconds": s[12] - s[4]}) > 1.0

@@ -90,7 +90,7 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
                f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     elif main is None:
         split = ", ".join(f"{k} {_pct(v)}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
-        out = [f"**{name} decode {_where(results)} is mixed**: no bound holds most of the per-token matmul time "
+        out = [f"**{name} decode {_where(results)} is mixed**: no bound clearly leads in the per-token matmul time "
                f"({_label(best)}, {fastest}): {split}. Best decode ({how}): "
                f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     else:

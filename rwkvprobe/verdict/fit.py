@@ -69,11 +69,21 @@ def _finite(x) -> float | None:
 
 
 def rel_sigma(timing: dict | None) -> float:
-    """Relative standard error of a point's median time (robust, from its IQR), floored at SIGMA_FLOOR."""
+    """Relative standard error of a point's median time, floored at SIGMA_FLOOR.
+
+    Robust: from the samples' median absolute deviation (1.4826 MAD = sigma of a normal), which holds while
+    fewer than half of the samples are outliers; the IQR (what older files without samples give) breaks at a
+    quarter, and a backend whose threads now and then wake a scheduler tick late (ggml: 0.05 ms calls with a
+    4 ms one in every few) would make the whole series look as uncertain as that tick."""
     if not timing or not timing.get("median_seconds"):
         return SIGMA_FLOOR
     n = max(int(timing.get("n") or 1), 1)
-    sd = (timing.get("iqr_seconds") or 0.0) / 1.349  # IQR of a normal = 1.349 sigma
+    samples = timing.get("samples") or []
+    if len(samples) >= 3:
+        med = float(np.median(samples))
+        sd = 1.4826 * float(np.median(np.abs(np.asarray(samples, float) - med)))
+    else:
+        sd = (timing.get("iqr_seconds") or 0.0) / 1.349  # IQR of a normal = 1.349 sigma
     se_median = 1.2533 * sd / math.sqrt(n)
     return max(SIGMA_FLOOR, se_median / timing["median_seconds"])
 
