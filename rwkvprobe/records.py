@@ -54,6 +54,7 @@ class Timing(TypedDict):
     iqr_seconds: NotRequired[float]
     spread: NotRequired[float]
     noisy: NotRequired[bool]
+    stalled: NotRequired[int]  # calls slower than 3x the point's fastest (timing.STALL_FACTOR)
     warmup_calls: NotRequired[int]
     copies: NotRequired[int]
     source: NotRequired[str]  # board points: eval_perf, or the host's wall time

@@ -62,6 +62,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+#: a call slower than this many times the fastest call of its point is a stall: the timing budget it
+#: used is given back (up to the point's budget once more), so that a point whose first calls stall still
+#: gets enough samples for its median to be a typical call
+STALL_FACTOR = 3.0
+
+
 def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy | None = None,
             between: Callable[[], object] | None = None) -> dict:
     """Time ``call(i)`` for i rotating over ``copies``; returns the summary plus every sample.
@@ -76,31 +82,42 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     start = clock()
     i = 0
     warm_calls = 0
+    fastest = math.inf  # the fastest call so far, warm-up included: what a stall is measured against
     while warm_calls < copies or clock() - start < p.warmup_seconds:
         if between:
             between()
+        t0 = clock()
         call(i)
+        fastest = min(fastest, clock() - t0)
         i = (i + 1) % copies
         warm_calls += 1
         if clock() - start > p.budget_seconds / 2:
             break
     samples: list[float] = []
     need = max(p.min_samples, copies)
+    stalled, stall_seconds = 0, 0.0
     while len(samples) < p.max_samples:
         if between:
             between()
         t0 = clock()
         call(i)
-        samples.append(clock() - t0)
+        dt = clock() - t0
+        samples.append(dt)
+        fastest = min(fastest, dt)
+        if dt > STALL_FACTOR * fastest:  # a stall (a thread woken a scheduler tick late): it spends no budget
+            stalled += 1
+            stall_seconds += dt - STALL_FACTOR * fastest
         i = (i + 1) % copies
         n = len(samples)
         if n >= need and (n % max(1, min(copies, 8)) == 0 or n == need):
             if summarize(samples)["spread"] <= p.target_spread:
                 break
-        if clock() - start >= p.budget_seconds and n >= min(need, 3):
+        spent = clock() - start - min(stall_seconds, p.budget_seconds)  # stalls extend a point up to 2x its budget
+        if spent >= p.budget_seconds and n >= min(need, 3):
             break
     out = summarize(samples)
     out["noisy"] = out["spread"] > NOISY_SPREAD
+    out["stalled"] = stalled
     out["samples"] = samples
     out["warmup_calls"] = warm_calls
     out["copies"] = copies

@@ -1,0 +1,39 @@
+"""timing.measure: stalls (a call many times slower than the point's fastest, as when a worker thread wakes a
+scheduler tick late) give their time back to the budget, so a point whose calls stall early still ends with a
+median of typical calls. Injected with sleeps far apart (2 ms against 30 ms), not timed against a target."""
+
+from __future__ import annotations
+
+import time
+
+from rwkvprobe.measure.timing import STALL_FACTOR, TimingPolicy, measure
+
+
+def _calls(stall_at: set[int], fast: float = 0.002, slow: float = 0.030):
+    seen = []
+
+    def call(i):
+        time.sleep(slow if len(seen) in stall_at else fast)
+        seen.append(i)
+    return call, seen
+
+
+def test_early_stalls_do_not_spend_the_budget():
+    # warm-up is call 0 (fast); calls 1 and 2 stall: without the credit the budget (40 ms) is gone after 3 samples
+    call, seen = _calls({1, 2})
+    out = measure(call, policy=TimingPolicy(budget_seconds=0.04, min_samples=3, warmup_seconds=0.0))
+    assert out["stalled"] == 2
+    assert len(out["samples"]) > 3 and out["median_seconds"] < 0.010
+
+
+def test_a_steady_point_has_no_stall():
+    call, _ = _calls(set())
+    out = measure(call, policy=TimingPolicy(budget_seconds=0.03, min_samples=3, warmup_seconds=0.0))
+    assert out["stalled"] == 0 and out["median_seconds"] < STALL_FACTOR * min(out["samples"])
+
+
+def test_stalls_extend_a_point_at_most_to_twice_its_budget():
+    call, seen = _calls(set(range(1, 1000)))  # every sample stalls: the credit runs out
+    t0 = time.perf_counter()
+    out = measure(call, policy=TimingPolicy(budget_seconds=0.1, min_samples=3, warmup_seconds=0.0))
+    assert out["stalled"] == len(out["samples"]) and time.perf_counter() - t0 < 0.1 * 2 + 0.1
