@@ -37,3 +37,14 @@ def test_stalls_extend_a_point_at_most_to_twice_its_budget():
     t0 = time.perf_counter()
     out = measure(call, policy=TimingPolicy(budget_seconds=0.1, min_samples=3, warmup_seconds=0.0))
     assert out["stalled"] == len(out["samples"]) and time.perf_counter() - t0 < 0.1 * 2 + 0.1
+
+
+def test_a_steady_slow_mode_does_not_end_sampling_early():
+    """The fast calls of warm-up, then steady calls at 3x (all alike: spread 0): sampling goes on for the budget
+    instead of stopping after the minimum three, so the fast calls that come back are in the median."""
+    times = iter([0.002] + [0.006] * 3 + [0.002] * 1000)
+
+    def call(i):
+        time.sleep(next(times))
+    out = measure(call, policy=TimingPolicy(budget_seconds=0.06, min_samples=3, warmup_seconds=0.0))
+    assert len(out["samples"]) > 3 and out["median_seconds"] < 0.004

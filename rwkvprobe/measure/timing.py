@@ -66,6 +66,8 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 #: used is given back (up to the point's budget once more), so that a point whose first calls stall still
 #: gets enough samples for its median to be a typical call
 STALL_FACTOR = 3.0
+#: a point whose steady samples sit above this many times its fastest call keeps sampling for its whole budget
+SLOW_MODE = 1.5
 
 
 def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy | None = None,
@@ -110,7 +112,10 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
         i = (i + 1) % copies
         n = len(samples)
         if n >= need and (n % max(1, min(copies, 8)) == 0 or n == need):
-            if summarize(samples)["spread"] <= p.target_spread:
+            summary = summarize(samples)
+            # steady but slow (a median well above the fastest call seen, warm-up included: a worker thread that
+            # sleeps through the calls) is a mode, not the point's time: it does not end sampling early
+            if summary["spread"] <= p.target_spread and summary["median_seconds"] <= SLOW_MODE * fastest:
                 break
         spent = clock() - start - min(stall_seconds, p.budget_seconds)  # stalls extend a point up to 2x its budget
         if spent >= p.budget_seconds and n >= min(need, 3):
