@@ -48,3 +48,14 @@ def test_a_steady_slow_mode_does_not_end_sampling_early():
         time.sleep(next(times))
     out = measure(call, policy=TimingPolicy(budget_seconds=0.06, min_samples=3, warmup_seconds=0.0))
     assert len(out["samples"]) > 3 and out["median_seconds"] < 0.004
+
+
+def test_stalls_before_the_first_fast_call_are_given_back_too():
+    """The first calls all stall (warm-up too), then the fast ones come: the early stalls are judged against the
+    fastest call known later and give their time back, so the point goes on to a median of fast calls."""
+    times = iter([0.030, 0.030, 0.030] + [0.002] * 1000)
+
+    def call(i):
+        time.sleep(next(times))
+    out = measure(call, policy=TimingPolicy(budget_seconds=0.05, min_samples=3, warmup_seconds=0.0))
+    assert out["stalled"] == 2 and len(out["samples"]) >= 5 and out["median_seconds"] < 0.010

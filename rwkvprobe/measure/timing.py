@@ -85,19 +85,24 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     i = 0
     warm_calls = 0
     fastest = math.inf  # the fastest call so far, warm-up included: what a stall is measured against
+    warm: list[float] = []
     while warm_calls < copies or clock() - start < p.warmup_seconds:
         if between:
             between()
         t0 = clock()
         call(i)
-        fastest = min(fastest, clock() - t0)
+        warm.append(clock() - t0)
+        fastest = min(fastest, warm[-1])
         i = (i + 1) % copies
         warm_calls += 1
         if clock() - start > p.budget_seconds / 2:
             break
     samples: list[float] = []
     need = max(p.min_samples, copies)
-    stalled, stall_seconds = 0, 0.0
+
+    # time the calls so far spent beyond STALL_FACTOR x the fastest, judged against the fastest known now (early
+    # stalls count once a fast call shows what they were); recomputed only when the fastest call changes
+    stall = sum(x - STALL_FACTOR * fastest for x in warm if x > STALL_FACTOR * fastest)
     while len(samples) < p.max_samples:
         if between:
             between()
@@ -105,10 +110,11 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
         call(i)
         dt = clock() - t0
         samples.append(dt)
-        fastest = min(fastest, dt)
-        if dt > STALL_FACTOR * fastest:  # a stall (a thread woken a scheduler tick late): it spends no budget
-            stalled += 1
-            stall_seconds += dt - STALL_FACTOR * fastest
+        if dt < fastest:
+            fastest = dt
+            stall = sum(x - STALL_FACTOR * fastest for x in warm + samples if x > STALL_FACTOR * fastest)
+        elif dt > STALL_FACTOR * fastest:
+            stall += dt - STALL_FACTOR * fastest
         i = (i + 1) % copies
         n = len(samples)
         if n >= need and (n % max(1, min(copies, 8)) == 0 or n == need):
@@ -117,9 +123,10 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             # sleeps through the calls) is a mode, not the point's time: it does not end sampling early
             if summary["spread"] <= p.target_spread and summary["median_seconds"] <= SLOW_MODE * fastest:
                 break
-        spent = clock() - start - min(stall_seconds, p.budget_seconds)  # stalls extend a point up to 2x its budget
-        if spent >= p.budget_seconds and n >= min(need, 3):
+        # stalls (a thread woken a scheduler tick late) spend no budget: a point runs up to 2x its budget
+        if clock() - start - min(stall, p.budget_seconds) >= p.budget_seconds and n >= min(need, 3):
             break
+    stalled = sum(1 for x in samples if x > STALL_FACTOR * fastest)
     out = summarize(samples)
     out["noisy"] = out["spread"] > NOISY_SPREAD
     out["stalled"] = stalled
