@@ -167,3 +167,8 @@ def test_the_deferred_import_finder_finds_one(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("import os\nfrom rwkvprobe.errors import InputError\n\ndef f():\n    from rwkvprobe import fsutil\n")
     assert _deferred(f) == ["m.py:5 from rwkvprobe"]
+
+
+def test_the_console_imports_nothing_of_the_project_but_its_errors():
+    graph, _ = _graph()
+    assert graph["rwkvprobe.cli.console"] <= {"rwkvprobe", "rwkvprobe.errors"}, graph["rwkvprobe.cli.console"]

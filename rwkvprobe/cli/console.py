@@ -9,12 +9,26 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from rich.console import Console
 
 from rwkvprobe.errors import Interrupted
-from rwkvprobe.measure.run import Run
+
+
+class Job(Protocol):
+    """What the commands run: an analyze or sweep run (measure/run.py Run), typed here by its shape so that
+    this module imports nothing of the project but its errors."""
+
+    results: dict | None
+    path: Path
+    out_dir: Path
+
+    def run(self, progress: Any) -> dict: ...
+
+    def save(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 def _console(stderr: bool = False) -> Console:
@@ -64,7 +78,7 @@ class Reporter:
             self.progress = None
 
 
-def run_keeping_results(job: Run, reporter: Reporter, resume_command: str) -> dict:
+def run_keeping_results(job: Job, reporter: Reporter, resume_command: str) -> dict:
     """``job.run(reporter)``; on Ctrl-C save what was measured and say how to resume (exit 130)."""
     try:
         return job.run(reporter)
@@ -77,7 +91,7 @@ def run_keeping_results(job: Run, reporter: Reporter, resume_command: str) -> di
         reporter.close()
 
 
-def run_and_render(job: Run, reporter: Reporter, resume_command: str,
+def run_and_render(job: Job, reporter: Reporter, resume_command: str,
                    render: Callable[[dict, Path], Path]) -> tuple[dict, Path]:
     """Run ``job`` (run_keeping_results), render its report into its folder, give the folder back."""
     try:
