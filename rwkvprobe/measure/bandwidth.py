@@ -506,21 +506,25 @@ def probe_read(threads: int, cpus: list[int] | None = None, trials: int = DEFAUL
             "engine": result["engine"], "array_bytes": result["array_bytes"]}
 
 
-def best_read_gbps(results: dict) -> float | None:
-    """The bandwidth ceiling W of a results file: the best read GB/s over every probe it holds.
-
-    ``results["bandwidth"]`` is the full probe made before the layers; ``results["bandwidth_probes"]``
-    the read-only probes made between and after them (analyze). A probe whose values were wrong counts not.
-    """
-    best = None
-    for run in (results.get("bandwidth") or {}).get("runs", []):
+def read_probes(results: dict, checked_only: bool = True) -> list[tuple[float | None, float]]:
+    """Every read-bandwidth probe of a results file as (when: epoch seconds or None, GB/s): the full probe made
+    before the layers (``results["bandwidth"]``) and the read-only ones between and after them
+    (``results["bandwidth_probes"]``, analyze). ``checked_only``: leave out probes whose values were wrong."""
+    out: list[tuple[float | None, float]] = []
+    first = results.get("bandwidth") or {}
+    for run in first.get("runs", []):
         read = run.get("kernels", {}).get("read", {})
-        if read.get("best_gbps") and run.get("check_ok", True):
-            best = max(best or 0.0, read["best_gbps"])
+        if read.get("best_gbps") and (run.get("check_ok", True) or not checked_only):
+            out.append((first.get("at"), read["best_gbps"]))
     for probe in results.get("bandwidth_probes") or []:
-        if probe.get("read_best_gbps") and probe.get("check_ok", True):
-            best = max(best or 0.0, probe["read_best_gbps"])
-    return best
+        if probe.get("read_best_gbps") and (probe.get("check_ok", True) or not checked_only):
+            out.append((probe.get("at"), probe["read_best_gbps"]))
+    return out
+
+
+def best_read_gbps(results: dict) -> float | None:
+    """The bandwidth ceiling W of a results file: the best read GB/s over every checked probe it holds."""
+    return max((gbps for _, gbps in read_probes(results)), default=None)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
+from rwkvprobe.measure.bandwidth import read_probes
 from rwkvprobe.measure.contention import CONTENDED_SHARE, summary
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
@@ -182,12 +183,7 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
 def stability_line(results: dict) -> str:
     """One line: how steady the run was (bandwidth probes, contention around the points)."""
 
-    probes = []
-    for run in (results.get("bandwidth") or {}).get("runs", []):
-        read = run.get("kernels", {}).get("read", {})
-        if read.get("best_gbps"):
-            probes.append(read["best_gbps"])
-    probes += [p["read_best_gbps"] for p in results.get("bandwidth_probes") or [] if p.get("read_best_gbps")]
+    probes = [gbps for _, gbps in read_probes(results, checked_only=False)]
     parts = []
     if len(probes) > 1:
         parts.append(f"{len(probes)} bandwidth probes read {min(probes):.1f}-{max(probes):.1f} GB/s "

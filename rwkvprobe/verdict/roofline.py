@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure.bandwidth import best_read_gbps
+from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes
 from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
 from rwkvprobe.model.cost import roofline_seconds
@@ -218,17 +218,7 @@ def bandwidth_phases(results: dict) -> Callable[[dict], float | None]:
     analyze probes every PHASE_PROBE_SECONDS while it times layers; a point is judged at the better of the
     probes just before and just after it (bytes/s). Points or probes without a time (older files): None,
     and the series' W applies."""
-    timed = []
-    first = results.get("bandwidth") or {}
-    if first.get("at") is not None:
-        for run in first.get("runs", []):
-            read = run.get("kernels", {}).get("read", {})
-            if read.get("best_gbps") and run.get("check_ok", True):
-                timed.append((first["at"], read["best_gbps"] * 1e9))
-    for probe in results.get("bandwidth_probes") or []:
-        if probe.get("at") is not None and probe.get("read_best_gbps") and probe.get("check_ok", True):
-            timed.append((probe["at"], probe["read_best_gbps"] * 1e9))
-    timed.sort()
+    timed = sorted((at, gbps * 1e9) for at, gbps in read_probes(results) if at is not None)
 
     def around(point: dict) -> float | None:
         at = point.get("at")
