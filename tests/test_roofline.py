@@ -222,7 +222,9 @@ def test_no_bandwidth_or_failed_ceiling_gives_no_series(rwkv7, rwkv7_results):
 
 def test_rows_cover_every_layer_and_token_count(rwkv7, rwkv7_results):
     s = series_of(build_verdict(rwkv7_results, rwkv7))
-    assert [(r["layer"], r["m"]) for r in s["rows"]] == [(x.name, m) for m in (1, 8) for x in rwkv7.layers]
+    # a chunk of 8 runs the head for its last token only: no M=8 head row
+    assert [(r["layer"], r["m"]) for r in s["rows"]] == [(x.name, m) for m in (1, 8) for x in rwkv7.layers
+                                                         if m == 1 or x.kind != "head"]
     assert all(r["measured"] and r["status"] == "measured" for r in s["rows"])
     for r in s["rows"]:
         assert r["seconds"] == pytest.approx(_measured(r["m"], r["k"], r["n"]))
@@ -270,11 +272,31 @@ def test_shares_sum_to_one_and_split_time_correctly(rwkv7, rwkv7_results):
 
 def test_prefill_tokens_per_second(rwkv7, rwkv7_results):
     (pre,) = series_of(build_verdict(rwkv7_results, rwkv7))["model"]["prefill"]
-    t = sum(_measured(8, x.k, x.n) * x.count for x in rwkv7.layers)
+    # every layer at M=8, except the head: the logits of the chunk's last token only, its decode (M=1) time
+    head = next(x for x in rwkv7.layers if x.kind == "head")
+    t = sum(_measured(8, x.k, x.n) * x.count for x in rwkv7.layers if x is not head) + _measured(1, head.k, head.n)
     assert pre["chunk"] == 8
+    assert pre["last_token_seconds"] == pytest.approx(_measured(1, head.k, head.n), rel=1e-12)
     assert pre["matmul_seconds"] == pytest.approx(t, rel=1e-12)
     assert pre["tokens_per_second"] == pytest.approx(8 / t, rel=1e-12)
     assert pre["modelled"] is False
+
+
+def test_prefill_without_a_decode_row_models_the_head_and_says_so(rwkv7):
+    results = make_results(rwkv7, tokens=(8,))
+    (pre,) = series_of(build_verdict(results, rwkv7))["model"]["prefill"]
+    head = next(x for x in rwkv7.layers if x.kind == "head")
+    assert pre["last_token_seconds"] == pytest.approx(_model(1, head), rel=1e-12)
+    assert pre["modelled"] is True
+
+
+def test_a_chunk_runs_the_head_once_and_analyze_plans_no_chunk_head(rwkv7):
+    from rwkvprobe.model.profile import LAST_TOKEN_ONLY
+
+    head = next(x for x in rwkv7.layers if x.kind == "head")
+    assert "head" in LAST_TOKEN_ONLY and head.chunk_rows(64) == 1 and head.chunk_rows(1) == 1
+    assert all(x.chunk_rows(64) == 64 for x in rwkv7.layers if x is not head)
+    assert (head.k, head.n) in rwkv7.unique_shapes() and (head.k, head.n) not in rwkv7.unique_shapes(64)
 
 
 def _model(m, x):
@@ -321,16 +343,19 @@ def test_failed_missing_and_wrong_points_use_the_model_time(rwkv7, rwkv7_results
     assert d["matmul_seconds"] == pytest.approx(measured + modelled, rel=1e-12)
     assert d["seconds_per_token"] < 1.0  # the wrong point's 999 s is nowhere
     assert sum(d["share_by_kind"].values()) == pytest.approx(1.0)
-    # prefill (M=8) stayed fully measured
-    assert s["model"]["prefill"][0]["modelled"] is False
+    # prefill (M=8): its layers stayed measured, but the head it runs once (M=1) failed: modelled, and so labelled
+    assert s["model"]["prefill"][0]["modelled"] is True
+    assert s["model"]["prefill"][0]["last_token_seconds"] == pytest.approx(_model(1, next(
+        x for x in rwkv7.layers if x.kind == "head")), rel=1e-12)
 
 
 def test_prefill_with_an_unmeasured_layer_is_marked_modelled(rwkv7, rwkv7_results):
     r = rwkv7_results
-    r["measurements"] = [p for p in r["measurements"] if not (p["m"] == 8 and (p["k"], p["n"]) == (512, 1024))]
+    r["measurements"] = [p for p in r["measurements"] if not (p["m"] == 8 and (p["k"], p["n"]) == (512, 2048))]
     (pre,) = series_of(build_verdict(r, rwkv7))["model"]["prefill"]
-    t = sum((_model(8, x) if (x.k, x.n) == (512, 1024) else _measured(8, x.k, x.n)) * x.count
-            for x in rwkv7.layers)
+    t = sum((_model(8, x) if (x.k, x.n) == (512, 2048) else _measured(8, x.k, x.n)) * x.count
+            for x in rwkv7.layers if x.kind != "head") + sum(_measured(1, x.k, x.n) for x in rwkv7.layers
+                                                            if x.kind == "head")
     assert pre["modelled"] is True
     assert pre["tokens_per_second"] == pytest.approx(8 / t, rel=1e-12)
 
@@ -576,6 +601,8 @@ def test_verdict_without_decode_does_not_claim_nothing_was_measured(rwkv7):
     r = make_results(rwkv7, tokens=(8,))
     sentences = verdict_sentences(build_verdict(r, rwkv7), rwkv7, r)
     assert not any("No backend produced a checked measurement" in s for s in sentences)
+    (pre,) = [s for s in sentences if s.startswith("Prefill")]
+    assert "partly modelled: the head, run once for the chunk's last token, at its roofline time" in pre
 
 
 def test_a_measured_non_matmul_block_replaces_the_bytes_model(rwkv7, rwkv7_results):

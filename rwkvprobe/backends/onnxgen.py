@@ -139,7 +139,7 @@ def plan(layers: LayerList, tokens: list[int], dtypes: list[str]) -> list[ModelS
     specs: dict[ModelSpec, None] = {}
     for m in tokens:
         for dtype in dtypes:
-            for k, n in layers.unique_shapes():
+            for k, n in layers.unique_shapes(m):
                 specs.setdefault(ModelSpec(m, k, n, dtype), None)
     return list(specs)
 

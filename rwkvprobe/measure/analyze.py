@@ -352,13 +352,15 @@ class Analysis(Run):
 
     def _plan_points(self, pairs, whatif) -> list[tuple]:
         """The layer points still to measure, shape-outermost so one base weight serves every backend and dtype;
-        what-if series on the decode shapes of the quantized kinds only."""
+        what-if series on the decode shapes of the quantized kinds only; a prefill chunk's layers without the
+        head, which a chunk runs for its last token only (Layer.chunk_rows)."""
         s, r = self.settings, self.results
         assert r is not None
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
         quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
+        runs_at = {m: set(self.layers.unique_shapes(m)) for m in s.tokens}  # a chunk runs the head at M = 1 only
         return [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
-                if (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
+                if (k, n) in runs_at[m] and (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
                 and ((b, d) not in whatif or (m == 1 and (k, n) in quantized))]
 
     def _measure_points(self, points, whatif, backends, llc, t_start: float, progress: Progress,

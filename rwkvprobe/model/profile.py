@@ -93,6 +93,10 @@ class Profile:
         return Path(self.path).stem if self.path else self.name
 
 
+#: layer kinds a prefill chunk runs once, for its last token (the logits), not for every token of the chunk
+LAST_TOKEN_ONLY = ("head",)
+
+
 @dataclass(frozen=True)
 class Layer:
     """One weight matmul: A[M,K] x W[K,N]. ``count``: runs per token; ``stored``: matrices stored.
@@ -123,6 +127,12 @@ class Layer:
     def weight_bytes(self, dtype: str) -> float:
         """Weight bytes read for one token (every run reads its matrix once)."""
         return self.k * self.n * self.count * weight_bytes_of(dtype)
+
+    def chunk_rows(self, m: int) -> int:
+        """Rows this layer multiplies when a chunk of ``m`` tokens is read: ``m``, except the head
+        (LAST_TOKEN_ONLY), which an engine reading a prompt runs for the chunk's last token only (it needs
+        the logits of that token alone; BlinkDL's reference and rwkv.cpp both do so)."""
+        return 1 if self.kind in LAST_TOKEN_ONLY else m
 
 
 @dataclass(frozen=True)
@@ -161,10 +171,14 @@ class LayerList:
         """Bytes to hold every parameter at ``dtype`` (what the weights take in RAM)."""
         return self.total_params * weight_bytes_of(dtype)
 
-    def unique_shapes(self) -> list[tuple[int, int]]:
-        """Distinct (K, N) weight shapes, in first-seen order."""
+    def chunk_layers(self, m: int) -> list[Layer]:
+        """The layers a chunk of ``m`` tokens runs at M = ``m`` (the others run at M = 1, see chunk_rows)."""
+        return [layer for layer in self.layers if layer.chunk_rows(m) == m]
+
+    def unique_shapes(self, m: int = 1) -> list[tuple[int, int]]:
+        """Distinct (K, N) weight shapes run at M = ``m`` (default: decode, every layer), in first-seen order."""
         seen: dict[tuple[int, int], None] = {}
-        for layer in self.layers:
+        for layer in self.chunk_layers(m):
             seen.setdefault((layer.k, layer.n), None)
         return list(seen)
 

@@ -213,7 +213,7 @@ def run_series(analysis, pairs: list[tuple[str, str]], progress) -> None:
     have = {(c["backend"], c["dtype"]) for c in r["ceilings"]}
     done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
     ceiling_shapes = toolkit.ceiling_specs()
-    layer_shapes = [(m, k, n) for (k, n) in analysis.layers.unique_shapes() for m in s.tokens]
+    layer_shapes = [(m, k, n) for m in s.tokens for (k, n) in analysis.layers.unique_shapes(m)]
     wanted = []  # (label, dtype, shape, role)
     for label, d in pairs:
         if (label, d) not in have:

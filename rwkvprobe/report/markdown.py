@@ -52,16 +52,24 @@ def _best(series: list[dict]) -> dict | None:
                                      s["model"]["decode"]["seconds_per_token"]))
 
 
+def _modelled_part(p: dict) -> str:
+    return (f"the head, run once for the chunk's last token, at its roofline time "
+            f"{ms(p['last_token_seconds'])} (no M=1 point measured)")
+
+
 def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[str]:
     """The opening verdict in plain words, with the numbers behind it."""
     series = verdict["series"]
     best = _best(series)
     if not best:
-        prefill = [(s, p) for s in series for p in s["model"].get("prefill", []) if not p["modelled"]]
+        prefill = [(s, p) for s in series for p in s["model"].get("prefill", [])
+                   if not p["modelled"] or p.get("last_token_seconds") is not None]
         if prefill:
+            # without M=1 points the head (run once a chunk, for its last token) is the model's time, labelled
             return ["No decode (M=1) point was measured (add 1 to --tokens for the decode verdict)."] + [
                 f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(s)}, "
-                "matmuls only)." for s, p in prefill]
+                f"matmuls only{', partly modelled: ' + _modelled_part(p) if p['modelled'] else ''})."
+                for s, p in prefill]
         return ["No backend produced a checked measurement: no verdict (see Skipped and failed below)."]
     d = best["model"]["decode"]
     bounds = d["share_by_bound"]
@@ -122,11 +130,13 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     for p in pre_series["model"].get("prefill", []):
         if p.get("with_state"):
             out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(pre_series)}: "
-                       f"matmuls at M={p['chunk']} plus the sequential state update, {ms(p['state_seconds'])} a chunk, timed "
-                       f"as the reference loops over the chunk's tokens{', partly modelled' if p['modelled'] else ''}).")
+                       f"matmuls at M={p['chunk']}, the head once for the chunk's last token, plus the sequential "
+                       f"state update, {ms(p['state_seconds'])} a chunk, timed as the reference loops over the chunk's "
+                       f"tokens{', partly modelled' if p['modelled'] else ''}).")
         else:
             out.append(f"Prefill in chunks of {p['chunk']} tokens: at most {p['tokens_per_second']:.1f} tokens/s "
-                       f"({_label(pre_series)}, matmuls only{', partly modelled' if p['modelled'] else ''}: an upper bound, "
+                       f"({_label(pre_series)}, matmuls only, the head once for the chunk's last token"
+                       f"{', partly modelled' if p['modelled'] else ''}: an upper bound, "
                        "the sequential state update is not timed for this backend).")
     out += _engine_sentences(series, results)
     wrong = [m for m in results.get("measurements", []) if m.get("check") and not m["check"]["ok"]]

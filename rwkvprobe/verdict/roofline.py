@@ -164,7 +164,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     float_c = next((f for f in results.get("ceilings", []) if (f["backend"], f["dtype"]) == (c["backend"], keep_float)
                     and f.get("peak_gflops") and f.get("overhead_seconds") is not None), None)
     for m in results.get("settings", {}).get("tokens", [1]):
-        for layer in layers.layers:
+        for layer in layers.chunk_layers(m):  # a chunk runs the head for its last token only (its M = 1 row)
             stored, P_r, t0_r = c["dtype"], P, t0
             if keep_float and layer.kind not in q_kinds:  # this matrix stays at the float type
                 stored = keep_float
@@ -462,9 +462,15 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             continue
         chunk = [r for r in rows if r["m"] == m]
         if chunk:
-            t = sum(row_seconds(r) * r["count"] for r in chunk)
-            pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t,
-                   "modelled": any(not r["measured"] for r in chunk)}
+            # the layers a chunk runs for its last token only (the head: logits of that token alone), at M = 1
+            names = {r["layer"] for r in chunk}
+            last = [r for r in decode if r["layer"] not in names]
+            unmeasured = [x for x in layers.layers if x.name not in names | {r["layer"] for r in last}]
+            t_last = sum(row_seconds(r) * r["count"] for r in last) + sum(  # no decode row (--tokens without 1)
+                model_seconds(*_work(1, x.k, x.n, dtype), P, bw, t0) * x.count for x in unmeasured)
+            t = sum(row_seconds(r) * r["count"] for r in chunk) + t_last
+            pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t, "last_token_seconds": t_last,
+                   "modelled": bool(unmeasured) or any(not r["measured"] for r in chunk + last)}
             if nonmatmul and nonmatmul.get("seq"):  # the sequential part, timed for this chunk length
                 seq = nonmatmul["seq"].get(str(m))
                 if seq:

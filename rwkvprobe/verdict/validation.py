@@ -44,7 +44,8 @@ def summary_lines(v: dict, name: str) -> list[str]:
         if pre.get("predicted_with_state"):
             lines.append(
                 f"Prefill chunk of {pre['chunk']}: predicted {pre['predicted_tokens_per_second']:.0f} tokens/s (matmuls at "
-                f"M={pre['chunk']} {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + the sequential state update "
+                f"M={pre['chunk']}, the head once for the last token, {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + "
+                "the sequential state update "
                 f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk), measured {pre['measured_tokens_per_second']:.0f} "
                 f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
                 f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target.")
