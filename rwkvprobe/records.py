@@ -298,6 +298,14 @@ class NonmatmulSeq(TypedDict):
     what: NotRequired[str]
 
 
+class LayerPassRound(TypedDict):
+    """layerpass.measure(): one round, per layer: the plain time, its weight matmuls' profiled time, the rest."""
+
+    layer_seconds: float
+    weight_matmul_seconds: float
+    non_matmul_seconds: float
+
+
 class Nonmatmul(TypedDict):
     """nonmatmul.measure_series() / ggml_block.measure_series(): one block's non-matmul decode work, timed."""
 
@@ -315,6 +323,11 @@ class Nonmatmul(TypedDict):
     graph_nodes: NotRequired[int]
     stand_in: NotRequired[str]
     seq: NotRequired[dict[str, NonmatmulSeq]]  # by chunk length
+    method: NotRequired[str]  # "layer-pass" (layerpass.py): timed in the per-layer structure, profiler split
+    ring_layers: NotRequired[int]
+    weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
+    rounds: NotRequired[list[LayerPassRound]]
+    spread: NotRequired[float]
 
 
 class BlockGraph(TypedDict):

@@ -191,3 +191,14 @@ def test_chunk_loop_runs_the_reference_chunks_non_matmul_operations(version):
         assert missing == {} and extra == {}
     else:
         assert sum(missing.values()) + sum(extra.values()) < 45, (missing, extra)
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_the_rwkv5_and_6_block_runs_in_bf16_with_its_group_norm_in_fp32(version):
+    """group_norm's input (the heads' output) is fp32, so ln_x stays fp32 as in the reference (the bf16 block
+    once failed with 'mixed dtype (CPU)')."""
+    from rwkvprobe.measure.nonmatmul import measure_block
+
+    p = parse_profile({"name": "t", "source": "t", **TINY[version]})
+    r = measure_block(p, "bf16", TimingPolicy(budget_seconds=0.05, min_samples=3), llc_bytes=1 << 20)
+    assert r["seconds_per_block"] > 0

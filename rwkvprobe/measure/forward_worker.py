@@ -4,8 +4,8 @@
 picks its RWKV-7 class from ``RWKV_V7_ON`` at import time and compiles TorchScript functions, so each
 run gets a fresh interpreter. The model is built from seeded random weights in the reference's own
 checkpoint layout (no download): the weights' values do not change the work a token costs, only their
-shapes do. The worker times token-by-token decode, a prefill chunk, and one profiled pass that splits the
-decode time into weight matmuls (per shape) and everything else.
+shapes do. The worker times token-by-token decode and a prefill chunk, and splits each, with torch.profiler,
+into weight matmuls (per shape) and everything else.
 """
 
 from __future__ import annotations
@@ -76,6 +76,53 @@ def weight_matmul_shape(event, shapes: set, batched: dict):
     return None
 
 
+def weight_matmul_us(prof, shapes: set, batched: dict, per_shape: dict) -> tuple[float, float]:
+    """(microseconds in weight matmuls, in other matmul-family ops) of a profile; ``per_shape`` gains the
+    weight matmuls' calls and microseconds by shape."""
+    matmul_us = other_us = 0.0
+    for ev in prof.key_averages(group_by_input_shape=True):
+        if ev.key not in MATMUL_OPS:
+            continue
+        shape = weight_matmul_shape(ev, shapes, batched)
+        if shape is None:
+            other_us += ev.self_cpu_time_total
+            continue
+        d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
+        d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
+        d["us"] += ev.self_cpu_time_total
+        matmul_us += ev.self_cpu_time_total
+    return matmul_us, other_us
+
+
+def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int) -> dict:
+    """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
+    plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
+    plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    shapes = {(k, nn) for k, nn, _ in layer_shapes}
+    batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
+    plain, shares, per_shape = [], [], {}
+    model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)  # TorchScript's first calls
+    for _ in range(repeats):
+        s = [x.clone() for x in state] if isinstance(state, list) else state
+        t0 = time.perf_counter()
+        model.forward(ids, s)
+        plain.append(time.perf_counter() - t0)
+        s = [x.clone() for x in state] if isinstance(state, list) else state
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model.forward(ids, s)
+        matmul_us, _ = weight_matmul_us(prof, shapes, batched, per_shape)
+        shares.append(min(1.0, matmul_us / 1e6 / plain[-1]))
+    median = statistics.median(plain)
+    for d in per_shape.values():
+        d["calls_per_chunk"] = d["calls"] / repeats
+        d["seconds_per_call"] = d["us"] / 1e6 / d["calls"]
+    return {"chunk": len(ids), "samples": plain, "median": median, "tokens_per_second": len(ids) / median,
+            "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
+
+
 def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int, rounds: int = 3) -> dict:
     """Per-token time of the weight matmuls by shape, measured by torch.profiler, and the matmul share.
 
@@ -106,18 +153,8 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
                 logits, state = model.forward([token], state)
                 token = int(torch.argmax(logits))
             wall = (time.perf_counter() - t0) / n
-        matmul_us = 0.0
-        for ev in prof.key_averages(group_by_input_shape=True):
-            if ev.key not in MATMUL_OPS:
-                continue
-            shape = weight_matmul_shape(ev, shapes, batched)
-            if shape is None:
-                other_matmul_us += ev.self_cpu_time_total
-                continue
-            d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
-            d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
-            d["us"] += ev.self_cpu_time_total
-            matmul_us += ev.self_cpu_time_total
+        matmul_us, other = weight_matmul_us(prof, shapes, batched, per_shape)
+        other_matmul_us += other
         token_s = statistics.median(plain)
         shares.append(min(1.0, matmul_us / 1e6 / n / token_s))
         round_info.append({"token_seconds": token_s, "profiled_token_seconds": wall,
@@ -182,14 +219,8 @@ def run(cfg: dict) -> dict:
         chunk = cfg.get("chunk", 0)
         if chunk:
             ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()
-            pre = []
-            for _ in range(cfg.get("chunk_repeats", 3)):
-                s = [x.clone() for x in state] if isinstance(state, list) else state
-                t0 = time.perf_counter()
-                model.forward(ids, s)
-                pre.append(time.perf_counter() - t0)
-            median = statistics.median(pre)
-            out["prefill"] = {"chunk": chunk, "samples": pre, "median": median, "tokens_per_second": chunk / median}
+            out["prefill"] = profile_prefill(model, state, ids, layer_shapes, profile.n_layer,
+                                             cfg.get("chunk_repeats", 3))
     return out
 
 

@@ -7,13 +7,17 @@ modelling them as bytes over bandwidth) under-predicts decode by 7-12% here. So 
 analyze times one block's non-matmul operations, in the same sequence and dtypes as a CPU forward pass
 of the architecture runs them (TorchScript, as BlinkDL's reference package runs by default, vectors in
 the model dtype, the RNN state in fp32), with the matmul outputs as fixed inputs, and counts it once per
-block. Other backends (and ``layers:`` profiles) keep the bytes-over-bandwidth model, labelled modelled.
+block. That holds for RWKV-7, whose forward pass is one scripted token; RWKV-4/5.2/6 run two scripted calls a
+layer with every weight matmul between their ops, and their torch series are timed in that structure instead
+(layerpass.py). The ggml stand-in keeps the bare block (ggml runs no TorchScript). Other backends (and
+``layers:`` profiles) keep the bytes-over-bandwidth model, labelled modelled.
 """
 
 from __future__ import annotations
 
 from typing import List
 
+from rwkvprobe.measure import layerpass
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, TimingPolicy, eviction, measure
 from rwkvprobe.model.profile import Profile
 
@@ -221,7 +225,7 @@ def block_inputs(profile: Profile, dtype: str, seed: int = 0) -> tuple:
         decay = rnd(C) if v == 6 else rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32)
         if v == 6:
             decay = decay.to(f32).view(H, S, 1)
-        vec = norm() + norm() + norm() + [decay, rnd(H, S, 1, dtype=f32)]
+        vec = norm() + norm() + [t.float() for t in norm()] + [decay, rnd(H, S, 1, dtype=f32)]  # ln_x in fp32
         vec += [rnd(C, lo_=0.0) for _ in range(6 if v == 6 else 4)] + [rnd(C, lo_=0.0) for _ in range(2)]
         mm = [rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C, dtype=f32), rnd(C), rnd(C), rnd(C), rnd(F_), rnd(C)]
         if v == 6:
@@ -288,7 +292,10 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         finally:
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
-    out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
+    if cold and profile.version in layerpass.VERSIONS:  # RWKV-4/5/6: in the per-layer structure of a forward pass
+        out = {"backend": backend, "dtype": dtype, **layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes)}
+    else:
+        out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
     seq = {str(m): x for m in chunks if m > 1 and (x := measure_seq(profile, dtype, m, policy))}
     if seq:
         out["seq"] = seq

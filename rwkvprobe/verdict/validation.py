@@ -48,7 +48,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
                 "the sequential state update "
                 f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk), measured {pre['measured_tokens_per_second']:.0f} "
                 f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
-                f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target.")
+                f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target."
+                + (f" In the forward pass: weight matmuls {pre['matmul_forward_seconds'] * 1e3:.1f} ms, everything else "
+                   f"{(pre['measured_seconds'] - pre['matmul_forward_seconds']) * 1e3:.1f} ms a chunk (torch.profiler)."
+                   if pre.get("matmul_forward_seconds") is not None else ""))
         else:
             tps = pre.get("predicted_tokens_per_second", pre.get("predicted_tokens_per_second_matmuls_only"))
             lines.append(f"Prefill chunk of {pre['chunk']}: measured {pre['measured_tokens_per_second']:.0f} tokens/s; "
@@ -129,5 +132,8 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
                           "predicted_modelled": pre["modelled"],
                           # predicted time over measured time, as for decode
                           "predicted_over_measured": measured_tps / pre["tokens_per_second"],
+                          # the chunk's split as profile_prefill measured it (older workers: none)
+                          "matmul_forward_seconds": (real["prefill"]["matmul_share"] * real["prefill"]["median"]
+                                                     if "matmul_share" in real["prefill"] else None),
                           "within_target": with_state and abs(measured_tps / pre["tokens_per_second"] - 1) <= TARGET}
     return out

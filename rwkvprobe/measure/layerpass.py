@@ -1,0 +1,258 @@
+"""The work outside the weight matmuls of RWKV-4, 5.2 and 6, timed inside the per-layer structure a torch
+forward pass gives it, and split from the matmuls the way ``validate`` splits the real pass.
+
+Why not the bare block (nonmatmul.measure_block): in a torch forward pass of these versions every layer is
+two TorchScript calls (time mix, channel mix) with a few dozen tensor arguments each, every weight matmul
+goes through a small scripted helper (dtype handling, the output cast), and every elementwise op runs right
+after a weight matmul that streamed megabytes through the caches and left the other thread of the pool
+waiting. Those costs belong to the token but to no matmul kernel; the bare block, its ops fused into one
+call on cache-resident inputs, left them out (``validate`` measured 0.43-0.79 of the real pass's
+everything-else on these versions; RWKV-7 runs a whole token as one TorchScript method and its bare block
+came within 10%).
+
+So here a ring of layers (weights in the series' layout and dtype, enough distinct layers that their weights
+are read from DRAM as decode reads them) runs in that structure, and rounds alternate a plain pass (timed)
+with a pass under torch.profiler. A layer's non-matmul time is the plain time minus the profiled time of
+its weight matmuls, the same definition ``validate`` applies to the reference's forward pass
+(forward_worker.profile_decode), so the two parts of a prediction and of a real pass mean the same thing.
+The functions below are written for this project from the architectures' equations; they compute what a
+layer computes (random weights), and only their time is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional
+
+from rwkvprobe.measure.forward_worker import weight_matmul_us
+from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
+from rwkvprobe.model.profile import Profile, layer_list
+
+#: RWKV versions timed in their per-layer structure (RWKV-7 keeps nonmatmul's block: one scripted token)
+VERSIONS = (4, 5, 6)
+#: the series' weight layouts: x @ W with W [K, N], or nn.Linear's [N, K] used transposed
+LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
+#: rounds (plain + profiled pass) at least, and at most
+MIN_ROUNDS, MAX_ROUNDS = 5, 40
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_SCRIPTED: dict = {}
+
+
+def _sources():
+    import torch
+    import torch.nn.functional as F
+
+    def mm(a: torch.Tensor, w: torch.Tensor, out: Optional[torch.dtype] = None) -> torch.Tensor:
+        # every matmul of the projections and of the state's outer product goes through one helper, in the
+        # activations' type, its result cast for its consumer (a no-op cast is still a call)
+        y = torch.matmul(a, w if w.dtype == a.dtype else w.to(a.dtype))
+        return y.to(a.dtype if out is None else out)
+
+    def time_mix_4(x: torch.Tensor, prev: torch.Tensor, num: torch.Tensor, den: torch.Tensor, top: torch.Tensor,
+                   ln_w: torch.Tensor, ln_b: torch.Tensor, mix_k: torch.Tensor, mix_v: torch.Tensor,
+                   mix_r: torch.Tensor, decay: torch.Tensor, bonus: torch.Tensor, wk: torch.Tensor,
+                   wv: torch.Tensor, wr: torch.Tensor, wo: torch.Tensor):
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        rcv = torch.sigmoid(mm(h * mix_r + prev * (1 - mix_r), wr))
+        key = mm(h * mix_k + prev * (1 - mix_k), wk, torch.float32)
+        val = mm(h * mix_v + prev * (1 - mix_v), wv, torch.float32)
+        # the RWKV-4 WKV recurrence in its max-shifted form (numerator, denominator, running exponent)
+        cur = bonus + key
+        m1 = torch.maximum(top, cur)
+        a1, b1 = torch.exp(top - m1), torch.exp(cur - m1)
+        wkv = ((a1 * num + b1 * val) / (a1 * den + b1)).to(x.dtype)
+        aged = decay + top
+        m2 = torch.maximum(aged, key)
+        a2, b2 = torch.exp(aged - m2), torch.exp(key - m2)
+        return x + mm(rcv * wkv, wo), h, a2 * num + b2 * val, a2 * den + b2, m2
+
+    def channel_mix(x: torch.Tensor, prev: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,
+                    mix_k: torch.Tensor, mix_r: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+                    wr: torch.Tensor, v6: bool):
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        if v6:  # RWKV-6 mixes towards the previous token by difference
+            d = prev - h
+            kin, rin = h + d * mix_k, h + d * mix_r
+        else:
+            kin, rin = h * mix_k + prev * (1 - mix_k), h * mix_r + prev * (1 - mix_r)
+        gate = torch.sigmoid(mm(rin, wr))
+        hidden = torch.relu(mm(kin, wk)) ** 2
+        return x + gate * mm(hidden, wv), h
+
+    def time_mix_56(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, ln_w: torch.Tensor,
+                    ln_b: torch.Tensor, lnx_w: torch.Tensor, lnx_b: torch.Tensor, mixes: List[torch.Tensor],
+                    low: List[torch.Tensor], decay: torch.Tensor, bonus: torch.Tensor, wk: torch.Tensor,
+                    wv: torch.Tensor, wr: torch.Tensor, wg: torch.Tensor, wo: torch.Tensor, H: int, S: int,
+                    v6: bool):
+        # mixes: v5 k v r g; v6 x w k v r g. low (v6): token-shift in [C, 5*m] and out [5, m, C], decay in, out
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        if v6:
+            d = prev - h
+            shift = torch.tanh((h + d * mixes[0]) @ low[0]).view(5, 1, -1)
+            pw, pk, pv, pr, pg = torch.bmm(shift, low[1]).view(5, -1).unbind(dim=0)
+            win = h + d * (mixes[1] + pw)
+            kin, vin = h + d * (mixes[2] + pk), h + d * (mixes[3] + pv)
+            rin, gin = h + d * (mixes[4] + pr), h + d * (mixes[5] + pg)
+            dec = decay + (torch.tanh(win @ low[2]) @ low[3]).float().view(H, S, 1)
+            dec = torch.exp(-torch.exp(dec.float()))
+        else:
+            kin, vin = h * mixes[0] + prev * (1 - mixes[0]), h * mixes[1] + prev * (1 - mixes[1])
+            rin, gin = h * mixes[2] + prev * (1 - mixes[2]), h * mixes[3] + prev * (1 - mixes[3])
+            dec = decay
+        rcv = mm(rin, wr, torch.float32).view(H, 1, S)
+        key = mm(kin, wk, torch.float32).view(H, S, 1)
+        val = mm(vin, wv, torch.float32).view(H, 1, S)
+        gate = F.silu(mm(gin, wg))
+        kv = mm(key, val)  # per head: the outer product that enters the state
+        y = (rcv @ (bonus * kv + state)).flatten()
+        state = kv + dec * state
+        y = F.group_norm(y.unsqueeze(0), num_groups=H, weight=lnx_w, bias=lnx_b, eps=64e-5).squeeze(0)
+        return x + mm(y.to(x.dtype) * gate, wo), h, state
+
+    return time_mix_4, channel_mix, time_mix_56
+
+
+def functions() -> tuple:
+    """The scripted (time mix 4, channel mix, time mix 5/6) functions, compiled once per process."""
+    import torch
+
+    if not _SCRIPTED:
+        import warnings
+
+        with warnings.catch_warnings():  # deprecated in favour of torch.compile, but what the reference runs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _SCRIPTED["fns"] = tuple(torch.jit.script(f) for f in _sources())
+    return _SCRIPTED["fns"]
+
+
+def layer_bytes(profile: Profile, dtype: str) -> int:
+    """Weight bytes of one layer (every matrix of a block, at the dtype's size)."""
+    ll = layer_list(profile)
+    size = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    return sum(x.k * x.n * x.stored * size for x in ll.layers if x.kind != "head") // profile.n_layer
+
+
+def ring_size(profile: Profile, dtype: str, llc_bytes: int | None) -> int:
+    """Distinct layers to rotate over: their weights cover LLC_FACTOR times the last-level cache (read from
+    DRAM, as in decode), at least 2 (so a layer's vectors and state are evicted by another layer's weights),
+    at most n_layer."""
+    need = LLC_FACTOR * (llc_bytes or DEFAULT_LLC_BYTES)
+    return max(2, min(profile.n_layer, math.ceil(need / max(1, layer_bytes(profile, dtype)))))
+
+
+def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: int = 0) -> list[dict]:
+    """Seeded parameters and state of ``layers`` distinct layers, weights in the series' layout."""
+    import torch
+
+    v, C, F_, lo = profile.version, profile.n_embd, profile.dim_ffn, profile.lora
+    dt = getattr(torch, _TORCH_DTYPES[dtype])
+    f32 = torch.float32
+    g = torch.Generator().manual_seed(seed)
+    nk = LAYOUTS[backend] == "nk"
+
+    def rnd(*shape, lo_=-1.0, hi=1.0, dtype=dt):
+        return (torch.rand(shape, generator=g) * (hi - lo_) + lo_).to(dtype)
+
+    def weight(k, n):  # scaled like a trained matrix so that activations stay finite
+        bound = math.sqrt(3.0 / k) / 2
+        return rnd(n, k, lo_=-bound, hi=bound).t() if nk else rnd(k, n, lo_=-bound, hi=bound)
+
+    def norm():
+        return [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+
+    ring = []
+    for _ in range(layers):
+        d: dict = {"x_prev_att": rnd(C), "x_prev_ffn": rnd(C)}
+        ffn_w = [weight(C, F_), weight(F_, C), weight(C, C)]  # key, value, receptance
+        d["ffn"] = norm() + [rnd(C, lo_=0.0), rnd(C, lo_=0.0)] + ffn_w
+        if v == 4:
+            d["state"] = [rnd(C, dtype=f32), rnd(C, lo_=0.5, hi=1.5, dtype=f32), rnd(C, dtype=f32)]
+            d["att"] = norm() + [rnd(C, lo_=0.0) for _ in range(3)] + [rnd(C, lo_=-1.0, hi=0.0, dtype=f32),
+                                                                       rnd(C, dtype=f32)]
+            d["att_w"] = [weight(C, C) for _ in range(4)]  # key, value, receptance, output
+        else:
+            S = profile.head_size
+            H = C // S
+            d["state"] = rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32)
+            d["mixes"] = [rnd(C, lo_=0.0) for _ in range(6 if v == 6 else 4)]
+            d["low"] = ([weight(C, 5 * lo["mix"]), rnd(5, lo["mix"], C, lo_=-0.1, hi=0.1), weight(C, lo["decay"]),
+                         weight(lo["decay"], C)] if v == 6 else [])
+            d["decay"] = (rnd(H, S, 1, lo_=-1.0, hi=0.0, dtype=f32) if v == 6
+                          else rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32))
+            d["att"] = norm() + [t.float() for t in norm()]  # ln_x in fp32, as group_norm's fp32 input needs
+            d["bonus"] = rnd(H, S, 1, dtype=f32)
+            d["att_w"] = [weight(C, C) for _ in range(5)]  # key, value, receptance, gate, output
+        ring.append(d)
+    return ring
+
+
+def run_layer(profile: Profile, fns: tuple, d: dict, x):
+    """One layer as a torch forward pass runs it: the residual cast to the layer's type, the time mix call,
+    the channel mix call; the state and token-shift inputs carried for the next token."""
+    time_mix_4, channel_mix, time_mix_56 = fns
+    v = profile.version
+    x = x.to(dtype=d["x_prev_att"].dtype)
+    if v == 4:
+        s = d["state"]
+        x, d["x_prev_att"], s[0], s[1], s[2] = time_mix_4(x, d["x_prev_att"], s[0], s[1], s[2], *d["att"][:5],
+                                                            d["att"][5], d["att"][6], *d["att_w"])
+    else:
+        S = profile.head_size
+        x, d["x_prev_att"], d["state"] = time_mix_56(
+            x, d["x_prev_att"], d["state"], d["att"][0], d["att"][1], d["att"][2], d["att"][3], d["mixes"], d["low"],
+            d["decay"], d["bonus"], *d["att_w"], profile.n_embd // S, S, v == 6)
+    x, d["x_prev_ffn"] = channel_mix(x, d["x_prev_ffn"], *d["ffn"], v == 6)
+    return x
+
+
+def weight_shapes(profile: Profile) -> tuple[set, dict]:
+    """(the (K, N) of every weight matrix, the batched ones' matrices per call) as the profiler sees them."""
+    ll = layer_list(profile)
+    shapes = {(x.k, x.n) for x in ll.layers}
+    batched = {(x.k, x.n): x.count // profile.n_layer for x in ll.layers if x.count > profile.n_layer}
+    return shapes, batched
+
+
+def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict:
+    """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
+    n_layer; every round's figures kept."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    fns = functions()
+    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
+    shapes, batched = weight_shapes(profile)
+    # every layer reads the same input (a random network's residual would drift); the state is carried
+    x0 = (torch.rand(profile.n_embd, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
+        getattr(torch, _TORCH_DTYPES[dtype]))
+
+    def one_pass():
+        for d in ring:
+            run_layer(profile, fns, d, x0)
+
+    rounds: list[dict] = []
+    t_end = time.perf_counter() + budget_seconds
+    with torch.no_grad():
+        for _ in range(3):  # TorchScript optimises a function after its first calls
+            one_pass()
+        while len(rounds) < MAX_ROUNDS and (len(rounds) < MIN_ROUNDS or time.perf_counter() < t_end):
+            t0 = time.perf_counter()
+            one_pass()
+            plain = (time.perf_counter() - t0) / len(ring)
+            with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                one_pass()
+            by_shape: dict = {}
+            matmul_us, _ = weight_matmul_us(prof, shapes, batched, by_shape)
+            matmul = matmul_us / 1e6 / len(ring)
+            rounds.append({"layer_seconds": plain, "weight_matmul_seconds": matmul,
+                           "non_matmul_seconds": max(0.0, plain - matmul)})
+            calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
+    summary = summarize([r["non_matmul_seconds"] for r in rounds])
+    per_layer = summary["median_seconds"]
+    return {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
+            "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer, "seconds_per_token": per_layer * profile.n_layer,
+            "rounds": rounds, "spread": summary["spread"],
+            "what": "one layer's work outside its weight matmuls, timed in a torch forward pass's per-layer "
+                    "structure (two TorchScript calls a layer, each weight matmul through a helper, weights read "
+                    "from DRAM) as the layer's time minus its weight matmuls' profiled time, times n_layer"}

@@ -1,0 +1,140 @@
+"""layerpass: RWKV-4/5.2/6's non-matmul work timed in a forward pass's per-layer structure."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from rwkvprobe.model.profile import layer_list, parse_profile
+
+torch = pytest.importorskip("torch")
+
+from rwkvprobe.measure import layerpass, nonmatmul  # noqa: E402
+from rwkvprobe.measure.timing import LLC_FACTOR  # noqa: E402
+
+TINY = {
+    4: {"version": 4, "n_layer": 3, "n_embd": 128, "vocab_size": 256},
+    5: {"version": 5, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64},
+    6: {"version": 6, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64, "lora": {"mix": 32, "decay": 64}},
+}
+
+
+def tiny(version: int, **over):
+    return parse_profile({"name": "t", "source": "t", **TINY[version], **over})
+
+
+OP_COUNTS = r"""
+import json, os, sys
+data = json.loads(sys.argv[1])
+os.environ["RWKV_V7_ON"] = "0"
+from collections import Counter
+import torch
+from torch.profiler import profile, ProfilerActivity
+from rwkvprobe.measure import forward_worker as fw, layerpass
+from rwkvprobe.model.profile import parse_profile, state_dict_shapes
+
+def top_level_ops(prof):
+    c = Counter()
+    for e in prof.events():
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
+            c[e.name] += 1
+    return c
+
+def reference_ops(n_layer):
+    p = parse_profile({**data, "n_layer": n_layer})
+    m = fw.load_reference(fw.random_state_dict(state_dict_shapes(p), 0), p.version, "fp32")
+    with torch.no_grad():
+        _, st = m.forward([1, 2], None)
+        for _ in range(4):
+            _, st = m.forward([3], st)
+        with profile(activities=[ProfilerActivity.CPU]) as pr:
+            m.forward([3], st)
+    return top_level_ops(pr), p
+
+two, _ = reference_ops(2)
+three, p = reference_ops(3)
+fns = layerpass.functions()
+(layer,) = layerpass.build_ring(p, "torch-linear", "fp32", 1)
+x = torch.rand(p.n_embd)
+with torch.no_grad():
+    for _ in range(4):
+        layerpass.run_layer(p, fns, layer, x)
+    with profile(activities=[ProfilerActivity.CPU]) as pr:
+        layerpass.run_layer(p, fns, layer, x)
+print(json.dumps({"reference_layer": dict(three - two), "ours": dict(top_level_ops(pr))}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_a_layer_runs_exactly_the_reference_layers_operations(version):
+    """One more layer in the reference's real decode adds exactly the ATen calls of our layer, weight matmuls,
+    casts and state update included (the structure whose overhead is timed)."""
+    pytest.importorskip("rwkv")
+    data = {"name": "t", "source": "t", **TINY[version]}
+    proc = subprocess.run([sys.executable, "-c", OP_COUNTS, json.dumps(data)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["ours"] == r["reference_layer"]
+    assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 7
+
+
+@pytest.mark.parametrize("version", [4, 5, 6])
+@pytest.mark.parametrize("backend", ["torch", "torch-linear"])
+def test_layers_carry_their_state_and_keep_the_series_layout(version, backend):
+    p = tiny(version)
+    (d,) = layerpass.build_ring(p, backend, "bf16", 1)
+    w = d["att_w"][0]
+    assert w.dtype == torch.bfloat16 and w.shape == (128, 128)
+    assert w.is_contiguous() is (backend == "torch")  # torch-linear: nn.Linear's [N, K], used transposed
+    before = [t.clone() for t in d["state"]] if version == 4 else d["state"].clone()
+    x = torch.rand(128).to(torch.bfloat16)
+    with torch.no_grad():
+        out = layerpass.run_layer(p, layerpass.functions(), d, x)
+    assert out.dtype == torch.bfloat16 and out.shape == (128,) and torch.isfinite(out.float()).all()
+    after = d["state"]
+    if version == 4:
+        assert all(t.dtype == torch.float32 for t in after) and not torch.equal(after[0], before[0])
+    else:
+        assert after.dtype == torch.float32 and after.shape == (2, 64, 64) and not torch.equal(after, before)
+    assert torch.equal(d["x_prev_att"], torch.nn.functional.layer_norm(x, (128,), *d["att"][:2]))
+
+
+def test_the_ring_covers_the_cache_and_stays_within_the_model():
+    p = tiny(4, n_layer=24)
+    per_layer = layerpass.layer_bytes(p, "fp32")
+    ll = layer_list(p)
+    assert per_layer == sum(x.k * x.n * x.count * 4 for x in ll.layers if x.kind != "head") // 24
+    n = layerpass.ring_size(p, "fp32", 1 << 20)
+    assert n * per_layer >= LLC_FACTOR * (1 << 20) and (n - 1) * per_layer < LLC_FACTOR * (1 << 20)
+    assert layerpass.ring_size(p, "fp32", 1 << 40) == 24  # never more layers than the model has
+    assert layerpass.ring_size(p, "fp32", 1) == 2  # another layer's weights evict a layer's vectors
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_measure_splits_off_every_weight_matmul_of_a_layer(version):
+    p = tiny(version)
+    r = layerpass.measure(p, "torch-linear", "fp32", 0.05, 1 << 20)
+    per_layer = sum(x.count for x in layer_list(p).layers if x.kind != "head") / p.n_layer
+    assert r["weight_matmuls_per_layer"] == per_layer  # v6: the five token-shift matrices in one bmm count 5
+    assert r["method"] == "layer-pass" and r["ring_layers"] == 3 and len(r["rounds"]) >= layerpass.MIN_ROUNDS
+    for x in r["rounds"]:
+        assert 0 < x["weight_matmul_seconds"] and x["non_matmul_seconds"] == pytest.approx(
+            max(0.0, x["layer_seconds"] - x["weight_matmul_seconds"]))
+    assert r["seconds_per_token"] == pytest.approx(r["seconds_per_block"] * 3) and r["seconds_per_block"] > 0
+
+
+def test_the_torch_series_of_rwkv4_to_6_are_timed_in_layers_rwkv7_and_the_stand_in_as_a_block():
+    for version in (4, 5, 6):
+        p = tiny(version)
+        for b in nonmatmul.BACKENDS:
+            assert nonmatmul.measure_series(p, b, "fp32", 0.05, 1 << 20, True)["method"] == "layer-pass"
+        assert "method" not in nonmatmul.measure_series(p, "ggml", "fp32", 0.05, 1 << 20, True, threads=1)
+        assert "method" not in nonmatmul.measure_series(p, "torch", "fp32", 0.05, 1 << 20, False)  # warm: block
+    p7 = parse_profile({"name": "t", "source": "t", "version": 7, "n_layer": 2, "n_embd": 128, "vocab_size": 256,
+                        "head_size": 64, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})
+    assert "method" not in nonmatmul.measure_series(p7, "torch", "fp32", 0.05, 1 << 20, True)
