@@ -123,7 +123,7 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
 
 
-def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int, rounds: int = 3) -> dict:
+def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int, rounds: int = 5) -> dict:
     """Per-token time of the weight matmuls by shape, measured by torch.profiler, and the matmul share.
 
     ``rounds`` times: ``n`` tokens timed without the profiler, then ``n`` tokens under it. The matmul share of
@@ -220,7 +220,7 @@ def run(cfg: dict) -> dict:
         if chunk:
             ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()
             out["prefill"] = profile_prefill(model, state, ids, layer_shapes, profile.n_layer,
-                                             cfg.get("chunk_repeats", 3))
+                                             cfg.get("chunk_repeats", 5))
     return out
 
 

@@ -34,7 +34,7 @@ VERSIONS = (4, 5, 6)
 #: the series' weight layouts: x @ W with W [K, N], or nn.Linear's [N, K] used transposed
 LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
 #: rounds (plain + profiled pass) at least, and at most
-MIN_ROUNDS, MAX_ROUNDS = 5, 40
+MIN_ROUNDS, MAX_ROUNDS = 8, 40
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SCRIPTED: dict = {}
 
