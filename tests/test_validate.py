@@ -53,12 +53,15 @@ def test_forward_pass_runs_every_weight_matmul_the_layer_list_counts(version):
     real = run_forward(ll, "fp32", threads=1, tokens=5, chunk=4, cpus=None)
     assert len(real["decode"]["samples"]) == 5 and real["decode"]["median"] > 0
     assert real["logits_finite"]
-    assert real["prefill"]["chunk"] == 4 and len(real["prefill"]["samples"]) == 3
+    assert real["prefill"]["chunk"] == 4 and len(real["prefill"]["samples"]) == 5
     expected = Counter()
     for layer in ll.layers:
         expected[f"{layer.k}x{layer.n}"] += layer.count
     seen = {f"{x['k']}x{x['n']}": x["calls_per_token"] for x in real["profiled"]["by_shape"]}
     assert seen == dict(expected)
+    # the chunk runs the same weight matmuls once each, the head too (for its last token only: Layer.chunk_rows)
+    assert {f"{x['k']}x{x['n']}": x["calls_per_chunk"] for x in real["prefill"]["by_shape"]} == dict(expected)
+    assert 0 < real["prefill"]["matmul_share"] < 1
     prof = real["profiled"]
     assert 0 < prof["weight_matmul_seconds_per_token"] < real["decode"]["median"] * 3
 
