@@ -138,3 +138,24 @@ def test_the_torch_series_of_rwkv4_to_6_are_timed_in_layers_rwkv7_and_the_stand_
     p7 = parse_profile({"name": "t", "source": "t", "version": 7, "n_layer": 2, "n_embd": 128, "vocab_size": 256,
                         "head_size": 64, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})
     assert "method" not in nonmatmul.measure_series(p7, "torch", "fp32", 0.05, 1 << 20, True)
+
+
+def test_a_results_file_with_a_layer_pass_entry_loads_and_is_checked(tmp_path):
+    """The layer-pass entry (rounds, ring, split) passes the results file's record check; a damaged one is named."""
+    from roofline_fixtures import make_results
+
+    from rwkvprobe.results import load_results, save_results
+
+    p = tiny(4)
+    results = make_results(layer_list(p), backend="torch-linear")
+    results["bandwidth"]["array_bytes"] = 10**9  # the fixture writes a float where a file holds an integer
+    results["nonmatmul"] = [nonmatmul.measure_series(p, "torch-linear", "fp32", 0.05, 1 << 20, True)]
+    save_results(tmp_path / "results.json", results)
+    back = load_results(tmp_path / "results.json", kinds=("analyze",))
+    assert back["nonmatmul"][0]["method"] == "layer-pass" and back["nonmatmul"][0]["rounds"]
+    back["nonmatmul"][0]["rounds"][0]["layer_seconds"] = "slow"
+    save_results(tmp_path / "bad.json", back)
+    from rwkvprobe.errors import InputError
+
+    with pytest.raises(InputError, match=r"nonmatmul\[0\]\.rounds\[0\]\.layer_seconds"):
+        load_results(tmp_path / "bad.json", kinds=("analyze",))
