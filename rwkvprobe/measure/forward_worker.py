@@ -98,7 +98,6 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
     plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
     plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     shapes = {(k, nn) for k, nn, _ in layer_shapes}

@@ -218,7 +218,8 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
     """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
     n_layer; every round's figures kept."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     fns = functions()
     ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
