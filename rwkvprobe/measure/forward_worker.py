@@ -102,7 +102,9 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
 
     shapes = {(k, nn) for k, nn, _ in layer_shapes}
     batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
-    plain, shares, per_shape = [], [], {}
+    plain: list[float] = []
+    shares: list[float] = []
+    per_shape: dict = {}
     model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)  # TorchScript's first calls
     for _ in range(repeats):
         s = [x.clone() for x in state] if isinstance(state, list) else state
