@@ -290,3 +290,16 @@ def test_whatif_points_rotate_fewer_copies_but_stay_cold():
     assert full.copies == 16 and few.copies == 4
     # between two uses of one buffer at least LLC_FACTOR x the cache still passes: the flush makes up the rest
     assert few.copies * (2.6e6 + few.flush_bytes) >= LLC_FACTOR * llc
+
+
+def test_the_setup_still_to_come_is_projected_from_a_fixed_cost_and_a_cost_per_weight_byte():
+    """Preparing and checking a point costs a fixed part plus a part growing with its weight (the head's 0.5 GB
+    costs seconds): the plan sets that aside for the points to come, so a run whose head comes last keeps its
+    budget."""
+    from rwkvprobe.measure.analyze import _setup_projection
+
+    assert _setup_projection([], [1e9]) == 0.0
+    spent = [(0.1, 1e6), (0.2, 101e6), (0.3, 201e6)]  # 0.1 s fixed, 1 ms per MB beyond it
+    fixed, rate = 0.1, (0.1 + 0.2) / (1e6 + 101e6 + 201e6)
+    assert _setup_projection(spent, [500e6, 1e6]) == pytest.approx(2 * fixed + rate * 501e6)
+    assert _setup_projection(spent, [500e6]) > 5 * _setup_projection(spent, [1e6])

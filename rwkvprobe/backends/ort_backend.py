@@ -112,7 +112,7 @@ class OrtRunner:
 
     def inputs(self):
         if not self.workload.quantized:
-            return self.a, base_weight(self.k, self.n).astype(self.dtype)
+            return self.a, base_weight(self.k, self.n).astype(self.dtype, copy=False)
         w = self.workload
         return activation_as_seen(self.a, w.weight_format, w.block_size), read_quantized_weight(self.path)
 

@@ -226,6 +226,17 @@ class _Laps:
         self.mark = now
 
 
+def _setup_projection(spent: list[tuple[float, float]], weight_bytes: list[float]) -> float:
+    """Seconds that preparing and checking the points of ``weight_bytes`` will take, from ``spent`` (seconds,
+    weight bytes) of the points done: the cheapest point's cost each, plus the rest per weight byte."""
+    if not spent:
+        return 0.0
+    fixed = min(c for c, _ in spent)
+    extra, nbytes = sum(c - fixed for c, _ in spent), sum(b for _, b in spent)
+    rate = extra / nbytes if nbytes > 0 else 0.0
+    return sum(fixed + rate * b for b in weight_bytes)
+
+
 class Analysis(Run):
     """One analyze run; ``run()`` measures what ``results`` still lacks, saving after each point."""
 
@@ -389,16 +400,19 @@ class Analysis(Run):
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0
         last_probe = time.perf_counter()
-        spent_outside_timing: list[float] = []  # prepare + check of each point measured so far
+        spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
+        weight_bytes = [backends[b].workload(m, k, n, d, s.block_size).weight_bytes for m, k, n, b, d in points]
         for i, (m, k, n, b, d) in enumerate(points):
             w = backends[b].workload(m, k, n, d, s.block_size)
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
-            # the timing budget adapts to what is left of --budget: what preparing and checking really cost
-            # so far is set aside for every point still to come
+            # the timing budget adapts to what is left of --budget: what preparing and checking will cost the
+            # points still to come is set aside first, projected from what it cost so far (a fixed part and a
+            # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
+            # coming last, it overran a run planned on the average point)
             left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
-            setup = sum(spent_outside_timing) / len(spent_outside_timing) if spent_outside_timing else 0.0
-            budget = min(per_point, max(MIN_POINT_SECONDS, left / (len(points) - i) - setup))
+            setup_left = _setup_projection(spent_outside_timing, weight_bytes[i:])
+            budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / (len(points) - i)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
             calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
@@ -416,8 +430,8 @@ class Analysis(Run):
                 copies = WHATIF_COPIES if whatif_point else POINT_COPIES
                 point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
                 cost = point.get("overhead_seconds") or {}
-                spent_outside_timing.append(cost.get("prepare", 0.0) + cost.get("check", 0.0))
-                spare = left - (len(points) - i) * (setup + MIN_POINT_SECONDS)
+                spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
+                spare = left - setup_left - (len(points) - i) * MIN_POINT_SECONDS
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
