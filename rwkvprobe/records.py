@@ -109,6 +109,14 @@ class Remeasured(TypedDict):
     waited_for_quiet_seconds: NotRequired[float]
 
 
+class SlowRecheck(TypedDict):
+    """A point far slower than its ceilings predict, measured again: both medians and the projection."""
+
+    median_seconds: float
+    again_median_seconds: Union[float, None]
+    projected_seconds: float
+
+
 class Point(TypedDict):
     """points.measure_point() (and npu/board.py's points): one M x K x N matmul of one series, checked, then
     timed. A point that failed has ``error`` and no timing; one projected too slow has ``skipped``."""
@@ -131,6 +139,7 @@ class Point(TypedDict):
     contention: NotRequired[Contention]
     overhead_seconds: NotRequired[OverheadSeconds]
     remeasured: NotRequired[Remeasured]
+    slow_recheck: NotRequired[SlowRecheck]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb
     eval_perf: NotRequired[dict[str, Any]]  # board points: rknn-toolkit2's eval_perf, parsed

@@ -303,3 +303,31 @@ def test_the_setup_still_to_come_is_projected_from_a_fixed_cost_and_a_cost_per_w
     fixed, rate = 0.1, (0.1 + 0.2) / (1e6 + 101e6 + 201e6)
     assert _setup_projection(spent, [500e6, 1e6]) == pytest.approx(2 * fixed + rate * 501e6)
     assert _setup_projection(spent, [500e6]) > 5 * _setup_projection(spent, [1e6])
+
+
+def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, small, tmp_path, monkeypatch):
+    """One point's first timing 1000x its real time (as a ggml GEMV once ran 11-23 ms a call for 0.04 ms of work):
+    analyze measures it again at once, keeps the faster, records both, and the report's stability line says so."""
+    from rwkvprobe.measure import analyze
+
+    real = analyze.measure_point
+    slowed = []
+
+    def slow_once(*args, **kwargs):
+        p = real(*args, **kwargs)
+        if not slowed and p.get("timing"):
+            slowed.append((p["k"], p["n"]))
+            p["timing"] = dict(p["timing"], median_seconds=p["timing"]["median_seconds"] * 1000)
+        return p
+
+    monkeypatch.setattr(analyze, "measure_point", slow_once)
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("analyze", small, "--out", out, *FAST)
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    (p,) = [p for p in r["measurements"] if p.get("slow_recheck")]
+    x = p["slow_recheck"]
+    assert (p["k"], p["n"]) == slowed[0] and x["median_seconds"] > analyze.contention.SLOW_POINT_FACTOR * x["projected_seconds"]
+    assert p["timing"]["median_seconds"] == x["again_median_seconds"] < x["median_seconds"] / 100
+    assert "1 point(s) over 10x slower than their series' ceilings predict were measured again" in (
+        out / "report.md").read_text()

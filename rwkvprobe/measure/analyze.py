@@ -226,6 +226,11 @@ class _Laps:
         self.mark = now
 
 
+def _far_slower(point: dict, projected: float | None) -> bool:
+    t = point_seconds(point)
+    return bool(t and projected and t > contention.SLOW_POINT_FACTOR * projected)
+
+
 def _setup_projection(spent: list[tuple[float, float]], weight_bytes: list[float]) -> float:
     """Seconds that preparing and checking the points of ``weight_bytes`` will take, from ``spent`` (seconds,
     weight bytes) of the points done: the cheapest point's cost each, plus the rest per weight byte."""
@@ -434,6 +439,8 @@ class Analysis(Run):
                 spare = left - setup_left - (len(points) - i) * MIN_POINT_SECONDS
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
+                elif _far_slower(point, proj) and spare > 2 * sum(cost.values()):
+                    point = self._recheck_slow(point, proj, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
                 point["at"] = time.time()  # when it was timed: the verdict judges it at that moment's bandwidth
@@ -492,6 +499,21 @@ class Analysis(Run):
                 point = again
         point["remeasured"] = first
         return point
+
+    def _recheck_slow(self, point: dict, projected: float, backend, w: Workload, llc, policy, progress,
+                      label: str, max_copies: int | None) -> dict:
+        """A point far slower than its own series' ceilings predict (contention.SLOW_POINT_FACTOR): measured once more,
+        the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction of a second
+        (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower."""
+        t = point_seconds(point)
+        assert t is not None
+        progress.note(f"{label}: {t * 1e3:.3g} ms a call, {t / projected:.0f}x what its ceilings predict: "
+                      "measuring again")
+        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
+        t2 = point_seconds(again)
+        kept = again if t2 is not None and t2 < t else point
+        kept["slow_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "projected_seconds": projected}
+        return kept
 
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only

@@ -55,6 +55,11 @@ def between(a: Sample, b: Sample, threshold: float = CONTENDED_SHARE) -> dict:
             "contended": taken >= MIN_CPU_SECONDS and share >= threshold}
 
 
+#: analyze measures a point again when it is slower than this many times its series' ceilings predict (a
+#: kernel-limited layer sits well within it: the series' own peak and GEMV rate carry a slow kernel's speed)
+SLOW_POINT_FACTOR = 10.0
+
+
 def summary(points: list[dict]) -> dict:
     """Counts for the report's stability line, over points that carry a ``contention`` record."""
     sampled = [p for p in points if p.get("contention")]
@@ -63,5 +68,6 @@ def summary(points: list[dict]) -> dict:
     shares = [p["contention"]["other_share"] + p["contention"]["steal_share"] for p in sampled]
     steal = [p["contention"]["steal_share"] for p in sampled]
     return {"sampled": len(sampled), "contended": len(contended), "remeasured": len(remeasured),
+            "slow_rechecked": sum(1 for p in points if p.get("slow_recheck")),
             "max_share": max(shares, default=0.0), "max_steal_share": max(steal, default=0.0),
             "contended_points": [f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}" for p in contended]}

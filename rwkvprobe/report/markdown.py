@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import read_probes
-from rwkvprobe.measure.contention import CONTENDED_SHARE, summary
+from rwkvprobe.measure.contention import CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
 from rwkvprobe.report.format import environment_section, md_table, ms
@@ -211,6 +211,9 @@ def stability_line(results: dict) -> str:
                          f"{c['max_share']:.0%} of the CPUs, flag at {CONTENDED_SHARE:.0%})")
         if c["remeasured"]:
             parts.append(f"{c['remeasured']} contended point(s) were measured again")
+        if c["slow_rechecked"]:
+            parts.append(f"{c['slow_rechecked']} point(s) over {SLOW_POINT_FACTOR:g}x slower than their series' "
+                         "ceilings predict were measured again (the faster kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 
