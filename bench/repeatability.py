@@ -3,7 +3,9 @@
 Runs `rwkvprobe analyze PROFILE --quick` twice in a row (each in its own process, its own output
 folder), then prints, for every series both runs measured, the decode ms/token of each run and their
 ratio, and whether the verdict (the main bound of the fastest series, and which series that is) is the
-same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict.
+same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict. It prints the range of each
+run's DRAM bandwidth probes too: where the machine's own bandwidth moved between the runs, the bandwidth-bound
+series moved with it.
 
     python bench/repeatability.py [profiles/rwkv-0b4.yaml] [-- extra analyze options]
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from rwkvprobe.measure.bandwidth import read_probes  # noqa: E402
 from rwkvprobe.report.markdown import _best  # noqa: E402
 from rwkvprobe.verdict.roofline import main_bound, verdict_of  # noqa: E402
 
@@ -65,6 +68,13 @@ def main() -> int:
         worst = max(worst, abs(ratio - 1))
         flag = "" if abs(ratio - 1) <= TARGET else "  <- outside 10%"
         print(f"{label:28s} {d1[label] * 1e3:15.2f} {d2[label] * 1e3:15.2f} {ratio:10.3f}{flag}")
+    # the machine's own DRAM bandwidth over each run (every read probe): on a shared host it moves in phases
+    # (this VM: 31-62 GB/s within one run), and bandwidth-bound series move with it
+    for i, r in ((1, r1), (2, r2)):
+        gbps = [g for _, g in read_probes(r)]
+        if gbps:
+            print(f"run {i}: {len(gbps)} bandwidth probes, {min(gbps):.1f}-{max(gbps):.1f} GB/s "
+                  f"(max/min {max(gbps) / min(gbps):.2f})")
     same = (best1, bound1) == (best2, bound2)
     print(f"verdict: run 1 {best1} {bound1}, run 2 {best2} {bound2}: {'same' if same else 'DIFFERENT'}")
     print(f"largest deviation {worst:.1%} (target {TARGET:.0%}); results in {tmp}")
