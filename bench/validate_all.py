@@ -61,6 +61,15 @@ def run_one(profile: Path, dtype: str, threads: int | None, tokens: int, chunk: 
             "validation": v, "lines": proc.stdout.strip().splitlines()}
 
 
+def _phase(v: dict) -> str:
+    """The DRAM bandwidth around the real pass against the analyze run's (a different phase moves every figure)."""
+    b = v.get("bandwidth") or {}
+    if not b.get("real_pass_gbps") or not b.get("analyze_gbps"):
+        return "-"
+    real = sum(b["real_pass_gbps"]) / len(b["real_pass_gbps"])
+    return f"{real:.0f}/{b['analyze_gbps']:.0f} GB/s ({real / b['analyze_gbps']:.2f})"
+
+
 def row(x: dict) -> list[str]:
     if "error" in x:
         return [Path(x["profile"]).stem, "error: " + x["error"]]
@@ -74,7 +83,7 @@ def row(x: dict) -> list[str]:
            f"{s['matmul_predicted_seconds'] * 1e3:.1f}/{s['matmul_forward_seconds'] * 1e3:.1f} ({mm:.2f})",
            f"{s['rest_predicted_seconds'] * 1e3:.1f}/{s['rest_forward_seconds'] * 1e3:.1f} ({rest:.2f})",
            f"{v['predicted']['decode_seconds'] * 1e3:.1f}/{d['median'] * 1e3:.1f} ({total:.2f})",
-           f"{(d['q3'] - d['q1']) / d['median']:.0%}", "yes" if ok else "no"]
+           f"{(d['q3'] - d['q1']) / d['median']:.0%}", _phase(v), "yes" if ok else "no"]
     pre = v.get("prefill")
     if pre:
         r = pre["predicted_over_measured"]
@@ -128,6 +137,7 @@ def main() -> int:
         print("  " + " | ".join(row(x)), file=sys.stderr, flush=True)
     header = ["profile", "version", "dtype", "threads", "matmuls ms pred/real (ratio)",
               "everything else ms pred/real (ratio)", "decode ms pred/real (ratio)", "token spread (IQR)",
+              "DRAM GB/s real pass/analyze (ratio)",
               f"parts within {TARGET_PART:.0%}, total within {TARGET_TOTAL:.0%}",
               f"prefill chunk {args.chunk} pred/real (ratio of times)",
               "prefill ms matmuls, sequential rest: pred/real (ratio)", f"prefill within {TARGET_PREFILL:.0%}"]

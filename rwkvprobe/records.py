@@ -421,6 +421,14 @@ class ValidationPrefill(TypedDict):
     predicted_modelled: NotRequired[bool]
     predicted_over_measured: NotRequired[float]
     within_target: NotRequired[bool]
+    matmul_forward_seconds: NotRequired[Union[float, None]]  # the chunk's weight matmuls, torch.profiler
+
+
+class ValidationBandwidth(TypedDict):
+    """validate: the read-bandwidth probes around the real pass and the analyze run's median probe."""
+
+    real_pass_gbps: list[float]
+    analyze_gbps: Union[float, None]
 
 
 class Validation(TypedDict):
@@ -436,6 +444,7 @@ class Validation(TypedDict):
     within_target: bool
     target: float
     split: ValidationSplit
+    bandwidth: NotRequired[ValidationBandwidth]
     by_shape: NotRequired[list[ValidationShape]]
     tokens: NotRequired[int]
     prediction_series: NotRequired[str]

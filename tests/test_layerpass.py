@@ -91,6 +91,7 @@ def test_layers_carry_their_state_and_keep_the_series_layout(version, backend):
     w = d["att_w"][0]
     assert w.dtype == torch.bfloat16 and w.shape == (128, 128)
     assert w.is_contiguous() is (backend == "torch")  # torch-linear: nn.Linear's [N, K], used transposed
+    assert all(t.is_contiguous() for t in d.get("low", []))  # low-rank matrices are stored [K, N] either way
     before = [t.clone() for t in d["state"]] if version == 4 else d["state"].clone()
     x = torch.rand(128).to(torch.bfloat16)
     with torch.no_grad():

@@ -159,6 +159,22 @@ def test_compare_ratio_target_and_gap_split_add_up():
     assert any(x.startswith("Warning: the decoded tokens' times spread 40%") for x in summary_lines(v, "tiny"))
 
 
+def test_a_real_pass_timed_in_another_bandwidth_phase_is_named_first():
+    """The DRAM bandwidth around the real pass 40% below the analyze run's: the summary notes that the two were
+    timed in different phases of the machine; 10% apart, or no probes (an older validation), it does not."""
+    from rwkvprobe.verdict.validation import PHASE_APART, compare, phase_apart, summary_lines
+
+    v = compare(_fake_prediction(), _fake_real(0.050), chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert phase_apart(v) is None and not any("DRAM bandwidth" in x for x in summary_lines(v, "tiny"))
+    v["bandwidth"] = {"real_pass_gbps": [35.0, 37.0], "analyze_gbps": 60.0}
+    assert phase_apart(v) == pytest.approx(36.0 / 60.0 - 1) and abs(phase_apart(v)) > PHASE_APART
+    (w,) = [x for x in summary_lines(v, "tiny") if x.startswith("Note: the machine's DRAM bandwidth")]
+    assert "35.0-37.0 GB/s around the real pass against 60.0 GB/s" in w and "-40%" in w
+    v["bandwidth"] = {"real_pass_gbps": [54.0], "analyze_gbps": 60.0}
+    assert not any("DRAM bandwidth" in x for x in summary_lines(v, "tiny"))
+
+
 def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
     from rwkvprobe.results import save_results
     from rwkvprobe.verdict.validation import compare, summary_lines

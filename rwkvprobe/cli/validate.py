@@ -19,7 +19,7 @@ from rwkvprobe.measure.validate import (
     check_memory,
     check_request,
     record,
-    run_forward,
+    run_forward_bracketed,
     time_nonmatmul_block,
     time_prefill_state,
 )
@@ -83,11 +83,12 @@ def validate_command(
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
                    f"{f' and a prefill chunk of {chunk}' if chunk else ''} ({backend} {dtype}, {run_threads} threads)")
     try:
-        real = run_forward(ll, dtype, run_threads, tokens, chunk, cpus)
+        real, phase = run_forward_bracketed(ll, dtype, run_threads, tokens, chunk, cpus, data)
     except RuntimeError as e:
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     v = compare(pred, real, chunk)
+    v["bandwidth"] = phase
     v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens, "prediction_series": series,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": ["rwkvprobe"] + sys.argv[1:]})

@@ -154,9 +154,9 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
     def rnd(*shape, lo_=-1.0, hi=1.0, dtype=dt):
         return (torch.rand(shape, generator=g) * (hi - lo_) + lo_).to(dtype)
 
-    def weight(k, n):  # scaled like a trained matrix so that activations stay finite
-        bound = math.sqrt(3.0 / k) / 2
-        return rnd(n, k, lo_=-bound, hi=bound).t() if nk else rnd(k, n, lo_=-bound, hi=bound)
+    def weight(k, n, linear=True):  # scaled like a trained matrix so that activations stay finite
+        bound = math.sqrt(3.0 / k) / 2  # the projections in the series' layout; low-rank matrices stay [K, N]
+        return rnd(n, k, lo_=-bound, hi=bound).t() if nk and linear else rnd(k, n, lo_=-bound, hi=bound)
 
     def norm():
         return [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
@@ -176,8 +176,8 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
             H = C // S
             d["state"] = rnd(H, S, S, lo_=-0.1, hi=0.1, dtype=f32)
             d["mixes"] = [rnd(C, lo_=0.0) for _ in range(6 if v == 6 else 4)]
-            d["low"] = ([weight(C, 5 * lo["mix"]), rnd(5, lo["mix"], C, lo_=-0.1, hi=0.1), weight(C, lo["decay"]),
-                         weight(lo["decay"], C)] if v == 6 else [])
+            d["low"] = ([weight(C, 5 * lo["mix"], False), rnd(5, lo["mix"], C, lo_=-0.1, hi=0.1),
+                         weight(C, lo["decay"], False), weight(lo["decay"], C, False)] if v == 6 else [])
             d["decay"] = (rnd(H, S, 1, lo_=-1.0, hi=0.0, dtype=f32) if v == 6
                           else rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32))
             d["att"] = norm() + [t.float() for t in norm()]  # ln_x in fp32, as group_norm's fp32 input needs

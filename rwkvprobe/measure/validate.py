@@ -10,11 +10,12 @@ and shown in its report as "Prediction checked".
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
-from rwkvprobe.measure import nonmatmul
+from rwkvprobe.measure import bandwidth, nonmatmul
 from rwkvprobe.measure.system import llc_bytes
 from rwkvprobe.model.profile import LayerList, Profile, profile_json
 from rwkvprobe.progress import Progress
@@ -23,6 +24,8 @@ from rwkvprobe.progress import Progress
 #: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
 PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7: "torch"}
 DTYPES = ("fp32", "bf16", "fp16")
+#: trials of each read-bandwidth probe bracketing the real pass
+PHASE_TRIALS = 5
 #: ggml's quantized formats: no ggml forward pass here to check them against (check_request says so)
 GGML_QUANTIZED = ("q8_0", "q5_1", "q4_0", "q4_k")
 
@@ -81,6 +84,19 @@ def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int
     if not result.get("ok"):
         raise RuntimeError(f"the reference forward pass failed: {result.get('error')}")
     return result
+
+
+def run_forward_bracketed(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
+                          results: dict) -> tuple[dict, dict]:
+    """run_forward between two read-bandwidth probes, and the analyze run's own probes beside them: on a shared
+    machine the DRAM bandwidth moves in phases, and a real pass timed in another phase than the prediction
+    misses it for that reason alone (validation.PHASE_APART)."""
+    before = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
+    real = run_forward(ll, dtype, threads, tokens, chunk, cpus)
+    after = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
+    analyze = [g for _, g in bandwidth.read_probes(results)]
+    around = [x["read_best_gbps"] for x in (before, after) if x["check_ok"]]
+    return real, {"real_pass_gbps": around, "analyze_gbps": statistics.median(analyze) if analyze else None}
 
 
 # --------------------------------------------------------------------------------------------

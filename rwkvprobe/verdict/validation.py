@@ -12,6 +12,9 @@ from rwkvprobe.verdict.roofline import verdict_of
 TARGET = 0.15
 #: a real pass whose per-token times spread more than this (IQR / median) ran on a busy machine
 NOISY = 0.10
+#: the real pass's DRAM bandwidth (the probes around it) this far from the analyze run's (the median of its
+#: probes): the two were timed in different phases of the machine, and the ratio says so before anything else
+PHASE_APART = 0.15
 #: what a ggml series' check is, said wherever it is shown
 GGML_NOTE = ("the real pass is BlinkDL's reference package (torch), not a ggml engine such as rwkv.cpp: it checks "
              "that ggml's per-layer times add up to a forward pass of the same model, not ggml's own graph")
@@ -61,6 +64,15 @@ def summary_lines(v: dict, name: str) -> list[str]:
         lines.append("Warning: the profiled weight matmuls took (almost) the whole token: the machine's load changed "
                      "between the profiled and the unprofiled tokens, so this split is not trustworthy; rerun on a "
                      "quiet machine.")
+    apart = phase_apart(v)
+    if apart is not None and abs(apart) > PHASE_APART:
+        b = v["bandwidth"]
+        lines.append(f"Note: the machine's DRAM bandwidth read {min(b['real_pass_gbps']):.1f}-"
+                     f"{max(b['real_pass_gbps']):.1f} GB/s around the real pass against {b['analyze_gbps']:.1f} GB/s "
+                     f"(median) during analyze's measurements, {apart:+.0%}: the prediction and the real pass were "
+                     "timed in different phases of this machine, and layers near the bandwidth ceiling move with it; "
+                     "a miss may be the machine's rather than the prediction's (rerun validate with --results to "
+                     "check).")
     spread = (d["q3"] - d["q1"]) / d["median"]
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
@@ -70,6 +82,15 @@ def summary_lines(v: dict, name: str) -> list[str]:
     if not v["measured"].get("logits_finite", True):
         lines.append("Note: the random-weight model produced non-finite logits; timings may not be representative.")
     return lines
+
+
+def phase_apart(v: dict) -> float | None:
+    """How far the real pass's DRAM bandwidth (the mean of the probes around it) was from the analyze run's,
+    as a fraction of the latter (None: not probed, older validations)."""
+    b = v.get("bandwidth") or {}
+    if not b.get("real_pass_gbps") or not b.get("analyze_gbps"):
+        return None
+    return sum(b["real_pass_gbps"]) / len(b["real_pass_gbps"]) / b["analyze_gbps"] - 1
 
 
 def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
