@@ -1,12 +1,8 @@
 """layerpass: RWKV-4/5.2/6's non-matmul work timed in a forward pass's per-layer structure."""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+import reference_ops
 
 from rwkvprobe.model.profile import layer_list, parse_profile
 
@@ -26,36 +22,8 @@ def tiny(version: int, **over):
     return parse_profile({"name": "t", "source": "t", **TINY[version], **over})
 
 
-OP_COUNTS = r"""
-import json, os, sys
-data = json.loads(sys.argv[1])
-os.environ["RWKV_V7_ON"] = "0"
-from collections import Counter
-import torch
-from torch.profiler import profile, ProfilerActivity
-from rwkvprobe.measure import forward_worker as fw, layerpass
-from rwkvprobe.model.profile import parse_profile, state_dict_shapes
-
-def top_level_ops(prof):
-    c = Counter()
-    for e in prof.events():
-        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
-            c[e.name] += 1
-    return c
-
-def reference_ops(n_layer):
-    p = parse_profile({**data, "n_layer": n_layer})
-    m = fw.load_reference(fw.random_state_dict(state_dict_shapes(p), 0), p.version, "fp32")
-    with torch.no_grad():
-        _, st = m.forward([1, 2], None)
-        for _ in range(4):
-            _, st = m.forward([3], st)
-        with profile(activities=[ProfilerActivity.CPU]) as pr:
-            m.forward([3], st)
-    return top_level_ops(pr), p
-
-two, _ = reference_ops(2)
-three, p = reference_ops(3)
+OP_COUNTS = reference_ops.HEAD + r"""
+from rwkvprobe.measure import layerpass
 fns = layerpass.functions()
 (layer,) = layerpass.build_ring(p, "torch-linear", "fp32", 1)
 x = torch.rand(p.n_embd)
@@ -74,11 +42,7 @@ def test_a_layer_runs_exactly_the_reference_layers_operations(version):
     """One more layer in the reference's real decode adds exactly the ATen calls of our layer, weight matmuls,
     casts and state update included (the structure whose overhead is timed)."""
     pytest.importorskip("rwkv")
-    data = {"name": "t", "source": "t", **TINY[version]}
-    proc = subprocess.run([sys.executable, "-c", OP_COUNTS, json.dumps(data)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = reference_ops.run(OP_COUNTS, {"name": "t", "source": "t", **TINY[version]})
     assert r["ours"] == r["reference_layer"]
     assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 7
 

@@ -1,12 +1,8 @@
 """The timed non-matmul block: the same ATen operations as the reference's decode block, measured cold."""
 
-import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+import reference_ops
 
 from rwkvprobe.measure.timing import TimingPolicy
 from rwkvprobe.model.profile import parse_profile
@@ -16,37 +12,8 @@ torch = pytest.importorskip("torch")
 TINY7 = {"name": "t", "source": "t", "version": 7, "n_layer": 3, "n_embd": 128, "vocab_size": 256, "head_size": 64,
          "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}}
 
-OP_COUNTS = r"""
-import json, os, sys
-data = json.loads(sys.argv[1])
-os.environ["RWKV_V7_ON"] = "1" if data["version"] == 7 else "0"
-from collections import Counter
-import torch
-from torch.profiler import profile, ProfilerActivity
-from rwkvprobe.measure import forward_worker as fw
+OP_COUNTS = reference_ops.HEAD + r"""
 from rwkvprobe.measure import nonmatmul
-from rwkvprobe.model.profile import parse_profile, state_dict_shapes
-
-def top_level_ops(prof):
-    c = Counter()
-    for e in prof.events():
-        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
-            c[e.name] += 1
-    return c
-
-def reference_ops(n_layer):
-    p = parse_profile({**data, "n_layer": n_layer})
-    m = fw.load_reference(fw.random_state_dict(state_dict_shapes(p), 0), p.version, "fp32")
-    with torch.no_grad():
-        _, st = m.forward([1, 2], None)
-        for _ in range(4):
-            _, st = m.forward([3], st)
-        with profile(activities=[ProfilerActivity.CPU]) as pr:
-            m.forward([3], st)
-    return top_level_ops(pr), p
-
-two, _ = reference_ops(2)
-three, p = reference_ops(3)
 fn = nonmatmul.block_function(p.version)
 args = nonmatmul.block_inputs(p, "fp32")
 with torch.no_grad():
@@ -74,11 +41,7 @@ def test_timed_block_runs_the_reference_blocks_non_matmul_operations(version):
     """One more block in the reference's real decode adds exactly our block's ATen ops, plus that block's weight
     matmuls (v7: r, k, v, output, the four low-rank pairs, ffn key and value)."""
     pytest.importorskip("rwkv")
-    data = {"name": "t", "source": "t", **TINY[version]}
-    proc = subprocess.run([sys.executable, "-c", OP_COUNTS, json.dumps(data)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = reference_ops.run(OP_COUNTS, {"name": "t", "source": "t", **TINY[version]})
     ref, ours = r["reference_block"], r["ours"]
     for op, n in WEIGHT_MATMULS[version].items():
         ref[op] -= n
@@ -177,11 +140,7 @@ def test_chunk_loop_runs_the_reference_chunks_non_matmul_operations(version):
     chunk-wide casts and mixes differ (under 45 of the ~150 ops of a 5-token chunk: RWKV-6 leaves out its token-shift low-rank mix; their share falls as chunks grow)."""
     pytest.importorskip("rwkv")
     assert "seq_function" in SEQ_OP_COUNTS and "[3, 4, 5, 6, 7]" in SEQ_OP_COUNTS
-    data = {"name": "t", "source": "t", **TINY[version]}
-    proc = subprocess.run([sys.executable, "-c", SEQ_OP_COUNTS, json.dumps(data)], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = reference_ops.run(SEQ_OP_COUNTS, {"name": "t", "source": "t", **TINY[version]})
     ref, ours = r["reference_block"], r["ours"]
     missing = {k: ref.get(k, 0) - ours.get(k, 0) for k in ref if ref.get(k, 0) > ours.get(k, 0)}
     extra = {k: ours.get(k, 0) - ref.get(k, 0) for k in ours if ours.get(k, 0) > ref.get(k, 0)}
