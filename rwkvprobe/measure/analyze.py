@@ -439,7 +439,7 @@ class Analysis(Run):
                 spare = left - setup_left - (len(points) - i) * MIN_POINT_SECONDS
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
-                elif proj is not None and _far_slower(point, proj) and spare > 2 * sum(cost.values()):
+                elif proj is not None and _far_slower(point, proj) and spare > sum(cost.values()):
                     point = self._recheck_slow(point, proj, backends[b], w, llc, pol, progress, label, copies)
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
