@@ -89,8 +89,8 @@ def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int
 def run_forward_bracketed(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
                           results: dict) -> tuple[dict, dict]:
     """run_forward between two read-bandwidth probes, and the analyze run's own probes beside them: on a shared
-    machine the DRAM bandwidth moves in phases, and a real pass timed in another phase than the prediction
-    misses it for that reason alone (validation.PHASE_APART)."""
+    machine the DRAM bandwidth moves in phases, and a real pass timed in another phase than the prediction can
+    miss it for that reason alone (validation.PHASE_APART)."""
     before = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
     real = run_forward(ll, dtype, threads, tokens, chunk, cpus)
     after = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
