@@ -116,3 +116,20 @@ def test_headline_onnx_command_rwkv_1b5(tmp_path):
         out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
         ref = a.astype(np.float64) @ weight_matrix(k, n).astype(np.float64)
         assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_an_internal_error_with_a_multi_line_message_is_one_line_naming_what_failed(cli, monkeypatch):
+    """A failure the CLI did not foresee (here TorchScript's kind: its own traceback, then the error) ends in
+    one line on stderr, exit 1, with the message's last line, what failed."""
+    from rwkvprobe.cli import profile as profile_cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of "
+                           "TorchScript (most recent call last):\n  File x, line 1\n\nRuntimeError: mixed dtype (CPU)")
+
+    monkeypatch.delenv("RWKVPROBE_DEBUG", raising=False)
+    monkeypatch.setattr(profile_cli, "load_profile", boom)
+    code, out, err = cli("profile", "show", PROFILES / "rwkv-1b5.yaml")
+    assert code == 1
+    assert err.strip().splitlines() == ["rwkvprobe: error: internal error: RuntimeError: RuntimeError: mixed dtype "
+                                        "(CPU) (set RWKVPROBE_DEBUG=1 for the traceback)"]

@@ -156,8 +156,10 @@ def test_chunk_loop_runs_the_reference_chunks_non_matmul_operations(version):
 def test_the_rwkv5_and_6_block_runs_in_bf16_with_its_group_norm_in_fp32(version):
     """group_norm's input (the heads' output) is fp32, so ln_x stays fp32 as in the reference (the bf16 block
     once failed with 'mixed dtype (CPU)')."""
-    from rwkvprobe.measure.nonmatmul import measure_block
+    from rwkvprobe.measure.nonmatmul import measure_block, measure_seq
 
     p = parse_profile({"name": "t", "source": "t", **TINY[version]})
     r = measure_block(p, "bf16", TimingPolicy(budget_seconds=0.05, min_samples=3), llc_bytes=1 << 20)
     assert r["seconds_per_block"] > 0
+    # the chunk's loop too (validate --dtype bf16 on RWKV-5/6 failed in it)
+    assert measure_seq(p, "bf16", 8, TimingPolicy(budget_seconds=0.05, min_samples=3))["seconds_per_block"] > 0

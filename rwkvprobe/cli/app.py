@@ -101,4 +101,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
         if os.environ.get("RWKVPROBE_DEBUG"):
             raise
-        _error(f"internal error: {type(e).__name__}: {e} (set RWKVPROBE_DEBUG=1 for the traceback)", 1)
+        # one line: a multi-line message (TorchScript's carries its own traceback) ends with what failed
+        lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+        _error(f"internal error: {type(e).__name__}: {lines[-1] if lines else ''} "
+               "(set RWKVPROBE_DEBUG=1 for the traceback)", 1)

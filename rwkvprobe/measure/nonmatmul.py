@@ -468,7 +468,9 @@ def seq_inputs(profile: Profile, dtype: str, chunk: int, seed: int = 0) -> tuple
     H = C // S
     norm = [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
     if v in (5, 6):
-        vec = norm + [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+        # ln2, then ln_x in fp32: group_norm's input (the heads' output) is fp32, as in the reference
+        vec = norm + [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1), rnd(C, lo_=0.5, hi=1.5, dtype=f32),
+                      rnd(C, lo_=-0.1, hi=0.1, dtype=f32)]
         vec += [rnd(H, S, 1, lo_=0.5, hi=0.99, dtype=f32), rnd(H, S, 1, dtype=f32)]
         vec += [rnd(C, lo_=0.0) for _ in range(5)]
         mm = [rnd(T, C, dtype=f32), rnd(T, C, dtype=f32), rnd(T, C, dtype=f32), rnd(T, C), rnd(T, C), rnd(T, F_)]
