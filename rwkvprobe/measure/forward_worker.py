@@ -76,6 +76,14 @@ def weight_matmul_shape(event, shapes: set, batched: dict):
     return None
 
 
+def weight_shapes(layer_shapes: list, n_layer: int) -> tuple[set, dict]:
+    """(the (K, N) of every weight matrix, {(K, N): matrices per call} of the batched ones) as the profiler sees
+    them, from the layer list's (K, N, runs per token): RWKV-6 runs its five token-shift matrices in one bmm."""
+    shapes = {(k, nn) for k, nn, _ in layer_shapes}
+    batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
+    return shapes, batched
+
+
 def weight_matmul_us(prof, shapes: set, batched: dict, per_shape: dict) -> tuple[float, float]:
     """(microseconds in weight matmuls, in other matmul-family ops) of a profile; ``per_shape`` gains the
     weight matmuls' calls and microseconds by shape."""
@@ -100,8 +108,7 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder."""
     from torch.profiler import ProfilerActivity, profile
 
-    shapes = {(k, nn) for k, nn, _ in layer_shapes}
-    batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
+    shapes, batched = weight_shapes(layer_shapes, n_layer)
     plain: list[float] = []
     shares: list[float] = []
     per_shape: dict = {}
@@ -136,8 +143,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    shapes = {(k, nn) for k, nn, _ in layer_shapes}
-    batched = {(k, nn): count // n_layer for k, nn, count in layer_shapes if count > n_layer}
+    shapes, batched = weight_shapes(layer_shapes, n_layer)
     per_shape: dict = {}
     other_matmul_us = 0.0
     shares, round_info = [], []

@@ -25,9 +25,9 @@ import math
 import time
 from typing import List, Optional
 
-from rwkvprobe.measure.forward_worker import weight_matmul_us
+from rwkvprobe.measure.forward_worker import weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
-from rwkvprobe.model.profile import Profile, layer_list
+from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
 
 #: RWKV versions timed in their per-layer structure (RWKV-7 keeps nonmatmul's block: one scripted token)
 VERSIONS = (4, 5, 6)
@@ -128,9 +128,8 @@ def functions() -> tuple:
 
 def layer_bytes(profile: Profile, dtype: str) -> int:
     """Weight bytes of one layer (every matrix of a block, at the dtype's size)."""
-    ll = layer_list(profile)
-    size = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
-    return sum(x.k * x.n * x.stored * size for x in ll.layers if x.kind != "head") // profile.n_layer
+    size = weight_bytes_of(dtype)
+    return int(sum(x.k * x.n * x.stored * size for x in layer_list(profile).layers if x.kind != "head")) // profile.n_layer
 
 
 def ring_size(profile: Profile, dtype: str, llc_bytes: int | None) -> int:
@@ -206,14 +205,6 @@ def run_layer(profile: Profile, fns: tuple, d: dict, x):
     return x
 
 
-def weight_shapes(profile: Profile) -> tuple[set, dict]:
-    """(the (K, N) of every weight matrix, the batched ones' matrices per call) as the profiler sees them."""
-    ll = layer_list(profile)
-    shapes = {(x.k, x.n) for x in ll.layers}
-    batched = {(x.k, x.n): x.count // profile.n_layer for x in ll.layers if x.count > profile.n_layer}
-    return shapes, batched
-
-
 def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict:
     """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
     n_layer; every round's figures kept."""
@@ -223,7 +214,7 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
 
     fns = functions()
     ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
-    shapes, batched = weight_shapes(profile)
+    shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
     # every layer reads the same input (a random network's residual would drift); the state is carried
     x0 = (torch.rand(profile.n_embd, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
         getattr(torch, _TORCH_DTYPES[dtype]))

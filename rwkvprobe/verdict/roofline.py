@@ -462,11 +462,12 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             continue
         chunk = [r for r in rows if r["m"] == m]
         if chunk:
-            # the layers a chunk runs for its last token only (the head: logits of that token alone), at M = 1
-            names = {r["layer"] for r in chunk}
-            last = [r for r in decode if r["layer"] not in names]
-            unmeasured = [x for x in layers.layers if x.name not in names | {r["layer"] for r in last}]
-            t_last = sum(row_seconds(r) * r["count"] for r in last) + sum(  # no decode row (--tokens without 1)
+            # the layers a chunk runs for its last token only (the head: logits of that token alone), at M = 1:
+            # their decode rows, else (--tokens without 1) the model's time
+            once = {x.name for x in layers.layers if x.chunk_rows(m) != m}
+            last = [r for r in decode if r["layer"] in once]
+            unmeasured = [x for x in layers.layers if x.name in once - {r["layer"] for r in last}]
+            t_last = sum(row_seconds(r) * r["count"] for r in last) + sum(
                 model_seconds(*_work(1, x.k, x.n, dtype), P, bw, t0) * x.count for x in unmeasured)
             t = sum(row_seconds(r) * r["count"] for r in chunk) + t_last
             pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t, "last_token_seconds": t_last,
