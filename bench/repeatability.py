@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rwkvprobe.measure.bandwidth import read_probes  # noqa: E402
 from rwkvprobe.report.markdown import _best  # noqa: E402
-from rwkvprobe.verdict.roofline import main_bound, verdict_of  # noqa: E402
+from rwkvprobe.verdict.roofline import main_bound, sustained_read_gbps, verdict_of  # noqa: E402
 
 TARGET = 0.10
 
@@ -40,14 +40,15 @@ def one_run(profile: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
     return json.loads((out / "results.json").read_text()), wall
 
 
-def decode(results: dict) -> tuple[dict[str, float], str, str]:
+def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
     _, verdict = verdict_of(results)
     per = {f"{s['backend']} {s['dtype']}": s["model"]["decode"]["seconds_per_token"]
            for s in verdict["series"] if s["model"].get("decode")}
     best = _best(verdict["series"])
     bounds = best["model"]["decode"]["share_by_bound"]
     main = main_bound(bounds) or "mixed"
-    return per, f"{best['backend']} {best['dtype']}", main
+    split = ", ".join(f"{k} {v:.0%}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
+    return per, f"{best['backend']} {best['dtype']}", main, split
 
 
 def main() -> int:
@@ -58,8 +59,8 @@ def main() -> int:
     extra = [a for a in args.extra if a != "--"]
     tmp = Path(tempfile.mkdtemp(prefix="rwkvprobe-repeat-"))
     (r1, w1), (r2, w2) = (one_run(Path(args.profile), tmp / f"run{i}", extra) for i in (1, 2))
-    d1, best1, bound1 = decode(r1)
-    d2, best2, bound2 = decode(r2)
+    d1, best1, bound1, split1 = decode(r1)
+    d2, best2, bound2, split2 = decode(r2)
     print(f"{Path(args.profile).name}: two back-to-back `analyze --quick` runs ({w1:.0f} s and {w2:.0f} s)")
     print(f"{'series':28s} {'run 1 ms/token':>15s} {'run 2 ms/token':>15s} {'ratio 2/1':>10s}")
     worst = 0.0
@@ -73,10 +74,13 @@ def main() -> int:
     for i, r in ((1, r1), (2, r2)):
         gbps = [g for _, g in read_probes(r)]
         if gbps:
+            sustained = sustained_read_gbps(r)
             print(f"run {i}: {len(gbps)} bandwidth probes, {min(gbps):.1f}-{max(gbps):.1f} GB/s "
-                  f"(max/min {max(gbps) / min(gbps):.2f})")
+                  f"(max/min {max(gbps) / min(gbps):.2f}), sustained (middle probe) "
+                  + (f"{sustained:.1f} GB/s" if sustained else "-"))
     same = (best1, bound1) == (best2, bound2)
-    print(f"verdict: run 1 {best1} {bound1}, run 2 {best2} {bound2}: {'same' if same else 'DIFFERENT'}")
+    print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
+          f"{'same' if same else 'DIFFERENT'}")
     print(f"largest deviation {worst:.1%} (target {TARGET:.0%}); results in {tmp}")
     return 0 if same and worst <= TARGET else 1
 

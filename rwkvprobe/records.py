@@ -56,6 +56,7 @@ class Timing(TypedDict):
     noisy: NotRequired[bool]
     stalled: NotRequired[int]  # calls slower than 3x the point's fastest (timing.STALL_FACTOR)
     warmup_calls: NotRequired[int]
+    warming: NotRequired[int]  # of the warm-up calls, leading samples still warming up (timing.warming)
     copies: NotRequired[int]
     source: NotRequired[str]  # board points: eval_perf, or the host's wall time
     detail: NotRequired[str]
@@ -122,7 +123,7 @@ class Point(TypedDict):
     timed. A point that failed has ``error`` and no timing; one projected too slow has ``skipped``."""
 
     backend: str
-    at: NotRequired[float]  # analyze: epoch seconds when it was timed (roofline.bandwidth_phases)
+    at: NotRequired[float]  # analyze: epoch seconds when it was timed
     dtype: str
     m: int
     k: int

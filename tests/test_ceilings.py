@@ -15,11 +15,12 @@ from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, 
 from rwkvprobe.report.markdown import render, verdict_sentences
 from rwkvprobe.verdict.roofline import (
     CEILING_TOLERANCE,
-    bandwidth_phases,
     build_verdict,
     hold_ceilings,
+    kernel_share,
     main_bound,
     model_seconds,
+    sustained_read_gbps,
 )
 
 LAYERS = layers_of(RWKV7_SMALL)
@@ -183,69 +184,138 @@ def test_a_row_kept_at_another_type_still_raises_the_series_bandwidth():
 # Bandwidth phases: each layer judged at the bandwidth of its moment (the same verdict twice)
 
 
-def _with_phases(r: dict, probes: list[tuple[float, float]], at_of) -> dict:
-    """Timed probes ``(at, GB/s)`` (the first is the full probe before the layers) and a time for each point."""
-    r["bandwidth"]["at"] = probes[0][0]
-    r["bandwidth"]["runs"][0]["kernels"]["read"]["best_gbps"] = probes[0][1]
-    r["bandwidth_probes"] = [{"when": "between layers", "at": at, "read_best_gbps": gbps, "check_ok": True}
-                             for at, gbps in probes[1:]]
-    for p in r["measurements"]:
-        p["at"] = at_of(p)
+def _with_probes(r: dict, probes: list[float], checked: list[bool] | None = None) -> dict:
+    """Read probes in GB/s: the first is the full probe before the layers, the rest between and after them."""
+    r["bandwidth"]["runs"][0]["kernels"]["read"]["best_gbps"] = probes[0]
+    r["bandwidth_probes"] = [{"when": "between layers", "read_best_gbps": gbps,
+                              "check_ok": True if checked is None else checked[i + 1]}
+                             for i, gbps in enumerate(probes[1:])]
     return r
 
 
-def test_bandwidth_phases_take_the_better_probe_around_a_point():
-    r = _with_phases(make_results(LAYERS), [(0.0, 35.0), (10.0, 60.0), (20.0, 35.0)], lambda p: 1.0)
-    around = bandwidth_phases(r)
-    assert around({"at": 5.0}) == pytest.approx(60e9)   # 35 before, 60 after
-    assert around({"at": 25.0}) is None                 # no probe after it: the series' W applies
-    assert around({"at": 15.0}) == pytest.approx(60e9)  # 60 before, 35 after
-    assert around({"at": 20.0}) == pytest.approx(35e9)  # at a probe: that probe
-    assert around({}) is None                           # an older file: no time
-    assert bandwidth_phases(make_results(LAYERS))({"at": 1.0}) is None  # probes without a time
+@pytest.mark.parametrize("probes, expected", [
+    ([35.0, 60.0, 35.0], 35.0),
+    ([35.0, 60.0, 60.0, 35.0], 35.0),              # an even count: the lower middle, a probe that was read
+    ([60.0, 34.0, 36.0, 35.0, 62.0], 36.0),
+    ([35.0, 60.0], None),                          # too few to tell bursts from the rule: W applies
+    ([20.0, 20.0, 20.0], 20.0),                    # no bursts: W itself
+])
+def test_sustained_bandwidth_is_the_middle_probe(probes, expected):
+    r = _with_probes(make_results(LAYERS), probes)
+    assert sustained_read_gbps(r) == (pytest.approx(expected) if expected else None)
 
 
-def test_a_layer_between_bursts_is_judged_at_its_moment_not_at_the_burst():
+def test_a_probe_with_wrong_values_does_not_count_for_the_sustained_bandwidth():
+    r = _with_probes(make_results(LAYERS), [35.0, 35.0, 90.0, 90.0, 90.0], checked=[True, True, False, False, True])
+    assert sustained_read_gbps(r) == pytest.approx(35.0)  # 35, 35, 90 checked
+
+
+def test_a_layer_between_bursts_gets_the_same_verdict_wherever_the_probes_fall():
     """The dev VM's bandwidth: ~35 GB/s with bursts of ~60. A layer reading 28 GB/s between bursts is at 80% of
-    what memory gave it, not kernel-limited at 47% of the burst; the same layer in a run that saw no burst
-    gets the same verdict. Without times (an older file) it is judged against the best probe, as before."""
+    what memory gives most of the time, not kernel-limited at 47% of a burst, in a run whose probes caught one
+    burst, two, or none. Judged at the probes around it (the old rule), it moved with where the probes fell.
+    With too few probes to tell (an older file) it is judged against the best probe, as before."""
     def t(m, k, n):
         return work(m, k, n, "fp32")[1] / 28e9
     verdicts = []
-    for probes in ([(0.0, 35.0), (10.0, 35.0), (20.0, 60.0), (30.0, 35.0)],   # a burst caught after the layers
-                   [(0.0, 35.0), (10.0, 35.0), (20.0, 35.0), (30.0, 35.0)]):  # no burst
-        r = _with_phases(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t), probes,
-                         lambda p: 5.0)
-        s = series_of(build_verdict(r, LAYERS))
+    for probes in ([35.0, 35.0, 60.0, 35.0], [35.0, 35.0, 35.0, 35.0], [60.0, 35.0, 58.0, 34.0, 35.0]):
+        r = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t), probes)
+        v = build_verdict(r, LAYERS)
+        _check_invariant(v)
+        s = series_of(v)
         verdicts.append({(x["layer"], x["m"]): (x["bound"], x["kernel_limited"]) for x in s["rows"] if x["measured"]})
         big = next(x for x in s["rows"] if x["measured"] and x["layer"] == "head" and x["m"] == 1)
-        assert big["phase_gbps"] == pytest.approx(35.0) and big["roofline_fraction"] == pytest.approx(0.8, rel=0.02)
-    assert verdicts[0] == verdicts[1]
-    old = make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t)
-    old["bandwidth_probes"] = [{"when": "after the layers", "read_best_gbps": 60.0, "check_ok": True}]
+        assert big["roofline_fraction"] == pytest.approx(28 / 35, rel=0.02) and not big["kernel_limited"]
+        assert s["model"]["decode"]["share_by_bound"] == {"bandwidth-bound": pytest.approx(1.0)}
+    assert verdicts[0] == verdicts[1] == verdicts[2]
+    old = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t), [35.0, 60.0])
     head = next(x for x in series_of(build_verdict(old, LAYERS))["rows"] if x["layer"] == "head" and x["m"] == 1)
     assert head["kernel_limited"] and head["roofline_fraction"] == pytest.approx(28 / 60, rel=0.02)
 
 
+def test_a_layer_timed_in_a_burst_is_judged_at_what_it_read():
+    """Sustained 35 GB/s, bursts to 60: the head timed in a burst read 55 GB/s. It is bandwidth-bound at 100% of
+    what it read (not 157% of the sustained figure), within the 60 GB/s ceiling: no warning is needed."""
+    head_shape = next((x.k, x.n) for x in LAYERS.layers if x.name == "head")
+
+    def t(m, k, n):
+        return work(m, k, n, "fp32")[1] / (55e9 if (k, n) == head_shape else 28e9)
+    r = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t),
+                     [35.0, 60.0, 35.0, 34.0])
+    v = build_verdict(r, LAYERS)
+    _check_invariant(v)
+    head = next(x for x in series_of(v)["rows"] if x["layer"] == "head" and x["m"] == 1)
+    assert head["attained_gbps"] == pytest.approx(55.0)
+    assert head["roofline_fraction"] == pytest.approx(1.0, rel=0.02) and head["bound"] == "bandwidth-bound"
+    assert v["ceiling_warnings"] == []
+
+
+def test_the_report_names_the_sustained_bandwidth_where_the_machine_had_bursts(tmp_path):
+    def t(m, k, n):
+        return work(m, k, n, "fp32")[1] / 28e9
+    bursty = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t),
+                          [35.0, 60.0, 35.0, 34.0])
+    v = build_verdict(bursty, LAYERS)
+    head = " ".join(verdict_sentences(v, LAYERS, bursty))
+    assert "80% of the sustained 35.0 GB/s DRAM bandwidth (measured; bursts to 60.0)" in head
+    assert "came in bursts" in render(bursty, tmp_path).read_text()
+    steady = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t),
+                          [35.0, 35.5, 35.0, 34.0])
+    v = build_verdict(steady, LAYERS)
+    assert "79% of the measured 35.5 GB/s DRAM bandwidth" in " ".join(verdict_sentences(v, LAYERS, steady))
+    assert "came in bursts" not in render(steady, tmp_path).read_text()
+
+
 @settings(max_examples=40, deadline=None)
 @given(probes=st.lists(st.floats(10.0, 80.0), min_size=2, max_size=8),
-       noise=st.lists(st.floats(0.3, 3.0), min_size=64, max_size=64),
-       when=st.lists(st.floats(0.0, 1.0), min_size=64, max_size=64))
-def test_phases_never_show_a_layer_above_its_ceiling_without_a_warning(probes, noise, when):
-    """Noisy layers at random moments between random probes: every shown figure still within 105% of the series'
-    ceilings (or named in a warning), and each layer within 105% of its own roofline."""
-    it, at = iter(noise * 4), iter(when * 4)
+       noise=st.lists(st.floats(0.3, 3.0), min_size=64, max_size=64))
+def test_bursts_never_show_a_layer_above_its_ceiling_without_a_warning(probes, noise):
+    """Noisy layers under random probes: every shown figure still within 105% of the series' ceilings (or named in
+    a warning), each layer within 105% of its own roofline, and none judged above the best probe."""
+    it = iter(noise * 4)
 
     def t(m, k, n):
         return model_time(m, k, n, "fp32", 100.0, 20.0, 1e-5) * next(it)
-    r = make_results(LAYERS, bw_gbps=20.0, peak_gflops=100.0, overhead=1e-5, time_of=t)
-    span = float(len(probes) - 1)
-    r = _with_phases(r, [(float(i), g) for i, g in enumerate(probes)], lambda p: next(at) * span)
+    r = _with_probes(make_results(LAYERS, bw_gbps=20.0, peak_gflops=100.0, overhead=1e-5, time_of=t), probes)
     v = build_verdict(r, LAYERS)
     _check_invariant(v)
     for row in series_of(v)["rows"]:
-        if row.get("phase_gbps"):
-            assert row["phase_gbps"] * 1e9 <= max(probes) * 1e9 * (1 + 1e-9)
+        if row.get("sustained_gbps"):
+            assert row["sustained_gbps"] <= max(probes) * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------------------------------------
+# A layer near the kernel-limited line counts partly each way (a 0.56 and a 0.50 flipped a third of a decode)
+
+
+@pytest.mark.parametrize("fraction, share", [(0.30, 1.0), (0.40, 1.0), (0.45, 0.75), (0.50, 0.5), (0.56, 0.2),
+                                             (0.60, 0.0), (0.90, 0.0)])
+def test_time_by_bound_counts_a_layer_near_the_line_in_proportion(fraction, share):
+    """Every layer at one fraction of its roofline (bandwidth-bound shapes): the decode's kernel-limited share is
+    kernel_share, the rest stays with the layers' own bound, and the table's mark stays the hard line."""
+    def t(m, k, n):
+        return model_time(m, k, n, "fp32", 1e4, 20.0, 0.0) / fraction
+    v = build_verdict(make_results(LAYERS, bw_gbps=20.0, peak_gflops=1e4, overhead=0.0, time_of=t), LAYERS)
+    s = series_of(v)
+    rows = [r for r in s["rows"] if r["measured"] and r["m"] == 1]
+    assert all(kernel_share(r) == pytest.approx(share) for r in rows)
+    assert all(r["kernel_limited"] == (fraction < 0.5) for r in rows)
+    shares = s["model"]["decode"]["share_by_bound"]
+    assert shares.get("kernel-limited", 0.0) == pytest.approx(share)
+    assert shares.get("bandwidth-bound", 0.0) == pytest.approx(1.0 - share)
+
+
+def test_a_small_change_near_the_line_moves_the_time_by_bound_a_little():
+    """The run pair that flipped: layers at 0.56 of their roofline in one run, 0.50 in the next. A hard line moved
+    all of their time between two bounds; the band moves 30% of it."""
+    def shares(fraction):
+        def t(m, k, n):
+            return model_time(m, k, n, "fp32", 1e4, 20.0, 0.0) / fraction
+        v = build_verdict(make_results(LAYERS, bw_gbps=20.0, peak_gflops=1e4, overhead=0.0, time_of=t), LAYERS)
+        return series_of(v)["model"]["decode"]["share_by_bound"]
+    a, b = shares(0.56), shares(0.50)
+    assert b["kernel-limited"] - a["kernel-limited"] == pytest.approx(0.3)
+    assert main_bound(a) == "bandwidth-bound" and main_bound(b) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,9 +336,9 @@ def test_main_bound_needs_a_clear_lead(shares, expected):
 
 
 def test_a_split_decode_is_called_mixed_with_every_share():
-    # the att matrices at 45% of their roofline (kernel-limited), the big ones at it (bandwidth-bound), the tiny
+    # the att matrices at 38% of their roofline (kernel-limited), the big ones at it (bandwidth-bound), the tiny
     # low-rank ones overhead-bound: no bound clearly leads, so none is named
-    def t(m, k, n, slow=2.2):
+    def t(m, k, n, slow=2.6):
         f, b = work(m, k, n, "fp32")
         return (3e-5 + b / 10e9) * (slow if k == n == 512 else 1.0)
     r = make_results(LAYERS, bw_gbps=10.0, peak_gflops=1e4, overhead=3e-5, time_of=t)

@@ -5,7 +5,7 @@ from roofline_fixtures import explicit_profile, layers_of
 
 from rwkvprobe.report.markdown import verdict_sentences
 from rwkvprobe.results import new_results
-from rwkvprobe.verdict.roofline import build_verdict, quant_comparison
+from rwkvprobe.verdict.roofline import build_verdict, main_bound, quant_comparison
 
 BW = 10e9  # bytes/s
 K = N = 4096
@@ -181,7 +181,9 @@ def test_float_layer_below_half_its_roofline_counts_as_kernel_limited():
     (s,) = [x for x in build_verdict(r, layers)["series"] if x["dtype"] == "fp32"]
     d = s["model"]["decode"]
     big = sum(x.k * x.n * x.count for x in layers.layers if x.kind != "lora")
-    assert d["share_by_bound"].get("kernel-limited", 0) > 0.9
+    # 47% is within the band around the 50% line: 65% of the time counts as kernel-limited, enough to lead
+    assert d["share_by_bound"].get("kernel-limited", 0) > 0.6
+    assert main_bound(d["share_by_bound"]) == "kernel-limited"
     assert d["kernel_limited_gbps"] == pytest.approx(0.47 * 10, rel=0.02)
     assert big > 0
 

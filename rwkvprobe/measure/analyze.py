@@ -56,8 +56,8 @@ FINISH_RESERVE_SECONDS = 6.0
 #: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
 MIN_POINT_SECONDS = 0.03
 #: while the layers are timed the read bandwidth is probed again this often (about 0.1 s a probe): a VM's DRAM
-#: bandwidth comes in phases (bursts of 1.6-1.8x for a few seconds), and each layer is judged at the bandwidth
-#: of its moment (roofline.bandwidth_phases), so that the same run twice gives the same verdict
+#: bandwidth can come in bursts (1.6-1.8x for a few seconds), and the layers are judged at the middle probe of the
+#: run (roofline.sustained_read_gbps), so that the same run twice gives the same verdict
 PHASE_PROBE_SECONDS = 3.0
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
 #: interrupt always arrives in the middle of a run
@@ -388,7 +388,7 @@ class Analysis(Run):
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
         probe_seconds = 0.0
-        if points:  # the bandwidth of the first points' moment (bandwidth_phases); its cost plans the others
+        if points:  # a probe as the layers begin (roofline.sustained_read_gbps); its cost plans the others
             t_probe = time.perf_counter()
             bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
             probe_seconds = time.perf_counter() - t_probe

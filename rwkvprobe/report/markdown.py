@@ -18,7 +18,7 @@ from rwkvprobe.report.sections import (
     npu_bandwidth_section,
 )
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
-from rwkvprobe.verdict.roofline import KERNEL, KERNEL_LIMITED, RULE, main_bound, row_seconds, verdict_of
+from rwkvprobe.verdict.roofline import BURSTY, KERNEL, KERNEL_BAND, KERNEL_LIMITED, RULE, main_bound, row_seconds, verdict_of
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
@@ -86,16 +86,17 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     if best.get("float_kinds"):
         kind_note = (f" ({', '.join(best['quantized_kinds'])} at {best['dtype']}; {', '.join(best['float_kinds'])} and the "
                      f"embedding kept at {best['float_dtype']})")
+    dram, dram_words = _dram(best, verdict, "modelled" if results.get("device") else "measured")
     reading = (f"reading {d['weight_bytes_per_token'] / 1e9:.3g} GB of weights per token{kind_note} at "
-               f"{d['weight_gbps_attained']:.1f} GB/s, {_pct(d['weight_gbps_attained'] / bw)} of the "
-               f"{'modelled' if results.get('device') else 'measured'} {bw:.1f} GB/s DRAM bandwidth")
+               f"{d['weight_gbps_attained']:.1f} GB/s, {_pct(d['weight_gbps_attained'] / dram)} of {dram_words}")
     if main == KERNEL:
         out = [f"**{name} decode {_where(results)} is kernel-limited**: {_pct(bounds[main])} of the per-token matmul "
                f"time ({_label(best)}, {fastest}) is in layers that reach less than {_pct(KERNEL_LIMITED)} of their "
                f"roofline bound (their real bytes over the DRAM bandwidth, their FLOPs over the kernel's own measured "
                f"peak): the kernel ({'dequantization or a slow GEMV' if best['dtype'] not in ('fp32', 'fp16', 'bf16') else 'a slow GEMV'}), "
                f"not memory or compute, holds them back; they read weights at {d['kernel_limited_gbps']:.1f} GB/s, "
-               f"{_pct(d['kernel_limited_gbps'] / bw)} of DRAM bandwidth. Best decode ({how}): "
+               f"{_pct(d['kernel_limited_gbps'] / dram)} of {'sustained ' if dram < bw else ''}DRAM bandwidth. Best "
+               f"decode ({how}): "
                f"{ms(d['seconds_per_token'])}/token ({d['tokens_per_second']:.3g} tokens/s), {reading}."]
     elif main is None:
         split = ", ".join(f"{k} {_pct(v)}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
@@ -264,9 +265,9 @@ def _smaller_weights_sentences(verdict: dict, results: dict) -> list[str]:
             own = f"{q['backend']} {q['baseline']}"
             if q.get("reference") != own:
                 vs += f", {q['measured_speedup']:.2f}x against {own}"
-            state = (f"kernel-limited: its quantized layers read {q['effective_gbps']:.1f} GB/s, "
-                     f"{_pct(q['dram_fraction'])} of DRAM bandwidth" if q["limited_by_kernel"] else
-                     f"its quantized layers read {q['effective_gbps']:.1f} GB/s, {_pct(q['dram_fraction'])} of DRAM bandwidth")
+            of_dram = f"{_pct(q['dram_fraction'])} of {'sustained ' if q.get('dram_sustained') else ''}DRAM bandwidth"
+            state = (f"kernel-limited: its quantized layers read {q['effective_gbps']:.1f} GB/s, {of_dram}"
+                     if q["limited_by_kernel"] else f"its quantized layers read {q['effective_gbps']:.1f} GB/s, {of_dram}")
             parts.append(f"{q['backend']} {q['format']}: {ms(q['measured_seconds'])}/token, {vs} "
                          f"({q['weight_bytes_per_token'] / 1e9:.3g} GB of weights a token; {state})")
         kinds = w["measured"][0]
@@ -340,7 +341,8 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
           "layers with the format's real bytes per weight (scales and zero points included) as if dequantization "
           "were free: an upper bound on the speed-up, not a ceiling the format is judged against. 'Limited by' "
           f"reads the roofline: kernel when most of the quantized layers' time is in layers below {_pct(KERNEL_LIMITED)} "
-          "of their bound (real bytes over the DRAM bandwidth, FLOPs over the format's own measured peak). "
+          "of their bound (real bytes over the DRAM bandwidth, FLOPs over the format's own measured peak; a layer "
+          f"within {_pct(KERNEL_BAND)} of that line counted in proportion). "
           "Formats measured by default for this what-if (decode shapes only) are marked what-if. * = partly modelled.", ""] + md_table(
         ["backend", "format", "vs", "fewer bytes", "baseline ms/token", "measured ms/token", "measured speed-up",
          "bytes-only bound", "weight GB/s effective", "of DRAM bandwidth", "limited by"], rows) + [""]
@@ -493,15 +495,27 @@ def _model_level_section(verdict: dict) -> list[str]:
     return md
 
 
+def _dram(s: dict, verdict: dict, how: str = "measured") -> tuple[float, str]:
+    """The DRAM figure a series' layers are judged at (GB/s) and its name in a sentence: the sustained bandwidth
+    where the machine's came in bursts (roofline.sustained_read_gbps), else the series' ceiling W."""
+    best = s.get("bandwidth_gbps") or verdict["bandwidth_gbps"]
+    sustained = s.get("sustained_gbps")
+    if sustained and best > BURSTY * sustained:
+        return sustained, f"the sustained {sustained:.1f} GB/s DRAM bandwidth ({how}; bursts to {best:.1f})"
+    return best, f"the {how} {best:.1f} GB/s DRAM bandwidth"
+
+
 def _per_layer_section(verdict: dict) -> list[str]:
     """Each series' ceilings and every layer's time against its roofline."""
     md: list[str] = []
     md += ["## Per-layer verdict", "", f"Rule: {RULE}", ""]
-    phases = [r["phase_gbps"] for s in verdict["series"] for r in s["rows"] if r.get("phase_gbps")]
-    if phases:
-        md += [f"Each measured layer is judged at the DRAM bandwidth of its moment: the better of the read probes just "
-               f"before and just after it ({min(phases):.1f}-{max(phases):.1f} GB/s in this run; a VM's bandwidth comes "
-               "in phases), never less than the layer itself needed and never above the series' DRAM ceiling below.", ""]
+    sustained, best = verdict.get("sustained_gbps"), verdict.get("bandwidth_gbps")
+    if sustained and best and best > BURSTY * sustained:
+        md += [f"This machine's DRAM bandwidth came in bursts: its read probes gave {sustained:.1f} GB/s most of the "
+               f"time (the middle probe of {verdict['probe_count']}) and up to {best:.1f} GB/s (the best probe, each series' "
+               "DRAM ceiling below). Each measured layer is judged at the sustained figure, or at what it read itself "
+               "where that is more (timed in a burst), never above its series' ceiling: judged against a burst, a "
+               "layer timed between bursts would look kernel-limited in one run and bandwidth-bound in the next.", ""]
     for s in verdict["series"]:
         md += [f"### {_label(s)}", "",
                f"Ceilings: peak {s['peak_gflops']:.1f} GFLOP/s, DRAM {s['bandwidth_gbps']:.1f} GB/s, per-call "
