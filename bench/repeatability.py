@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rwkvprobe.measure.bandwidth import read_probes  # noqa: E402
-from rwkvprobe.report.markdown import _best  # noqa: E402
-from rwkvprobe.verdict.roofline import main_bound, sustained_read_gbps, verdict_of  # noqa: E402
+from rwkvprobe.verdict.roofline import best_series, main_bound, sustained_read_gbps, verdict_of  # noqa: E402
 
 TARGET = 0.10
 
@@ -44,7 +43,7 @@ def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
     _, verdict = verdict_of(results)
     per = {f"{s['backend']} {s['dtype']}": s["model"]["decode"]["seconds_per_token"]
            for s in verdict["series"] if s["model"].get("decode")}
-    best = _best(verdict["series"])
+    best = best_series(verdict["series"])
     bounds = best["model"]["decode"]["share_by_bound"]
     main = main_bound(bounds) or "mixed"
     split = ", ".join(f"{k} {v:.0%}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)

@@ -110,6 +110,14 @@ class Remeasured(TypedDict):
     waited_for_quiet_seconds: NotRequired[float]
 
 
+class NearLineRecheck(TypedDict):
+    """A headline point near the kernel-limited line, measured again later in the run: both medians."""
+
+    median_seconds: float
+    again_median_seconds: Union[float, None]
+    kernel_share: float
+
+
 class SlowRecheck(TypedDict):
     """A point far slower than its ceilings predict, measured again: both medians and the projection."""
 
@@ -141,6 +149,7 @@ class Point(TypedDict):
     overhead_seconds: NotRequired[OverheadSeconds]
     remeasured: NotRequired[Remeasured]
     slow_recheck: NotRequired[SlowRecheck]
+    near_line_recheck: NotRequired[NearLineRecheck]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb
     eval_perf: NotRequired[dict[str, Any]]  # board points: rknn-toolkit2's eval_perf, parsed

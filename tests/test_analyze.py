@@ -10,6 +10,8 @@ import time
 import pytest
 from conftest import PROFILES, ROOT, run_module
 
+from rwkvprobe.model.profile import layers_from_json
+
 SMALL = """name: small test model
 source: test
 layers:
@@ -332,3 +334,37 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
     assert p["timing"]["median_seconds"] == x["again_median_seconds"] < x["median_seconds"] / 100
     assert "1 point(s) over 10x slower than their series' ceilings predict were measured again" in (
         out / "report.md").read_text()
+
+
+def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, small, tmp_path, monkeypatch):
+    """Three of the four decode shapes of the fastest series made to sit near the kernel-limited line
+    (kernel_share 0.5), shape b far from it (0.0), at most two rechecks: the two near shapes holding the most of
+    the decode are measured again after the others, the faster median kept, both recorded, and the stability
+    line says so; b is left alone."""
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.verdict import roofline
+
+    monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0 if (row["k"], row["n"]) == (512, 256) else 0.5)
+    monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 2)
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    again = [p for p in r["measurements"] if p.get("near_line_recheck")]
+    assert len(again) == 2
+    for p in again:
+        x = p["near_line_recheck"]
+        assert p["m"] == 1 and x["kernel_share"] == 0.5
+        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
+    # the most time a token first, among the near shapes only
+    first = {(p["k"], p["n"]): (p["near_line_recheck"]["median_seconds"] if p.get("near_line_recheck")
+                                else p["timing"]["median_seconds"])
+             for p in r["measurements"] if p["m"] == 1 and p.get("timing")}
+    per_token: dict = {}
+    for x in layers_from_json(r["profile"]).layers:
+        per_token[(x.k, x.n)] = per_token.get((x.k, x.n), 0.0) + first[(x.k, x.n)] * x.count
+    chosen = {(p["k"], p["n"]) for p in again}
+    assert (512, 256) not in chosen
+    left = [t for shape, t in per_token.items() if shape not in chosen | {(512, 256)}]
+    assert min(per_token[c] for c in chosen) >= max(left)
+    assert "2 point(s) of the fastest series near the kernel-limited line" in (out / "report.md").read_text()

@@ -266,6 +266,18 @@ def test_the_report_names_the_sustained_bandwidth_where_the_machine_had_bursts(t
     assert "came in bursts" not in render(steady, tmp_path).read_text()
 
 
+def test_what_ifs_model_a_layer_at_the_bandwidth_it_was_judged_at():
+    """Layers at the sustained 35 GB/s of a machine with bursts to 60: fp16 weights halve a bandwidth-bound
+    layer's bytes, so its time, not 1.7x more (remodelled at the burst while its efficiency was taken against the
+    sustained figure, the what-if came out 3.4x)."""
+    def t(m, k, n):
+        return work(m, k, n, "fp32")[1] / 35e9
+    r = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t),
+                     [35.0, 60.0, 35.0, 34.0])
+    fp16 = series_of(build_verdict(r, LAYERS))["model"]["what_if"]["fp16"]
+    assert 1.9 < fp16["speedup"] <= fp16["bytes_ratio"] * (1 + 1e-9)
+
+
 @settings(max_examples=40, deadline=None)
 @given(probes=st.lists(st.floats(10.0, 80.0), min_size=2, max_size=8),
        noise=st.lists(st.floats(0.3, 3.0), min_size=64, max_size=64))

@@ -198,3 +198,25 @@ def test_whatif_series_keep_decode_rows_only_and_are_not_the_headline():
     lines = verdict_sentences(v, layers, r)
     assert "onnxruntime fp32, the fastest" in lines[0]
     assert any(x.startswith("Smaller weights, measured") and "onnxruntime int4-a8 (test)" in x for x in lines)
+
+
+def test_a_kept_float_head_above_the_probe_raises_the_quantized_series_ceiling_too():
+    """rwkv-1b5, one quick run: onnxruntime fp32's head read 44.8 GB/s against a best probe of 40.0; the fp32 series
+    raised its ceiling with a warning, but int8-a8 and int4-a8 (whose head is that same fp32 row) showed it at 112%
+    of their own 40.0 GB/s without one. Each series that shows the row now raises its own ceiling and says so."""
+    head_shape = (512, 1024)  # RWKV7_SMALL's head
+
+    def fp32(k, n):
+        return (k * n * 4 + 4 * (k + n)) / ((11.2 if (k, n) == head_shape else 9.0) * 1e9)
+    layers, r = _rwkv7_results(lambda k, n: (k * n * 0.640625 + 4 * (k + n)) / (0.14 * 10e9), fp32)
+    v = build_verdict(r, layers)
+    for dtype in ("fp32", "int4-a8"):
+        (s,) = [x for x in v["series"] if x["dtype"] == dtype]
+        assert s["bandwidth_gbps"] == pytest.approx(11.2, rel=1e-3)
+        (a,) = s["ceiling_adjustments"]
+        assert a["ceiling"] == "bandwidth" and a["layer"] == "head"
+        assert any(w.startswith(f"onnxruntime {dtype}: layer head (M=1, 512x1024") and "11.2 GB/s" in w
+                   for w in v["ceiling_warnings"])
+        for row in s["rows"]:
+            if row.get("measured"):
+                assert row["attained_gbps"] <= 1.05 * s["bandwidth_gbps"] * (1 + 1e-9), row["layer"]

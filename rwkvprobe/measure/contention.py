@@ -69,5 +69,6 @@ def summary(points: list[dict]) -> dict:
     steal = [p["contention"]["steal_share"] for p in sampled]
     return {"sampled": len(sampled), "contended": len(contended), "remeasured": len(remeasured),
             "slow_rechecked": sum(1 for p in points if p.get("slow_recheck")),
+            "near_line_rechecked": sum(1 for p in points if p.get("near_line_recheck")),
             "max_share": max(shares, default=0.0), "max_steal_share": max(steal, default=0.0),
             "contended_points": [f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}" for p in contended]}

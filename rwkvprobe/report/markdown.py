@@ -18,7 +18,17 @@ from rwkvprobe.report.sections import (
     npu_bandwidth_section,
 )
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
-from rwkvprobe.verdict.roofline import BURSTY, KERNEL, KERNEL_BAND, KERNEL_LIMITED, RULE, main_bound, row_seconds, verdict_of
+from rwkvprobe.verdict.roofline import (
+    BURSTY,
+    KERNEL,
+    KERNEL_BAND,
+    KERNEL_LIMITED,
+    RULE,
+    best_series,
+    main_bound,
+    row_seconds,
+    verdict_of,
+)
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
@@ -43,15 +53,6 @@ def _where(results: dict) -> str:
     return f"on a modelled {results['device']['name']}" if results.get("device") else "on this machine"
 
 
-def _best(series: list[dict]) -> dict | None:
-    """The fastest decode, preferring series whose every layer was measured over partly modelled ones."""
-    timed = [s for s in series if s["model"].get("decode") and not s.get("whatif")]
-    if not timed:
-        return None
-    return min(timed, key=lambda s: (not s["model"]["decode"]["fully_measured"],
-                                     s["model"]["decode"]["seconds_per_token"]))
-
-
 def _modelled_part(p: dict) -> str:
     return (f"the head, run once for the chunk's last token, at its roofline time "
             f"{ms(p['last_token_seconds'])} (no M=1 point measured)")
@@ -60,7 +61,7 @@ def _modelled_part(p: dict) -> str:
 def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[str]:
     """The opening verdict in plain words, with the numbers behind it."""
     series = verdict["series"]
-    best = _best(series)
+    best = best_series(series)
     if not best:
         prefill = [(s, p) for s in series for p in s["model"].get("prefill", [])
                    if not p["modelled"] or p.get("last_token_seconds") is not None]
@@ -215,6 +216,9 @@ def stability_line(results: dict) -> str:
         if c["slow_rechecked"]:
             parts.append(f"{c['slow_rechecked']} point(s) over {SLOW_POINT_FACTOR:g}x slower than their series' "
                          "ceilings predict were measured again (the faster kept)")
+        if c["near_line_rechecked"]:
+            parts.append(f"{c['near_line_rechecked']} point(s) of the fastest series near the kernel-limited line "
+                         "were measured again later in the run (the faster kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 

@@ -140,7 +140,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
             series[key].update(float_dtype=kept[0]["stored_as"],
                                quantized_kinds=sorted({r["kind"] for r in rows if not r.get("stored_as")}),
                                float_kinds=sorted({r["kind"] for r in kept}))
-    _keep_float(series, results)
+    warnings += _keep_float(series, results)
     for s in series.values():
         s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
                                   s["peak_gflops"] * 1e9, s["overhead_seconds"], results,
@@ -313,7 +313,7 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
-def _keep_float(series: dict, results: dict) -> None:
+def _keep_float(series: dict, results: dict) -> list[str]:
     """A quantized series is the model as it would run: the kinds not quantized stay float.
 
     (Not for the RK3588 NPU, measured or modelled: its int8 graphs quantize every layer.) Layers of the
@@ -322,8 +322,12 @@ def _keep_float(series: dict, results: dict) -> None:
     their float bytes, so that every byte and GB/s figure of the series counts the weights a token really
     reads. Without a float series of that backend they are modelled at fp32 (the activation type of the
     quantized kernels) and labelled so.
+
+    A float row read faster than the quantized series' own DRAM ceiling (its float series raised its own, a
+    disturbed probe) raises this series' ceiling too, with its own warning naming the layer: returns the warnings.
     """
     quantize = set(results.get("settings", {}).get("quantize") or DEFAULT_QUANTIZE)
+    warnings: list[str] = []
     decode_time = {}
     for key, s in series.items():
         if s["dtype"] in FLOAT_DTYPES:
@@ -355,9 +359,31 @@ def _keep_float(series: dict, results: dict) -> None:
                              "model_seconds": model_seconds(flops, nbytes, P, bw, t0),
                              "bound": classify(flops, nbytes, P, bw, t0)})
         s["rows"] = rows
+        warnings += _hold_bandwidth_for_kept_rows(s, base)
         s["float_dtype"] = base["dtype"] if base else "fp32"
         s["quantized_kinds"] = sorted(quantize & {r["kind"] for r in rows})
         s["float_kinds"] = sorted({r["kind"] for r in rows if r.get("kept_float")})
+    return warnings
+
+
+def _hold_bandwidth_for_kept_rows(s: dict, base: dict | None) -> list[str]:
+    """DRAM bandwidth is the machine's: a row kept float in a quantized series (its float series' own row) counts
+    against this series' W too. Where one read more than CEILING_TOLERANCE x it, W is raised to what it read, with
+    a warning naming the layer and both figures (hold_ceilings' rule, for rows that came in after it ran)."""
+    kept = [r for r in s["rows"] if r.get("kept_float") and r.get("measured") and r.get("seconds")]
+    if not kept or base is None:
+        return []
+    top = max(kept, key=lambda r: r["bytes"] / r["seconds"])
+    attained, W = top["bytes"] / top["seconds"], s["bandwidth_gbps"] * 1e9
+    if attained <= CEILING_TOLERANCE * W:
+        return []
+    text = (f"layer {top['layer']} (M={top['m']}, {top['k']}x{top['n']}, kept at {base['dtype']}) read "
+            f"{attained / 1e9:.1f} GB/s, {attained / W - 1:.0%} above the measured DRAM bandwidth of {W / 1e9:.1f} GB/s "
+            f"(best of every probe of the run): its bandwidth ceiling is raised to {attained / 1e9:.1f} GB/s")
+    s["ceiling_adjustments"].append({"ceiling": "bandwidth", "layer": top["layer"], "m": top["m"], "unit": "GB/s",
+                                     "measured": W / 1e9, "attained": attained / 1e9, "text": text})
+    s["bandwidth_gbps"] = attained / 1e9
+    return [f"{s['backend']} {s['dtype']}: {text}"]
 
 
 def point_status(p: dict) -> str:
@@ -409,6 +435,32 @@ def main_bound(share_by_bound: dict[str, float]) -> str | None:
     ranked = sorted(share_by_bound.values(), reverse=True) + [0.0]
     top = max(share_by_bound, key=lambda k: share_by_bound[k])
     return top if ranked[0] - ranked[1] >= LEAD else None
+
+
+def best_series(series: list[dict]) -> dict | None:
+    """The fastest decode (the verdict's headline), preferring series whose every layer was measured over partly
+    modelled ones; what-if series never."""
+    timed = [s for s in series if s["model"].get("decode") and not s.get("whatif")]
+    if not timed:
+        return None
+    return min(timed, key=lambda s: (not s["model"]["decode"]["fully_measured"],
+                                     s["model"]["decode"]["seconds_per_token"]))
+
+
+def near_line_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
+    """The headline's points whose verdict sits on the kernel-limited line: the fastest series' decode points with
+    a kernel_share strictly between 0 and 1, as (point key (backend, dtype, m, k, n), kernel share), the most time
+    a token first. A row kept at another type (ggml's f16 rows in a q4_0 series) names the point it was read from."""
+    best = best_series(build_verdict(results, layers)["series"])
+    if best is None:
+        return []
+    near: dict[tuple, tuple[float, float]] = {}
+    for x in best["rows"]:
+        share = kernel_share(x)
+        if x["m"] == 1 and 0.0 < share < 1.0:
+            key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
+            near[key] = (near.get(key, (0.0, share))[0] + x["seconds"] * x["count"], share)
+    return [(key, share) for key, (_, share) in sorted(near.items(), key=lambda kv: -kv[1][0])]
 
 
 def row_seconds(r: dict) -> float:
@@ -537,9 +589,10 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
             activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
             q_bytes = r["k"] * r["n"] * per + activations
             q_weight_bytes += r["k"] * r["n"] * per * r["count"]
-            # keep the layer's measured efficiency: scale the modelled time by measured / model
+            # keep the layer's measured efficiency: scale the modelled time by measured / model, both at the
+            # bandwidth the layer was judged at (the sustained figure on a machine whose bandwidth comes in bursts)
             efficiency = row_seconds(r) / r["model_seconds"] if r["model_seconds"] else 1.0
-            t += model_seconds(r["flops"], q_bytes, P, bw, t0) * efficiency * r["count"]
+            t += model_seconds(r["flops"], q_bytes, P, row_bandwidth(r, bw, t0), t0) * efficiency * r["count"]
         out[q] = {"seconds_per_token": t, "tokens_per_second": 1 / t, "speedup": base / t,
                   "bytes_ratio": base_bytes / q_weight_bytes}
     return out
@@ -585,7 +638,8 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
                 per = qr["weight_bytes"] / (r["k"] * r["n"])
                 activations = r["bytes"] - r["k"] * r["n"] * base_bytes
                 efficiency = t_base / r["model_seconds"] if r["model_seconds"] else 1.0
-                t_bound = model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, bw, t0) * efficiency
+                t_bound = model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, row_bandwidth(r, bw, t0),
+                                        t0) * efficiency
                 quantized, limited = True, kernel_share(qr)
             else:
                 t_q = t_bound = t_base
