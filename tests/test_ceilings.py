@@ -258,7 +258,10 @@ def test_the_report_names_the_sustained_bandwidth_where_the_machine_had_bursts(t
     v = build_verdict(bursty, LAYERS)
     head = " ".join(verdict_sentences(v, LAYERS, bursty))
     assert "80% of the sustained 35.0 GB/s DRAM bandwidth (measured; bursts to 60.0)" in head
-    assert "came in bursts" in render(bursty, tmp_path).read_text()
+    text = render(bursty, tmp_path).read_text()
+    assert "came in bursts" in text
+    assert "Stability: 4 bandwidth probes read 34.0-60.0 GB/s (spread 76%: the best is the DRAM ceiling, the " \
+           "layers are judged at the middle probe, 35.0 GB/s)" in text
     steady = _with_probes(make_results(LAYERS, bw_gbps=35.0, peak_gflops=1e4, overhead=0.0, time_of=t),
                           [35.0, 35.5, 35.0, 34.0])
     v = build_verdict(steady, LAYERS)
