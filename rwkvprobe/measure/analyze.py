@@ -412,6 +412,7 @@ class Analysis(Run):
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0
+        slow: list[tuple] = []  # points far slower than their ceilings predict: (index, projection, workload, ...)
         last_probe = time.perf_counter()
         spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
         weight_bytes = [backends[b].workload(m, k, n, d, s.block_size).weight_bytes for m, k, n, b, d in points]
@@ -447,8 +448,8 @@ class Analysis(Run):
                 spare = left - setup_left - (len(points) - i) * MIN_POINT_SECONDS
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
-                elif proj is not None and _far_slower(point, proj) and spare > sum(cost.values()):
-                    point = self._recheck_slow(point, proj, backends[b], w, llc, pol, progress, label, copies)
+                elif proj is not None and _far_slower(point, proj):  # measured again after the others
+                    slow.append((len(r["measurements"]), proj, w, pol, label, copies))
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
                 point["at"] = time.time()  # when it was timed: the verdict judges it at that moment's bandwidth
@@ -473,6 +474,25 @@ class Analysis(Run):
                 progress.note(f"{label} ran at {point['flops'] / t / 1e9:.1f} GFLOP/s, above {b} {d}'s measured peak "
                               f"{c['peak_gflops']:.1f}: measuring the peak again")
                 self._compute_again(backends[b], c, llc, label)
+
+        self._recheck_all_slow(slow, backends, llc, t_start, progress)
+
+    def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
+        """The points far slower than their ceilings predict, measured again once the others are done (a slow mode
+        lasts a fraction of a second; the plan leaves little spare while points remain): the furthest from their
+        projection first, while the budget has their cost."""
+        s, r = self.settings, self.results
+        assert r is not None
+        for i, proj, w, pol, label, copies in sorted(slow, key=lambda x: -point_seconds(r["measurements"][x[0]]) / x[1]):
+            point = r["measurements"][i]
+            cost = sum((point.get("overhead_seconds") or {}).values())
+            if s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) < cost:
+                break
+            kept = self._recheck_slow(point, proj, backends[point["backend"]], w, llc, pol, progress, label, copies)
+            if kept is not point:
+                kept["at"] = time.time()
+            r["measurements"][i] = kept
+            self.save()
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
@@ -544,8 +564,8 @@ class Analysis(Run):
 
     def _recheck_slow(self, point: dict, projected: float, backend, w: Workload, llc, policy, progress,
                       label: str, max_copies: int | None) -> dict:
-        """A point far slower than its own series' ceilings predict (contention.SLOW_POINT_FACTOR): measured once more,
-        the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction of a second
+        """A point far slower than its own series' ceilings predict (contention.SLOW_POINT_FACTOR): measured once more
+        (after the other points), the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction of a second
         (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower."""
         t = point_seconds(point)
         assert t is not None

@@ -138,12 +138,15 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
         # stalls (a thread woken a scheduler tick late) spend no budget: a point runs up to 2x its budget; and
         # it does not stop while stalls are most of its samples (a median that is a stall is not the point's
         # time: a ggml point once gave 14.6 ms for a 0.13 ms call), up to STALL_LIMIT x its budget
-        # nor while its first samples were still warming up and too few steady ones follow them
+        # nor while its first samples were still warming up and too few steady ones follow them, nor while it is
+        # leaving a slow mode (its last call SLOW_MODE x faster than its median: a ggml head ran 8 ms a call, two of
+        # its threads' work on one CPU, for five calls, then 4 ms, when its budget ended on a median of 7.7 ms)
         elapsed = clock() - start
         if elapsed - min(stall, p.budget_seconds) >= p.budget_seconds and n >= min(need, 3):
             clean = sum(1 for x in samples if x <= STALL_FACTOR * fastest)
             steady = n - warming(samples) >= min(need, 3)
-            if (2 * clean > n and steady) or elapsed >= STALL_LIMIT * p.budget_seconds:
+            leaving = SLOW_MODE * samples[-1] < statistics.median(samples)
+            if (2 * clean > n and steady and not leaving) or elapsed >= STALL_LIMIT * p.budget_seconds:
                 break
     # samples still warming up count as warm-up (as long as three samples remain)
     lead = min(warming(samples), max(0, len(samples) - 3))
