@@ -452,7 +452,7 @@ class Analysis(Run):
                     slow.append((len(r["measurements"]), proj, w, pol, label, copies))
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
-                point["at"] = time.time()  # when it was timed: the verdict judges it at that moment's bandwidth
+                point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
             r["measurements"].append(point)
             self.save()
             progress.advance(label)
@@ -483,7 +483,8 @@ class Analysis(Run):
         projection first, while the budget has their cost."""
         s, r = self.settings, self.results
         assert r is not None
-        for i, proj, w, pol, label, copies in sorted(slow, key=lambda x: -point_seconds(r["measurements"][x[0]]) / x[1]):
+        furthest = sorted(slow, key=lambda x: -(point_seconds(r["measurements"][x[0]]) or 0.0) / x[1])
+        for i, proj, w, pol, label, copies in furthest:
             point = r["measurements"][i]
             cost = sum((point.get("overhead_seconds") or {}).values())
             if s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) < cost:
@@ -531,10 +532,10 @@ class Analysis(Run):
     def _recheck_near_line(self, backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The headline rests on the fastest series' decode layers, and one near the kernel-limited line
         (roofline.near_line_points: kernel_share strictly between 0 and 1) moves the time by bound with its own
-        noise: a ggml q4_0 GEMV timed 64.5 µs a call in one run and 52.9 in the next (each run steady within itself) moved a tenth of
-        the decode between kernel-limited and compute-bound and turned "mixed" into "kernel-limited". Such points,
-        the most time first (at most NEAR_LINE_RECHECKS), are measured once more at this later moment while their
-        cost is spare; the faster is kept, both recorded (``near_line_recheck``)."""
+        noise: a ggml q4_0 GEMV timed 64.5 µs a call in one run and 52.9 in the next (each run steady within
+        itself) moved a tenth of the decode between kernel-limited and compute-bound and turned "mixed" into
+        "kernel-limited". Such points, the most time first (at most NEAR_LINE_RECHECKS), are measured once more at
+        this later moment while their cost is spare; the faster is kept, both recorded (``near_line_recheck``)."""
         s, r = self.settings, self.results
         assert r is not None
         if self.near_line is None:
@@ -565,8 +566,9 @@ class Analysis(Run):
     def _recheck_slow(self, point: dict, projected: float, backend, w: Workload, llc, policy, progress,
                       label: str, max_copies: int | None) -> dict:
         """A point far slower than its own series' ceilings predict (contention.SLOW_POINT_FACTOR): measured once more
-        (after the other points), the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction of a second
-        (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower."""
+        (after the other points), the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a
+        fraction of a second (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x
+        slower."""
         t = point_seconds(point)
         assert t is not None
         progress.note(f"{label}: {t * 1e3:.3g} ms a call, {t / projected:.0f}x what its ceilings predict: "

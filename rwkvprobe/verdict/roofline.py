@@ -646,7 +646,8 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
                 per, quantized, limited = base_bytes, False, 0.0
             rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
                          "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
-                         "measured_seconds": t_q, "bound_seconds": t_bound, "kernel_limited": bool(quantized and qr is not None and qr.get("kernel_limited")),
+                         "measured_seconds": t_q, "bound_seconds": t_bound,
+                         "kernel_limited": bool(quantized and qr is not None and qr.get("kernel_limited")),
                          "kernel_share": limited})
         total = lambda key, rows=rows, other=other: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
         base_t, meas_t, bound_t = total("baseline_seconds"), total("measured_seconds"), total("bound_seconds")
