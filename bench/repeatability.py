@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rwkvprobe.measure.bandwidth import read_probes  # noqa: E402
-from rwkvprobe.verdict.roofline import best_series, main_bound, sustained_read_gbps, verdict_of  # noqa: E402
+from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps  # noqa: E402
+from rwkvprobe.verdict.roofline import best_series, main_bound, verdict_of  # noqa: E402
 
 TARGET = 0.10
 

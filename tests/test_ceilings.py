@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from roofline_fixtures import RWKV7_SMALL, layers_of, make_results, model_time, series_of, work
 
+from rwkvprobe.measure.bandwidth import sustained_read_gbps
 from rwkvprobe.report.markdown import render, verdict_sentences
 from rwkvprobe.verdict.roofline import (
     CEILING_TOLERANCE,
@@ -20,7 +21,6 @@ from rwkvprobe.verdict.roofline import (
     kernel_share,
     main_bound,
     model_seconds,
-    sustained_read_gbps,
 )
 
 LAYERS = layers_of(RWKV7_SMALL)

@@ -58,7 +58,7 @@ FINISH_RESERVE_SECONDS = 6.0
 MIN_POINT_SECONDS = 0.03
 #: while the layers are timed the read bandwidth is probed again this often (about 0.1 s a probe): a VM's DRAM
 #: bandwidth can come in bursts (1.6-1.8x for a few seconds), and the layers are judged at the middle probe of the
-#: run (roofline.sustained_read_gbps), so that the same run twice gives the same verdict
+#: run (bandwidth.sustained_read_gbps), so that the same run twice gives the same verdict
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
@@ -396,7 +396,7 @@ class Analysis(Run):
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
         probe_seconds = 0.0
-        if points:  # a probe as the layers begin (roofline.sustained_read_gbps); its cost plans the others
+        if points:  # a probe as the layers begin (bandwidth.sustained_read_gbps); its cost plans the others
             t_probe = time.perf_counter()
             bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
             probe_seconds = time.perf_counter() - t_probe
@@ -415,9 +415,10 @@ class Analysis(Run):
         slow: list[tuple] = []  # points far slower than their ceilings predict: (index, projection, workload, ...)
         last_probe = time.perf_counter()
         spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
-        weight_bytes = [backends[b].workload(m, k, n, d, s.block_size).weight_bytes for m, k, n, b, d in points]
+        workloads = [backends[b].workload(m, k, n, d, s.block_size) for m, k, n, b, d in points]
+        weight_bytes = [w.weight_bytes for w in workloads]
         for i, (m, k, n, b, d) in enumerate(points):
-            w = backends[b].workload(m, k, n, d, s.block_size)
+            w = workloads[i]
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
             # the timing budget adapts to what is left of --budget: what preparing and checking will cost the
@@ -478,22 +479,42 @@ class Analysis(Run):
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
-        """The points far slower than their ceilings predict, measured again once the others are done (a slow mode
-        lasts a fraction of a second; the plan leaves little spare while points remain): the furthest from their
-        projection first, while the budget has their cost."""
-        s, r = self.settings, self.results
+        """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
+        again once the others are done (a slow mode lasts a fraction of a second; the plan leaves little spare
+        while points remain): the furthest from their projection first, while the budget has their cost; the
+        faster kept, both recorded (``slow_recheck``). Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction
+        of a second (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower."""
+        r = self.results
         assert r is not None
         furthest = sorted(slow, key=lambda x: -(point_seconds(r["measurements"][x[0]]) or 0.0) / x[1])
         for i, proj, w, pol, label, copies in furthest:
             point = r["measurements"][i]
-            cost = sum((point.get("overhead_seconds") or {}).values())
-            if s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) < cost:
+            if not self._budget_has(point, t_start):
                 break
-            kept = self._recheck_slow(point, proj, backends[point["backend"]], w, llc, pol, progress, label, copies)
-            if kept is not point:
-                kept["at"] = time.time()
+            t = point_seconds(point)
+            assert t is not None
+            progress.note(f"{label}: {t * 1e3:.3g} ms a call, {t / proj:.0f}x what its ceilings predict: "
+                          "measuring again")
+            kept, t2 = self._faster_again(point, backends[point["backend"]], w, llc, pol, copies)
+            kept["slow_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "projected_seconds": proj}
             r["measurements"][i] = kept
             self.save()
+
+    def _budget_has(self, point: dict, t_start: float) -> bool:
+        """Whether what is left of --budget (less the finish reserve) covers measuring ``point`` once more."""
+        cost = sum((point.get("overhead_seconds") or {}).values())
+        return self.settings.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) >= cost
+
+    def _faster_again(self, point: dict, backend, w: Workload, llc, policy, max_copies: int | None
+                      ) -> tuple[dict, float | None]:
+        """``point`` measured once more (the rechecks after the other points): the faster of the two (the new one
+        stamped with its time), and the new median."""
+        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
+        t, t2 = point_seconds(point), point_seconds(again)
+        if t2 is not None and t is not None and t2 < t:
+            again["at"] = time.time()
+            return again, t2
+        return point, t2
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
@@ -544,40 +565,18 @@ class Analysis(Run):
         near = [(key, share) for key, share in self.near_line(r, self.layers) if key in index and key[0] in backends]
         for key, share in near[:NEAR_LINE_RECHECKS]:
             point = r["measurements"][index[key]]
-            cost = sum((point.get("overhead_seconds") or {}).values())
-            if s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) < cost:
+            if not self._budget_has(point, t_start):
                 break
             b, d, m, k, n = key
             t = point_seconds(point)
             assert t is not None
             progress.note(f"{b} {d} M={m} {k}x{n}: at {share:.0%} kernel-limited, near the line: measuring again")
             budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
-            again = measure_point(backends[b], backends[b].workload(m, k, n, d, s.block_size), llc,
-                                  TimingPolicy(budget_seconds=budget, min_samples=3), s.cold, s.onnx_dir,
-                                  max_copies=POINT_COPIES)
-            t2 = point_seconds(again)
-            if t2 is not None and t2 < t:
-                again["at"] = time.time()
-                point = again
-            point["near_line_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "kernel_share": share}
-            r["measurements"][index[key]] = point
+            kept, t2 = self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, s.block_size), llc,
+                                          TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
+            kept["near_line_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "kernel_share": share}
+            r["measurements"][index[key]] = kept
             self.save()
-
-    def _recheck_slow(self, point: dict, projected: float, backend, w: Workload, llc, policy, progress,
-                      label: str, max_copies: int | None) -> dict:
-        """A point far slower than its own series' ceilings predict (contention.SLOW_POINT_FACTOR): measured once more
-        (after the other points), the faster kept, both recorded. Once a ggml q4_0 GEMV ran 11-23 ms a call for a
-        fraction of a second (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x
-        slower."""
-        t = point_seconds(point)
-        assert t is not None
-        progress.note(f"{label}: {t * 1e3:.3g} ms a call, {t / projected:.0f}x what its ceilings predict: "
-                      "measuring again")
-        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
-        t2 = point_seconds(again)
-        kept = again if t2 is not None and t2 < t else point
-        kept["slow_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "projected_seconds": projected}
-        return kept
 
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure.bandwidth import read_probes
+from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
 from rwkvprobe.measure.contention import CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
@@ -27,7 +27,6 @@ from rwkvprobe.verdict.roofline import (
     best_series,
     main_bound,
     row_seconds,
-    sustained_read_gbps,
     verdict_of,
 )
 from rwkvprobe.verdict.validation import TARGET, summary_lines
@@ -507,7 +506,7 @@ def _model_level_section(verdict: dict) -> list[str]:
 
 def _dram(s: dict, verdict: dict, how: str = "measured") -> tuple[float, str]:
     """The DRAM figure a series' layers are judged at (GB/s) and its name in a sentence: the sustained bandwidth
-    where the machine's came in bursts (roofline.sustained_read_gbps), else the series' ceiling W."""
+    where the machine's came in bursts (bandwidth.sustained_read_gbps), else the series' ceiling W."""
     best = s.get("bandwidth_gbps") or verdict["bandwidth_gbps"]
     sustained = s.get("sustained_gbps")
     if sustained and best > BURSTY * sustained:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes
+from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes, sustained_read_gbps
 from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
 from rwkvprobe.model.cost import roofline_seconds
@@ -160,7 +160,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     """One row per layer and token count of a series: measured verdict, else the model's time (labelled).
 
     A measured layer is judged at the machine's sustained DRAM bandwidth (``sustained``, GB/s: see
-    sustained_read_gbps) where the run probed often enough to know it, or at what it read itself where that is
+    bandwidth.sustained_read_gbps) where the run probed often enough to know it, or at what it read itself where that is
     more, never above the series' W.
 
     A backend that keeps some kinds at a float type in its quantized series (ggml, rwkv.cpp's rule) takes
@@ -219,26 +219,6 @@ def row_bandwidth(row: dict, W: float, t0: float, nbytes: float | None = None, s
 
 #: a run whose best read probe is this much above its sustained one had bursts: the report says which it judges at
 BURSTY = 1.10
-#: at least this many checked read probes before a run's median probe is taken for its sustained bandwidth
-MIN_SUSTAINED_PROBES = 3
-
-
-def sustained_read_gbps(results: dict) -> float | None:
-    """The DRAM read bandwidth the machine gives most of the time: the middle (lower middle) of the run's checked
-    read probes, GB/s; None with fewer than MIN_SUSTAINED_PROBES (the series' W, the best probe, applies).
-
-    A VM's bandwidth can come in bursts: on the dev VM about 35 GB/s, with bursts of 55-64 GB/s lasting one to four
-    seconds every ten or so. W, the best probe (STREAM's rule), is then a burst, and a layer timed between bursts
-    could not reach it. Judged against W, the same layer was kernel-limited in one run and bandwidth-bound in the
-    next; judged against the moment's probes (the probes just before and after it) the verdict moved with where
-    the probes fell. The middle probe is the same in both runs while bursts are the minority of the time; a layer
-    that reads more than it (timed in a burst) is judged at what it read. On a machine without bursts it is W."""
-    probes = sorted(gbps for _, gbps in read_probes(results))
-    if len(probes) < MIN_SUSTAINED_PROBES:
-        return None
-    return probes[(len(probes) - 1) // 2]
-
-
 def kernel_share(row: dict) -> float:
     """How much of a measured row's time the verdict counts as kernel-limited: all of it at KERNEL_LIMITED -
     KERNEL_BAND of its roofline or below, none at KERNEL_LIMITED + KERNEL_BAND or above, in proportion between."""
@@ -368,22 +348,14 @@ def _keep_float(series: dict, results: dict) -> list[str]:
 
 def _hold_bandwidth_for_kept_rows(s: dict, base: dict | None) -> list[str]:
     """DRAM bandwidth is the machine's: a row kept float in a quantized series (its float series' own row) counts
-    against this series' W too. Where one read more than CEILING_TOLERANCE x it, W is raised to what it read, with
-    a warning naming the layer and both figures (hold_ceilings' rule, for rows that came in after it ran)."""
-    kept = [r for r in s["rows"] if r.get("kept_float") and r.get("measured") and r.get("seconds")]
-    if not kept or base is None:
-        return []
-    top = max(kept, key=lambda r: r["bytes"] / r["seconds"])
-    attained, W = top["bytes"] / top["seconds"], s["bandwidth_gbps"] * 1e9
-    if attained <= CEILING_TOLERANCE * W:
-        return []
-    text = (f"layer {top['layer']} (M={top['m']}, {top['k']}x{top['n']}, kept at {base['dtype']}) read "
-            f"{attained / 1e9:.1f} GB/s, {attained / W - 1:.0%} above the measured DRAM bandwidth of {W / 1e9:.1f} GB/s "
-            f"(best of every probe of the run): its bandwidth ceiling is raised to {attained / 1e9:.1f} GB/s")
-    s["ceiling_adjustments"].append({"ceiling": "bandwidth", "layer": top["layer"], "m": top["m"], "unit": "GB/s",
-                                     "measured": W / 1e9, "attained": attained / 1e9, "text": text})
-    s["bandwidth_gbps"] = attained / 1e9
-    return [f"{s['backend']} {s['dtype']}: {text}"]
+    against this series' W too. hold_ceilings' rule, for rows that came in after it ran: given as rows of another
+    type (``stored_as``), they answer to W only, not to this series' peak or per-call overhead."""
+    kept = [dict(r, stored_as=base["dtype"]) for r in s["rows"] if base is not None and r.get("kept_float")]
+    adjustments = hold_ceilings(kept, s["peak_gflops"] * 1e9, s["bandwidth_gbps"] * 1e9, s["overhead_seconds"])
+    for a in adjustments:
+        s["bandwidth_gbps"] = a["W"] / 1e9
+        s["ceiling_adjustments"].append({k: v for k, v in a.items() if k not in ("P", "W", "t0")})
+    return [f"{s['backend']} {s['dtype']}: {a['text']}" for a in adjustments]
 
 
 def point_status(p: dict) -> str:
