@@ -131,7 +131,16 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
 
 
-def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int, rounds: int = 5) -> dict:
+#: decode rounds of profile_decode and tokens in each half of a round: many short rounds, not a few long ones. The
+#: rest of a token (everything but its weight matmuls) is ~10% of it, found as the token's time less its matmuls'
+#: time, so a 5% wobble of the matmuls between a round's halves moves the rest by half. Five rounds of 8 tokens
+#: gave rwkv4-169m's rest as 3.7-5.9 ms in four repeats (single rounds -1.5 to 10.8); twenty rounds of 2 tokens,
+#: the same 80 tokens, 4.8-5.9
+PROFILE_ROUNDS, PROFILE_TOKENS = 20, 2
+
+
+def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int,
+                   rounds: int = PROFILE_ROUNDS) -> dict:
     """Per-token time of the weight matmuls by shape, measured by torch.profiler, and the matmul share.
 
     ``rounds`` times: ``n`` tokens timed without the profiler, then ``n`` tokens under it. The matmul share of
@@ -221,7 +230,7 @@ def run(cfg: dict) -> dict:
         out["logits_finite"] = finite
         ll = layer_list(profile)
         layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
-        out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", 8), layer_shapes,
+        out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
                                          profile.n_layer)
         chunk = cfg.get("chunk", 0)
         if chunk:

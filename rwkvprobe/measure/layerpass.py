@@ -1,14 +1,15 @@
-"""The work outside the weight matmuls of RWKV-4, 5.2 and 6, timed inside the per-layer structure a torch
-forward pass gives it, and split from the matmuls the way ``validate`` splits the real pass.
+"""The work outside the weight matmuls of RWKV-4, 5.2, 6 and 7, timed inside the structure a torch forward
+pass gives it, and split from the matmuls the way ``validate`` splits the real pass.
 
-Why not the bare block (nonmatmul.measure_block): in a torch forward pass of these versions every layer is
+Why not the bare block (nonmatmul.measure_block): in a torch forward pass of RWKV-4/5.2/6 every layer is
 two TorchScript calls (time mix, channel mix) with a few dozen tensor arguments each, every weight matmul
 goes through a small scripted helper (dtype handling, the output cast), and every elementwise op runs right
 after a weight matmul that streamed megabytes through the caches and left the other thread of the pool
-waiting. Those costs belong to the token but to no matmul kernel; the bare block, its ops fused into one
-call on cache-resident inputs, left them out (``validate`` measured 0.43-0.79 of the real pass's
-everything-else on these versions; RWKV-7 runs a whole token as one TorchScript method and its bare block
-came within 10%).
+waiting. RWKV-7 runs a whole token as one scripted loop over its layers that looks every parameter up by
+name (a string built per layer, a dictionary lookup) and calls a scripted time mix and channel mix with the
+weight matmuls inside. Those costs belong to the token but to no matmul kernel; the bare block, its ops fused
+into one call on cache-resident inputs, left them out (``validate`` measured 0.43-0.79 of the real pass's
+everything-else on RWKV-4/5.2/6, and 0.60-0.69 on RWKV-7 once its own split of the real pass was steady).
 
 So here a ring of layers (weights in the series' layout and dtype, enough distinct layers that their weights
 are read from DRAM as decode reads them) runs in that structure, and rounds alternate a plain pass (timed)
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from rwkvprobe.measure.forward_worker import weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
 from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
 
-#: RWKV versions timed in their per-layer structure (RWKV-7 keeps nonmatmul's block: one scripted token)
-VERSIONS = (4, 5, 6)
+#: RWKV versions timed in their forward pass's structure (every one)
+VERSIONS = (4, 5, 6, 7)
 #: the series' weight layouts: x @ W with W [K, N], or nn.Linear's [N, K] used transposed
 LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
 #: rounds (plain + profiled pass) at least, and at most
@@ -110,11 +111,61 @@ def _sources():
         y = F.group_norm(y.unsqueeze(0), num_groups=H, weight=lnx_w, bias=lnx_b, eps=64e-5).squeeze(0)
         return x + mm(y.to(x.dtype) * gate, wo), h, state
 
-    return time_mix_4, channel_mix, time_mix_56
+    def time_mix_7(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, v_first: torch.Tensor, first: bool,
+                   z: Dict[str, torch.Tensor], p: str, H: int, S: int):
+        # RWKV-7's time mix on the layer-normed input x; every parameter looked up by name, as a pass over a
+        # state dict does: token-shift mixes, the decay, in-context learning rate, value-residual and gate low-rank
+        # paths, the generalised delta rule on the fp32 state, the bonus term, the gated output
+        C = x.shape[0]
+        d = prev - x
+        xr, xw, xk = x + d * z[p + "x_r"], x + d * z[p + "x_w"], x + d * z[p + "x_k"]
+        xv, xa, xg = x + d * z[p + "x_v"], x + d * z[p + "x_a"], x + d * z[p + "x_g"]
+        r = xr @ z[p + "receptance"]
+        w = torch.tanh(xw @ z[p + "w1"]) @ z[p + "w2"]
+        k = xk @ z[p + "key"]
+        v = xv @ z[p + "value"]
+        a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
+        g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
+        kk = F.normalize((k * z[p + "k_k"]).view(H, S), dim=-1, p=2.0).view(C)
+        k = k * (1 + (a - 1) * z[p + "k_a"])
+        if first:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(z[p + "v0"] + (xv @ z[p + "v1"]) @ z[p + "v2"])
+        w = torch.exp(-0.606531 * torch.sigmoid((z[p + "w0"] + w).float()))
+        vk = v.view(H, S, 1) @ k.view(H, 1, S)
+        ab = (-kk).view(H, S, 1) @ (kk * a).view(H, 1, S)
+        state = state * w.view(H, 1, S) + state @ ab.float() + vk.float()
+        y = state.to(dtype=x.dtype) @ r.view(H, S, 1)
+        y = F.group_norm(y.view(1, C), num_groups=H, weight=z[p + "lnx_w"], bias=z[p + "lnx_b"], eps=64e-5).view(C)
+        y = y + ((r * k * z[p + "r_k"]).view(H, S).sum(dim=-1, keepdim=True) * v.view(H, S)).view(C)
+        return (y * g) @ z[p + "output"], x, state, v_first
+
+    def channel_mix_7(x: torch.Tensor, prev: torch.Tensor, z: Dict[str, torch.Tensor], p: str):
+        k = x + (prev - x) * z[p + "ffn_x_k"]
+        return (torch.relu(k @ z[p + "ffn_key"]) ** 2) @ z[p + "ffn_value"], x
+
+    def pass_7(x: torch.Tensor, z: Dict[str, torch.Tensor], state: List[torch.Tensor], layers: int, H: int, S: int):
+        # RWKV-7 as its forward pass runs a token: one scripted loop over the layers (no Python between them), the
+        # residual carried, parameters looked up by layer name; state per layer: attention shift, wkv, ffn shift
+        v_first = torch.empty_like(x)
+        C = x.shape[0]
+        for i in range(layers):
+            p = "blocks." + str(i) + "."
+            h = F.layer_norm(x, (C,), weight=z[p + "ln1_w"], bias=z[p + "ln1_b"])
+            y, state[3 * i], state[3 * i + 1], v_first = time_mix_7(h, state[3 * i], state[3 * i + 1], v_first,
+                                                                     i == 0, z, p, H, S)
+            x = x + y
+            h = F.layer_norm(x, (C,), weight=z[p + "ln2_w"], bias=z[p + "ln2_b"])
+            y, state[3 * i + 2] = channel_mix_7(h, state[3 * i + 2], z, p)
+            x = x + y
+        return x, state
+
+    return time_mix_4, channel_mix, time_mix_56, pass_7
 
 
 def functions() -> tuple:
-    """The scripted (time mix 4, channel mix, time mix 5/6) functions, compiled once per process."""
+    """The scripted (time mix 4, channel mix, time mix 5/6, RWKV-7 pass) functions, compiled once per process."""
     import torch
 
     if not _SCRIPTED:
@@ -161,6 +212,20 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
         return [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
 
     ring = []
+    if v == 7:  # one pass runs the ring as one model (pass_7): its parameters by name, its state as a list
+        S = profile.head_size
+        for i in range(layers):
+            z = dict(zip(("ln1_w", "ln1_b", "ln2_w", "ln2_b", "lnx_w", "lnx_b"), norm() + norm() + norm()))
+            z.update({name: rnd(C, lo_=0.0) for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")})
+            z.update({name: rnd(C) for name in ("w0", "a0", "v0", "k_k", "k_a", "r_k")})
+            z["ffn_x_k"] = rnd(C, lo_=0.0)  # the channel mix's token-shift mix
+            for name, rank in (("w", lo["decay"]), ("a", lo["aaa"]), ("v", lo["mv"]), ("g", lo["gate"])):
+                z[f"{name}1"], z[f"{name}2"] = weight(C, rank, False), weight(rank, C, False)
+            z.update({name: weight(C, C) for name in ("receptance", "key", "value", "output")})
+            z["ffn_key"], z["ffn_value"] = weight(C, F_), weight(F_, C)
+            ring.append({"z": {f"blocks.{i}.{name}": t for name, t in z.items()},
+                         "state": [rnd(C), rnd(C // S, S, S, lo_=-0.1, hi=0.1, dtype=f32), rnd(C)]})
+        return ring
     for _ in range(layers):
         d: dict = {"x_prev_att": rnd(C), "x_prev_ffn": rnd(C)}
         ffn_w = [weight(C, F_), weight(F_, C), weight(C, C)]  # key, value, receptance
@@ -189,7 +254,7 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
 def run_layer(profile: Profile, fns: tuple, d: dict, x):
     """One layer as a torch forward pass runs it: the residual cast to the layer's type, the time mix call,
     the channel mix call; the state and token-shift inputs carried for the next token."""
-    time_mix_4, channel_mix, time_mix_56 = fns
+    time_mix_4, channel_mix, time_mix_56, _ = fns
     v = profile.version
     x = x.to(dtype=d["x_prev_att"].dtype)
     if v == 4:
@@ -219,9 +284,18 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
     x0 = (torch.rand(profile.n_embd, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
         getattr(torch, _TORCH_DTYPES[dtype]))
 
-    def one_pass():
-        for d in ring:
-            run_layer(profile, fns, d, x0)
+    if profile.version == 7:  # the ring as one model, run by one scripted call (pass_7)
+        z = {name: t for d in ring for name, t in d["z"].items()}
+        state = [t for d in ring for t in d["state"]]
+        H, S = profile.n_embd // profile.head_size, profile.head_size
+
+        def one_pass():
+            nonlocal state
+            _, state = fns[3](x0, z, state, len(ring), H, S)
+    else:
+        def one_pass():
+            for d in ring:
+                run_layer(profile, fns, d, x0)
 
     rounds: list[dict] = []
     t_end = time.perf_counter() + budget_seconds
@@ -245,6 +319,8 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
     return {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
             "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer, "seconds_per_token": per_layer * profile.n_layer,
             "rounds": rounds, "spread": summary["spread"],
-            "what": "one layer's work outside its weight matmuls, timed in a torch forward pass's per-layer "
-                    "structure (two TorchScript calls a layer, each weight matmul through a helper, weights read "
-                    "from DRAM) as the layer's time minus its weight matmuls' profiled time, times n_layer"}
+            "what": "one layer's work outside its weight matmuls, timed in a torch forward pass's structure ("
+                    + ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
+                       else "two TorchScript calls a layer, each weight matmul through a helper")
+                    + ", weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
+                      "times n_layer"}

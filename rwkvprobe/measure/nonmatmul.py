@@ -7,10 +7,11 @@ modelling them as bytes over bandwidth) under-predicts decode by 7-12% here. So 
 analyze times one block's non-matmul operations, in the same sequence and dtypes as a CPU forward pass
 of the architecture runs them (TorchScript, as BlinkDL's reference package runs by default, vectors in
 the model dtype, the RNN state in fp32), with the matmul outputs as fixed inputs, and counts it once per
-block. That holds for RWKV-7, whose forward pass is one scripted token; RWKV-4/5.2/6 run two scripted calls a
-layer with every weight matmul between their ops, and their torch series are timed in that structure instead
-(layerpass.py). The ggml stand-in keeps the bare block (ggml runs no TorchScript). Other backends (and
-``layers:`` profiles) keep the bytes-over-bandwidth model, labelled modelled.
+block. The torch series of every version are timed in their forward pass's structure instead, with the weight
+matmuls between the ops (layerpass.py): RWKV-4/5.2/6 run two scripted calls a layer, RWKV-7 one scripted loop
+over the layers, its parameters looked up by name (its bare block measured 0.60-0.69 of the real pass's
+everything-else once validate's own split was steady). The ggml stand-in keeps the bare block (ggml runs no
+TorchScript). Other backends (and ``layers:`` profiles) keep the bytes-over-bandwidth model, labelled modelled.
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         finally:
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
-    if cold and profile.version in layerpass.VERSIONS:  # RWKV-4/5/6: in the per-layer structure of a forward pass
+    if cold and profile.version in layerpass.VERSIONS:  # in the structure of a forward pass, matmuls included
         out = {"backend": backend, "dtype": dtype, **layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes)}
     else:
         out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
