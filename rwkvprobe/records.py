@@ -94,6 +94,7 @@ class Contention(TypedDict):
     other_share: float
     steal_share: float
     contended: bool
+    canary_seconds: NotRequired[float]  # contention.canary() before the point and after it, the faster
 
 
 class OverheadSeconds(TypedDict):
@@ -126,6 +127,16 @@ class SlowRecheck(TypedDict):
     projected_seconds: float
 
 
+class MachineSlowRecheck(TypedDict):
+    """A point timed while the machine ran slow (its canary over contention.CANARY_SLOW x the run's best),
+    measured again after the others: both medians, and the canary's ratio each time."""
+
+    median_seconds: float
+    again_median_seconds: Union[float, None]
+    canary_ratio: float
+    again_canary_ratio: Union[float, None]
+
+
 class Point(TypedDict):
     """points.measure_point() (and npu/board.py's points): one M x K x N matmul of one series, checked, then
     timed. A point that failed has ``error`` and no timing; one projected too slow has ``skipped``."""
@@ -150,6 +161,7 @@ class Point(TypedDict):
     remeasured: NotRequired[Remeasured]
     slow_recheck: NotRequired[SlowRecheck]
     near_line_recheck: NotRequired[NearLineRecheck]
+    machine_slow_recheck: NotRequired[MachineSlowRecheck]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb
     eval_perf: NotRequired[dict[str, Any]]  # board points: rknn-toolkit2's eval_perf, parsed
@@ -343,6 +355,7 @@ class Nonmatmul(TypedDict):
     stand_in: NotRequired[str]
     seq: NotRequired[dict[str, NonmatmulSeq]]  # by chunk length
     method: NotRequired[str]  # "layer-pass" (layerpass.py): timed in the per-layer structure, profiler split
+    layer_pass_skipped: NotRequired[str]  # why the bare block stands in for the layer pass (too slow a series)
     ring_layers: NotRequired[int]
     weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
     rounds: NotRequired[list[LayerPassRound]]
@@ -598,6 +611,7 @@ class AnalyzeResults(Header):
     backends: NotRequired[dict[str, dict[str, Any]]]  # each backend's describe()
     stage_seconds: NotRequired[dict[str, float]]
     bandwidth_probes: NotRequired[list[BandwidthProbe]]  # schema 2
+    canary_reference_seconds: NotRequired[float]  # contention.canary(), the best of a few as the points began
     nonmatmul: NotRequired[list[Nonmatmul]]
     block_graphs: NotRequired[list[BlockGraphs]]  # schema 2
     validation: NotRequired[list[Validation]]

@@ -152,6 +152,16 @@ def test_the_torch_series_are_timed_in_layers_the_stand_in_as_a_block():
         assert "method" not in nonmatmul.measure_series(p, "torch", "fp32", 0.05, 1 << 20, False)  # warm: block
 
 
+def test_a_series_too_slow_for_its_budget_falls_back_to_the_bare_block_and_says_so():
+    """A budget no pass fits (TOO_SLOW): measure gives None, and the series' entry is the bare block, labelled."""
+    p = tiny(7)
+    assert layerpass.measure(p, "torch", "fp32", 1e-9, 1 << 20) is None
+    entry = nonmatmul.measure_series(p, "torch", "fp32", 1e-9, 1 << 20, True)
+    assert "method" not in entry and entry["seconds_per_token"] > 0
+    assert entry["layer_pass_skipped"].startswith("a pass of whole layers is too slow for a 1e-09 s budget at torch fp32")
+    assert "layer_pass_skipped" not in nonmatmul.measure_series(p, "torch", "fp32", 0.05, 1 << 20, True)
+
+
 def test_a_results_file_with_a_layer_pass_entry_loads_and_is_checked(tmp_path):
     """The layer-pass entry (rounds, ring, split) passes the results file's record check; a damaged one is named."""
     from roofline_fixtures import make_results

@@ -315,6 +315,35 @@ def test_contention_summary_names_contended_points():
     assert s["max_share"] == pytest.approx(0.45) and s["contended_points"] == ["numpy fp32 M=1 16x8"]
 
 
+def test_the_canary_says_how_far_the_machine_ran_below_its_best_speed():
+    """A point's canary over the run's best (its reference as the points began, or a faster point's): the ratio,
+    the count of points at CANARY_SLOW or more, the largest ratio; a point or a file without a canary counts none."""
+    from rwkvprobe.measure import contention as c
+
+    def pt(k, seconds=None, **more):
+        return {"backend": "numpy", "dtype": "fp32", "m": 1, "k": k, "n": 8, **more,
+                "contention": {"other_share": 0.0, "steal_share": 0.0, "contended": False,
+                               **({"canary_seconds": seconds} if seconds else {})}}
+
+    pts = [pt(8, 1.0e-4), pt(16, 1.3e-4, machine_slow_recheck={}), pt(32, 1.2e-4), pt(64)]
+    assert c.canary_best(pts) == 1.0e-4 and c.canary_best(pts, 0.8e-4) == 0.8e-4 and c.canary_best([pt(8)]) is None
+    assert c.canary_ratio(pts[1], 1.0e-4) == pytest.approx(1.3) and c.canary_ratio(pts[3], 1.0e-4) is None
+    s = c.summary(pts)
+    assert s["canary_sampled"] == 3 and s["machine_slow"] == 1 and s["canary_max_ratio"] == pytest.approx(1.3)
+    assert s["machine_slow_rechecked"] == 1
+    # judged against a faster reference (0.85e-4), the 1.2x point is slow too (1.41x), the best point not (1.18x)
+    s = c.summary(pts, 0.85e-4)
+    assert s["machine_slow"] == 2 and s["canary_max_ratio"] == pytest.approx(1.3 / 0.85)
+    assert c.summary([pt(8)])["canary_sampled"] == 0 and c.summary([pt(8)])["canary_max_ratio"] is None
+
+
+def test_a_real_canary_is_a_short_positive_time():
+    from rwkvprobe.measure import contention as c
+
+    t = c.canary()
+    assert 0 < t < 0.5 and c.canary() < 0.5
+
+
 def test_a_real_sample_is_sane():
     from rwkvprobe.measure import contention as c
 

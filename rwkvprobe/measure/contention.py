@@ -10,6 +10,7 @@ DRAM bandwidth, so the share of the whole machine is what counts, not only of th
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -55,14 +56,60 @@ def between(a: Sample, b: Sample, threshold: float = CONTENDED_SHARE) -> dict:
             "contended": taken >= MIN_CPU_SECONDS and share >= threshold}
 
 
+#: The machine's own speed, timed around every point: a fixed cache-resident fp32 matmul (CANARY_N cubed, on numpy's
+#: BLAS threads), the best of CANARY_CALLS calls, well under a millisecond. A shared host's CPUs slow down in phases
+#: that neither steal nor other processes show (another guest busy on the same cores): on this project's 2-vCPU VM
+#: it took 84-88 µs most of the time and 137-180 µs for seconds at a time, and a GEMV or a 512-cubed matmul timed
+#: while it was over 1.2x its best ran 1.3-1.4x slower.
+CANARY_N = 192
+CANARY_CALLS = 5
+#: a point whose canary ran this many times the run's best was timed while the machine was slow
+CANARY_SLOW = 1.25
+
+
+@functools.cache
+def _canary_operands():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.random((CANARY_N, CANARY_N), dtype=np.float32), rng.random((CANARY_N, CANARY_N), dtype=np.float32)
+
+
+def canary() -> float:
+    """Seconds of the canary matmul: the best of CANARY_CALLS calls."""
+    a, b = _canary_operands()
+    best = float("inf")
+    for _ in range(CANARY_CALLS):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def canary_ratio(point: dict, best: float | None) -> float | None:
+    """How many times the run's best canary the canary ran around ``point`` (None: not recorded)."""
+    seconds = (point.get("contention") or {}).get("canary_seconds")
+    return seconds / best if seconds and best else None
+
+
+def canary_best(points: list[dict], reference: float | None = None) -> float | None:
+    """The run's best canary: its reference (timed as the points began) and every point's."""
+    seen = [x for p in points if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    if reference:
+        seen.append(reference)
+    return min(seen) if seen else None
+
+
 #: analyze measures a point again when it is slower than this many times its series' ceilings predict (a
 #: kernel-limited layer sits well within it: the series' own peak and GEMV rate carry a slow kernel's speed)
 SLOW_POINT_FACTOR = 10.0
 
 
-def summary(points: list[dict]) -> dict:
+def summary(points: list[dict], canary_reference: float | None = None) -> dict:
     """Counts for the report's stability line, over points that carry a ``contention`` record."""
     sampled = [p for p in points if p.get("contention")]
+    best = canary_best(sampled, canary_reference)
+    ratios = [r for p in sampled if (r := canary_ratio(p, best))]
     contended = [p for p in sampled if p["contention"]["contended"]]
     remeasured = [p for p in sampled if p.get("remeasured") is not None]
     shares = [p["contention"]["other_share"] + p["contention"]["steal_share"] for p in sampled]
@@ -70,5 +117,9 @@ def summary(points: list[dict]) -> dict:
     return {"sampled": len(sampled), "contended": len(contended), "remeasured": len(remeasured),
             "slow_rechecked": sum(1 for p in points if p.get("slow_recheck")),
             "near_line_rechecked": sum(1 for p in points if p.get("near_line_recheck")),
+            # the machine's speed around the points (the canary): how often and how far it ran slow
+            "canary_sampled": len(ratios), "canary_max_ratio": max(ratios, default=None),
+            "machine_slow": sum(1 for r in ratios if r >= CANARY_SLOW),
+            "machine_slow_rechecked": sum(1 for p in points if p.get("machine_slow_recheck") is not None),
             "max_share": max(shares, default=0.0), "max_steal_share": max(steal, default=0.0),
             "contended_points": [f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}" for p in contended]}

@@ -137,6 +137,11 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
 #: gave rwkv4-169m's rest as 3.7-5.9 ms in four repeats (single rounds -1.5 to 10.8); twenty rounds of 2 tokens,
 #: the same 80 tokens, 4.8-5.9
 PROFILE_ROUNDS, PROFILE_TOKENS = 20, 2
+#: untimed calls after a profiled one, before the plain ones: the first call after a torch.profiler session runs
+#: 0.3-0.6 ms slower (its own post-processing leaves the caches cold); no decode without a profiler pays that, and
+#: a per-layer figure from short plain passes took it in (RWKV-7's ring of 2 layers read 0.63-0.79 ms a layer
+#: outside its matmuls, of 12 layers 0.44)
+AFTER_PROFILER = 1
 
 
 def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int,
@@ -156,7 +161,10 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     per_shape: dict = {}
     other_matmul_us = 0.0
     shares, round_info = [], []
-    for _ in range(rounds):
+    for i in range(rounds):
+        for _ in range(AFTER_PROFILER if i else 0):
+            logits, state = model.forward([token], state)
+            token = int(torch.argmax(logits))
         plain = []
         for _ in range(n):
             t0 = time.perf_counter()

@@ -293,10 +293,16 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         finally:
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
+    passes = None
     if cold and profile.version in layerpass.VERSIONS:  # in the structure of a forward pass, matmuls included
-        out = {"backend": backend, "dtype": dtype, **layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes)}
+        passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes)
+    if passes is not None:
+        out = {"backend": backend, "dtype": dtype, **passes}
     else:
         out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
+        if cold and profile.version in layerpass.VERSIONS:
+            out["layer_pass_skipped"] = (f"a pass of whole layers is too slow for a {budget_seconds:g} s budget at "
+                                         f"{backend} {dtype}: the bare block timed instead (a lower bound)")
     seq = {str(m): x for m in chunks if m > 1 and (x := measure_seq(profile, dtype, m, policy))}
     if seq:
         out["seq"] = seq

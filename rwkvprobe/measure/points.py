@@ -43,6 +43,7 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         "bytes_per_weight": workload.bytes_per_weight, "format": workload.label,
         "check": None, "timing": None, "error": None,
     }
+    speed = contention.canary()  # the machine's speed before this point's backend threads start
     t0 = time.perf_counter()
     try:
         runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())
@@ -65,6 +66,10 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     finally:
         runner.close()
+    if point.get("contention"):
+        # and after they stop (an onnxruntime session's threads spin on after a call: a canary beside them ran
+        # 50-180x its best): the faster of the two, so that only a machine slow on both sides counts as slow
+        point["contention"]["canary_seconds"] = min(speed, contention.canary())
     return point
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
-from rwkvprobe.measure.contention import CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
+from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
 from rwkvprobe.report.format import environment_section, md_table, ms
@@ -207,7 +207,7 @@ def stability_line(results: dict) -> str:
                      f"(the best counts; spread {max(probes) / min(probes) - 1:.0%})")
     elif probes:
         parts.append(f"one bandwidth probe, {probes[0]:.1f} GB/s")
-    c = summary(results.get("measurements", []))
+    c = summary(results.get("measurements", []), results.get("canary_reference_seconds"))
     if c["sampled"]:
         if c["contended"]:
             parts.append(f"{c['contended']} of {c['sampled']} points were timed while other processes or the "
@@ -221,6 +221,15 @@ def stability_line(results: dict) -> str:
         if c["slow_rechecked"]:
             parts.append(f"{c['slow_rechecked']} point(s) over {SLOW_POINT_FACTOR:g}x slower than their series' "
                          "ceilings predict were measured again (the faster kept)")
+        if c["canary_sampled"]:
+            slow = (f"{c['machine_slow']} point(s) were timed while it ran over {CANARY_SLOW:.2f}x slower than its "
+                    "best (flagged in the layer tables)" if c["machine_slow"] else "no point was timed while it ran "
+                    f"{CANARY_SLOW:.2f}x slower than its best or more")
+            parts.append(f"the machine's own speed (a fixed matmul timed around each point) was at most "
+                         f"{c['canary_max_ratio']:.2f}x its best: {slow}")
+            if c["machine_slow_rechecked"]:
+                parts.append(f"{c['machine_slow_rechecked']} point(s) timed while the machine ran slow were measured "
+                             "again after the others (the faster kept)")
         if c["near_line_rechecked"]:
             parts.append(f"{c['near_line_rechecked']} point(s) of the fastest series near the kernel-limited line "
                          "were measured again later in the run (the faster kept)")
@@ -540,7 +549,8 @@ def _per_layer_section(verdict: dict) -> list[str]:
                 rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), ms(r["seconds"]),
                              f"{r['attained_gflops']:.2f}", f"{r['attained_gbps']:.1f}", f"{r['intensity']:.2f}",
                              _pct(r["roofline_fraction"]) + (" (kernel-limited)" if r["kernel_limited"] else ""),
-                             r["bound"] + (" (contended)" if r.get("contended") else "")])
+                             r["bound"] + (" (contended)" if r.get("contended") else "")
+                             + (" (machine slow)" if r.get("machine_slow") else "")])
             else:
                 rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]),
                              f"*{ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])

@@ -21,6 +21,7 @@ from typing import Any
 
 from rwkvprobe.errors import InputError
 from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes, sustained_read_gbps
+from rwkvprobe.measure.contention import CANARY_SLOW, canary_best, canary_ratio
 from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
 from rwkvprobe.model.cost import roofline_seconds
@@ -171,6 +172,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     q_kinds = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
     float_c = next((f for f in results.get("ceilings", []) if (f["backend"], f["dtype"]) == (c["backend"], keep_float)
                     and f.get("peak_gflops") and f.get("overhead_seconds") is not None), None)
+    canary = canary_best(results.get("measurements", []), results.get("canary_reference_seconds"))
     for m in results.get("settings", {}).get("tokens", [1]):
         for layer in layers.chunk_layers(m):  # a chunk runs the head for its last token only (its M = 1 row)
             stored, P_r, t0_r = c["dtype"], P, t0
@@ -188,6 +190,8 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
                 row["status"] = point_status(p)
                 if (p.get("contention") or {}).get("contended"):
                     row["contended"] = True
+                if (canary_ratio(p, canary) or 0.0) >= CANARY_SLOW:  # the machine itself ran slow around it
+                    row["machine_slow"] = True
             t = point_seconds(p) if p else None
             flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, stored)
             if t is not None:
