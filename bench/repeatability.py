@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from rwkvprobe.measure import contention  # noqa: E402
 from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps  # noqa: E402
 from rwkvprobe.verdict.roofline import best_series, main_bound, verdict_of  # noqa: E402
 
@@ -77,6 +78,12 @@ def main() -> int:
             print(f"run {i}: {len(gbps)} bandwidth probes, {min(gbps):.1f}-{max(gbps):.1f} GB/s "
                   f"(max/min {max(gbps) / min(gbps):.2f}), sustained (middle probe) "
                   + (f"{sustained:.1f} GB/s" if sustained else "-"))
+        # the machine's own speed around the points (contention.canary): a series that moved with it moved with
+        # the machine, not with the method
+        c = contention.summary(r["measurements"], r.get("canary_reference_seconds"))
+        if c["canary_sampled"]:
+            print(f"run {i}: canary at most {c['canary_max_ratio']:.2f}x its best, {c['machine_slow']} point(s) "
+                  f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again")
     same = (best1, bound1) == (best2, bound2)
     print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")
