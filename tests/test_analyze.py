@@ -336,6 +336,36 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
         out / "report.md").read_text()
 
 
+def test_a_point_measured_again_twice_keeps_both_records(cli, small, tmp_path, monkeypatch):
+    """A decode point far slower than its ceilings predict at first (x1000), then twice its time when measured again,
+    then its own time near the kernel-limited line: the far-slow recheck keeps the second timing, the near-line
+    recheck the third, and the point carries both records (the second replaced the first's dict)."""
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.verdict import roofline
+
+    monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.5)
+    real, calls = analyze.measure_point, []
+
+    def scripted(backend, w, *args, **kwargs):
+        p = real(backend, w, *args, **kwargs)
+        if w.m == 1 and p.get("timing") and (not calls or calls[0] == (w.k, w.n)):
+            calls.append((w.k, w.n))
+            factor = {1: 1000.0, 2: 2.0}.get(len(calls), 0.5)
+            p["timing"] = dict(p["timing"], median_seconds=p["timing"]["median_seconds"] * factor)
+        return p
+
+    monkeypatch.setattr(analyze, "measure_point", scripted)
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    assert len(calls) == 3
+    (p,) = [p for p in r["measurements"] if (p["m"], p["k"], p["n"]) == (1, *calls[0])]
+    assert p["slow_recheck"]["again_median_seconds"] < p["slow_recheck"]["median_seconds"] / 100
+    assert p["near_line_recheck"]["median_seconds"] == p["slow_recheck"]["again_median_seconds"]
+    assert p["timing"]["median_seconds"] == p["near_line_recheck"]["again_median_seconds"]
+
+
 def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, tmp_path, monkeypatch):
     """The canary (contention.canary) made 3x its best around the first decode point only, as a shared host's cores
     slow down for seconds with no steal or other process seen: analyze measures that point again after the others,

@@ -62,6 +62,8 @@ MIN_POINT_SECONDS = 0.03
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
+#: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
+RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
@@ -554,6 +556,9 @@ class Analysis(Run):
         t, t2 = point_seconds(point), point_seconds(again)
         if t2 is not None and t is not None and t2 < t:
             again["at"] = time.time()
+            # what earlier checks recorded of this point stays with it (a far-slow point rechecked again near the
+            # line lost its slow_recheck record)
+            again.update({key: point[key] for key in RECHECK_RECORDS if key in point})
             return again, t2
         return point, t2
 
