@@ -136,7 +136,7 @@ def test_measure_splits_off_every_weight_matmul_of_a_layer(version):
     per_layer = sum(x.count for x in layer_list(p).layers if x.kind != "head") / p.n_layer
     # v6: the five token-shift matrices in one bmm count 5; v7: the first layer skips its value-residual pair
     assert r["weight_matmuls_per_layer"] == pytest.approx(per_layer)
-    assert r["method"] == "layer-pass" and r["ring_layers"] == 3 and len(r["rounds"]) >= layerpass.MIN_ROUNDS
+    assert r["method"] == "layer-pass" and r["ring_layers"] == 3 and len(r["rounds"]) >= layerpass.FEWEST_ROUNDS
     for x in r["rounds"]:
         assert 0 < x["weight_matmul_seconds"] and x["non_matmul_seconds"] == pytest.approx(
             max(0.0, x["layer_seconds"] - x["weight_matmul_seconds"]))
