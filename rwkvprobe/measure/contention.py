@@ -60,7 +60,9 @@ def between(a: Sample, b: Sample, threshold: float = CONTENDED_SHARE) -> dict:
 #: BLAS threads), the best of CANARY_CALLS calls, well under a millisecond. A shared host's CPUs slow down in phases
 #: that neither steal nor other processes show (another guest busy on the same cores): on this project's 2-vCPU VM
 #: it took 84-88 µs most of the time and 137-180 µs for seconds at a time, and a GEMV or a 512-cubed matmul timed
-#: while it was over 1.2x its best ran 1.3-1.4x slower.
+#: while it was over 1.2x its best ran 1.3-1.4x slower. In two quick runs its slow phases (1.6-1.8x, 5-7 s) were
+#: the phases in which the DRAM read probes burst to 64-66 GB/s (34-41 otherwise): compute and bandwidth move
+#: together, in opposite directions.
 CANARY_N = 192
 CANARY_CALLS = 5
 #: a point whose canary ran this many times the run's best was timed while the machine was slow

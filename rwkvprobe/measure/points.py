@@ -44,6 +44,7 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         "check": None, "timing": None, "error": None,
     }
     speed = contention.canary()  # the machine's speed before this point's backend threads start
+    busy: dict | None = None
     t0 = time.perf_counter()
     try:
         runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())
@@ -60,16 +61,17 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         if point["check"]["ok"]:
             before = contention.sample()
             point["timing"] = measure(runner.run, rotation.copies, policy, between=eviction(rotation.flush_bytes))
-            point["contention"] = contention.between(before, contention.sample())
+            busy = contention.between(before, contention.sample())
+            point["contention"] = busy
         point["overhead_seconds"] = {"prepare": t1 - t0, "check": t2 - t1, "timing": time.perf_counter() - t2}
     except Exception as e:
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     finally:
         runner.close()
-    if point.get("contention"):
+    if busy is not None:
         # and after they stop (an onnxruntime session's threads spin on after a call: a canary beside them ran
         # 50-180x its best): the faster of the two, so that only a machine slow on both sides counts as slow
-        point["contention"]["canary_seconds"] = min(speed, contention.canary())
+        busy["canary_seconds"] = min(speed, contention.canary())
     return point
 
 

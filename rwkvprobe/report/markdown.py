@@ -222,8 +222,8 @@ def stability_line(results: dict) -> str:
             parts.append(f"{c['slow_rechecked']} point(s) over {SLOW_POINT_FACTOR:g}x slower than their series' "
                          "ceilings predict were measured again (the faster kept)")
         if c["canary_sampled"]:
-            slow = (f"{c['machine_slow']} point(s) were timed while it ran over {CANARY_SLOW:.2f}x slower than its "
-                    "best (flagged in the layer tables)" if c["machine_slow"] else "no point was timed while it ran "
+            slow = (f"{c['machine_slow']} point(s) were timed while it ran {CANARY_SLOW:.2f}x slower than its best "
+                    "or more (flagged in the layer tables)" if c["machine_slow"] else "no point was timed while it ran "
                     f"{CANARY_SLOW:.2f}x slower than its best or more")
             parts.append(f"the machine's own speed (a fixed matmul timed around each point) was at most "
                          f"{c['canary_max_ratio']:.2f}x its best: {slow}")
