@@ -307,6 +307,20 @@ def test_the_setup_still_to_come_is_projected_from_a_fixed_cost_and_a_cost_per_w
     assert _setup_projection(spent, [500e6]) > 5 * _setup_projection(spent, [1e6])
 
 
+def _quick_numpy_run(cli, small, out) -> dict:
+    """A quick numpy-only analyze of ``small`` into ``out`` with a budget that leaves room for rechecks on a slow
+    shared machine (each needs one more point's time); its results."""
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
+    assert code == 0, stderr
+    return json.loads((out / "results.json").read_text())
+
+
+def _scaled(point: dict, factor: float) -> dict:
+    """``point`` with its median time multiplied by ``factor`` (a fake slow or fast timing)."""
+    point["timing"] = dict(point["timing"], median_seconds=point["timing"]["median_seconds"] * factor)
+    return point
+
+
 def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, small, tmp_path, monkeypatch):
     """One point's first timing 1000x its real time (as a ggml GEMV once ran 11-23 ms a call for 0.04 ms of work):
     analyze measures it again at once, keeps the faster, records both, and the report's stability line says so."""
@@ -319,15 +333,12 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
         p = real(*args, **kwargs)
         if not slowed and p.get("timing"):
             slowed.append((p["k"], p["n"]))
-            p["timing"] = dict(p["timing"], median_seconds=p["timing"]["median_seconds"] * 1000)
+            _scaled(p, 1000)
         return p
 
     monkeypatch.setattr(analyze, "measure_point", slow_once)
     out = tmp_path / "run"
-    # a budget with room to spare on a slow shared machine (the recheck needs one more point's time)
-    code, stdout, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
-    assert code == 0, stderr
-    r = json.loads((out / "results.json").read_text())
+    r = _quick_numpy_run(cli, small, out)
     (p,) = [p for p in r["measurements"] if p.get("slow_recheck")]
     x = p["slow_recheck"]
     assert (p["k"], p["n"]) == slowed[0] and x["median_seconds"] > analyze.contention.SLOW_POINT_FACTOR * x["projected_seconds"]
@@ -350,15 +361,11 @@ def test_a_point_measured_again_twice_keeps_both_records(cli, small, tmp_path, m
         p = real(backend, w, *args, **kwargs)
         if w.m == 1 and p.get("timing") and (not calls or calls[0] == (w.k, w.n)):
             calls.append((w.k, w.n))
-            factor = {1: 1000.0, 2: 2.0}.get(len(calls), 0.5)
-            p["timing"] = dict(p["timing"], median_seconds=p["timing"]["median_seconds"] * factor)
+            _scaled(p, {1: 1000.0, 2: 2.0}.get(len(calls), 0.5))
         return p
 
     monkeypatch.setattr(analyze, "measure_point", scripted)
-    out = tmp_path / "run"
-    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
-    assert code == 0, stderr
-    r = json.loads((out / "results.json").read_text())
+    r = _quick_numpy_run(cli, small, tmp_path / "run")
     assert len(calls) == 3
     (p,) = [p for p in r["measurements"] if (p["m"], p["k"], p["n"]) == (1, *calls[0])]
     assert p["slow_recheck"]["again_median_seconds"] < p["slow_recheck"]["median_seconds"] / 100
@@ -388,9 +395,7 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
 
     monkeypatch.setattr(analyze, "measure_point", slow_first_decode_point)
     out = tmp_path / "run"
-    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
-    assert code == 0, stderr
-    r = json.loads((out / "results.json").read_text())
+    r = _quick_numpy_run(cli, small, out)
     assert r["canary_reference_seconds"] == 1e-4
     (p,) = [p for p in r["measurements"] if p.get("machine_slow_recheck")]
     x = p["machine_slow_recheck"]
@@ -416,9 +421,7 @@ def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, sm
     monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0 if (row["k"], row["n"]) == (512, 256) else 0.5)
     monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 2)
     out = tmp_path / "run"
-    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "30")
-    assert code == 0, stderr
-    r = json.loads((out / "results.json").read_text())
+    r = _quick_numpy_run(cli, small, out)
     again = [p for p in r["measurements"] if p.get("near_line_recheck")]
     assert len(again) == 2
     for p in again:
