@@ -53,9 +53,7 @@ OP_COUNTS_7 = reference_ops.HEAD + r"""
 from rwkvprobe.measure import layerpass
 fns = layerpass.functions()
 def ours(n):  # what a pass over n layers of the ring calls
-    ring = layerpass.build_ring(p, "torch", "fp32", n)
-    z = {k: t for d in ring for k, t in d["z"].items()}
-    st = [t for d in ring for t in d["state"]]
+    z, st = layerpass.as_model(layerpass.build_ring(p, "torch", "fp32", n))
     x = torch.rand(p.n_embd)
     with torch.no_grad():
         for _ in range(4):
@@ -80,12 +78,10 @@ def test_an_rwkv7_layer_of_the_pass_runs_exactly_the_reference_layers_operations
 @pytest.mark.parametrize("backend", ["torch", "torch-linear"])
 def test_the_rwkv7_pass_carries_its_state_and_keeps_the_series_layout(backend):
     p = tiny(7)
-    ring = layerpass.build_ring(p, backend, "bf16", 2)
-    z = {k: t for d in ring for k, t in d["z"].items()}
+    z, state = layerpass.as_model(layerpass.build_ring(p, backend, "bf16", 2))
     w = z["blocks.1.key"]
     assert w.dtype == torch.bfloat16 and w.shape == (128, 128) and w.is_contiguous() is (backend == "torch")
     assert z["blocks.0.w1"].shape == (128, 16) and z["blocks.1.ffn_key"].shape == (128, p.dim_ffn)
-    state = [t for d in ring for t in d["state"]]
     x = torch.rand(128).to(torch.bfloat16)
     with torch.no_grad():
         out, after = layerpass.functions()[3](x, z, state, 2, 2, 64)

@@ -514,7 +514,7 @@ class Analysis(Run):
         once the others are done, the most time a token first, while the budget has their cost; the faster kept,
         both recorded (``machine_slow_recheck``). Two back-to-back quick runs of rwkv-0b4 once differed by 29-35%
         on every ggml series (a q4_0 GEMV 50.5 against 69.3 µs) with no steal and no other process seen."""
-        s, r = self.settings, self.results
+        r = self.results
         assert r is not None
         best = contention.canary_best(r["measurements"], r.get("canary_reference_seconds"))
         count = {(x.k, x.n): x.count for x in self.layers.layers}
@@ -534,9 +534,7 @@ class Analysis(Run):
             assert t is not None
             progress.note(f"{b} {d} M={m} {k}x{n}: timed while the machine ran {ratio:.2f}x slower than its best: "
                           "measuring again")
-            budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
-            kept, t2 = self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, s.block_size), llc,
-                                          TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
+            kept, t2 = self._again_as_before(point, backends, llc)
             kept["machine_slow_recheck"] = {  # the new canary where the new timing is kept
                 "median_seconds": t, "again_median_seconds": t2, "canary_ratio": ratio,
                 "again_canary_ratio": None if kept is point else contention.canary_ratio(kept, best)}
@@ -561,6 +559,14 @@ class Analysis(Run):
             again.update({key: point[key] for key in RECHECK_RECORDS if key in point})
             return again, t2
         return point, t2
+
+    def _again_as_before(self, point: dict, backends: dict, llc) -> tuple[dict, float | None]:
+        """_faster_again for a saved point, its workload rebuilt from the point and timed for as long as its first
+        timing took (at least MIN_POINT_SECONDS)."""
+        b, d, m, k, n = point["backend"], point["dtype"], point["m"], point["k"], point["n"]
+        budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
+        return self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, self.settings.block_size), llc,
+                                  TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
@@ -603,7 +609,7 @@ class Analysis(Run):
         itself) moved a tenth of the decode between kernel-limited and compute-bound and turned "mixed" into
         "kernel-limited". Such points, the most time first (at most NEAR_LINE_RECHECKS), are measured once more at
         this later moment while their cost is spare; the faster is kept, both recorded (``near_line_recheck``)."""
-        s, r = self.settings, self.results
+        r = self.results
         assert r is not None
         if self.near_line is None:
             return
@@ -617,9 +623,7 @@ class Analysis(Run):
             t = point_seconds(point)
             assert t is not None
             progress.note(f"{b} {d} M={m} {k}x{n}: at {share:.0%} kernel-limited, near the line: measuring again")
-            budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
-            kept, t2 = self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, s.block_size), llc,
-                                          TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
+            kept, t2 = self._again_as_before(point, backends, llc)
             kept["near_line_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "kernel_share": share}
             r["measurements"][index[key]] = kept
             self.save()

@@ -258,6 +258,12 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
     return ring
 
 
+def as_model(ring: list[dict]) -> tuple[dict, list]:
+    """An RWKV-7 ring (build_ring) as pass_7 takes it: every layer's parameters in one dict by name, and the
+    layers' states in one list (attention shift, wkv state, ffn shift per layer)."""
+    return {name: t for d in ring for name, t in d["z"].items()}, [t for d in ring for t in d["state"]]
+
+
 def run_layer(profile: Profile, fns: tuple, d: dict, x):
     """One layer as a torch forward pass runs it: the residual cast to the layer's type, the time mix call,
     the channel mix call; the state and token-shift inputs carried for the next token."""
@@ -292,8 +298,7 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
         getattr(torch, _TORCH_DTYPES[dtype]))
 
     if profile.version == 7:  # the ring as one model, run by one scripted call (pass_7)
-        z = {name: t for d in ring for name, t in d["z"].items()}
-        state = [t for d in ring for t in d["state"]]
+        z, state = as_model(ring)
         H, S = profile.n_embd // profile.head_size, profile.head_size
 
         def one_pass():

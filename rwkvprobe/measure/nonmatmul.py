@@ -293,14 +293,13 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         finally:
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
-    passes = None
-    if cold and profile.version in layerpass.VERSIONS:  # in the structure of a forward pass, matmuls included
-        passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes)
+    in_layers = cold and profile.version in layerpass.VERSIONS  # in a forward pass's structure, matmuls included
+    passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes) if in_layers else None
     if passes is not None:
         out = {"backend": backend, "dtype": dtype, **passes}
     else:
         out = {"backend": backend, "dtype": dtype, **measure_block(profile, dtype, policy, llc_bytes, cold)}
-        if cold and profile.version in layerpass.VERSIONS:
+        if in_layers:
             out["layer_pass_skipped"] = (f"a pass of whole layers is too slow for a {budget_seconds:g} s budget at "
                                          f"{backend} {dtype}: the bare block timed instead (a lower bound)")
     seq = {str(m): x for m in chunks if m > 1 and (x := measure_seq(profile, dtype, m, policy))}
