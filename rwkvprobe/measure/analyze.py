@@ -418,6 +418,7 @@ class Analysis(Run):
         self._write_models(points)
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
+        first_new = len(r["measurements"])  # a resumed run's earlier points were timed by another process
         reprobes = 0
         slow: list[tuple] = []  # points far slower than their ceilings predict: (index, projection, workload, ...)
         last_probe = time.perf_counter()
@@ -484,7 +485,7 @@ class Analysis(Run):
                 self._compute_again(backends[b], c, llc, label)
 
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
-        self._recheck_machine_slow(backends, llc, t_start, progress)
+        self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
@@ -508,18 +509,20 @@ class Analysis(Run):
             r["measurements"][i] = kept
             self.save()
 
-    def _recheck_machine_slow(self, backends: dict, llc, t_start: float, progress: Progress) -> None:
+    def _recheck_machine_slow(self, backends: dict, llc, t_start: float, progress: Progress, first: int) -> None:
         """The layer points timed while the machine ran slow (their canary over contention.CANARY_SLOW x the run's
         best: another guest busy on the same cores, which neither steal nor other processes show), measured again
         once the others are done, the most time a token first, while the budget has their cost; the faster kept,
-        both recorded (``machine_slow_recheck``). Two back-to-back quick runs of rwkv-0b4 once differed by 29-35%
+        both recorded (``machine_slow_recheck``). Only the points this process timed (from index ``first``): a
+        resumed run keeps what it resumed as it was, and a canary timed by another process is not this run's to
+        compare (a fresh process's first canaries run about 1.5x slow). Two back-to-back quick runs of rwkv-0b4 once differed by 29-35%
         on every ggml series (a q4_0 GEMV 50.5 against 69.3 µs) with no steal and no other process seen."""
         r = self.results
         assert r is not None
         best = contention.canary_best(r["measurements"], r.get("canary_reference_seconds"))
         count = {(x.k, x.n): x.count for x in self.layers.layers}
         slow = []
-        for i, p in enumerate(r["measurements"]):
+        for i, p in enumerate(r["measurements"][first:], start=first):
             ratio = contention.canary_ratio(p, best)
             t = point_seconds(p)
             if (ratio and ratio >= contention.CANARY_SLOW and t and p["backend"] in backends
