@@ -323,7 +323,9 @@ def _scaled(point: dict, factor: float) -> dict:
 
 def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, small, tmp_path, monkeypatch):
     """One point's first timing 1000x its real time (as a ggml GEMV once ran 11-23 ms a call for 0.04 ms of work):
-    analyze measures it again at once, keeps the faster, records both, and the report's stability line says so."""
+    analyze measures it again after the others, keeps the faster, records both, and the report's stability line says
+    so. No near-line recheck here: a real timing near the kernel-limited line was once measured a third time in CI
+    (that chain is test_a_point_measured_again_twice_keeps_both_records)."""
     from rwkvprobe.measure import analyze
 
     real = analyze.measure_point
@@ -337,6 +339,7 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
         return p
 
     monkeypatch.setattr(analyze, "measure_point", slow_once)
+    monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     (p,) = [p for p in r["measurements"] if p.get("slow_recheck")]
@@ -394,6 +397,7 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
             slow["on"] = False
 
     monkeypatch.setattr(analyze, "measure_point", slow_first_decode_point)
+    monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)  # the kept timing is this recheck's alone
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     assert r["canary_reference_seconds"] == 1e-4
