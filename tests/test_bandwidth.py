@@ -124,7 +124,31 @@ def test_kernels_compute_stream_values_on_every_chunk(engine):
             np.testing.assert_array_equal(team.c, c)
             if read is not None:
                 assert team.read_value == pytest.approx(read, rel=1e-12)
-        assert [w["calls"] for w in team.workers] == [len(bw.KERNELS)] * 3
+        team.run("read")  # the numba engine's second method (READ_METHODS)
+        assert team.read_value == pytest.approx(read, rel=1e-12)
+        assert [w["calls"] for w in team.workers] == [len(bw.KERNELS) + 1] * 3
+
+
+def test_the_numba_engine_reads_with_its_compiled_loop_and_blas_dot_in_turn():
+    """READ_METHODS: the first read runs the compiled loop, the next BLAS's dot, and so on (a fake loop returning
+    -1 tells them apart); each method's best GB/s comes from its own trials, the warm-up read counted."""
+    from types import SimpleNamespace
+
+    a = np.arange(1.0, 1001.0)
+    chunk = bw._Chunk(a, a.copy(), a.copy(), 0, 1000, 256, kernels=SimpleNamespace(read=lambda x: -1.0))
+    want = float(np.dot(a, a))
+    assert [chunk.run("read") for _ in range(4)] == [-1.0, want, -1.0, want]
+    summary = bw.summarize("read", 1000, [2e-6, 1e-6, 4e-6])  # trials 2-4 of the reads: dot, loop, dot
+    assert bw.read_by_method(summary, 1) == {"BLAS dot": pytest.approx(4.0), "compiled loop": pytest.approx(8.0)}
+    assert bw.read_by_method(summary, 0) == {"compiled loop": pytest.approx(4.0), "BLAS dot": pytest.approx(8.0)}
+
+
+@pytest.mark.skipif("numba" not in ENGINES, reason="numba does not import here")
+def test_numba_engine_read_values_checked_with_both_methods_and_best_of_either():
+    run = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=3, kernels=("read",), engine="numba")["runs"][0]
+    read = run["kernels"]["read"]
+    assert run["check_ok"] is True and set(read["best_gbps_by_method"]) == set(bw.READ_METHODS)
+    assert max(read["best_gbps_by_method"].values()) == pytest.approx(read["best_gbps"])
 
 
 def test_measure_bandwidth_json_structure_and_worker_reports():
