@@ -330,11 +330,14 @@ class NonmatmulSeq(TypedDict):
 
 
 class LayerPassRound(TypedDict):
-    """layerpass.measure(): one round, per layer: the plain time, its weight matmuls' profiled time, the rest."""
+    """layerpass.measure(): one round, per ring layer: the plain time, its weight matmuls' profiled time, the rest;
+    a round with the tail (every other one) spreads the tail over the ring's layers and says what it added."""
 
     layer_seconds: float
     weight_matmul_seconds: float
     non_matmul_seconds: float
+    tail: NotRequired[bool]
+    tail_seconds: NotRequired[float]  # the pass's rest less the ring round's before it, per token
 
 
 class Nonmatmul(TypedDict):
@@ -357,6 +360,7 @@ class Nonmatmul(TypedDict):
     method: NotRequired[str]  # "layer-pass" (layerpass.py): timed in the per-layer structure, profiler split
     layer_pass_skipped: NotRequired[str]  # why the bare block stands in for the layer pass (too slow a series)
     ring_layers: NotRequired[int]
+    tail_seconds: NotRequired[float]  # the token's tail (output norm, head) outside the head's matmul, per token
     weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
     rounds: NotRequired[list[LayerPassRound]]
     spread: NotRequired[float]

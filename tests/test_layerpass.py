@@ -1,5 +1,6 @@
 """layerpass: RWKV-4/5.2/6/7's non-matmul work timed in a forward pass's structure."""
 
+import statistics
 
 import pytest
 import reference_ops
@@ -75,6 +76,47 @@ def test_an_rwkv7_layer_of_the_pass_runs_exactly_the_reference_layers_operations
     assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 14
 
 
+TAIL_OPS = reference_ops.HEAD + r"""
+from collections import Counter
+from rwkvprobe.measure import layerpass
+fns = layerpass.functions()
+outside = Counter({op: two[op] - 2 * (three[op] - two[op]) for op in set(two) | set(three)})
+tail = layerpass.build_tail(p, "torch" if p.version == 7 else "torch-linear", "fp32")
+x = torch.rand(p.n_embd)
+def counted(run):
+    with torch.no_grad():
+        for _ in range(4):
+            run()
+        with profile(activities=[ProfilerActivity.CPU]) as pr:
+            run()
+    return top_level_ops(pr)
+if p.version == 7:
+    z, st = layerpass.as_model(layerpass.build_ring(p, "torch", "fp32", 2))
+    z.update(tail)
+    H, S = p.n_embd // p.head_size, p.head_size
+    layers = counted(lambda: fns[3](x, z, st, 2, H, S, False))  # the reference's two layers' calls, as tested above
+    outside = Counter({op: two[op] - layers[op] for op in set(two) | set(layers)})  # (its first layer differs)
+    ours = counted(lambda: fns[3](x, z, st, 2, H, S, True)) - layers
+else:
+    ours = counted(lambda: layerpass.run_tail(tail, x))
+print(json.dumps({"outside_layers": {k: v for k, v in outside.items() if v}, "ours": dict(ours)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 6, 7])
+def test_the_tail_runs_the_reference_tokens_operations_outside_its_layers(version):
+    """What the reference's decoded token calls outside its layers (its calls with 2 layers less twice what a third
+    layer adds; RWKV-7, whose first layer differs: less our pass of 2 layers) is the tail's calls plus the embedding
+    row's lookup: the output norm, the head's matmul, the casts."""
+    pytest.importorskip("rwkv")
+    r = reference_ops.run(TAIL_OPS, {"name": "t", "source": "t", **TINY[version], "n_layer": 2})
+    lookup = {"aten::select": 1}  # the embedding row (v7's v_first buffer is in the pass already)
+    ref = {k: v - lookup.get(k, 0) for k, v in r["outside_layers"].items() if v - lookup.get(k, 0)}
+    assert r["ours"] == ref
+    assert r["ours"]["aten::layer_norm"] == 1 and r["ours"]["aten::matmul"] == 1
+
+
 @pytest.mark.parametrize("backend", ["torch", "torch-linear"])
 def test_the_rwkv7_pass_carries_its_state_and_keeps_the_series_layout(backend):
     p = tiny(7)
@@ -136,7 +178,15 @@ def test_measure_splits_off_every_weight_matmul_of_a_layer(version):
     for x in r["rounds"]:
         assert 0 < x["weight_matmul_seconds"] and x["non_matmul_seconds"] == pytest.approx(
             max(0.0, x["layer_seconds"] - x["weight_matmul_seconds"]))
-    assert r["seconds_per_token"] == pytest.approx(r["seconds_per_block"] * 3) and r["seconds_per_block"] > 0
+    # every other round ends with the tail: its rest beyond the ring round before it, per token
+    rounds = r["rounds"]
+    assert [bool(x.get("tail")) for x in rounds] == [i % 2 == 1 for i in range(len(rounds))]
+    for before, x in zip(rounds[::2], rounds[1::2]):
+        assert x["tail_seconds"] == pytest.approx(
+            3 * (x["layer_seconds"] - x["weight_matmul_seconds"] - before["non_matmul_seconds"]))
+    assert r["tail_seconds"] == pytest.approx(max(0.0, statistics.median(x["tail_seconds"] for x in rounds[1::2])))
+    assert r["seconds_per_block"] == pytest.approx(statistics.median(x["non_matmul_seconds"] for x in rounds[::2]))
+    assert r["seconds_per_token"] == pytest.approx(r["seconds_per_block"] * 3 + r["tail_seconds"]) and r["seconds_per_block"] > 0
 
 
 def test_the_torch_series_are_timed_in_layers_the_stand_in_as_a_block():

@@ -16,6 +16,12 @@ are read from DRAM as decode reads them) runs in that structure, and rounds alte
 with a pass under torch.profiler. A layer's non-matmul time is the plain time minus the profiled time of
 its weight matmuls, the same definition ``validate`` applies to the reference's forward pass
 (forward_worker.profile_decode), so the two parts of a prediction and of a real pass mean the same thing.
+Every other round ends the pass as a forward pass ends a token: the output norm and the head (its matmul split
+off like the others). What the tail adds outside the head's matmul is a per-token cost no layer has: on rwkv4-169m
+shapes (fp32, 2 threads of the Zen 4 dev VM) the reference's decode spent 0.45-0.6 ms a token more outside its
+weight matmuls with its head than without it, and so did a ring of 5 layers, while the head timed alone spent
+0.05 ms outside its matmul; most of it is the work around the 154 MB read, not the norm.
+
 The functions below are written for this project from the architectures' equations; they compute what a
 layer computes (random weights), and only their time is kept.
 """
@@ -23,6 +29,7 @@ layer computes (random weights), and only their time is kept.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Dict, List, Optional
 
@@ -39,6 +46,8 @@ LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
 MIN_ROUNDS, MAX_ROUNDS, FEWEST_ROUNDS = 8, 40, 4
 #: passes a round runs (an untimed one after the profiled one, the plain one, the profiled one)
 PASSES_PER_ROUND = 3
+#: rounds with the per-token tail (output norm and head) after the ring: every other one, from the second
+TAIL_EVERY = 2
 #: a series whose FEWEST_ROUNDS rounds would take over this many times its budget is not timed here (measure
 #: returns None): torch fp16 on a CPU without fp16 arithmetic ran an RWKV-7 0.4B layer in 41 ms (fp32: 3.5), and
 #: its eight rounds took 9.7 s of a 38 s --quick run
@@ -152,9 +161,11 @@ def _sources():
         k = x + (prev - x) * z[p + "ffn_x_k"]
         return (torch.relu(k @ z[p + "ffn_key"]) ** 2) @ z[p + "ffn_value"], x
 
-    def pass_7(x: torch.Tensor, z: Dict[str, torch.Tensor], state: List[torch.Tensor], layers: int, H: int, S: int):
+    def pass_7(x: torch.Tensor, z: Dict[str, torch.Tensor], state: List[torch.Tensor], layers: int, H: int, S: int,
+               tail: bool = False):
         # RWKV-7 as its forward pass runs a token: one scripted loop over the layers (no Python between them), the
-        # residual carried, parameters looked up by layer name; state per layer: attention shift, wkv, ffn shift
+        # residual carried, parameters looked up by layer name; state per layer: attention shift, wkv, ffn shift;
+        # ``tail``: the output norm and the head after the last layer, in the same scripted call
         v_first = torch.empty_like(x)
         C = x.shape[0]
         for i in range(layers):
@@ -166,6 +177,8 @@ def _sources():
             h = F.layer_norm(x, (C,), weight=z[p + "ln2_w"], bias=z[p + "ln2_b"])
             y, state[3 * i + 2] = channel_mix_7(h, state[3 * i + 2], z, p)
             x = x + y
+        if tail:
+            x = F.layer_norm(x, (C,), weight=z["ln_out_w"], bias=z["ln_out_b"]) @ z["head"]
         return x, state
 
     return time_mix_4, channel_mix, time_mix_56, pass_7
@@ -198,13 +211,12 @@ def ring_size(profile: Profile, dtype: str, llc_bytes: int | None) -> int:
     return max(2, min(profile.n_layer, math.ceil(need / max(1, layer_bytes(profile, dtype)))))
 
 
-def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: int = 0) -> list[dict]:
-    """Seeded parameters and state of ``layers`` distinct layers, weights in the series' layout."""
+def _makers(C: int, backend: str, dtype: str, seed: int) -> tuple:
+    """Seeded (rnd, weight, norm) makers of one parameter set: uniform vectors, weights scaled like a trained
+    matrix in the series' layout (low-rank matrices stay [K, N]), a norm's weight and bias."""
     import torch
 
-    v, C, F_, lo = profile.version, profile.n_embd, profile.dim_ffn, profile.lora
     dt = getattr(torch, _TORCH_DTYPES[dtype])
-    f32 = torch.float32
     g = torch.Generator().manual_seed(seed)
     nk = LAYOUTS[backend] == "nk"
 
@@ -217,6 +229,35 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
 
     def norm():
         return [rnd(C, lo_=0.5, hi=1.5), rnd(C, lo_=-0.1, hi=0.1)]
+
+    return rnd, weight, norm
+
+
+def build_tail(profile: Profile, backend: str, dtype: str, seed: int = 1) -> dict:
+    """The per-token tail's parameters: the output norm's weight and bias, and the head [n_embd, vocab] in the
+    series' layout and dtype."""
+    _, weight, norm = _makers(profile.n_embd, backend, dtype, seed)
+    ln_w, ln_b = norm()
+    return {"ln_out_w": ln_w, "ln_out_b": ln_b, "head": weight(profile.n_embd, profile.vocab_size)}
+
+
+def run_tail(tail: dict, x):
+    """The tail of a torch forward pass of RWKV-4/5.2/6 after its last layer: the residual cast to the
+    activations' type, the output norm, the head, the logits as float32."""
+    import torch.nn.functional as F
+
+    x = x.to(dtype=tail["ln_out_w"].dtype)
+    x = F.layer_norm(x, (x.shape[-1],), weight=tail["ln_out_w"], bias=tail["ln_out_b"])
+    return (x @ tail["head"]).float()
+
+
+def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: int = 0) -> list[dict]:
+    """Seeded parameters and state of ``layers`` distinct layers, weights in the series' layout."""
+    import torch
+
+    v, C, F_, lo = profile.version, profile.n_embd, profile.dim_ffn, profile.lora
+    f32 = torch.float32
+    rnd, weight, norm = _makers(C, backend, dtype, seed)
 
     ring = []
     if v == 7:  # one pass runs the ring as one model (pass_7): its parameters by name, its state as a list
@@ -285,13 +326,15 @@ def run_layer(profile: Profile, fns: tuple, d: dict, x):
 
 def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict | None:
     """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
-    n_layer; every round's figures kept. None where a pass is too slow for the budget (TOO_SLOW)."""
+    n_layer, plus the per-token tail's non-matmul seconds; every round's figures kept. None where a pass is too
+    slow for the budget (TOO_SLOW)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     fns = functions()
     ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
+    tail = build_tail(profile, backend, dtype)
     shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
     # every layer reads the same input (a random network's residual would drift); the state is carried
     x0 = (torch.rand(profile.n_embd, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
@@ -299,48 +342,61 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
 
     if profile.version == 7:  # the ring as one model, run by one scripted call (pass_7)
         z, state = as_model(ring)
+        z.update(tail)
         H, S = profile.n_embd // profile.head_size, profile.head_size
 
-        def one_pass():
+        def one_pass(with_tail: bool) -> None:
             nonlocal state
-            _, state = fns[3](x0, z, state, len(ring), H, S)
+            _, state = fns[3](x0, z, state, len(ring), H, S, with_tail)
     else:
-        def one_pass():
+        def one_pass(with_tail: bool) -> None:
+            x = x0
             for d in ring:
-                run_layer(profile, fns, d, x0)
+                x = run_layer(profile, fns, d, x0)
+            if with_tail:
+                run_tail(tail, x)
 
     rounds: list[dict] = []
+    calls = 0.0
     t_start = time.perf_counter()
     t_end, t_cap = t_start + budget_seconds, t_start + TOO_SLOW * budget_seconds
     with torch.no_grad():
-        for i in range(3):  # TorchScript optimises a function after its first calls
+        for i in range(4):  # TorchScript optimises a function after its first calls; both kinds of pass
             t0 = time.perf_counter()
-            one_pass()
-            # the second pass says whether the rounds fit (the first compiles)
+            one_pass(i % 2 == 1)
+            # the second pass (the first with the tail, the dearer kind; the first compiles) says whether the
+            # rounds fit
             if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
                 return None  # the caller times the bare block instead
         while len(rounds) < MAX_ROUNDS and (len(rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
                 len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
+            with_tail = len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
             if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
-                one_pass()
+                one_pass(with_tail)
             t0 = time.perf_counter()
-            one_pass()
+            one_pass(with_tail)
             plain = (time.perf_counter() - t0) / len(ring)
             with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                one_pass()
+                one_pass(with_tail)
             by_shape: dict = {}
             matmul_us, _ = weight_matmul_us(prof, shapes, batched, by_shape)
             matmul = matmul_us / 1e6 / len(ring)
-            rounds.append({"layer_seconds": plain, "weight_matmul_seconds": matmul,
-                           "non_matmul_seconds": max(0.0, plain - matmul)})
-            calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
-    summary = summarize([r["non_matmul_seconds"] for r in rounds])
+            r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul)}
+            if with_tail:  # what the pass spent outside its matmuls beyond the ring round before it, per token
+                r.update(tail=True, tail_seconds=(plain - matmul - rounds[-1]["non_matmul_seconds"]) * len(ring))
+            else:
+                calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
+            rounds.append(r)
+    summary = summarize([r["non_matmul_seconds"] for r in rounds if not r.get("tail")])
     per_layer = summary["median_seconds"]
+    # a negative tail is noise around a small figure: counted as none
+    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
     return {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
-            "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer, "seconds_per_token": per_layer * profile.n_layer,
+            "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
+            "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
             "rounds": rounds, "spread": summary["spread"],
             "what": "one layer's work outside its weight matmuls, timed in a torch forward pass's structure ("
                     + ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
                        else "two TorchScript calls a layer, each weight matmul through a helper")
                     + ", weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
-                      "times n_layer"}
+                      "times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
