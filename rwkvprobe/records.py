@@ -337,7 +337,7 @@ class LayerPassRound(TypedDict):
     weight_matmul_seconds: float
     non_matmul_seconds: float
     tail: NotRequired[bool]
-    tail_seconds: NotRequired[float]  # the pass's rest less the ring round's before it, per token
+    tail_seconds: NotRequired[float]  # the pass's rest less the ring rounds' median, per token
 
 
 class Nonmatmul(TypedDict):
