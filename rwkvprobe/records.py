@@ -228,6 +228,7 @@ class AnalyzeSettings(TypedDict):
     device_id: NotRequired[Union[str, None]]
     block_size: NotRequired[int]
     quantize: NotRequired[Union[list[str], None]]
+    nonmatmul_seconds: NotRequired[Union[float, None]]
     pinned_cpus: NotRequired[Union[list[int], None]]
     whatif_series: NotRequired[list[list[str]]]  # schema 2: [backend, dtype] pairs
     whatif_missing: NotRequired[Union[str, None]]

@@ -301,6 +301,13 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert len(v["measured"]["decode"]["samples"]) == 8
     (nm,) = data["nonmatmul"]  # the prediction's non-matmul part is the timed block, not the bytes model
     assert (nm["backend"], nm["dtype"], nm["blocks"]) == ("torch", "fp32", 2)
+    # timed for validate's longer budget (the quick run's 0.3 s left six rounds), the token's tail included
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.measure.validate import NONMATMUL_SECONDS
+
+    assert data["settings"]["nonmatmul_seconds"] == NONMATMUL_SECONDS > analyze.NONMATMUL_SECONDS[False]
+    assert nm["method"] == "layer-pass" and nm["seconds_per_token"] == pytest.approx(
+        nm["seconds_per_block"] * 2 + nm["tail_seconds"])
     assert v["predicted"]["non_matmul_measured"] and v["split"]["rest_predicted_seconds"] == nm["seconds_per_token"]
     assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
     report = (out / "report.md").read_text()

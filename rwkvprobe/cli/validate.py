@@ -15,6 +15,7 @@ from rwkvprobe.measure import nonmatmul
 from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings
 from rwkvprobe.measure.timing import default_threads
 from rwkvprobe.measure.validate import (
+    NONMATMUL_SECONDS,
     PREDICTION_SERIES,
     check_memory,
     check_request,
@@ -73,7 +74,8 @@ def validate_command(
             raise InputError(f"--threads {run_threads}: expected a positive number of threads")
         target = out or Path("rwkvprobe-out") / f"{ll.profile.stem}-validate-{datetime.now():%Y%m%d-%H%M%S}"
         settings = AnalyzeSettings(backends=[series], dtypes=[dtype], tokens=[1, chunk] if chunk else [1],
-                                   threads=run_threads, cpus=None, quick=True, budget_seconds=45.0)
+                                   threads=run_threads, cpus=None, quick=True, budget_seconds=45.0,
+                                   nonmatmul_seconds=NONMATMUL_SECONDS)
         analysis = Analysis.start(ll, settings, target)
         err_console.print(f"rwkvprobe validate: {ll.profile.name}: measuring the prediction ({series} {dtype}, "
                           f"{run_threads} threads) -> {analysis.out_dir}", highlight=False)

@@ -63,6 +63,8 @@ PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
+#: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
+NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
@@ -88,13 +90,15 @@ class AnalyzeSettings:
     #: kinds stored quantized in the model-level figures; None: each backend's rule (model.quant.quantize_kinds)
     quantize: list[str] | None = None
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
+    #: seconds of rounds for each series' timed non-matmul work; None: NONMATMUL_SECONDS (quick, default)
+    nonmatmul_seconds: float | None = None
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
                 "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
                 "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
                 "device_id": self.device_id,
-                "block_size": self.block_size, "quantize": self.quantize}
+                "block_size": self.block_size, "quantize": self.quantize, "nonmatmul_seconds": self.nonmatmul_seconds}
 
 
 def default_out_dir(layers: LayerList) -> Path:
@@ -671,15 +675,16 @@ class Analysis(Run):
         graph = "ggml" in {b for b, _ in pairs} and ggml_block.supported(profile)  # its own graph (RWKV-7)
         if importlib.util.find_spec("torch") is None:  # no torch: no stand-in, the non-matmul part stays modelled
             wanted = {(b, d) for b, d in wanted if b not in nonmatmul.STAND_IN or (b == "ggml" and graph)}
+        nonmatmul_budget = self.settings.nonmatmul_seconds or NONMATMUL_SECONDS[quick]
         for b, d in sorted(wanted - have):
             if b == "ggml" and graph:
                 progress.stage("non-matmul block: ggml graph (fp32)")
-                r["nonmatmul"].append(ggml_block.measure_series(profile, self.settings.threads, 0.3 if quick else 0.8,
+                r["nonmatmul"].append(ggml_block.measure_series(profile, self.settings.threads, nonmatmul_budget,
                                                                 llc, self.settings.cold))
                 self.save()
                 continue
             progress.stage(f"non-matmul block: {b} {d}" + (" (torch-timed stand-in)" if b in nonmatmul.STAND_IN else ""))
-            r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, 0.3 if quick else 0.8, llc,
+            r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, nonmatmul_budget, llc,
                                                            self.settings.cold, threads=self.settings.threads,
                                                            chunks=tuple(self.settings.tokens)))
             self.save()

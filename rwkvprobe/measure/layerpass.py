@@ -18,9 +18,10 @@ its weight matmuls, the same definition ``validate`` applies to the reference's 
 (forward_worker.profile_decode), so the two parts of a prediction and of a real pass mean the same thing.
 Every other round ends the pass as a forward pass ends a token: the output norm and the head (its matmul split
 off like the others). What the tail adds outside the head's matmul is a per-token cost no layer has: on rwkv4-169m
-shapes (fp32, 2 threads of the Zen 4 dev VM) the reference's decode spent 0.45-0.6 ms a token more outside its
-weight matmuls with its head than without it, and so did a ring of 5 layers, while the head timed alone spent
-0.05 ms outside its matmul; most of it is the work around the 154 MB read, not the norm.
+shapes (fp32, 2 threads of the Zen 4 dev VM) the reference's own layer functions called token by token spent
+0.45-0.6 ms a token more outside their weight matmuls when each token ended with the output norm and head, a ring
+of 5 of these layers 0.46 ms, while the head timed alone spent 0.05 ms outside its matmul: most of it comes with
+the 154 MB read among the layers' work, not from the norm.
 
 The functions below are written for this project from the architectures' equations; they compute what a
 layer computes (random weights), and only their time is kept.

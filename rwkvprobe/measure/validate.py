@@ -23,6 +23,10 @@ from rwkvprobe.progress import Progress
 #: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
 #: (x @ W) and RWKV-4/5/6 weights as transposed views of [N, K] (nn.Linear's layout, a slower GEMV for M = 1)
 PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7: "torch"}
+#: seconds of rounds for the prediction's timed non-matmul work (analyze: 0.3 with --quick, 0.8): its figure is the
+#: small difference of two large ones (a pass, its matmuls), and six rounds of an RWKV 0.4B gave 0.70-1.35 of the
+#: real pass's everything else in one bench/validate_all.py table
+NONMATMUL_SECONDS = 2.0
 DTYPES = ("fp32", "bf16", "fp16")
 #: trials of each read-bandwidth probe bracketing the real pass
 PHASE_TRIALS = 5
@@ -142,5 +146,5 @@ def time_nonmatmul_block(data: dict, profile: Profile, series: str, dtype: str, 
     torch.set_num_threads(threads)
     progress.stage(f"non-matmul block: {series} {dtype}")
     data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
-        profile, series, nonmatmul.block_dtype(dtype, series), 0.8, llc_bytes(),
+        profile, series, nonmatmul.block_dtype(dtype, series), NONMATMUL_SECONDS, llc_bytes(),
         data.get("settings", {}).get("cold", True), threads=threads, chunks=(chunk,) if chunk else ()))
