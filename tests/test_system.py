@@ -362,3 +362,16 @@ def test_wait_for_quiet_returns_at_once_when_quiet_and_gives_up_when_busy(monkey
     monkeypatch.setattr(contention, "between", lambda a, b, threshold=0.1: {"contended": True})
     waited = analyze._wait_for_quiet(0.2, step=0.01)
     assert 0.2 <= waited < 1.0
+
+
+def test_free_memory_is_handed_back_where_the_c_library_can_and_skipped_where_it_cannot(monkeypatch):
+    """glibc (Linux CI, boards): malloc_trim is found and called; a C library without it (musl, macOS) is no error."""
+    import ctypes
+    import platform
+
+    from rwkvprobe.measure import system
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert system.release_free_memory() is glibc
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no libc")))
+    assert system.release_free_memory() is False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import List
 
-from rwkvprobe.measure import layerpass
+from rwkvprobe.measure import layerpass, system
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, TimingPolicy, eviction, measure
 from rwkvprobe.model.profile import Profile
 
@@ -295,6 +295,8 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
     in_layers = cold and profile.version in layerpass.VERSIONS  # in a forward pass's structure, matmuls included
     passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes) if in_layers else None
+    if in_layers:
+        system.release_free_memory()  # what the profiled passes left behind, before the stages to come
     if passes is not None:
         out = {"backend": backend, "dtype": dtype, **passes}
     else:

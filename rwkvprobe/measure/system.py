@@ -18,6 +18,22 @@ from typing import Any
 from rwkvprobe.errors import InputError
 
 
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``); whether it could. A torch pass
+    under the profiler left 0.2 GB of freed small blocks resident in analyze's process, and a later stage's peak
+    stood on them (rwkv-1b5 --quick: 2.46 GB at its peak, 2.31 with them handed back). Elsewhere (musl, macOS) a
+    no-op."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # no such symbol in this C library
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
+
+
 def _read(root: str | Path, rel: str) -> str | None:
     try:
         return (Path(root) / rel.lstrip("/")).read_text(errors="replace").strip()
