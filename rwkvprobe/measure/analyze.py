@@ -62,9 +62,9 @@ MIN_POINT_SECONDS = 0.03
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
-#: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
+#: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
 RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
