@@ -229,6 +229,7 @@ class AnalyzeSettings(TypedDict):
     block_size: NotRequired[int]
     quantize: NotRequired[Union[list[str], None]]
     nonmatmul_seconds: NotRequired[Union[float, None]]
+    history: NotRequired[bool]  # the machine's earlier runs' bandwidth probes taken up (measure/history.py)
     pinned_cpus: NotRequired[Union[list[int], None]]
     whatif_series: NotRequired[list[list[str]]]  # schema 2: [backend, dtype] pairs
     whatif_missing: NotRequired[Union[str, None]]
@@ -302,6 +303,24 @@ class Bandwidth(TypedDict):
     byte_counting: NotRequired[str]
     total_seconds: NotRequired[float]
     when: NotRequired[str]  # analyze: "before the layers"
+
+
+class EarlierProbe(TypedDict):
+    """A read probe of an earlier run on this machine (measure/history.py)."""
+
+    at: float  # epoch seconds
+    read_best_gbps: float
+    array_bytes: NotRequired[Union[int, None]]
+    command: NotRequired[str]
+
+
+class BandwidthHistory(TypedDict):
+    """history.earlier_probes(): the machine's earlier probes a run's verdict counts beside its own."""
+
+    path: str
+    max_age_days: float
+    machine: dict[str, Any]
+    probes: list[EarlierProbe]
 
 
 class BandwidthProbe(TypedDict):
@@ -617,6 +636,7 @@ class AnalyzeResults(Header):
     backends: NotRequired[dict[str, dict[str, Any]]]  # each backend's describe()
     stage_seconds: NotRequired[dict[str, float]]
     bandwidth_probes: NotRequired[list[BandwidthProbe]]  # schema 2
+    bandwidth_history: NotRequired[BandwidthHistory]  # the machine's earlier probes (measure/history.py)
     canary_reference_seconds: NotRequired[float]  # contention.canary(), the best of a few as the points began
     nonmatmul: NotRequired[list[Nonmatmul]]
     block_graphs: NotRequired[list[BlockGraphs]]  # schema 2

@@ -8,6 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "profiles"
 
+# the machine's bandwidth history (measure/history.py) is off in tests, so that one test's probes never judge
+# another's layers, nor land in the user's cache; the tests of the history name their own file
+os.environ["RWKVPROBE_BANDWIDTH_HISTORY"] = "off"
+
 
 @pytest.fixture
 def cli(capsys):

@@ -444,3 +444,41 @@ def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, sm
     left = [t for shape, t in per_token.items() if shape not in chosen | {(512, 256)}]
     assert min(per_token[c] for c in chosen) >= max(left)
     assert "2 point(s) of the fastest series near the kernel-limited line" in (out / "report.md").read_text()
+
+
+def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli, small, tmp_path, monkeypatch):
+    """The machine's bandwidth history (measure/history.py): an earlier run's probe of this machine far above what
+    memory gives now is the DRAM ceiling of this run, said so in the report; this run's probes are added for the
+    next; --no-history leaves both out."""
+    from rwkvprobe.measure import bandwidth, history
+
+    path = tmp_path / "history.json"
+    monkeypatch.setenv(history.HISTORY_ENV, str(path))
+    engine = bandwidth.engine_name()
+    earlier = [{"at": time.time() - 3600, "read_best_gbps": 9999.0, "array_bytes": 2**27}]
+    assert history.record(earlier, 1, None, engine, "an earlier run")
+    out = tmp_path / "run"
+    code, stdout, stderr = cli("analyze", small, "--out", out, *FAST, "--threads", "1")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [p["read_best_gbps"] for p in results["bandwidth_history"]["probes"]] == [9999.0]
+    assert results["settings"]["history"] is True
+    report = (out / "report.md").read_text()
+    assert "probe(s) of this machine's earlier runs" in report and "is the best of all, 9999.0 GB/s" in report
+    assert "memory read slower during this run than earlier on this machine" in report
+    own = len(bandwidth.read_probes(results, history=False))
+    assert own >= 2  # the full probe before the layers, and at least the one after them
+    recorded = history.earlier_probes(1, None, engine)["probes"]
+    assert len(recorded) == 1 + own and recorded[0]["command"] == "an earlier run"
+    # a second run takes up both runs' probes
+    assert cli("analyze", small, "--out", tmp_path / "again", *FAST, "--threads", "1")[0] == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert len(again["bandwidth_history"]["probes"]) == 1 + own
+    # other threads: another setup, not taken up
+    assert history.earlier_probes(2, None, engine)["probes"] == []
+    before = path.read_bytes()
+    assert cli("analyze", small, "--out", tmp_path / "alone", *FAST, "--threads", "1", "--no-history")[0] == 0
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert "bandwidth_history" not in alone and alone["settings"]["history"] is False
+    assert "earlier runs" not in (tmp_path / "alone" / "report.md").read_text()
+    assert path.read_bytes() == before

@@ -198,7 +198,8 @@ def _with_probes(r: dict, probes: list[float], checked: list[bool] | None = None
     ([35.0, 60.0, 60.0, 35.0], 35.0),              # an even count: the lower middle, a probe that was read
     ([60.0, 34.0, 36.0, 35.0, 62.0], 36.0),
     ([35.0, 60.0], None),                          # too few to tell bursts from the rule: W applies
-    ([20.0, 20.0, 20.0], 20.0),                    # no bursts: W itself
+    ([20.0, 20.0, 20.0], None),                    # no bursts: W itself
+    ([69.3, 72.9, 68.9, 67.9], None),              # within BURSTY of the middle: W, as the next run will find
 ])
 def test_sustained_bandwidth_is_the_middle_probe(probes, expected):
     r = _with_probes(make_results(LAYERS), probes)

@@ -49,6 +49,7 @@ def analyze_cmd(
     rknn: Optional[Path] = typer.Option(None, "--rknn", help="A folder written by 'rwkvprobe convert': the .rknn models for --backends rknnlite on the board or rknn over adb (rknn converts them on the fly without it), or the compiler estimates for --device."),
     npu_cores: str = typer.Option("auto", "--npu-cores", help="NPU core masks for rknnlite and rknn, comma-separated, each its own series: auto, 0, 1, 2, 0_1, 0_1_2, all (e.g. 0,1,0_1_2)."),
     device_id: Optional[str] = typer.Option(None, "--device-id", help="--backends rknn: the adb device ID of the RK3588 board (as 'adb devices' lists it). Default: the only one connected."),
+    use_history: bool = typer.Option(True, "--history/--no-history", help="Judge the layers with this machine's earlier runs' bandwidth probes too (the last 7 days, same threads and CPUs; a shared machine's DRAM bandwidth moves for minutes at a time), and record this run's. --no-history: this run's probes only, nothing recorded. The file: $RWKVPROBE_BANDWIDTH_HISTORY, else ~/.cache/rwkvprobe/bandwidth-history.json."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More progress detail, and the NPU library's own log (rknnlite)."),
 ):
     """Measure every unique layer shape of a profile and write results.json, report.md and plots."""
@@ -78,7 +79,7 @@ def analyze_cmd(
                                cold=not warm, budget_seconds=budget or (38.0 if quick else 100.0), quick=quick,
                                rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
-                               if quantize is not None else None)
+                               if quantize is not None else None, history=use_history)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     analysis.near_line = near_line_points  # the headline's points near the kernel-limited line get a second timing

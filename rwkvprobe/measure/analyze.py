@@ -28,7 +28,7 @@ from rwkvprobe.backends import (
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
-from rwkvprobe.measure import bandwidth, contention, ggml_block, nonmatmul, onnxblock, system
+from rwkvprobe.measure import bandwidth, contention, ggml_block, history, nonmatmul, onnxblock, system
 from rwkvprobe.measure.points import COMPUTE_SHAPES, measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.measure.run import RESULTS, Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
@@ -92,13 +92,16 @@ class AnalyzeSettings:
     onnx_dir: Path = field(default_factory=onnx_cache_dir)
     #: seconds of rounds for each series' timed non-matmul work; None: NONMATMUL_SECONDS (quick, default)
     nonmatmul_seconds: float | None = None
+    #: judge the layers with the machine's earlier runs' bandwidth probes too, and record this run's (history.py)
+    history: bool = True
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
                 "cpus": self.cpus, "cold": self.cold, "budget_seconds": self.budget_seconds, "quick": self.quick,
                 "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
                 "device_id": self.device_id,
-                "block_size": self.block_size, "quantize": self.quantize, "nonmatmul_seconds": self.nonmatmul_seconds}
+                "block_size": self.block_size, "quantize": self.quantize, "nonmatmul_seconds": self.nonmatmul_seconds,
+                "history": self.history}
 
 
 def default_out_dir(layers: LayerList) -> Path:
@@ -308,6 +311,10 @@ class Analysis(Run):
             r["bandwidth"].update(when="before the layers", at=time.time())
             self.save()
         r.setdefault("bandwidth_probes", [])
+        if s.history and "bandwidth_history" not in r:  # a resumed run keeps what its first process took up
+            earlier = history.earlier_probes(s.threads, s.cpus, r["bandwidth"].get("engine"))
+            if earlier is not None:
+                r["bandwidth_history"] = earlier
         laps.lap("bandwidth")
         if board_pairs:
             board.run_series(self, board_pairs, progress)
@@ -330,6 +337,8 @@ class Analysis(Run):
             progress.stage("memory bandwidth again")
             self._probe("after the layers", t_start)
             laps.lap("bandwidth")
+        if s.history:
+            self._record_probes()
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
@@ -574,6 +583,19 @@ class Analysis(Run):
         budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
         return self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, self.settings.block_size), llc,
                                   TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
+
+    def _record_probes(self) -> None:
+        """Add this run's checked read probes to the machine's history (history.py; never stops the run)."""
+        r = self.results
+        assert r is not None
+        first = r.get("bandwidth") or {}
+        own = [{"at": first.get("at"), "read_best_gbps": run["kernels"]["read"]["best_gbps"],
+                "array_bytes": first.get("array_bytes")}
+               for run in first.get("runs", []) if run.get("check_ok", True) and run.get("kernels", {}).get("read")]
+        own += [{"at": p.get("at"), "read_best_gbps": p["read_best_gbps"], "array_bytes": p.get("array_bytes")}
+                for p in r.get("bandwidth_probes") or [] if p.get("check_ok", True) and p.get("read_best_gbps")]
+        history.record([p for p in own if p["at"] is not None], self.settings.threads, self.settings.cpus,
+                       first.get("engine") or bandwidth.engine_name(), command=r.get("command") or "")
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""

@@ -526,11 +526,16 @@ def probe_read(threads: int, cpus: list[int] | None = None, trials: int = DEFAUL
             "engine": result["engine"], "array_bytes": result["array_bytes"]}
 
 
-def read_probes(results: dict, checked_only: bool = True) -> list[tuple[float | None, float]]:
+def read_probes(results: dict, checked_only: bool = True, history: bool = True) -> list[tuple[float | None, float]]:
     """Every read-bandwidth probe of a results file as (when: epoch seconds or None, GB/s): the full probe made
-    before the layers (``results["bandwidth"]``) and the read-only ones between and after them
-    (``results["bandwidth_probes"]``, analyze). ``checked_only``: leave out probes whose values were wrong."""
+    before the layers (``results["bandwidth"]``), the read-only ones between and after them
+    (``results["bandwidth_probes"]``, analyze) and, with ``history``, the machine's earlier runs' probes that the
+    run took up (``results["bandwidth_history"]``, see history.py). ``checked_only``: leave out probes whose
+    values were wrong (the history keeps checked probes only)."""
     out: list[tuple[float | None, float]] = []
+    if history:
+        out += [(p.get("at"), p["read_best_gbps"]) for p in (results.get("bandwidth_history") or {}).get("probes", [])
+                if p.get("read_best_gbps")]
     first = results.get("bandwidth") or {}
     for run in first.get("runs", []):
         read = run.get("kernels", {}).get("read", {})
@@ -549,6 +554,8 @@ def best_read_gbps(results: dict) -> float | None:
 
 #: at least this many checked read probes before a run's median probe is taken for its sustained bandwidth
 MIN_SUSTAINED_PROBES = 3
+#: a run whose best read probe is this much above its middle one had bursts: its layers are judged at the middle
+BURSTY = 1.10
 
 
 def sustained_read_gbps(results: dict) -> float | None:
@@ -560,11 +567,20 @@ def sustained_read_gbps(results: dict) -> float | None:
     could not reach it. Judged against W, the same layer was kernel-limited in one run and bandwidth-bound in the
     next; judged against the moment's probes (the probes just before and after it) the verdict moved with where
     the probes fell. The middle probe is the same in both runs while bursts are the minority of the time; a layer
-    that reads more than it (timed in a burst) is judged at what it read. On a machine without bursts it is W."""
+    that reads more than it (timed in a burst) is judged at what it read. On a machine without bursts (the best
+    probe within BURSTY of the middle one) it is None: W applies, the same figure the next run will find.
+
+    None too for a run that took up the machine's earlier probes (history.py): its W, the best of this run's and
+    theirs, is the same from run to run once the machine's best has been seen, where a middle probe is not. The
+    dev VM's bandwidth also moves in phases of minutes (68-73 GB/s in one run, 36-44 in the next): the middle of
+    two runs' probes fell in one phase or the other with how many each gave."""
+    if (results.get("bandwidth_history") or {}).get("probes"):
+        return None
     probes = sorted(gbps for _, gbps in read_probes(results))
     if len(probes) < MIN_SUSTAINED_PROBES:
         return None
-    return probes[(len(probes) - 1) // 2]
+    middle = probes[(len(probes) - 1) // 2]
+    return middle if probes[-1] > BURSTY * middle else None
 
 
 # ------------------------------------------------------------------------------------------------

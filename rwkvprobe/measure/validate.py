@@ -99,7 +99,7 @@ def run_forward_bracketed(ll: LayerList, dtype: str, threads: int, tokens: int, 
     before = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
     real = run_forward(ll, dtype, threads, tokens, chunk, cpus)
     after = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
-    analyze = [g for _, g in bandwidth.read_probes(results)]
+    analyze = [g for _, g in bandwidth.read_probes(results, history=False)]
     around = [x["read_best_gbps"] for x in (before, after) if x["check_ok"]]
     return real, {"real_pass_gbps": around, "analyze_gbps": statistics.median(analyze) if analyze else None}
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
 from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
+from rwkvprobe.measure.history import HISTORY_ENV
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
 from rwkvprobe.report.format import environment_section, md_table, ms
@@ -31,6 +32,8 @@ from rwkvprobe.verdict.roofline import (
 )
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
+#: the stability line says memory read slower than the machine's earlier runs below this share of their best
+HISTORY_SLOW = 0.8
 PLOTS = {"roofline": "roofline.png", "layers": "layers.png", "share": "share.png"}
 
 
@@ -192,13 +195,31 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     return out
 
 
+def history_text(results: dict, probes: list[float], earlier: list[float]) -> str:
+    """The stability line's words on a run judged with the machine's earlier probes (measure/history.py)."""
+    hist = results["bandwidth_history"]
+    both = probes + earlier
+    text = (f"this run's {len(probes)} bandwidth probe(s) read {min(probes, default=0):.1f}-{max(probes, default=0):.1f} "
+            f"GB/s, and {len(earlier)} probe(s) of this machine's earlier runs (the last {hist['max_age_days']:g} days, "
+            f"same threads and CPUs) {min(earlier):.1f}-{max(earlier):.1f}: the DRAM ceiling, at which every layer "
+            f"is judged, is the best of all, {max(both):.1f} GB/s")
+    if probes and max(probes) < HISTORY_SLOW * max(earlier):
+        text += (f"; **memory read slower during this run than earlier on this machine** (at best "
+                 f"{max(probes) / max(earlier):.0%} of it): other processes or VMs were using it, so this run's layer "
+                 "times may be slower than the machine's best")
+    return text + f" (`{HISTORY_ENV}=off` judges a run by its own probes only)"
+
+
 def stability_line(results: dict) -> str:
     """One line: how steady the run was (bandwidth probes, contention around the points)."""
 
-    probes = [gbps for _, gbps in read_probes(results, checked_only=False)]
+    probes = [gbps for _, gbps in read_probes(results, checked_only=False, history=False)]
+    earlier = [p["read_best_gbps"] for p in (results.get("bandwidth_history") or {}).get("probes", [])]
     parts = []
     sustained = sustained_read_gbps(results)
-    if len(probes) > 1 and sustained and max(probes) > BURSTY * sustained:
+    if earlier:
+        parts.append(history_text(results, probes, earlier))
+    elif len(probes) > 1 and sustained and max(probes) > BURSTY * sustained:
         parts.append(f"{len(probes)} bandwidth probes read {min(probes):.1f}-{max(probes):.1f} GB/s (spread "
                      f"{max(probes) / min(probes) - 1:.0%}: the best is the DRAM ceiling, the layers are judged at the "
                      f"middle probe, {sustained:.1f} GB/s)")
@@ -523,6 +544,11 @@ def _dram(s: dict, verdict: dict, how: str = "measured") -> tuple[float, str]:
     return best, f"the {how} {best:.1f} GB/s DRAM bandwidth"
 
 
+def _with_earlier(verdict: dict) -> str:
+    n = verdict.get("earlier_probe_count")
+    return f", {n} of them from this machine's earlier runs" if n else ""
+
+
 def _per_layer_section(verdict: dict) -> list[str]:
     """Each series' ceilings and every layer's time against its roofline."""
     md: list[str] = []
@@ -530,7 +556,7 @@ def _per_layer_section(verdict: dict) -> list[str]:
     sustained, best = verdict.get("sustained_gbps"), verdict.get("bandwidth_gbps")
     if sustained and best and best > BURSTY * sustained:
         md += [f"This machine's DRAM bandwidth came in bursts: its read probes gave {sustained:.1f} GB/s most of the "
-               f"time (the middle probe of {verdict['probe_count']}) and up to {best:.1f} GB/s (the best probe, each series' "
+               f"time (the middle probe of {verdict['probe_count']}{_with_earlier(verdict)}) and up to {best:.1f} GB/s (the best probe, each series' "
                "DRAM ceiling below). Each measured layer is judged at the sustained figure, or at what it read itself "
                "where that is more (timed in a burst), never above its series' ceiling: judged against a burst, a "
                "layer timed between bursts would look kernel-limited in one run and bandwidth-bound in the next.", ""]
@@ -661,7 +687,9 @@ def _ceilings_section(results: dict) -> list[str]:
     probes = results.get("bandwidth_probes") or []
     if probes:
         md += ["The read bandwidth probed again during the run (same threads and CPUs, best of each probe's trials); "
-               "the verdict's W is the best read figure of every probe:", ""]
+               "the verdict's W is the best read figure of every probe" + (
+                   ", this run's and the machine's earlier runs' (see the stability line)"
+                   if (results.get("bandwidth_history") or {}).get("probes") else "") + ":", ""]
         md += md_table(["when", "s into the run", "read best GB/s", "read average GB/s", "values checked"],
                      [[p.get("when", ""), f"{p.get('at_seconds', 0):.0f}", f"{p['read_best_gbps']:.2f}",
                        f"{p.get('read_avg_gbps', 0):.2f}", "ok" if p.get("check_ok", True) else "WRONG"]

@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Any
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes, sustained_read_gbps
+from rwkvprobe.measure.bandwidth import BURSTY, best_read_gbps, read_probes, sustained_read_gbps
 from rwkvprobe.measure.contention import CANARY_SLOW, canary_best, canary_ratio
 from rwkvprobe.measure.nonmatmul import block_dtype
 from rwkvprobe.measure.points import point_seconds
@@ -148,6 +148,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
                                   _nonmatmul(results, s["backend"], s["dtype"]), whatif=s["whatif"])
     verdict: dict[str, Any] = {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE,
                                "sustained_gbps": sustained, "probe_count": len(read_probes(results)),
+                               "earlier_probe_count": len((results.get("bandwidth_history") or {}).get("probes", [])),
                                "series": list(series.values()), "ceiling_warnings": warnings}
     # computed once here, rendered by the report: quantized decode beside its bytes-only what-if, and the
     # smaller-weights figures (measured first)
@@ -221,8 +222,6 @@ def row_bandwidth(row: dict, W: float, t0: float, nbytes: float | None = None, s
     return min(W, max(local * 1e9, need))
 
 
-#: a run whose best read probe is this much above its sustained one had bursts: the report says which it judges at
-BURSTY = 1.10
 def kernel_share(row: dict) -> float:
     """How much of a measured row's time the verdict counts as kernel-limited: all of it at KERNEL_LIMITED -
     KERNEL_BAND of its roofline or below, none at KERNEL_LIMITED + KERNEL_BAND or above, in proportion between."""

@@ -1,0 +1,108 @@
+"""The machine's own record of its read-bandwidth probes, kept between runs.
+
+A shared machine's DRAM bandwidth can move for minutes at a time (on the dev VM one run's seven probes read
+68-73 GB/s and the next run's, a minute later, 36-44 GB/s, while the layers ran at the same speed in both).
+Judged at each run's own probes, the same layers were "kernel-limited" in one run and "bandwidth-bound" in the
+next. The DRAM ceiling is the machine's, not the run's: analyze judges the layers at the probes of this run
+together with those of the machine's earlier runs (the last MAX_AGE_DAYS days, same threads, CPUs and probe
+engine), and records its own probes for the runs to come. What was used goes into results.json, so the verdict
+is rebuilt from that file alone.
+
+The file is ``$XDG_CACHE_HOME/rwkvprobe/bandwidth-history.json`` (``~/.cache`` by default); HISTORY_ENV names
+another file, or ``off``. A missing, unreadable or malformed file counts as empty; one that cannot be written
+is left as it is: the record never stops a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from rwkvprobe.fsutil import atomic_write_text
+from rwkvprobe.measure import system
+
+HISTORY_ENV = "RWKVPROBE_BANDWIDTH_HISTORY"
+OFF = ("off", "0", "no", "false", "")
+MAX_AGE_DAYS = 7.0  # probes older than this are dropped (a memory or firmware change outlives no more than this)
+MAX_PROBES = 400  # per file: the newest are kept
+FORMAT = 1
+
+
+def history_path() -> Path | None:
+    """The history file, or None when HISTORY_ENV turns it off."""
+    value = os.environ.get(HISTORY_ENV)
+    if value is not None:
+        return None if value.strip().lower() in OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rwkvprobe" / "bandwidth-history.json"
+
+
+def machine_key() -> dict[str, Any]:
+    """What makes two runs' probes comparable: the same host, CPU, CPU count, memory size and architecture."""
+    memory_gib: int | None = round(psutil.virtual_memory().total / 2**30)
+    return {"host": platform.node(), "cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
+            "memory_gib": memory_gib, "arch": platform.machine()}
+
+
+def _load_all(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return []
+    probes = data.get("probes") if isinstance(data, dict) and data.get("format") == FORMAT else None
+    if not isinstance(probes, list):
+        return []
+    return [p for p in probes if isinstance(p, dict) and isinstance(p.get("read_best_gbps"), (int, float))
+            and isinstance(p.get("at"), (int, float)) and p["read_best_gbps"] > 0]
+
+
+def _same_setup(p: dict, key: dict, threads: int, cpus: list[int] | None, engine: str | None) -> bool:
+    return (p.get("machine") == key and p.get("threads") == threads and p.get("cpus") == cpus
+            and (engine is None or p.get("engine") == engine))
+
+
+def earlier_probes(threads: int, cpus: list[int] | None, engine: str | None, now: float | None = None,
+                   path: Path | None = None, key: dict | None = None) -> dict | None:
+    """The machine's earlier probes that count for a run (same machine, threads, CPUs, engine; at most
+    MAX_AGE_DAYS old) as results.json keeps them: {"path", "max_age_days", "machine", "probes"}; None when the
+    history is off. ``cpus``: the run's pinned CPUs, None when not pinned."""
+    path = path or history_path()
+    if path is None:
+        return None
+    key = key or machine_key()
+    now = time.time() if now is None else now
+    probes = [{k: p[k] for k in ("at", "read_best_gbps", "array_bytes", "command") if k in p}
+              for p in _load_all(path)
+              if _same_setup(p, key, threads, cpus, engine) and 0 <= now - p["at"] <= MAX_AGE_DAYS * 86400]
+    return {"path": str(path), "max_age_days": MAX_AGE_DAYS, "machine": key, "probes": probes}
+
+
+def record(probes: list[dict], threads: int, cpus: list[int] | None, engine: str, command: str = "",
+           now: float | None = None, path: Path | None = None, key: dict | None = None) -> bool:
+    """Add a run's checked read probes ({"at", "read_best_gbps", "array_bytes"}) to the history; drop those
+    older than MAX_AGE_DAYS and the oldest beyond MAX_PROBES. True when written; False when off or unwritable."""
+    path = path or history_path()
+    if path is None or not probes:
+        return False
+    key = key or machine_key()
+    now = time.time() if now is None else now
+    kept = [p for p in _load_all(path) if 0 <= now - p["at"] <= MAX_AGE_DAYS * 86400]
+    seen = {(p.get("at"), p.get("read_best_gbps")) for p in kept}
+    for p in probes:
+        if (p["at"], p["read_best_gbps"]) in seen:  # a resumed run records its first probes once
+            continue
+        kept.append({"at": p["at"], "read_best_gbps": p["read_best_gbps"], "array_bytes": p.get("array_bytes"),
+                     "threads": threads, "cpus": cpus, "engine": engine, "machine": key, "command": command})
+    kept.sort(key=lambda p: p["at"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"format": FORMAT, "probes": kept[-MAX_PROBES:]}, indent=1) + "\n")
+    except OSError:
+        return False
+    return True

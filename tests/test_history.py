@@ -1,0 +1,163 @@
+"""The machine's bandwidth history (measure/history.py): kept between runs, taken up by the verdict, never
+stopping a run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from roofline_fixtures import make_results, series_of, work
+from test_ceilings import LAYERS, _check_invariant, _with_probes
+
+from rwkvprobe.measure import history
+from rwkvprobe.measure.bandwidth import best_read_gbps, read_probes, sustained_read_gbps
+from rwkvprobe.report.markdown import stability_line
+from rwkvprobe.verdict.roofline import build_verdict, main_bound
+
+KEY = {"host": "board", "cpu": "Cortex-A76", "logical_cpus": 8, "memory_gib": 16, "arch": "aarch64"}
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+def _probes(*gbps: float, at: float = NOW - 60) -> list[dict]:
+    return [{"at": at + i, "read_best_gbps": g, "array_bytes": 2**27} for i, g in enumerate(gbps)]
+
+
+def test_a_run_takes_up_the_same_machines_earlier_probes_only(tmp_path):
+    path = tmp_path / "h.json"
+    assert history.record(_probes(70.0, 72.0), 2, None, "numba", "rwkvprobe analyze x", now=NOW, path=path, key=KEY)
+    assert history.record(_probes(40.0, at=NOW - 30), 1, None, "numba", now=NOW, path=path, key=KEY)  # 1 thread
+    assert history.record(_probes(50.0, at=NOW - 20), 2, [4, 5], "numba", now=NOW, path=path, key=KEY)  # pinned
+    assert history.record(_probes(90.0, at=NOW - 10), 2, None, "numba", now=NOW, path=path,
+                          key=dict(KEY, host="another"))
+    assert history.record(_probes(95.0, at=NOW - 5), 2, None, "numpy-threads", now=NOW, path=path, key=KEY)
+    got = history.earlier_probes(2, None, "numba", now=NOW, path=path, key=KEY)
+    assert got is not None and got["path"] == str(path) and got["machine"] == KEY
+    assert [p["read_best_gbps"] for p in got["probes"]] == [70.0, 72.0]
+    assert got["probes"][0]["command"] == "rwkvprobe analyze x"
+    assert [p["read_best_gbps"] for p in history.earlier_probes(2, [4, 5], "numba", now=NOW, path=path,
+                                                                key=KEY)["probes"]] == [50.0]
+    assert [p["read_best_gbps"] for p in history.earlier_probes(1, None, "numba", now=NOW, path=path,
+                                                                key=KEY)["probes"]] == [40.0]
+
+
+def test_old_probes_are_neither_taken_up_nor_kept(tmp_path):
+    path = tmp_path / "h.json"
+    old = NOW - (history.MAX_AGE_DAYS + 1) * DAY
+    history.record(_probes(99.0, at=old) + _probes(60.0), 2, None, "numba", now=NOW, path=path, key=KEY)
+    got = history.earlier_probes(2, None, "numba", now=NOW, path=path, key=KEY)
+    assert [p["read_best_gbps"] for p in got["probes"]] == [60.0]
+    history.record(_probes(61.0, at=NOW), 2, None, "numba", now=NOW, path=path, key=KEY)
+    assert 99.0 not in [p["read_best_gbps"] for p in json.loads(path.read_text())["probes"]]
+
+
+def test_the_newest_probes_are_kept_and_a_resumed_run_adds_its_first_probes_once(tmp_path, monkeypatch):
+    path = tmp_path / "h.json"
+    monkeypatch.setattr(history, "MAX_PROBES", 5)
+    first = _probes(1.0, 2.0, 3.0, at=NOW - 100)
+    history.record(first, 2, None, "numba", now=NOW, path=path, key=KEY)
+    history.record(first + _probes(4.0, 5.0, 6.0, at=NOW - 50), 2, None, "numba", now=NOW, path=path, key=KEY)
+    kept = [p["read_best_gbps"] for p in json.loads(path.read_text())["probes"]]
+    assert kept == [2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("text", ["not json {", "[]", '{"format": 99, "probes": []}', '{"format": 1, "probes": 3}',
+                                  '{"format": 1, "probes": [{"at": "x", "read_best_gbps": 5}, 7, '
+                                  '{"at": 1, "read_best_gbps": -2}]}'])
+def test_a_malformed_history_counts_as_empty_and_is_written_over(tmp_path, text):
+    path = tmp_path / "h.json"
+    path.write_text(text)
+    assert history.earlier_probes(2, None, "numba", now=NOW, path=path, key=KEY)["probes"] == []
+    assert history.record(_probes(30.0), 2, None, "numba", now=NOW, path=path, key=KEY)
+    assert [p["read_best_gbps"] for p in history.earlier_probes(2, None, "numba", now=NOW, path=path,
+                                                                key=KEY)["probes"]] == [30.0]
+
+
+def test_a_history_that_cannot_be_written_never_stops_a_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert history.record(_probes(30.0), 2, None, "numba", now=NOW, path=blocker / "h.json", key=KEY) is False
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        assert history.record(_probes(30.0), 2, None, "numba", now=NOW, path=ro / "h.json", key=KEY) is False
+
+
+def test_the_environment_names_the_file_or_turns_it_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(history.HISTORY_ENV, "off")
+    assert history.history_path() is None
+    assert history.earlier_probes(2, None, "numba") is None
+    assert history.record(_probes(30.0), 2, None, "numba") is False
+    monkeypatch.setenv(history.HISTORY_ENV, str(tmp_path / "mine.json"))
+    assert history.history_path() == tmp_path / "mine.json"
+    monkeypatch.delenv(history.HISTORY_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert history.history_path() == tmp_path / "cache" / "rwkvprobe" / "bandwidth-history.json"
+
+
+def test_the_machine_key_names_this_machine():
+    key = history.machine_key()
+    assert key["logical_cpus"] == os.cpu_count() and key["arch"] and key["memory_gib"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The verdict: a run in a slow memory phase judged like one in a fast phase
+
+
+def _gemv_at(gbps: float):
+    def t(m, k, n):
+        return work(m, k, n, "fp32")[1] / (gbps * 1e9)
+    return t
+
+
+def _run(probes: list[float], earlier: list[float] | None = None) -> dict:
+    """Layers reading 34 GB/s whatever the memory gave (the dev VM: the same speeds in both phases)."""
+    r = _with_probes(make_results(LAYERS, bw_gbps=probes[0], peak_gflops=1e4, overhead=0.0, time_of=_gemv_at(34.0)),
+                     probes)
+    if earlier is not None:
+        r["bandwidth_history"] = {"path": "h.json", "max_age_days": history.MAX_AGE_DAYS, "machine": KEY,
+                                  "probes": _probes(*earlier)}
+    return r
+
+
+def test_a_run_in_a_slow_memory_phase_gets_the_verdict_of_the_fast_one_before_it():
+    """The dev VM: one run's probes read 68-73 GB/s, the next run's 36-44, the layers 34-37 in both. Each judged
+    at its own probes, the first was mixed (half kernel-limited) and the second bandwidth-bound. With the first
+    run's probes taken up, the second is judged at the same ceiling, and both say the same."""
+    fast = [69.3, 69.6, 70.8, 72.9, 68.9, 67.9]
+    slow = [44.4, 44.1, 44.4, 36.8, 35.9, 36.1]
+    alone = [build_verdict(_run(p), LAYERS) for p in (fast, slow)]
+    assert main_bound(series_of(alone[0])["model"]["decode"]["share_by_bound"]) != \
+        main_bound(series_of(alone[1])["model"]["decode"]["share_by_bound"])  # the flip this fixes
+    first = build_verdict(_run(fast), LAYERS)
+    second_run = _run(slow, earlier=fast)
+    second = build_verdict(second_run, LAYERS)
+    _check_invariant(second)
+    assert second["bandwidth_gbps"] == pytest.approx(72.9) and second["earlier_probe_count"] == len(fast)
+    assert best_read_gbps(second_run) == pytest.approx(72.9)
+    # the middle of both runs' probes would be 44.4 (this run's phase): judged at it, the layers were
+    # bandwidth-bound again; W is the same for every run that has seen the machine's best
+    assert sustained_read_gbps(second_run) is None
+    assert len(read_probes(second_run, history=False)) == len(slow)
+    shares = [series_of(v)["model"]["decode"]["share_by_bound"] for v in (first, second)]
+    assert main_bound(shares[0]) == main_bound(shares[1])
+    assert shares[1] == pytest.approx(shares[0], abs=0.05)
+
+
+def test_the_stability_line_says_the_memory_was_slower_than_the_machines_earlier_runs():
+    line = stability_line(_run([44.4, 36.8, 35.9], earlier=[72.9, 70.0]))
+    assert "this run's 3 bandwidth probe(s) read 35.9-44.4 GB/s, and 2 probe(s) of this machine's earlier runs" in line
+    assert "the DRAM ceiling, at which every layer is judged, is the best of all, 72.9 GB/s" in line
+    assert "memory read slower during this run than earlier on this machine** (at best 61% of it)" in line
+    assert "RWKVPROBE_BANDWIDTH_HISTORY=off" in line
+    steady = stability_line(_run([70.0, 71.0, 69.0], earlier=[72.0]))
+    assert "slower during this run" not in steady and "72.0 GB/s" in steady
+
+
+def test_a_run_without_history_reads_as_before():
+    r = _run([35.0, 36.0, 34.0])
+    assert "earlier runs" not in stability_line(r)
+    assert build_verdict(r, LAYERS)["earlier_probe_count"] == 0
+
