@@ -226,3 +226,69 @@ def test_a_results_file_with_a_layer_pass_entry_loads_and_is_checked(tmp_path):
 
     with pytest.raises(InputError, match=r"nonmatmul\[0\]\.rounds\[0\]\.layer_seconds"):
         load_results(tmp_path / "bad.json", kinds=("analyze",))
+
+
+DRIVER_READS = r"""
+import json, os, sys
+data = json.loads(sys.argv[1])
+os.environ["RWKV_V7_ON"] = "0"
+from collections import Counter
+import torch
+from rwkvprobe.measure import forward_worker as fw, layerpass
+from rwkvprobe.model.profile import parse_profile, state_dict_shapes
+
+reads = Counter()
+plain = torch.jit.ScriptModule.__getattr__
+def counting(self, name):  # a ScriptModule's settings and methods are not in its __dict__: every read comes here
+    reads[name] += 1
+    return plain(self, name)
+
+def reference_reads(n_layer):
+    p = parse_profile({**data, "n_layer": n_layer})
+    m = fw.load_reference(fw.random_state_dict(state_dict_shapes(p), 0), p.version, "fp32")
+    with torch.no_grad():
+        _, st = m.forward([1, 2], None)
+        reads.clear()
+        torch.jit.ScriptModule.__getattr__ = counting
+        try:
+            m.forward([3], st)
+        finally:
+            torch.jit.ScriptModule.__getattr__ = plain
+    return Counter(reads), p
+
+two, _ = reference_reads(2)
+three, p = reference_reads(3)
+(d,) = layerpass.build_ring(p, "torch-linear", "fp32", 1)
+driver = layerpass.make_driver(p.version)
+torch.jit.ScriptModule.__getattr__ = counting
+reads.clear()
+layerpass.drive_layer(driver, d["named"], d["index"], p.version)
+torch.jit.ScriptModule.__getattr__ = plain
+print(json.dumps({"reference_layer": dict(three - two), "ours": dict(reads)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_the_driver_reads_as_many_module_attributes_a_layer_as_the_reference(version):
+    """The reference's per-layer Python (layerpass.DRIVER_WORK): one more layer of its decode reads its TorchScript
+    module's settings and layer functions as many times as drive_layer reads the driver's (each such read costs
+    about 50 times a Python attribute's, and ten a layer were a tenth of the non-matmul time of rwkv4-169m)."""
+    pytest.importorskip("rwkv")
+    r = reference_ops.run(DRIVER_READS, {"name": "t", "source": "t", **TINY[version]})
+    methods = {"att_one", "att_one_v5_1", "att_one_v6_0", "ffn_one", "ffn_one_v6"}
+    ref_settings = sum(n for name, n in r["reference_layer"].items() if name not in methods)
+    ref_methods = sum(n for name, n in r["reference_layer"].items() if name in methods)
+    assert ref_settings == layerpass.DRIVER_WORK[version][0] == r["ours"]["version"], r
+    assert ref_methods == layerpass.DRIVER_WORK[version][1] == r["ours"]["time_mix"] + r["ours"]["channel_mix"], r
+    assert set(r["ours"]) == {"version", "time_mix", "channel_mix"}
+
+
+def test_the_driver_looks_up_every_name_it_builds():
+    for version in (4, 5, 6):
+        p = tiny(version)
+        ring = layerpass.build_ring(p, "torch", "fp32", 2)
+        for d in ring:
+            assert len(d["named"]) == layerpass.DRIVER_WORK[version][2]
+            assert all(name.startswith(f"blocks.{d['index']}.") for name in d["named"])
+            layerpass.drive_layer(layerpass.make_driver(version), d["named"], d["index"], version)  # no KeyError

@@ -23,6 +23,11 @@ shapes (fp32, 2 threads of the Zen 4 dev VM) the reference's own layer functions
 of 5 of these layers 0.46 ms, while the head timed alone spent 0.05 ms outside its matmul: most of it comes with
 the 154 MB read among the layers' work, not from the norm.
 
+RWKV-4/5.2/6's forward pass also runs Python around each layer (drive_layer, DRIVER_WORK): it reads its
+settings as attributes of its TorchScript module (each read a lookup through TorchScript, 50x a Python
+attribute's cost), fetches its layer functions, and looks its parameters up by names built per layer. About 22 us
+a layer on rwkv4-169m shapes: a tenth of that token's non-matmul time, left out before.
+
 The functions below are written for this project from the architectures' equations; they compute what a
 layer computes (random weights), and only their time is kept.
 """
@@ -55,6 +60,14 @@ TAIL_EVERY = 2
 TOO_SLOW = 4.0
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SCRIPTED: dict = {}
+#: the Python work of the reference's forward pass around each RWKV-4/5.2/6 layer of a token (BlinkDL's rwkv
+#: package, one token), counted in its code: (reads of its settings as attributes of its TorchScript module, each
+#: a lookup through TorchScript: 1.7 us on the dev VM where a Python attribute takes 0.03; layer functions fetched
+#: from the module, 0.5 us each; parameters looked up by a name built per layer; type checks, one per
+#: quantization input of a weight matmul). The version is compared in a chain of elifs (more reads the later the
+#: version comes in it), the rescale setting read once a layer, and the layer functions fetched as the generic
+#: ones first, then as the version's own.
+DRIVER_WORK = {4: (10, 2, 18, 28), 5: (12, 3, 22, 32), 6: (14, 4, 28, 32)}
 
 
 def _sources():
@@ -296,6 +309,8 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
             d["att"] = norm() + [t.float() for t in norm()]  # ln_x in fp32, as group_norm's fp32 input needs
             d["bonus"] = rnd(H, S, 1, dtype=f32)
             d["att_w"] = [weight(C, C) for _ in range(5)]  # key, value, receptance, gate, output
+        d["index"] = len(ring)
+        d["named"] = named_parameters(d, d["index"], v)
         ring.append(d)
     return ring
 
@@ -306,11 +321,61 @@ def as_model(ring: list[dict]) -> tuple[dict, list]:
     return {name: t for d in ring for name, t in d["z"].items()}, [t for d in ring for t in d["state"]]
 
 
-def run_layer(profile: Profile, fns: tuple, d: dict, x):
-    """One layer as a torch forward pass runs it: the residual cast to the layer's type, the time mix call,
-    the channel mix call; the state and token-shift inputs carried for the next token."""
+def make_driver(version: int):
+    """A TorchScript module holding the settings the reference's per-layer Python reads (drive_layer), with two
+    script methods in the place of its layer functions."""
+    import torch
+
+    class Driver(torch.jit.ScriptModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.version = {4: 4, 5: 5.2, 6: 6.0}[version]
+            self.rescale = 0
+
+        @torch.jit.script_method
+        def time_mix(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        @torch.jit.script_method
+        def channel_mix(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    return Driver()
+
+
+def named_parameters(d: dict, i: int, version: int) -> dict:
+    """A layer's parameters by the names drive_layer builds for them (``blocks.{i}.p{j}``), as many as the
+    reference looks up a layer (DRIVER_WORK)."""
+    tensors = [t for key in ("att", "att_w", "ffn", "mixes", "low") for t in d.get(key, [])]
+    return {f"blocks.{i}.p{j}": tensors[j % len(tensors)] for j in range(DRIVER_WORK[version][2])}
+
+
+def drive_layer(driver, named: dict, i: int, version: int) -> None:
+    """The reference's Python work around one layer (DRIVER_WORK): its settings read from a TorchScript module, its
+    layer functions fetched, its parameters looked up by a name built for this layer, its type checks. Timed in the
+    plain pass with the layer, as the reference's forward pass pays it."""
+    import torch
+
+    reads, fetches, lookups, checks = DRIVER_WORK[version]
+    for _ in range(reads):
+        _ = driver.version
+    for j in range(fetches):
+        _ = driver.time_mix if j % 2 == 0 else driver.channel_mix
+    prefix = f"blocks.{i}.p"
+    for j in range(lookups):
+        _ = named[f"{prefix}{j}"]
+    for _ in range(checks):
+        _ = torch.float32 == torch.uint8  # the reference's check, kept for its time
+
+
+def run_layer(profile: Profile, fns: tuple, d: dict, x, driver=None):
+    """One layer as a torch forward pass runs it: with ``driver`` (make_driver) and ``d["named"]``
+    (named_parameters) the reference's per-layer Python first (drive_layer), the residual cast to the layer's
+    type, the time mix call, the channel mix call; the state and token-shift inputs carried for the next token."""
     time_mix_4, channel_mix, time_mix_56, _ = fns
     v = profile.version
+    if driver is not None and v is not None:
+        drive_layer(driver, d["named"], d["index"], v)
     x = x.to(dtype=d["x_prev_att"].dtype)
     if v == 4:
         s = d["state"]
@@ -349,10 +414,13 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
             nonlocal state
             _, state = fns[3](x0, z, state, len(ring), H, S, with_tail)
     else:
+        assert profile.version is not None  # an RWKV profile (nonmatmul.measure_series checks it)
+        driver = make_driver(profile.version)
+
         def one_pass(with_tail: bool) -> None:
             x = x0
             for d in ring:
-                x = run_layer(profile, fns, d, x0)
+                x = run_layer(profile, fns, d, x0, driver)
             if with_tail:
                 run_tail(tail, x)
 
