@@ -288,6 +288,7 @@ def build_ring(profile: Profile, backend: str, dtype: str, layers: int, seed: in
             ring.append({"z": {f"blocks.{i}.{name}": t for name, t in z.items()},
                          "state": [rnd(C), rnd(C // S, S, S, lo_=-0.1, hi=0.1, dtype=f32), rnd(C)]})
         return ring
+    assert v in DRIVER_WORK, f"RWKV-{v}: no forward-pass structure here"
     for _ in range(layers):
         d: dict = {"x_prev_att": rnd(C), "x_prev_ffn": rnd(C)}
         ffn_w = [weight(C, F_), weight(F_, C), weight(C, C)]  # key, value, receptance
