@@ -595,7 +595,7 @@ class Analysis(Run):
         own += [{"at": p.get("at"), "read_best_gbps": p["read_best_gbps"], "array_bytes": p.get("array_bytes")}
                 for p in r.get("bandwidth_probes") or [] if p.get("check_ok", True) and p.get("read_best_gbps")]
         history.record([p for p in own if p["at"] is not None], self.settings.threads, self.settings.cpus,
-                       first.get("engine") or bandwidth.engine_name(), command=r.get("command") or "")
+                       first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or []))
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
