@@ -470,7 +470,7 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
     assert own >= 2  # the full probe before the layers, and at least the one after them
     recorded = history.earlier_probes(1, None, engine)["probes"]
     assert len(recorded) == 1 + own and recorded[0]["command"] == "an earlier run"
-    assert recorded[-1]["command"].startswith("rwkvprobe analyze ")
+    assert recorded[-1]["command"] == " ".join(results["command"])  # one line (in-process: pytest's argv)
     # a second run takes up both runs' probes
     assert cli("analyze", small, "--out", tmp_path / "again", *FAST, "--threads", "1")[0] == 0
     again = json.loads((tmp_path / "again" / "results.json").read_text())
