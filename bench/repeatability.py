@@ -72,12 +72,16 @@ def main() -> int:
     # the machine's own DRAM bandwidth over each run (every read probe): on a shared host it moves in phases
     # (this VM: 31-62 GB/s within one run), and bandwidth-bound series move with it
     for i, r in ((1, r1), (2, r2)):
-        gbps = [g for _, g in read_probes(r)]
+        gbps = [g for _, g in read_probes(r, history=False)]
+        earlier = [p["read_best_gbps"] for p in (r.get("bandwidth_history") or {}).get("probes", [])]
         if gbps:
             sustained = sustained_read_gbps(r)
             print(f"run {i}: {len(gbps)} bandwidth probes, {min(gbps):.1f}-{max(gbps):.1f} GB/s "
-                  f"(max/min {max(gbps) / min(gbps):.2f}), sustained (middle probe) "
-                  + (f"{sustained:.1f} GB/s" if sustained else "-"))
+                  f"(max/min {max(gbps) / min(gbps):.2f}), judged at "
+                  + (f"the middle probe, {sustained:.1f} GB/s" if sustained else
+                     f"the best, {max(gbps + earlier):.1f} GB/s")
+                  + (f" (with {len(earlier)} probes of this machine's earlier runs, up to {max(earlier):.1f})"
+                     if earlier else ""))
         # the machine's own speed around the points (contention.canary): a series that moved with it moved with
         # the machine, not with the method
         c = contention.summary(r["measurements"], r.get("canary_reference_seconds"))

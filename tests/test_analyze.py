@@ -483,3 +483,10 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
     assert "bandwidth_history" not in alone and alone["settings"]["history"] is False
     assert "earlier runs" not in (tmp_path / "alone" / "report.md").read_text()
     assert path.read_bytes() == before
+    # a history that cannot be written: the run completes, with one note that says how to fix it
+    monkeypatch.setenv(history.HISTORY_ENV, str(tmp_path / "run" / "results.json" / "history.json"))
+    code, _, stderr = cli("analyze", small, "--out", tmp_path / "blocked", *FAST, "--threads", "1")
+    assert code == 0, stderr
+    blocked = json.loads((tmp_path / "blocked" / "results.json").read_text())
+    assert any("bandwidth history" in w and "could not be written" in w and history.HISTORY_ENV in w
+               for w in blocked["warnings"])

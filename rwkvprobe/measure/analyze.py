@@ -337,10 +337,13 @@ class Analysis(Run):
             progress.stage("memory bandwidth again")
             self._probe("after the layers", t_start)
             laps.lap("bandwidth")
-        if s.history:
-            self._record_probes()
+        kept = self._record_probes() if s.history else True
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
+        if not kept:
+            r["warnings"].append(f"Note: the machine's bandwidth history ({history.history_path()}) could not be "
+                                 f"written: this run's probes are not kept for the next runs. Fix: set "
+                                 f"{history.HISTORY_ENV} to a writable file, or to off.")
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
         self.save()
         return r
@@ -584,8 +587,9 @@ class Analysis(Run):
         return self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, self.settings.block_size), llc,
                                   TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
 
-    def _record_probes(self) -> None:
-        """Add this run's checked read probes to the machine's history (history.py; never stops the run)."""
+    def _record_probes(self) -> bool:
+        """Add this run's checked read probes to the machine's history (history.py; never stops the run); False
+        where the file could not be written (True when the history is off or there was nothing to add)."""
         r = self.results
         assert r is not None
         first = r.get("bandwidth") or {}
@@ -594,8 +598,10 @@ class Analysis(Run):
                for run in first.get("runs", []) if run.get("check_ok", True) and run.get("kernels", {}).get("read")]
         own += [{"at": p.get("at"), "read_best_gbps": p["read_best_gbps"], "array_bytes": p.get("array_bytes")}
                 for p in r.get("bandwidth_probes") or [] if p.get("check_ok", True) and p.get("read_best_gbps")]
-        history.record([p for p in own if p["at"] is not None], self.settings.threads, self.settings.cpus,
-                       first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or []))
+        own = [p for p in own if p["at"] is not None]
+        return (history.history_path() is None or not own
+                or history.record(own, self.settings.threads, self.settings.cpus,
+                                  first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or [])))
 
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
