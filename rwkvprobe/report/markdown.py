@@ -544,11 +544,6 @@ def _dram(s: dict, verdict: dict, how: str = "measured") -> tuple[float, str]:
     return best, f"the {how} {best:.1f} GB/s DRAM bandwidth"
 
 
-def _with_earlier(verdict: dict) -> str:
-    n = verdict.get("earlier_probe_count")
-    return f", {n} of them from this machine's earlier runs" if n else ""
-
-
 def _per_layer_section(verdict: dict) -> list[str]:
     """Each series' ceilings and every layer's time against its roofline."""
     md: list[str] = []
@@ -556,7 +551,7 @@ def _per_layer_section(verdict: dict) -> list[str]:
     sustained, best = verdict.get("sustained_gbps"), verdict.get("bandwidth_gbps")
     if sustained and best and best > BURSTY * sustained:
         md += [f"This machine's DRAM bandwidth came in bursts: its read probes gave {sustained:.1f} GB/s most of the "
-               f"time (the middle probe of {verdict['probe_count']}{_with_earlier(verdict)}) and up to {best:.1f} GB/s (the best probe, each series' "
+               f"time (the middle probe of {verdict['probe_count']}) and up to {best:.1f} GB/s (the best probe, each series' "
                "DRAM ceiling below). Each measured layer is judged at the sustained figure, or at what it read itself "
                "where that is more (timed in a burst), never above its series' ceiling: judged against a burst, a "
                "layer timed between bursts would look kernel-limited in one run and bandwidth-bound in the next.", ""]
