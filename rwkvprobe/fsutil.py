@@ -11,6 +11,12 @@ from pathlib import Path
 from rwkvprobe.errors import InputError
 
 
+def cache_dir() -> Path:
+    """rwkvprobe's folder in the user's cache: ``$XDG_CACHE_HOME/rwkvprobe``, ``~/.cache/rwkvprobe`` by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rwkvprobe"
+
+
 def ensure_writable_dir(path: str | Path) -> Path:
     """Create ``path`` if needed and check that files can be created in it; InputError otherwise."""
     p = Path(path)

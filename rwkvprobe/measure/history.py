@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from rwkvprobe.fsutil import atomic_write_text
+from rwkvprobe.fsutil import atomic_write_text, cache_dir
 from rwkvprobe.measure import system
 
 HISTORY_ENV = "RWKVPROBE_BANDWIDTH_HISTORY"
@@ -39,15 +39,13 @@ def history_path() -> Path | None:
     value = os.environ.get(HISTORY_ENV)
     if value is not None:
         return None if value.strip().lower() in OFF else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkvprobe" / "bandwidth-history.json"
+    return cache_dir() / "bandwidth-history.json"
 
 
 def machine_key() -> dict[str, Any]:
     """What makes two runs' probes comparable: the same host, CPU, CPU count, memory size and architecture."""
-    memory_gib: int | None = round(psutil.virtual_memory().total / 2**30)
     return {"host": platform.node(), "cpu": system.cpu_model(), "logical_cpus": os.cpu_count(),
-            "memory_gib": memory_gib, "arch": platform.machine()}
+            "memory_gib": round(psutil.virtual_memory().total / 2**30), "arch": platform.machine()}
 
 
 def _load_all(path: Path) -> list[dict]:
@@ -60,6 +58,10 @@ def _load_all(path: Path) -> list[dict]:
         return []
     return [p for p in probes if isinstance(p, dict) and isinstance(p.get("read_best_gbps"), (int, float))
             and isinstance(p.get("at"), (int, float)) and p["read_best_gbps"] > 0]
+
+
+def _fresh(p: dict, now: float) -> bool:
+    return 0 <= now - p["at"] <= MAX_AGE_DAYS * 86400
 
 
 def _same_setup(p: dict, key: dict, threads: int, cpus: list[int] | None, engine: str | None) -> bool:
@@ -79,7 +81,7 @@ def earlier_probes(threads: int, cpus: list[int] | None, engine: str | None, now
     now = time.time() if now is None else now
     probes = [{k: p[k] for k in ("at", "read_best_gbps", "array_bytes", "command") if k in p}
               for p in _load_all(path)
-              if _same_setup(p, key, threads, cpus, engine) and 0 <= now - p["at"] <= MAX_AGE_DAYS * 86400]
+              if _same_setup(p, key, threads, cpus, engine) and _fresh(p, now)]
     return {"path": str(path), "max_age_days": MAX_AGE_DAYS, "machine": key, "probes": probes}
 
 
@@ -92,7 +94,7 @@ def record(probes: list[dict], threads: int, cpus: list[int] | None, engine: str
         return False
     key = key or machine_key()
     now = time.time() if now is None else now
-    kept = [p for p in _load_all(path) if 0 <= now - p["at"] <= MAX_AGE_DAYS * 86400]
+    kept = [p for p in _load_all(path) if _fresh(p, now)]
     seen = {(p.get("at"), p.get("read_best_gbps")) for p in kept}
     for p in probes:
         if (p["at"], p["read_best_gbps"]) in seen:  # a resumed run records its first probes once

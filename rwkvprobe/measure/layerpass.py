@@ -330,8 +330,7 @@ def make_driver(version: int):
     class Driver(torch.jit.ScriptModule):
         def __init__(self) -> None:
             super().__init__()
-            self.version = {4: 4, 5: 5.2, 6: 6.0}[version]
-            self.rescale = 0
+            self.version = {4: 4, 5: 5.2, 6: 6.0}[version]  # every setting read (DRIVER_WORK) costs as this one
 
         @torch.jit.script_method
         def time_mix(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,12 @@ effective GB/s of a large cold GEMV (M=1), and the fixed per-call overhead of a 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from rwkvprobe.backends import Backend, Workload, check_runner
 from rwkvprobe.backends.onnxgen import WEIGHTS_VERSION
+from rwkvprobe.fsutil import cache_dir
 from rwkvprobe.measure import contention
 from rwkvprobe.measure.timing import TimingPolicy, eviction, measure, plan_rotation
 
@@ -25,8 +25,7 @@ OVERHEAD_SHAPE = (1, 64, 64)  # 16 kB of fp32 weights (whole quantization blocks
 def onnx_cache_dir() -> Path:
     """Where generated ONNX models are kept between runs (reused by content hash)."""
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkvprobe" / f"onnx-weights-v{WEIGHTS_VERSION}"
+    return cache_dir() / f"onnx-weights-v{WEIGHTS_VERSION}"
 
 
 def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,

@@ -19,7 +19,7 @@ from pathlib import Path
 from rwkvprobe.backends import onnxgen
 from rwkvprobe.backends.rknnlite_backend import read_convert_manifest
 from rwkvprobe.errors import InputError
-from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir, run_json_worker
+from rwkvprobe.fsutil import atomic_write_text, cache_dir, ensure_writable_dir, run_json_worker
 from rwkvprobe.measure import onnxblock
 from rwkvprobe.measure.points import COMPUTE_SHAPES, GEMV_SHAPE, OVERHEAD_SHAPE
 
@@ -41,8 +41,7 @@ RKNN_DTYPES = ("fp16", "int8")
 def toolkit_dir() -> Path:
     if os.environ.get("RWKVPROBE_TOOLKIT_DIR"):
         return Path(os.environ["RWKVPROBE_TOOLKIT_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rwkvprobe" / f"rknn-toolkit2-{TOOLKIT_VERSION}"
+    return cache_dir() / f"rknn-toolkit2-{TOOLKIT_VERSION}"
 
 
 def toolkit_python() -> Path:
