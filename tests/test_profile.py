@@ -231,3 +231,28 @@ def test_layers_profile_round_trip(write_yaml):
 ])
 def test_exact_param_count_of_released_checkpoint(stem, params):
     assert layer_list(load_profile(PROFILES / f"{stem}.yaml")).total_params == params
+
+
+def test_v6_token_shift_matrices_are_one_batched_call():
+    """The reference multiplies a block's five [mix, C] token-shift matrices in one bmm: the layer is timed as that
+    one call, a [mix, 5C] matmul of the same weight bytes and FLOPs, run once a block."""
+    from rwkvprobe.model.profile import Layer, layers_from_json, profile_json
+
+    ll = layer_list(load_profile(PROFILES / "rwkv6-1b5.yaml"))
+    p = ll.profile
+    w2 = next(x for x in ll.layers if x.name == "att.maa_w2")
+    mix, C, L = p.lora["mix"], p.n_embd, p.n_layer
+    assert (w2.k, w2.n, w2.count, w2.stored, w2.batch) == (mix, C, 5 * L, 5 * L, 5)
+    assert w2.call_shape == (mix, 5 * C) and w2.calls == L
+    k, n = w2.call_shape
+    assert 2 * k * n * w2.calls == w2.flops(1) and k * n * w2.calls * 2 == w2.weight_bytes("fp16")
+    assert (mix, 5 * C) in ll.unique_shapes() and (mix, C) not in ll.unique_shapes()
+    assert all(x.batch == 1 and x.call_shape == (x.k, x.n) and x.calls == x.count for x in ll.layers if x is not w2)
+    assert layers_from_json(profile_json(ll)).layers == ll.layers  # a results file keeps the batch
+    # a results file written before the batch: its layers run one matrix a call
+    old = profile_json(ll)
+    for x in old["layers"]:
+        x.pop("batch", None)
+    assert next(x for x in layers_from_json(old).layers if x.name == "att.maa_w2").call_shape == (mix, C)
+    with pytest.raises(ValueError, match="not calls of 5"):
+        Layer("x", "lora", 2, 3, count=7, batch=5)

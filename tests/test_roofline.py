@@ -656,3 +656,26 @@ def test_prefill_with_the_timed_sequential_state_update_is_not_an_upper_bound(rw
     sentence = next(s for s in verdict_sentences(build_verdict(rwkv7_results, rwkv7), rwkv7, rwkv7_results)
                     if s.startswith("Prefill"))
     assert "at most" in sentence and "an upper bound" in sentence
+
+
+RWKV6_SMALL = {"name": "RWKV-6 test", "source": "synthetic (tests)", "version": 6, "n_layer": 2, "n_embd": 256,
+               "vocab_size": 1024, "head_size": 64, "lora": {"mix": 32, "decay": 64}}
+
+
+def test_a_batched_layer_is_judged_and_counted_by_its_one_call(tmp_path):
+    from rwkvprobe.verdict.validation import prediction
+
+    ll = layers_of(RWKV6_SMALL)
+    r = make_results(ll, tokens=(1,), bw_gbps=W_GB, peak_gflops=P_GF, overhead=T0, time_of=_measured)
+    assert not any((p["k"], p["n"]) == (32, 256) for p in r["measurements"])  # no point times one matrix alone
+    s = series_of(build_verdict(r, ll))
+    (row,) = [x for x in s["rows"] if x["layer"] == "att.maa_w2"]
+    assert (row["k"], row["n"], row["count"], row["batch"]) == (32, 5 * 256, 2, 5)
+    assert row["seconds"] == pytest.approx(_measured(1, 32, 5 * 256))
+    assert s["model"]["decode"]["matmul_seconds"] == pytest.approx(
+        sum(_measured(1, *x.call_shape) * x.calls for x in ll.layers), rel=1e-12)
+    # the prediction validate compares with the real pass's profile is per weight matrix, as the profiler counts
+    per_call = prediction(r, ll, "numpy", "fp32")["per_call"]
+    assert per_call["32x256"] == pytest.approx(_measured(1, 32, 5 * 256) / 5) and "32x1280" not in per_call
+    text = render(r, tmp_path).read_text(encoding="utf-8")
+    assert "| att.maa_w2 | 1 | 32x1280 (5 32x256 matrices in one call) | 2 |" in text

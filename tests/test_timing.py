@@ -115,3 +115,60 @@ def test_a_point_leaving_a_slow_mode_samples_on_until_the_fast_calls_are_its_med
         time.sleep(next(times))
     out = measure(call, policy=TimingPolicy(budget_seconds=0.05, min_samples=3, warmup_seconds=0.0))
     assert out["median_seconds"] < 0.006 and out["warming"] >= 1
+
+
+class _Library:
+    """A fake library with a cold-cache cost model: the eviction puts its worker threads to sleep and its weights
+    in DRAM; a call made while its threads sleep pays WAKE, a call on a weight in DRAM pays COLD."""
+
+    WAKE, COLD, HOT = 0.030, 0.004, 0.0005
+
+    def __init__(self, copies: int):
+        self.cold = [True] * copies
+        self.asleep = True
+        self.log: list[tuple] = []  # ("evict",) or ("call", copy, weight was cold, threads were asleep)
+
+    def evict(self) -> None:
+        self.cold = [True] * len(self.cold)
+        self.asleep = True
+        self.log.append(("evict",))
+
+    def call(self, i: int) -> None:
+        time.sleep((self.WAKE if self.asleep else 0.0) + (self.COLD if self.cold[i] else self.HOT))
+        self.log.append(("call", i, self.cold[i], self.asleep))
+        self.cold[i] = self.asleep = False
+
+
+def _after_evictions(log: list[tuple]) -> list[list[tuple]]:
+    runs: list[list[tuple]] = []
+    for e in log:
+        if e[0] == "evict":
+            runs.append([])
+        elif runs:
+            runs[-1].append(e)
+    return runs
+
+
+def test_a_cold_call_is_timed_with_its_weight_cold_and_its_library_awake():
+    lib = _Library(copies=4)
+    out = measure(lib.call, 4, TimingPolicy(budget_seconds=0.3, min_samples=8, warmup_seconds=0.0), between=lib.evict)
+    assert out["rewarm"] is True
+    # each eviction is followed by one untimed call on the copy timed last, then the timed call on the next copy,
+    # whose weight is still in DRAM while the library's threads are awake
+    for prev, timed in _after_evictions(lib.log):
+        assert prev[1] == (timed[1] - 1) % 4 and prev[1] != timed[1]
+        assert timed[2] is True and timed[3] is False
+    # so the median is a cold weight's cost, not the wake-up's
+    assert lib.COLD <= out["median_seconds"] < lib.WAKE
+
+
+def test_without_rewarm_or_with_one_copy_the_call_after_the_eviction_is_the_timed_one():
+    lib = _Library(copies=4)
+    out = measure(lib.call, 4, TimingPolicy(budget_seconds=0.3, min_samples=5, warmup_seconds=0.0), between=lib.evict,
+                  rewarm=False)
+    assert out["rewarm"] is False and all(len(run) == 1 for run in _after_evictions(lib.log))
+    assert out["median_seconds"] >= lib.WAKE  # what the timing showed before REWARM: the wake-up, every call
+    # one copy: an untimed call on it would put the timed weight in the cache
+    lib = _Library(copies=1)
+    out = measure(lib.call, 1, TimingPolicy(budget_seconds=0.3, min_samples=5, warmup_seconds=0.0), between=lib.evict)
+    assert out["rewarm"] is False and all(run == [("call", 0, True, True)] for run in _after_evictions(lib.log))

@@ -214,8 +214,8 @@ def generate(layers: LayerList, out: Path, tokens: list[int], dtypes: list[str],
         "dtypes": dtypes,
         "models": entries,
         "layers": [
-            {"name": layer.name, "k": layer.k, "n": layer.n, "count": layer.count, "m": m, "dtype": dt,
-             "file": files[(m, layer.k, layer.n, dt)]}
+            {"name": layer.name, "k": layer.call_shape[0], "n": layer.call_shape[1], "count": layer.calls, "m": m,
+             "dtype": dt, "file": files[(m, layer.call_shape[0], layer.call_shape[1], dt)]}
             for m in tokens for dt in dtypes for layer in layers.layers
         ],
         "reused": reused,

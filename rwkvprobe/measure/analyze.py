@@ -401,7 +401,7 @@ class Analysis(Run):
         s, r = self.settings, self.results
         assert r is not None
         done = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]) for p in r["measurements"]}
-        quantized = {(x.k, x.n) for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
+        quantized = {x.call_shape for x in self.layers.layers if x.kind in quantize_kinds(s.quantize)}
         runs_at = {m: set(self.layers.unique_shapes(m)) for m in s.tokens}  # a chunk runs the head at M = 1 only
         return [(m, k, n, b, d) for (k, n) in self.layers.unique_shapes() for m in s.tokens for (b, d) in pairs
                 if (k, n) in runs_at[m] and (b, d, m, k, n) not in done and self._wanted(b, d, m, k, n)
@@ -536,7 +536,7 @@ class Analysis(Run):
         r = self.results
         assert r is not None
         best = contention.canary_best(r["measurements"], r.get("canary_reference_seconds"))
-        count = {(x.k, x.n): x.count for x in self.layers.layers}
+        count = {x.call_shape: x.calls for x in self.layers.layers}
         slow = []
         for i, p in enumerate(r["measurements"][first:], start=first):
             ratio = contention.canary_ratio(p, best)
@@ -687,7 +687,7 @@ class Analysis(Run):
         if getattr(cls, "float_dtype", None) and dtype in cls.formats:
 
             kinds = quantize_kinds(self.settings.quantize, {"quantize_kinds": getattr(cls, "quantize_kinds", None)})
-            return any(layer.kind in kinds for layer in self.layers.layers if (layer.k, layer.n) == (k, n))
+            return any(layer.kind in kinds for layer in self.layers.layers if layer.call_shape == (k, n))
         return True
 
     def _measure_nonmatmul(self, pairs, llc, quick: bool, progress) -> None:

@@ -16,6 +16,15 @@ from typing import Callable
 
 from rwkvprobe.errors import InputError
 
+#: A cold call is timed as the real pass runs it: its weights in DRAM, everything else as the op before it left
+#: it. The eviction read between calls (STREAM's rule) leaves more than the weights cold: the library's code and
+#: state (oneDNN's, for torch bf16) drop out of the caches and its worker threads fall asleep during the read,
+#: and a small call then paid for waking them as if it were reading its weights. So after the eviction one untimed
+#: call runs on the copy timed last (cold again, not the one timed next). Here, torch with 2 threads, a call's
+#: median straight after the eviction / after that call / in the reference forward pass (torch.profiler):
+#: bf16 [1,768]x[768,64] 90 / 27 / 28 µs, bf16 768x768 145 / 94 / 98 µs, fp32 [1,32]x[32,768] 28 / 9.6 / 8.5 µs,
+#: fp32 768x3072 440 / 440 / 479 µs (a large call's own time hides it).
+REWARM = True
 #: A point whose relative spread (IQR / median) stays above this after its budget is flagged noisy.
 NOISY_SPREAD = 0.10
 #: The cold-cache rotation covers at least this many times the last-level cache (STREAM's rule).
@@ -83,13 +92,14 @@ def warming(samples: list[float]) -> int:
 
 
 def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy | None = None,
-            between: Callable[[], object] | None = None) -> dict:
+            between: Callable[[], object] | None = None, rewarm: bool = REWARM) -> dict:
     """Time ``call(i)`` for i rotating over ``copies``; returns the summary plus every sample.
 
     Warm-up runs every copy once (pages touched, lazy initialisation done) and continues until
     ``warmup_seconds``. Sampling stops at ``max_samples``, when the budget is spent, or when at least
     ``min_samples`` (and one pass over all copies) are in and the spread is below ``target_spread``.
-    ``between`` (the cache eviction) runs before every call, outside the timed region.
+    ``between`` (the cache eviction) runs before every call, outside the timed region; with ``rewarm`` (and
+    more than one copy) it is followed by an untimed call on the previous copy (see REWARM).
     """
     p = policy or TimingPolicy()
     clock = time.perf_counter
@@ -98,9 +108,13 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     warm_calls = 0
     fastest = math.inf  # the fastest call so far, warm-up included: what a stall is measured against
     warm: list[float] = []
+    # the copy timed last, cold again after the eviction and not the one timed next
+    again = between is not None and rewarm and copies > 1
     while warm_calls < copies or clock() - start < p.warmup_seconds:
         if between:
             between()
+            if again:
+                call((i - 1) % copies)
         t0 = clock()
         call(i)
         warm.append(clock() - t0)
@@ -118,6 +132,8 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     while len(samples) < p.max_samples:
         if between:
             between()
+            if again:
+                call((i - 1) % copies)
         t0 = clock()
         call(i)
         dt = clock() - t0
@@ -160,6 +176,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     out["warmup_calls"] = warm_calls
     out["warming"] = lead  # of them, samples that were still warming up (warming)
     out["copies"] = copies
+    out["rewarm"] = again  # each eviction followed by an untimed call on the copy timed last (REWARM)
     return out
 
 

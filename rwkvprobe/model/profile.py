@@ -103,6 +103,8 @@ class Layer:
 
     ``stored`` differs from ``count`` only where a checkpoint holds a matrix that decode never uses
     (RWKV-7 keeps value-residual LoRA matrices in block 0, which the forward pass skips).
+    ``batch``: matrices of this layer the real pass multiplies in one call (RWKV-6's five token-shift
+    matrices of a block: one bmm); what is timed is that call (``call_shape``, ``calls``).
     """
 
     name: str
@@ -111,10 +113,27 @@ class Layer:
     n: int
     count: int
     stored: int = -1
+    batch: int = 1
 
     def __post_init__(self):
         if self.stored < 0:
             object.__setattr__(self, "stored", self.count)
+        if self.batch < 1 or self.count % self.batch:
+            raise ValueError(f"layer {self.name}: {self.count} runs a token are not calls of {self.batch}")
+
+    @property
+    def call_shape(self) -> tuple[int, int]:
+        """(K, N) of the matmul timed for one call of this layer. A batched layer's ``batch`` [K, N] matrices run
+        as one call, timed as one [K, batch x N] matmul: the same weight bytes, FLOPs and outputs, one call (the
+        bmm's batch x K inputs are one K-row here: a few hundred bytes against its weights' tens of kB).
+        Timed as ``batch`` calls of [K, N], RWKV-6 0.1B's bf16 token-shift matrices read 2.9x what the
+        reference pass spends on its bmm."""
+        return self.k, self.n * self.batch
+
+    @property
+    def calls(self) -> int:
+        """Calls per token (``count`` matrices, ``batch`` at a time)."""
+        return self.count // self.batch
 
     @property
     def params(self) -> int:
@@ -176,10 +195,11 @@ class LayerList:
         return [layer for layer in self.layers if layer.chunk_rows(m) == m]
 
     def unique_shapes(self, m: int = 1) -> list[tuple[int, int]]:
-        """Distinct (K, N) weight shapes run at M = ``m`` (default: decode, every layer), in first-seen order."""
+        """Distinct (K, N) call shapes (Layer.call_shape) run at M = ``m`` (default: decode, every layer), in
+        first-seen order."""
         seen: dict[tuple[int, int], None] = {}
         for layer in self.chunk_layers(m):
-            seen.setdefault((layer.k, layer.n), None)
+            seen.setdefault(layer.call_shape, None)
         return list(seen)
 
 
@@ -336,7 +356,7 @@ def layer_list(profile: Profile) -> LayerList:
     if v == 6:
         low = [
             Layer("att.maa_w1", "lora", C, 5 * lo["mix"], L),  # token-shift mix, 5 outputs at once
-            Layer("att.maa_w2", "lora", lo["mix"], C, 5 * L),  # bmm: 5 separate [mix, C] matrices
+            Layer("att.maa_w2", "lora", lo["mix"], C, 5 * L, batch=5),  # one bmm of 5 [mix, C] matrices
             Layer("att.decay_w1", "lora", C, lo["decay"], L),
             Layer("att.decay_w2", "lora", lo["decay"], C, L),
         ]
@@ -463,8 +483,8 @@ def layers_from_json(data: dict) -> LayerList:
                           version=data.get("version"), n_layer=data.get("n_layer", 0), n_embd=data.get("n_embd", 0),
                           vocab_size=data.get("vocab_size", 0), head_size=data.get("head_size", 0),
                           dim_ffn=data.get("dim_ffn", 0), lora=data.get("lora") or {})
-        layers = tuple(Layer(x["name"], x["kind"], int(x["k"]), int(x["n"]), int(x["count"]), int(x["stored"]))
-                       for x in data["layers"])
+        layers = tuple(Layer(x["name"], x["kind"], int(x["k"]), int(x["n"]), int(x["count"]), int(x["stored"]),
+                             int(x.get("batch", 1))) for x in data["layers"])
         emb = data.get("embedding") or {}
         return LayerList(profile, layers, emb.get("rows", 0), emb.get("dim", 0), data.get("other_params", 0))
     except (KeyError, TypeError, ValueError) as e:
@@ -477,8 +497,8 @@ def profile_json(layers: LayerList) -> dict:
         "name": p.name, "path": p.path, "source": p.source, "version": p.version, "n_layer": p.n_layer,
         "n_embd": p.n_embd, "vocab_size": p.vocab_size, "head_size": p.head_size, "dim_ffn": p.dim_ffn,
         "lora": p.lora, "total_params": layers.total_params,
-        "layers": [{"name": x.name, "kind": x.kind, "k": x.k, "n": x.n, "count": x.count, "stored": x.stored}
-                   for x in layers.layers],
+        "layers": [{"name": x.name, "kind": x.kind, "k": x.k, "n": x.n, "count": x.count, "stored": x.stored,
+                    **({"batch": x.batch} if x.batch != 1 else {})} for x in layers.layers],
         "embedding": {"rows": layers.embedding_rows, "dim": layers.embedding_dim},
         "other_params": layers.other_params,
     }

@@ -388,7 +388,7 @@ def _quant_section(verdict: dict, results: dict) -> list[str]:
     for q in comps:
         md += [f"Per layer, {q['backend']} {q['format']} (M=1, time per call):", ""]
         md += md_table(["layer", "KxN", "runs/token", "stored as", f"{q['baseline']}", "measured", "bytes-only bound"],
-                     [[x["layer"], f"{x['k']}x{x['n']}", str(x["count"]),
+                     [[x["layer"], shape_text(x), str(x["count"]),
                        f"{q['dtype']} ({x['bytes_per_weight']:.3g} B/weight)" if x["quantized"] else q["baseline"],
                        ms(x["baseline_seconds"]), ms(x["measured_seconds"]) if x["quantized"] else "-",
                        ms(x["bound_seconds"]) if x["quantized"] else "-"] for x in q["layers"]]) + [""]
@@ -410,12 +410,13 @@ def _compiler_section(results: dict, layers: LayerList) -> list[str]:
     rows, totals = [], {}
     for dt in ("fp16", "int8"):
         for layer in layers.layers:
-            e = by_shape.get((dt, 1, layer.k, layer.n))
+            k, n = layer.call_shape
+            e = by_shape.get((dt, 1, k, n))
             if not e:
                 continue
-            totals[dt] = totals.get(dt, 0.0) + e["seconds"] * layer.count
+            totals[dt] = totals.get(dt, 0.0) + e["seconds"] * layer.calls
             sim = "-" if e["simulator_ok"] is None else ("ok" if e["simulator_ok"] else f"WRONG ({e['simulator_rel_err']:.1e})")
-            rows.append([dt, layer.name, f"{layer.k}x{layer.n}", str(layer.count), str(e["ddr_cycles"]), str(e["npu_cycles"]),
+            rows.append([dt, layer.name, f"{k}x{n}", str(layer.calls), str(e["ddr_cycles"]), str(e["npu_cycles"]),
                          ms(e["seconds"]), f"{e['bound']}-bound", sim])
     md += md_table(["dtype", "layer (M=1)", "KxN", "runs/token", "DDR cycles", "NPU cycles", "time at clock", "compiler says",
                   "simulator check"], rows) + [""]
@@ -567,13 +568,13 @@ def _per_layer_section(verdict: dict) -> list[str]:
         rows = []
         for r in s["rows"]:
             if r.get("measured"):
-                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]), ms(r["seconds"]),
+                rows.append([r["layer"], str(r["m"]), shape_text(r), str(r["count"]), ms(r["seconds"]),
                              f"{r['attained_gflops']:.2f}", f"{r['attained_gbps']:.1f}", f"{r['intensity']:.2f}",
                              _pct(r["roofline_fraction"]) + (" (kernel-limited)" if r["kernel_limited"] else ""),
                              r["bound"] + (" (contended)" if r.get("contended") else "")
                              + (" (machine slow)" if r.get("machine_slow") else "")])
             else:
-                rows.append([r["layer"], str(r["m"]), f"{r['k']}x{r['n']}", str(r["count"]),
+                rows.append([r["layer"], str(r["m"]), shape_text(r), str(r["count"]),
                              f"*{ms(r['model_seconds'])} modelled*", "-", "-", "-", "-", r["bound"] + f" ({r['status']})"])
         md += md_table(["layer", "M", "KxN", "runs/token", "time/call", "GFLOP/s", "GB/s", "FLOP/byte",
                       "of roofline", "bound"], rows) + [""]
@@ -690,6 +691,12 @@ def _ceilings_section(results: dict) -> list[str]:
                        f"{p.get('read_avg_gbps', 0):.2f}", "ok" if p.get("check_ok", True) else "WRONG"]
                       for p in probes]) + [""]
     return md
+
+
+def shape_text(r: dict) -> str:
+    """A layer row's KxN: a batched layer's call (Layer.call_shape) with the matrices it runs."""
+    k, n, batch = r["k"], r["n"], r.get("batch", 1)
+    return f"{k}x{n}" if batch == 1 else f"{k}x{n} ({batch} {k}x{n // batch} matrices in one call)"
 
 
 def skipped_lines(results: dict, describe=lambda m: f"{m['backend']} {m['dtype']} M={m['m']} {m['k']}x{m['n']}") -> list[str]:

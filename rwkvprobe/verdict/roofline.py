@@ -181,10 +181,13 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
                 stored = keep_float
                 if float_c:
                     P_r, t0_r = float_c["peak_gflops"] * 1e9, float_c["overhead_seconds"]
-            p = by_key.get((c["backend"], stored, m, layer.k, layer.n))
-            row = {"layer": layer.name, "kind": layer.kind, "k": layer.k, "n": layer.n, "m": m,
-                   "count": layer.count, "measured": False, "status": "not measured", "stored": stored,
-                   "weight_bytes": layer.k * layer.n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(stored))}
+            k, n = layer.call_shape  # a batched layer's matrices, timed as the one call that runs them
+            p = by_key.get((c["backend"], stored, m, k, n))
+            row = {"layer": layer.name, "kind": layer.kind, "k": k, "n": n, "m": m,
+                   "count": layer.calls, "measured": False, "status": "not measured", "stored": stored,
+                   "weight_bytes": k * n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(stored))}
+            if layer.batch != 1:
+                row["batch"] = layer.batch
             if stored != c["dtype"]:
                 row.update(stored_as=stored, kept_float=True)
             if p is not None:
@@ -194,7 +197,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
                 if (canary_ratio(p, canary) or 0.0) >= CANARY_SLOW:  # the machine itself ran slow around it
                     row["machine_slow"] = True
             t = point_seconds(p) if p else None
-            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, layer.k, layer.n, stored)
+            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, k, n, stored)
             if t is not None:
                 if sustained:
                     row["sustained_gbps"] = min(sustained, bw_s / 1e9)
@@ -512,7 +515,7 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
             last = [r for r in decode if r["layer"] in once]
             unmeasured = [x for x in layers.layers if x.name in once - {r["layer"] for r in last}]
             t_last = sum(row_seconds(r) * r["count"] for r in last) + sum(
-                model_seconds(*_work(1, x.k, x.n, dtype), P, bw, t0) * x.count for x in unmeasured)
+                model_seconds(*_work(1, *x.call_shape, dtype), P, bw, t0) * x.calls for x in unmeasured)
             t = sum(row_seconds(r) * r["count"] for r in chunk) + t_last
             pre = {"chunk": m, "matmul_seconds": t, "tokens_per_second": m / t, "last_token_seconds": t_last,
                    "modelled": bool(unmeasured) or any(not r["measured"] for r in chunk + last)}
@@ -620,7 +623,7 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
                 t_q = t_bound = t_base
                 per, quantized, limited = base_bytes, False, 0.0
             rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
-                         "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
+                         **({"batch": r["batch"]} if "batch" in r else {}), "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
                          "measured_seconds": t_q, "bound_seconds": t_bound,
                          "kernel_limited": bool(quantized and qr is not None and qr.get("kernel_limited")),
                          "kernel_share": limited})

@@ -106,7 +106,9 @@ def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
             out = {"decode_seconds": d["seconds_per_token"], "matmul_seconds": d["matmul_seconds"],
                    "non_matmul_seconds": d["non_matmul_seconds"], "non_matmul_measured": d["non_matmul_measured"],
                    "fully_measured": d["fully_measured"],
-                   "per_call": {f"{r['k']}x{r['n']}": r["seconds"] if r["measured"] else None
+                   # by weight matrix, as the real pass's profile counts them: a batched row's call is batch matrices
+                   "per_call": {f"{r['k']}x{r['n'] // r.get('batch', 1)}":
+                                r["seconds"] / r.get("batch", 1) if r["measured"] else None
                                 for r in s["rows"] if r["m"] == 1}}
             out["prefill"] = {p["chunk"]: p for p in s["model"].get("prefill", [])}
             return out
