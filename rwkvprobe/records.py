@@ -111,6 +111,14 @@ class Remeasured(TypedDict):
     waited_for_quiet_seconds: NotRequired[float]
 
 
+class HeavyRecheck(TypedDict):
+    """A headline point carrying a large share of its series' decode, measured again later in the run: both medians."""
+
+    median_seconds: float
+    again_median_seconds: Union[float, None]
+    decode_share: float
+
+
 class NearLineRecheck(TypedDict):
     """A headline point near the kernel-limited line, measured again later in the run: both medians."""
 
@@ -161,6 +169,7 @@ class Point(TypedDict):
     remeasured: NotRequired[Remeasured]
     slow_recheck: NotRequired[SlowRecheck]
     near_line_recheck: NotRequired[NearLineRecheck]
+    heavy_recheck: NotRequired[HeavyRecheck]
     machine_slow_recheck: NotRequired[MachineSlowRecheck]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb

@@ -398,6 +398,7 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
 
     monkeypatch.setattr(analyze, "measure_point", slow_first_decode_point)
     monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)  # the kept timing is this recheck's alone
+    monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     assert r["canary_reference_seconds"] == 1e-4
@@ -444,6 +445,39 @@ def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, sm
     left = [t for shape, t in per_token.items() if shape not in chosen | {(512, 256)}]
     assert min(per_token[c] for c in chosen) >= max(left)
     assert "2 point(s) of the fastest series near the kernel-limited line" in (out / "report.md").read_text()
+
+
+def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, monkeypatch):
+    """With no point near the kernel-limited line, the fastest series' decode points carrying a tenth or more of its
+    matmul time (roofline.heavy_points), at most two: measured again after the others, the most time a token first,
+    the faster median kept, both recorded, and the stability line says so."""
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.verdict import roofline
+
+    monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0)
+    monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 2)
+    out = tmp_path / "run"
+    r = _quick_numpy_run(cli, small, out)
+    assert not any(p.get("near_line_recheck") for p in r["measurements"])
+    again = [p for p in r["measurements"] if p.get("heavy_recheck")]
+    assert len(again) == 2
+    for p in again:
+        x = p["heavy_recheck"]
+        assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
+        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
+    # the most time a token first, by the first timings
+    first = {(p["k"], p["n"]): (p["heavy_recheck"]["median_seconds"] if p.get("heavy_recheck")
+                                else p["timing"]["median_seconds"])
+             for p in r["measurements"] if p["m"] == 1 and p.get("timing")}
+    per_token: dict = {}
+    for x in layers_from_json(r["profile"]).layers:
+        per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + first[x.call_shape] * x.calls
+    chosen = {(p["k"], p["n"]) for p in again}
+    assert min(per_token[c] for c in chosen) >= max(t for shape, t in per_token.items() if shape not in chosen)
+    assert again[0]["heavy_recheck"]["decode_share"] == pytest.approx(
+        per_token[(again[0]["k"], again[0]["n"])] / sum(per_token.values()))
+    assert "2 point(s) carrying 10% or more of the fastest series' matmul time were measured again" in (
+        out / "report.md").read_text()
 
 
 def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli, small, tmp_path, monkeypatch):

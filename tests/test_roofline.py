@@ -679,3 +679,16 @@ def test_a_batched_layer_is_judged_and_counted_by_its_one_call(tmp_path):
     assert per_call["32x256"] == pytest.approx(_measured(1, 32, 5 * 256) / 5) and "32x1280" not in per_call
     text = render(r, tmp_path).read_text(encoding="utf-8")
     assert "| att.maa_w2 | 1 | 32x1280 (5 32x256 matrices in one call) | 2 |" in text
+
+
+def test_heavy_points_are_the_headlines_decode_points_by_their_share_of_its_matmul_time(rwkv7, rwkv7_results):
+    per_token: dict = {}
+    for x in rwkv7.layers:
+        per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + _measured(1, *x.call_shape) * x.calls
+    total = sum(per_token.values())
+    expected = sorted(((("numpy", "fp32", 1, *shape), t / total) for shape, t in per_token.items()
+                       if t / total >= roofline.HEAVY_SHARE), key=lambda kv: -kv[1])
+    got = roofline.heavy_points(rwkv7_results, rwkv7)
+    assert [key for key, _ in got] == [key for key, _ in expected] and expected
+    assert [share for _, share in got] == pytest.approx([share for _, share in expected])
+    assert len(got) < len(per_token)  # the low-rank matrices carry less than a tenth each

@@ -28,7 +28,7 @@ from rwkvprobe.report.markdown import render, verdict_lines
 from rwkvprobe.report.sections import block_estimate_lines
 from rwkvprobe.report.sweep import render_sweep
 from rwkvprobe.results import load_results, save_results
-from rwkvprobe.verdict.roofline import near_line_points
+from rwkvprobe.verdict.roofline import heavy_points, near_line_points
 
 
 def analyze_cmd(
@@ -83,6 +83,7 @@ def analyze_cmd(
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     analysis.near_line = near_line_points  # the headline's points near the kernel-limited line get a second timing
+    analysis.heavy = heavy_points  # and so do its heaviest points
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
                       f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)

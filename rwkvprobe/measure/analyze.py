@@ -62,10 +62,12 @@ MIN_POINT_SECONDS = 0.03
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
+#: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
+HEAVY_RECHECKS = 3
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
-RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck")
+RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck", "heavy_recheck")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
@@ -269,6 +271,8 @@ class Analysis(Run):
         #: the verdict's choice of headline points near the kernel-limited line (roofline.near_line_points, set by
         #: the command: the verdict sits above this layer): (point key, kernel share), the most time first
         self.near_line: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
+        #: and of its heaviest points (roofline.heavy_points)
+        self.heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
@@ -326,9 +330,14 @@ class Analysis(Run):
         self._measure_block_graphs(pairs, llc, s.quick, progress)
         laps.lap("block graphs")
         points = self._plan_points(pairs, whatif)
+        first_new = len(r["measurements"])  # a resumed run's earlier points were timed by another process
         self._measure_points(points, whatif, backends, llc, t_start, progress, laps)
         if points:
+            # what is left of the budget goes first to the points the headline rests on, then to the points timed
+            # while the machine ran slow
             self._recheck_near_line(backends, llc, t_start, progress)
+            self._recheck_heavy(backends, llc, t_start, progress)
+            self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
         laps.lap("layers")
         # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at
         # fp32) before the last probe allocates its arrays
@@ -434,7 +443,6 @@ class Analysis(Run):
         self._write_models(points)
         progress.begin_points(len(points))
         hold = int(os.environ.get(HOLD_ENV) or 0)
-        first_new = len(r["measurements"])  # a resumed run's earlier points were timed by another process
         reprobes = 0
         slow: list[tuple] = []  # points far slower than their ceilings predict: (index, projection, workload, ...)
         last_probe = time.perf_counter()
@@ -501,7 +509,6 @@ class Analysis(Run):
                 self._compute_again(backends[b], c, llc, label)
 
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
-        self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
@@ -542,7 +549,7 @@ class Analysis(Run):
             ratio = contention.canary_ratio(p, best)
             t = point_seconds(p)
             if (ratio and ratio >= contention.CANARY_SLOW and t and p["backend"] in backends
-                    and not p.get("slow_recheck") and not p.get("machine_slow_recheck")):
+                    and not any(p.get(key) for key in RECHECK_RECORDS[1:])):  # measured twice already
                 slow.append((t * count.get((p["k"], p["n"]), 1), i, ratio))
         for _, i, ratio in sorted(slow, reverse=True):
             point = r["measurements"][i]
@@ -660,6 +667,32 @@ class Analysis(Run):
             progress.note(f"{b} {d} M={m} {k}x{n}: at {share:.0%} kernel-limited, near the line: measuring again")
             kept, t2 = self._again_as_before(point, backends, llc)
             kept["near_line_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "kernel_share": share}
+            r["measurements"][index[key]] = kept
+            self.save()
+
+    def _recheck_heavy(self, backends: dict, llc, t_start: float, progress: Progress) -> None:
+        """The headline's heaviest decode points (roofline.heavy_points: each a tenth or more of the fastest series'
+        matmul time a token), not measured twice already, the most time first (at most HEAVY_RECHECKS): measured once
+        more at this later moment while their cost is spare; the faster is kept, both recorded (``heavy_recheck``).
+        A slow mode of the machine lasts seconds: one timing of the point that carries a third of a decode is one
+        draw of it, two timings far apart in the run rarely both fall in it."""
+        r = self.results
+        assert r is not None
+        if self.heavy is None:
+            return
+        index = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): i for i, p in enumerate(r["measurements"])}
+        heavy = [(key, share) for key, share in self.heavy(r, self.layers) if key in index and key[0] in backends
+                 and not any(r["measurements"][index[key]].get(x) for x in RECHECK_RECORDS[1:])]
+        for key, share in heavy[:HEAVY_RECHECKS]:
+            point = r["measurements"][index[key]]
+            if not self._budget_has(point, t_start):
+                break
+            b, d, m, k, n = key
+            t = point_seconds(point)
+            assert t is not None
+            progress.note(f"{b} {d} M={m} {k}x{n}: {share:.0%} of the fastest series' matmul time: measuring again")
+            kept, t2 = self._again_as_before(point, backends, llc)
+            kept["heavy_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "decode_share": share}
             r["measurements"][index[key]] = kept
             self.save()
 

@@ -21,6 +21,7 @@ from rwkvprobe.report.sections import (
 from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
 from rwkvprobe.verdict.roofline import (
     BURSTY,
+    HEAVY_SHARE,
     KERNEL,
     KERNEL_BAND,
     KERNEL_LIMITED,
@@ -254,6 +255,9 @@ def stability_line(results: dict) -> str:
         if c["near_line_rechecked"]:
             parts.append(f"{c['near_line_rechecked']} point(s) of the fastest series near the kernel-limited line "
                          "were measured again later in the run (the faster kept)")
+        if c.get("heavy_rechecked"):
+            parts.append(f"{c['heavy_rechecked']} point(s) carrying {HEAVY_SHARE:.0%} or more of the fastest series' "
+                         "matmul time were measured again later in the run (the faster kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 

@@ -441,6 +441,27 @@ def near_line_points(results: dict, layers: LayerList) -> list[tuple[tuple, floa
     return [(key, share) for key, (_, share) in sorted(near.items(), key=lambda kv: -kv[1][0])]
 
 
+#: a headline decode point carrying at least this share of its series' matmul time a token is measured twice
+HEAVY_SHARE = 0.10
+
+
+def heavy_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
+    """The headline's heaviest points: the fastest series' decode points carrying at least HEAVY_SHARE of its
+    matmul time a token, as (point key, share), the most time first. One timing of such a point moves the headline
+    with it: a ggml f16 head (a third of a q4_0 decode) timed at 8.2 ms in one quick run (five calls: 3.7, 7.7,
+    8.2, 16, 24 ms) and 3.3 in the next turned "compute-bound" into "mixed"."""
+    best = best_series(build_verdict(results, layers)["series"])
+    if best is None:
+        return []
+    decode = [x for x in best["rows"] if x["m"] == 1 and x.get("measured")]
+    total = sum(x["seconds"] * x["count"] for x in decode)
+    heavy: dict[tuple, float] = {}
+    for x in decode:
+        key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
+        heavy[key] = heavy.get(key, 0.0) + x["seconds"] * x["count"] / total
+    return sorted(((key, share) for key, share in heavy.items() if share >= HEAVY_SHARE), key=lambda kv: -kv[1])
+
+
 def row_seconds(r: dict) -> float:
     """The one rule for a layer row's time: measured where measured, else the roofline model's time (every
     figure built from a modelled row is labelled so where it is shown)."""
