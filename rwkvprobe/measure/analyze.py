@@ -335,8 +335,8 @@ class Analysis(Run):
         if points:
             # what is left of the budget goes first to the points the headline rests on, then to the points timed
             # while the machine ran slow
-            self._recheck_near_line(backends, llc, t_start, progress)
-            self._recheck_heavy(backends, llc, t_start, progress)
+            self._recheck_near_line(backends, llc, t_start, progress, first_new)
+            self._recheck_heavy(backends, llc, t_start, progress, first_new)
             self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
         laps.lap("layers")
         # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at
@@ -644,55 +644,50 @@ class Analysis(Run):
         point["remeasured"] = first
         return point
 
-    def _recheck_near_line(self, backends: dict, llc, t_start: float, progress: Progress) -> None:
+    def _recheck_near_line(self, backends: dict, llc, t_start: float, progress: Progress, first: int = 0) -> None:
         """The headline rests on the fastest series' decode layers, and one near the kernel-limited line
         (roofline.near_line_points: kernel_share strictly between 0 and 1) moves the time by bound with its own
         noise: a ggml q4_0 GEMV timed 64.5 µs a call in one run and 52.9 in the next (each run steady within
         itself) moved a tenth of the decode between kernel-limited and compute-bound and turned "mixed" into
         "kernel-limited". Such points, the most time first (at most NEAR_LINE_RECHECKS), are measured once more at
         this later moment while their cost is spare; the faster is kept, both recorded (``near_line_recheck``)."""
-        r = self.results
-        assert r is not None
-        if self.near_line is None:
-            return
-        index = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): i for i, p in enumerate(r["measurements"])}
-        near = [(key, share) for key, share in self.near_line(r, self.layers) if key in index and key[0] in backends]
-        for key, share in near[:NEAR_LINE_RECHECKS]:
-            point = r["measurements"][index[key]]
-            if not self._budget_has(point, t_start):
-                break
-            b, d, m, k, n = key
-            t = point_seconds(point)
-            assert t is not None
-            progress.note(f"{b} {d} M={m} {k}x{n}: at {share:.0%} kernel-limited, near the line: measuring again")
-            kept, t2 = self._again_as_before(point, backends, llc)
-            kept["near_line_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "kernel_share": share}
-            r["measurements"][index[key]] = kept
-            self.save()
+        if self.near_line is not None:
+            self._recheck_headline(self.near_line, NEAR_LINE_RECHECKS, "near_line_recheck", "kernel_share",
+                                   "{:.0%} kernel-limited, near the line", backends, llc, t_start, progress, first)
 
-    def _recheck_heavy(self, backends: dict, llc, t_start: float, progress: Progress) -> None:
+    def _recheck_heavy(self, backends: dict, llc, t_start: float, progress: Progress, first: int = 0) -> None:
         """The headline's heaviest decode points (roofline.heavy_points: each a tenth or more of the fastest series'
         matmul time a token), not measured twice already, the most time first (at most HEAVY_RECHECKS): measured once
         more at this later moment while their cost is spare; the faster is kept, both recorded (``heavy_recheck``).
         A slow mode of the machine lasts seconds: one timing of the point that carries a third of a decode is one
         draw of it, two timings far apart in the run rarely both fall in it."""
+        if self.heavy is not None:
+            self._recheck_headline(self.heavy, HEAVY_RECHECKS, "heavy_recheck", "decode_share",
+                                   "{:.0%} of the fastest series' matmul time", backends, llc, t_start, progress,
+                                   first, once=True)
+
+    def _recheck_headline(self, choose: Callable[[dict, LayerList], list[tuple[tuple, float]]], most: int,
+                          record: str, field: str, why: str, backends: dict, llc, t_start: float, progress: Progress,
+                          first: int, once: bool = False) -> None:
+        """Measure again the points ``choose`` picks of the headline, (point key, figure) each, in its order, at most
+        ``most`` of them, while the budget has their cost; the faster kept, both medians and the figure recorded under
+        ``record``. Only the points this process timed (from index ``first``: a resumed run keeps what it resumed as
+        it was). ``once``: leave out the points measured again after the others already."""
         r = self.results
         assert r is not None
-        if self.heavy is None:
-            return
         index = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): i for i, p in enumerate(r["measurements"])}
-        heavy = [(key, share) for key, share in self.heavy(r, self.layers) if key in index and key[0] in backends
-                 and not any(r["measurements"][index[key]].get(x) for x in RECHECK_RECORDS[1:])]
-        for key, share in heavy[:HEAVY_RECHECKS]:
+        chosen = [(key, x) for key, x in choose(r, self.layers) if index.get(key, -1) >= first and key[0] in backends
+                  and not (once and any(r["measurements"][index[key]].get(y) for y in RECHECK_RECORDS[1:]))]
+        for key, x in chosen[:most]:
             point = r["measurements"][index[key]]
             if not self._budget_has(point, t_start):
                 break
             b, d, m, k, n = key
             t = point_seconds(point)
             assert t is not None
-            progress.note(f"{b} {d} M={m} {k}x{n}: {share:.0%} of the fastest series' matmul time: measuring again")
+            progress.note(f"{b} {d} M={m} {k}x{n}: {why.format(x)}: measuring again")
             kept, t2 = self._again_as_before(point, backends, llc)
-            kept["heavy_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "decode_share": share}
+            kept[record] = {"median_seconds": t, "again_median_seconds": t2, field: x}
             r["measurements"][index[key]] = kept
             self.save()
 
