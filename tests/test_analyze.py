@@ -524,25 +524,3 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
     blocked = json.loads((tmp_path / "blocked" / "results.json").read_text())
     assert any("bandwidth history" in w and "could not be written" in w and history.HISTORY_ENV in w
                for w in blocked["warnings"])
-
-
-def test_the_plan_keeps_back_what_the_headline_rechecks_will_cost(small, tmp_path):
-    """The budget plan keeps back the cost of measuring the headline's points again (once it ran out before them in
-    two of five quick runs, and the run judged a head timed in a slow mode): the largest point of each of the
-    HEAVY_RECHECKS call shapes with the most weight a token, and NEAR_LINE_RECHECKS small ones."""
-    from rwkvprobe.measure import analyze
-    from rwkvprobe.model.profile import layer_list, load_profile
-    from rwkvprobe.verdict.roofline import heavy_points, near_line_points
-
-    ll = layer_list(load_profile(small))
-    settings = analyze.AnalyzeSettings(backends=["numpy"], dtypes=None, tokens=[1, 8], threads=1, cpus=None)
-    a = analyze.Analysis(ll, settings, tmp_path / "run")
-    points = [(1, 256, 512, "numpy", "fp32"), (1, 256, 512, "torch", "fp16"), (8, 256, 2048, "numpy", "fp32"),
-              (1, 256, 96, "numpy", "fp32"), (1, 256, 2048, "numpy", "fp32"), (1, 512, 256, "numpy", "fp32")]
-    nbytes = [524288.0, 262144.0, 1e9, 98304.0, 2097152.0, 524288.0]
-    assert a._recheck_bytes(points, nbytes) == []  # no headline rechecks set: nothing kept back
-    a.heavy = heavy_points
-    # a, b and the head carry 2**19 weights a token each, c a tenth of that; the largest decode point of each
-    assert a._recheck_bytes(points, nbytes) == [524288.0, 524288.0, 2097152.0]
-    a.near_line = near_line_points
-    assert a._recheck_bytes(points, nbytes) == [524288.0, 524288.0, 2097152.0] + [0.0] * analyze.NEAR_LINE_RECHECKS

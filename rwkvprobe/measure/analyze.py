@@ -449,7 +449,6 @@ class Analysis(Run):
         spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
         workloads = [backends[b].workload(m, k, n, d, s.block_size) for m, k, n, b, d in points]
         weight_bytes = [w.weight_bytes for w in workloads]
-        recheck_bytes = self._recheck_bytes(points, weight_bytes)
         for i, (m, k, n, b, d) in enumerate(points):
             w = workloads[i]
             proj = _projected(ceilings[(b, d)], w, bw_bps)
@@ -459,8 +458,6 @@ class Analysis(Run):
             # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
             # coming last, it overran a run planned on the average point)
             left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
-            # what measuring the headline's points again will cost is kept back too (_recheck_bytes)
-            left -= _setup_projection(spent_outside_timing, recheck_bytes) + len(recheck_bytes) * per_point
             setup_left = _setup_projection(spent_outside_timing, weight_bytes[i:])
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / (len(points) - i)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3)
@@ -512,20 +509,6 @@ class Analysis(Run):
                 self._compute_again(backends[b], c, llc, label)
 
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
-
-    def _recheck_bytes(self, points: list[tuple], weight_bytes: list[float]) -> list[float]:
-        """The weight bytes of the points the headline rechecks will likely take (what the plan keeps back for them):
-        the HEAVY_RECHECKS decode call shapes with the most weight bytes a token (their largest point among the
-        series), and NEAR_LINE_RECHECKS small ones. None while no headline recheck is set (self.heavy)."""
-        if self.heavy is None:
-            return []
-        per_token: dict[tuple[int, int], float] = {}
-        for x in self.layers.layers:
-            per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + x.call_shape[0] * x.call_shape[1] * x.calls
-        heaviest = sorted(per_token, key=lambda shape: -per_token[shape])[:HEAVY_RECHECKS]
-        largest = {shape: max((b for (m, k, n, *_), b in zip(points, weight_bytes) if m == 1 and (k, n) == shape),
-                              default=0.0) for shape in heaviest}
-        return [b for b in largest.values() if b] + [0.0] * (NEAR_LINE_RECHECKS if self.near_line else 0)
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
