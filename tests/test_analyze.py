@@ -478,6 +478,11 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
         per_token[(again[0]["k"], again[0]["n"])] / sum(per_token.values()))
     assert "2 point(s) carrying 10% or more of the fastest series' matmul time were measured again" in (
         out / "report.md").read_text()
+    # the decode points of the heaviest shapes took their floor of samples (leading ones still warming count too)
+    heavy = {(256, 512), (512, 256), (256, 2048)}
+    for p in r["measurements"]:
+        if p["m"] == 1 and (p["k"], p["n"]) in heavy:
+            assert len(p["timing"]["samples"]) + p["timing"]["warming"] >= analyze.HEAVY_SAMPLES
 
 
 def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli, small, tmp_path, monkeypatch):
@@ -524,3 +529,14 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
     blocked = json.loads((tmp_path / "blocked" / "results.json").read_text())
     assert any("bandwidth history" in w and "could not be written" in w and history.HISTORY_ENV in w
                for w in blocked["warnings"])
+
+
+def test_the_heaviest_decode_shapes_take_a_floor_of_samples(small, tmp_path):
+    """The HEAVY_RECHECKS call shapes with the most weights a token (a, b and the head of the small profile, 2**19
+    each; c a tenth of that) are the ones whose decode points take HEAVY_SAMPLES samples at least."""
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.model.profile import layer_list, load_profile
+
+    settings = analyze.AnalyzeSettings(backends=["numpy"], dtypes=None, tokens=[1], threads=1, cpus=None)
+    a = analyze.Analysis(layer_list(load_profile(small)), settings, tmp_path / "run")
+    assert a._heavy_shapes() == {(256, 512), (512, 256), (256, 2048)}

@@ -172,3 +172,13 @@ def test_without_rewarm_or_with_one_copy_the_call_after_the_eviction_is_the_time
     lib = _Library(copies=1)
     out = measure(lib.call, 1, TimingPolicy(budget_seconds=0.3, min_samples=5, warmup_seconds=0.0), between=lib.evict)
     assert out["rewarm"] is False and all(run == [("call", 0, True, True)] for run in _after_evictions(lib.log))
+
+
+def test_the_budget_does_not_end_sampling_before_the_floor():
+    call, _ = _calls(set())  # steady 2 ms calls; a 10 ms budget ends on about four
+    short = measure(call, policy=TimingPolicy(budget_seconds=0.01, min_samples=3, warmup_seconds=0.0,
+                                              target_spread=0.0))
+    call, _ = _calls(set())
+    floored = measure(call, policy=TimingPolicy(budget_seconds=0.01, min_samples=3, warmup_seconds=0.0,
+                                                target_spread=0.0, floor_samples=8))
+    assert len(short["samples"]) < 8 <= len(floored["samples"])

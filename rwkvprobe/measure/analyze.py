@@ -64,6 +64,10 @@ PHASE_PROBE_SECONDS = 3.0
 NEAR_LINE_RECHECKS = 4
 #: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
 HEAVY_RECHECKS = 3
+#: the decode points of the HEAVY_RECHECKS call shapes with the most weights a token take at least this many samples
+#: (timing.TimingPolicy.floor_samples): a ggml f16 head, a third of a q4_0 decode, ended its budget on six calls of
+#: 3.3, 4.9, 3.3, 4.8, 7.3 and 3.3 ms in one quick run (median 4.1) and sixteen, median 3.2, in the next
+HEAVY_SAMPLES = 12
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
@@ -449,6 +453,7 @@ class Analysis(Run):
         spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
         workloads = [backends[b].workload(m, k, n, d, s.block_size) for m, k, n, b, d in points]
         weight_bytes = [w.weight_bytes for w in workloads]
+        heavy_shapes = self._heavy_shapes()
         for i, (m, k, n, b, d) in enumerate(points):
             w = workloads[i]
             proj = _projected(ceilings[(b, d)], w, bw_bps)
@@ -460,7 +465,8 @@ class Analysis(Run):
             left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
             setup_left = _setup_projection(spent_outside_timing, weight_bytes[i:])
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / (len(points) - i)))
-            policy = TimingPolicy(budget_seconds=budget, min_samples=3)
+            policy = TimingPolicy(budget_seconds=budget, min_samples=3,
+                                  floor_samples=HEAVY_SAMPLES if m == 1 and (k, n) in heavy_shapes else 0)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
             calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
             if proj is not None and proj * calls > SKIP_FACTOR * per_point:
@@ -509,6 +515,13 @@ class Analysis(Run):
                 self._compute_again(backends[b], c, llc, label)
 
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
+
+    def _heavy_shapes(self) -> set[tuple[int, int]]:
+        """The HEAVY_RECHECKS call shapes with the most weights a token (their share of a decode is the largest)."""
+        per_token: dict[tuple[int, int], int] = {}
+        for x in self.layers.layers:
+            per_token[x.call_shape] = per_token.get(x.call_shape, 0) + x.call_shape[0] * x.call_shape[1] * x.calls
+        return set(sorted(per_token, key=lambda shape: -per_token[shape])[:HEAVY_RECHECKS])
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured

@@ -42,6 +42,9 @@ class TimingPolicy:
     max_samples: int = 10_000
     target_spread: float = 0.03  # stop when IQR / median falls below this (after min_samples)
     warmup_seconds: float = 0.05
+    #: the budget does not end sampling before this many samples, up to STALL_LIMIT x the budget (a point whose
+    #: median carries much of a decode: its few calls a slow mode of the machine can make the median)
+    floor_samples: int = 0
 
 
 def summarize(samples: list[float]) -> dict:
@@ -162,7 +165,8 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             clean = sum(1 for x in samples if x <= STALL_FACTOR * fastest)
             steady = n - warming(samples) >= min(need, 3)
             leaving = SLOW_MODE * samples[-1] < statistics.median(samples)
-            if (2 * clean > n and steady and not leaving) or elapsed >= STALL_LIMIT * p.budget_seconds:
+            if ((2 * clean > n and steady and not leaving and n >= p.floor_samples)
+                    or elapsed >= STALL_LIMIT * p.budget_seconds):
                 break
     # samples still warming up count as warm-up (as long as three samples remain)
     lead = min(warming(samples), max(0, len(samples) - 3))
