@@ -532,8 +532,8 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
 
 
 def test_the_heaviest_decode_shapes_take_a_floor_of_samples(small, tmp_path):
-    """The HEAVY_RECHECKS call shapes with the most weights a token (a, b and the head of the small profile, 2**19
-    each; c a tenth of that) are the ones whose decode points take HEAVY_SAMPLES samples at least."""
+    """The call shapes holding 5% or more of the weights a token (a, b and the head of the small profile, 2**19
+    each, 31% each; c 3%) are the ones whose decode points take HEAVY_SAMPLES samples at least."""
     from rwkvprobe.measure import analyze
     from rwkvprobe.model.profile import layer_list, load_profile
 

@@ -64,10 +64,13 @@ PHASE_PROBE_SECONDS = 3.0
 NEAR_LINE_RECHECKS = 4
 #: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
 HEAVY_RECHECKS = 3
-#: the decode points of the HEAVY_RECHECKS call shapes with the most weights a token take at least this many samples
-#: (timing.TimingPolicy.floor_samples): a ggml f16 head, a third of a q4_0 decode, ended its budget on six calls of
-#: 3.3, 4.9, 3.3, 4.8, 7.3 and 3.3 ms in one quick run (median 4.1) and sixteen, median 3.2, in the next
+#: the decode points of the call shapes holding HEAVY_WEIGHT_SHARE or more of the weights a token take at least
+#: HEAVY_SAMPLES samples (timing.TimingPolicy.floor_samples): a ggml f16 head, a third of a q4_0 decode, ended its
+#: budget on six calls of 3.3, 4.9, 3.3, 4.8, 7.3 and 3.3 ms in one quick run (median 4.1), sixteen (median 3.2)
+#: in the next
 HEAVY_SAMPLES = 12
+#: (a quantized series keeps its head at a float type: rwkv-1b5's head, 8% of its weights, is a quarter of its bytes)
+HEAVY_WEIGHT_SHARE = 0.05
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
@@ -517,11 +520,13 @@ class Analysis(Run):
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
 
     def _heavy_shapes(self) -> set[tuple[int, int]]:
-        """The HEAVY_RECHECKS call shapes with the most weights a token (their share of a decode is the largest)."""
+        """The call shapes holding HEAVY_WEIGHT_SHARE or more of the weights a token (the largest shares of a decode:
+        rwkv-0b4's att and ffn matrices, 26% each, and its head, 18%; rwkv-1b5's head, 8%)."""
         per_token: dict[tuple[int, int], int] = {}
         for x in self.layers.layers:
             per_token[x.call_shape] = per_token.get(x.call_shape, 0) + x.call_shape[0] * x.call_shape[1] * x.calls
-        return set(sorted(per_token, key=lambda shape: -per_token[shape])[:HEAVY_RECHECKS])
+        total = sum(per_token.values())
+        return {shape for shape, w in per_token.items() if w >= HEAVY_WEIGHT_SHARE * total}
 
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
