@@ -62,6 +62,24 @@ def test_the_newest_probes_are_kept_and_a_resumed_run_adds_its_first_probes_once
     assert kept == [2.0, 3.0, 4.0, 5.0, 6.0]
 
 
+def test_the_cap_keeps_each_setups_best_probe(tmp_path, monkeypatch):
+    """The ceiling a run judges at is the best probe of its setup: a cap keeping only the newest dropped it (92.8 GB/s
+    became 74.1 here within a day). Each setup's best stays; the rest is the newest."""
+    path = tmp_path / "h.json"
+    monkeypatch.setattr(history, "MAX_PROBES", 3)
+    history.record(_probes(9.0, 1.0, at=NOW - 300), 2, None, "numba", now=NOW, path=path, key=KEY)
+    history.record(_probes(8.0, at=NOW - 250), 1, None, "numba", now=NOW, path=path, key=KEY)  # another setup
+    history.record(_probes(2.0, 3.0, 4.0, at=NOW - 100), 2, None, "numba", now=NOW, path=path, key=KEY)
+    kept = [(p["read_best_gbps"], p["threads"]) for p in json.loads(path.read_text())["probes"]]
+    assert kept == [(9.0, 2), (8.0, 1), (2.0, 2), (3.0, 2), (4.0, 2)]
+    assert max(p["read_best_gbps"] for p in history.earlier_probes(2, None, "numba", now=NOW, path=path,
+                                                                   key=KEY)["probes"]) == 9.0
+    # past MAX_AGE_DAYS the best goes too
+    later = NOW + history.MAX_AGE_DAYS * 86400 - 200
+    history.record(_probes(5.0, at=later - 1), 2, None, "numba", now=later, path=path, key=KEY)
+    assert [p["read_best_gbps"] for p in json.loads(path.read_text())["probes"]] == [3.0, 4.0, 5.0]
+
+
 @pytest.mark.parametrize("text", ["not json {", "[]", '{"format": 99, "probes": []}', '{"format": 1, "probes": 3}',
                                   '{"format": 1, "probes": [{"at": "x", "read_best_gbps": 5}, 7, '
                                   '{"at": 1, "read_best_gbps": -2}]}'])
