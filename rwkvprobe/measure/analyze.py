@@ -678,7 +678,8 @@ class Analysis(Run):
         matmul time a token), not measured twice already, the most time first (at most HEAVY_RECHECKS): measured once
         more at this later moment while their cost is spare; the faster is kept, both recorded (``heavy_recheck``).
         A slow mode of the machine lasts seconds: one timing of the point that carries a third of a decode is one
-        draw of it, two timings far apart in the run rarely both fall in it."""
+        draw of it, and two timings far apart in the run fall in one mode less often (a phase of the DRAM bandwidth
+        lasts minutes and moves both: see the README's bandwidth history)."""
         if self.heavy is not None:
             self._recheck_headline(self.heavy, HEAVY_RECHECKS, "heavy_recheck", "decode_share",
                                    "{:.0%} of the fastest series' matmul time", backends, llc, t_start, progress,
