@@ -415,6 +415,16 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
     assert ("(machine slow)" in report) is (not kept_new)
 
 
+def _first_time_per_token(results: dict, record: str) -> dict:
+    """{call shape: seconds a token} of the decode points by their first timing (before the recheck ``record``)."""
+    first = {(p["k"], p["n"]): (p[record]["median_seconds"] if p.get(record) else p["timing"]["median_seconds"])
+             for p in results["measurements"] if p["m"] == 1 and p.get("timing")}
+    per_token: dict = {}
+    for x in layers_from_json(results["profile"]).layers:
+        per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + first[x.call_shape] * x.calls
+    return per_token
+
+
 def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, small, tmp_path, monkeypatch):
     """Three of the four decode shapes of the fastest series made to sit near the kernel-limited line
     (kernel_share 0.5), shape b far from it (0.0), at most two rechecks: the two near shapes holding the most of
@@ -434,12 +444,7 @@ def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, sm
         assert p["m"] == 1 and x["kernel_share"] == 0.5
         assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
     # the most time a token first, among the near shapes only
-    first = {(p["k"], p["n"]): (p["near_line_recheck"]["median_seconds"] if p.get("near_line_recheck")
-                                else p["timing"]["median_seconds"])
-             for p in r["measurements"] if p["m"] == 1 and p.get("timing")}
-    per_token: dict = {}
-    for x in layers_from_json(r["profile"]).layers:
-        per_token[(x.k, x.n)] = per_token.get((x.k, x.n), 0.0) + first[(x.k, x.n)] * x.count
+    per_token = _first_time_per_token(r, "near_line_recheck")
     chosen = {(p["k"], p["n"]) for p in again}
     assert (512, 256) not in chosen
     left = [t for shape, t in per_token.items() if shape not in chosen | {(512, 256)}]
@@ -474,12 +479,7 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
         assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
         assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
     # the most time a token first, by the first timings
-    first = {(p["k"], p["n"]): (p["heavy_recheck"]["median_seconds"] if p.get("heavy_recheck")
-                                else p["timing"]["median_seconds"])
-             for p in r["measurements"] if p["m"] == 1 and p.get("timing")}
-    per_token: dict = {}
-    for x in layers_from_json(r["profile"]).layers:
-        per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + first[x.call_shape] * x.calls
+    per_token = _first_time_per_token(r, "heavy_recheck")
     chosen = {(p["k"], p["n"]) for p in again}
     assert min(per_token[c] for c in chosen) >= max(t for shape, t in per_token.items() if shape not in chosen)
     assert again[0]["heavy_recheck"]["decode_share"] == pytest.approx(

@@ -425,20 +425,27 @@ def best_series(series: list[dict]) -> dict | None:
                                      s["model"]["decode"]["seconds_per_token"]))
 
 
+def _headline_decode_points(results: dict, layers: LayerList) -> dict[tuple, tuple[float, float]]:
+    """The fastest series' measured decode points: {point key (backend, dtype, m, k, n): (seconds a token, kernel
+    share)}, in row order. A row kept at another type (ggml's f16 rows in a q4_0 series) names the point it was read
+    from; rows of one point add their time."""
+    best = best_series(build_verdict(results, layers)["series"])
+    points: dict[tuple, tuple[float, float]] = {}
+    if best is None:
+        return points
+    for x in best["rows"]:
+        if x["m"] == 1 and x.get("measured"):
+            key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
+            points[key] = (points.get(key, (0.0, 0.0))[0] + x["seconds"] * x["count"], kernel_share(x))
+    return points
+
+
 def near_line_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
     """The headline's points whose verdict sits on the kernel-limited line: the fastest series' decode points with
     a kernel_share strictly between 0 and 1, as (point key (backend, dtype, m, k, n), kernel share), the most time
-    a token first. A row kept at another type (ggml's f16 rows in a q4_0 series) names the point it was read from."""
-    best = best_series(build_verdict(results, layers)["series"])
-    if best is None:
-        return []
-    near: dict[tuple, tuple[float, float]] = {}
-    for x in best["rows"]:
-        share = kernel_share(x)
-        if x["m"] == 1 and 0.0 < share < 1.0:
-            key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
-            near[key] = (near.get(key, (0.0, share))[0] + x["seconds"] * x["count"], share)
-    return [(key, share) for key, (_, share) in sorted(near.items(), key=lambda kv: -kv[1][0])]
+    a token first."""
+    near = [(key, t, share) for key, (t, share) in _headline_decode_points(results, layers).items() if 0.0 < share < 1.0]
+    return [(key, share) for key, _, share in sorted(near, key=lambda x: -x[1])]
 
 
 #: a headline decode point carrying at least this share of its series' matmul time a token is measured twice
@@ -450,16 +457,10 @@ def heavy_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
     matmul time a token, as (point key, share), the most time first. One timing of such a point moves the headline
     with it: a ggml f16 head (a third of a q4_0 decode) timed at 8.2 ms in one quick run (five calls: 3.7, 7.7,
     8.2, 16, 24 ms) and 3.3 in the next turned "compute-bound" into "mixed"."""
-    best = best_series(build_verdict(results, layers)["series"])
-    if best is None:
-        return []
-    decode = [x for x in best["rows"] if x["m"] == 1 and x.get("measured")]
-    total = sum(x["seconds"] * x["count"] for x in decode)
-    heavy: dict[tuple, float] = {}
-    for x in decode:
-        key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
-        heavy[key] = heavy.get(key, 0.0) + x["seconds"] * x["count"] / total
-    return sorted(((key, share) for key, share in heavy.items() if share >= HEAVY_SHARE), key=lambda kv: -kv[1])
+    points = _headline_decode_points(results, layers)
+    total = sum(t for t, _ in points.values())
+    heavy = [(key, t / total) for key, (t, _) in points.items() if t >= HEAVY_SHARE * total]
+    return sorted(heavy, key=lambda kv: -kv[1])
 
 
 def row_seconds(r: dict) -> float:
