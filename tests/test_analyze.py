@@ -11,6 +11,7 @@ import pytest
 from conftest import PROFILES, ROOT, run_module
 
 from rwkvprobe.model.profile import layers_from_json
+from rwkvprobe.verdict.roofline import verdict_of
 
 SMALL = """name: small test model
 source: test
@@ -556,3 +557,40 @@ def test_the_heaviest_decode_shapes_take_a_floor_of_samples(small, tmp_path):
     settings = analyze.AnalyzeSettings(backends=["numpy"], dtypes=None, tokens=[1], threads=1, cpus=None)
     a = analyze.Analysis(layer_list(load_profile(small)), settings, tmp_path / "run")
     assert a._heavy_shapes() == {(256, 512), (512, 256), (256, 2048)}
+
+
+@pytest.mark.parametrize("fp16_peak", [1e-3, 1e9])
+def test_quick_leaves_out_a_dtype_far_slower_than_fp32(cli, small, tmp_path, monkeypatch, fp16_peak):
+    """--quick with the default dtypes: a series whose measured peak is below 1/QUICK_SLOW_DTYPE_FACTOR of its
+    backend's fp32 peak (torch fp16 on an x86 CPU without fp16 arithmetic) is left out after its ceilings: no
+    non-matmul block, no points, no series in the verdict; its ceiling is kept, marked, and the report's skipped
+    list says why. A series as fast as fp32 is measured."""
+    pytest.importorskip("torch")
+    from rwkvprobe.measure import analyze
+
+    real = analyze.measure_ceilings
+
+    def faked(backend, dtype, *args, **kwargs):
+        c = real(backend, dtype, *args, **kwargs)
+        if dtype == "fp16":
+            c["peak_gflops"] = fp16_peak
+        return c
+
+    monkeypatch.setattr(analyze, "measure_ceilings", faked)
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "torch", "--quick", "--budget", "20")
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    (c16,) = [c for c in r["ceilings"] if c["dtype"] == "fp16"]
+    fp16_points = [p for p in r["measurements"] if p["dtype"] == "fp16"]
+    fp16_blocks = [x for x in r.get("nonmatmul") or [] if x.get("dtype") == "fp16"]
+    series = {(s["backend"], s["dtype"]) for s in verdict_of(r)[1]["series"]}
+    report = (out / "report.md").read_text()
+    if fp16_peak > 1:
+        assert not c16.get("left_out") and fp16_points and ("torch", "fp16") in series
+        assert "left out of --quick" not in report
+    else:
+        assert c16["left_out"].startswith("left out of --quick: its measured peak, 0.001 GFLOP/s, is 1/")
+        assert not fp16_points and not fp16_blocks and series == {("torch", "fp32")}
+        assert any(x["dtype"] == "fp16" and x["reason"] == c16["left_out"] for x in r["skipped"])
+        assert f"- torch fp16: {c16['left_out']}" in report

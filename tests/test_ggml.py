@@ -380,3 +380,14 @@ def test_ggml_block_is_timed_only_when_it_matches(monkeypatch):
     odd = parse_profile({"name": "s7", "source": "test", "version": 7, "n_layer": 2, "n_embd": 128,
                          "vocab_size": 512, "head_size": 32, "lora": {"decay": 16, "aaa": 16, "mv": 8, "gate": 32}})
     assert not ggml_block.supported(odd)  # ggml's wkv7 kernel needs heads of 64: the torch stand-in serves
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (15, 7), (16, 33), (37, 5), (64, 2048)])
+def test_the_tiled_transpose_is_the_transpose(k, n):
+    """ggml stores W^T: the tiled copy quantize_into makes of each chunk equals numpy's own transpose, for row
+    counts below, at and past a tile (plumbing: no ggml needed)."""
+    from rwkvprobe.backends.ggml_backend import _transposed
+
+    w = np.random.default_rng(k * n).random((k, n), dtype=np.float32)
+    t = _transposed(w[:, 1:])
+    assert t.flags.c_contiguous and np.array_equal(t, w[:, 1:].T)

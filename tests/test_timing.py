@@ -182,3 +182,34 @@ def test_the_budget_does_not_end_sampling_before_the_floor():
     floored = measure(call, policy=TimingPolicy(budget_seconds=0.01, min_samples=3, warmup_seconds=0.0,
                                                 target_spread=0.0, floor_samples=8))
     assert len(short["samples"]) < 8 <= len(floored["samples"])
+
+
+def test_the_floor_outlasts_the_stall_cap_up_to_its_own_limit(monkeypatch):
+    """Calls as long as the budget itself (a large head in a quick run): the STALL_LIMIT x budget cap, warm-up
+    included, ends sampling on a few calls; with a floor, sampling goes on to the floor, and no further than
+    FLOOR_LIMIT_SECONDS from the start where the floor takes longer than that."""
+    from rwkvprobe.measure import timing
+
+    def slow(_i):
+        time.sleep(0.01)
+
+    policy = dict(budget_seconds=0.01, min_samples=3, warmup_seconds=0.0, target_spread=0.0)
+    short = measure(slow, policy=TimingPolicy(**policy))
+    assert len(short["samples"]) < 6
+    floored = measure(slow, policy=TimingPolicy(**policy, floor_samples=12))
+    assert len(floored["samples"]) >= 12
+    monkeypatch.setattr(timing, "FLOOR_LIMIT_SECONDS", 0.1)
+    t0 = time.perf_counter()
+    limited = measure(slow, policy=TimingPolicy(**policy, floor_samples=1000))
+    assert len(limited["samples"]) < 12 and time.perf_counter() - t0 < 0.5
+
+
+def test_a_small_spread_does_not_end_sampling_before_the_floor():
+    """Steady calls stop on their small spread after min_samples (a slow mode of the machine is steady too: a ggml
+    head gave three calls of 8.0 ms where its calls take 3-4 ms); with a floor, not before it."""
+    policy = dict(budget_seconds=1.0, min_samples=3, warmup_seconds=0.0, target_spread=0.5)
+    call, _ = _calls(set())
+    short = measure(call, policy=TimingPolicy(**policy))
+    call, _ = _calls(set())
+    floored = measure(call, policy=TimingPolicy(**policy, floor_samples=12))
+    assert len(short["samples"]) == 3 and len(floored["samples"]) >= 12

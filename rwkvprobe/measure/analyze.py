@@ -171,6 +171,10 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
     return pairs, skipped
 
 
+#: --quick (with the default dtypes) leaves out a series whose measured peak is below 1/this of the same backend's fp32
+#: peak: torch fp16 on an x86 CPU without fp16 arithmetic measured 1.0 GFLOP/s against torch fp32's 176, its decode
+#: layers ~50x slower than fp32's; its non-matmul block and points took ~7 s of a 46 s quick rwkv-1b5 run
+QUICK_SLOW_DTYPE_FACTOR = 8.0
 #: seconds of timing per what-if point (decode shapes of quantized formats, measured by default)
 WHATIF_POINT_SECONDS = {True: 0.08, False: 0.2}  # by --quick
 #: weight copies of a what-if point (each an onnxruntime session to build and check); the eviction read makes
@@ -332,6 +336,7 @@ class Analysis(Run):
             laps.lap("board")
         self._measure_all_ceilings(pairs, whatif, backends, llc, progress, laps)
         laps.lap("ceilings")
+        pairs = self._leave_out_slow_dtypes(pairs, whatif, progress)
         self._measure_nonmatmul(pairs, llc, s.quick, progress)
         laps.lap("non-matmul")
         self._measure_block_graphs(pairs, llc, s.quick, progress)
@@ -391,6 +396,35 @@ class Analysis(Run):
         r["backends"].update(board.describe(board_pairs, s))
         self.save()
         return pairs, board_pairs, whatif, backends
+
+    def _leave_out_slow_dtypes(self, pairs: list, whatif: list, progress: Progress) -> list:
+        """--quick with the default dtypes: the series whose measured peak is below 1/QUICK_SLOW_DTYPE_FACTOR of the
+        same backend's fp32 peak, left out of the rest of the run (their ceiling kept, marked ``left_out``, and a
+        line in ``skipped``): no candidate on this machine, and the costliest to time."""
+        s, r = self.settings, self.results
+        assert r is not None
+        if not s.quick or s.dtypes is not None:
+            return pairs
+        by_key = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
+        known = {(x["backend"], x["dtype"]) for x in r["skipped"]}
+        kept = []
+        for b, d in pairs:
+            c, fp32 = by_key.get((b, d)), by_key.get((b, "fp32"))
+            mine, base = (c or {}).get("peak_gflops"), (fp32 or {}).get("peak_gflops")
+            if c is None or d == "fp32" or (b, d) in whatif or not mine or not base:
+                kept.append((b, d))
+                continue
+            if not c.get("left_out") and mine * QUICK_SLOW_DTYPE_FACTOR >= base:
+                kept.append((b, d))
+                continue
+            why = (f"left out of --quick: its measured peak, {mine:.3g} GFLOP/s, is 1/{base / mine:.0f} of {b} fp32's "
+                   f"{base:.3g} (no fast {d} matmul on this CPU); the default run measures it")
+            if not c.get("left_out"):
+                c["left_out"] = why
+                progress.note(f"{b} {d}: {why}")
+            if (b, d) not in known:
+                r["skipped"].append({"backend": b, "dtype": d, "reason": why})
+        return kept
 
     def _measure_all_ceilings(self, pairs, whatif, backends, llc, progress: Progress, laps: "_Laps") -> None:
         s, r = self.settings, self.results
@@ -496,9 +530,10 @@ class Analysis(Run):
                     laps.add("what-if points", time.perf_counter() - t_point)
                 point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
             r["measurements"].append(point)
-            self.save()
+            self.save_soon()
             progress.advance(label)
             if hold and len(r["measurements"]) >= hold:
+                self.save()
                 _hold_for_test()
             t = point_seconds(point)
             if s.cold and t and point["bytes"] / t > REPROBE_EXCESS * bw_bps and reprobes < MAX_REPROBES:
@@ -548,7 +583,7 @@ class Analysis(Run):
             kept, t2 = self._faster_again(point, backends[point["backend"]], w, llc, pol, copies)
             kept["slow_recheck"] = {"median_seconds": t, "again_median_seconds": t2, "projected_seconds": proj}
             r["measurements"][i] = kept
-            self.save()
+            self.save_soon()
 
     def _recheck_machine_slow(self, backends: dict, llc, t_start: float, progress: Progress, first: int) -> None:
         """The layer points timed while the machine ran slow (their canary over contention.CANARY_SLOW x the run's
@@ -583,7 +618,7 @@ class Analysis(Run):
                 "median_seconds": t, "again_median_seconds": t2, "canary_ratio": ratio,
                 "again_canary_ratio": None if kept is point else contention.canary_ratio(kept, best)}
             r["measurements"][i] = kept
-            self.save()
+            self.save_soon()
 
     def _budget_has(self, point: dict, t_start: float) -> bool:
         """Whether what is left of --budget (less the finish reserve) covers measuring ``point`` once more."""
@@ -708,7 +743,7 @@ class Analysis(Run):
             kept, t2 = self._again_as_before(point, backends, llc)
             kept[record] = {"median_seconds": t, "again_median_seconds": t2, field: x}
             r["measurements"][index[key]] = kept
-            self.save()
+            self.save_soon()
 
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only

@@ -542,7 +542,7 @@ class Sweep(Run):
                     known[(b, d)] = [p for p in known[(b, d)] if p["flops"] != w.flops] + [
                         {"size": size, "flops": w.flops, "seconds": point["timing"]["median_seconds"]}]
             r["measurements"].append(point)
-            self.save()
+            self.save_soon()
             progress.advance(label)
         return left_out
 

@@ -42,8 +42,10 @@ class TimingPolicy:
     max_samples: int = 10_000
     target_spread: float = 0.03  # stop when IQR / median falls below this (after min_samples)
     warmup_seconds: float = 0.05
-    #: the budget does not end sampling before this many samples, up to STALL_LIMIT x the budget (a point whose
-    #: median carries much of a decode: its few calls a slow mode of the machine can make the median)
+    #: neither the budget nor a small spread ends sampling before this many samples, up to STALL_LIMIT x the budget
+    #: or FLOOR_LIMIT_SECONDS, the longer (a point whose median carries much of a decode: its few calls a slow mode
+    #: of the machine can make the median; a ggml fp16 head once gave three steady calls of 8.0 ms, where its calls
+    #: take 3-4 ms, and stopped on their 1% spread)
     floor_samples: int = 0
 
 
@@ -82,6 +84,10 @@ STALL_FACTOR = 3.0
 SLOW_MODE = 1.5
 #: a point whose samples are mostly stalls keeps sampling, up to this many times its budget
 STALL_LIMIT = 4.0
+#: a point short of its sample floor (TimingPolicy.floor_samples) keeps sampling past STALL_LIMIT x its budget, up
+#: to this many seconds from its start: in a quick run a 0.13 GB ggml fp16 head had a 10 ms budget, and the 4x cap
+#: (warm-up included) ended it on three calls of 8 ms, a slow mode of the machine, where its calls take 3-4 ms
+FLOOR_LIMIT_SECONDS = 1.0
 
 
 def warming(samples: list[float]) -> int:
@@ -148,7 +154,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             stall += dt - STALL_FACTOR * fastest
         i = (i + 1) % copies
         n = len(samples)
-        if n >= need and (n % max(1, min(copies, 8)) == 0 or n == need):
+        if n >= max(need, p.floor_samples) and (n % max(1, min(copies, 8)) == 0 or n == need):
             summary = summarize(samples)
             # steady but slow (a median well above the fastest call seen, warm-up included: a worker thread that
             # sleeps through the calls) is a mode, not the point's time: it does not end sampling early
@@ -165,8 +171,10 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             clean = sum(1 for x in samples if x <= STALL_FACTOR * fastest)
             steady = n - warming(samples) >= min(need, 3)
             leaving = SLOW_MODE * samples[-1] < statistics.median(samples)
-            if ((2 * clean > n and steady and not leaving and n >= p.floor_samples)
-                    or elapsed >= STALL_LIMIT * p.budget_seconds):
+            limit = STALL_LIMIT * p.budget_seconds
+            if n < p.floor_samples:
+                limit = max(limit, FLOOR_LIMIT_SECONDS)
+            if (2 * clean > n and steady and not leaving and n >= p.floor_samples) or elapsed >= limit:
                 break
     # samples still warming up count as warm-up (as long as three samples remain)
     lead = min(warming(samples), max(0, len(samples) - 3))

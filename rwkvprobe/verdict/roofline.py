@@ -112,7 +112,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
     sustained = sustained_read_gbps(results)
     for c in results.get("ceilings", []):
-        if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None:
+        if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None or c.get("left_out"):
             continue
         P, t0 = c["peak_gflops"] * 1e9, c["overhead_seconds"]
         key = (c["backend"], c["dtype"])
