@@ -373,3 +373,25 @@ def test_a_split_with_nothing_left_outside_the_matmuls_is_flagged():
     v = compare(_fake_prediction(), real, chunk=0)
     v.update(backend="torch", dtype="fp32", threads=2)
     assert not any("whole token" in x for x in summary_lines(v, "tiny"))
+
+
+def test_prefill_rounds_start_after_the_slow_first_chunks():
+    """The first chunks of a fresh process run slow (the reference's first seven chunks of 64 tokens took 162-207 ms,
+    then 144-157): profile_prefill runs PREFILL_WARMUP untimed chunks first, so no slow chunk is among the timed
+    ones (plumbing: a fake model, slow for exactly those chunks)."""
+    torch = pytest.importorskip("torch")
+    import time
+
+    from rwkvprobe.measure import forward_worker as fw
+
+    calls = []
+
+    class Model:
+        def forward(self, ids, state):
+            calls.append(len(ids))
+            time.sleep(0.03 if len(calls) <= fw.PREFILL_WARMUP else 0.003)
+            return None, state
+
+    out = fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3)
+    assert len(calls) == fw.PREFILL_WARMUP + 2 * 3 and set(calls) == {8}
+    assert max(out["samples"]) < 0.02 and out["chunk"] == 8

@@ -102,6 +102,14 @@ def weight_matmul_us(prof, shapes: set, batched: dict, per_shape: dict) -> tuple
     return matmul_us, other_us
 
 
+#: untimed chunks before profile_prefill's rounds. The first chunks of a fresh process run slow: RWKV-5.2 0.1B,
+#: fp32, chunk 64, 2 threads, the second to seventh chunk took 190, 190, 207, 193, 172 and 162 ms, then 144-157 ms
+#: from the eighth on, no matter where torch.profiler sessions fell. With one untimed chunk, the first rounds' plain
+#: times were among those: the part outside the weight matmuls read 60.5 ms a chunk against 39.9 once warm (and
+#: against the 40.0 ms of analyze's timed sequential block)
+PREFILL_WARMUP = 7
+
+
 def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int) -> dict:
     """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
     plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
@@ -112,7 +120,8 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     plain: list[float] = []
     shares: list[float] = []
     per_shape: dict = {}
-    model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)  # TorchScript's first calls
+    for _ in range(PREFILL_WARMUP):  # the first chunks run slow (see PREFILL_WARMUP)
+        model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)
     for _ in range(repeats):
         s = [x.clone() for x in state] if isinstance(state, list) else state
         t0 = time.perf_counter()
