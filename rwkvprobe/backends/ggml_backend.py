@@ -219,7 +219,12 @@ class GgmlRunner:
         """A as the kernel multiplies it, and W^T read back by ggml's dequantizer, as W [K,N] fp32."""
         w = self.workload
         a = activation_as_seen(w.dtype, self.a_np)
-        wt = dequantize_rows(w.dtype, self.g.ggml_get_data(self.weights[0]), w.n, w.k)
+        data = self.g.ggml_get_data(self.weights[0])
+        if w.dtype == "fp16":  # IEEE halves, read in place (an fp32 copy of rwkv-1b5's head was a run's peak memory)
+            wt = np.ctypeslib.as_array((ctypes.c_uint16 * (w.n * w.k)).from_address(data)).view(np.float16)
+            wt = wt.reshape(w.n, w.k)
+        else:
+            wt = dequantize_rows(w.dtype, data, w.n, w.k)
         return a, wt.T  # a view: the reference reads it in column blocks (copying the head's transpose took 3 s)
 
     def close(self) -> None:
