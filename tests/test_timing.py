@@ -212,4 +212,4 @@ def test_a_small_spread_does_not_end_sampling_before_the_floor():
     short = measure(call, policy=TimingPolicy(**policy))
     call, _ = _calls(set())
     floored = measure(call, policy=TimingPolicy(**policy, floor_samples=12))
-    assert len(short["samples"]) == 3 and len(floored["samples"]) >= 12
+    assert len(short["samples"]) < 12 <= len(floored["samples"])

@@ -85,8 +85,8 @@ SLOW_MODE = 1.5
 #: a point whose samples are mostly stalls keeps sampling, up to this many times its budget
 STALL_LIMIT = 4.0
 #: a point short of its sample floor (TimingPolicy.floor_samples) keeps sampling past STALL_LIMIT x its budget, up
-#: to this many seconds from its start: in a quick run a 0.13 GB ggml fp16 head had a 10 ms budget, and the 4x cap
-#: (warm-up included) ended it on three calls of 8 ms, a slow mode of the machine, where its calls take 3-4 ms
+#: to this many seconds from its start: in a quick run a 0.13 GB ggml fp16 head had a 10 ms budget, whose 4x cap
+#: (warm-up included) is five calls in an 8 ms slow mode of the machine, where its calls take 3-4 ms
 FLOOR_LIMIT_SECONDS = 1.0
 
 
