@@ -134,6 +134,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             break
     samples: list[float] = []
     need = max(p.min_samples, copies)
+    floored = not p.floor_samples
 
     # time the calls so far spent beyond STALL_FACTOR x the fastest, judged against the fastest known now (early
     # stalls count once a fast call shows what they were); recomputed only when the fastest call changes
@@ -154,7 +155,9 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             stall += dt - STALL_FACTOR * fastest
         i = (i + 1) % copies
         n = len(samples)
-        if n >= max(need, p.floor_samples) and (n % max(1, min(copies, 8)) == 0 or n == need):
+        # the samples kept (warming ones count as warm-up) reach the floor; once reached, it stays reached
+        floored = floored or (n >= p.floor_samples and n - warming(samples) >= p.floor_samples)
+        if n >= need and floored and (n % max(1, min(copies, 8)) == 0 or n == need):
             summary = summarize(samples)
             # steady but slow (a median well above the fastest call seen, warm-up included: a worker thread that
             # sleeps through the calls) is a mode, not the point's time: it does not end sampling early
@@ -171,10 +174,9 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
             clean = sum(1 for x in samples if x <= STALL_FACTOR * fastest)
             steady = n - warming(samples) >= min(need, 3)
             leaving = SLOW_MODE * samples[-1] < statistics.median(samples)
-            limit = STALL_LIMIT * p.budget_seconds
-            if n < p.floor_samples:
-                limit = max(limit, FLOOR_LIMIT_SECONDS)
-            if (2 * clean > n and steady and not leaving and n >= p.floor_samples) or elapsed >= limit:
+            limit = STALL_LIMIT * p.budget_seconds if floored else max(STALL_LIMIT * p.budget_seconds,
+                                                                         FLOOR_LIMIT_SECONDS)
+            if (2 * clean > n and steady and not leaving and floored) or elapsed >= limit:
                 break
     # samples still warming up count as warm-up (as long as three samples remain)
     lead = min(warming(samples), max(0, len(samples) - 3))
