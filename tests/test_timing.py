@@ -1,12 +1,39 @@
 """timing.measure: stalls (a call many times slower than the point's fastest, as when a worker thread wakes a
 scheduler tick late) give their time back to the budget, so a point whose calls stall early still ends with a
-median of typical calls. Injected with sleeps far apart (2 ms against 30 ms), not timed against a target."""
+median of typical calls. Every test runs on a virtual clock: a fake call "sleeps" by moving it on, so the engine
+sees exactly the durations a test gives its calls, on an idle machine or a loaded one (with real sleeps, a 2 ms
+sleep that took 6 ms under load failed these tests now and then)."""
 
 from __future__ import annotations
 
+import sys
 import time
 
+import pytest
+
+from rwkvprobe.measure import timing
 from rwkvprobe.measure.timing import STALL_FACTOR, STALL_LIMIT, TimingPolicy, measure, warming
+
+
+class _VirtualTime:
+    """perf_counter and sleep on a clock that only sleep moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def virtual_time(monkeypatch):
+    clock = _VirtualTime()
+    monkeypatch.setattr(timing, "time", clock)
+    monkeypatch.setattr(sys.modules[__name__], "time", clock)
+    return clock
 
 
 def _calls(stall_at: set[int], fast: float = 0.002, slow: float = 0.030):
@@ -188,8 +215,6 @@ def test_the_floor_outlasts_the_stall_cap_up_to_its_own_limit(monkeypatch):
     """Calls as long as the budget itself (a large head in a quick run): the STALL_LIMIT x budget cap, warm-up
     included, ends sampling on a few calls; with a floor, sampling goes on to the floor, and no further than
     FLOOR_LIMIT_SECONDS from the start where the floor takes longer than that."""
-    from rwkvprobe.measure import timing
-
     def slow(_i):
         time.sleep(0.01)
 
