@@ -594,3 +594,11 @@ def test_quick_leaves_out_a_dtype_far_slower_than_fp32(cli, small, tmp_path, mon
         assert not fp16_points and not fp16_blocks and series == {("torch", "fp32")}
         assert any(x["dtype"] == "fp16" and x["reason"] == c16["left_out"] for x in r["skipped"])
         assert f"- torch fp16: {c16['left_out']}" in report
+        # resumed as a full run (same tokens): the series is no longer left out
+        code, _, stderr = cli("analyze", small, "--resume", out, "--backends", "torch", "--tokens", "1",
+                              "--budget", "20")
+        assert code == 0, stderr
+        r = json.loads((out / "results.json").read_text())
+        (c16,) = [c for c in r["ceilings"] if c["dtype"] == "fp16"]
+        assert "left_out" not in c16 and not any("left out of --quick" in x["reason"] for x in r["skipped"])
+        assert ("torch", "fp16") in {(s["backend"], s["dtype"]) for s in verdict_of(r)[1]["series"]}

@@ -403,7 +403,9 @@ class Analysis(Run):
         line in ``skipped``): no candidate on this machine, and the costliest to time."""
         s, r = self.settings, self.results
         assert r is not None
-        if not s.quick or s.dtypes is not None:
+        if not s.quick or s.dtypes is not None:  # a quick run resumed as a full one measures what quick left out
+            back = {(c["backend"], c["dtype"]) for c in r["ceilings"] if c.pop("left_out", None)}
+            r["skipped"] = [x for x in r["skipped"] if (x["backend"], x["dtype"]) not in back]
             return pairs
         by_key = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         known = {(x["backend"], x["dtype"]) for x in r["skipped"]}
