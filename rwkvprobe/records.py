@@ -308,6 +308,7 @@ class Bandwidth(TypedDict):
     trials: NotRequired[int]
     warmup_trials: NotRequired[int]
     engine: NotRequired[str]
+    engine_tuning: NotRequired[str]  # numba engine: stream_kernels.vector_tuning()
     scalar: NotRequired[float]
     byte_counting: NotRequired[str]
     total_seconds: NotRequired[float]

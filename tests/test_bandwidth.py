@@ -4,6 +4,7 @@ No timing thresholds: the machine is shared. Arrays are small so the whole file 
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -149,6 +150,46 @@ def test_numba_engine_read_values_checked_with_both_methods_and_best_of_either()
     read = run["kernels"]["read"]
     assert run["check_ok"] is True and set(read["best_gbps_by_method"]) == set(bw.READ_METHODS)
     assert max(read["best_gbps_by_method"].values()) == pytest.approx(read["best_gbps"])
+
+
+def test_kernels_ask_for_256_bit_vectors_only_on_x86_64_with_avx512():
+    """Both outcomes of the run-time check, whatever this CPU has: an x86-64 CPU with AVX-512 gets its own
+    features plus LLVM's prefer-256-bit; one without AVX-512, an Arm CPU, or a list that already has it, nothing."""
+    from rwkvprobe.measure import stream_kernels as sk
+
+    zen4 = "+avx2,+avx512f,-avx512fp16,+fma"
+    assert sk.numba_cpu_features("x86_64", zen4) == zen4 + ",+prefer-256-bit"
+    assert sk.numba_cpu_features("AMD64", zen4) == zen4 + ",+prefer-256-bit"
+    assert sk.numba_cpu_features("x86_64", "+avx2,-avx512f,+fma") is None  # Zen 3: AVX2 only
+    assert sk.numba_cpu_features("aarch64", "+neon,+avx512f") is None  # (a feature name alone never decides)
+    assert sk.numba_cpu_features("x86_64", zen4 + ",+prefer-256-bit") is None
+
+
+_TUNING = ("import os\n"
+           "from rwkvprobe.measure import stream_kernels as sk\n"
+           "k = sk.compiled()\n"
+           "print(os.environ.get('NUMBA_CPU_FEATURES', ''), '|', sk.vector_tuning())\n")
+
+
+@pytest.mark.skipif("numba" not in ENGINES, reason="numba does not import here")
+@pytest.mark.parametrize("user_choice", [{}, {"NUMBA_CPU_NAME": "generic"}])
+def test_the_vector_width_is_chosen_from_this_cpu_unless_the_user_chose(user_choice):
+    """In a fresh process: 256-bit vectors where this CPU has AVX-512 (read from llvmlite here), numba's default
+    elsewhere, and never over the user's own NUMBA_CPU_NAME / NUMBA_CPU_FEATURES."""
+    import platform
+
+    import llvmlite.binding as llvm
+
+    from rwkvprobe.measure import stream_kernels as sk
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    proc = subprocess.run([sys.executable, "-c", _TUNING], capture_output=True, text=True, timeout=300,
+                          env={**env, **user_choice})
+    assert proc.returncode == 0, proc.stderr
+    features, tuning = (x.strip() for x in proc.stdout.rsplit("|", 1))
+    wanted = None if user_choice else sk.numba_cpu_features(platform.machine(), llvm.get_host_cpu_features().flatten())
+    assert (features or None) == wanted
+    assert tuning == ("256-bit vectors (LLVM prefer-256-bit)" if wanted else "numba's default for this CPU")
 
 
 def test_measure_bandwidth_json_structure_and_worker_reports():

@@ -80,7 +80,8 @@ def bandwidth_cmd(
 def bandwidth_table(result: dict) -> Table:
     """A rich Table: one row per run and kernel, STREAM's columns."""
     llc = f"{result['llc_bytes'] / 1e6:.3g} MB" if result.get("llc_bytes") else "unknown"
-    caption = (f"{result['engine']}, 3 float64 arrays x {result['array_bytes'] / 1e6:.0f} MB (LLC {llc}), "
+    engine = result["engine"] + (f", {result['engine_tuning']}" if result.get("engine_tuning") else "")
+    caption = (f"{engine}, 3 float64 arrays x {result['array_bytes'] / 1e6:.0f} MB (LLC {llc}), "
                f"best of {result['trials']} trials; GB/s = 1e9 bytes/s, bytes counted as STREAM does")
     table = Table(title="Memory bandwidth (STREAM-style)", caption=caption)
     for col in ("cluster", "threads", "CPUs", "kernel", "best GB/s", "avg GB/s", "min s", "max s"):

@@ -681,7 +681,8 @@ def _ceilings_section(results: dict) -> list[str]:
             rows.append([str(run.get("threads")), run.get("cluster") or "-", k, f"{v['best_gbps']:.2f}",
                          f"{v.get('avg_gbps', 0):.2f}"])
     if rows:
-        md += [f"Memory bandwidth ({bw.get('engine', '')}, arrays of {bw.get('array_bytes', 0) / 1e6:.0f} MB, "
+        engine = bw.get("engine", "") + (f", {bw['engine_tuning']}" if bw.get("engine_tuning") else "")
+        md += [f"Memory bandwidth ({engine}, arrays of {bw.get('array_bytes', 0) / 1e6:.0f} MB, "
                f"best of {bw.get('trials')} trials{', ' + bw['when'] if bw.get('when') else ''}):", ""]
         md += md_table(["threads", "cluster", "kernel", "best GB/s", "average GB/s"], rows) + [""]
     probes = results.get("bandwidth_probes") or []
