@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from roofline_fixtures import make_results, series_of, work
@@ -179,3 +180,47 @@ def test_a_run_without_history_reads_as_before():
     assert "earlier runs" not in stability_line(r)
     assert build_verdict(r, LAYERS)["earlier_probe_count"] == 0
 
+
+
+def _bandwidth_json(cli, *extra) -> dict:
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2", "--json", *extra)
+    assert code == 0, stderr
+    return json.loads(stdout)
+
+
+def test_the_bandwidth_command_reads_against_the_history_and_records_its_read(cli, tmp_path, monkeypatch):
+    """`rwkvprobe bandwidth` puts its read figure beside the machine's earlier probes of the same setup (analyze's
+    and its own), says when memory read slower now, and records the figure for the runs to come."""
+    from rwkvprobe.measure import bandwidth as bw
+
+    path = tmp_path / "history.json"
+    monkeypatch.setenv(history.HISTORY_ENV, str(path))
+    monkeypatch.setattr(bw, "default_array_bytes", lambda llc: 64 * 1024)  # 64K counts as the default size here
+    engine = bw.engine_name()
+    assert history.record(_probes(1e6, at=time.time() - 60), 1, None, engine, "rwkvprobe analyze x", path=path)
+    first = _bandwidth_json(cli)["bandwidth_history"]
+    assert [(h["threads"], h["earlier_probes"], h["earlier_max_gbps"], h["recorded"]) for h in first] == \
+        [(1, 1, 1e6, True)]
+    stored = json.loads(path.read_text())["probes"]
+    assert len(stored) == 2 and stored[-1]["read_best_gbps"] == first[0]["read_best_gbps"]
+    assert stored[-1]["command"].startswith("rwkvprobe") and stored[-1]["threads"] == 1 and stored[-1]["cpus"] is None
+    assert _bandwidth_json(cli)["bandwidth_history"][0]["earlier_probes"] == 2  # the first run's figure counts now
+
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2")
+    assert code == 0, stderr
+    line = next(x for x in stdout.splitlines() if x.startswith("read, 1 thread(s)"))
+    assert "3 earlier probe(s)" in line and "GB/s" in line and "memory read slower now than earlier" in line
+
+
+def test_the_bandwidth_command_leaves_the_history_alone_when_off_or_not_comparable(cli, tmp_path, monkeypatch):
+    from rwkvprobe.measure import bandwidth as bw
+
+    path = tmp_path / "history.json"
+    monkeypatch.setenv(history.HISTORY_ENV, str(path))
+    # arrays smaller than the default may sit in a cache: their figure is no DRAM ceiling, so nothing is recorded
+    assert _bandwidth_json(cli)["bandwidth_history"] == [] and not path.exists()
+    monkeypatch.setattr(bw, "default_array_bytes", lambda llc: 64 * 1024)
+    results = _bandwidth_json(cli, "--no-history")
+    assert "bandwidth_history" not in results and not path.exists()
+    monkeypatch.setenv(history.HISTORY_ENV, "off")
+    assert _bandwidth_json(cli)["bandwidth_history"] == []

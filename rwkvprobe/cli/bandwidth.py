@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,11 +13,12 @@ from rich.table import Table
 from rwkvprobe.cli.console import err_console, out_console, print_warnings
 from rwkvprobe.cli.options import parse_int_list
 from rwkvprobe.fsutil import ensure_writable_dir
-from rwkvprobe.measure import bandwidth, system
+from rwkvprobe.measure import bandwidth, history, system
 from rwkvprobe.measure.bandwidth import cpu_text
 from rwkvprobe.npu import bandwidth as npubw
 from rwkvprobe.npu import toolkit
 from rwkvprobe.npu.device import load_device
+from rwkvprobe.report.markdown import HISTORY_SLOW
 from rwkvprobe.report.sections import npu_bandwidth_lines
 from rwkvprobe.results import new_results, save_results
 
@@ -35,12 +37,14 @@ def bandwidth_cmd(
     npu: bool = typer.Option(False, "--npu", help="Also the NPU side: memory-only graphs (elementwise add, copy, a 64 MB GEMV) "
                              "through the RKNN compiler; its DDR-cycle figure, labelled as the compiler's estimate (no board)."),
     device: str = typer.Option("rk3588", "--device", help="With --npu: the device profile whose NPU clock turns cycles into time."),
+    use_history: bool = typer.Option(True, "--history/--no-history", help="Compare the read figure with this machine's "
+                                     "earlier read probes (analyze's and this command's: the last 7 days, same threads "
+                                     "and CPUs, default array size) and record it for the runs to come. --no-history: "
+                                     "neither. The file: $RWKVPROBE_BANDWIDTH_HISTORY, else "
+                                     "~/.cache/rwkvprobe/bandwidth-history.json."),
 ):
     """Memory bandwidth, STREAM-style: copy, scale, add, triad and read; GB/s per thread count and cluster."""
-
-
     if npu:  # refuse a missing toolkit or an unknown device before measuring anything
-
         toolkit.require_toolkit()
         load_device(device)
     array_bytes = bandwidth.parse_size(size) if size is not None else None
@@ -48,7 +52,6 @@ def bandwidth_cmd(
     cpu_list = system.resolve_cpus(cpus)
     engine = bandwidth.engine_name(engine)
     if out is not None:  # refuse an unwritable path before measuring
-
         ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     env = system.capture_environment()
     before = system.snapshot_dynamic()
@@ -59,8 +62,9 @@ def bandwidth_cmd(
                                              "cpus": cpu_list, "engine": engine})
     results.update(bandwidth=result, before=before, after=system.snapshot_dynamic())
     results["warnings"] = system.environment_warnings(env, before, results["after"])
+    if use_history:
+        results["bandwidth_history"] = read_history(result, cpu_list, " ".join(results["command"]))
     if npu:
-
         results["npu_bandwidth"] = npubw.measure(device, progress=lambda m: err_console.print(m, markup=False))
     if out is not None:
         save_results(out, results)
@@ -68,13 +72,58 @@ def bandwidth_cmd(
         print(json.dumps(results, indent=1))
     else:
         out_console.print(bandwidth_table(result))
+        for line in history_lines(results.get("bandwidth_history") or []):
+            print(line)
         if npu:
-
             for line in npu_bandwidth_lines(results["npu_bandwidth"]):
                 print(line)
     print_warnings(results)
     err_console.print(f"bandwidth: done in {result['total_seconds']:.1f} s" + (f", wrote {out}" if out else ""),
                       markup=False, highlight=False)
+
+
+def read_history(result: dict, cpus: list[int] | None, command: str, now: float | None = None) -> list[dict]:
+    """The read figure of each run that analyze would take too (the same threads, the CPUs it would pin, arrays of
+    the default size or larger), beside this machine's earlier probes of that setup (measure/history.py), then
+    recorded among them. [] when the history is off."""
+    now = time.time() if now is None else now
+    out = []
+    for run in result["runs"]:
+        read = run.get("kernels", {}).get("read")
+        n = run["threads"]
+        if (not read or not run.get("check_ok", True)
+                or result["array_bytes"] < bandwidth.default_array_bytes(result.get("llc_bytes"))
+                or [r["cpus"] for r in bandwidth.plan_runs([n], cpus)] != [run["cpus"]]):
+            continue  # not what analyze probes: a cluster it would not pin alone, or arrays that may fit in a cache
+        earlier = history.earlier_probes(n, cpus, result["engine"], now=now)
+        if earlier is None:
+            return []
+        gbps = [p["read_best_gbps"] for p in earlier["probes"]]
+        recorded = history.record([{"at": now, "read_best_gbps": read["best_gbps"],
+                                    "array_bytes": result["array_bytes"]}], n, cpus, result["engine"], command, now=now)
+        out.append({"threads": n, "cpus": run["cpus"], "read_best_gbps": read["best_gbps"], "path": earlier["path"],
+                    "max_age_days": earlier["max_age_days"], "earlier_probes": len(gbps),
+                    "earlier_min_gbps": min(gbps, default=None), "earlier_max_gbps": max(gbps, default=None),
+                    "recorded": recorded})
+    return out
+
+
+def history_lines(entries: list[dict]) -> list[str]:
+    """One line per run: its read figure against this machine's earlier probes."""
+    lines = []
+    for h in entries:
+        head = f"read, {h['threads']} thread(s) on CPU {cpu_text(h['cpus'])}: {h['read_best_gbps']:.1f} GB/s"
+        if not h["earlier_probes"]:
+            lines.append(f"{head}; no earlier probe of this setup on this machine"
+                         + (f" (recorded in {h['path']})" if h["recorded"] else ""))
+            continue
+        share = h["read_best_gbps"] / h["earlier_max_gbps"]
+        text = (f"{head}; this machine's {h['earlier_probes']} earlier probe(s) (last {h['max_age_days']:g} days): "
+                f"{h['earlier_min_gbps']:.1f}-{h['earlier_max_gbps']:.1f} GB/s, this run {share:.0%} of their best")
+        if share < HISTORY_SLOW:
+            text += ": memory read slower now than earlier (other processes or VMs were using it)"
+        lines.append(text)
+    return lines
 
 
 def bandwidth_table(result: dict) -> Table:

@@ -6,7 +6,8 @@ Judged at each run's own probes, the same layers were "kernel-limited" in one ru
 next. The DRAM ceiling is the machine's, not the run's: analyze judges the layers at the probes of this run
 together with those of the machine's earlier runs (the last MAX_AGE_DAYS days, same threads, CPUs and probe
 engine), and records its own probes for the runs to come. What was used goes into results.json, so the verdict
-is rebuilt from that file alone.
+is rebuilt from that file alone. ``rwkvprobe bandwidth`` reads its figure against the same history and records it
+too (cli/bandwidth.read_history), where its run is one analyze would make.
 
 The file is ``$XDG_CACHE_HOME/rwkvprobe/bandwidth-history.json`` (``~/.cache`` by default); HISTORY_ENV names
 another file, or ``off``. A missing, unreadable or malformed file counts as empty; one that cannot be written
