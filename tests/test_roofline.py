@@ -692,3 +692,18 @@ def test_heavy_points_are_the_headlines_decode_points_by_their_share_of_its_matm
     assert [key for key, _ in got] == [key for key, _ in expected] and expected
     assert [share for _, share in got] == pytest.approx([share for _, share in expected])
     assert len(got) < len(per_token)  # the low-rank matrices carry less than a tenth each
+
+
+def test_the_compiler_table_names_a_batched_layers_matrices():
+    """The RKNN compiler table shows a batched layer's one call with the matrices it runs, as the layer table does."""
+    from rwkvprobe.report.markdown import _compiler_section
+
+    ll = layers_of(RWKV6_SMALL)
+    models = [{"dtype": "fp16", "m": 1, "k": k, "n": n, "seconds": 1e-5, "ddr_cycles": 100, "npu_cycles": 50,
+               "bound": "bandwidth", "simulator_ok": True, "simulator_rel_err": 0.0} for k, n in ll.unique_shapes()]
+    results = {"compiler_estimates": {"label": "RKNN compiler estimate", "toolkit": {"rknn-toolkit2": "2.3.2"},
+                                      "target": "rk3588", "clock_mhz": 1000.0, "clock_source": "test",
+                                      "models": models}}
+    text = "\n".join(_compiler_section(results, ll))
+    assert "| fp16 | att.maa_w2 | 32x1280 (5 32x256 matrices in one call) | 2 |" in text
+    assert "| fp16 | att.key | 256x256 | 2 |" in text

@@ -420,7 +420,7 @@ def _compiler_section(results: dict, layers: LayerList) -> list[str]:
                 continue
             totals[dt] = totals.get(dt, 0.0) + e["seconds"] * layer.calls
             sim = "-" if e["simulator_ok"] is None else ("ok" if e["simulator_ok"] else f"WRONG ({e['simulator_rel_err']:.1e})")
-            rows.append([dt, layer.name, f"{k}x{n}", str(layer.calls), str(e["ddr_cycles"]), str(e["npu_cycles"]),
+            rows.append([dt, layer.name, shape_text({"k": k, "n": n, "batch": layer.batch}), str(layer.calls), str(e["ddr_cycles"]), str(e["npu_cycles"]),
                          ms(e["seconds"]), f"{e['bound']}-bound", sim])
     md += md_table(["dtype", "layer (M=1)", "KxN", "runs/token", "DDR cycles", "NPU cycles", "time at clock", "compiler says",
                   "simulator check"], rows) + [""]
