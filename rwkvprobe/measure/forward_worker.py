@@ -144,8 +144,9 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
 #: rest of a token (everything but its weight matmuls) is ~10% of it, found as the token's time less its matmuls'
 #: time, so a 5% wobble of the matmuls between a round's halves moves the rest by half. Five rounds of 8 tokens
 #: gave rwkv4-169m's rest as 3.7-5.9 ms in four repeats (single rounds -1.5 to 10.8); twenty rounds of 2 tokens,
-#: the same 80 tokens, 4.8-5.9
-PROFILE_ROUNDS, PROFILE_TOKENS = 20, 2
+#: the same 80 tokens, 4.8-5.9. Forty rounds (twelfth session): the real side of validate's everything-else split
+#: still moved 5.4-6.5 ms on RWKV-7 0.1B between two runs in the same hour at twenty
+PROFILE_ROUNDS, PROFILE_TOKENS = 40, 2
 #: untimed calls after a profiled one, before the plain ones: the first call after a torch.profiler session runs
 #: 0.3-0.6 ms slower (its own post-processing leaves the caches cold); no decode without a profiler pays that, and
 #: a per-layer figure from short plain passes took it in (RWKV-7's ring of 2 layers read 0.63-0.79 ms a layer
