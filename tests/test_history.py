@@ -181,9 +181,15 @@ def test_a_run_without_history_reads_as_before():
     assert build_verdict(r, LAYERS)["earlier_probe_count"] == 0
 
 
+def _cpu() -> int:
+    from rwkvprobe.measure.bandwidth import usable_cpus
+
+    return usable_cpus()[0]  # pinned: the run is one analyze --cpus N would make on any CPU layout
+
 
 def _bandwidth_json(cli, *extra) -> dict:
-    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2", "--json", *extra)
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2", "--cpus", _cpu(),
+                               "--json", *extra)
     assert code == 0, stderr
     return json.loads(stdout)
 
@@ -197,16 +203,16 @@ def test_the_bandwidth_command_reads_against_the_history_and_records_its_read(cl
     monkeypatch.setenv(history.HISTORY_ENV, str(path))
     monkeypatch.setattr(bw, "default_array_bytes", lambda llc: 64 * 1024)  # 64K counts as the default size here
     engine = bw.engine_name()
-    assert history.record(_probes(1e6, at=time.time() - 60), 1, None, engine, "rwkvprobe analyze x", path=path)
+    assert history.record(_probes(1e6, at=time.time() - 60), 1, [_cpu()], engine, "rwkvprobe analyze x", path=path)
     first = _bandwidth_json(cli)["bandwidth_history"]
     assert [(h["threads"], h["earlier_probes"], h["earlier_max_gbps"], h["recorded"]) for h in first] == \
         [(1, 1, 1e6, True)]
     stored = json.loads(path.read_text())["probes"]
     assert len(stored) == 2 and stored[-1]["read_best_gbps"] == first[0]["read_best_gbps"]
-    assert stored[-1]["command"].startswith("rwkvprobe") and stored[-1]["threads"] == 1 and stored[-1]["cpus"] is None
+    assert stored[-1]["command"].startswith("rwkvprobe") and stored[-1]["threads"] == 1 and stored[-1]["cpus"] == [_cpu()]
     assert _bandwidth_json(cli)["bandwidth_history"][0]["earlier_probes"] == 2  # the first run's figure counts now
 
-    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2")
+    code, stdout, stderr = cli("bandwidth", "--size", "64K", "--threads", "1", "--trials", "2", "--cpus", _cpu())
     assert code == 0, stderr
     line = next(x for x in stdout.splitlines() if x.startswith("read, 1 thread(s)"))
     assert "3 earlier probe(s)" in line and "GB/s" in line and "memory read slower now than earlier" in line
