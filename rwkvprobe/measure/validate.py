@@ -27,7 +27,7 @@ PREDICTION_SERIES = {4: "torch-linear", 5: "torch-linear", 6: "torch-linear", 7:
 #: small difference of two large ones (a pass, its matmuls), and six rounds of an RWKV 0.4B gave 0.70-1.35 of the
 #: real pass's everything else in one bench/validate_all.py table; 2 s left RWKV-7 0.4B eight rounds (compiling
 #: and the first profiler session take about a second), whose ring rounds read 569-1000 us a layer. 4 s (about twelve
-#: rounds on a 0.4B) still left it at 0.69-1.62 of the real pass in one fp32 table of the eleventh session, 0.81-1.61 in
+#: rounds on a 0.4B) still left it at 0.69-1.62 of the real pass in one fp32 table of the eleventh session, 0.84-1.61 in
 #: one of the twelfth (each miss a different profile from run to run: noise, not a bias): 8 s, twice the rounds
 NONMATMUL_SECONDS = 8.0
 DTYPES = ("fp32", "bf16", "fp16")
