@@ -351,13 +351,24 @@ class BandwidthProbe(TypedDict):
 
 
 class NonmatmulSeq(TypedDict):
-    """nonmatmul.measure_seq(): one block's sequential prefill work over a chunk (schema 2)."""
+    """A prefill chunk's work outside its weight matmuls: nonmatmul.measure_seq() (one bare block's sequential
+    work, schema 2) or layerpass.measure_chunk() (``method`` "layer-pass": a ring of layers over the chunk,
+    profiler split, its rounds kept)."""
 
     chunk: int
     seconds_per_block: float
     seconds_per_chunk: float
-    timing: Timing
+    timing: NotRequired[Timing]  # measure_seq
     what: NotRequired[str]
+    method: NotRequired[str]
+    version: NotRequired[Union[int, None]]
+    blocks: NotRequired[int]
+    cold: NotRequired[bool]
+    ring_layers: NotRequired[int]
+    weight_matmuls_per_layer: NotRequired[float]
+    tail_seconds: NotRequired[float]  # the chunk's tail (output norm, head on its last token) outside the head's matmul
+    rounds: NotRequired[list["LayerPassRound"]]
+    spread: NotRequired[float]
 
 
 class LayerPassRound(TypedDict):

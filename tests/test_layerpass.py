@@ -292,3 +292,114 @@ def test_the_driver_looks_up_every_name_it_builds():
             assert len(d["named"]) == layerpass.DRIVER_WORK[version][2]
             assert all(name.startswith(f"blocks.{d['index']}.") for name in d["named"])
             layerpass.drive_layer(layerpass.make_driver(version), d["named"], d["index"], version)  # no KeyError
+
+
+# --------------------------------------------------------------------------------------------
+# Prefill: the same layers over a chunk of tokens (measure_chunk)
+
+CHUNK = [3, 4, 5, 6, 7]  # the reference's chunk (its forward(tokens) with more than one token)
+CHUNK_OP_COUNTS = OP_COUNTS.replace("_, st = m.forward([3], st)", f"_, st = m.forward({CHUNK}, st)").replace(
+    "m.forward([3], st)\n    return", f"m.forward({CHUNK}, st)\n    return").replace(
+    "fns = layerpass.functions()", "fns = layerpass.chunk_functions()").replace(
+    "layerpass.run_layer(p, fns, layer, x)", "layerpass.run_chunk_layer(p, fns, layer, x)").replace(
+    "x = torch.rand(p.n_embd)", f"x = torch.rand({len(CHUNK)}, p.n_embd)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_a_chunk_layer_runs_exactly_the_reference_layers_operations(version):
+    """One more layer in the reference's real 5-token chunk adds exactly the ATen calls of our chunk layer: the
+    weight matmuls at M = 5, the token shift over the chunk, the per-token state loop, the casts."""
+    pytest.importorskip("rwkv")
+    assert "run_chunk_layer" in CHUNK_OP_COUNTS and f"forward({CHUNK}, st)\n    return" in CHUNK_OP_COUNTS
+    r = reference_ops.run(CHUNK_OP_COUNTS, {"name": "t", "source": "t", **TINY[version]})
+    assert r["ours"] == r["reference_layer"]
+    assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 7 + len(CHUNK) * (version > 4)
+
+
+CHUNK_OP_COUNTS_7 = OP_COUNTS_7.replace("_, st = m.forward([3], st)", f"_, st = m.forward({CHUNK}, st)").replace(
+    "m.forward([3], st)\n    return", f"m.forward({CHUNK}, st)\n    return").replace(
+    "fns = layerpass.functions()", "fns = layerpass.chunk_functions()").replace(
+    "x = torch.rand(p.n_embd)", f"x = torch.rand({len(CHUNK)}, p.n_embd)")
+
+
+@pytest.mark.slow
+def test_an_rwkv7_chunk_layer_runs_exactly_the_reference_layers_operations():
+    pytest.importorskip("rwkv")
+    assert "chunk_functions" in CHUNK_OP_COUNTS_7 and f"forward({CHUNK}, st)\n    return" in CHUNK_OP_COUNTS_7
+    r = reference_ops.run(CHUNK_OP_COUNTS_7, {"name": "t", "source": "t", **TINY[7], "n_layer": 2})
+    assert r["ours"] == r["reference_layer"]
+    assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 14 + 3 * len(CHUNK)
+
+
+def _copied(ring):
+    import copy
+
+    return copy.deepcopy(ring)
+
+
+@pytest.mark.parametrize("version", [4, 5, 6])
+def test_a_chunk_layer_computes_what_its_tokens_decoded_one_by_one_compute(version):
+    """The chunk form of a layer (token shift over the chunk, the state loop) gives, row for row, the outputs and
+    the final state of the decode layer run token by token from the same state, to float64-checked precision."""
+    p = tiny(version)
+    (d,) = layerpass.build_ring(p, "torch-linear", "fp32", 1)
+    one = _copied([d])[0]
+    x = torch.rand(6, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float32) * 2 - 1
+    with torch.no_grad():
+        chunk = layerpass.run_chunk_layer(p, layerpass.chunk_functions(), d, x)
+        rows = torch.stack([layerpass.run_layer(p, layerpass.functions(), one, x[t]) for t in range(6)])
+    assert chunk.shape == (6, 128) and torch.allclose(chunk, rows, rtol=1e-4, atol=1e-5)
+    for key in ("x_prev_att", "x_prev_ffn"):
+        assert torch.allclose(d[key], one[key], rtol=1e-5, atol=1e-6)
+    states = zip(d["state"], one["state"]) if version == 4 else [(d["state"], one["state"])]
+    for a, b in states:
+        assert a.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    # and it is a real recurrence: the last row and the state depend on the first token (bit for bit otherwise)
+    (e,) = layerpass.build_ring(p, "torch-linear", "fp32", 1)
+    y = x.clone()
+    y[0] += 1.0
+    with torch.no_grad():
+        other = layerpass.run_chunk_layer(p, layerpass.chunk_functions(), e, y)
+    assert not torch.equal(other[-1], chunk[-1])
+    assert not torch.equal(e["state"][0] if version == 4 else e["state"], d["state"][0] if version == 4 else d["state"])
+
+
+def test_an_rwkv7_chunk_pass_computes_what_its_tokens_decoded_one_by_one_compute():
+    p = tiny(7)
+    z, state = layerpass.as_model(layerpass.build_ring(p, "torch", "fp32", 2))
+    tail = layerpass.build_tail(p, "torch", "fp32")
+    z.update(tail)
+    one = [t.clone() for t in state]
+    x = torch.rand(5, 128, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        logits, after = layerpass.chunk_functions()[3](x, z, state, 2, 2, 64, True)
+        for t in range(5):
+            last, one = layerpass.functions()[3](x[t], z, one, 2, 2, 64, t == 4)
+    assert logits.shape == (256,) and torch.allclose(logits, last, rtol=1e-4, atol=1e-4)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(after, one))
+
+
+@pytest.mark.parametrize("version", [4, 6, 7])
+def test_measure_chunk_splits_off_every_weight_matmul_of_a_layer(version):
+    p = tiny(version)
+    r = layerpass.measure_chunk(p, "torch-linear", "fp32", 8, 0.5, 1 << 20)
+    per_layer = sum(x.count for x in layer_list(p).layers if x.kind != "head") / p.n_layer
+    assert r["weight_matmuls_per_layer"] == pytest.approx(per_layer)  # the state loop's products are not weights
+    assert r["method"] == "layer-pass" and r["chunk"] == 8 and len(r["rounds"]) >= layerpass.FEWEST_ROUNDS
+    assert r["seconds_per_chunk"] == pytest.approx(r["seconds_per_block"] * 3 + r["tail_seconds"])
+    assert r["seconds_per_block"] == pytest.approx(statistics.median(x["non_matmul_seconds"] for x in r["rounds"][::2]))
+    with pytest.raises(ValueError, match="a chunk is 2 tokens or more"):
+        layerpass.measure_chunk(p, "torch-linear", "fp32", 1, 0.5, 1 << 20)
+
+
+def test_the_torch_series_time_a_chunk_in_layers_and_the_rest_as_a_block():
+    """analyze's --tokens 64: the torch series time the chunk's rest in layers (measure_chunk); a warm run, or a
+    series too slow for a layer pass, the bare sequential block (measure_seq)."""
+    p = tiny(5)
+    entry = nonmatmul.measure_series(p, "torch", "fp32", 0.3, 1 << 20, True, chunks=(1, 8))
+    assert set(entry["seq"]) == {"8"} and entry["seq"]["8"]["method"] == "layer-pass"
+    warm = nonmatmul.measure_series(p, "torch", "fp32", 0.3, 1 << 20, False, chunks=(8,))
+    assert "method" not in warm["seq"]["8"] and warm["seq"]["8"]["timing"]["samples"]
+    slow = nonmatmul.measure_series(p, "torch", "fp32", 1e-9, 1 << 20, True, chunks=(8,))
+    assert "method" not in slow["seq"]["8"] and slow["layer_pass_skipped"]

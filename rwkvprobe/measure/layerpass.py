@@ -28,6 +28,14 @@ settings as attributes of its TorchScript module (each read a lookup through Tor
 attribute's cost), fetches its layer functions, and looks its parameters up by names built per layer. About 22 us
 a layer on rwkv4-169m shapes: a tenth of that token's non-matmul time, left out before.
 
+A prefill chunk is timed the same way (measure_chunk): the same ring, each layer over a chunk of T tokens at once as
+the reference runs a prompt (every weight matmul once with M = T, the token shift over the chunk, the state updated
+token by token in a loop), split from its matmuls by the same profiler rule. The bare sequential block
+(nonmatmul.measure_seq) costs what the real chunk costs op for op under the profiler, yet read 0.68-0.76 of the real
+pass's chunk outside its matmuls on RWKV-5.2/6 0.1B-0.4B (fp32, 2 threads): the calls around the ops, and a split
+made the other way, were what it left out. In a paired test (rwkv5-0b1 shapes, one process, 20 rounds) the real
+chunk's plain time less its profiled matmuls was 1.24-1.31x the bare block.
+
 The functions below are written for this project from the architectures' equations; they compute what a
 layer computes (random weights), and only their time is kept.
 """
@@ -198,11 +206,157 @@ def _sources():
     return time_mix_4, channel_mix, time_mix_56, pass_7
 
 
+def _chunk_sources():
+    """The same layers over a chunk of T tokens at once, as a forward pass runs a prompt: every weight matmul once
+    with M = T, the token shift as the chunk's rows moved down by one (the previous chunk's last row first), and
+    the state updated token by token in a loop (the sequential part a matmul-only prefill figure leaves out)."""
+    import torch
+    import torch.nn.functional as F
+
+    def mm(a: torch.Tensor, w: torch.Tensor, out: Optional[torch.dtype] = None) -> torch.Tensor:
+        y = torch.matmul(a, w if w.dtype == a.dtype else w.to(a.dtype))
+        return y.to(a.dtype if out is None else out)
+
+    def time_mix_4_chunk(x: torch.Tensor, prev: torch.Tensor, num: torch.Tensor, den: torch.Tensor,
+                         top: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, mix_k: torch.Tensor,
+                         mix_v: torch.Tensor, mix_r: torch.Tensor, decay: torch.Tensor, bonus: torch.Tensor,
+                         wk: torch.Tensor, wv: torch.Tensor, wr: torch.Tensor, wo: torch.Tensor):
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        before = torch.cat((prev.unsqueeze(0), h[:-1, :]))  # each token's previous token
+        rcv = torch.sigmoid(mm(h * mix_r + before * (1 - mix_r), wr))
+        key = mm(h * mix_k + before * (1 - mix_k), wk, torch.float32)
+        val = mm(h * mix_v + before * (1 - mix_v), wv, torch.float32)
+        for t in range(x.shape[0]):  # the WKV recurrence, max-shifted; its output overwrites the shifted rows
+            kt, vt = key[t], val[t]
+            cur = bonus + kt
+            m1 = torch.maximum(top, cur)
+            a1, b1 = torch.exp(top - m1), torch.exp(cur - m1)
+            before[t] = ((a1 * num + b1 * vt) / (a1 * den + b1)).to(dtype=x.dtype)
+            aged = decay + top
+            m2 = torch.maximum(aged, kt)
+            a2, b2 = torch.exp(aged - m2), torch.exp(kt - m2)
+            num, den, top = a2 * num + b2 * vt, a2 * den + b2, m2
+        return x + mm(rcv * before, wo), h[-1, :], num, den, top
+
+    def channel_mix_chunk(x: torch.Tensor, prev: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,
+                          mix_k: torch.Tensor, mix_r: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+                          wr: torch.Tensor, v6: bool):
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        before = torch.cat((prev.unsqueeze(0), h[:-1, :]))
+        if v6:
+            d = before - h
+            kin, rin = h + d * mix_k, h + d * mix_r
+        else:
+            kin, rin = h * mix_k + before * (1 - mix_k), h * mix_r + before * (1 - mix_r)
+        gate = torch.sigmoid(mm(rin, wr))
+        hidden = torch.relu(mm(kin, wk)) ** 2
+        return x + gate * mm(hidden, wv), h[-1, :]
+
+    def time_mix_56_chunk(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, ln_w: torch.Tensor,
+                          ln_b: torch.Tensor, lnx_w: torch.Tensor, lnx_b: torch.Tensor, mixes: List[torch.Tensor],
+                          low: List[torch.Tensor], decay: torch.Tensor, bonus: torch.Tensor, wk: torch.Tensor,
+                          wv: torch.Tensor, wr: torch.Tensor, wg: torch.Tensor, wo: torch.Tensor, H: int, S: int,
+                          v6: bool):
+        T = x.shape[0]
+        h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
+        before = torch.cat((prev.unsqueeze(0), h[:-1, :]))
+        if v6:
+            d = before - h
+            shift = torch.tanh((h + d * mixes[0]) @ low[0]).view(T, 5, -1).transpose(0, 1)
+            pw, pk, pv, pr, pg = torch.bmm(shift, low[1]).view(5, T, -1).unbind(dim=0)
+            win = h + d * (mixes[1] + pw)
+            kin, vin = h + d * (mixes[2] + pk), h + d * (mixes[3] + pv)
+            rin, gin = h + d * (mixes[4] + pr), h + d * (mixes[5] + pg)
+            dec = decay.view(1, H, S, 1) + (torch.tanh(win @ low[2]) @ low[3]).float().view(T, H, S, 1)
+            dec = torch.exp(-torch.exp(dec.float()))
+        else:
+            kin, vin = h * mixes[0] + before * (1 - mixes[0]), h * mixes[1] + before * (1 - mixes[1])
+            rin, gin = h * mixes[2] + before * (1 - mixes[2]), h * mixes[3] + before * (1 - mixes[3])
+            dec = decay  # one decay for every token (RWKV-5.2)
+        rcv = mm(rin, wr, torch.float32).view(T, H, S).transpose(0, 1)  # [H, T, S]
+        key = mm(kin, wk, torch.float32).view(T, H, S).permute(1, 2, 0)  # [H, S, T]
+        val = mm(vin, wv, torch.float32).view(T, H, S).transpose(0, 1)  # [H, T, S]
+        gate = F.silu(mm(gin, wg))
+        y = torch.empty((T, H, S), dtype=rcv.dtype)
+        for t in range(T):  # per token and head: the outer product enters the state after the bonus read-out
+            kv = mm(key[:, :, t:t + 1], val[:, t:t + 1, :])
+            y[t] = (rcv[:, t:t + 1, :] @ (bonus * kv + state)).squeeze(1)
+            state = kv + (dec[t] if v6 else dec) * state
+        y = F.group_norm(y.reshape(T, H * S), num_groups=H, weight=lnx_w, bias=lnx_b, eps=64e-5)
+        return x + mm(y.to(dtype=x.dtype) * gate, wo), h[-1, :], state
+
+    def time_mix_7_chunk(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, v_first: torch.Tensor,
+                         first: bool, z: Dict[str, torch.Tensor], p: str, H: int, S: int):
+        T, C = x.shape[0], x.shape[1]
+        d = torch.cat((prev.unsqueeze(0), x[:-1, :])) - x
+        xr, xw, xk = x + d * z[p + "x_r"], x + d * z[p + "x_w"], x + d * z[p + "x_k"]
+        xv, xa, xg = x + d * z[p + "x_v"], x + d * z[p + "x_a"], x + d * z[p + "x_g"]
+        r = xr @ z[p + "receptance"]
+        w = torch.tanh(xw @ z[p + "w1"]) @ z[p + "w2"]
+        k = xk @ z[p + "key"]
+        v = xv @ z[p + "value"]
+        a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
+        g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
+        kk = F.normalize((k * z[p + "k_k"]).view(T, H, S), dim=-1, p=2.0).view(T, C)
+        k = k * (1 + (a - 1) * z[p + "k_a"])
+        if first:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(z[p + "v0"] + (xv @ z[p + "v1"]) @ z[p + "v2"])
+        w = torch.exp(-0.606531 * torch.sigmoid((z[p + "w0"] + w).float()))
+        for t in range(T):  # the generalised delta rule, token by token; the read-out overwrites the shift rows
+            rt, wt, kt, vt, kkt, at = r[t], w[t], k[t], v[t], kk[t], a[t]
+            vk = vt.view(H, S, 1) @ kt.view(H, 1, S)
+            ab = (-kkt).view(H, S, 1) @ (kkt * at).view(H, 1, S)
+            state = state * wt.view(H, 1, S) + state @ ab.float() + vk.float()
+            d[t] = (state.to(dtype=x.dtype) @ rt.view(H, S, 1)).view(C)
+        y = F.group_norm(d.view(T, C), num_groups=H, weight=z[p + "lnx_w"], bias=z[p + "lnx_b"], eps=64e-5).view(T, C)
+        y = y + ((r * k * z[p + "r_k"]).view(T, H, S).sum(dim=-1, keepdim=True) * v.view(T, H, S)).view(T, C)
+        return (y * g) @ z[p + "output"], x[-1, :], state, v_first
+
+    def channel_mix_7_chunk(x: torch.Tensor, prev: torch.Tensor, z: Dict[str, torch.Tensor], p: str):
+        k = x + (torch.cat((prev.unsqueeze(0), x[:-1, :])) - x) * z[p + "ffn_x_k"]
+        return (torch.relu(k @ z[p + "ffn_key"]) ** 2) @ z[p + "ffn_value"], x[-1, :]
+
+    def pass_7_chunk(x: torch.Tensor, z: Dict[str, torch.Tensor], state: List[torch.Tensor], layers: int, H: int,
+                     S: int, tail: bool = False):
+        # as pass_7, over a chunk [T, C]; ``tail``: the output norm and the head on the chunk's last token only
+        v_first = torch.empty_like(x)
+        C = x.shape[1]
+        for i in range(layers):
+            p = "blocks." + str(i) + "."
+            h = F.layer_norm(x, (C,), weight=z[p + "ln1_w"], bias=z[p + "ln1_b"])
+            y, state[3 * i], state[3 * i + 1], v_first = time_mix_7_chunk(h, state[3 * i], state[3 * i + 1],
+                                                                           v_first, i == 0, z, p, H, S)
+            x = x + y
+            h = F.layer_norm(x, (C,), weight=z[p + "ln2_w"], bias=z[p + "ln2_b"])
+            y, state[3 * i + 2] = channel_mix_7_chunk(h, state[3 * i + 2], z, p)
+            x = x + y
+        if tail:
+            x = F.layer_norm(x[-1, :], (C,), weight=z["ln_out_w"], bias=z["ln_out_b"]) @ z["head"]
+        return x, state
+
+    return time_mix_4_chunk, channel_mix_chunk, time_mix_56_chunk, pass_7_chunk
+
+
+def chunk_functions() -> tuple:
+    """The scripted chunk forms (_chunk_sources) of (time mix 4, channel mix, time mix 5/6, RWKV-7 pass)."""
+    import torch
+
+    if "chunk" not in _SCRIPTED:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _SCRIPTED["chunk"] = tuple(torch.jit.script(f) for f in _chunk_sources())
+    return _SCRIPTED["chunk"]
+
+
 def functions() -> tuple:
     """The scripted (time mix 4, channel mix, time mix 5/6, RWKV-7 pass) functions, compiled once per process."""
     import torch
 
-    if not _SCRIPTED:
+    if "fns" not in _SCRIPTED:
         import warnings
 
         with warnings.catch_warnings():  # deprecated in favour of torch.compile, but what the reference runs
@@ -390,21 +544,37 @@ def run_layer(profile: Profile, fns: tuple, d: dict, x, driver=None):
     return x
 
 
-def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict | None:
-    """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
-    n_layer, plus the per-token tail's non-matmul seconds; every round's figures kept. None where a pass is too
-    slow for the budget (TOO_SLOW)."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+def run_chunk_layer(profile: Profile, cfns: tuple, d: dict, x, driver=None):
+    """One layer over a chunk of tokens (x: [T, n_embd]) as a torch forward pass runs a prompt, the chunk forms of
+    run_layer's calls (chunk_functions): the state and the token-shift inputs (the chunk's last rows) carried."""
+    time_mix_4, channel_mix, time_mix_56, _ = cfns
+    v = profile.version
+    if driver is not None and v is not None:
+        drive_layer(driver, d["named"], d["index"], v)
+    x = x.to(dtype=d["x_prev_att"].dtype)
+    if v == 4:
+        s = d["state"]
+        x, d["x_prev_att"], s[0], s[1], s[2] = time_mix_4(x, d["x_prev_att"], s[0], s[1], s[2], *d["att"][:5],
+                                                            d["att"][5], d["att"][6], *d["att_w"])
+    else:
+        S = profile.head_size
+        x, d["x_prev_att"], d["state"] = time_mix_56(
+            x, d["x_prev_att"], d["state"], d["att"][0], d["att"][1], d["att"][2], d["att"][3], d["mixes"], d["low"],
+            d["decay"], d["bonus"], *d["att_w"], profile.n_embd // S, S, v == 6)
+    x, d["x_prev_ffn"] = channel_mix(x, d["x_prev_ffn"], *d["ffn"], v == 6)
+    return x
 
-    fns = functions()
-    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
-    tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
-    shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
+
+def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], tokens: int, tail: dict):
+    """one_pass(with_tail): the ring once as a forward pass runs it, for one token (``tokens`` 1: decode) or a
+    chunk of ``tokens``; with the tail (``tail``, filled in later) after the last layer."""
+    import torch
+
+    chunk = tokens > 1
+    fns = chunk_functions() if chunk else functions()
     # every layer reads the same input (a random network's residual would drift); the state is carried
-    x0 = (torch.rand(profile.n_embd, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(
-        getattr(torch, _TORCH_DTYPES[dtype]))
+    shape = (tokens, profile.n_embd) if chunk else (profile.n_embd,)
+    x0 = (torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(getattr(torch, _TORCH_DTYPES[dtype]))
 
     if profile.version == 7:  # the ring as one model, run by one scripted call (pass_7)
         z, state = as_model(ring)
@@ -412,17 +582,34 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
 
         def one_pass(with_tail: bool) -> None:
             nonlocal state
+            if with_tail and "head" not in z:
+                z.update(tail)
             _, state = fns[3](x0, z, state, len(ring), H, S, with_tail)
-    else:
-        assert profile.version is not None  # an RWKV profile (nonmatmul.measure_series checks it)
-        driver = make_driver(profile.version)
+        return one_pass
+    assert profile.version is not None  # an RWKV profile (nonmatmul.measure_series checks it)
+    driver = make_driver(profile.version)
+    run = run_chunk_layer if chunk else run_layer
 
-        def one_pass(with_tail: bool) -> None:
-            x = x0
-            for d in ring:
-                x = run_layer(profile, fns, d, x0, driver)
-            if with_tail:
-                run_tail(tail, x)
+    def one_pass_layers(with_tail: bool) -> None:
+        x = x0
+        for d in ring:
+            x = run(profile, fns, d, x0, driver)
+        if with_tail:  # a chunk's logits: its last token's only
+            run_tail(tail, x[-1, :] if chunk else x)
+    return one_pass_layers
+
+
+def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
+             tokens: int) -> dict | None:
+    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
+    tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
+    shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
+    one_pass = _pass_runner(profile, backend, dtype, ring, tokens, tail)
 
     rounds: list[dict] = []
     calls = 0.0
@@ -434,8 +621,6 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
         for i in range(3):  # TorchScript optimises a function after its first calls; both kinds of pass
             if i == 2:
                 tail.update(build_tail(profile, backend, dtype))
-                if profile.version == 7:
-                    z.update(tail)
             t0 = time.perf_counter()
             one_pass(i == 2)
             # the second pass (the first compiles) says whether the rounds fit, before any tail: the head of a
@@ -469,12 +654,36 @@ def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, l
     # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail is
     # noise around a small figure: counted as none
     tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
-    return {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
-            "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
-            "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
-            "rounds": rounds, "spread": summary["spread"],
-            "what": "one layer's work outside its weight matmuls, timed in a torch forward pass's structure ("
-                    + ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
-                       else "two TorchScript calls a layer, each weight matmul through a helper")
-                    + ", weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
-                      "times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
+    structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
+                 else "two TorchScript calls a layer, each weight matmul through a helper")
+    common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
+              "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
+              "tail_seconds": tail_seconds, "rounds": rounds, "spread": summary["spread"]}
+    if tokens > 1:
+        return {"chunk": tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer + tail_seconds,
+                "what": f"one layer's work outside its weight matmuls over a chunk of {tokens} tokens (the state "
+                        f"updated token by token), timed in a torch forward pass's structure ({structure}) as the "
+                        "layer's time minus its weight matmuls' profiled time, times n_layer, plus the chunk's tail "
+                        "(output norm and head on its last token) outside the head's matmul"}
+    return {**common, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
+            "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure ({structure}"
+                    "), weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
+                    "times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
+
+
+def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict | None:
+    """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
+    n_layer, plus the per-token tail's non-matmul seconds; every round's figures kept. None where a pass is too
+    slow for the budget (TOO_SLOW)."""
+    return _measure(profile, backend, dtype, budget_seconds, llc_bytes, 1)
+
+
+def measure_chunk(profile: Profile, backend: str, dtype: str, chunk: int, budget_seconds: float,
+                  llc_bytes: int | None) -> dict | None:
+    """A prefill chunk's work outside its weight matmuls (the sequential state update, the chunk-wide norms, mixes
+    and activations, the calls around them), timed as measure() times a token: a ring of layers over ``chunk``
+    tokens, plain passes split by profiled ones. ``seconds_per_chunk``: the median per layer times n_layer plus the
+    chunk's tail. None where a pass is too slow for the budget (TOO_SLOW)."""
+    if chunk < 2:
+        raise ValueError(f"a chunk is 2 tokens or more, not {chunk}")
+    return _measure(profile, backend, dtype, budget_seconds, llc_bytes, chunk)

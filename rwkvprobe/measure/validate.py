@@ -135,8 +135,9 @@ def time_prefill_state(data: dict, profile: Profile, series: str, dtype: str, ch
     progress.stage(f"sequential prefill work: {series} {dtype}, chunk {chunk}")
     entry = next(x for x in data["nonmatmul"] if x.get("backend") == series
                  and x.get("dtype") == nonmatmul.block_dtype(dtype))
-    seq = nonmatmul.measure_seq(profile, nonmatmul.block_dtype(dtype), chunk,
-                                nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5))
+    seq = nonmatmul.chunk_rest(profile, series, nonmatmul.block_dtype(dtype), chunk, NONMATMUL_SECONDS, llc_bytes(),
+                               nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5),
+                               entry.get("method") == "layer-pass")
     entry.setdefault("seq", {})[str(chunk)] = seq
 
 
