@@ -61,10 +61,10 @@ def load_reference(state_dict: dict, version: int, dtype: str):
         return reference.RWKV(model="random-weights", strategy=STRATEGY[dtype], **kwargs)
 
 
-def weight_matmul_shape(event, shapes: set, batched: dict):
+def weight_matmul_shape(name: str, input_shapes, shapes: set, batched: dict):
     """(K, N, matrices per call) when a profiled matmul op multiplies by stored weights, else None."""
-    ins = [s for s in (event.input_shapes or []) if s]
-    if event.key == "aten::addmm" and len(ins) >= 3:
+    ins = [list(s) for s in (input_shapes or []) if s]
+    if name == "aten::addmm" and len(ins) >= 3:
         ins = ins[1:]
     if len(ins) < 2:
         return None
@@ -74,6 +74,33 @@ def weight_matmul_shape(event, shapes: set, batched: dict):
     if len(w) == 3 and batched.get((w[1], w[2])) == w[0]:  # RWKV-6's five token-shift matrices in one bmm
         return (w[1], w[2], w[0])
     return None
+
+
+def matmul_events(prof) -> list[tuple[str, list, float]]:
+    """(op name, input shapes, self microseconds) of every matmul-family op (MATMUL_OPS) a profile recorded, read
+    from the profiler's raw events: an op's self time is its duration less its direct children's on its thread, as
+    the profiler's own event tree counts it, without building that tree for every op (key_averages spent 0.4-0.7 s
+    on each profile of a 64-token chunk's pass: 6,600 events, most of them the state loop's small ops)."""
+    threads: dict = {}
+    for e in prof.profiler.kineto_results.events():
+        if not e.is_async():
+            threads.setdefault(e.start_thread_id(), []).append(e)
+    out = []
+    for events in threads.values():
+        events.sort(key=lambda e: (e.start_ns(), -e.end_ns()))  # a parent before the children it contains
+        stack: list = []  # [event, its children's nanoseconds]
+        for e in events:
+            while stack and stack[-1][0].end_ns() <= e.start_ns():
+                done, inner = stack.pop()
+                if done.name() in MATMUL_OPS:
+                    out.append((done.name(), done.shapes(), (done.duration_ns() - inner) / 1e3))
+            if stack:
+                stack[-1][1] += e.duration_ns()
+            stack.append([e, 0])
+        for done, inner in stack:
+            if done.name() in MATMUL_OPS:
+                out.append((done.name(), done.shapes(), (done.duration_ns() - inner) / 1e3))
+    return out
 
 
 def weight_shapes(layer_shapes: list, n_layer: int) -> tuple[set, dict]:
@@ -88,17 +115,15 @@ def weight_matmul_us(prof, shapes: set, batched: dict, per_shape: dict) -> tuple
     """(microseconds in weight matmuls, in other matmul-family ops) of a profile; ``per_shape`` gains the
     weight matmuls' calls and microseconds by shape."""
     matmul_us = other_us = 0.0
-    for ev in prof.key_averages(group_by_input_shape=True):
-        if ev.key not in MATMUL_OPS:
-            continue
-        shape = weight_matmul_shape(ev, shapes, batched)
+    for name, input_shapes, us in matmul_events(prof):
+        shape = weight_matmul_shape(name, input_shapes, shapes, batched)
         if shape is None:
-            other_us += ev.self_cpu_time_total
+            other_us += us
             continue
         d = per_shape.setdefault(f"{shape[0]}x{shape[1]}", {"k": shape[0], "n": shape[1], "calls": 0, "us": 0.0})
-        d["calls"] += ev.count * shape[2]  # counted per weight matrix, as the layer list counts them
-        d["us"] += ev.self_cpu_time_total
-        matmul_us += ev.self_cpu_time_total
+        d["calls"] += shape[2]  # counted per weight matrix, as the layer list counts them
+        d["us"] += us
+        matmul_us += us
     return matmul_us, other_us
 
 

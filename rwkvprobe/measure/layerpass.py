@@ -47,6 +47,7 @@ import statistics
 import time
 from typing import Dict, List, Optional
 
+from rwkvprobe.measure import system
 from rwkvprobe.measure.forward_worker import weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
 from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
@@ -60,7 +61,10 @@ LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
 MIN_ROUNDS, MAX_ROUNDS, FEWEST_ROUNDS = 8, 40, 6
 #: passes a round runs (an untimed one after the profiled one, the plain one, the profiled one)
 PASSES_PER_ROUND = 3
-#: rounds with the per-token tail (output norm and head) after the ring: every other one, from the second
+#: rounds with the per-token tail (output norm and head) after the ring: every other one, from the second. A
+#: chunk's passes leave the tail out: it runs once a chunk, on the last token (about 1% of a chunk's rest: 0.45 ms
+#: outside the head's matmul of rwkv4-169m's decode token, where its 64-token chunk spends 40-50 ms outside its
+#: matmuls), and its head would double the pass's memory (0.5 GB in fp32 on a 1.5B)
 TAIL_EVERY = 2
 #: a series whose FEWEST_ROUNDS rounds would take over this many times its budget is not timed here (measure
 #: returns None): torch fp16 on a CPU without fp16 arithmetic ran an RWKV-7 0.4B layer in 41 ms (fp32: 3.5), and
@@ -371,12 +375,13 @@ def layer_bytes(profile: Profile, dtype: str) -> int:
     return int(sum(x.k * x.n * x.stored * size for x in layer_list(profile).layers if x.kind != "head")) // profile.n_layer
 
 
-def ring_size(profile: Profile, dtype: str, llc_bytes: int | None) -> int:
+def ring_size(profile: Profile, dtype: str, llc_bytes: int | None, fewest: int = 2) -> int:
     """Distinct layers to rotate over: their weights cover LLC_FACTOR times the last-level cache (read from
-    DRAM, as in decode), at least 2 (so a layer's vectors and state are evicted by another layer's weights),
-    at most n_layer."""
+    DRAM, as in decode), at least ``fewest`` (decode: 2, so that a layer's vectors and state are evicted by another
+    layer's weights; a chunk: 1, its M = chunk matmuls over weights this large evict them within the layer), at most
+    n_layer."""
     need = LLC_FACTOR * (llc_bytes or DEFAULT_LLC_BYTES)
-    return max(2, min(profile.n_layer, math.ceil(need / max(1, layer_bytes(profile, dtype)))))
+    return max(fewest, min(profile.n_layer, math.ceil(need / max(1, layer_bytes(profile, dtype)))))
 
 
 def _makers(C: int, backend: str, dtype: str, seed: int) -> tuple:
@@ -594,23 +599,25 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
         x = x0
         for d in ring:
             x = run(profile, fns, d, x0, driver)
-        if with_tail:  # a chunk's logits: its last token's only
-            run_tail(tail, x[-1, :] if chunk else x)
+        if with_tail:
+            run_tail(tail, x)
     return one_pass_layers
 
 
 def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
              tokens: int) -> dict | None:
-    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split."""
+    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split. A chunk's passes run
+    without the tail (CHUNK_TAIL)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes))
+    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes, 1 if tokens > 1 else 2))
     tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
     shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
     one_pass = _pass_runner(profile, backend, dtype, ring, tokens, tail)
 
+    tails = tokens == 1  # decode: every other round ends with the token's tail
     rounds: list[dict] = []
     calls = 0.0
     # the budget counts the warm-up and the first round's start of the profiler (1-1.5 s of a 1.5B's --quick run,
@@ -619,17 +626,17 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
     t_end, t_cap = t_start + budget_seconds, t_start + TOO_SLOW * budget_seconds
     with torch.no_grad():
         for i in range(3):  # TorchScript optimises a function after its first calls; both kinds of pass
-            if i == 2:
+            if i == 2 and tails:
                 tail.update(build_tail(profile, backend, dtype))
             t0 = time.perf_counter()
-            one_pass(i == 2)
+            one_pass(i == 2 and tails)
             # the second pass (the first compiles) says whether the rounds fit, before any tail: the head of a
             # 1.5B in fp16 on a CPU without fp16 arithmetic took seconds a pass
             if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
                 return None  # the caller times the bare block instead
         while len(rounds) < MAX_ROUNDS and (len(rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
                 len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
-            with_tail = len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
+            with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
             if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
                 one_pass(with_tail)
             t0 = time.perf_counter()
@@ -639,6 +646,9 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
                 one_pass(with_tail)
             by_shape: dict = {}
             matmul_us, _ = weight_matmul_us(prof, shapes, batched, by_shape)
+            del prof
+            if not tails:  # a chunk's profile (12,000 events with their shapes on a 1.5B) held 0.3-0.4 GB
+                system.release_free_memory()
             matmul = matmul_us / 1e6 / len(ring)
             r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul)}
             if with_tail:
@@ -653,18 +663,19 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
             r["tail_seconds"] = (r["layer_seconds"] - r["weight_matmul_seconds"] - per_layer) * len(ring)
     # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail is
     # noise around a small figure: counted as none
-    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
+    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail"))) if tails else 0.0
     structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
                  else "two TorchScript calls a layer, each weight matmul through a helper")
     common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
               "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
               "tail_seconds": tail_seconds, "rounds": rounds, "spread": summary["spread"]}
     if tokens > 1:
-        return {"chunk": tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer + tail_seconds,
+        common.pop("tail_seconds")
+        return {"chunk": tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer,
                 "what": f"one layer's work outside its weight matmuls over a chunk of {tokens} tokens (the state "
                         f"updated token by token), timed in a torch forward pass's structure ({structure}) as the "
-                        "layer's time minus its weight matmuls' profiled time, times n_layer, plus the chunk's tail "
-                        "(output norm and head on its last token) outside the head's matmul"}
+                        "layer's time minus its weight matmuls' profiled time, times n_layer (the chunk's tail, the "
+                        "output norm and head on its last token, left out: about 1% of a chunk's rest)"}
     return {**common, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
             "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure ({structure}"
                     "), weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
