@@ -366,7 +366,6 @@ class NonmatmulSeq(TypedDict):
     cold: NotRequired[bool]
     ring_layers: NotRequired[int]
     weight_matmuls_per_layer: NotRequired[float]
-    tail_seconds: NotRequired[float]  # the chunk's tail (output norm, head on its last token) outside the head's matmul
     rounds: NotRequired[list["LayerPassRound"]]
     spread: NotRequired[float]
 

@@ -653,6 +653,12 @@ def test_prefill_with_the_timed_sequential_state_update_is_not_an_upper_bound(rw
     assert pre["tokens_per_second"] == pytest.approx(8 / (plain["matmul_seconds"] + 0.004))
     sentence = next(s for s in verdict_sentences(build_verdict(results, rwkv7), rwkv7, results) if s.startswith("Prefill"))
     assert "plus the sequential state update" in sentence and "upper bound" not in sentence
+    assert "in a forward pass's layers" not in sentence  # a bare block's figure
+    results["nonmatmul"][0]["seq"]["8"]["method"] = "layer-pass"
+    (pre,) = series_of(build_verdict(results, rwkv7))["model"]["prefill"]
+    assert pre["state_method"] == "layer-pass" and pre["state_seconds"] == 0.004
+    sentence = next(s for s in verdict_sentences(build_verdict(results, rwkv7), rwkv7, results) if s.startswith("Prefill"))
+    assert "a chunk, timed as the reference loops over the chunk's tokens in a forward pass's layers" in sentence
     sentence = next(s for s in verdict_sentences(build_verdict(rwkv7_results, rwkv7), rwkv7, rwkv7_results)
                     if s.startswith("Prefill"))
     assert "at most" in sentence and "an upper bound" in sentence

@@ -138,7 +138,9 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
             out.append(f"Prefill in chunks of {p['chunk']} tokens: {p['tokens_per_second']:.1f} tokens/s ({_label(pre_series)}: "
                        f"matmuls at M={p['chunk']}, the head once for the chunk's last token, plus the sequential "
                        f"state update, {ms(p['state_seconds'])} a chunk, timed as the reference loops over the chunk's "
-                       f"tokens{', partly modelled' if p['modelled'] else ''}).")
+                       "tokens" + (" in a forward pass's layers, with the norms, mixes and calls around it"
+                                   if p.get("state_method") == "layer-pass" else "")
+                       + f"{', partly modelled' if p['modelled'] else ''}).")
         else:
             out.append(f"Prefill in chunks of {p['chunk']} tokens: at most {p['tokens_per_second']:.1f} tokens/s "
                        f"({_label(pre_series)}, matmuls only, the head once for the chunk's last token"
@@ -528,7 +530,8 @@ def _model_level_section(verdict: dict) -> list[str]:
            "parameters) over the DRAM bandwidth: a lower bound that leaves out framework per-op overhead. Layer times "
            "are measured, except those of layers that could not be measured (or of a modelled device), which use the "
            "model time: those rows are marked *. Prefill = the matmuls at M = chunk plus, for torch on an RWKV profile, the sequential state "
-           "update (the reference loops over the chunk's tokens; timed per block, times n_layer); where that "
+           "update (the reference loops over the chunk's tokens; timed in a ring of layers run over a chunk and split from "
+           "their matmuls as `validate` splits the real pass, or as one bare block, times n_layer); where that "
            "is not timed the figure counts matmuls only and is marked ≤ (an upper bound). Time by bound "
            "counts measured layers below half of their roofline as kernel-limited."
            + (" † ggml: the non-matmul work is the same torch-timed block (fp32, ggml's activation type), a "

@@ -545,7 +545,8 @@ def _model_level(rows: list[dict], layers: LayerList, dtype: str, bw: float, P: 
                 seq = nonmatmul["seq"].get(str(m))
                 if seq:
                     pre.update({"state_seconds": seq["seconds_per_chunk"], "seconds": t + seq["seconds_per_chunk"],
-                                "tokens_per_second": m / (t + seq["seconds_per_chunk"]), "with_state": True})
+                                "tokens_per_second": m / (t + seq["seconds_per_chunk"]), "with_state": True,
+                                "state_method": seq.get("method", "block")})
             pre.setdefault("with_state", False)
             pre.setdefault("seconds", t)
             out.setdefault("prefill", []).append(pre)
