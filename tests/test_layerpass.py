@@ -301,7 +301,6 @@ CHUNK = [3, 4, 5, 6, 7]  # the reference's chunk (its forward(tokens) with more 
 CHUNK_OP_COUNTS = OP_COUNTS.replace("_, st = m.forward([3], st)", f"_, st = m.forward({CHUNK}, st)").replace(
     "m.forward([3], st)\n    return", f"m.forward({CHUNK}, st)\n    return").replace(
     "fns = layerpass.functions()", "fns = layerpass.chunk_functions()").replace(
-    "layerpass.run_layer(p, fns, layer, x)", "layerpass.run_chunk_layer(p, fns, layer, x)").replace(
     "x = torch.rand(p.n_embd)", f"x = torch.rand({len(CHUNK)}, p.n_embd)")
 
 
@@ -311,7 +310,7 @@ def test_a_chunk_layer_runs_exactly_the_reference_layers_operations(version):
     """One more layer in the reference's real 5-token chunk adds exactly the ATen calls of our chunk layer: the
     weight matmuls at M = 5, the token shift over the chunk, the per-token state loop, the casts."""
     pytest.importorskip("rwkv")
-    assert "run_chunk_layer" in CHUNK_OP_COUNTS and f"forward({CHUNK}, st)\n    return" in CHUNK_OP_COUNTS
+    assert "chunk_functions" in CHUNK_OP_COUNTS and f"forward({CHUNK}, st)\n    return" in CHUNK_OP_COUNTS
     r = reference_ops.run(CHUNK_OP_COUNTS, {"name": "t", "source": "t", **TINY[version]})
     assert r["ours"] == r["reference_layer"]
     assert r["ours"]["aten::layer_norm"] == 2 and r["ours"]["aten::matmul"] >= 7 + len(CHUNK) * (version > 4)
@@ -347,7 +346,7 @@ def test_a_chunk_layer_computes_what_its_tokens_decoded_one_by_one_compute(versi
     one = _copied([d])[0]
     x = torch.rand(6, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float32) * 2 - 1
     with torch.no_grad():
-        chunk = layerpass.run_chunk_layer(p, layerpass.chunk_functions(), d, x)
+        chunk = layerpass.run_layer(p, layerpass.chunk_functions(), d, x)
         rows = torch.stack([layerpass.run_layer(p, layerpass.functions(), one, x[t]) for t in range(6)])
     assert chunk.shape == (6, 128) and torch.allclose(chunk, rows, rtol=1e-4, atol=1e-5)
     for key in ("x_prev_att", "x_prev_ffn"):
@@ -360,7 +359,7 @@ def test_a_chunk_layer_computes_what_its_tokens_decoded_one_by_one_compute(versi
     y = x.clone()
     y[0] += 1.0
     with torch.no_grad():
-        other = layerpass.run_chunk_layer(p, layerpass.chunk_functions(), e, y)
+        other = layerpass.run_layer(p, layerpass.chunk_functions(), e, y)
     assert not torch.equal(other[-1], chunk[-1])
     assert not torch.equal(e["state"][0] if version == 4 else e["state"], d["state"][0] if version == 4 else d["state"])
 

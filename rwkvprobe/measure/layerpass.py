@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from rwkvprobe.measure import system
 from rwkvprobe.measure.forward_worker import weight_matmul_us, weight_shapes
@@ -82,7 +82,9 @@ _SCRIPTED: dict = {}
 DRIVER_WORK = {4: (10, 2, 18, 28), 5: (12, 3, 22, 32), 6: (14, 4, 28, 32)}
 
 
-def _sources():
+def _shared():
+    """The pieces the token and chunk forms share (TorchScript inlines their calls: no extra op at run time): the
+    weight matmul helper, RWKV-7's token-shift mixes and projections, the RWKV-4/5.2/6 channel mix after its norm."""
     import torch
     import torch.nn.functional as F
 
@@ -91,6 +93,50 @@ def _sources():
         # activations' type, its result cast for its consumer (a no-op cast is still a call)
         y = torch.matmul(a, w if w.dtype == a.dtype else w.to(a.dtype))
         return y.to(a.dtype if out is None else out)
+
+    def channel_mix_from(x: torch.Tensor, h: torch.Tensor, before: torch.Tensor, mix_k: torch.Tensor,
+                         mix_r: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wr: torch.Tensor, v6: bool):
+        # h: the layer-normed input, before: each token's previous token (normed)
+        if v6:  # RWKV-6 mixes towards the previous token by difference
+            d = before - h
+            kin, rin = h + d * mix_k, h + d * mix_r
+        else:
+            kin, rin = h * mix_k + before * (1 - mix_k), h * mix_r + before * (1 - mix_r)
+        gate = torch.sigmoid(mm(rin, wr))
+        hidden = torch.relu(mm(kin, wk)) ** 2
+        return x + gate * mm(hidden, wv)
+
+    def projections_7(x: torch.Tensor, d: torch.Tensor, v_first: torch.Tensor, first: bool,
+                      z: Dict[str, torch.Tensor], p: str, H: int, S: int) -> Tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+            torch.Tensor]:
+        # d: each token's previous token less the token. (r, decay, key, value, in-context rate, gate, the key's
+        # normalised copy, v_first), each row a token
+        xr, xw, xk = x + d * z[p + "x_r"], x + d * z[p + "x_w"], x + d * z[p + "x_k"]
+        xv, xa, xg = x + d * z[p + "x_v"], x + d * z[p + "x_a"], x + d * z[p + "x_g"]
+        r = xr @ z[p + "receptance"]
+        w = torch.tanh(xw @ z[p + "w1"]) @ z[p + "w2"]
+        k = xk @ z[p + "key"]
+        v = xv @ z[p + "value"]
+        a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
+        g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
+        kk = F.normalize((k * z[p + "k_k"]).view(k.shape[:-1] + [H, S]), dim=-1, p=2.0).view(k.shape)
+        k = k * (1 + (a - 1) * z[p + "k_a"])
+        if first:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(z[p + "v0"] + (xv @ z[p + "v1"]) @ z[p + "v2"])
+        w = torch.exp(-0.606531 * torch.sigmoid((z[p + "w0"] + w).float()))
+        return r, w, k, v, a, g, kk, v_first
+
+    return mm, projections_7, channel_mix_from
+
+
+def _sources():
+    import torch
+    import torch.nn.functional as F
+
+    mm, projections_7, channel_mix_from = _shared()
 
     def time_mix_4(x: torch.Tensor, prev: torch.Tensor, num: torch.Tensor, den: torch.Tensor, top: torch.Tensor,
                    ln_w: torch.Tensor, ln_b: torch.Tensor, mix_k: torch.Tensor, mix_v: torch.Tensor,
@@ -114,14 +160,7 @@ def _sources():
                     mix_k: torch.Tensor, mix_r: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
                     wr: torch.Tensor, v6: bool):
         h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
-        if v6:  # RWKV-6 mixes towards the previous token by difference
-            d = prev - h
-            kin, rin = h + d * mix_k, h + d * mix_r
-        else:
-            kin, rin = h * mix_k + prev * (1 - mix_k), h * mix_r + prev * (1 - mix_r)
-        gate = torch.sigmoid(mm(rin, wr))
-        hidden = torch.relu(mm(kin, wk)) ** 2
-        return x + gate * mm(hidden, wv), h
+        return channel_mix_from(x, h, prev, mix_k, mix_r, wk, wv, wr, v6), h
 
     def time_mix_56(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, ln_w: torch.Tensor,
                     ln_b: torch.Tensor, lnx_w: torch.Tensor, lnx_b: torch.Tensor, mixes: List[torch.Tensor],
@@ -159,22 +198,7 @@ def _sources():
         # state dict does: token-shift mixes, the decay, in-context learning rate, value-residual and gate low-rank
         # paths, the generalised delta rule on the fp32 state, the bonus term, the gated output
         C = x.shape[0]
-        d = prev - x
-        xr, xw, xk = x + d * z[p + "x_r"], x + d * z[p + "x_w"], x + d * z[p + "x_k"]
-        xv, xa, xg = x + d * z[p + "x_v"], x + d * z[p + "x_a"], x + d * z[p + "x_g"]
-        r = xr @ z[p + "receptance"]
-        w = torch.tanh(xw @ z[p + "w1"]) @ z[p + "w2"]
-        k = xk @ z[p + "key"]
-        v = xv @ z[p + "value"]
-        a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
-        g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
-        kk = F.normalize((k * z[p + "k_k"]).view(H, S), dim=-1, p=2.0).view(C)
-        k = k * (1 + (a - 1) * z[p + "k_a"])
-        if first:
-            v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(z[p + "v0"] + (xv @ z[p + "v1"]) @ z[p + "v2"])
-        w = torch.exp(-0.606531 * torch.sigmoid((z[p + "w0"] + w).float()))
+        r, w, k, v, a, g, kk, v_first = projections_7(x, prev - x, v_first, first, z, p, H, S)
         vk = v.view(H, S, 1) @ k.view(H, 1, S)
         ab = (-kk).view(H, S, 1) @ (kk * a).view(H, 1, S)
         state = state * w.view(H, 1, S) + state @ ab.float() + vk.float()
@@ -217,9 +241,7 @@ def _chunk_sources():
     import torch
     import torch.nn.functional as F
 
-    def mm(a: torch.Tensor, w: torch.Tensor, out: Optional[torch.dtype] = None) -> torch.Tensor:
-        y = torch.matmul(a, w if w.dtype == a.dtype else w.to(a.dtype))
-        return y.to(a.dtype if out is None else out)
+    mm, projections_7, channel_mix_from = _shared()
 
     def time_mix_4_chunk(x: torch.Tensor, prev: torch.Tensor, num: torch.Tensor, den: torch.Tensor,
                          top: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, mix_k: torch.Tensor,
@@ -247,14 +269,7 @@ def _chunk_sources():
                           wr: torch.Tensor, v6: bool):
         h = F.layer_norm(x, (x.shape[-1],), weight=ln_w, bias=ln_b)
         before = torch.cat((prev.unsqueeze(0), h[:-1, :]))
-        if v6:
-            d = before - h
-            kin, rin = h + d * mix_k, h + d * mix_r
-        else:
-            kin, rin = h * mix_k + before * (1 - mix_k), h * mix_r + before * (1 - mix_r)
-        gate = torch.sigmoid(mm(rin, wr))
-        hidden = torch.relu(mm(kin, wk)) ** 2
-        return x + gate * mm(hidden, wv), h[-1, :]
+        return channel_mix_from(x, h, before, mix_k, mix_r, wk, wv, wr, v6), h[-1, :]
 
     def time_mix_56_chunk(x: torch.Tensor, prev: torch.Tensor, state: torch.Tensor, ln_w: torch.Tensor,
                           ln_b: torch.Tensor, lnx_w: torch.Tensor, lnx_b: torch.Tensor, mixes: List[torch.Tensor],
@@ -293,21 +308,7 @@ def _chunk_sources():
                          first: bool, z: Dict[str, torch.Tensor], p: str, H: int, S: int):
         T, C = x.shape[0], x.shape[1]
         d = torch.cat((prev.unsqueeze(0), x[:-1, :])) - x
-        xr, xw, xk = x + d * z[p + "x_r"], x + d * z[p + "x_w"], x + d * z[p + "x_k"]
-        xv, xa, xg = x + d * z[p + "x_v"], x + d * z[p + "x_a"], x + d * z[p + "x_g"]
-        r = xr @ z[p + "receptance"]
-        w = torch.tanh(xw @ z[p + "w1"]) @ z[p + "w2"]
-        k = xk @ z[p + "key"]
-        v = xv @ z[p + "value"]
-        a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
-        g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
-        kk = F.normalize((k * z[p + "k_k"]).view(T, H, S), dim=-1, p=2.0).view(T, C)
-        k = k * (1 + (a - 1) * z[p + "k_a"])
-        if first:
-            v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(z[p + "v0"] + (xv @ z[p + "v1"]) @ z[p + "v2"])
-        w = torch.exp(-0.606531 * torch.sigmoid((z[p + "w0"] + w).float()))
+        r, w, k, v, a, g, kk, v_first = projections_7(x, d, v_first, first, z, p, H, S)
         for t in range(T):  # the generalised delta rule, token by token; the read-out overwrites the shift rows
             rt, wt, kt, vt, kkt, at = r[t], w[t], k[t], v[t], kk[t], a[t]
             vk = vt.view(H, S, 1) @ kt.view(H, 1, S)
@@ -530,29 +531,9 @@ def drive_layer(driver, named: dict, i: int, version: int) -> None:
 def run_layer(profile: Profile, fns: tuple, d: dict, x, driver=None):
     """One layer as a torch forward pass runs it: with ``driver`` (make_driver) and ``d["named"]``
     (named_parameters) the reference's per-layer Python first (drive_layer), the residual cast to the layer's
-    type, the time mix call, the channel mix call; the state and token-shift inputs carried for the next token."""
+    type, the time mix call, the channel mix call; the state and token-shift inputs carried for the next token.
+    ``fns``: functions() for one token (x: [n_embd]), chunk_functions() for a chunk (x: [T, n_embd])."""
     time_mix_4, channel_mix, time_mix_56, _ = fns
-    v = profile.version
-    if driver is not None and v is not None:
-        drive_layer(driver, d["named"], d["index"], v)
-    x = x.to(dtype=d["x_prev_att"].dtype)
-    if v == 4:
-        s = d["state"]
-        x, d["x_prev_att"], s[0], s[1], s[2] = time_mix_4(x, d["x_prev_att"], s[0], s[1], s[2], *d["att"][:5],
-                                                            d["att"][5], d["att"][6], *d["att_w"])
-    else:
-        S = profile.head_size
-        x, d["x_prev_att"], d["state"] = time_mix_56(
-            x, d["x_prev_att"], d["state"], d["att"][0], d["att"][1], d["att"][2], d["att"][3], d["mixes"], d["low"],
-            d["decay"], d["bonus"], *d["att_w"], profile.n_embd // S, S, v == 6)
-    x, d["x_prev_ffn"] = channel_mix(x, d["x_prev_ffn"], *d["ffn"], v == 6)
-    return x
-
-
-def run_chunk_layer(profile: Profile, cfns: tuple, d: dict, x, driver=None):
-    """One layer over a chunk of tokens (x: [T, n_embd]) as a torch forward pass runs a prompt, the chunk forms of
-    run_layer's calls (chunk_functions): the state and the token-shift inputs (the chunk's last rows) carried."""
-    time_mix_4, channel_mix, time_mix_56, _ = cfns
     v = profile.version
     if driver is not None and v is not None:
         drive_layer(driver, d["named"], d["index"], v)
@@ -593,12 +574,11 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
         return one_pass
     assert profile.version is not None  # an RWKV profile (nonmatmul.measure_series checks it)
     driver = make_driver(profile.version)
-    run = run_chunk_layer if chunk else run_layer
 
     def one_pass_layers(with_tail: bool) -> None:
         x = x0
         for d in ring:
-            x = run(profile, fns, d, x0, driver)
+            x = run_layer(profile, fns, d, x0, driver)
         if with_tail:
             run_tail(tail, x)
     return one_pass_layers
