@@ -120,7 +120,7 @@ def _shared():
         v = xv @ z[p + "value"]
         a = torch.sigmoid(z[p + "a0"] + (xa @ z[p + "a1"]) @ z[p + "a2"])
         g = torch.sigmoid(xg @ z[p + "g1"]) @ z[p + "g2"]
-        kk = F.normalize((k * z[p + "k_k"]).view(k.shape[:-1] + [H, S]), dim=-1, p=2.0).view(k.shape)
+        kk = F.normalize((k * z[p + "k_k"]).view(list(k.shape[:-1]) + [H, S]), dim=-1, p=2.0).view(k.shape)
         k = k * (1 + (a - 1) * z[p + "k_a"])
         if first:
             v_first = v
