@@ -325,7 +325,7 @@ def _chunk_sources():
 
     def pass_7_chunk(x: torch.Tensor, z: Dict[str, torch.Tensor], state: List[torch.Tensor], layers: int, H: int,
                      S: int, tail: bool = False):
-        # as pass_7, over a chunk [T, C]; ``tail``: the output norm and the head on the chunk's last token only
+        # as pass_7, over a chunk [T, C]; no tail (see TAIL_EVERY): ``tail`` only keeps pass_7's call
         v_first = torch.empty_like(x)
         C = x.shape[1]
         for i in range(layers):
@@ -337,37 +337,32 @@ def _chunk_sources():
             h = F.layer_norm(x, (C,), weight=z[p + "ln2_w"], bias=z[p + "ln2_b"])
             y, state[3 * i + 2] = channel_mix_7_chunk(h, state[3 * i + 2], z, p)
             x = x + y
-        if tail:
-            x = F.layer_norm(x[-1, :], (C,), weight=z["ln_out_w"], bias=z["ln_out_b"]) @ z["head"]
         return x, state
 
     return time_mix_4_chunk, channel_mix_chunk, time_mix_56_chunk, pass_7_chunk
 
 
-def chunk_functions() -> tuple:
-    """The scripted chunk forms (_chunk_sources) of (time mix 4, channel mix, time mix 5/6, RWKV-7 pass)."""
-    import torch
-
-    if "chunk" not in _SCRIPTED:
+def _scripted(sources) -> tuple:
+    """The functions ``sources()`` returns, TorchScript-compiled once per process."""
+    if sources not in _SCRIPTED:
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED["chunk"] = tuple(torch.jit.script(f) for f in _chunk_sources())
-    return _SCRIPTED["chunk"]
-
-
-def functions() -> tuple:
-    """The scripted (time mix 4, channel mix, time mix 5/6, RWKV-7 pass) functions, compiled once per process."""
-    import torch
-
-    if "fns" not in _SCRIPTED:
-        import warnings
+        import torch
 
         with warnings.catch_warnings():  # deprecated in favour of torch.compile, but what the reference runs
             warnings.simplefilter("ignore", DeprecationWarning)
-            _SCRIPTED["fns"] = tuple(torch.jit.script(f) for f in _sources())
-    return _SCRIPTED["fns"]
+            _SCRIPTED[sources] = tuple(torch.jit.script(f) for f in sources())
+    return _SCRIPTED[sources]
+
+
+def functions() -> tuple:
+    """The scripted (time mix 4, channel mix, time mix 5/6, RWKV-7 pass) functions for one token."""
+    return _scripted(_sources)
+
+
+def chunk_functions() -> tuple:
+    """The scripted chunk forms (_chunk_sources) of (time mix 4, channel mix, time mix 5/6, RWKV-7 pass)."""
+    return _scripted(_chunk_sources)
 
 
 def layer_bytes(profile: Profile, dtype: str) -> int:
@@ -587,7 +582,7 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
 def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
              tokens: int) -> dict | None:
     """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split. A chunk's passes run
-    without the tail (CHUNK_TAIL)."""
+    without the tail (see TAIL_EVERY)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -638,25 +633,24 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
             rounds.append(r)
     summary = summarize([r["non_matmul_seconds"] for r in rounds if not r.get("tail")])
     per_layer = summary["median_seconds"]
-    for r in rounds:  # what a pass with the tail spent outside its matmuls beyond the ring's median, per token
-        if r.get("tail"):
-            r["tail_seconds"] = (r["layer_seconds"] - r["weight_matmul_seconds"] - per_layer) * len(ring)
-    # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail is
-    # noise around a small figure: counted as none
-    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail"))) if tails else 0.0
     structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
                  else "two TorchScript calls a layer, each weight matmul through a helper")
     common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
               "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
-              "tail_seconds": tail_seconds, "rounds": rounds, "spread": summary["spread"]}
-    if tokens > 1:
-        common.pop("tail_seconds")
+              "rounds": rounds, "spread": summary["spread"]}
+    if not tails:
         return {"chunk": tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer,
                 "what": f"one layer's work outside its weight matmuls over a chunk of {tokens} tokens (the state "
                         f"updated token by token), timed in a torch forward pass's structure ({structure}) as the "
                         "layer's time minus its weight matmuls' profiled time, times n_layer (the chunk's tail, the "
                         "output norm and head on its last token, left out: about 1% of a chunk's rest)"}
-    return {**common, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
+    for r in rounds:  # what a pass with the tail spent outside its matmuls beyond the ring's median, per token
+        if r.get("tail"):
+            r["tail_seconds"] = (r["layer_seconds"] - r["weight_matmul_seconds"] - per_layer) * len(ring)
+    # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail is
+    # noise around a small figure: counted as none
+    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
+    return {**common, "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
             "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure ({structure}"
                     "), weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
                     "times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
@@ -673,8 +667,8 @@ def measure_chunk(profile: Profile, backend: str, dtype: str, chunk: int, budget
                   llc_bytes: int | None) -> dict | None:
     """A prefill chunk's work outside its weight matmuls (the sequential state update, the chunk-wide norms, mixes
     and activations, the calls around them), timed as measure() times a token: a ring of layers over ``chunk``
-    tokens, plain passes split by profiled ones. ``seconds_per_chunk``: the median per layer times n_layer plus the
-    chunk's tail. None where a pass is too slow for the budget (TOO_SLOW)."""
+    tokens, plain passes split by profiled ones. ``seconds_per_chunk``: the median per layer times n_layer (no tail:
+    see TAIL_EVERY). None where a pass is too slow for the budget (TOO_SLOW)."""
     if chunk < 2:
         raise ValueError(f"a chunk is 2 tokens or more, not {chunk}")
     return _measure(profile, backend, dtype, budget_seconds, llc_bytes, chunk)
