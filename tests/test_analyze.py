@@ -209,17 +209,22 @@ def test_low_ceilings_are_probed_again_and_kept(cli, small, tmp_path, monkeypatc
     from rwkvprobe.measure import analyze, bandwidth
     from rwkvprobe.measure import points as measure
 
-    real_bw, real_ceil = bandwidth.measure_bandwidth, measure.measure_ceilings
+    real_bw, real_probe, real_ceil = bandwidth.measure_bandwidth, bandwidth.ReadProbe.probe, measure.measure_ceilings
 
-    bw_calls = []
-
-    def low_bandwidth(*args, **kwargs):
+    def low_bandwidth(*args, **kwargs):  # the full probe
         result = real_bw(*args, **kwargs)
-        bw_calls.append(kwargs.get("kernels"))
-        if len(bw_calls) <= 2:  # the full probe and the one just before the layer points
-            for run in result["runs"]:
-                for k in run["kernels"].values():
-                    k["best_gbps"] /= 10
+        for run in result["runs"]:
+            for k in run["kernels"].values():
+                k["best_gbps"] /= 10
+        return result
+
+    probes = []
+
+    def low_probe(self, trials):  # and the read probes, the first (just before the layer points) disturbed
+        result = real_probe(self, trials)
+        probes.append(self)
+        if len(probes) == 1:
+            result["read_best_gbps"] /= 10
         return result
 
     calls = []
@@ -232,11 +237,15 @@ def test_low_ceilings_are_probed_again_and_kept(cli, small, tmp_path, monkeypatc
         return c
 
     monkeypatch.setattr(bandwidth, "measure_bandwidth", low_bandwidth)
+    monkeypatch.setattr(bandwidth.ReadProbe, "probe", low_probe)
     monkeypatch.setattr(analyze, "measure_ceilings", low_peak)
     out = tmp_path / "run"
     code, stdout, stderr = cli("analyze", small, "--out", out, *FAST, "--tokens", "1,8")
     assert code == 0, stderr
     r = json.loads((out / "results.json").read_text())
+    # one array and team for every read probe of the run, closed at its end
+    assert len(probes) == len(r["bandwidth_probes"]) >= 3 and all(x is probes[0] for x in probes)
+    assert probes[0].team.a is None
     again = [p for p in r["bandwidth_probes"] if p["when"].startswith("again after")]
     assert again and len(again) <= analyze.MAX_REPROBES and "GB/s" in again[0]["when"]
     assert r["bandwidth_probes"][-1]["when"] == "after the layers"

@@ -331,3 +331,38 @@ def test_runs_on_numpy_where_numba_and_the_optional_packages_do_not_import():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)["bandwidth"]
     assert result["engine"].startswith("numpy") and result["runs"][0]["check_ok"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_kept_read_probe_reads_one_array_again_and_checks_it_each_time(engine):
+    """analyze's probes share one array and team (ReadProbe): first-touched once, each probe still checked, and each
+    probe's read figures its own; a read-only team has no arrays for the other kernels."""
+    with bw.ReadProbe(1, [USABLE[0]], engine=engine) as reader:
+        array = reader.team.a
+        assert reader.team.b.size == 0 and reader.team.c.size == 0
+        assert array.size * bw.ITEM_BYTES == bw.default_array_bytes(bw.system.llc_bytes())
+        first, second = reader.probe(2), reader.probe(3)
+        assert reader.team.a is array and reader.team.workers[0]["calls"] == 2 * bw.WARMUP_TRIALS + 5
+        for probe, trials in ((first, 2), (second, 3)):
+            assert probe["check_ok"] is True and len(probe["seconds"]) == trials and probe["trials"] == trials
+            assert probe["read_best_gbps"] == pytest.approx(array.size * bw.ITEM_BYTES / min(probe["seconds"]) / 1e9)
+        assert reader.team.read_value == pytest.approx(array.size)  # every element 1.0, read as a dot with itself
+        with pytest.raises(ValueError, match="read-only"):
+            reader.team.run("copy")
+        array[7] = 5.0  # a wrong value anywhere fails the next probe's check
+        assert reader.probe(1)["check_ok"] is False
+        with pytest.raises(InputError, match="--trials 0"):
+            reader.probe(0)
+    assert reader.team.a is None  # closed: the array is freed
+
+
+def test_a_kept_read_probe_names_each_trials_read_method_after_earlier_probes():
+    """The numba engine alternates its read methods from the team's first read on; a kept team's later probes
+    start where the earlier ones stopped."""
+    if "numba" not in ENGINES:
+        pytest.skip("numba is not installed here")
+    with bw.StreamTeam(4096, [USABLE[0]], engine="numba", read_only=True) as team:
+        first = bw._trials(team, 2, ("read",))  # reads 1 (warm-up, compiled loop), 2 (dot), 3 (loop)
+        second = bw._trials(team, 1, ("read",))  # reads 4 (warm-up, dot), 5 (loop)
+    assert sorted(first["kernels"]["read"]["best_gbps_by_method"]) == ["BLAS dot", "compiled loop"]
+    assert list(second["kernels"]["read"]["best_gbps_by_method"]) == ["compiled loop"]

@@ -1,6 +1,8 @@
 """layerpass: RWKV-4/5.2/6/7's non-matmul work timed in a forward pass's structure."""
 
 import statistics
+import subprocess
+import sys
 
 import pytest
 import reference_ops
@@ -10,6 +12,7 @@ from rwkvprobe.model.profile import layer_list, parse_profile
 torch = pytest.importorskip("torch")
 
 from rwkvprobe.measure import layerpass, nonmatmul  # noqa: E402
+from rwkvprobe.measure.forward_worker import KINETO_NOISE  # noqa: E402
 from rwkvprobe.measure.timing import LLC_FACTOR  # noqa: E402
 
 TINY = {
@@ -410,9 +413,7 @@ def test_the_torch_series_time_a_chunk_in_layers_and_the_rest_as_a_block():
 def test_the_matmul_split_read_from_raw_events_equals_the_profilers_own_self_times(tokens):
     """weight_matmul_us reads the profiler's raw events (fast on a chunk's thousands of ops); what it finds, weight
     matmuls by shape and the other matmul-family ops, equals what the profiler's key_averages reports as self time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from rwkvprobe.measure.forward_worker import MATMUL_OPS, weight_matmul_us, weight_shapes
+    from rwkvprobe.measure.forward_worker import MATMUL_OPS, cpu_profile, weight_matmul_us, weight_shapes
 
     p = tiny(6)
     shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(p).layers], p.n_layer)
@@ -421,7 +422,7 @@ def test_the_matmul_split_read_from_raw_events_equals_the_profilers_own_self_tim
     with torch.no_grad():
         for _ in range(3):
             one(True)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with cpu_profile() as prof:
             one(True)
     per: dict = {}
     weights, other = weight_matmul_us(prof, shapes, batched, per)
@@ -433,3 +434,27 @@ def test_the_matmul_split_read_from_raw_events_equals_the_profilers_own_self_tim
     assert sum(d["calls"] for d in per.values()) == 2 * sum(x.count for x in layer_list(p).layers if x.kind != "head") / 3 + 1
     head = [e for e in groups if [list(s) for s in e.input_shapes if s][1:2] == [[128, 256]]]
     assert per["128x256"]["us"] == pytest.approx(sum(e.self_cpu_time_total for e in head), rel=1e-6)
+
+
+def test_a_profile_holds_back_kinetos_start_and_stop_lines_and_passes_the_rest_on():
+    """torch 2.13's kineto writes "USDT:... profiler_start" and "... profiler_stop" to stderr around every profile,
+    whatever its log level: cpu_profile keeps them off the user's console; anything else written to stderr during
+    the profile still gets there, and the profile still records the ops."""
+    body = ("import os, torch\n"
+            "from rwkvprobe.measure.forward_worker import cpu_profile, matmul_events\n"
+            "{enter}\n"
+            "    torch.ones(1, 8) @ torch.ones(8, 4)\n"
+            "    os.write(2, b'kept line\\n')\n"
+            "print(sorted({{name for name, _, _ in matmul_events(prof)}}))\n")
+    ours = subprocess.run([sys.executable, "-c", body.format(enter="with cpu_profile() as prof:")],
+                          capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr
+    assert "aten::mm" in ours.stdout
+    assert ours.stderr.splitlines() == ["kept line"]
+    plain = subprocess.run([sys.executable, "-c", body.format(
+        enter="from torch.autograd.profiler import profile\nwith profile(record_shapes=True) as prof:")],
+        capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    noise = [line for line in plain.stderr.splitlines() if line != "kept line"]
+    # what the filter takes out, where this torch writes it (torch 2.13 does: two lines)
+    assert all(KINETO_NOISE.match(line) for line in noise), noise

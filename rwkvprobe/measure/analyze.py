@@ -284,6 +284,8 @@ class Analysis(Run):
         self.near_line: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
         #: and of its heaviest points (roofline.heavy_points)
         self.heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
+        #: the read probes' array and workers, kept from the first probe after the full one to the last (_probe)
+        self._reader: bandwidth.ReadProbe | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
@@ -310,6 +312,14 @@ class Analysis(Run):
     def run(self, progress: Progress) -> dict:
         """Measure everything missing: bandwidth, board series, ceilings, non-matmul work, block graphs, the layer
         points (re-probing the bandwidth between them), then the bandwidth again."""
+        try:
+            return self._run(progress)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def _run(self, progress: Progress) -> dict:
         s = self.settings
         t_start = time.perf_counter()
         pinned = set_affinity(s.cpus)
@@ -352,12 +362,15 @@ class Analysis(Run):
             self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
         laps.lap("layers")
         # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at
-        # fp32) before the last probe allocates its arrays
+        # fp32)
         base_weight.cache_clear()
         if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
             progress.stage("memory bandwidth again")
             self._probe("after the layers", t_start)
             laps.lap("bandwidth")
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         kept = self._record_probes() if s.history else True
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
@@ -469,6 +482,7 @@ class Analysis(Run):
         bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
         probe_seconds = 0.0
         if points:  # a probe as the layers begin (bandwidth.sustained_read_gbps); its cost plans the others
+            self._open_reader()  # not counted in that cost: it allocates the probes' array once
             t_probe = time.perf_counter()
             bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
             probe_seconds = time.perf_counter() - t_probe
@@ -665,10 +679,16 @@ class Analysis(Run):
                 or history.record(own, self.settings.threads, self.settings.cpus,
                                   first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or [])))
 
+    def _open_reader(self) -> bandwidth.ReadProbe:
+        """The read probes' array and workers (kept until the last probe of the run)."""
+        if self._reader is None:
+            self._reader = bandwidth.ReadProbe(self.settings.threads, self.settings.cpus)
+        return self._reader
+
     def _probe(self, when: str, t_start: float) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
 
-        probe = bandwidth.probe_read(self.settings.threads, self.settings.cpus, BANDWIDTH_TRIALS)
+        probe = self._open_reader().probe(BANDWIDTH_TRIALS)
         probe.update(when=when, at_seconds=time.perf_counter() - t_start, at=time.time())
         self.results["bandwidth_probes"].append(probe)
         self.save()

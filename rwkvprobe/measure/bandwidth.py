@@ -118,15 +118,16 @@ def default_array_bytes(llc_bytes: int | None) -> int:
     return LLC_MULTIPLE * (llc_bytes or DEFAULT_LLC_BYTES)
 
 
-def check_memory(array_bytes: int, available_bytes: int | None = None) -> None:
-    """InputError when three arrays of ``array_bytes`` would not fit in the available memory."""
+def check_memory(array_bytes: int, available_bytes: int | None = None, arrays: int = 3) -> None:
+    """InputError when ``arrays`` arrays of ``array_bytes`` would not fit in the available memory."""
     if available_bytes is None:
         import psutil
 
         available_bytes = psutil.virtual_memory().available
-    need = 3 * array_bytes
+    need = arrays * array_bytes
     if need > MEMORY_FRACTION * available_bytes:
-        raise InputError(f"array size {array_bytes / 1e9:.3g} GB: three arrays need {need / 1e9:.3g} GB, but only "
+        count = {1: "one array needs", 3: "three arrays need"}.get(arrays, f"{arrays} arrays need")
+        raise InputError(f"array size {array_bytes / 1e9:.3g} GB: {count} {need / 1e9:.3g} GB, but only "
                          f"{available_bytes / 1e9:.3g} GB of memory is available (use a smaller --size)")
 
 
@@ -300,18 +301,19 @@ class StreamTeam:
     """
 
     def __init__(self, elements: int, cpus: list[int | None], triad_block: int | None = None,
-                 engine: str | None = None):
+                 engine: str | None = None, read_only: bool = False):
         if elements < len(cpus):
             raise InputError(f"{elements} elements per array cannot be split over {len(cpus)} threads")
         n = len(cpus)
         self.elements = elements
         self.cpus = list(cpus)
+        self.read_only = read_only  # array a only (the read kernel's): b and c are empty
         self.triad_block = triad_block or triad_block_elements(self.cpus[0], n)
         self.engine = engine_name(engine)
         self._kernels = _numba_kernels() if self.engine == "numba" else None
         if self._kernels is not None:  # compile (or load from the disk cache) before the workers time anything
             self._warm_compile()
-        self.a, self.b, self.c = (_aligned_empty(elements) for _ in range(3))
+        self.a, self.b, self.c = (_aligned_empty(0 if read_only and i else elements) for i in range(3))
         self.chunks = split_chunks(elements, n)
         self.workers = [{"cpu": cpu, "first_element": lo, "elements": hi - lo, "calls": 0}
                         for cpu, (lo, hi) in zip(self.cpus, self.chunks)]
@@ -387,6 +389,8 @@ class StreamTeam:
 
     def run(self, kernel: str) -> float:
         """Run ``kernel`` on every worker at once; seconds from the first start to the last finish."""
+        if self.read_only and kernel != "read":
+            raise ValueError(f"a read-only team has no arrays for the {kernel} kernel")
         seconds = self._dispatch(kernel)
         if kernel == "read":
             self.read_value = sum(self._results)
@@ -430,7 +434,7 @@ def _check(team: StreamTeam, kernels: tuple[str, ...], passes: int) -> bool:
             a, b, c, value = reference_step(k, a, b, c)
             read = value if value is not None else read
     ok = all(math.isclose(float(arr.min()), want, rel_tol=1e-12) and math.isclose(float(arr.max()), want, rel_tol=1e-12)
-             for arr, want in ((team.a, a), (team.b, b), (team.c, c)))
+             for arr, want in ((team.a, a), (team.b, b), (team.c, c)) if arr.size)
     if read is not None:
         ok = ok and team.read_value is not None and math.isclose(team.read_value, read * team.elements, rel_tol=1e-9)
     return ok
@@ -439,9 +443,16 @@ def _check(team: StreamTeam, kernels: tuple[str, ...], passes: int) -> bool:
 def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tuple[str, ...],
                 engine: str | None = None) -> dict:
     """One thread count on one CPU set: every trial's seconds per kernel, plus what each worker did."""
+    with StreamTeam(elements, cpus, engine=engine) as team:
+        return _trials(team, trials, kernels)
+
+
+def _trials(team: StreamTeam, trials: int, kernels: tuple[str, ...]) -> dict:
+    """WARMUP_TRIALS untimed passes, then ``trials`` timed ones, of ``kernels`` on ``team``; the values checked."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1), StreamTeam(elements, cpus, engine=engine) as team:
+    with threadpool_limits(limits=1):
+        reads_before = team.workers[0]["calls"] if team.read_only else 0  # a kept team's earlier probes' reads
         for _ in range(WARMUP_TRIALS):
             for k in kernels:
                 team.run(k)
@@ -450,9 +461,9 @@ def measure_run(elements: int, cpus: list[int | None], trials: int, kernels: tup
             for k in kernels:
                 seconds[k].append(team.run(k))
         check_ok = _check(team, kernels, WARMUP_TRIALS + trials)
-        summaries = {k: summarize(k, elements, s) for k, s in seconds.items()}
+        summaries = {k: summarize(k, team.elements, s) for k, s in seconds.items()}
         if "read" in summaries and team.engine == "numba":
-            summaries["read"]["best_gbps_by_method"] = read_by_method(summaries["read"], WARMUP_TRIALS)
+            summaries["read"]["best_gbps_by_method"] = read_by_method(summaries["read"], reads_before + WARMUP_TRIALS)
         return {"kernels": summaries, "check_ok": check_ok,
                 "triad_block_elements": team.triad_block, "workers": team.workers, "engine": team.engine}
 
@@ -515,18 +526,48 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
             "total_seconds": time.perf_counter() - began, "runs": results}
 
 
+class ReadProbe:
+    """Short re-probes of the read kernel (what analyze's verdict uses as W), on one array and one team of workers
+    kept between probes: the array (4x the last-level cache, STREAM's rule) is allocated and first-touched once.
+
+    A fresh team per probe spent 0.04-1.7 s first-touching its arrays in a quick analyze run on the dev VM (fresh
+    pages from the hypervisor), where the ten read trials take about 0.05 s. Use it as a context manager (or call
+    ``close()``). Same threads and CPUs as ``measure_bandwidth`` would take, best of ``trials``, values checked.
+    """
+
+    def __init__(self, threads: int, cpus: list[int] | None = None, engine: str | None = None):
+        llc = system.llc_bytes()
+        elements = default_array_bytes(llc) // ITEM_BYTES
+        self.run_plan = plan_runs([threads], cpus)[0]
+        check_memory(elements * ITEM_BYTES, arrays=1)
+        self.team = StreamTeam(elements, self.run_plan["cpus"], engine=engine, read_only=True)
+
+    def probe(self, trials: int = DEFAULT_TRIALS) -> dict:
+        """One probe: a compact dict (read GB/s best and average, every trial's seconds, the check)."""
+        if not 1 <= trials <= MAX_TRIALS:
+            raise InputError(f"--trials {trials}: expected 1 to {MAX_TRIALS}")
+        run = _trials(self.team, trials, ("read",))
+        read = run["kernels"]["read"]
+        return {"read_best_gbps": read["best_gbps"], "read_avg_gbps": read["avg_gbps"], "seconds": read["seconds"],
+                "threads": self.run_plan["threads"], "cpus": self.run_plan["cpus"], "trials": trials,
+                "check_ok": run["check_ok"], "engine": self.team.engine,
+                "array_bytes": self.team.elements * ITEM_BYTES}
+
+    def close(self) -> None:
+        self.team.close()
+
+    def __enter__(self) -> "ReadProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def probe_read(threads: int, cpus: list[int] | None = None, trials: int = DEFAULT_TRIALS,
                engine: str | None = None) -> dict:
-    """A short re-probe of the read kernel only (what analyze's verdict uses as W): a compact dict.
-
-    Same arrays (4x the last-level cache), same threads and CPUs, best of ``trials``, values checked.
-    """
-    result = measure_bandwidth(threads=[threads], trials=trials, cpus=cpus, kernels=("read",), engine=engine)
-    run = result["runs"][0]
-    read = run["kernels"]["read"]
-    return {"read_best_gbps": read["best_gbps"], "read_avg_gbps": read["avg_gbps"], "seconds": read["seconds"],
-            "threads": run["threads"], "cpus": run["cpus"], "trials": trials, "check_ok": run["check_ok"],
-            "engine": result["engine"], "array_bytes": result["array_bytes"]}
+    """One read probe on arrays of its own (ReadProbe.probe)."""
+    with ReadProbe(threads, cpus, engine) as probe:
+        return probe.probe(trials)
 
 
 def read_probes(results: dict, checked_only: bool = True, history: bool = True) -> list[tuple[float | None, float]]:

@@ -10,11 +10,14 @@ into weight matmuls (per shape) and everything else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 
 from rwkvprobe.measure.timing import summarize
@@ -76,13 +79,61 @@ def weight_matmul_shape(name: str, input_shapes, shapes: set, batched: dict):
     return None
 
 
+#: what kineto writes to stderr as each profile starts and stops (torch 2.13: "USDT:<date> <pid>:<tid>
+#: SyncActivityProfilerHandler.cpp:52] profiler_start"), whatever its log level: two lines a profile on the user's
+#: console (a quick analyze printed twelve) and in a worker's error tail
+KINETO_NOISE = re.compile(r"^USDT:.*\] profiler_(start|stop)\s*$")
+
+
+@contextlib.contextmanager
+def _kineto_lines_held_back():
+    """Run the block with file descriptor 2 going to a temporary file, then pass on what it wrote there, less
+    kineto's start and stop lines (KINETO_NOISE)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                held.seek(0)
+                rest = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                        if not KINETO_NOISE.match(line)]
+                if rest:
+                    sys.stderr.write("".join(rest))
+                    sys.stderr.flush()
+    finally:
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def cpu_profile():
+    """torch's CPU profiler with input shapes, as ``torch.profiler.profile(activities=[CPU], record_shapes=True)``
+    runs it: the autograd profiler that one wraps, entered directly (the same kineto events; torch.profiler's start
+    looks up ``torch._inductor``, whose import took 1-1.5 s of a process's first profile), with kineto's start and
+    stop lines held back. Read the events with matmul_events or ``key_averages()``."""
+    from torch.autograd.profiler import profile
+
+    prof = profile(record_shapes=True)
+    with _kineto_lines_held_back():
+        prof.__enter__()
+    try:
+        yield prof
+    finally:
+        with _kineto_lines_held_back():
+            prof.__exit__(None, None, None)
+
+
 def matmul_events(prof) -> list[tuple[str, list, float]]:
     """(op name, input shapes, self microseconds) of every matmul-family op (MATMUL_OPS) a profile recorded, read
     from the profiler's raw events: an op's self time is its duration less its direct children's on its thread, as
     the profiler's own event tree counts it, without building that tree for every op (key_averages spent 0.4-0.7 s
     on each profile of a 64-token chunk's pass: 6,600 events, most of them the state loop's small ops)."""
     threads: dict = {}
-    for e in prof.profiler.kineto_results.events():
+    for e in prof.kineto_results.events():
         if not e.is_async():
             threads.setdefault(e.start_thread_id(), []).append(e)
     out = []
@@ -139,8 +190,6 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
     plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
     plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder."""
-    from torch.profiler import ProfilerActivity, profile
-
     shapes, batched = weight_shapes(layer_shapes, n_layer)
     plain: list[float] = []
     shares: list[float] = []
@@ -153,7 +202,7 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
         model.forward(ids, s)
         plain.append(time.perf_counter() - t0)
         s = [x.clone() for x in state] if isinstance(state, list) else state
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with cpu_profile() as prof:
             model.forward(ids, s)
         matmul_us, _ = weight_matmul_us(prof, shapes, batched, per_shape)
         shares.append(min(1.0, matmul_us / 1e6 / plain[-1]))
@@ -190,7 +239,6 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     measured decode time uses the median share over the rounds.
     """
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     shapes, batched = weight_shapes(layer_shapes, n_layer)
     per_shape: dict = {}
@@ -206,7 +254,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
             logits, state = model.forward([token], state)
             plain.append(time.perf_counter() - t0)
             token = int(torch.argmax(logits))
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        with cpu_profile() as prof:
             t0 = time.perf_counter()
             for _ in range(n):
                 logits, state = model.forward([token], state)

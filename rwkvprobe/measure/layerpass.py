@@ -48,7 +48,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from rwkvprobe.measure import system
-from rwkvprobe.measure.forward_worker import weight_matmul_us, weight_shapes
+from rwkvprobe.measure.forward_worker import cpu_profile, weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
 from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
 
@@ -584,8 +584,6 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
     """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split. A chunk's passes run
     without the tail (see TAIL_EVERY)."""
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes, 1 if tokens > 1 else 2))
     tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
@@ -595,8 +593,8 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
     tails = tokens == 1  # decode: every other round ends with the token's tail
     rounds: list[dict] = []
     calls = 0.0
-    # the budget counts the warm-up and the first round's start of the profiler (1-1.5 s of a 1.5B's --quick run,
-    # which then gets its six rounds); validate asks for more (measure.validate.NONMATMUL_SECONDS)
+    # the budget counts the warm-up (the first passes compile) and the rounds; validate asks for more
+    # (measure.validate.NONMATMUL_SECONDS)
     t_start = time.perf_counter()
     t_end, t_cap = t_start + budget_seconds, t_start + TOO_SLOW * budget_seconds
     with torch.no_grad():
@@ -617,7 +615,7 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
             t0 = time.perf_counter()
             one_pass(with_tail)
             plain = (time.perf_counter() - t0) / len(ring)
-            with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            with cpu_profile() as prof:
                 one_pass(with_tail)
             by_shape: dict = {}
             matmul_us, _ = weight_matmul_us(prof, shapes, batched, by_shape)

@@ -68,6 +68,14 @@ def summarize(samples: list[float]) -> dict:
     }
 
 
+def _median_and_spread(samples: list[float]) -> tuple[float, float]:
+    """The median and relative spread (IQR / median) that ``summarize`` gives, without its mean and stdev (the
+    sampling loop asks for them every few calls: ``statistics.stdev`` took a second and a half of a quick run)."""
+    s = sorted(samples)
+    median = _quantile(s, 0.5)
+    return median, (_quantile(s, 0.75) - _quantile(s, 0.25)) / median if median > 0 else 0.0
+
+
 def _quantile(sorted_values: list[float], q: float) -> float:
     if len(sorted_values) == 1:
         return sorted_values[0]
@@ -158,10 +166,10 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
         # the samples kept (warming ones count as warm-up) reach the floor; once reached, it stays reached
         floored = floored or (n >= p.floor_samples and n - warming(samples) >= p.floor_samples)
         if n >= need and floored and (n % max(1, min(copies, 8)) == 0 or n == need):
-            summary = summarize(samples)
+            median, spread = _median_and_spread(samples)
             # steady but slow (a median well above the fastest call seen, warm-up included: a worker thread that
             # sleeps through the calls) is a mode, not the point's time: it does not end sampling early
-            if summary["spread"] <= p.target_spread and summary["median_seconds"] <= SLOW_MODE * fastest:
+            if spread <= p.target_spread and median <= SLOW_MODE * fastest:
                 break
         # stalls (a thread woken a scheduler tick late) spend no budget: a point runs up to 2x its budget; and
         # it does not stop while stalls are most of its samples (a median that is a stall is not the point's
