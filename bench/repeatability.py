@@ -5,7 +5,8 @@ folder), then prints, for every series both runs measured, the decode ms/token o
 ratio, and whether the verdict (the main bound of the fastest series, and which series that is) is the
 same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict. It prints the range of each
 run's DRAM bandwidth probes too: where the machine's own bandwidth moved between the runs, the bandwidth-bound
-series moved with it.
+series moved with it; and every decode point of run 2 against the same point of run 1: a shift of the machine
+moves nearly all of them one way.
 
     python bench/repeatability.py [profiles/rwkv-0b4.yaml] [-- extra analyze options]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,16 @@ def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
     main = main_bound(bounds) or "mixed"
     split = ", ".join(f"{k} {v:.0%}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
     return per, f"{best['backend']} {best['dtype']}", main, split
+
+
+def point_ratios(r1: dict, r2: dict) -> list[tuple[float, float]]:
+    """(run 2 / run 1 median, weight bytes) of every decode point (M = 1) both runs timed."""
+    def timed(r: dict) -> dict:
+        return {(p["backend"], p["dtype"], p["k"], p["n"]): p for p in r["measurements"]
+                if p["m"] == 1 and (p.get("timing") or {}).get("median_seconds") and (p.get("check") or {}).get("ok")}
+    a, b = timed(r1), timed(r2)
+    return [(b[key]["timing"]["median_seconds"] / a[key]["timing"]["median_seconds"],
+             key[2] * key[3] * (a[key].get("bytes_per_weight") or 4)) for key in a if key in b]
 
 
 def main() -> int:
@@ -88,6 +100,15 @@ def main() -> int:
         if c["canary_sampled"]:
             print(f"run {i}: canary at most {c['canary_max_ratio']:.2f}x its best, {c['machine_slow']} point(s) "
                   f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again")
+    # every point against itself: a shift of the whole machine moves nearly all of them one way, the small ones (whose
+    # weights a call reads in a few microseconds) as much as the large ones
+    ratios = point_ratios(r1, r2)
+    if ratios:
+        small = [x for x, nbytes in ratios if nbytes <= 2**20]
+        print(f"points: {len(ratios)} decode points timed in both runs, run 2/run 1 median "
+              f"{statistics.median(x for x, _ in ratios):.2f} ({sum(x > 1 for x, _ in ratios)} slower, "
+              f"{sum(x < 1 for x, _ in ratios)} faster)"
+              + (f"; the {len(small)} with at most 1 MiB of weights: median {statistics.median(small):.2f}" if small else ""))
     same = (best1, bound1) == (best2, bound2)
     print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")

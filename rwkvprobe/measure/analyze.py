@@ -56,7 +56,7 @@ POINT_COPIES = 4
 FINISH_RESERVE_SECONDS = 6.0
 #: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
 MIN_POINT_SECONDS = 0.03
-#: while the layers are timed the read bandwidth is probed again this often (about 0.1 s a probe): a VM's DRAM
+#: while the layers are timed the read bandwidth is probed again this often (about 0.05 s a probe): a VM's DRAM
 #: bandwidth can come in bursts (1.6-1.8x for a few seconds), and the layers are judged at the middle probe of the
 #: run (bandwidth.sustained_read_gbps), so that the same run twice gives the same verdict
 PHASE_PROBE_SECONDS = 3.0
