@@ -238,3 +238,12 @@ def test_a_small_spread_does_not_end_sampling_before_the_floor():
     call, _ = _calls(set())
     floored = measure(call, policy=TimingPolicy(**policy, floor_samples=12))
     assert len(short["samples"]) < 12 <= len(floored["samples"])
+
+
+@pytest.mark.parametrize("samples", [[3.0], [2.0, 1.0], [5.0, 1.0, 3.0, 2.0], [float(x % 7) + 1.0 for x in range(101)],
+                                     [0.0, 0.0, 0.0]])
+def test_the_sampling_loops_median_and_spread_are_summarizes(samples):
+    """The stop rule reads its median and spread from a lighter function than summarize: the same figures."""
+    median, spread = timing._median_and_spread(samples)
+    full = timing.summarize(samples)
+    assert median == full["median_seconds"] and spread == pytest.approx(full["spread"], abs=1e-15)
