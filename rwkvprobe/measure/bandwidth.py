@@ -293,7 +293,8 @@ class _Chunk:
 
 
 class StreamTeam:
-    """Three float64 arrays and one persistent worker thread per entry of ``cpus`` (pinned unless None).
+    """Three float64 arrays (``read_only``: the read kernel's array a alone, b and c empty) and one persistent
+    worker thread per entry of ``cpus`` (pinned unless None).
 
     Worker i owns chunk i of every array and first-touches it. ``run(kernel)`` runs one kernel on all
     workers at once and returns its seconds; ``workers`` says what each worker did. Use it as a

@@ -88,25 +88,35 @@ KINETO_NOISE = re.compile(r"^USDT:.*\] profiler_(start|stop)\s*$")
 @contextlib.contextmanager
 def _kineto_lines_held_back():
     """Run the block with file descriptor 2 going to a temporary file, then pass on what it wrote there, less
-    kineto's start and stop lines (KINETO_NOISE)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    kineto's start and stop lines (KINETO_NOISE). Where there is no temporary file or no stderr to redirect, the
+    block runs as it is (the lines get through)."""
     try:
-        with tempfile.TemporaryFile() as held:
-            os.dup2(held.fileno(), 2)
+        held = tempfile.TemporaryFile()
+    except OSError:
+        yield
+        return
+    with held:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # stderr closed, or None
+            yield
+            return
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
             try:
-                yield
-            finally:
                 sys.stderr.flush()
+            finally:
                 os.dup2(saved, 2)
-                held.seek(0)
-                rest = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
-                        if not KINETO_NOISE.match(line)]
-                if rest:
-                    sys.stderr.write("".join(rest))
-                    sys.stderr.flush()
-    finally:
-        os.close(saved)
+                os.close(saved)
+            held.seek(0)
+            rest = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not KINETO_NOISE.match(line)]
+            if rest:
+                sys.stderr.write("".join(rest))
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager
