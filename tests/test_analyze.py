@@ -511,6 +511,38 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
                       for m, k, n in floors} and len(floors) >= 4
 
 
+def test_the_headlines_rechecks_may_use_the_finish_reserve_and_the_others_may_not():
+    """With 5.5 s of a 10 s budget left and a point costing 1 s to measure again: the headline's rechecks (near the
+    line, heaviest: the verdict rests on them) run, keeping HEADLINE_RESERVE_SECONDS for the finish; the others
+    (machine slow, far slow) keep the whole FINISH_RESERVE_SECONDS and do not."""
+    from types import SimpleNamespace
+
+    from rwkvprobe.measure import analyze
+    from rwkvprobe.model.profile import layer_list, load_profile
+
+    assert analyze.HEADLINE_RESERVE_SECONDS < 4.5 < analyze.FINISH_RESERVE_SECONDS
+    point = {"backend": "numpy", "dtype": "fp32", "m": 1, "k": 64, "n": 32, "timing": {"median_seconds": 1e-3},
+             "check": {"ok": True}, "overhead_seconds": {"prepare": 0.5, "check": 0.25, "timing": 0.25}}
+    run = analyze.Analysis.__new__(analyze.Analysis)
+    run.settings = SimpleNamespace(budget_seconds=10.0)
+    run.layers = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml"))
+    run.results = {"measurements": [point]}
+    run.save_soon = lambda: None
+    t_start = time.perf_counter() - 4.5
+    assert not run._budget_has(point, t_start)
+    assert run._budget_has(point, t_start, analyze.HEADLINE_RESERVE_SECONDS)
+    again = []
+    run._again_as_before = lambda p, backends, llc: (again.append(p) or p, 1e-3)
+    notes = SimpleNamespace(note=lambda text: None)
+    key = ("numpy", "fp32", 1, 64, 32)
+    run._recheck_headline(lambda r, layers: [(key, 0.4)], 3, "heavy_recheck", "decode_share", "{:.0%}",
+                          {"numpy": None}, None, t_start, notes, 0)
+    assert again == [point] and point["heavy_recheck"]["decode_share"] == 0.4
+    del point["heavy_recheck"]
+    run._recheck_all_slow([(0, 1e-4, None, None, "numpy fp32", None)], {"numpy": None}, None, t_start, notes)
+    assert again == [point] and "slow_recheck" not in point  # not measured again: the finish reserve is kept
+
+
 def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli, small, tmp_path, monkeypatch):
     """The machine's bandwidth history (measure/history.py): an earlier run's probe of this machine far above what
     memory gives now is the DRAM ceiling of this run, said so in the report; this run's probes are added for the

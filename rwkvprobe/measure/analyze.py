@@ -62,6 +62,11 @@ MIN_POINT_SECONDS = 0.03
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
+#: the headline's rechecks (near the line, heaviest) may use what the finish reserve keeps beyond this: the verdict
+#: rests on them. A ggml fp16 head (a third of a q4_0 decode) timed at 7.9 ms in one quick run of rwkv-0b4 (3.7 in
+#: the next) was not measured again with 0.5 s left of the budget less FINISH_RESERVE_SECONDS, where measuring it
+#: again costs 0.6-0.9 s, and the verdict read "mixed" (kernel-limited 47%) against the next run's compute-bound
+HEADLINE_RESERVE_SECONDS = 3.0
 #: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
 HEAVY_RECHECKS = 3
 #: the decode points of the call shapes holding HEAVY_WEIGHT_SHARE or more of the weights a token take at least
@@ -636,10 +641,10 @@ class Analysis(Run):
             r["measurements"][i] = kept
             self.save_soon()
 
-    def _budget_has(self, point: dict, t_start: float) -> bool:
-        """Whether what is left of --budget (less the finish reserve) covers measuring ``point`` once more."""
+    def _budget_has(self, point: dict, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> bool:
+        """Whether what is left of --budget (less ``reserve``) covers measuring ``point`` once more."""
         cost = sum((point.get("overhead_seconds") or {}).values())
-        return self.settings.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start) >= cost
+        return self.settings.budget_seconds - reserve - (time.perf_counter() - t_start) >= cost
 
     def _faster_again(self, point: dict, backend, w: Workload, llc, policy, max_copies: int | None
                       ) -> tuple[dict, float | None]:
@@ -756,7 +761,7 @@ class Analysis(Run):
                   and not (once and any(r["measurements"][index[key]].get(y) for y in RECHECK_RECORDS[1:]))]
         for key, x in chosen[:most]:
             point = r["measurements"][index[key]]
-            if not self._budget_has(point, t_start):
+            if not self._budget_has(point, t_start, HEADLINE_RESERVE_SECONDS):
                 break
             b, d, m, k, n = key
             t = point_seconds(point)
