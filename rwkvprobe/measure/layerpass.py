@@ -62,10 +62,10 @@ MIN_ROUNDS, MAX_ROUNDS, FEWEST_ROUNDS = 8, 40, 6
 #: passes a round runs (an untimed one after the profiled one, the plain one, the profiled one)
 PASSES_PER_ROUND = 3
 #: untimed (profiled, plain) pairs of passes before the rounds: at least WARM_PAIRS and WARM_SECONDS. With none, the
-#: first round, timed straight after the compiling passes, read more outside its matmuls than the rounds after it in
-#: five fresh processes of six (RWKV-7 0.4B, fp32, 2 threads, a --quick budget: 1047 against 594-808 us a layer; its
-#: plain pass slower, its profiled matmuls faster), and a --quick run's median of four rounds took it in; after six
-#: pairs it read 528-817 against 455-1534 for the rounds after it
+#: first round, timed straight after the compiling passes, read 1.35-2.0x the rounds after it outside its matmuls in
+#: each of six fresh processes (RWKV-5.2 0.1B and RWKV-7 0.4B, fp32, 2 threads: 1047 against 594-808 us a layer; its
+#: plain pass slower, its profiled matmuls faster), and a --quick run's median of four rounds took it in; after three
+#: pairs (at RWKV-7 0.4B's 0.1 s) it read 585, 835 and 545 against 557-599, 838-1232 and 528-1045
 WARM_PAIRS, WARM_SECONDS = 3, 0.1
 #: rounds with the per-token tail (output norm and head) after the ring: every other one, from the second. A
 #: chunk's passes leave the tail out: it runs once a chunk, on the last token (about 1% of a chunk's rest: 0.45 ms
