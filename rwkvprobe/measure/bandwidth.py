@@ -453,7 +453,7 @@ def _trials(team: StreamTeam, trials: int, kernels: tuple[str, ...]) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        reads_before = team.workers[0]["calls"] if team.read_only else 0  # a kept team's earlier probes' reads
+        reads_before = (team.workers[0]["calls"] or 0) if team.read_only else 0  # a kept team's earlier probes' reads
         for _ in range(WARMUP_TRIALS):
             for k in kernels:
                 team.run(k)

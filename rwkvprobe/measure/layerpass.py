@@ -61,11 +61,11 @@ LAYOUTS = {"torch": "kn", "torch-linear": "nk"}
 MIN_ROUNDS, MAX_ROUNDS, FEWEST_ROUNDS = 8, 40, 6
 #: passes a round runs (an untimed one after the profiled one, the plain one, the profiled one)
 PASSES_PER_ROUND = 3
-#: untimed (profiled, plain) pairs of passes before the rounds: at least WARM_PAIRS and WARM_SECONDS. With none, the
-#: first round, timed straight after the compiling passes, read 1.35-2.0x the rounds after it outside its matmuls in
-#: each of six fresh processes (RWKV-5.2 0.1B and RWKV-7 0.4B, fp32, 2 threads: 1047 against 594-808 us a layer; its
-#: plain pass slower, its profiled matmuls faster), and a --quick run's median of four rounds took it in; after three
-#: pairs (at RWKV-7 0.4B's 0.1 s) it read 585, 835 and 545 against 557-599, 838-1232 and 528-1045
+#: untimed (profiled, plain) pairs of passes before a token's rounds: at least WARM_PAIRS and WARM_SECONDS. With
+#: none, the first round, timed straight after the compiling passes, read 1.35-2.0x the rounds after it outside its
+#: matmuls in each of six fresh processes (RWKV-5.2 0.1B and RWKV-7 0.4B, fp32, 2 threads: 1047 against 594-808 us
+#: a layer; its plain pass slower, its profiled matmuls faster), and a --quick run's median of four rounds took it in;
+#: after three pairs (at RWKV-7 0.4B's 0.1 s) it read 585, 835 and 545 against 557-599, 838-1232 and 528-1045
 WARM_PAIRS, WARM_SECONDS = 3, 0.1
 #: rounds with the per-token tail (output norm and head) after the ring: every other one, from the second. A
 #: chunk's passes leave the tail out: it runs once a chunk, on the last token (about 1% of a chunk's rest: 0.45 ms
@@ -613,9 +613,10 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
             # 1.5B in fp16 on a CPU without fp16 arithmetic took seconds a pass
             if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
                 return None  # the caller times the bare block instead
-        # the profiled passes warm up too (WARM_PAIRS, WARM_SECONDS)
+        # a token's profiled passes warm up too (WARM_PAIRS, WARM_SECONDS; the pair ends on the untimed plain pass
+        # that follows a profiled one); a chunk's pass is long (a second on a 1.5B), and its rounds start as before
         t_warm = time.perf_counter()
-        for i in range(MAX_ROUNDS):
+        for i in range(MAX_ROUNDS if tails else 0):
             if i >= WARM_PAIRS and time.perf_counter() - t_warm >= WARM_SECONDS:
                 break
             with cpu_profile():
@@ -624,7 +625,8 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
         while len(rounds) < MAX_ROUNDS and (len(rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
                 len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
             with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
-            one_pass(with_tail)  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
+            if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
+                one_pass(with_tail)
             t0 = time.perf_counter()
             one_pass(with_tail)
             plain = (time.perf_counter() - t0) / len(ring)
