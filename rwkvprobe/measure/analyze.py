@@ -289,7 +289,7 @@ class Analysis(Run):
         self.near_line: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
         #: and of its heaviest points (roofline.heavy_points)
         self.heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
-        #: the read probes' array and workers, kept from the first probe after the full one to the last (_probe)
+        #: the read probes' array and workers, kept from the first probe after the full one to the end of run()
         self._reader: bandwidth.ReadProbe | None = None
 
     # -- set-up ------------------------------------------------------------------------------
@@ -373,9 +373,6 @@ class Analysis(Run):
             progress.stage("memory bandwidth again")
             self._probe("after the layers", t_start)
             laps.lap("bandwidth")
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         kept = self._record_probes() if s.history else True
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
@@ -685,7 +682,7 @@ class Analysis(Run):
                                   first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or [])))
 
     def _open_reader(self) -> bandwidth.ReadProbe:
-        """The read probes' array and workers (kept until the last probe of the run)."""
+        """The read probes' array and workers (kept until run() ends)."""
         if self._reader is None:
             self._reader = bandwidth.ReadProbe(self.settings.threads, self.settings.cpus)
         return self._reader

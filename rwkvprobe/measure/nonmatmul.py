@@ -503,7 +503,7 @@ def chunk_rest(profile: Profile, backend: str, dtype: str, chunk: int, budget_se
     while op for op, under the profiler, the two cost the same."""
     if in_layers and backend in layerpass.LAYOUTS:
         x = layerpass.measure_chunk(profile, backend, dtype, chunk, budget_seconds, llc_bytes)
-        system.release_free_memory()  # the profiled passes of a chunk left 0.2-0.3 GB each behind them
+        system.release_free_memory()  # the ring's weights, freed as it returns (its rounds trim their profiles)
         if x is not None:
             return x
     return measure_seq(profile, dtype, chunk, policy)
