@@ -425,6 +425,60 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
     assert ("(machine slow)" in report) is (not kept_new)
 
 
+def test_a_point_due_while_the_machine_runs_slow_is_timed_after_the_others(cli, small, tmp_path, monkeypatch):
+    """The canary says the machine runs slow as the first layer point comes up (contention.slow_now): that point
+    is put off, timed after every other point, once, with the canary's ratio recorded; the stability line counts
+    it; the others are timed in their order, none put off."""
+    from rwkvprobe.measure import contention
+
+    calls: list[float | None] = []
+    real_slow_now = contention.slow_now
+
+    def slow_first(best):
+        calls.append(best)
+        real_slow_now(best)  # the real canary still runs: only its verdict is scripted
+        return 2.0 if len(calls) == 1 else None
+
+    monkeypatch.setattr(contention, "slow_now", slow_first)
+    out = tmp_path / "run"
+    r = _quick_numpy_run(cli, small, out)
+    points = [p for p in r["measurements"] if p.get("timing")]
+    assert len(points) == len(r["measurements"]) >= 3
+    put_off = [p for p in points if p.get("put_off")]
+    assert len(put_off) == 1 and put_off[0]["put_off"] == {"canary_ratio": 2.0}
+    # timed last of the layer points (the file keeps them in the order they were first timed; a recheck after them
+    # replaces a point in its place)
+    assert r["measurements"][-1].get("put_off")
+    # the canary's best so far is compared with: the run's reference as the points began
+    assert calls[0] == r["canary_reference_seconds"]
+    # asked once for every point, the put-off one not again
+    assert len(calls) == len(points)
+    assert "1 point(s) were put off while it ran 1.25x slower than its best or more" in (out / "report.md").read_text()
+
+
+def test_a_machine_slow_throughout_puts_each_point_off_once(cli, small, tmp_path, monkeypatch):
+    """A canary slow for the whole run: every layer point is put off once, then timed (in the plan's order); the
+    run ends with each point timed exactly once."""
+    from rwkvprobe.measure import analyze, contention
+
+    monkeypatch.setattr(contention, "slow_now", lambda best: 3.0)
+    monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
+    monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)
+    r = _quick_numpy_run(cli, small, tmp_path / "run")
+    keys = [(p["m"], p["k"], p["n"]) for p in r["measurements"]]
+    assert len(keys) == len(set(keys)) >= 3
+    assert all(p["put_off"] == {"canary_ratio": 3.0} and p.get("timing") for p in r["measurements"])
+
+
+def test_slow_now_compares_the_canary_with_the_best_so_far(monkeypatch):
+    from rwkvprobe.measure import contention
+
+    monkeypatch.setattr(contention, "canary", lambda: 1.3e-4)
+    assert contention.slow_now(1e-4) == pytest.approx(1.3)
+    assert contention.slow_now(1.1e-4) is None  # 1.18x: under CANARY_SLOW
+    assert contention.slow_now(None) is None
+
+
 def _first_time_per_token(results: dict, record: str) -> dict:
     """{call shape: seconds a token} of the decode points by their timing when the recheck ``record`` chose (the
     rechecks after it, heavy and machine-slow, may have replaced a timing since: on a loaded CI machine a point

@@ -6,6 +6,7 @@ measured and ``--resume DIR`` measures only what is missing.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import importlib.util
 import os
@@ -482,7 +483,7 @@ class Analysis(Run):
         assert r is not None
         ceilings = {(c["backend"], c["dtype"]): c for c in r["ceilings"]}
         bw_bps = (bandwidth.best_read_gbps(r) or 0.0) * 1e9
-        probe_seconds = 0.0
+        probe_seconds, reference = 0.0, None
         if points:  # a probe as the layers begin (bandwidth.sustained_read_gbps); its cost plans the others
             self._open_reader()  # not counted in that cost: it allocates the probes' array once
             t_probe = time.perf_counter()
@@ -509,7 +510,14 @@ class Analysis(Run):
         workloads = [backends[b].workload(m, k, n, d, s.block_size) for m, k, n, b, d in points]
         weight_bytes = [w.weight_bytes for w in workloads]
         heavy_shapes = self._heavy_shapes()
-        for i, (m, k, n, b, d) in enumerate(points):
+        queue = collections.deque(range(len(points)))  # in the plan's order; a point put off goes to its end
+        put_off: dict[int, float] = {}  # plan index: the canary's ratio to the run's best when it was put off
+        # this process's best canary so far (a fresh process's first canaries run about 1.5x slow: a resumed run's
+        # earlier ones are not compared with)
+        best_canary = reference if points else None
+        while queue:
+            i = queue.popleft()
+            m, k, n, b, d = points[i]
             w = workloads[i]
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
@@ -518,8 +526,9 @@ class Analysis(Run):
             # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
             # coming last, it overran a run planned on the average point)
             left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
-            setup_left = _setup_projection(spent_outside_timing, weight_bytes[i:])
-            budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / (len(points) - i)))
+            to_come = [weight_bytes[i]] + [weight_bytes[j] for j in queue]
+            setup_left = _setup_projection(spent_outside_timing, to_come)
+            budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3,
                                   floor_samples=HEAVY_SAMPLES if m == 1 and (k, n) in heavy_shapes else 0)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
@@ -530,6 +539,13 @@ class Analysis(Run):
                                     f"measured ceilings (per-point budget {per_point:.2f} s); raise --budget to measure it",
                          "check": None, "timing": None, "error": None}
             else:
+                if queue and i not in put_off and (ratio := contention.slow_now(best_canary)):
+                    # the machine runs slow now (its slow phases last about a second to several): this point is
+                    # timed after the others, once (a phase that outlasts them is flagged, and measured again
+                    # after the others while the budget has its cost)
+                    put_off[i] = ratio
+                    queue.append(i)
+                    continue
                 t_point = time.perf_counter()
                 whatif_point = (b, d) in whatif
                 pol = whatif_policy if whatif_point else policy
@@ -539,7 +555,7 @@ class Analysis(Run):
                 point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
-                spare = left - setup_left - (len(points) - i) * MIN_POINT_SECONDS
+                spare = left - setup_left - len(to_come) * MIN_POINT_SECONDS
                 if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
                     point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                 elif proj is not None and _far_slower(point, proj):  # measured again after the others
@@ -547,6 +563,10 @@ class Analysis(Run):
                 if whatif_point:
                     laps.add("what-if points", time.perf_counter() - t_point)
                 point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
+                if i in put_off:
+                    point["put_off"] = {"canary_ratio": put_off[i]}
+                seen = (point.get("contention") or {}).get("canary_seconds")
+                best_canary = min(x for x in (best_canary, seen) if x) if (best_canary or seen) else None
             r["measurements"].append(point)
             self.save_soon()
             progress.advance(label)
@@ -652,8 +672,8 @@ class Analysis(Run):
         if t2 is not None and t is not None and t2 < t:
             again["at"] = time.time()
             # what earlier checks recorded of this point stays with it (a far-slow point rechecked again near the
-            # line lost its slow_recheck record)
-            again.update({key: point[key] for key in RECHECK_RECORDS if key in point})
+            # line lost its slow_recheck record), and that it was put off
+            again.update({key: point[key] for key in (*RECHECK_RECORDS, "put_off") if key in point})
             return again, t2
         return point, t2
 

@@ -88,6 +88,15 @@ def canary() -> float:
     return best
 
 
+def slow_now(best: float | None) -> float | None:
+    """The canary timed now over ``best``, where that is CANARY_SLOW or more (the machine runs slow now); else
+    None (and None without a ``best`` to compare with)."""
+    if not best:
+        return None
+    ratio = canary() / best
+    return ratio if ratio >= CANARY_SLOW else None
+
+
 def canary_ratio(point: dict, best: float | None) -> float | None:
     """How many times the run's best canary the canary ran around ``point`` (None: not recorded)."""
     seconds = (point.get("contention") or {}).get("canary_seconds")
@@ -124,5 +133,6 @@ def summary(points: list[dict], canary_reference: float | None = None) -> dict:
             "canary_sampled": len(ratios), "canary_max_ratio": max(ratios, default=None),
             "machine_slow": sum(1 for r in ratios if r >= CANARY_SLOW),
             "machine_slow_rechecked": sum(1 for p in points if p.get("machine_slow_recheck") is not None),
+            "put_off": sum(1 for p in points if p.get("put_off")),
             "max_share": max(shares, default=0.0), "max_steal_share": max(steal, default=0.0),
             "contended_points": [f"{p['backend']} {p['dtype']} M={p['m']} {p['k']}x{p['n']}" for p in contended]}

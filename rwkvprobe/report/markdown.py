@@ -251,6 +251,9 @@ def stability_line(results: dict) -> str:
                     f"{CANARY_SLOW:.2f}x slower than its best or more")
             parts.append(f"the machine's own speed (a fixed matmul timed around each point) was at most "
                          f"{c['canary_max_ratio']:.2f}x its best: {slow}")
+            if c.get("put_off"):
+                parts.append(f"{c['put_off']} point(s) were put off while it ran {CANARY_SLOW:.2f}x slower than its "
+                             "best or more, and timed after the others")
             if c["machine_slow_rechecked"]:
                 parts.append(f"{c['machine_slow_rechecked']} point(s) timed while the machine ran slow were measured "
                              "again after the others (the faster kept)")
