@@ -70,6 +70,15 @@ def _phase(v: dict) -> str:
     return f"{real:.0f}/{b['analyze_gbps']:.0f} GB/s ({real / b['analyze_gbps']:.2f})"
 
 
+def _machine(v: dict) -> str:
+    """The machine's own speed (a one-thread canary, median) during the real pass over during the prediction's rounds:
+    far from 1, the two sides ran while the machine ran at different speeds."""
+    m = v.get("machine") or {}
+    if not m.get("ratio"):
+        return "-"
+    return f"{m['real_pass_seconds'] * 1e6:.0f}/{m['prediction_seconds'] * 1e6:.0f} us ({m['ratio']:.2f})"
+
+
 def row(x: dict) -> list[str]:
     if "error" in x:
         return [Path(x["profile"]).stem, "error: " + x["error"]]
@@ -83,7 +92,7 @@ def row(x: dict) -> list[str]:
            f"{s['matmul_predicted_seconds'] * 1e3:.1f}/{s['matmul_forward_seconds'] * 1e3:.1f} ({mm:.2f})",
            f"{s['rest_predicted_seconds'] * 1e3:.1f}/{s['rest_forward_seconds'] * 1e3:.1f} ({rest:.2f})",
            f"{v['predicted']['decode_seconds'] * 1e3:.1f}/{d['median'] * 1e3:.1f} ({total:.2f})",
-           f"{(d['q3'] - d['q1']) / d['median']:.0%}", _phase(v), "yes" if ok else "no"]
+           f"{(d['q3'] - d['q1']) / d['median']:.0%}", _phase(v), _machine(v), "yes" if ok else "no"]
     pre = v.get("prefill")
     if pre:
         r = pre["predicted_over_measured"]
@@ -137,7 +146,7 @@ def main() -> int:
         print("  " + " | ".join(row(x)), file=sys.stderr, flush=True)
     header = ["profile", "version", "dtype", "threads", "matmuls ms pred/real (ratio)",
               "everything else ms pred/real (ratio)", "decode ms pred/real (ratio)", "token spread (IQR)",
-              "DRAM GB/s real pass/analyze (ratio)",
+              "DRAM GB/s real pass/analyze (ratio)", "canary real pass/prediction (ratio)",
               f"parts within {TARGET_PART:.0%}, total within {TARGET_TOTAL:.0%}",
               f"prefill chunk {args.chunk} pred/real (ratio of times)",
               "prefill ms matmuls, sequential rest: pred/real (ratio)", f"prefill within {TARGET_PREFILL:.0%}"]

@@ -630,13 +630,13 @@ def test_a_measured_non_matmul_block_replaces_the_bytes_model(rwkv7, rwkv7_resul
 
 
 def test_quantized_series_use_the_fp32_non_matmul_block(rwkv7, rwkv7_results):
-    from rwkvprobe.verdict.roofline import _nonmatmul
+    from rwkvprobe.verdict.roofline import nonmatmul_entry
 
     results = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 0.01},
                              {"backend": "torch", "dtype": "bf16", "seconds_per_token": 0.02}]}
-    assert _nonmatmul(results, "torch", "int4")["seconds_per_token"] == 0.01
-    assert _nonmatmul(results, "torch", "bf16")["seconds_per_token"] == 0.02
-    assert _nonmatmul(results, "torch", "fp16") is None and _nonmatmul(results, "numpy", "fp32") is None
+    assert nonmatmul_entry(results, "torch", "int4")["seconds_per_token"] == 0.01
+    assert nonmatmul_entry(results, "torch", "bf16")["seconds_per_token"] == 0.02
+    assert nonmatmul_entry(results, "torch", "fp16") is None and nonmatmul_entry(results, "numpy", "fp32") is None
 
 
 def test_prefill_with_the_timed_sequential_state_update_is_not_an_upper_bound(rwkv7, rwkv7_results):

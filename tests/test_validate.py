@@ -64,6 +64,12 @@ def test_forward_pass_runs_every_weight_matmul_the_layer_list_counts(version):
     assert 0 < real["prefill"]["matmul_share"] < 1
     prof = real["profiled"]
     assert 0 < prof["weight_matmul_seconds_per_token"] < real["decode"]["median"] * 3
+    # the machine's speed: before the first of every CANARY_EVERY timed tokens, and before each profiled round
+    from rwkvprobe.measure.forward_worker import CANARY_EVERY
+
+    assert len(real["canary_seconds"]) == -(-5 // CANARY_EVERY) + len(prof["rounds"])
+    assert all(0 < x < 0.5 for x in real["canary_seconds"])
+    assert [r["canary_seconds"] for r in prof["rounds"]] == real["canary_seconds"][-len(prof["rounds"]):]
 
 
 PATCHED_VS_FILE = r"""
@@ -173,6 +179,31 @@ def test_a_real_pass_timed_in_another_bandwidth_phase_is_named_first():
     assert "35.0-37.0 GB/s around the real pass against 60.0 GB/s" in w and "-40%" in w
     v["bandwidth"] = {"real_pass_gbps": [54.0], "analyze_gbps": 60.0}
     assert not any("DRAM bandwidth" in x for x in summary_lines(v, "tiny"))
+
+
+def test_sides_timed_while_the_machine_ran_at_two_speeds_are_named():
+    """The one-thread canary beside the real pass 1.5x its median beside the prediction's rounds: the comparison
+    records both medians and the ratio, and the summary notes it; 1.1x apart, or a side without canaries (an older
+    file), it does not."""
+    from rwkvprobe.verdict.validation import MACHINE_APART, compare, machine_speeds, summary_lines
+
+    pred, real = _fake_prediction(), _fake_real(0.050)
+    pred["canary_seconds"] = [1.0e-4, 1.2e-4, 1.1e-4]
+    real["canary_seconds"] = [1.6e-4, 1.7e-4, 1.4e-4, 1.65e-4]
+    v = compare(pred, real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    m = v["machine"]
+    assert m["prediction_seconds"] == pytest.approx(1.1e-4) and m["real_pass_seconds"] == pytest.approx(1.625e-4)
+    assert m["ratio"] == pytest.approx(1.625 / 1.1) and m["ratio"] - 1 > MACHINE_APART
+    (w,) = [x for x in summary_lines(v, "tiny") if x.startswith("Note: the machine's own speed")]
+    assert "162 us during the real pass against 110 us during the prediction's timed rounds (medians), 1.48x" in w
+    assert machine_speeds([1e-4], [1.1e-4])["ratio"] == pytest.approx(1.1)
+    real["canary_seconds"] = [1.2e-4]
+    v = compare(pred, real, chunk=0)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    assert not any("own speed" in x for x in summary_lines(v, "tiny"))
+    assert machine_speeds(None, [1e-4]) is None and machine_speeds([1e-4], []) is None
+    assert compare(_fake_prediction(), _fake_real(0.050), chunk=0)["machine"] is None
 
 
 def test_ggml_check_says_the_real_pass_is_not_a_ggml_engine(cli, tmp_path):
@@ -309,6 +340,10 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert nm["method"] == "layer-pass" and nm["seconds_per_token"] == pytest.approx(
         nm["seconds_per_block"] * 2 + nm["tail_seconds"])
     assert v["predicted"]["non_matmul_measured"] and v["split"]["rest_predicted_seconds"] == nm["seconds_per_token"]
+    # the machine's speed beside both sides: every layer-pass round, and the real pass's tokens and rounds
+    assert all(r["canary_seconds"] > 0 for r in nm["rounds"])
+    assert v["predicted"]["canary_seconds"] == [r["canary_seconds"] for r in nm["rounds"]]
+    assert v["machine"]["ratio"] == pytest.approx(v["machine"]["real_pass_seconds"] / v["machine"]["prediction_seconds"])
     assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
     report = (out / "report.md").read_text()
     assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report

@@ -88,6 +88,22 @@ def canary() -> float:
     return best
 
 
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def canary_one_thread() -> float:
+    """canary() on one BLAS thread, for timing beside fine-grained work (a layer pass's rounds, the real pass's
+    tokens): it wakes no BLAS worker thread. OpenBLAS's workers spin on for about 0.1 s after a call, and on 2
+    vCPUs a torch token timed right after the two-thread canary took 61 ms against 42 (RWKV-4 169M, fp32); after
+    this one, 48-57 against the same 48-59."""
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        return canary()
+
+
 def slow_now(best: float | None) -> float | None:
     """The canary timed now over ``best``, where that is CANARY_SLOW or more (the machine runs slow now); else
     None (and None without a ``best`` to compare with)."""

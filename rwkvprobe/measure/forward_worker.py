@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from rwkvprobe.measure import contention
 from rwkvprobe.measure.timing import summarize
 from rwkvprobe.model.profile import Profile, layer_list, state_dict_shapes
 
@@ -224,6 +225,8 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
 
 
+#: the real pass's timed tokens take the machine's speed (contention.canary_one_thread) before every this many
+CANARY_EVERY = 8
 #: decode rounds of profile_decode and tokens in each half of a round: many short rounds, not a few long ones. The
 #: rest of a token (everything but its weight matmuls) is ~10% of it, found as the token's time less its matmuls'
 #: time, so a 5% wobble of the matmuls between a round's halves moves the rest by half. Five rounds of 8 tokens
@@ -255,6 +258,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     other_matmul_us = 0.0
     shares, round_info = [], []
     for i in range(rounds):
+        speed = contention.canary_one_thread()  # the machine's speed as the round begins (untimed)
         for _ in range(AFTER_PROFILER if i else 0):
             logits, state = model.forward([token], state)
             token = int(torch.argmax(logits))
@@ -275,7 +279,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
         token_s = statistics.median(plain)
         shares.append(min(1.0, matmul_us / 1e6 / n / token_s))
         round_info.append({"token_seconds": token_s, "profiled_token_seconds": wall,
-                           "weight_matmul_seconds": matmul_us / 1e6 / n})
+                           "weight_matmul_seconds": matmul_us / 1e6 / n, "canary_seconds": speed})
     total = n * rounds
     for d in per_shape.values():
         d["calls_per_token"] = d["calls"] / total
@@ -319,7 +323,10 @@ def run(cfg: dict) -> dict:
             token = int(torch.argmax(logits))
         samples = []
         finite = True
-        for _ in range(cfg["tokens"]):
+        canaries = []  # the machine's speed (contention.canary_one_thread) every CANARY_EVERY tokens, untimed
+        for i in range(cfg["tokens"]):
+            if i % CANARY_EVERY == 0:
+                canaries.append(contention.canary_one_thread())
             t0 = time.perf_counter()
             logits, state = model.forward([token], state)
             samples.append(time.perf_counter() - t0)
@@ -333,6 +340,7 @@ def run(cfg: dict) -> dict:
         layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
                                          profile.n_layer)
+        out["canary_seconds"] = canaries + [x["canary_seconds"] for x in out["profiled"]["rounds"]]
         chunk = cfg.get("chunk", 0)
         if chunk:
             ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()

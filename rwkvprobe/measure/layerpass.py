@@ -47,7 +47,7 @@ import statistics
 import time
 from typing import Dict, List, Optional, Tuple
 
-from rwkvprobe.measure import system
+from rwkvprobe.measure import contention, system
 from rwkvprobe.measure.forward_worker import cpu_profile, weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
 from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
@@ -625,6 +625,8 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
         while len(rounds) < MAX_ROUNDS and (len(rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
                 len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
             with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
+            # the machine's speed as the round begins (validate compares it with the real pass's)
+            speed = contention.canary_one_thread()
             if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
                 one_pass(with_tail)
             t0 = time.perf_counter()
@@ -638,7 +640,8 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
             if not tails:  # a chunk's profile (12,000 events with their shapes on a 1.5B) held 0.3-0.4 GB
                 system.release_free_memory()
             matmul = matmul_us / 1e6 / len(ring)
-            r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul)}
+            r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul),
+                 "canary_seconds": speed}
             if with_tail:
                 r["tail"] = True
             else:

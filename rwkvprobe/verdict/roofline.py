@@ -145,7 +145,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     for s in series.values():
         s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
                                   s["peak_gflops"] * 1e9, s["overhead_seconds"], results,
-                                  _nonmatmul(results, s["backend"], s["dtype"]), whatif=s["whatif"])
+                                  nonmatmul_entry(results, s["backend"], s["dtype"]), whatif=s["whatif"])
     verdict: dict[str, Any] = {"bandwidth_gbps": bw / 1e9 if bw else None, "rule": RULE,
                                "sustained_gbps": sustained, "probe_count": len(read_probes(results)),
                                "earlier_probe_count": len((results.get("bandwidth_history") or {}).get("probes", [])),
@@ -388,7 +388,7 @@ def _bandwidth_bps(results: dict) -> float | None:
     return best * 1e9 if best else None
 
 
-def _nonmatmul(results: dict, backend: str, dtype: str) -> dict | None:
+def nonmatmul_entry(results: dict, backend: str, dtype: str) -> dict | None:
     """The measured non-matmul block of a series (analyze times it for torch; see nonmatmul.py).
 
     Quantized-weight series run their non-matmul work at the float activation type: they use the fp32 block."""

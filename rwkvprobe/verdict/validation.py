@@ -4,9 +4,11 @@ and report (which renders) both use it, so neither imports the other for it."""
 
 from __future__ import annotations
 
+import statistics
+
 from rwkvprobe.errors import InputError
 from rwkvprobe.model.profile import LayerList
-from rwkvprobe.verdict.roofline import verdict_of
+from rwkvprobe.verdict.roofline import nonmatmul_entry, verdict_of
 
 #: the prediction counts as confirmed when predicted / measured is within this fraction of 1
 TARGET = 0.15
@@ -15,6 +17,11 @@ NOISY = 0.10
 #: the real pass's DRAM bandwidth (the probes around it) this far from the analyze run's (the median of its
 #: probes): the two were timed in different phases of the machine, and the ratio says so before anything else
 PHASE_APART = 0.15
+#: the machine's own speed (a fixed matmul on one thread, timed beside each side's rounds) this far apart between the
+#: prediction's timed rounds and the real pass's (the ratio of their medians): the two sides ran on a machine at two
+#: speeds. This project's 2-vCPU VM runs small ops 1.3-1.7x slower for seconds at a time (the canary 1.6-2x), and
+#: the part of a token outside its matmuls, made of small ops, moves most with it
+MACHINE_APART = 0.2
 #: what a ggml series' check is, said wherever it is shown
 GGML_NOTE = ("the real pass is BlinkDL's reference package (torch), not a ggml engine such as rwkv.cpp: it checks "
              "that ggml's per-layer times add up to a forward pass of the same model, not ggml's own graph")
@@ -73,6 +80,13 @@ def summary_lines(v: dict, name: str) -> list[str]:
                      "timed in different phases of this machine, and layers near the bandwidth ceiling move with it; "
                      "a miss may be the machine's rather than the prediction's (rerun validate with --results to "
                      "check).")
+    machine = v.get("machine") or {}
+    if machine.get("ratio") and abs(machine["ratio"] - 1) > MACHINE_APART:
+        lines.append(f"Note: the machine's own speed (a fixed matmul on one thread) took {machine['real_pass_seconds'] * 1e6:.0f}"
+                     f" us during the real pass against {machine['prediction_seconds'] * 1e6:.0f} us during the "
+                     f"prediction's timed rounds (medians), {machine['ratio']:.2f}x: the two sides ran while the machine "
+                     "ran at different speeds, and the part outside the matmuls (small ops) moves most with it; a miss "
+                     "may be the machine's rather than the prediction's (rerun validate).")
     spread = (d["q3"] - d["q1"]) / d["median"]
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
@@ -93,6 +107,15 @@ def phase_apart(v: dict) -> float | None:
     return sum(b["real_pass_gbps"]) / len(b["real_pass_gbps"]) / b["analyze_gbps"] - 1
 
 
+def machine_speeds(prediction: list[float] | None, real_pass: list[float] | None) -> dict | None:
+    """The medians of the machine's speed (contention.canary_one_thread, seconds) beside the prediction's timed
+    rounds and beside the real pass, and real over prediction (None where either side has none)."""
+    if not prediction or not real_pass:
+        return None
+    a, b = statistics.median(prediction), statistics.median(real_pass)
+    return {"prediction_seconds": a, "real_pass_seconds": b, "ratio": b / a}
+
+
 def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
     """analyze's per-token figures for one backend and dtype (matmuls measured, the rest modelled)."""
 
@@ -111,6 +134,9 @@ def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
                                 r["seconds"] / r.get("batch", 1) if r["measured"] else None
                                 for r in s["rows"] if r["m"] == 1}}
             out["prefill"] = {p["chunk"]: p for p in s["model"].get("prefill", [])}
+            # the machine's speed beside the timed non-matmul rounds of the decode (layerpass; older files: none)
+            block = nonmatmul_entry(results, backend, dtype) or {}
+            out["canary_seconds"] = [r["canary_seconds"] for r in block.get("rounds") or [] if r.get("canary_seconds")]
             return out
     raise InputError(f"the results file has no measured {backend} {dtype} decode: run rwkvprobe analyze "
                      f"{ll.profile.path or 'PROFILE'} --backends {backend} --dtypes {dtype}")
@@ -141,6 +167,7 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
                   "state_matmul_seconds": prof.get("other_matmul_seconds_per_token")},
         "by_shape": shapes,
         "reference": real.get("reference"), "torch": real.get("torch"), "load_seconds": real.get("load_seconds"),
+        "machine": machine_speeds(pred.get("canary_seconds"), real.get("canary_seconds")),
     }
     pre = pred["prefill"].get(chunk)
     if real.get("prefill") and pre:
