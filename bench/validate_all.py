@@ -71,7 +71,7 @@ def _phase(v: dict) -> str:
 
 
 def _machine(v: dict) -> str:
-    """The machine's own speed (a one-thread canary, median) during the real pass over during the prediction's rounds:
+    """The machine's own speed (the canary on torch's threads, median) during the real pass over during the prediction's rounds:
     far from 1, the two sides ran while the machine ran at different speeds."""
     m = v.get("machine") or {}
     if not m.get("ratio"):

@@ -344,24 +344,17 @@ def test_a_real_canary_is_a_short_positive_time():
     assert 0 < t < 0.5 and c.canary() < 0.5
 
 
-def test_the_one_thread_canary_runs_on_one_blas_thread_and_restores_them(monkeypatch):
-    """canary_one_thread times the canary with numpy's BLAS limited to one thread (so no BLAS worker spins on
-    beside what is timed next), and leaves the BLAS thread counts as they were."""
-    import numpy  # noqa: F401  (loads its BLAS)
-    from threadpoolctl import threadpool_info
-
+def test_the_torch_canary_times_the_same_matmul_on_torch_threads():
+    """torch_canary: the canary's operands, multiplied by torch (the same product as numpy's), a short positive time;
+    torch's thread count left as it was."""
+    torch = pytest.importorskip("torch")
     from rwkvprobe.measure import contention as c
 
-    def blas_threads():
-        return [x["num_threads"] for x in threadpool_info() if x["user_api"] == "blas"]
-
-    before, inside = blas_threads(), []
-    assert before, "numpy's BLAS is not visible to threadpoolctl"
-    real = c.canary
-    monkeypatch.setattr(c, "canary", lambda: (inside.append(blas_threads()), real())[1])
-    t = c.canary_one_thread()
-    assert 0 < t < 0.5 and inside == [[1] * len(before)]
-    assert blas_threads() == before
+    a, b = c._canary_operands()
+    assert torch.allclose(torch.mm(torch.from_numpy(a), torch.from_numpy(b)), torch.from_numpy(a @ b), rtol=1e-4)
+    threads = torch.get_num_threads()
+    t = c.torch_canary()
+    assert 0 < t < 0.5 and torch.get_num_threads() == threads
 
 
 def test_a_real_sample_is_sane():

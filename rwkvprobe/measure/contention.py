@@ -88,20 +88,22 @@ def canary() -> float:
     return best
 
 
-@functools.cache
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
+def torch_canary() -> float:
+    """The canary's matmul in torch, on torch's own threads, the best of CANARY_CALLS calls: for timing beside
+    torch work (a layer pass's rounds, the real pass's tokens), where canary() would wake numpy's BLAS workers,
+    which spin on for about 0.1 s after a call: on 2 vCPUs a torch token timed right after it took 61 ms against
+    42 (RWKV-4 169M, fp32). Like canary(), it runs slow in the machine's slow phases, which are phases of
+    two-thread work: over a minute of this project's VM its ratio to its best followed canary()'s (correlation
+    0.67), where the same matmul on one thread stayed within 1.12x of its best in 90% of the samples (0.05)."""
+    import torch
 
-    return ThreadpoolController()
-
-
-def canary_one_thread() -> float:
-    """canary() on one BLAS thread, for timing beside fine-grained work (a layer pass's rounds, the real pass's
-    tokens): it wakes no BLAS worker thread. OpenBLAS's workers spin on for about 0.1 s after a call, and on 2
-    vCPUs a torch token timed right after the two-thread canary took 61 ms against 42 (RWKV-4 169M, fp32); after
-    this one, 48-57 against the same 48-59."""
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        return canary()
+    a, b = (torch.from_numpy(x) for x in _canary_operands())
+    best = float("inf")
+    for _ in range(CANARY_CALLS):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def slow_now(best: float | None) -> float | None:

@@ -225,7 +225,7 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
 
 
-#: the real pass's timed tokens take the machine's speed (contention.canary_one_thread) before every this many
+#: the real pass's timed tokens take the machine's speed (contention.torch_canary) before every this many
 CANARY_EVERY = 8
 #: decode rounds of profile_decode and tokens in each half of a round: many short rounds, not a few long ones. The
 #: rest of a token (everything but its weight matmuls) is ~10% of it, found as the token's time less its matmuls'
@@ -258,7 +258,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     other_matmul_us = 0.0
     shares, round_info = [], []
     for i in range(rounds):
-        speed = contention.canary_one_thread()  # the machine's speed as the round begins (untimed)
+        speed = contention.torch_canary()  # the machine's speed as the round begins (untimed)
         for _ in range(AFTER_PROFILER if i else 0):
             logits, state = model.forward([token], state)
             token = int(torch.argmax(logits))
@@ -323,10 +323,10 @@ def run(cfg: dict) -> dict:
             token = int(torch.argmax(logits))
         samples = []
         finite = True
-        canaries = []  # the machine's speed (contention.canary_one_thread) every CANARY_EVERY tokens, untimed
+        canaries = []  # the machine's speed (contention.torch_canary) every CANARY_EVERY tokens, untimed
         for i in range(cfg["tokens"]):
             if i % CANARY_EVERY == 0:
-                canaries.append(contention.canary_one_thread())
+                canaries.append(contention.torch_canary())
             t0 = time.perf_counter()
             logits, state = model.forward([token], state)
             samples.append(time.perf_counter() - t0)

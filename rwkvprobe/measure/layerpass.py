@@ -626,7 +626,7 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
                 len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
             with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
             # the machine's speed as the round begins (validate compares it with the real pass's)
-            speed = contention.canary_one_thread()
+            speed = contention.torch_canary()
             if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
                 one_pass(with_tail)
             t0 = time.perf_counter()

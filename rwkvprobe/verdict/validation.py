@@ -17,10 +17,10 @@ NOISY = 0.10
 #: the real pass's DRAM bandwidth (the probes around it) this far from the analyze run's (the median of its
 #: probes): the two were timed in different phases of the machine, and the ratio says so before anything else
 PHASE_APART = 0.15
-#: the machine's own speed (a fixed matmul on one thread, timed beside each side's rounds) this far apart between the
-#: prediction's timed rounds and the real pass's (the ratio of their medians): the two sides ran on a machine at two
-#: speeds. This project's 2-vCPU VM runs small ops 1.3-1.7x slower for seconds at a time (the canary 1.6-2x), and
-#: the part of a token outside its matmuls, made of small ops, moves most with it
+#: the machine's own speed (a fixed matmul on torch's threads, timed beside each side's rounds) this far apart between
+#: the prediction's timed rounds and the real pass's (the ratio of their medians): the two sides ran on a machine at
+#: two speeds. This project's 2-vCPU VM runs two-thread work 1.3-2x slower for seconds at a time, and the part of a
+#: token outside its matmuls, made of small ops, moves most with it
 MACHINE_APART = 0.2
 #: what a ggml series' check is, said wherever it is shown
 GGML_NOTE = ("the real pass is BlinkDL's reference package (torch), not a ggml engine such as rwkv.cpp: it checks "
@@ -82,7 +82,7 @@ def summary_lines(v: dict, name: str) -> list[str]:
                      "check).")
     machine = v.get("machine") or {}
     if machine.get("ratio") and abs(machine["ratio"] - 1) > MACHINE_APART:
-        lines.append(f"Note: the machine's own speed (a fixed matmul on one thread) took {machine['real_pass_seconds'] * 1e6:.0f}"
+        lines.append(f"Note: the machine's own speed (a fixed matmul on torch's threads) took {machine['real_pass_seconds'] * 1e6:.0f}"
                      f" us during the real pass against {machine['prediction_seconds'] * 1e6:.0f} us during the "
                      f"prediction's timed rounds (medians), {machine['ratio']:.2f}x: the two sides ran while the machine "
                      "ran at different speeds, and the part outside the matmuls (small ops) moves most with it; a miss "
@@ -108,7 +108,7 @@ def phase_apart(v: dict) -> float | None:
 
 
 def machine_speeds(prediction: list[float] | None, real_pass: list[float] | None) -> dict | None:
-    """The medians of the machine's speed (contention.canary_one_thread, seconds) beside the prediction's timed
+    """The medians of the machine's speed (contention.torch_canary, seconds) beside the prediction's timed
     rounds and beside the real pass, and real over prediction (None where either side has none)."""
     if not prediction or not real_pass:
         return None
