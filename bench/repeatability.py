@@ -99,7 +99,8 @@ def main() -> int:
         c = contention.summary(r["measurements"], r.get("canary_reference_seconds"))
         if c["canary_sampled"]:
             print(f"run {i}: canary at most {c['canary_max_ratio']:.2f}x its best, {c['machine_slow']} point(s) "
-                  f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again")
+                  f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again, "
+                  f"{c.get('put_off', 0)} put off while it ran slow")
     # every point against itself: a shift of the whole machine moves nearly all of them one way, the small ones (whose
     # weights a call reads in a few microseconds) as much as the large ones
     ratios = point_ratios(r1, r2)
@@ -109,6 +110,14 @@ def main() -> int:
               f"{statistics.median(x for x, _ in ratios):.2f} ({sum(x > 1 for x, _ in ratios)} slower, "
               f"{sum(x < 1 for x, _ in ratios)} faster)"
               + (f"; the {len(small)} with at most 1 MiB of weights: median {statistics.median(small):.2f}" if small else ""))
+        # each series against that common shift: what the machine moved for all of them set apart from what moved
+        # one series alone (a point or a part of it timed in another phase)
+        shift = statistics.median(x for x, _ in ratios)
+        own = {label: d2[label] / d1[label] / shift for label in set(d1) & set(d2)}
+        if own:
+            label = max(own, key=lambda k: abs(own[k] - 1))
+            print(f"series over that common shift: {min(own.values()):.3f}-{max(own.values()):.3f}, the furthest "
+                  f"{label} ({own[label] - 1:+.1%})")
     same = (best1, bound1) == (best2, bound2)
     print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")

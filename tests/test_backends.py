@@ -145,6 +145,30 @@ def test_torch_linear_stores_weights_n_by_k_and_runs_only_when_named():
     assert named == [("torch-linear", "fp32")]
 
 
+@pytest.mark.skipif("torch" not in USABLE, reason="torch not installed")
+@pytest.mark.parametrize("name,dtype", [("torch", "fp32"), ("torch-linear", "fp32"), ("torch", "bf16")])
+def test_torch_cpu_weights_sit_where_a_freshly_loaded_models_do(name, dtype):
+    """Each CPU weight copy in a mapping of its own, WEIGHT_PAGE_OFFSET bytes into a page (where torch puts the
+    weights of a model loaded at a process's start), whatever this process allocated and freed before; the copies
+    stay valid (the tensor keeps its mapping) and the runner's check passes after a garbage collection."""
+    import gc
+
+    torch = pytest.importorskip("torch")
+    from rwkvprobe.backends.torch_backend import WEIGHT_PAGE_OFFSET
+
+    big = torch.empty(64 * 2**20, dtype=torch.uint8)  # a large block freed: glibc's mmap threshold rises
+    del big
+    w = Workload(1, 256, 384, dtype)
+    runner = get_backend(name, 1).prepare(w, 3)
+    try:
+        gc.collect()
+        assert {x.data_ptr() % 4096 for x in runner.weights} == {WEIGHT_PAGE_OFFSET}
+        assert len({x.data_ptr() for x in runner.weights}) == 3
+        assert check_runner(w, runner)["ok"]
+    finally:
+        runner.close()
+
+
 def test_fp16_accumulation_bound_only_on_arm():
     from rwkvprobe.backends import TOLERANCE
     from rwkvprobe.backends.ort_backend import fp16_accumulation_tolerance

@@ -30,15 +30,39 @@ _QUANT_OPS = {"int8": ("_weight_int8pack_mm",),
               "int4": ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu")}
 
 
+#: where a CPU weight starts within its page: where torch puts a model's weights when it loads them at the start of a
+#: process (glibc serves blocks that large from a mapping of their own, 16 bytes of header, and torch aligns to 64
+#: bytes: the reference package's weights in validate's real pass all start 64 bytes into a page). A weight allocated
+#: late in a long analyze run came from the heap instead (glibc's mmap threshold rises once a large block is freed),
+#: at any multiple of 64: 1024x1024 fp32 GEMVs of [N, K] weights (rows of exactly 4 KiB) took 247 us at this offset,
+#: 230 at 0 and 266-277 at 1-2 KiB, and analyze's 0.4B torch-linear points read 13-19% above the real pass's
+WEIGHT_PAGE_OFFSET = 64
+
+
+def _fresh_cpu_tensor(torch, shape: tuple, dtype):
+    """An empty CPU tensor in a mapping of its own, WEIGHT_PAGE_OFFSET bytes into its first page. It keeps the
+    mapping alive (torch.from_numpy holds the array, and the array the mapping), and the mapping goes back to the
+    system with it."""
+    import mmap
+
+    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    raw = np.frombuffer(mmap.mmap(-1, nbytes + WEIGHT_PAGE_OFFSET), dtype=np.uint8, count=nbytes,
+                        offset=WEIGHT_PAGE_OFFSET)
+    return torch.from_numpy(raw).view(dtype).view(shape)
+
+
 def _own_copy(torch, base: np.ndarray, scale: float, device: str, dtype):
-    """``base`` times ``scale`` in a tensor of torch's own allocation (copy 0, scale 1, without a scaled temporary:
-    the 0.5 GB fp32 head of rwkv-1b5 otherwise held three copies at once)."""
+    """``base`` times ``scale`` in a tensor of its own (copy 0, scale 1, without a scaled temporary: the 0.5 GB fp32
+    head of rwkv-1b5 otherwise held three copies at once); on the CPU placed as a freshly loaded model's weights
+    are (WEIGHT_PAGE_OFFSET)."""
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a read-only base: clone() copies it before any use
+        warnings.simplefilter("ignore", UserWarning)  # a read-only base: it is copied before any use
         src = torch.from_numpy(base if scale == 1.0 else base * np.float32(scale))
-    return src.to(device=device, dtype=dtype).clone()
+    if device != "cpu":
+        return src.to(device=device, dtype=dtype).clone()
+    return _fresh_cpu_tensor(torch, tuple(base.shape), dtype).copy_(src)
 
 
 class TorchRunner:
