@@ -30,12 +30,15 @@ _QUANT_OPS = {"int8": ("_weight_int8pack_mm",),
               "int4": ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu")}
 
 
-#: where a CPU weight starts within its page: where torch puts a model's weights when it loads them at the start of a
-#: process (glibc serves blocks that large from a mapping of their own, 16 bytes of header, and torch aligns to 64
-#: bytes: the reference package's weights in validate's real pass all start 64 bytes into a page). A weight allocated
-#: late in a long analyze run came from the heap instead (glibc's mmap threshold rises once a large block is freed),
-#: at any multiple of 64: 1024x1024 fp32 GEMVs of [N, K] weights (rows of exactly 4 KiB) took 247 us at this offset,
-#: 230 at 0 and 266-277 at 1-2 KiB, and analyze's 0.4B torch-linear points read 13-19% above the real pass's
+#: where a torch-linear CPU weight starts within its page: where the reference package keeps RWKV-4/5/6 weights on a
+#: CPU (the tensors it was handed, allocated as a process starts: glibc serves blocks that large from a mapping of
+#: their own, 16 bytes of header, and torch aligns to 64 bytes; every one of them starts 64 bytes into a page). A
+#: weight allocated late in a long analyze run came from the heap instead (glibc's mmap threshold rises once a large
+#: block is freed), at any multiple of 64: 1024x1024 fp32 GEMVs of [N, K] weights (rows of exactly 4 KiB) took 247 us
+#: at this offset, 230 at 0 and 266-277 at 1-2 KiB, and analyze's 0.4B torch-linear points read 13-19% above the real
+#: pass's. The torch series ([K, N]) keeps torch's own allocation: the reference copies RWKV-7's weights into [K, N]
+#: as it loads them, late enough to land on the heap at scattered offsets (64, 320, 1152, 2816, ...), and with weights
+#: placed at this offset analyze's RWKV-7 0.4B points read 0.83-0.86 of its real pass where they had read 0.93-1.02
 WEIGHT_PAGE_OFFSET = 64
 
 
@@ -51,16 +54,16 @@ def _fresh_cpu_tensor(torch, shape: tuple, dtype):
     return torch.from_numpy(raw).view(dtype).view(shape)
 
 
-def _own_copy(torch, base: np.ndarray, scale: float, device: str, dtype):
+def _own_copy(torch, base: np.ndarray, scale: float, device: str, dtype, placed: bool = False):
     """``base`` times ``scale`` in a tensor of its own (copy 0, scale 1, without a scaled temporary: the 0.5 GB fp32
-    head of rwkv-1b5 otherwise held three copies at once); on the CPU placed as a freshly loaded model's weights
-    are (WEIGHT_PAGE_OFFSET)."""
+    head of rwkv-1b5 otherwise held three copies at once); ``placed`` (CPU only): in a mapping of its own,
+    WEIGHT_PAGE_OFFSET bytes into a page, else in torch's own allocation."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a read-only base: it is copied before any use
         src = torch.from_numpy(base if scale == 1.0 else base * np.float32(scale))
-    if device != "cpu":
+    if device != "cpu" or not placed:
         return src.to(device=device, dtype=dtype).clone()
     return _fresh_cpu_tensor(torch, tuple(base.shape), dtype).copy_(src)
 
@@ -77,7 +80,7 @@ class TorchRunner:
             base = np.ascontiguousarray(base.T)
         # cloned: the weights live in torch's own allocation, as a torch runtime's do (not numpy's buffer,
         # which numpy may back with huge pages: a few percent faster to stream than what torch users get)
-        stored = [_own_copy(torch, base, copy_scale(i), device, dt) for i in range(copies)]
+        stored = [_own_copy(torch, base, copy_scale(i), device, dt, placed=layout == "nk") for i in range(copies)]
         self.weights = [w.t() for w in stored] if layout == "nk" else stored
         del base
         self.a = torch.from_numpy(activation(workload.m, workload.k)).to(device=device, dtype=dt)
