@@ -135,6 +135,13 @@ class SlowRecheck(TypedDict):
     projected_seconds: float
 
 
+class PutOff(TypedDict):
+    """A point due while the canary ran contention.CANARY_SLOW x this run's best or more: timed after the others
+    (once); the canary's ratio when it was put off."""
+
+    canary_ratio: float
+
+
 class MachineSlowRecheck(TypedDict):
     """A point timed while the machine ran slow (its canary over contention.CANARY_SLOW x the run's best),
     measured again after the others: both medians, and the canary's ratio each time."""
@@ -171,6 +178,7 @@ class Point(TypedDict):
     near_line_recheck: NotRequired[NearLineRecheck]
     heavy_recheck: NotRequired[HeavyRecheck]
     machine_slow_recheck: NotRequired[MachineSlowRecheck]
+    put_off: NotRequired[PutOff]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb
     eval_perf: NotRequired[dict[str, Any]]  # board points: rknn-toolkit2's eval_perf, parsed
@@ -379,6 +387,7 @@ class LayerPassRound(TypedDict):
     non_matmul_seconds: float
     tail: NotRequired[bool]
     tail_seconds: NotRequired[float]  # the pass's rest less the ring rounds' median, per token
+    canary_seconds: NotRequired[float]  # contention.torch_canary() as the round began
 
 
 class Nonmatmul(TypedDict):
@@ -442,6 +451,7 @@ class ValidationPrediction(TypedDict):
     fully_measured: NotRequired[bool]
     per_call: NotRequired[dict[str, Union[float, None]]]
     prefill: NotRequired[dict[str, dict[str, Any]]]  # by chunk length: the verdict's prefill entry
+    canary_seconds: NotRequired[list[float]]  # contention.torch_canary() beside the timed non-matmul rounds
 
 
 class DecodeTiming(TypedDict):
@@ -499,6 +509,14 @@ class ValidationBandwidth(TypedDict):
     analyze_gbps: Union[float, None]
 
 
+class ValidationMachine(TypedDict):
+    """validation.machine_speeds(): the machine's speed (contention.torch_canary, medians) beside each side."""
+
+    prediction_seconds: float
+    real_pass_seconds: float
+    ratio: float
+
+
 class Validation(TypedDict):
     """validate.compare() plus what validate_command adds, stored by validate.record(): the prediction of one
     backend and dtype against the reference forward pass (verdict/validation.summary_lines reads it)."""
@@ -522,6 +540,7 @@ class Validation(TypedDict):
     torch: NotRequired[Union[str, None]]
     load_seconds: NotRequired[Union[float, None]]
     prefill: NotRequired[ValidationPrefill]
+    machine: NotRequired[Union[ValidationMachine, None]]
 
 
 # ------------------------------------------------------------------------------------------------

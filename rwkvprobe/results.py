@@ -20,7 +20,9 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   per-point contention (other processes' CPU time and steal while timed) and remeasured, ceilings with
   compute_again, gemv_skipped and light, settings.whatif_series (the measured int8/int4 what-if), nonmatmul
   seq (prefill's sequential state update), block_graphs (whole blocks in onnxruntime), ggml's series.
-  Version-1 files still load: every field added in 2 is NotRequired in records.py.
+  Version-1 files still load: every field added in 2 is NotRequired in records.py. Later additions within 2: a
+  point's put_off (timed after the others: the machine ran slow when it was due), the layer-pass rounds'
+  canary_seconds, and a validation's machine (the machine's speed beside each side).
 """
 
 from __future__ import annotations

@@ -78,8 +78,9 @@ class TorchRunner:
         base = base_weight(workload.k, workload.n)
         if layout == "nk":  # stored [N, K], used through its transposed view (no copy)
             base = np.ascontiguousarray(base.T)
-        # cloned: the weights live in torch's own allocation, as a torch runtime's do (not numpy's buffer,
-        # which numpy may back with huge pages: a few percent faster to stream than what torch users get)
+        # copied: the weights live in torch's own allocation (torch) or a mapping placed as the reference keeps
+        # RWKV-4/5/6 weights (torch-linear: WEIGHT_PAGE_OFFSET), never in numpy's buffer, which numpy may back with
+        # huge pages: a few percent faster to stream than what torch users get
         stored = [_own_copy(torch, base, copy_scale(i), device, dt, placed=layout == "nk") for i in range(copies)]
         self.weights = [w.t() for w in stored] if layout == "nk" else stored
         del base
