@@ -514,7 +514,7 @@ class Analysis(Run):
         put_off: dict[int, float] = {}  # plan index: the canary's ratio to the run's best when it was put off
         # this process's best canary so far (a fresh process's first canaries run about 1.5x slow: a resumed run's
         # earlier ones are not compared with)
-        best_canary = reference if points else None
+        best_canary = reference
         while queue:
             i = queue.popleft()
             m, k, n, b, d = points[i]
@@ -566,7 +566,7 @@ class Analysis(Run):
                 if i in put_off:
                     point["put_off"] = {"canary_ratio": put_off[i]}
                 seen = (point.get("contention") or {}).get("canary_seconds")
-                best_canary = min(x for x in (best_canary, seen) if x) if (best_canary or seen) else None
+                best_canary = min(filter(None, (best_canary, seen)), default=None)
             r["measurements"].append(point)
             self.save_soon()
             progress.advance(label)
