@@ -6,7 +6,8 @@ ratio, and whether the verdict (the main bound of the fastest series, and which 
 same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict. It prints the range of each
 run's DRAM bandwidth probes too: where the machine's own bandwidth moved between the runs, the bandwidth-bound
 series moved with it; and every decode point of run 2 against the same point of run 1: a shift of the machine
-moves nearly all of them one way.
+moves nearly all of them one way; and how far the large points moved apart from that shift, split by how long
+each was timed.
 
     python bench/repeatability.py [profiles/rwkv-0b4.yaml] [-- extra analyze options]
 """
@@ -30,6 +31,8 @@ from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps  # noqa
 from rwkvprobe.verdict.roofline import best_series, main_bound, verdict_of  # noqa: E402
 
 TARGET = 0.10
+#: point_noise's split of the points by how long each was timed (seconds, the shorter of the two runs)
+LONG_TIMING = 0.1
 
 
 def one_run(profile: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
@@ -53,14 +56,31 @@ def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
     return per, f"{best['backend']} {best['dtype']}", main, split
 
 
-def point_ratios(r1: dict, r2: dict) -> list[tuple[float, float]]:
-    """(run 2 / run 1 median, weight bytes) of every decode point (M = 1) both runs timed."""
+def point_ratios(r1: dict, r2: dict) -> list[tuple[float, float, float]]:
+    """(run 2 / run 1 median, weight bytes, the shorter of the two timings' seconds) of every decode point (M = 1)
+    both runs timed."""
     def timed(r: dict) -> dict:
         return {(p["backend"], p["dtype"], p["k"], p["n"]): p for p in r["measurements"]
                 if p["m"] == 1 and (p.get("timing") or {}).get("median_seconds") and (p.get("check") or {}).get("ok")}
+
+    def seconds(p: dict) -> float:
+        return (p.get("overhead_seconds") or {}).get("timing", 0.0)
     a, b = timed(r1), timed(r2)
     return [(b[key]["timing"]["median_seconds"] / a[key]["timing"]["median_seconds"],
-             key[2] * key[3] * (a[key].get("bytes_per_weight") or 4)) for key in a if key in b]
+             key[2] * key[3] * (a[key].get("bytes_per_weight") or 4), min(seconds(a[key]), seconds(b[key])))
+            for key in a if key in b]
+
+
+def point_noise(ratios: list[tuple[float, float, float]], shift: float) -> str:
+    """How far the points over 1 MiB of weights moved apart from the common shift (median |ratio / shift - 1|),
+    those timed for LONG_TIMING seconds or more against the rest: where a longer timing moves as far, the noise comes
+    in phases longer than a point (seconds), and a larger budget per point would not make the runs agree."""
+    def med(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.1%} ({len(xs)})" if xs else "none"
+    large = [(abs(x / shift - 1), t) for x, nbytes, t in ratios if nbytes > 2**20]
+    return (f"points over 1 MiB, |point over the common shift - 1|: median {med([d for d, _ in large])}; "
+            f"timed {LONG_TIMING} s or more {med([d for d, t in large if t >= LONG_TIMING])}, shorter "
+            f"{med([d for d, t in large if t < LONG_TIMING])}")
 
 
 def main() -> int:
@@ -105,14 +125,15 @@ def main() -> int:
     # weights a call reads in a few microseconds) as much as the large ones
     ratios = point_ratios(r1, r2)
     if ratios:
-        small = [x for x, nbytes in ratios if nbytes <= 2**20]
+        small = [x for x, nbytes, _ in ratios if nbytes <= 2**20]
         print(f"points: {len(ratios)} decode points timed in both runs, run 2/run 1 median "
-              f"{statistics.median(x for x, _ in ratios):.2f} ({sum(x > 1 for x, _ in ratios)} slower, "
-              f"{sum(x < 1 for x, _ in ratios)} faster)"
+              f"{statistics.median(x for x, _, _ in ratios):.2f} ({sum(x > 1 for x, _, _ in ratios)} slower, "
+              f"{sum(x < 1 for x, _, _ in ratios)} faster)"
               + (f"; the {len(small)} with at most 1 MiB of weights: median {statistics.median(small):.2f}" if small else ""))
         # each series against that common shift: what the machine moved for all of them set apart from what moved
         # one series alone (a point or a part of it timed in another phase)
-        shift = statistics.median(x for x, _ in ratios)
+        shift = statistics.median(x for x, _, _ in ratios)
+        print(point_noise(ratios, shift))
         own = {label: d2[label] / d1[label] / shift for label in set(d1) & set(d2)}
         if own:
             label = max(own, key=lambda k: abs(own[k] - 1))

@@ -8,6 +8,7 @@ Targets (issue 16): matmuls and everything else each within 20% of the real pass
 10%, prefill within 15%. A ratio is predicted / measured (time).
 
     python bench/validate_all.py                                  # 0.1B and 0.4B of RWKV-4, 5.2, 6, 7 (fp32)
+    python bench/validate_all.py --large                          # and their 1.5B (about 15 min more)
     python bench/validate_all.py --profiles profiles/rwkv-1b5.yaml --dtype bf16 --threads 2
     python bench/validate_all.py --json /tmp/validate_all.json
 
@@ -15,7 +16,7 @@ RWKV-5.2 and RWKV-6 ship no 0.1B profile (and RWKV-6 no 0.4B): for those the def
 same layout at 0.1B/0.4B shapes, written to a temporary folder (``--synthetic`` lists them); every figure
 is still a measurement of that architecture's real forward pass with random weights.
 
-Each profile's run takes about 30 s (0.1B) to 2 min (0.4B) on 2 cores; on a shared machine the timings
+Each profile's run takes about 30 s (0.1B) to 2 min (0.4B) and 3-4 min (1.5B) on 2 cores; on a shared machine the timings
 are noisy (the script prints the spread of the decoded tokens next to each row).
 """
 
@@ -32,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "profiles"
 SHIPPED = ["rwkv4-169m.yaml", "rwkv4-430m.yaml", "rwkv5-0b4.yaml", "rwkv-0b1.yaml", "rwkv-0b4.yaml"]
+#: --large: the 1.5B of each version (all shipped), about 3-4 min each on 2 cores (6 GB of fp32 weights a run)
+LARGE = ["rwkv4-1b5.yaml", "rwkv5-1b5.yaml", "rwkv6-1b5.yaml", "rwkv-1b5.yaml"]
 #: same-layout profiles at sizes the project does not ship (name -> YAML body)
 SYNTHETIC = {
     "rwkv5-0b1": {"name": "RWKV-5.2 0.1B-shaped (synthetic)", "version": 5, "n_layer": 12, "n_embd": 768,
@@ -120,6 +123,7 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--json", type=Path, default=None, help="also write every validation to this file")
     ap.add_argument("--synthetic", action="store_true", help="list the synthetic profiles and exit")
+    ap.add_argument("--large", action="store_true", help="add the 1.5B of each version (%s)" % ", ".join(LARGE))
     args = ap.parse_args()
     if args.synthetic:
         for k, body in SYNTHETIC.items():
@@ -138,6 +142,8 @@ def main() -> int:
             profiles.append(path)
         profiles += [PROFILES / p for p in SHIPPED]
         profiles.sort(key=lambda p: p.stem)
+    if args.large:
+        profiles += [PROFILES / p for p in LARGE if PROFILES / p not in profiles]
     results = []
     for p in profiles:
         print(f"validate {p.stem} ...", file=sys.stderr, flush=True)
