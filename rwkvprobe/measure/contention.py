@@ -77,15 +77,20 @@ def _canary_operands():
     return rng.random((CANARY_N, CANARY_N), dtype=np.float32), rng.random((CANARY_N, CANARY_N), dtype=np.float32)
 
 
-def canary() -> float:
-    """Seconds of the canary matmul: the best of CANARY_CALLS calls."""
-    a, b = _canary_operands()
+def _best_of(call) -> float:
+    """Seconds of ``call()``: the best of CANARY_CALLS calls."""
     best = float("inf")
     for _ in range(CANARY_CALLS):
         t = time.perf_counter()
-        a @ b
+        call()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def canary() -> float:
+    """Seconds of the canary matmul: the best of CANARY_CALLS calls."""
+    a, b = _canary_operands()
+    return _best_of(lambda: a @ b)
 
 
 def torch_canary() -> float:
@@ -98,12 +103,7 @@ def torch_canary() -> float:
     import torch
 
     a, b = (torch.from_numpy(x) for x in _canary_operands())
-    best = float("inf")
-    for _ in range(CANARY_CALLS):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return best
+    return _best_of(lambda: torch.mm(a, b))
 
 
 def slow_now(best: float | None) -> float | None:
