@@ -18,7 +18,6 @@ from rwkvprobe.report.sections import (
     nominal_section,
     npu_bandwidth_section,
 )
-from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
 from rwkvprobe.verdict.roofline import (
     BURSTY,
     HEAVY_SHARE,
@@ -28,8 +27,8 @@ from rwkvprobe.verdict.roofline import (
     RULE,
     best_series,
     main_bound,
-    row_seconds,
     verdict_of,
+    within_noise,
 )
 from rwkvprobe.verdict.validation import TARGET, summary_lines
 
@@ -161,39 +160,17 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
     return out
 
 
-def decode_rel_sigma(s: dict, results: dict) -> float:
-    """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
-
-    Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
-
-    timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
-              for p in results.get("measurements", [])}
-    var, total = 0.0, 0.0
-    for r in s["rows"]:
-        if r["m"] != 1:
-            continue
-        t = row_seconds(r) * r["count"]
-        sig = rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))) if r.get("measured") else 0.25
-        var += (t * sig) ** 2
-        total += t
-    return max(SIGMA_FLOOR, (var ** 0.5) / total) if total else SIGMA_FLOOR
-
-
 def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     """Series whose decode differs from the best one's by no more than their combined uncertainty."""
-    import math
-
-
     if not best["model"].get("decode"):
         return []
     t_best = best["model"]["decode"]["seconds_per_token"]
-    s_best = decode_rel_sigma(best, results)
     out = []
     for s in series:
         d = s["model"].get("decode")
         if s is best or not d or not d.get("fully_measured") or s.get("whatif"):
             continue
-        if math.log(d["seconds_per_token"] / t_best) <= NOISE_Z * math.hypot(s_best, decode_rel_sigma(s, results)):
+        if within_noise(best, t_best, s, d["seconds_per_token"], results):
             out.append(_label(s))
     return out
 

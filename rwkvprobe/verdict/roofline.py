@@ -16,6 +16,7 @@ A layer far below 1 is limited by its kernel, not by the ceiling it is classed u
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -28,6 +29,7 @@ from rwkvprobe.model.cost import roofline_seconds
 from rwkvprobe.model.profile import DTYPE_BYTES, LayerList, activation_bytes_of, layers_from_json, weight_bytes_of
 from rwkvprobe.model.quant import DEFAULT_FORMATS, DEFAULT_QUANTIZE, FORMATS, quantize_kinds
 from rwkvprobe.model.quant import QUANT_DTYPES as QUANTIZED_ROW_DTYPES  # may keep some matrices float
+from rwkvprobe.verdict.fit import NOISE_Z, SIGMA_FLOOR, rel_sigma
 
 CLASSES = ("compute-bound", "bandwidth-bound", "overhead-bound")
 RULE = ("overhead-bound when the backend's fixed per-call cost t0 >= max(FLOPs/P, bytes/W); otherwise "
@@ -299,13 +301,54 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
+def decode_rel_sigma(s: dict, results: dict) -> float:
+    """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
+
+    Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
+    timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
+              for p in results.get("measurements", [])}
+    var, total = 0.0, 0.0
+    for r in s["rows"]:
+        if r["m"] != 1:
+            continue
+        t = row_seconds(r) * r["count"]
+        sig = rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))) if r.get("measured") else 0.25
+        var += (t * sig) ** 2
+        total += t
+    return max(SIGMA_FLOOR, (var ** 0.5) / total) if total else SIGMA_FLOOR
+
+
+def within_noise(a: dict, t_a: float, b: dict, t_b: float, results: dict) -> bool:
+    """Series ``a`` and ``b``, whose decodes take ``t_a`` and ``t_b``, differ by no more than NOISE_Z combined sigmas
+    (decode_rel_sigma): neither can be said to be the faster."""
+    return abs(math.log(t_a / t_b)) <= NOISE_Z * math.hypot(decode_rel_sigma(a, results), decode_rel_sigma(b, results))
+
+
+#: the float series a quantized series' unquantized matrices are kept at where the backend's float series are tied
+#: (float_base): the quantized kernels' activation type, as where no float series was measured
+TIED_FLOAT = "fp32"
+
+
+def float_base(floats: list[tuple[float, dict]], results: dict) -> dict | None:
+    """The float series of a backend that its quantized series keep their unquantized matrices at and are compared
+    with: the fastest of ``floats`` ((decode seconds, series)), or the TIED_FLOAT series where it is tied with that
+    within noise (within_noise). onnxruntime fp16 and fp32 ran within a few percent of each other on this project's
+    VM, and the fastest alone was fp32 in one quick run and fp16 in the next: the same command gave the int4-a8
+    series 0.518 GB of weights a token (its head at fp32) and then 0.356 GB, compared with another series."""
+    if not floats:
+        return None
+    t_best, best = min(floats, key=lambda x: x[0])
+    tied = [s for t, s in floats if s["dtype"] == TIED_FLOAT and within_noise(best, t_best, s, t, results)]
+    return tied[0] if tied else best
+
+
 def _keep_float(series: dict, results: dict) -> list[str]:
     """A quantized series is the model as it would run: the kinds not quantized stay float.
 
     (Not for the RK3588 NPU, measured or modelled: its int8 graphs quantize every layer.) Layers of the
     kinds in ``settings.quantize`` keep the quantized format's rows; the others (by default
-    the head and the low-rank matrices) take the rows of the same backend's fastest float series, with
-    their float bytes, so that every byte and GB/s figure of the series counts the weights a token really
+    the head and the low-rank matrices) take the rows of the same backend's fastest float series (fp32 where
+    that is tied with the fastest: float_base), with their float bytes, so that every byte and GB/s figure of the series counts the weights a token really
     reads. Without a float series of that backend they are modelled at fp32 (the activation type of the
     quantized kernels) and labelled so.
 
@@ -326,8 +369,8 @@ def _keep_float(series: dict, results: dict) -> list[str]:
             continue
         if s.get("float_dtype"):  # its rows are already at their real types (ggml: rwkv.cpp's rule, _rows)
             continue
-        floats = [(decode_time[(backend, d)], d) for d in FLOAT_DTYPES if (backend, d) in decode_time]
-        base = series[(backend, min(floats)[1])] if floats else None
+        base = float_base([(decode_time[(backend, d)], series[(backend, d)]) for d in FLOAT_DTYPES
+                           if (backend, d) in decode_time], results)
         base_rows = {(r["layer"], r["m"]): r for r in base["rows"]} if base else {}
         P, bw, t0 = s["peak_gflops"] * 1e9, s["bandwidth_gbps"] * 1e9, s["overhead_seconds"]
         rows = []
@@ -604,7 +647,7 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
 
     The quantized series is the model as it runs (build_verdict): layers of the kinds in ``settings.quantize``
     (default DEFAULT_QUANTIZE) at the format's measured time, the others at the same backend's fastest float
-    series (fp16 or fp32). The bytes-only figure re-models each quantized layer of that float series with the
+    series (fp16 or fp32; fp32 where tied: float_base), the one its kept-float rows came from. The bytes-only figure re-models each quantized layer of that float series with the
     format's real bytes per weight (scales and zero points included, from the measured points), keeping the
     float layer's measured efficiency: what the format would give if dequantization were free (an upper
     bound on the speed-up, not a ceiling the format is judged against). Whether the quantized layers are
@@ -621,9 +664,11 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
         float_types = (desc["float_dtype"],) if desc.get("float_dtype") else ("fp16", "fp32", "bf16")
         floats = [series[(backend, d)] for d in float_types
                   if (backend, d) in series and series[(backend, d)]["model"].get("decode")]
-        if not floats:
+        # the float series its unquantized matrices were kept at (_keep_float), else the same choice over the decodes
+        base = (next((s for s in floats if s["dtype"] == q.get("float_dtype")), None)
+                or float_base([(s["model"]["decode"]["seconds_per_token"], s) for s in floats], results))
+        if base is None:  # no float series of this backend
             continue
-        base = min(floats, key=lambda s: s["model"]["decode"]["seconds_per_token"])
         bw = base["bandwidth_gbps"] * 1e9
         P, t0 = base["peak_gflops"] * 1e9, base["overhead_seconds"]
         base_bytes = weight_bytes_of(base["dtype"])
