@@ -585,91 +585,125 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
     return one_pass_layers
 
 
-def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
-             tokens: int) -> dict | None:
-    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds and their split. A chunk's passes run
-    without the tail (see TAIL_EVERY)."""
-    import torch
+class Rounds:
+    """The rounds of measure() (``tokens`` 1) or measure_chunk() (more), one at a time: ``start`` builds the ring and
+    runs the compiling and warm-up passes, each ``round`` times one (a plain pass, then the profiled one), ``result``
+    splits them. measure() runs its rounds back to back; validate's real-pass worker (forward_worker) runs one
+    before each of its own profiled rounds, so that the two sides' rounds share the machine's phases. A chunk's
+    passes run without the tail (see TAIL_EVERY)."""
 
-    ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes, 1 if tokens > 1 else 2))
-    tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
-    shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers], profile.n_layer)
-    one_pass = _pass_runner(profile, backend, dtype, ring, tokens, tail)
+    def __init__(self, profile: Profile, backend: str, dtype: str, llc_bytes: int | None, tokens: int = 1):
+        self.profile, self.backend, self.dtype, self.tokens = profile, backend, dtype, tokens
+        self.ring = build_ring(profile, backend, dtype, ring_size(profile, dtype, llc_bytes, 1 if tokens > 1 else 2))
+        self.tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
+        self.shapes, self.batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers],
+                                                  profile.n_layer)
+        self.one_pass = _pass_runner(profile, backend, dtype, self.ring, tokens, self.tail)
+        self.tails = tokens == 1  # decode: every other round ends with the token's tail
+        self.rounds: list[dict] = []
+        self.calls = 0.0
 
-    tails = tokens == 1  # decode: every other round ends with the token's tail
-    rounds: list[dict] = []
-    calls = 0.0
-    # the budget counts the warm-up (the first passes compile) and the rounds; validate asks for more
-    # (measure.validate.NONMATMUL_SECONDS)
-    t_start = time.perf_counter()
-    t_end, t_cap = t_start + budget_seconds, t_start + TOO_SLOW * budget_seconds
-    with torch.no_grad():
-        for i in range(3):  # TorchScript optimises a function after its first calls; both kinds of pass
-            if i == 2 and tails:
-                tail.update(build_tail(profile, backend, dtype))
-            t0 = time.perf_counter()
-            one_pass(i == 2 and tails)
-            # the second pass (the first compiles) says whether the rounds fit, before any tail: the head of a
-            # 1.5B in fp16 on a CPU without fp16 arithmetic took seconds a pass
-            if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
-                return None  # the caller times the bare block instead
-        # a token's profiled passes warm up too (WARM_PAIRS, WARM_SECONDS; the pair ends on the untimed plain pass
-        # that follows a profiled one); a chunk's pass is long (a second on a 1.5B), and its rounds start as before
-        t_warm = time.perf_counter()
-        for i in range(MAX_ROUNDS if tails else 0):
-            if i >= WARM_PAIRS and time.perf_counter() - t_warm >= WARM_SECONDS:
-                break
-            with cpu_profile():
-                one_pass(False)
-            one_pass(False)
-        while len(rounds) < MAX_ROUNDS and (len(rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
-                len(rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
+    def start(self, budget_seconds: float) -> bool:
+        """The compiling passes (TorchScript optimises a function after its first calls; both kinds of pass) and a
+        token's warm-up pairs; False where the second pass says the rounds would not fit ``budget_seconds``
+        (TOO_SLOW)."""
+        import torch
+
+        with torch.no_grad():
+            for i in range(3):
+                if i == 2 and self.tails:
+                    self.tail.update(build_tail(self.profile, self.backend, self.dtype))
+                t0 = time.perf_counter()
+                self.one_pass(i == 2 and self.tails)
+                # the second pass (the first compiles) says whether the rounds fit, before any tail: the head of a
+                # 1.5B in fp16 on a CPU without fp16 arithmetic took seconds a pass
+                if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
+                    return False  # the caller times the bare block instead
+            # a token's profiled passes warm up too (WARM_PAIRS, WARM_SECONDS; the pair ends on the untimed plain pass
+            # that follows a profiled one); a chunk's pass is long (a second on a 1.5B), and its rounds start as before
+            t_warm = time.perf_counter()
+            for i in range(MAX_ROUNDS if self.tails else 0):
+                if i >= WARM_PAIRS and time.perf_counter() - t_warm >= WARM_SECONDS:
+                    break
+                with cpu_profile():
+                    self.one_pass(False)
+                self.one_pass(False)
+        return True
+
+    def round(self) -> None:
+        """One round: the machine's speed, an untimed pass after a profiled one, the plain pass (timed), the
+        profiled pass (its weight matmuls)."""
+        import torch
+
+        rounds, ring, tails = self.rounds, self.ring, self.tails
+        with torch.no_grad():
             with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
             # the machine's speed as the round begins (validate compares it with the real pass's)
             speed = contention.torch_canary()
             if rounds:  # the first pass after a profiled one is slower (forward_worker.AFTER_PROFILER): untimed
-                one_pass(with_tail)
+                self.one_pass(with_tail)
             t0 = time.perf_counter()
-            one_pass(with_tail)
+            self.one_pass(with_tail)
             plain = (time.perf_counter() - t0) / len(ring)
             with cpu_profile() as prof:
-                one_pass(with_tail)
+                self.one_pass(with_tail)
             by_shape: dict = {}
-            matmul_us, _ = weight_matmul_us(prof, shapes, batched, by_shape)
+            matmul_us, _ = weight_matmul_us(prof, self.shapes, self.batched, by_shape)
             del prof
             if not tails:  # a chunk's profile (12,000 events with their shapes on a 1.5B) held 0.3-0.4 GB
                 system.release_free_memory()
-            matmul = matmul_us / 1e6 / len(ring)
-            r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul),
-                 "canary_seconds": speed}
-            if with_tail:
-                r["tail"] = True
-            else:
-                calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
-            rounds.append(r)
-    summary = summarize([r["non_matmul_seconds"] for r in rounds if not r.get("tail")])
-    per_layer = summary["median_seconds"]
-    structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
-                 else "two TorchScript calls a layer, each weight matmul through a helper")
-    common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
-              "ring_layers": len(ring), "weight_matmuls_per_layer": calls, "seconds_per_block": per_layer,
-              "rounds": rounds, "spread": summary["spread"]}
-    if not tails:
-        return {"chunk": tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer,
-                "what": f"one layer's work outside its weight matmuls over a chunk of {tokens} tokens (the state "
-                        f"updated token by token), timed in a torch forward pass's structure ({structure}) as the "
-                        "layer's time minus its weight matmuls' profiled time, times n_layer (the chunk's tail, the "
-                        "output norm and head on its last token, left out: about 1% of a chunk's rest)"}
-    for r in rounds:  # what a pass with the tail spent outside its matmuls beyond the ring's median, per token
-        if r.get("tail"):
-            r["tail_seconds"] = (r["layer_seconds"] - r["weight_matmul_seconds"] - per_layer) * len(ring)
-    # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail is
-    # noise around a small figure: counted as none
-    tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
-    return {**common, "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
-            "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure ({structure}"
-                    "), weights read from DRAM) as the layer's time minus its weight matmuls' profiled time, "
-                    "times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
+        matmul = matmul_us / 1e6 / len(ring)
+        r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul),
+             "canary_seconds": speed}
+        if with_tail:
+            r["tail"] = True
+        else:
+            self.calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
+        rounds.append(r)
+
+    def result(self) -> dict:
+        """The split of the rounds so far: the median per layer (plain less its matmuls) times n_layer, and a
+        token's tail."""
+        profile, rounds, ring = self.profile, self.rounds, self.ring
+        summary = summarize([r["non_matmul_seconds"] for r in rounds if not r.get("tail")])
+        per_layer = summary["median_seconds"]
+        structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
+                     else "two TorchScript calls a layer, each weight matmul through a helper")
+        common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
+                  "ring_layers": len(ring), "weight_matmuls_per_layer": self.calls, "seconds_per_block": per_layer,
+                  "rounds": rounds, "spread": summary["spread"]}
+        if not self.tails:
+            return {"chunk": self.tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer,
+                    "what": f"one layer's work outside its weight matmuls over a chunk of {self.tokens} tokens (the "
+                            f"state updated token by token), timed in a torch forward pass's structure ({structure}) as "
+                            "the layer's time minus its weight matmuls' profiled time, times n_layer (the chunk's tail, "
+                            "the output norm and head on its last token, left out: about 1% of a chunk's rest)"}
+        for r in rounds:  # what a pass with the tail spent outside its matmuls beyond the ring's median, per token
+            if r.get("tail"):
+                r["tail_seconds"] = (r["layer_seconds"] - r["weight_matmul_seconds"] - per_layer) * len(ring)
+        # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail
+        # is noise around a small figure: counted as none
+        tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
+        return {**common, "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
+                "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure "
+                        f"({structure}), weights read from DRAM) as the layer's time minus its weight matmuls' profiled "
+                        "time, times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
+
+
+def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
+             tokens: int) -> dict | None:
+    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds back to back, and their split."""
+    r = Rounds(profile, backend, dtype, llc_bytes, tokens)
+    # the budget counts the warm-up (the first passes compile) and the rounds; validate asks for more
+    # (measure.validate.NONMATMUL_SECONDS)
+    t_start = time.perf_counter()
+    t_end, t_cap = t_start + budget_seconds, t_start + TOO_SLOW * budget_seconds
+    if not r.start(budget_seconds):
+        return None
+    while len(r.rounds) < MAX_ROUNDS and (len(r.rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
+            len(r.rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
+        r.round()
+    return r.result()
 
 
 def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict | None:
