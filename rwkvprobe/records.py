@@ -414,6 +414,9 @@ class Nonmatmul(TypedDict):
     weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
     rounds: NotRequired[list[LayerPassRound]]
     spread: NotRequired[float]
+    #: validate measuring its prediction: these figures come from the layer pass timed between the real pass's
+    #: rounds; "separate": what analyze's own layer pass had recorded (validate.take_interleaved)
+    interleaved: NotRequired[dict[str, Any]]
 
 
 class BlockGraph(TypedDict):
@@ -477,6 +480,9 @@ class ValidationSplit(TypedDict):
     rest_predicted_seconds: float
     rest_predicted_measured: NotRequired[bool]
     state_matmul_seconds: NotRequired[Union[float, None]]
+    #: validate measuring its prediction: the rest analyze's own layer pass predicted before the real pass (the
+    #: prediction uses the one timed between the real pass's rounds: validate.take_interleaved)
+    rest_separate_seconds: NotRequired[float]
 
 
 class ValidationShape(TypedDict):

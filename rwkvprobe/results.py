@@ -22,7 +22,9 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   seq (prefill's sequential state update), block_graphs (whole blocks in onnxruntime), ggml's series.
   Version-1 files still load: every field added in 2 is NotRequired in records.py. Later additions within 2: a
   point's put_off (timed after the others: the machine ran slow when it was due), the layer-pass rounds'
-  canary_seconds, and a validation's machine (the machine's speed beside each side).
+  canary_seconds, a validation's machine (the machine's speed beside each side), and, where validate measured
+  its own prediction, a non-matmul entry's interleaved (its layer pass timed between the real pass's rounds) and a
+  validation split's rest_separate_seconds.
 """
 
 from __future__ import annotations

@@ -345,6 +345,14 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert v["predicted"]["canary_seconds"] == [r["canary_seconds"] for r in nm["rounds"]]
     assert v["machine"]["ratio"] == pytest.approx(v["machine"]["real_pass_seconds"] / v["machine"]["prediction_seconds"])
     assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
+    # measuring its own prediction, validate timed the layer pass again between the real pass's profiled rounds (one
+    # round each) and predicts with that; what analyze's own layer pass had given is kept beside it
+    from rwkvprobe.measure.forward_worker import PROFILE_ROUNDS
+
+    assert len(nm["rounds"]) == PROFILE_ROUNDS and nm["interleaved"]["with"] == "the real pass's profiled rounds"
+    assert v["split"]["rest_separate_seconds"] == nm["interleaved"]["separate"]["seconds_per_token"] > 0
+    assert "8" in nm["seq"]  # the chunk's figures stay analyze's
+    assert "timed between the real pass's profiled rounds" in stdout
     report = (out / "report.md").read_text()
     assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report
     # re-rendering the results elsewhere keeps the section
@@ -360,6 +368,8 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     again = json.loads((out / "results.json").read_text())
     assert [x["backend"] for x in again["nonmatmul"]] == ["torch"]
     assert again["validation"][0]["predicted"]["non_matmul_measured"] and "prefill" not in again["validation"][0]
+    # a prediction read from --results is checked as it is: its non-matmul part not timed again beside the real pass
+    assert "interleaved" not in again["nonmatmul"][0] and "rest_separate_seconds" not in again["validation"][0]["split"]
 
 
 def test_prefill_with_the_state_update_is_checked_against_the_target():
@@ -430,3 +440,48 @@ def test_prefill_rounds_start_after_the_slow_first_chunks():
     out = fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3)
     assert len(calls) == fw.PREFILL_WARMUP + 2 * 3 and set(calls) == {8}
     assert max(out["samples"]) < 0.02 and out["chunk"] == 8
+
+
+def test_a_layer_pass_round_runs_before_each_profiled_round_of_the_real_pass():
+    """validate's prediction of the part outside the matmuls and the real pass's split share the machine's phases:
+    profile_decode calls ``between`` (one layer-pass round) before each of its rounds, then an untimed token as after
+    a profiled round, then its plain and profiled tokens (plumbing: a fake model)."""
+    torch = pytest.importorskip("torch")
+    from rwkvprobe.measure import forward_worker as fw
+
+    events = []
+
+    class Model:
+        def forward(self, ids, state):
+            events.append("token")
+            return torch.zeros(4), state
+
+    fw.profile_decode(Model(), None, 0, 2, [(4, 4, 1)], 1, rounds=3, between=lambda: events.append("between"))
+    one = ["between"] + ["token"] * (fw.AFTER_PROFILER + 2 * 2)
+    assert events == one * 3
+    events.clear()
+    fw.profile_decode(Model(), None, 0, 2, [(4, 4, 1)], 1, rounds=3)  # without: no untimed token before round 1
+    assert events == ["token"] * (4 + 2 * (fw.AFTER_PROFILER + 4))
+
+
+def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analyze_had():
+    from rwkvprobe.measure.validate import take_interleaved
+
+    seq = {"64": {"chunk": 64, "seconds_per_block": 1e-3, "seconds_per_chunk": 2e-3}}
+    data = {"nonmatmul": [
+        {"backend": "torch", "dtype": "fp32", "method": "layer-pass", "seconds_per_token": 6e-3,
+         "seconds_per_block": 5e-4, "tail_seconds": 4e-4, "rounds": [{"non_matmul_seconds": 5e-4}], "seq": seq,
+         "what": "a"},
+        {"backend": "numpy", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
+    passes = {"method": "layer-pass", "seconds_per_token": 7e-3, "seconds_per_block": 6e-4, "tail_seconds": 3e-4,
+              "rounds": [{"non_matmul_seconds": 6e-4}] * 2, "what": "b"}
+    take_interleaved(data, "torch", "fp32", passes)
+    entry, other = data["nonmatmul"]
+    assert entry["seconds_per_token"] == 7e-3 and len(entry["rounds"]) == 2 and entry["seq"] is seq
+    assert entry["what"].startswith("b (validate: its rounds ran between the real pass's profiled rounds")
+    assert entry["interleaved"]["separate"] == {"seconds_per_token": 6e-3, "seconds_per_block": 5e-4,
+                                                "tail_seconds": 4e-4}
+    # a series analyze timed as the bare block (its layer pass too slow) keeps its prediction
+    bare = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
+    take_interleaved(bare, "torch", "fp32", passes)
+    assert bare["nonmatmul"][0] == {"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}

@@ -19,8 +19,10 @@ from rwkvprobe.measure.validate import (
     PREDICTION_SERIES,
     check_memory,
     check_request,
+    interleaved_layer_pass,
     record,
     run_forward_bracketed,
+    take_interleaved,
     time_nonmatmul_block,
     time_prefill_state,
 )
@@ -82,14 +84,22 @@ def validate_command(
         data = run_keeping_results(analysis, reporter, f"rwkvprobe validate {profile} --results {analysis.path}")
         pred = prediction(data, ll, series, dtype)
         cpus, path, out_dir = None, analysis.path, analysis.out_dir
+    # measuring the prediction now: its part outside the matmuls timed again, between the real pass's rounds
+    layer_pass = interleaved_layer_pass(ll, series, dtype) if results is None else None
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
                    f"{f' and a prefill chunk of {chunk}' if chunk else ''} ({backend} {dtype}, {run_threads} threads)")
     try:
-        real, phase = run_forward_bracketed(ll, dtype, run_threads, tokens, chunk, cpus, data)
+        real, phase = run_forward_bracketed(ll, dtype, run_threads, tokens, chunk, cpus, data, layer_pass)
     except RuntimeError as e:
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    separate = None
+    if real.get("layer_pass"):
+        take_interleaved(data, series, dtype, real.pop("layer_pass"))
+        separate, pred = pred, prediction(data, ll, series, dtype)
     v = compare(pred, real, chunk)
+    if separate is not None:  # what analyze's own layer pass, timed before the real pass, had predicted
+        v["split"]["rest_separate_seconds"] = separate["non_matmul_seconds"]
     v["bandwidth"] = phase
     v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens, "prediction_series": series,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

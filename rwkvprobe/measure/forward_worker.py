@@ -242,7 +242,7 @@ AFTER_PROFILER = 1
 
 
 def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer: int,
-                   rounds: int = PROFILE_ROUNDS) -> dict:
+                   rounds: int = PROFILE_ROUNDS, between=None) -> dict:
     """Per-token time of the weight matmuls by shape, measured by torch.profiler, and the matmul share.
 
     ``rounds`` times: ``n`` tokens timed without the profiler, then ``n`` tokens under it. The matmul share of
@@ -250,6 +250,9 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     time, so a machine that gets busier or quieter between rounds moves both); the profiler's own per-op cost
     lands mostly on the many small non-matmul ops, so it does not inflate the share much. The split of the
     measured decode time uses the median share over the rounds.
+
+    ``between``: called before each round (validate's prediction: one round of its layer pass), followed by an
+    untimed token as after a profiled round.
     """
     import torch
 
@@ -258,8 +261,10 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
     other_matmul_us = 0.0
     shares, round_info = [], []
     for i in range(rounds):
+        if between is not None:
+            between()
         speed = contention.torch_canary()  # the machine's speed as the round begins (untimed)
-        for _ in range(AFTER_PROFILER if i else 0):
+        for _ in range(AFTER_PROFILER if i or between is not None else 0):
             logits, state = model.forward([token], state)
             token = int(torch.argmax(logits))
         plain = []
@@ -338,8 +343,22 @@ def run(cfg: dict) -> dict:
         out["logits_finite"] = finite
         ll = layer_list(profile)
         layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
+        # validate's prediction of the part outside the matmuls, its layer pass's rounds run between this pass's
+        # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike
+        lp = cfg.get("layer_pass")
+        rounds = None
+        if lp:
+            from rwkvprobe.measure import layerpass, system
+
+            rounds = layerpass.Rounds(profile, lp["backend"], lp["dtype"], system.llc_bytes())
+            if not rounds.start(lp["budget_seconds"]):
+                rounds = None
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
-                                         profile.n_layer)
+                                         profile.n_layer, between=rounds.round if rounds else None)
+        if rounds is not None:
+            out["layer_pass"] = rounds.result()
+            rounds = None
+            system.release_free_memory()  # the ring's weights, before the prefill chunk
         out["canary_seconds"] = canaries + [x["canary_seconds"] for x in out["profiled"]["rounds"]]
         chunk = cfg.get("chunk", 0)
         if chunk:

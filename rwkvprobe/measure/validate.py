@@ -15,7 +15,7 @@ import sys
 
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
-from rwkvprobe.measure import bandwidth, nonmatmul
+from rwkvprobe.measure import bandwidth, layerpass, nonmatmul
 from rwkvprobe.measure.system import llc_bytes
 from rwkvprobe.model.profile import LayerList, Profile, profile_json
 from rwkvprobe.progress import Progress
@@ -82,9 +82,11 @@ def check_memory(ll: LayerList, dtype: str) -> None:
 
 
 def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
-                seed: int = 0) -> dict:
+                seed: int = 0, layer_pass: dict | None = None) -> dict:
+    """The reference forward pass in a worker process (forward_worker); ``layer_pass`` (interleaved_layer_pass):
+    the prediction's layer pass, its rounds run between the real pass's profiled rounds."""
     cfg = {"profile": profile_json(ll), "dtype": dtype, "threads": threads, "tokens": tokens, "chunk": chunk,
-           "seed": seed, "cpus": cpus}
+           "seed": seed, "cpus": cpus, "layer_pass": layer_pass}
     result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.measure.forward_worker"], cfg)
     if result is None:
         raise RuntimeError(f"the forward pass did not finish: {tail}")
@@ -94,16 +96,42 @@ def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int
 
 
 def run_forward_bracketed(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
-                          results: dict) -> tuple[dict, dict]:
+                          results: dict, layer_pass: dict | None = None) -> tuple[dict, dict]:
     """run_forward between two read-bandwidth probes, and the analyze run's own probes beside them: on a shared
     machine the DRAM bandwidth moves in phases, and a real pass timed in another phase than the prediction can
     miss it for that reason alone (validation.PHASE_APART)."""
     before = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
-    real = run_forward(ll, dtype, threads, tokens, chunk, cpus)
+    real = run_forward(ll, dtype, threads, tokens, chunk, cpus, layer_pass=layer_pass)
     after = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
     analyze = [g for _, g in bandwidth.read_probes(results, history=False)]
     around = [x["read_best_gbps"] for x in (before, after) if x["check_ok"]]
     return real, {"real_pass_gbps": around, "analyze_gbps": statistics.median(analyze) if analyze else None}
+
+
+def interleaved_layer_pass(ll: LayerList, series: str, dtype: str) -> dict | None:
+    """What the real-pass worker needs to time the prediction's non-matmul work between its own profiled rounds
+    (layerpass.Rounds), for a series analyze times in layers; None for the others. The part outside the matmuls is the
+    small difference of two large times on both sides, and this VM runs two-thread work 1.3-2x slower for seconds at
+    a time: two interleaved layer passes of the same shapes (rwkv6-0b4, 64 rounds each, one process) read within
+    0.85-1.03 of each other in every block of 8 rounds, where each one's own blocks ranged over 483-709 and
+    556-753 us a layer; timed minutes apart, as analyze's figure is, validate's two sides each moved by 20-40%."""
+    if series not in layerpass.LAYOUTS or ll.profile.version not in layerpass.VERSIONS:
+        return None
+    return {"backend": series, "dtype": nonmatmul.block_dtype(dtype, series), "budget_seconds": NONMATMUL_SECONDS}
+
+
+def take_interleaved(results: dict, series: str, dtype: str, passes: dict) -> None:
+    """The series' timed non-matmul work in ``results`` replaced by ``passes``, the layer pass timed between the real
+    pass's rounds; its chunk figures (``seq``) kept, the figure it had recorded under ``interleaved``."""
+    block = nonmatmul.block_dtype(dtype, series)
+    entry = next((x for x in results.get("nonmatmul") or [] if x.get("backend") == series and x.get("dtype") == block
+                  and x.get("method") == "layer-pass"), None)
+    if entry is None:  # analyze timed the bare block (its layer pass too slow): the prediction stays as it is
+        return
+    before = {k: entry[k] for k in ("seconds_per_token", "seconds_per_block", "tail_seconds") if k in entry}
+    entry.update(passes)
+    entry["what"] = passes["what"] + " (validate: its rounds ran between the real pass's profiled rounds)"
+    entry["interleaved"] = {"with": "the real pass's profiled rounds", "separate": before}
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ def summary_lines(v: dict, name: str) -> list[str]:
     layout = f" ({series}: weights [N, K] as the reference keeps this version on a CPU)" if series != v["backend"] else ""
     rest_source = ("from analyze's timed non-matmul block" if s.get("rest_predicted_measured")
                    else "modelled as bytes over bandwidth")
+    if s.get("rest_separate_seconds") is not None:
+        rest_source += (f", its layer pass timed between the real pass's profiled rounds ({s['rest_separate_seconds'] * 1e3:.2f}"
+                        " ms as analyze timed it before the real pass)")
     lines = [
         f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token{layout}, "
         f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens, IQR {d['q1'] * 1e3:.1f}-"
