@@ -485,3 +485,28 @@ def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analy
     bare = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
     take_interleaved(bare, "torch", "fp32", passes)
     assert bare["nonmatmul"][0] == {"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}
+
+
+def test_memory_check_counts_the_interleaved_ring_and_head(monkeypatch):
+    """The real pass's process holds the layer pass's ring and head too when validate times its prediction there:
+    memory enough for the two copies of the model alone is refused with one line, naming what it needs."""
+    import psutil
+
+    from rwkvprobe.errors import InputError
+    from rwkvprobe.measure import layerpass, validate
+
+    ll = layer_list(load_profile(PROFILES / "rwkv-0b4.yaml"))
+    lp = validate.interleaved_layer_pass(ll, "torch", "fp32")
+    assert lp == {"backend": "torch", "dtype": "fp32", "budget_seconds": validate.NONMATMUL_SECONDS}
+    models = ll.model_bytes("fp32") * 2
+    extra = (layerpass.ring_size(ll.profile, "fp32", validate.llc_bytes()) * layerpass.layer_bytes(ll.profile, "fp32")
+             + 1024 * 65536 * 4)
+
+    class Mem:
+        available = models + extra / 2
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Mem)
+    validate.check_memory(ll, "fp32")  # the two models fit
+    with pytest.raises(InputError, match=f"needs about {(models + extra) / 1e9:.1f} GB of free memory"):
+        validate.check_memory(ll, "fp32", lp)
+    assert validate.interleaved_layer_pass(ll, "numpy", "fp32") is None  # a series analyze does not time in layers

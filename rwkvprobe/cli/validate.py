@@ -47,8 +47,10 @@ def validate_command(
 
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
-    check_memory(ll, dtype)
     series = PREDICTION_SERIES[ll.profile.version or 0] if backend == "torch" else backend  # check_request: 4-7
+    # measuring the prediction now: its part outside the matmuls timed again, between the real pass's rounds
+    layer_pass = interleaved_layer_pass(ll, series, dtype) if results is None else None
+    check_memory(ll, dtype, layer_pass)
     reporter = Reporter(err_console, verbose)
     if results is not None:
         data = load_results(results, kinds=("analyze",))
@@ -84,8 +86,6 @@ def validate_command(
         data = run_keeping_results(analysis, reporter, f"rwkvprobe validate {profile} --results {analysis.path}")
         pred = prediction(data, ll, series, dtype)
         cpus, path, out_dir = None, analysis.path, analysis.out_dir
-    # measuring the prediction now: its part outside the matmuls timed again, between the real pass's rounds
-    layer_pass = interleaved_layer_pass(ll, series, dtype) if results is None else None
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
                    f"{f' and a prefill chunk of {chunk}' if chunk else ''} ({backend} {dtype}, {run_threads} threads)")
     try:

@@ -17,7 +17,7 @@ from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
 from rwkvprobe.measure import bandwidth, layerpass, nonmatmul
 from rwkvprobe.measure.system import llc_bytes
-from rwkvprobe.model.profile import LayerList, Profile, profile_json
+from rwkvprobe.model.profile import LayerList, Profile, profile_json, weight_bytes_of
 from rwkvprobe.progress import Progress
 
 #: the analyze series whose weight layout is the reference's on a CPU: it keeps RWKV-7 weights [K, N]
@@ -62,11 +62,16 @@ def check_request(ll: LayerList, backend: str, dtype: str, tokens: int, chunk: i
             raise MissingExtra(module, "validate", f"rwkvprobe validate ({what})")
 
 
-def check_memory(ll: LayerList, dtype: str) -> None:
-    """The random fp32 weights plus the reference's converted copy must fit in available memory."""
+def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None) -> None:
+    """The random fp32 weights plus the reference's converted copy must fit in available memory, and with
+    ``layer_pass`` (interleaved_layer_pass) the ring of layers and the head its rounds run in the same process."""
     import psutil
 
     need = ll.model_bytes("fp32") + ll.model_bytes(dtype)
+    if layer_pass is not None:
+        ring = layerpass.ring_size(ll.profile, layer_pass["dtype"], llc_bytes())
+        need += (ring * layerpass.layer_bytes(ll.profile, layer_pass["dtype"])
+                 + sum(x.k * x.n * weight_bytes_of(layer_pass["dtype"]) for x in ll.layers if x.kind == "head"))
     have = psutil.virtual_memory().available
     if need > have:
         raise InputError(f"{ll.profile.name} in {dtype} needs about {need / 1e9:.1f} GB of free memory to build "
