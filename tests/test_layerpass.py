@@ -12,7 +12,7 @@ from rwkvprobe.model.profile import layer_list, parse_profile
 torch = pytest.importorskip("torch")
 
 from rwkvprobe.measure import layerpass, nonmatmul  # noqa: E402
-from rwkvprobe.measure.forward_worker import KINETO_NOISE  # noqa: E402
+from rwkvprobe.measure.profiling import KINETO_NOISE  # noqa: E402
 from rwkvprobe.measure.timing import LLC_FACTOR  # noqa: E402
 
 TINY = {
@@ -413,7 +413,7 @@ def test_the_torch_series_time_a_chunk_in_layers_and_the_rest_as_a_block():
 def test_the_matmul_split_read_from_raw_events_equals_the_profilers_own_self_times(tokens):
     """weight_matmul_us reads the profiler's raw events (fast on a chunk's thousands of ops); what it finds, weight
     matmuls by shape and the other matmul-family ops, equals what the profiler's key_averages reports as self time."""
-    from rwkvprobe.measure.forward_worker import MATMUL_OPS, cpu_profile, weight_matmul_us, weight_shapes
+    from rwkvprobe.measure.profiling import MATMUL_OPS, cpu_profile, weight_matmul_us, weight_shapes
 
     p = tiny(6)
     shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(p).layers], p.n_layer)
@@ -441,7 +441,7 @@ def test_a_profile_holds_back_kinetos_start_and_stop_lines_and_passes_the_rest_o
     whatever its log level: cpu_profile keeps them off the user's console; anything else written to stderr during
     the profile still gets there, and the profile still records the ops."""
     body = ("import os, torch\n"
-            "from rwkvprobe.measure.forward_worker import cpu_profile, matmul_events\n"
+            "from rwkvprobe.measure.profiling import cpu_profile, matmul_events\n"
             "{enter}\n"
             "    torch.ones(1, 8) @ torch.ones(8, 4)\n"
             "    os.write(2, b'kept line\\n')\n"

@@ -48,7 +48,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from rwkvprobe.measure import contention, system
-from rwkvprobe.measure.forward_worker import cpu_profile, weight_matmul_us, weight_shapes
+from rwkvprobe.measure.profiling import cpu_profile, weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import DEFAULT_LLC_BYTES, LLC_FACTOR, summarize
 from rwkvprobe.model.profile import Profile, layer_list, weight_bytes_of
 
