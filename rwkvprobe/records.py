@@ -388,6 +388,7 @@ class LayerPassRound(TypedDict):
     tail: NotRequired[bool]
     tail_seconds: NotRequired[float]  # the pass's rest less the ring rounds' median, per token
     canary_seconds: NotRequired[float]  # contention.torch_canary() as the round began
+    window: NotRequired[int]  # the later window's rounds (analyze: after the layer points; layerpass.later_window)
 
 
 class Nonmatmul(TypedDict):
@@ -414,6 +415,9 @@ class Nonmatmul(TypedDict):
     weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
     rounds: NotRequired[list[LayerPassRound]]
     spread: NotRequired[float]
+    #: the median per layer outside the matmuls of each window of rounds (seconds_per_block: over all of them)
+    windows: NotRequired[list[float]]
+    later_window_skipped: NotRequired[str]  # why a decode layer pass had no later window (the budget)
     #: validate measuring its prediction: these figures come from the layer pass timed between the real pass's
     #: rounds; "separate": what analyze's own layer pass had recorded (validate.take_interleaved)
     interleaved: NotRequired[dict[str, Any]]

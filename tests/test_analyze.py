@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -652,6 +653,58 @@ def test_the_heaviest_decode_shapes_take_a_floor_of_samples(small, tmp_path):
     settings = analyze.AnalyzeSettings(backends=["numpy"], dtypes=None, tokens=[1], threads=1, cpus=None)
     a = analyze.Analysis(layer_list(load_profile(small)), settings, tmp_path / "run")
     assert a._heavy_shapes() == {(256, 512), (512, 256), (256, 2048)}
+
+
+@pytest.mark.parametrize("case", ["after", "before", "no room"])
+def test_the_torch_layer_pass_gets_a_second_window_later_in_the_run(cli, tmp_path, monkeypatch, case):
+    """The torch series' decode layer pass times as many rounds again (without the tail) later in the run: after the
+    layer points, or before the first point whose weights outweigh its ring ("before": a ring of 1 byte), and its
+    figure is the median over both windows; where the budget has no room for that window, the entry says why and
+    keeps the first window's figure. The rings are let go either way."""
+    pytest.importorskip("torch")
+    from rwkvprobe.measure import analyze, layerpass
+
+    if case == "no room":  # a window that would cost more than any budget
+        monkeypatch.setattr(layerpass, "later_window_seconds", lambda rounds: 1e6)
+    if case == "before":
+        real_init = layerpass.Rounds.__init__
+
+        def light(self, *args, **kwargs):
+            real_init(self, *args, **kwargs)
+            self.ring_bytes = 1
+        monkeypatch.setattr(layerpass.Rounds, "__init__", light)
+    seen: list = []
+    real_measure = analyze.Analysis._measure_later_windows
+
+    def spy(self, t_start, progress):
+        seen.append(([rounds for _, rounds in self._windows], len(self.results["measurements"])))
+        real_measure(self, t_start, progress)
+        assert not self._windows
+    monkeypatch.setattr(analyze.Analysis, "_measure_later_windows", spy)
+    tiny = tmp_path / "tiny7.yaml"  # an RWKV profile: its layer pass is what is timed
+    tiny.write_text("name: tiny7\nsource: test\nversion: 7\nn_layer: 3\nn_embd: 128\nvocab_size: 256\n"
+                    "head_size: 64\nlora: {decay: 16, aaa: 16, mv: 8, gate: 32}\n")
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", tiny, "--out", out, "--backends", "torch", "--dtypes", "fp32", "--quick",
+                          "--budget", "20")
+    assert code == 0, stderr
+    r = json.loads((out / "results.json").read_text())
+    (entry,) = [x for x in r["nonmatmul"] if x["backend"] == "torch"]
+    assert entry["method"] == "layer-pass" and len(seen) == 1 and len(seen[0][0]) == 1
+    # when: before the first layer point, or after the last
+    assert seen[0][1] == (0 if case == "before" else len(r["measurements"])) and r["measurements"]
+    rounds = entry["rounds"]
+    first = [x for x in rounds if "window" not in x and not x.get("tail")]
+    later = [x for x in rounds if x.get("window") == 1]
+    plain = [x["non_matmul_seconds"] for x in rounds if not x.get("tail")]
+    assert entry["seconds_per_block"] == pytest.approx(statistics.median(plain))
+    if case != "no room":
+        assert len(later) == len(first) and not any(x.get("tail") for x in later)
+        assert len(entry["windows"]) == 2 and "later_window_skipped" not in entry
+        assert "stage_seconds" in r and r["stage_seconds"]["non-matmul"] > 0
+    else:
+        assert not later and "windows" not in entry
+        assert entry["later_window_skipped"].endswith("the window needs about 1000000.00 s")
 
 
 @pytest.mark.parametrize("fp16_peak", [1e-3, 1e9])

@@ -191,6 +191,45 @@ def test_measure_splits_off_every_weight_matmul_of_a_layer(version):
     assert r["seconds_per_token"] == pytest.approx(r["seconds_per_block"] * 3 + r["tail_seconds"]) and r["seconds_per_block"] > 0
 
 
+@pytest.mark.parametrize("version", [4, 7])
+def test_a_later_window_times_as_many_rounds_without_the_tail_and_splits_over_both(version):
+    """measure(keep=...) hands over its Rounds without the tail; later_window() times as many rounds again as the
+    first window had without the tail, all marked window 1, and the split is over every window's rounds, with each
+    window's median beside it."""
+    import gc
+    import weakref
+
+    p = tiny(version)
+    keep: list = []
+    first = layerpass.measure(p, "torch", "fp32", 0.05, 1 << 20, keep)
+    (r,) = keep
+    n0, before = sum(1 for x in first["rounds"] if not x.get("tail")), len(first["rounds"])
+    assert "windows" not in first and not any("window" in x for x in first["rounds"])
+    assert layerpass.later_window_seconds(r) == pytest.approx(layerpass.LATER_WINDOW_MARGIN * sum(r.round_seconds))
+    both = layerpass.later_window(r)
+    later = both["rounds"][before:]
+    assert len(later) == n0 and all(x["window"] == 1 and not x.get("tail") for x in later)
+    plain = [x["non_matmul_seconds"] for x in both["rounds"] if not x.get("tail")]
+    assert len(plain) == 2 * n0 and both["seconds_per_block"] == pytest.approx(statistics.median(plain))
+    assert both["windows"] == pytest.approx([statistics.median(plain[:n0]), statistics.median(plain[n0:])])
+    tails = [x for x in both["rounds"] if x.get("tail")]
+    assert tails and all(x["tail_seconds"] == pytest.approx(
+        3 * (x["layer_seconds"] - x["weight_matmul_seconds"] - both["seconds_per_block"])) for x in tails)
+    assert both["seconds_per_token"] == pytest.approx(both["seconds_per_block"] * 3 + both["tail_seconds"])
+    assert "two windows" in both["what"]
+    # the tail's weights (the head: 0.5 GB in fp32 on a 1.5B) go once dropped, RWKV-7's model dict included
+    r2 = layerpass.Rounds(p, "torch", "fp32", 1 << 20)
+    assert r2.start(0.05)
+    r2.round(), r2.round()  # the second round has the tail
+    refs = [weakref.ref(t) for t in r2.tail.values() if isinstance(t, torch.Tensor)]
+    assert refs
+    r2.drop_tail()
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    r2.round(), r2.round()
+    assert not any(x.get("tail") for x in r2.rounds[2:])
+
+
 def test_the_torch_series_are_timed_in_layers_the_stand_in_as_a_block():
     for version in (4, 5, 6, 7):
         p = tiny(version)
@@ -418,7 +457,8 @@ def test_the_matmul_split_read_from_raw_events_equals_the_profilers_own_self_tim
     p = tiny(6)
     shapes, batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(p).layers], p.n_layer)
     ring = layerpass.build_ring(p, "torch-linear", "fp32", 2)
-    one = layerpass._pass_runner(p, "torch-linear", "fp32", ring, tokens, layerpass.build_tail(p, "torch-linear", "fp32"))
+    one, _ = layerpass._pass_runner(p, "torch-linear", "fp32", ring, tokens,
+                                    layerpass.build_tail(p, "torch-linear", "fp32"))
     with torch.no_grad():
         for _ in range(3):
             one(True)

@@ -471,7 +471,7 @@ def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analy
     data = {"nonmatmul": [
         {"backend": "torch", "dtype": "fp32", "method": "layer-pass", "seconds_per_token": 6e-3,
          "seconds_per_block": 5e-4, "tail_seconds": 4e-4, "rounds": [{"non_matmul_seconds": 5e-4}], "seq": seq,
-         "what": "a"},
+         "what": "a", "windows": [4e-4, 6e-4]},
         {"backend": "numpy", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
     passes = {"method": "layer-pass", "seconds_per_token": 7e-3, "seconds_per_block": 6e-4, "tail_seconds": 3e-4,
               "rounds": [{"non_matmul_seconds": 6e-4}] * 2, "what": "b"}
@@ -479,8 +479,10 @@ def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analy
     entry, other = data["nonmatmul"]
     assert entry["seconds_per_token"] == 7e-3 and len(entry["rounds"]) == 2 and entry["seq"] is seq
     assert entry["what"].startswith("b (validate: its rounds ran between the real pass's profiled rounds")
+    # analyze's two windows of rounds (layerpass.later_window) go with its figure: they are not these rounds'
     assert entry["interleaved"]["separate"] == {"seconds_per_token": 6e-3, "seconds_per_block": 5e-4,
-                                                "tail_seconds": 4e-4}
+                                                "tail_seconds": 4e-4, "windows": [4e-4, 6e-4]}
+    assert "windows" not in entry
     # a series analyze timed as the bare block (its layer pass too slow) keeps its prediction
     bare = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
     take_interleaved(bare, "torch", "fp32", passes)

@@ -29,7 +29,7 @@ from rwkvprobe.backends import (
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
-from rwkvprobe.measure import bandwidth, contention, ggml_block, history, nonmatmul, onnxblock, system
+from rwkvprobe.measure import bandwidth, contention, ggml_block, history, layerpass, nonmatmul, onnxblock, system
 from rwkvprobe.measure.points import COMPUTE_SHAPES, measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.measure.run import RESULTS, Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
@@ -292,6 +292,8 @@ class Analysis(Run):
         self.heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
         #: the read probes' array and workers, kept from the first probe after the full one to the end of run()
         self._reader: bandwidth.ReadProbe | None = None
+        #: (non-matmul entry, its layerpass.Rounds) for a later window of its rounds (during or after the points)
+        self._windows: list[tuple[dict, layerpass.Rounds]] = []
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
@@ -321,6 +323,7 @@ class Analysis(Run):
         try:
             return self._run(progress)
         finally:
+            self._windows.clear()  # the layer passes' rings, where a run ends before their later window
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
@@ -360,6 +363,10 @@ class Analysis(Run):
         points = self._plan_points(pairs, whatif)
         first_new = len(r["measurements"])  # a resumed run's earlier points were timed by another process
         self._measure_points(points, whatif, backends, llc, t_start, progress, laps)
+        if self._windows:  # no point outweighed their rings (the points run them before those)
+            laps.lap("layers")
+            self._measure_later_windows(t_start, progress)
+            laps.lap("non-matmul")
         if points:
             # what is left of the budget goes first to the points the headline rests on, then to the points timed
             # while the machine ran slow
@@ -495,7 +502,8 @@ class Analysis(Run):
         n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
         whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[s.quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
-        remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS
+        later = self._later_windows_seconds()  # the layer passes' later windows, during or after the points
+        remaining = max(s.budget_seconds - elapsed - FINISH_RESERVE_SECONDS - later
                         - 2.5 * n_whatif * whatif_policy.budget_seconds, 1.0)
         remaining = max(remaining * (1.0 - probe_seconds / PHASE_PROBE_SECONDS), 1.0)  # the phase probes to come
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
@@ -519,13 +527,21 @@ class Analysis(Run):
             i = queue.popleft()
             m, k, n, b, d = points[i]
             w = workloads[i]
+            if self._windows and weight_bytes[i] >= min(rounds.ring_bytes for _, rounds in self._windows):
+                # the layer passes' later windows, before the points whose weights outweigh their rings (the heads,
+                # last in the plan): their rings go before the run's peak of memory (0.4 GB in fp32 on a 1.5B,
+                # beside a head point's four 0.5 GB copies)
+                laps.lap("layers")
+                self._measure_later_windows(t_start, progress)
+                laps.lap("non-matmul")
+                later = 0.0
             proj = _projected(ceilings[(b, d)], w, bw_bps)
             label = f"{b} {d} M={m} {k}x{n}"
             # the timing budget adapts to what is left of --budget: what preparing and checking will cost the
             # points still to come is set aside first, projected from what it cost so far (a fixed part and a
             # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
             # coming last, it overran a run planned on the average point)
-            left = s.budget_seconds - FINISH_RESERVE_SECONDS - (time.perf_counter() - t_start)
+            left = s.budget_seconds - FINISH_RESERVE_SECONDS - later - (time.perf_counter() - t_start)
             to_come = [weight_bytes[i]] + [weight_bytes[j] for j in queue]
             setup_left = _setup_projection(spent_outside_timing, to_come)
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
@@ -838,10 +854,38 @@ class Analysis(Run):
                 self.save()
                 continue
             progress.stage(f"non-matmul block: {b} {d}" + (" (torch-timed stand-in)" if b in nonmatmul.STAND_IN else ""))
-            r["nonmatmul"].append(nonmatmul.measure_series(profile, b, d, nonmatmul_budget, llc,
-                                                           self.settings.cold, threads=self.settings.threads,
-                                                           chunks=tuple(self.settings.tokens)))
+            kept: list = []  # its decode layer pass's rounds, for a later window (LATER_WINDOW)
+            entry = nonmatmul.measure_series(profile, b, d, nonmatmul_budget, llc, self.settings.cold,
+                                             threads=self.settings.threads, chunks=tuple(self.settings.tokens),
+                                             keep=kept if layerpass.LATER_WINDOW else None)
+            r["nonmatmul"].append(entry)
+            self._windows += [(entry, rounds) for rounds in kept]
             self.save()
+
+    def _later_windows_seconds(self) -> float:
+        """What the kept layer passes' later windows are expected to cost (the points leave it to them)."""
+        return sum(layerpass.later_window_seconds(rounds) for _, rounds in self._windows)
+
+    def _measure_later_windows(self, t_start: float, progress: Progress) -> None:
+        """The torch series' decode layer passes, a second window of rounds each (layerpass.later_window), seconds
+        after the first (before the layer points whose weights outweigh their rings, or after the points), while the
+        budget has its cost; their entries re-split over both windows. The rounds' rings go either way. The points
+        leave the windows' cost aside, but can overrun it by a little (two --quick runs of rwkv-0b4 in four ended their
+        points 0.09-0.11 s into the finish reserve): like the headline's rechecks, the windows may use what the finish
+        reserve keeps beyond HEADLINE_RESERVE_SECONDS."""
+        s, r = self.settings, self.results
+        assert r is not None
+        while self._windows:
+            entry, rounds = self._windows.pop(0)
+            left = s.budget_seconds - HEADLINE_RESERVE_SECONDS - (time.perf_counter() - t_start)
+            if left < layerpass.later_window_seconds(rounds):
+                entry["later_window_skipped"] = f"{left:.2f} s of the budget left, the window needs about " \
+                                               f"{layerpass.later_window_seconds(rounds):.2f} s"
+                continue
+            progress.stage(f"non-matmul block again: {entry['backend']} {entry['dtype']}")
+            entry.update(layerpass.later_window(rounds))
+            self.save()
+        system.release_free_memory()
 
     def _measure_block_graphs(self, pairs, llc, quick: bool, progress) -> None:
         """Whole-block ONNX graphs (onnxblock.py) timed in onnxruntime, for its fp32/fp16 series (RWKV-7)."""

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from rwkvprobe.measure import contention, system
 from rwkvprobe.measure.profiling import cpu_profile, weight_matmul_us, weight_shapes
@@ -76,6 +76,15 @@ TAIL_EVERY = 2
 #: returns None): torch fp16 on a CPU without fp16 arithmetic ran an RWKV-7 0.4B layer in 41 ms (fp32: 3.5), and
 #: its eight rounds took 9.7 s of a 38 s --quick run
 TOO_SLOW = 4.0
+#: a token's rounds in two windows: analyze times the second seconds later (later_window: before the layer points
+#: whose weights outweigh the ring, or after the points), and the median is over both windows' rounds. The part outside the matmuls moves in phases of seconds on this VM: one
+#: window of an RWKV-7 0.4B (torch fp32, four rounds without the tail, as --quick times) read 544-844 us a layer in
+#: six processes, both windows' rounds pooled (8 s of two-thread numpy work between them) 550-741; a --quick pair's
+#: torch series moved by 3.9 ms of this part alone (16.7 and 12.8 ms/token), a third of its 11% between the runs.
+#: In seven --quick runs of rwkv-0b4 with two windows it read 12.7-16.2 ms/token, in four with one 12.8-26.8
+LATER_WINDOW = True
+#: later_window_seconds: the later window's expected cost over its first window's rounds (its warm-up pairs)
+LATER_WINDOW_MARGIN = 1.5
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 _SCRIPTED: dict = {}
 #: the Python work of the reference's forward pass around each RWKV-4/5.2/6 layer of a token (BlinkDL's rwkv
@@ -552,9 +561,11 @@ def run_layer(profile: Profile, fns: tuple, d: dict, x, driver=None):
     return x
 
 
-def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], tokens: int, tail: dict):
-    """one_pass(with_tail): the ring once as a forward pass runs it, for one token (``tokens`` 1: decode) or a
-    chunk of ``tokens``; with the tail (``tail``, filled in later) after the last layer."""
+def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], tokens: int,
+                 tail: dict) -> tuple[Callable[[bool], None], Callable[[], None]]:
+    """(one_pass(with_tail), drop_tail()): the ring once as a forward pass runs it, for one token (``tokens`` 1:
+    decode) or a chunk of ``tokens``; with the tail (``tail``, filled in later) after the last layer. drop_tail()
+    lets the tail's weights go (the head: 0.5 GB in fp32 on a 1.5B); no pass with the tail may follow."""
     import torch
 
     chunk = tokens > 1
@@ -572,7 +583,12 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
             if with_tail and "head" not in z:
                 z.update(tail)
             _, state = fns[3](x0, z, state, len(ring), H, S, with_tail)
-        return one_pass
+
+        def drop_tail_7() -> None:
+            for key in tail:
+                z.pop(key, None)
+            tail.clear()
+        return one_pass, drop_tail_7
     assert profile.version is not None  # an RWKV profile (nonmatmul.measure_series checks it)
     driver = make_driver(profile.version)
 
@@ -582,14 +598,15 @@ def _pass_runner(profile: Profile, backend: str, dtype: str, ring: list[dict], t
             x = run_layer(profile, fns, d, x0, driver)
         if with_tail:
             run_tail(tail, x)
-    return one_pass_layers
+    return one_pass_layers, tail.clear
 
 
 class Rounds:
     """The rounds of measure() (``tokens`` 1) or measure_chunk() (more), one at a time: ``start`` builds the ring and
     runs the compiling and warm-up passes, each ``round`` times one (a plain pass, then the profiled one), ``result``
     splits them. measure() runs its rounds back to back; validate's real-pass worker (forward_worker) runs one
-    before each of its own profiled rounds, so that the two sides' rounds share the machine's phases. A chunk's
+    before each of its own profiled rounds, so that the two sides' rounds share the machine's phases; analyze runs
+    a token's rounds in two windows (``again``: the second during or after its layer points, see LATER_WINDOW). A chunk's
     passes run without the tail (see TAIL_EVERY)."""
 
     def __init__(self, profile: Profile, backend: str, dtype: str, llc_bytes: int | None, tokens: int = 1):
@@ -598,10 +615,13 @@ class Rounds:
         self.tail: dict = {}  # built once the rounds are known to fit (a 1.5B's head is 0.5 GB in fp32)
         self.shapes, self.batched = weight_shapes([(x.k, x.n, x.count) for x in layer_list(profile).layers],
                                                   profile.n_layer)
-        self.one_pass = _pass_runner(profile, backend, dtype, self.ring, tokens, self.tail)
-        self.tails = tokens == 1  # decode: every other round ends with the token's tail
+        self.one_pass, self._drop_tail = _pass_runner(profile, backend, dtype, self.ring, tokens, self.tail)
+        self.tails = tokens == 1  # decode: every other round ends with the token's tail (until drop_tail)
         self.rounds: list[dict] = []
         self.calls = 0.0
+        self.ring_bytes = len(self.ring) * layer_bytes(profile, dtype)
+        self.window = 0  # the rounds' window (again() opens the next)
+        self.round_seconds: list[float] = []  # what each round of a layer alone (no tail) cost, warm-up pass included
 
     def start(self, budget_seconds: float) -> bool:
         """The compiling passes (TorchScript optimises a function after its first calls; both kinds of pass) and a
@@ -619,16 +639,37 @@ class Rounds:
                 # 1.5B in fp16 on a CPU without fp16 arithmetic took seconds a pass
                 if i == 1 and (time.perf_counter() - t0) * PASSES_PER_ROUND * FEWEST_ROUNDS > TOO_SLOW * budget_seconds:
                     return False  # the caller times the bare block instead
-            # a token's profiled passes warm up too (WARM_PAIRS, WARM_SECONDS; the pair ends on the untimed plain pass
-            # that follows a profiled one); a chunk's pass is long (a second on a 1.5B), and its rounds start as before
-            t_warm = time.perf_counter()
-            for i in range(MAX_ROUNDS if self.tails else 0):
+        if self.tails:
+            self._warm()
+        return True
+
+    def _warm(self) -> None:
+        """A token's profiled passes warm up too (WARM_PAIRS, WARM_SECONDS; the pair ends on the untimed plain pass
+        that follows a profiled one); a chunk's pass is long (a second on a 1.5B), and its rounds start as before."""
+        import torch
+
+        t_warm = time.perf_counter()
+        with torch.no_grad():
+            for i in range(MAX_ROUNDS):
                 if i >= WARM_PAIRS and time.perf_counter() - t_warm >= WARM_SECONDS:
                     break
                 with cpu_profile():
                     self.one_pass(False)
                 self.one_pass(False)
-        return True
+
+    def drop_tail(self) -> None:
+        """No more rounds with the tail: its weights go (the head: 0.5 GB in fp32 on a 1.5B). result() keeps the
+        tail figure of the rounds that had it."""
+        self.tails = False
+        self._drop_tail()
+
+    def again(self) -> None:
+        """Open the next window of rounds: a token's warm-up pairs first (the first round after other work read
+        1.2-40x the rest outside its matmuls in six processes of RWKV-7 0.4B: 1172 to 24951 us a layer, against
+        452-870 for the rounds after it)."""
+        self.window += 1
+        if self.tokens == 1:
+            self._warm()
 
     def round(self) -> None:
         """One round: the machine's speed, an untimed pass after a profiled one, the plain pass (timed), the
@@ -636,6 +677,7 @@ class Rounds:
         import torch
 
         rounds, ring, tails = self.rounds, self.ring, self.tails
+        t_round = time.perf_counter()
         with torch.no_grad():
             with_tail = tails and len(rounds) % TAIL_EVERY == TAIL_EVERY - 1
             # the machine's speed as the round begins (validate compares it with the real pass's)
@@ -650,29 +692,36 @@ class Rounds:
             by_shape: dict = {}
             matmul_us, _ = weight_matmul_us(prof, self.shapes, self.batched, by_shape)
             del prof
-            if not tails:  # a chunk's profile (12,000 events with their shapes on a 1.5B) held 0.3-0.4 GB
+            if self.tokens > 1:  # a chunk's profile (12,000 events with their shapes on a 1.5B) held 0.3-0.4 GB
                 system.release_free_memory()
         matmul = matmul_us / 1e6 / len(ring)
         r = {"layer_seconds": plain, "weight_matmul_seconds": matmul, "non_matmul_seconds": max(0.0, plain - matmul),
              "canary_seconds": speed}
+        if self.window:
+            r["window"] = self.window
         if with_tail:
             r["tail"] = True
         else:
             self.calls = sum(x["calls"] for x in by_shape.values()) / len(ring)
+            self.round_seconds.append(time.perf_counter() - t_round)
         rounds.append(r)
 
     def result(self) -> dict:
-        """The split of the rounds so far: the median per layer (plain less its matmuls) times n_layer, and a
-        token's tail."""
+        """The split of the rounds so far: the median per layer (plain less its matmuls, over every window's rounds)
+        times n_layer, and a token's tail."""
         profile, rounds, ring = self.profile, self.rounds, self.ring
-        summary = summarize([r["non_matmul_seconds"] for r in rounds if not r.get("tail")])
+        plain = [r for r in rounds if not r.get("tail")]
+        summary = summarize([r["non_matmul_seconds"] for r in plain])
         per_layer = summary["median_seconds"]
         structure = ("one TorchScript loop over the layers, parameters looked up by name" if profile.version == 7
                      else "two TorchScript calls a layer, each weight matmul through a helper")
         common = {"version": profile.version, "blocks": profile.n_layer, "cold": True, "method": "layer-pass",
                   "ring_layers": len(ring), "weight_matmuls_per_layer": self.calls, "seconds_per_block": per_layer,
                   "rounds": rounds, "spread": summary["spread"]}
-        if not self.tails:
+        if self.window:  # each window's median beside the pooled one (LATER_WINDOW)
+            common["windows"] = [statistics.median(r["non_matmul_seconds"] for r in plain if r.get("window", 0) == w)
+                                 for w in range(self.window + 1) if any(r.get("window", 0) == w for r in plain)]
+        if self.tokens > 1:
             return {"chunk": self.tokens, **common, "seconds_per_chunk": per_layer * profile.n_layer,
                     "what": f"one layer's work outside its weight matmuls over a chunk of {self.tokens} tokens (the "
                             f"state updated token by token), timed in a torch forward pass's structure ({structure}) as "
@@ -684,15 +733,18 @@ class Rounds:
         # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail
         # is noise around a small figure: counted as none
         tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
+        windows = " (its rounds in two windows, before and after the layer points)" if self.window else ""
         return {**common, "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
                 "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure "
                         f"({structure}), weights read from DRAM) as the layer's time minus its weight matmuls' profiled "
-                        "time, times n_layer, plus the token's tail (output norm and head) outside the head's matmul"}
+                        f"time, times n_layer, plus the token's tail (output norm and head) outside the head's "
+                        f"matmul{windows}"}
 
 
 def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
-             tokens: int) -> dict | None:
-    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds back to back, and their split."""
+             tokens: int, keep: list | None = None) -> dict | None:
+    """measure() for ``tokens`` 1, measure_chunk() for more: the rounds back to back, and their split; with
+    ``keep``, the Rounds appended to it, without its tail, for a later window (LATER_WINDOW)."""
     r = Rounds(profile, backend, dtype, llc_bytes, tokens)
     # the budget counts the warm-up (the first passes compile) and the rounds; validate asks for more
     # (measure.validate.NONMATMUL_SECONDS)
@@ -703,14 +755,33 @@ def _measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, 
     while len(r.rounds) < MAX_ROUNDS and (len(r.rounds) < FEWEST_ROUNDS or time.perf_counter() < t_end or (
             len(r.rounds) < MIN_ROUNDS and time.perf_counter() < t_cap)):
         r.round()
+    if keep is not None:
+        r.drop_tail()
+        keep.append(r)
     return r.result()
 
 
-def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None) -> dict | None:
+def measure(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
+            keep: list | None = None) -> dict | None:
     """Median non-matmul seconds per layer in the per-layer structure (see the module's docstring), times
     n_layer, plus the per-token tail's non-matmul seconds; every round's figures kept. None where a pass is too
-    slow for the budget (TOO_SLOW)."""
-    return _measure(profile, backend, dtype, budget_seconds, llc_bytes, 1)
+    slow for the budget (TOO_SLOW). ``keep``: a list the Rounds goes into for later_window()."""
+    return _measure(profile, backend, dtype, budget_seconds, llc_bytes, 1, keep)
+
+
+def later_window_seconds(r: Rounds) -> float:
+    """What later_window(r) is expected to cost: its first window's rounds without the tail, and the warm-up."""
+    return LATER_WINDOW_MARGIN * sum(r.round_seconds)
+
+
+def later_window(r: Rounds) -> dict:
+    """A token's rounds in a second window, seconds after the first (analyze: during or after its layer points), as
+    many as the first had without the tail; the split of both windows' rounds (see LATER_WINDOW)."""
+    first = sum(1 for x in r.rounds if not x.get("tail"))
+    r.again()
+    for _ in range(first):
+        r.round()
+    return r.result()
 
 
 def measure_chunk(profile: Profile, backend: str, dtype: str, chunk: int, budget_seconds: float,

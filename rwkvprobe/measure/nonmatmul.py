@@ -277,11 +277,13 @@ def measure_block(profile: Profile, dtype: str, policy: TimingPolicy, llc_bytes:
 
 
 def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: float, llc_bytes: int | None,
-                   cold: bool, threads: int | None = None, chunks: tuple[int, ...] = ()) -> dict:
+                   cold: bool, threads: int | None = None, chunks: tuple[int, ...] = (), keep: list | None = None
+                   ) -> dict:
     """The results entry of one series' timed block (analyze, and validate on an older results file), with
     the sequential prefill work of each chunk length in ``chunks`` (key ``seq``, by chunk length).
 
-    ``threads``: torch's intra-op threads for a stand-in series (the torch series set them themselves)."""
+    ``threads``: torch's intra-op threads for a stand-in series (the torch series set them themselves). ``keep``: a
+    list the decode layer pass's Rounds goes into, for a later window of its rounds (layerpass.later_window)."""
     policy = TimingPolicy(budget_seconds=budget_seconds, min_samples=5)
     if backend in STAND_IN and threads:
         import torch
@@ -294,7 +296,7 @@ def measure_series(profile: Profile, backend: str, dtype: str, budget_seconds: f
             torch.set_num_threads(before)
         return {"backend": backend, "dtype": dtype, **entry, "stand_in": STAND_IN_NOTE}
     in_layers = cold and profile.version in layerpass.VERSIONS  # in a forward pass's structure, matmuls included
-    passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes) if in_layers else None
+    passes = layerpass.measure(profile, backend, dtype, budget_seconds, llc_bytes, keep) if in_layers else None
     if in_layers:
         system.release_free_memory()  # what the profiled passes left behind, before the stages to come
     if passes is not None:

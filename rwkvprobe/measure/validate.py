@@ -135,7 +135,8 @@ def take_interleaved(results: dict, series: str, dtype: str, passes: dict) -> No
                   and x.get("method") == "layer-pass"), None)
     if entry is None:  # analyze timed the bare block (its layer pass too slow): the prediction stays as it is
         return
-    before = {k: entry[k] for k in ("seconds_per_token", "seconds_per_block", "tail_seconds") if k in entry}
+    before = {k: entry[k] for k in ("seconds_per_token", "seconds_per_block", "tail_seconds", "windows") if k in entry}
+    entry.pop("windows", None)  # analyze's windows of rounds (layerpass.later_window), not these rounds'
     entry.update(passes)
     entry["what"] = passes["what"] + " (validate: its rounds ran between the real pass's profiled rounds)"
     entry["interleaved"] = {"with": "the real pass's profiled rounds", "separate": before}
