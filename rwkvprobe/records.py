@@ -376,6 +376,9 @@ class NonmatmulSeq(TypedDict):
     weight_matmuls_per_layer: NotRequired[float]
     rounds: NotRequired[list["LayerPassRound"]]
     spread: NotRequired[float]
+    #: validate measuring its prediction: timed between the real pass's prefill rounds; "separate": what analyze's
+    #: own chunk layer pass had recorded (validate.take_interleaved_chunk)
+    interleaved: NotRequired[dict[str, Any]]
 
 
 class LayerPassRound(TypedDict):
@@ -510,6 +513,9 @@ class ValidationPrefill(TypedDict):
     predicted_over_measured: NotRequired[float]
     within_target: NotRequired[bool]
     matmul_forward_seconds: NotRequired[Union[float, None]]  # the chunk's weight matmuls, torch.profiler
+    #: the sequential part as analyze's own layer pass had it, timed before the real pass (the prediction uses the
+    #: one timed between the real pass's prefill rounds: validate.take_interleaved_chunk)
+    state_separate_seconds: NotRequired[Union[float, None]]
 
 
 class ValidationBandwidth(TypedDict):

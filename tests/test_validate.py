@@ -351,8 +351,17 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
 
     assert len(nm["rounds"]) == PROFILE_ROUNDS and nm["interleaved"]["with"] == "the real pass's profiled rounds"
     assert v["split"]["rest_separate_seconds"] == nm["interleaved"]["separate"]["seconds_per_token"] > 0
-    assert "8" in nm["seq"]  # the chunk's figures stay analyze's
     assert "timed between the real pass's profiled rounds" in stdout
+    # and the chunk's sequential part between the real pass's prefill rounds (CHUNK_ROUNDS_BETWEEN before each), the
+    # chunk's prediction made with it; analyze's own figure kept beside it
+    from rwkvprobe.measure.forward_worker import CHUNK_ROUNDS_BETWEEN
+
+    seq = nm["seq"]["8"]
+    assert seq["chunk"] == 8 and seq["method"] == "layer-pass" and len(seq["rounds"]) == CHUNK_ROUNDS_BETWEEN * 5
+    assert seq["interleaved"]["with"] == "the real pass's prefill rounds" and seq["seconds_per_chunk"] > 0
+    assert v["prefill"]["predicted_state_seconds"] == seq["seconds_per_chunk"]
+    assert v["prefill"]["state_separate_seconds"] == seq["interleaved"]["separate"]["seconds_per_chunk"] > 0
+    assert "timed between the real pass's prefill rounds" in stdout
     report = (out / "report.md").read_text()
     assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report
     # re-rendering the results elsewhere keeps the section
@@ -370,6 +379,7 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert again["validation"][0]["predicted"]["non_matmul_measured"] and "prefill" not in again["validation"][0]
     # a prediction read from --results is checked as it is: its non-matmul part not timed again beside the real pass
     assert "interleaved" not in again["nonmatmul"][0] and "rest_separate_seconds" not in again["validation"][0]["split"]
+    assert not any("interleaved" in x for x in again["nonmatmul"][0].get("seq", {}).values())
 
 
 def test_prefill_with_the_state_update_is_checked_against_the_target():
@@ -440,6 +450,11 @@ def test_prefill_rounds_start_after_the_slow_first_chunks():
     out = fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3)
     assert len(calls) == fw.PREFILL_WARMUP + 2 * 3 and set(calls) == {8}
     assert max(out["samples"]) < 0.02 and out["chunk"] == 8
+    # validate's prediction of the chunk's sequential part: ``between`` before each round (plain chunk, profiled one)
+    calls.clear()
+    fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3,
+                       between=lambda: calls.append("between"))
+    assert calls == [8] * fw.PREFILL_WARMUP + ["between", 8, 8] * 3
 
 
 def test_a_layer_pass_round_runs_before_each_profiled_round_of_the_real_pass():
@@ -487,6 +502,38 @@ def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analy
     bare = {"nonmatmul": [{"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}]}
     take_interleaved(bare, "torch", "fp32", passes)
     assert bare["nonmatmul"][0] == {"backend": "torch", "dtype": "fp32", "seconds_per_token": 1e-3, "what": "bare"}
+
+
+def test_the_interleaved_chunk_pass_replaces_the_chunks_prediction_and_keeps_what_analyze_had():
+    from rwkvprobe.measure.validate import take_interleaved_chunk
+
+    def data():
+        return {"nonmatmul": [
+            {"backend": "torch", "dtype": "fp32", "method": "layer-pass", "seconds_per_token": 6e-3,
+             "seq": {"64": {"chunk": 64, "method": "layer-pass", "seconds_per_block": 1e-3, "seconds_per_chunk": 2e-3,
+                            "rounds": [], "what": "a"},
+                     "8": {"chunk": 8, "method": "layer-pass", "seconds_per_block": 1e-4, "seconds_per_chunk": 2e-4}}}]}
+    passes = {"chunk": 64, "method": "layer-pass", "seconds_per_block": 3e-3, "seconds_per_chunk": 6e-3,
+              "rounds": [{"non_matmul_seconds": 3e-3}] * 4, "what": "b"}
+    d = data()
+    assert take_interleaved_chunk(d, "torch", "fp32", passes)
+    seq = d["nonmatmul"][0]["seq"]
+    assert seq["64"]["seconds_per_chunk"] == 6e-3 and len(seq["64"]["rounds"]) == 4
+    assert seq["64"]["what"].startswith("b (validate: its rounds ran between the real pass's prefill rounds")
+    assert seq["64"]["interleaved"] == {"with": "the real pass's prefill rounds",
+                                        "separate": {"seconds_per_chunk": 2e-3, "seconds_per_block": 1e-3}}
+    assert seq["8"] == data()["nonmatmul"][0]["seq"]["8"]  # another chunk length stays as analyze timed it
+    # where the chunk was timed as the bare block, or not timed, or the series is not the layer pass's: it stays
+    for change in ({"method": "block"}, None):
+        d = data()
+        if change is None:
+            del d["nonmatmul"][0]["seq"]["64"]
+        else:
+            d["nonmatmul"][0]["seq"]["64"].update(change)
+        before = json.dumps(d)
+        assert not take_interleaved_chunk(d, "torch", "fp32", passes) and json.dumps(d) == before
+    d = data()
+    assert not take_interleaved_chunk(d, "torch-linear", "fp32", passes) and d == data()
 
 
 def test_memory_check_counts_the_interleaved_ring_and_head(monkeypatch):

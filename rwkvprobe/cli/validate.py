@@ -23,6 +23,7 @@ from rwkvprobe.measure.validate import (
     record,
     run_forward_bracketed,
     take_interleaved,
+    take_interleaved_chunk,
     time_nonmatmul_block,
     time_prefill_state,
 )
@@ -93,13 +94,17 @@ def validate_command(
     except RuntimeError as e:
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    separate = None
+    separate, chunk_taken = None, False
+    chunk_passes = real.pop("chunk_layer_pass", None)
     if real.get("layer_pass"):
         take_interleaved(data, series, dtype, real.pop("layer_pass"))
+        chunk_taken = chunk_passes is not None and take_interleaved_chunk(data, series, dtype, chunk_passes)
         separate, pred = pred, prediction(data, ll, series, dtype)
     v = compare(pred, real, chunk)
     if separate is not None:  # what analyze's own layer pass, timed before the real pass, had predicted
         v["split"]["rest_separate_seconds"] = separate["non_matmul_seconds"]
+        if chunk_taken and v.get("prefill"):
+            v["prefill"]["state_separate_seconds"] = separate["prefill"].get(chunk, {}).get("state_seconds")
     v["bandwidth"] = phase
     v.update({"backend": backend, "dtype": dtype, "threads": run_threads, "tokens": tokens, "prediction_series": series,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -69,10 +69,19 @@ def load_reference(state_dict: dict, version: int, dtype: str):
 PREFILL_WARMUP = 7
 
 
-def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int) -> dict:
+#: rounds of validate's prediction of a chunk's rest (layerpass.Rounds, a chunk) before each of profile_prefill's
+#: rounds: its figure is the median of its rounds, and the real chunk has few (five by default; a 1.5B's chunk takes
+#: seconds), where analyze times six at least
+CHUNK_ROUNDS_BETWEEN = 2
+
+
+def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int, between=None) -> dict:
     """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
     plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
-    plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder."""
+    plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder.
+
+    ``between``: called before each round (validate's prediction: CHUNK_ROUNDS_BETWEEN rounds of its chunk's layer
+    pass)."""
     shapes, batched = weight_shapes(layer_shapes, n_layer)
     plain: list[float] = []
     shares: list[float] = []
@@ -80,6 +89,8 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     for _ in range(PREFILL_WARMUP):  # the first chunks run slow (see PREFILL_WARMUP)
         model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)
     for _ in range(repeats):
+        if between is not None:
+            between()
         s = [x.clone() for x in state] if isinstance(state, list) else state
         t0 = time.perf_counter()
         model.forward(ids, s)
@@ -233,8 +244,22 @@ def run(cfg: dict) -> dict:
         chunk = cfg.get("chunk", 0)
         if chunk:
             ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()
+            # the prediction's sequential part of the chunk too (layerpass.Rounds over the chunk), between this
+            # pass's prefill rounds
+            chunk_rounds = None
+            if lp:
+                chunk_rounds = layerpass.Rounds(profile, lp["backend"], lp["dtype"], system.llc_bytes(), chunk)
+                if not chunk_rounds.start(lp["budget_seconds"]):
+                    chunk_rounds = None
+
+            def between() -> None:
+                assert chunk_rounds is not None
+                for _ in range(CHUNK_ROUNDS_BETWEEN):
+                    chunk_rounds.round()
             out["prefill"] = profile_prefill(model, state, ids, layer_shapes, profile.n_layer,
-                                             cfg.get("chunk_repeats", 5))
+                                             cfg.get("chunk_repeats", 5), between=between if chunk_rounds else None)
+            if chunk_rounds is not None:
+                out["chunk_layer_pass"] = chunk_rounds.result()
     return out
 
 

@@ -127,12 +127,17 @@ def interleaved_layer_pass(ll: LayerList, series: str, dtype: str) -> dict | Non
     return {"backend": series, "dtype": nonmatmul.block_dtype(dtype, series), "budget_seconds": NONMATMUL_SECONDS}
 
 
+def _layer_pass_entry(results: dict, series: str, dtype: str) -> dict | None:
+    """The series' non-matmul entry in ``results`` where analyze timed it in layers (None: the bare block)."""
+    block = nonmatmul.block_dtype(dtype, series)
+    return next((x for x in results.get("nonmatmul") or [] if x.get("backend") == series and x.get("dtype") == block
+                 and x.get("method") == "layer-pass"), None)
+
+
 def take_interleaved(results: dict, series: str, dtype: str, passes: dict) -> None:
     """The series' timed non-matmul work in ``results`` replaced by ``passes``, the layer pass timed between the real
     pass's rounds; its chunk figures (``seq``) kept, the figure it had recorded under ``interleaved``."""
-    block = nonmatmul.block_dtype(dtype, series)
-    entry = next((x for x in results.get("nonmatmul") or [] if x.get("backend") == series and x.get("dtype") == block
-                  and x.get("method") == "layer-pass"), None)
+    entry = _layer_pass_entry(results, series, dtype)
     if entry is None:  # analyze timed the bare block (its layer pass too slow): the prediction stays as it is
         return
     before = {k: entry[k] for k in ("seconds_per_token", "seconds_per_block", "tail_seconds", "windows") if k in entry}
@@ -140,6 +145,23 @@ def take_interleaved(results: dict, series: str, dtype: str, passes: dict) -> No
     entry.update(passes)
     entry["what"] = passes["what"] + " (validate: its rounds ran between the real pass's profiled rounds)"
     entry["interleaved"] = {"with": "the real pass's profiled rounds", "separate": before}
+
+
+def take_interleaved_chunk(results: dict, series: str, dtype: str, passes: dict) -> bool:
+    """The series' timed sequential work of a chunk (its ``seq`` entry for ``passes["chunk"]``) replaced by
+    ``passes``, the chunk's layer pass timed between the real pass's prefill rounds (forward_worker.profile_prefill),
+    the figures it had recorded under ``interleaved``; False where it stays (no such chunk, or timed as the bare
+    block)."""
+    entry = _layer_pass_entry(results, series, dtype)
+    key = str(passes["chunk"])
+    seq = ((entry or {}).get("seq") or {}).get(key)
+    if entry is None or seq is None or seq.get("method") != "layer-pass":
+        return False
+    before = {k: seq[k] for k in ("seconds_per_chunk", "seconds_per_block") if k in seq}
+    entry["seq"][key] = {**passes, "what": passes["what"] + " (validate: its rounds ran between the real pass's "
+                                                              "prefill rounds)",
+                         "interleaved": {"with": "the real pass's prefill rounds", "separate": before}}
+    return True
 
 
 # --------------------------------------------------------------------------------------------

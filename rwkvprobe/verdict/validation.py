@@ -59,7 +59,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
                 f"Prefill chunk of {pre['chunk']}: predicted {pre['predicted_tokens_per_second']:.0f} tokens/s (matmuls at "
                 f"M={pre['chunk']}, the head once for the last token, {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + "
                 "the sequential state update "
-                f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk), measured {pre['measured_tokens_per_second']:.0f} "
+                f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk"
+                + (f", its layer pass timed between the real pass's prefill rounds ({pre['state_separate_seconds'] * 1e3:.1f}"
+                   " ms as analyze timed it before the real pass)" if pre.get("state_separate_seconds") is not None else "")
+                + f"), measured {pre['measured_tokens_per_second']:.0f} "
                 f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
                 f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target."
                 + (f" In the forward pass: weight matmuls {pre['matmul_forward_seconds'] * 1e3:.1f} ms, everything else "
