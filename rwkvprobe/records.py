@@ -509,6 +509,7 @@ class ValidationPrefill(TypedDict):
     predicted_state_seconds: NotRequired[Union[float, None]]
     predicted_matmul_seconds: NotRequired[float]
     measured_seconds: NotRequired[float]
+    measured_rounds: NotRequired[int]  # the real chunk's plain timings (forward_worker.profile_prefill)
     predicted_modelled: NotRequired[bool]
     predicted_over_measured: NotRequired[float]
     within_target: NotRequired[bool]

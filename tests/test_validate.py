@@ -53,7 +53,10 @@ def test_forward_pass_runs_every_weight_matmul_the_layer_list_counts(version):
     real = run_forward(ll, "fp32", threads=1, tokens=5, chunk=4, cpus=None)
     assert len(real["decode"]["samples"]) == 5 and real["decode"]["median"] > 0
     assert real["logits_finite"]
-    assert real["prefill"]["chunk"] == 4 and len(real["prefill"]["samples"]) == 5
+    from rwkvprobe.measure.forward_worker import PREFILL_MAX_ROUNDS
+
+    # a chunk of 4 tokens takes milliseconds: as many rounds as PREFILL_SECONDS allows, PREFILL_MAX_ROUNDS at most
+    assert real["prefill"]["chunk"] == 4 and len(real["prefill"]["samples"]) == PREFILL_MAX_ROUNDS
     expected = Counter()
     for layer in ll.layers:
         expected[f"{layer.k}x{layer.n}"] += layer.count
@@ -357,7 +360,12 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     from rwkvprobe.measure.forward_worker import CHUNK_ROUNDS_BETWEEN
 
     seq = nm["seq"]["8"]
-    assert seq["chunk"] == 8 and seq["method"] == "layer-pass" and len(seq["rounds"]) == CHUNK_ROUNDS_BETWEEN * 5
+    from rwkvprobe.measure.forward_worker import PREFILL_MAX_ROUNDS
+
+    # a chunk of 8 tokens takes milliseconds: the real pass times PREFILL_MAX_ROUNDS rounds within PREFILL_SECONDS
+    assert v["prefill"]["measured_rounds"] == PREFILL_MAX_ROUNDS
+    assert seq["chunk"] == 8 and seq["method"] == "layer-pass"
+    assert len(seq["rounds"]) == CHUNK_ROUNDS_BETWEEN * PREFILL_MAX_ROUNDS
     assert seq["interleaved"]["with"] == "the real pass's prefill rounds" and seq["seconds_per_chunk"] > 0
     assert v["prefill"]["predicted_state_seconds"] == seq["seconds_per_chunk"]
     assert v["prefill"]["state_separate_seconds"] == seq["interleaved"]["separate"]["seconds_per_chunk"] > 0
@@ -455,6 +463,14 @@ def test_prefill_rounds_start_after_the_slow_first_chunks():
     fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3,
                        between=lambda: calls.append("between"))
     assert calls == [8] * fw.PREFILL_WARMUP + ["between", 8, 8] * 3
+    # with ``seconds``: more rounds while they have taken less, at most PREFILL_MAX_ROUNDS (3 ms chunks: 6 ms a round)
+    calls.clear()
+    out = fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3, seconds=0.05)
+    assert 3 < len(out["samples"]) < fw.PREFILL_MAX_ROUNDS and len(calls) == fw.PREFILL_WARMUP + 2 * len(out["samples"])
+    assert out["by_shape"] == [] or all(d["calls_per_chunk"] == d["calls"] / len(out["samples"]) for d in out["by_shape"])
+    calls.clear()
+    out = fw.profile_prefill(Model(), [torch.zeros(4)], list(range(8)), [(4, 4, 1)], 1, repeats=3, seconds=60)
+    assert len(out["samples"]) == fw.PREFILL_MAX_ROUNDS
 
 
 def test_a_layer_pass_round_runs_before_each_profiled_round_of_the_real_pass():

@@ -75,10 +75,20 @@ PREFILL_WARMUP = 7
 CHUNK_ROUNDS_BETWEEN = 2
 
 
-def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int, between=None) -> dict:
-    """A chunk's time and its split, as profile_decode splits a token: ``repeats`` rounds of the chunk timed
-    plainly, then under torch.profiler; the weight-matmul share is the profiled weight-matmul time over the
-    plain time of the same round, the rest (the sequential state update, norms, mixes) the remainder.
+#: profile_prefill's rounds: at least the config's chunk_repeats (5), more while they have taken less than
+#: PREFILL_SECONDS, PREFILL_MAX_ROUNDS at most. Five rounds of RWKV-6 0.4B's chunk of 64 (0.5 s a chunk) read 453, 795,
+#: 594, 514 and 477 ms in one process: the median of five is the phase they fell in. In one table the prediction's
+#: chunk matmuls read 0.74-1.14 of the real pass's (their share of that median), where analyze's points of the large
+#: shapes read 0.91-0.99 of the same calls inside a chunk, per call
+PREFILL_SECONDS, PREFILL_MAX_ROUNDS = 8.0, 20
+
+
+def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, repeats: int, between=None,
+                    seconds: float = 0.0) -> dict:
+    """A chunk's time and its split, as profile_decode splits a token: rounds of the chunk timed plainly, then
+    under torch.profiler (``repeats`` at least, more while the rounds have taken less than ``seconds``, at most
+    PREFILL_MAX_ROUNDS); the weight-matmul share is the profiled weight-matmul time over the plain time of the same
+    round, the rest (the sequential state update, norms, mixes) the remainder.
 
     ``between``: called before each round (validate's prediction: CHUNK_ROUNDS_BETWEEN rounds of its chunk's layer
     pass)."""
@@ -88,7 +98,8 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
     per_shape: dict = {}
     for _ in range(PREFILL_WARMUP):  # the first chunks run slow (see PREFILL_WARMUP)
         model.forward(ids, [x.clone() for x in state] if isinstance(state, list) else state)
-    for _ in range(repeats):
+    t_start = time.perf_counter()
+    while len(plain) < repeats or (len(plain) < PREFILL_MAX_ROUNDS and time.perf_counter() - t_start < seconds):
         if between is not None:
             between()
         s = [x.clone() for x in state] if isinstance(state, list) else state
@@ -102,7 +113,7 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
         shares.append(min(1.0, matmul_us / 1e6 / plain[-1]))
     median = statistics.median(plain)
     for d in per_shape.values():
-        d["calls_per_chunk"] = d["calls"] / repeats
+        d["calls_per_chunk"] = d["calls"] / len(plain)
         d["seconds_per_call"] = d["us"] / 1e6 / d["calls"]
     return {"chunk": len(ids), "samples": plain, "median": median, "tokens_per_second": len(ids) / median,
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
@@ -257,7 +268,8 @@ def run(cfg: dict) -> dict:
                 for _ in range(CHUNK_ROUNDS_BETWEEN):
                     chunk_rounds.round()
             out["prefill"] = profile_prefill(model, state, ids, layer_shapes, profile.n_layer,
-                                             cfg.get("chunk_repeats", 5), between=between if chunk_rounds else None)
+                                             cfg.get("chunk_repeats", 5), between=between if chunk_rounds else None,
+                                             seconds=cfg.get("chunk_seconds", PREFILL_SECONDS))
             if chunk_rounds is not None:
                 out["chunk_layer_pass"] = chunk_rounds.result()
     return out

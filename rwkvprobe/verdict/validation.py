@@ -62,8 +62,9 @@ def summary_lines(v: dict, name: str) -> list[str]:
                 f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk"
                 + (f", its layer pass timed between the real pass's prefill rounds ({pre['state_separate_seconds'] * 1e3:.1f}"
                    " ms as analyze timed it before the real pass)" if pre.get("state_separate_seconds") is not None else "")
-                + f"), measured {pre['measured_tokens_per_second']:.0f} "
-                f"tokens/s: predicted/measured time {pre['predicted_over_measured']:.2f}, "
+                + f"), measured {pre['measured_tokens_per_second']:.0f} tokens/s"
+                + (f" (median of {pre['measured_rounds']} chunks)" if pre.get("measured_rounds") else "")
+                + f": predicted/measured time {pre['predicted_over_measured']:.2f}, "
                 f"{'within' if pre['within_target'] else 'OUTSIDE'} the {v['target']:.0%} target."
                 + (f" In the forward pass: weight matmuls {pre['matmul_forward_seconds'] * 1e3:.1f} ms, everything else "
                    f"{(pre['measured_seconds'] - pre['matmul_forward_seconds']) * 1e3:.1f} ms a chunk (torch.profiler)."
@@ -185,6 +186,7 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
                           "predicted_state_seconds": pre.get("state_seconds"),
                           "predicted_matmul_seconds": pre["matmul_seconds"],
                           "measured_seconds": real["prefill"]["median"],
+                          "measured_rounds": len(real["prefill"].get("samples") or []),
                           "predicted_modelled": pre["modelled"],
                           # predicted time over measured time, as for decode
                           "predicted_over_measured": measured_tps / pre["tokens_per_second"],
