@@ -154,8 +154,9 @@ def main() -> int:
             profiles.append(path)
         profiles += [PROFILES / p for p in SHIPPED]
         profiles.sort(key=lambda p: p.stem)
-    if args.large:
-        profiles += [PROFILES / p for p in LARGE if PROFILES / p not in profiles]
+    if args.large:  # the 1.5B not already named (``--profiles profiles/rwkv-1b5.yaml --large`` ran it twice)
+        named = {p.resolve() for p in profiles}
+        profiles += [PROFILES / p for p in LARGE if (PROFILES / p).resolve() not in named]
     results = []
     for p in profiles:
         print(f"validate {p.stem} ...", file=sys.stderr, flush=True)

@@ -70,7 +70,7 @@ PREFILL_WARMUP = 7
 
 
 #: rounds of validate's prediction of a chunk's rest (layerpass.Rounds, a chunk) before each of profile_prefill's
-#: rounds: its figure is the median of its rounds, and the real chunk has few (five by default; a 1.5B's chunk takes
+#: rounds: its figure is the median of its rounds, and the real chunk may have as few as five (a 1.5B's chunk takes
 #: seconds), where analyze times six at least
 CHUNK_ROUNDS_BETWEEN = 2
 
