@@ -247,6 +247,7 @@ class AnalyzeSettings(TypedDict):
     quantize: NotRequired[Union[list[str], None]]
     nonmatmul_seconds: NotRequired[Union[float, None]]
     history: NotRequired[bool]  # the machine's earlier runs' bandwidth probes taken up (measure/history.py)
+    later_window: NotRequired[bool]  # the torch layer pass's second window of rounds (layerpass.LATER_WINDOW)
     pinned_cpus: NotRequired[Union[list[int], None]]
     whatif_series: NotRequired[list[list[str]]]  # schema 2: [backend, dtype] pairs
     whatif_missing: NotRequired[Union[str, None]]

@@ -353,6 +353,8 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     from rwkvprobe.measure.forward_worker import PROFILE_ROUNDS
 
     assert len(nm["rounds"]) == PROFILE_ROUNDS and nm["interleaved"]["with"] == "the real pass's profiled rounds"
+    # so its analyze run leaves out the layer pass's second window (layerpass.later_window)
+    assert data["settings"]["later_window"] is False and "windows" not in nm["interleaved"]["separate"]
     assert v["split"]["rest_separate_seconds"] == nm["interleaved"]["separate"]["seconds_per_token"] > 0
     assert "timed between the real pass's profiled rounds" in stdout
     # and the chunk's sequential part between the real pass's prefill rounds (CHUNK_ROUNDS_BETWEEN before each), the

@@ -80,7 +80,7 @@ def validate_command(
         target = out or Path("rwkvprobe-out") / f"{ll.profile.stem}-validate-{datetime.now():%Y%m%d-%H%M%S}"
         settings = AnalyzeSettings(backends=[series], dtypes=[dtype], tokens=[1, chunk] if chunk else [1],
                                    threads=run_threads, cpus=None, quick=True, budget_seconds=45.0,
-                                   nonmatmul_seconds=NONMATMUL_SECONDS)
+                                   nonmatmul_seconds=NONMATMUL_SECONDS, later_window=layer_pass is None)
         analysis = Analysis.start(ll, settings, target)
         err_console.print(f"rwkvprobe validate: {ll.profile.name}: measuring the prediction ({series} {dtype}, "
                           f"{run_threads} threads) -> {analysis.out_dir}", highlight=False)

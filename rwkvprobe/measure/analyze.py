@@ -109,6 +109,9 @@ class AnalyzeSettings:
     nonmatmul_seconds: float | None = None
     #: judge the layers with the machine's earlier runs' bandwidth probes too, and record this run's (history.py)
     history: bool = True
+    #: the torch series' decode layer pass in two windows (layerpass.LATER_WINDOW); validate, which times that part
+    #: again between the real pass's rounds, leaves the second out
+    later_window: bool = layerpass.LATER_WINDOW
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
@@ -116,7 +119,7 @@ class AnalyzeSettings:
                 "rknn_dir": str(self.rknn_dir) if self.rknn_dir else None, "npu_cores": self.npu_cores,
                 "device_id": self.device_id,
                 "block_size": self.block_size, "quantize": self.quantize, "nonmatmul_seconds": self.nonmatmul_seconds,
-                "history": self.history}
+                "history": self.history, "later_window": self.later_window}
 
 
 def default_out_dir(layers: LayerList) -> Path:
@@ -857,7 +860,7 @@ class Analysis(Run):
             kept: list = []  # its decode layer pass's rounds, for a later window (LATER_WINDOW)
             entry = nonmatmul.measure_series(profile, b, d, nonmatmul_budget, llc, self.settings.cold,
                                              threads=self.settings.threads, chunks=tuple(self.settings.tokens),
-                                             keep=kept if layerpass.LATER_WINDOW else None)
+                                             keep=kept if self.settings.later_window else None)
             r["nonmatmul"].append(entry)
             self._windows += [(entry, rounds) for rounds in kept]
             self.save()
