@@ -201,7 +201,7 @@ def test_a_later_window_times_as_many_rounds_without_the_tail_and_splits_over_bo
 
     p = tiny(version)
     keep: list = []
-    first = layerpass.measure(p, "torch", "fp32", 0.05, 1 << 20, keep)
+    first = layerpass.measure(p, "torch", "fp32", 1.0, 1 << 20, keep)  # a budget the compiling passes always fit
     (r,) = keep
     n0, before = sum(1 for x in first["rounds"] if not x.get("tail")), len(first["rounds"])
     assert "windows" not in first and not any("window" in x for x in first["rounds"])
@@ -219,7 +219,7 @@ def test_a_later_window_times_as_many_rounds_without_the_tail_and_splits_over_bo
     assert "two windows" in both["what"]
     # the tail's weights (the head: 0.5 GB in fp32 on a 1.5B) go once dropped, RWKV-7's model dict included
     r2 = layerpass.Rounds(p, "torch", "fp32", 1 << 20)
-    assert r2.start(0.05)
+    assert r2.start(1.0)
     r2.round(), r2.round()  # the second round has the tail
     refs = [weakref.ref(t) for t in r2.tail.values() if isinstance(t, torch.Tensor)]
     assert refs

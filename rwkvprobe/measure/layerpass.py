@@ -733,7 +733,8 @@ class Rounds:
         # the median over the tail rounds (one slow phase in two rounds moved a mean by several ms); a negative tail
         # is noise around a small figure: counted as none
         tail_seconds = max(0.0, statistics.median(r["tail_seconds"] for r in rounds if r.get("tail")))
-        windows = " (its rounds in two windows, before and after the layer points)" if self.window else ""
+        windows = (" (its rounds in two windows seconds apart: before analyze's layer points, and during or after "
+                   "them)" if self.window else "")
         return {**common, "tail_seconds": tail_seconds, "seconds_per_token": per_layer * profile.n_layer + tail_seconds,
                 "what": f"one layer's work outside its weight matmuls, timed in a torch forward pass's structure "
                         f"({structure}), weights read from DRAM) as the layer's time minus its weight matmuls' profiled "
