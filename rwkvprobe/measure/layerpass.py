@@ -77,11 +77,13 @@ TAIL_EVERY = 2
 #: its eight rounds took 9.7 s of a 38 s --quick run
 TOO_SLOW = 4.0
 #: a token's rounds in two windows: analyze times the second seconds later (later_window: before the layer points
-#: whose weights outweigh the ring, or after the points), and the median is over both windows' rounds. The part outside the matmuls moves in phases of seconds on this VM: one
-#: window of an RWKV-7 0.4B (torch fp32, four rounds without the tail, as --quick times) read 544-844 us a layer in
-#: six processes, both windows' rounds pooled (8 s of two-thread numpy work between them) 550-741; a --quick pair's
-#: torch series moved by 3.9 ms of this part alone (16.7 and 12.8 ms/token), a third of its 11% between the runs.
-#: In seven --quick runs of rwkv-0b4 with two windows it read 12.7-16.2 ms/token, in four with one 12.8-26.8
+#: whose weights outweigh the ring, or after the points), and the median is over both windows' rounds. The part
+#: outside the matmuls moves in phases of seconds on this VM: one window of an RWKV-7 0.4B (torch fp32, four rounds
+#: without the tail, as --quick times) read 544-844 us a layer in six processes, both windows' rounds pooled (8 s of
+#: two-thread numpy work between them) 550-741, the second window's first round left out (1172-24951 us: again()
+#: warms up first; with it, 555-850); a --quick pair's torch series moved by 3.9 ms of this part alone (16.7 and
+#: 12.8 ms/token), a third of its 11% between the runs. In nine --quick runs of rwkv-0b4 with two windows it read
+#: 12.7-16.9 ms/token, in four with one 12.8-26.8
 LATER_WINDOW = True
 #: later_window_seconds: the later window's expected cost over its first window's rounds (its warm-up pairs)
 LATER_WINDOW_MARGIN = 1.5
@@ -606,8 +608,8 @@ class Rounds:
     runs the compiling and warm-up passes, each ``round`` times one (a plain pass, then the profiled one), ``result``
     splits them. measure() runs its rounds back to back; validate's real-pass worker (forward_worker) runs one
     before each of its own profiled rounds, so that the two sides' rounds share the machine's phases; analyze runs
-    a token's rounds in two windows (``again``: the second during or after its layer points, see LATER_WINDOW). A chunk's
-    passes run without the tail (see TAIL_EVERY)."""
+    a token's rounds in two windows (``again``: the second during or after its layer points, see LATER_WINDOW). A
+    chunk's passes run without the tail (see TAIL_EVERY)."""
 
     def __init__(self, profile: Profile, backend: str, dtype: str, llc_bytes: int | None, tokens: int = 1):
         self.profile, self.backend, self.dtype, self.tokens = profile, backend, dtype, tokens
