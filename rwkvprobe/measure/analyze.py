@@ -544,7 +544,7 @@ class Analysis(Run):
             # points still to come is set aside first, projected from what it cost so far (a fixed part and a
             # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
             # coming last, it overran a run planned on the average point)
-            left = s.budget_seconds - FINISH_RESERVE_SECONDS - later - (time.perf_counter() - t_start)
+            left = self._budget_left(t_start) - later
             to_come = [weight_bytes[i]] + [weight_bytes[j] for j in queue]
             setup_left = _setup_projection(spent_outside_timing, to_come)
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
@@ -677,10 +677,13 @@ class Analysis(Run):
             r["measurements"][i] = kept
             self.save_soon()
 
+    def _budget_left(self, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> float:
+        """Seconds left of --budget, less ``reserve``, for a run started at ``t_start``."""
+        return self.settings.budget_seconds - reserve - (time.perf_counter() - t_start)
+
     def _budget_has(self, point: dict, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> bool:
         """Whether what is left of --budget (less ``reserve``) covers measuring ``point`` once more."""
-        cost = sum((point.get("overhead_seconds") or {}).values())
-        return self.settings.budget_seconds - reserve - (time.perf_counter() - t_start) >= cost
+        return self._budget_left(t_start, reserve) >= sum((point.get("overhead_seconds") or {}).values())
 
     def _faster_again(self, point: dict, backend, w: Workload, llc, policy, max_copies: int | None
                       ) -> tuple[dict, float | None]:
@@ -876,14 +879,11 @@ class Analysis(Run):
         leave the windows' cost aside, but can overrun it by a little (two --quick runs of rwkv-0b4 in four ended their
         points 0.09-0.11 s into the finish reserve): like the headline's rechecks, the windows may use what the finish
         reserve keeps beyond HEADLINE_RESERVE_SECONDS."""
-        s, r = self.settings, self.results
-        assert r is not None
         while self._windows:
             entry, rounds = self._windows.pop(0)
-            left = s.budget_seconds - HEADLINE_RESERVE_SECONDS - (time.perf_counter() - t_start)
-            if left < layerpass.later_window_seconds(rounds):
-                entry["later_window_skipped"] = f"{left:.2f} s of the budget left, the window needs about " \
-                                               f"{layerpass.later_window_seconds(rounds):.2f} s"
+            left, need = self._budget_left(t_start, HEADLINE_RESERVE_SECONDS), layerpass.later_window_seconds(rounds)
+            if left < need:
+                entry["later_window_skipped"] = f"{left:.2f} s of the budget left, the window needs about {need:.2f} s"
                 continue
             progress.stage(f"non-matmul block again: {entry['backend']} {entry['dtype']}")
             entry.update(layerpass.later_window(rounds))

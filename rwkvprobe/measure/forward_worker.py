@@ -189,6 +189,16 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
             "matmul_share": statistics.median(shares), "rounds": round_info}
 
 
+def _prediction_rounds(profile: Profile, layer_pass: dict | None, tokens: int) -> layerpass.Rounds | None:
+    """validate's prediction's layer pass (``layer_pass``: validate.interleaved_layer_pass) for a token (``tokens``
+    1) or a chunk, compiled and warmed up, for its rounds to run between this pass's; None without one, or where its
+    passes are too slow for its budget (layerpass.TOO_SLOW)."""
+    if not layer_pass:
+        return None
+    rounds = layerpass.Rounds(profile, layer_pass["backend"], layer_pass["dtype"], system.llc_bytes(), tokens)
+    return rounds if rounds.start(layer_pass["budget_seconds"]) else None
+
+
 def run(cfg: dict) -> dict:
     import torch
 
@@ -240,11 +250,7 @@ def run(cfg: dict) -> dict:
         # validate's prediction of the part outside the matmuls, its layer pass's rounds run between this pass's
         # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike
         lp = cfg.get("layer_pass")
-        rounds = None
-        if lp:
-            rounds = layerpass.Rounds(profile, lp["backend"], lp["dtype"], system.llc_bytes())
-            if not rounds.start(lp["budget_seconds"]):
-                rounds = None
+        rounds = _prediction_rounds(profile, lp, 1)
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
                                          profile.n_layer, between=rounds.round if rounds else None)
         if rounds is not None:
@@ -257,11 +263,7 @@ def run(cfg: dict) -> dict:
             ids = torch.randint(0, vocab, (chunk,), generator=gen).tolist()
             # the prediction's sequential part of the chunk too (layerpass.Rounds over the chunk), between this
             # pass's prefill rounds
-            chunk_rounds = None
-            if lp:
-                chunk_rounds = layerpass.Rounds(profile, lp["backend"], lp["dtype"], system.llc_bytes(), chunk)
-                if not chunk_rounds.start(lp["budget_seconds"]):
-                    chunk_rounds = None
+            chunk_rounds = _prediction_rounds(profile, lp, chunk)
 
             def between() -> None:
                 assert chunk_rounds is not None
