@@ -463,6 +463,12 @@ class ValidationPrediction(TypedDict):
     per_call: NotRequired[dict[str, Union[float, None]]]
     prefill: NotRequired[dict[str, dict[str, Any]]]  # by chunk length: the verdict's prefill entry
     canary_seconds: NotRequired[list[float]]  # contention.torch_canary() beside the timed non-matmul rounds
+    #: the measured layer rows (layer, m, k, n, count, seconds): validation.with_timed_matmuls puts the points timed
+    #: again beside the real pass in them
+    rows: NotRequired[list[dict[str, Any]]]
+    #: validate measuring its own prediction: the decode's matmul time from analyze's points, timed before the real
+    #: pass (matmul_seconds is from the same points timed between the real pass's rounds)
+    matmul_separate_seconds: NotRequired[float]
 
 
 class DecodeTiming(TypedDict):
@@ -491,6 +497,9 @@ class ValidationSplit(TypedDict):
     #: validate measuring its prediction: the rest analyze's own layer pass predicted before the real pass (the
     #: prediction uses the one timed between the real pass's rounds: validate.take_interleaved)
     rest_separate_seconds: NotRequired[float]
+    #: and the weight matmuls as analyze's points gave them before the real pass (the prediction uses the same points
+    #: timed between the real pass's rounds: validation.with_timed_matmuls)
+    matmul_separate_seconds: NotRequired[float]
 
 
 class ValidationShape(TypedDict):
@@ -518,6 +527,9 @@ class ValidationPrefill(TypedDict):
     #: the sequential part as analyze's own layer pass had it, timed before the real pass (the prediction uses the
     #: one timed between the real pass's prefill rounds: validate.take_interleaved_chunk)
     state_separate_seconds: NotRequired[Union[float, None]]
+    #: the chunk's matmuls as analyze's points gave them before the real pass (the prediction uses the same points
+    #: timed between the real pass's prefill rounds: validation.with_timed_matmuls)
+    matmul_separate_seconds: NotRequired[float]
 
 
 class ValidationBandwidth(TypedDict):
@@ -558,6 +570,9 @@ class Validation(TypedDict):
     torch: NotRequired[Union[str, None]]
     load_seconds: NotRequired[Union[float, None]]
     prefill: NotRequired[ValidationPrefill]
+    #: validate measuring its own prediction: analyze's points timed again between the real pass's rounds
+    #: (points.PointRounds.result), "decode" and "chunk"
+    points_between: NotRequired[dict[str, list[dict[str, Any]]]]
     machine: NotRequired[Union[ValidationMachine, None]]
 
 

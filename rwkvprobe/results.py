@@ -24,7 +24,8 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   point's put_off (timed after the others: the machine ran slow when it was due), the layer-pass rounds'
   canary_seconds, a validation's machine (the machine's speed beside each side), and, where validate measured
   its own prediction, a non-matmul entry's interleaved (its layer pass timed between the real pass's rounds) and a
-  validation split's rest_separate_seconds.
+  validation split's rest_separate_seconds; then its points timed there too (a validation's points_between, its
+  prediction's rows, and the split's and prefill's matmul_separate_seconds).
 """
 
 from __future__ import annotations

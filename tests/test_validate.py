@@ -372,6 +372,22 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert v["prefill"]["predicted_state_seconds"] == seq["seconds_per_chunk"]
     assert v["prefill"]["state_separate_seconds"] == seq["interleaved"]["separate"]["seconds_per_chunk"] > 0
     assert "timed between the real pass's prefill rounds" in stdout
+    # and its weight matmuls: analyze's points timed again between the real pass's rounds (POINT_CALLS_DECODE calls of
+    # each before every profiled round, POINT_CALLS_CHUNK of the chunk's before every prefill round), the prediction
+    # made with them, analyze's own figure kept beside it
+    from rwkvprobe.measure.validate import POINT_CALLS_CHUNK, POINT_CALLS_DECODE
+
+    between = v["points_between"]
+    assert ({(x["m"], x["k"], x["n"]) for x in between["decode"] + between["chunk"]}
+            == {(p["m"], p["k"], p["n"]) for p in data["measurements"]})
+    assert {x["calls"] for x in between["decode"]} == {PROFILE_ROUNDS * POINT_CALLS_DECODE}
+    assert {x["calls"] for x in between["chunk"]} == {PREFILL_MAX_ROUNDS * POINT_CALLS_CHUNK}
+    timed = {(x["m"], x["k"], x["n"]): x["median_seconds"] for x in between["decode"] + between["chunk"]}
+    rows = [r for r in v["predicted"]["rows"] if r["m"] == 1]
+    assert v["split"]["matmul_predicted_seconds"] == pytest.approx(sum(timed[1, r["k"], r["n"]] * r["count"] for r in rows))
+    assert v["split"]["matmul_separate_seconds"] == pytest.approx(sum(r["seconds"] * r["count"] for r in rows))
+    assert v["prefill"]["matmul_separate_seconds"] > 0
+    assert "its points timed again between the real pass's profiled rounds" in stdout
     report = (out / "report.md").read_text()
     assert "## Prediction checked" in report and f"{v['predicted_over_measured']:.2f}" in report
     # re-rendering the results elsewhere keeps the section
@@ -389,6 +405,7 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert again["validation"][0]["predicted"]["non_matmul_measured"] and "prefill" not in again["validation"][0]
     # a prediction read from --results is checked as it is: its non-matmul part not timed again beside the real pass
     assert "interleaved" not in again["nonmatmul"][0] and "rest_separate_seconds" not in again["validation"][0]["split"]
+    assert "points_between" not in again["validation"][0] and "matmul_separate_seconds" not in again["validation"][0]["split"]
     assert not any("interleaved" in x for x in again["nonmatmul"][0].get("seq", {}).values())
 
 
@@ -577,3 +594,201 @@ def test_memory_check_counts_the_interleaved_ring_and_head(monkeypatch):
     with pytest.raises(InputError, match=f"needs about {(models + extra) / 1e9:.1f} GB of free memory"):
         validate.check_memory(ll, "fp32", lp)
     assert validate.interleaved_layer_pass(ll, "numpy", "fp32") is None  # a series analyze does not time in layers
+
+
+# ------------------------------------------------------------------------------------------------
+# The prediction's points, timed again between the real pass's rounds
+
+
+def test_point_rounds_time_each_call_cold_as_analyze_timed_the_point():
+    """PointRounds calls every copy once untimed, then per timed call: the eviction, an untimed call on the copy
+    timed last (timing.measure's REWARM), the timed call on the next copy; a point with one copy and no eviction is
+    called alone. Its figure is the median of its timed calls (plumbing: a fake backend)."""
+    from rwkvprobe.measure.points import PointRounds
+
+    events = []
+
+    class Runner:
+        def __init__(self, key):
+            self.key = key
+
+        def run(self, i):
+            events.append((self.key, i))
+
+        def close(self):
+            events.append((self.key, "closed"))
+
+    class Backend:
+        @staticmethod
+        def workload(m, k, n, dtype):
+            return (m, k, n, dtype)
+
+        def prepare(self, w, copies):
+            return Runner(w[1])
+
+    import rwkvprobe.measure.points as points
+
+    flushed = []
+    real_eviction = points.eviction
+    points.eviction = lambda b: (lambda: events.append(("evict", b)) or flushed.append(b)) if b else None
+    try:
+        pr = PointRounds(Backend(), [{"m": 1, "k": 8, "n": 8, "dtype": "fp32", "copies": 3, "flush_bytes": 100},
+                                     {"m": 1, "k": 9, "n": 9, "dtype": "fp32", "copies": 1, "flush_bytes": 0}])
+    finally:
+        points.eviction = real_eviction
+    assert events == [(8, 0), (8, 1), (8, 2), (9, 0)]
+    events.clear()
+    pr.round(2)
+    assert events == [("evict", 100), (8, 2), (8, 0), ("evict", 100), (8, 0), (8, 1), (9, 0), (9, 0)]
+    pr.round(1)
+    res = pr.result()
+    assert [(x["k"], x["calls"]) for x in res] == [(8, 3), (9, 3)]
+    assert all(x["median_seconds"] > 0 and x["m"] == 1 and x["dtype"] == "fp32" for x in res)
+    events.clear()
+    pr.close()
+    assert events == [(8, "closed"), (9, "closed")]
+
+
+def test_point_rounds_on_torch_time_real_matmuls():
+    from rwkvprobe.backends import backend_class
+    from rwkvprobe.measure.points import PointRounds
+
+    pr = PointRounds(backend_class("torch-linear")(1),
+                     [{"m": 1, "k": 256, "n": 512, "dtype": "fp32", "copies": 2, "flush_bytes": 1 << 20},
+                      {"m": 4, "k": 64, "n": 64, "dtype": "fp32", "copies": 1, "flush_bytes": 0}])
+    for _ in range(3):
+        pr.round(2)
+    res = pr.result()
+    pr.close()
+    assert [(x["m"], x["k"], x["n"], x["calls"]) for x in res] == [(1, 256, 512, 6), (4, 64, 64, 6)]
+    assert all(0 < x["median_seconds"] < 1 for x in res)
+
+
+def _results_with_points():
+    def point(m, k, n, ok=True, backend="torch", dtype="fp32", t=1e-3):
+        return {"backend": backend, "dtype": dtype, "m": m, "k": k, "n": n, "rotation": {"copies": 4, "flush_bytes": 8},
+                "check": {"ok": ok}, "timing": {"median_seconds": t}}
+    return {"measurements": [point(1, 8, 8), point(1, 8, 16), point(1, 8, 16, ok=False), point(1, 16, 8),
+                             point(64, 8, 8), point(1, 8, 8, backend="numpy"), point(1, 32, 8, dtype="bf16"),
+                             point(1, 8, 32, ok=False)]}
+
+
+def test_interleaved_points_are_the_series_checked_points_with_their_rotation():
+    from rwkvprobe.measure.validate import POINT_CALLS_CHUNK, POINT_CALLS_DECODE, interleaved_points
+
+    data = _results_with_points()
+    p = interleaved_points(data, "torch", "fp32", 64)
+    # 8x16's last point (the one the verdict uses) failed its check: not timed again; nor another backend or dtype
+    assert [(x["m"], x["k"], x["n"]) for x in p["decode"]] == [(1, 8, 8), (1, 16, 8)]
+    assert [(x["m"], x["k"], x["n"]) for x in p["chunk"]] == [(64, 8, 8)]
+    assert p["decode"][0] == {"m": 1, "k": 8, "n": 8, "dtype": "fp32", "copies": 4, "flush_bytes": 8}
+    assert (p["backend"], p["calls_decode"], p["calls_chunk"]) == ("torch", POINT_CALLS_DECODE, POINT_CALLS_CHUNK)
+    assert interleaved_points(data, "torch", "fp32", 0)["chunk"] == []  # no chunk
+    assert interleaved_points(data, "torch", "fp32", 32)["chunk"] == []  # no point of that chunk
+    assert interleaved_points(data, "ggml", "fp32", 64) is None  # the worker runs torch alone
+    assert interleaved_points(data, "torch", "fp16", 64) is None  # nothing timed
+
+
+def _prediction_with_rows():
+    rows = [{"layer": "att.key", "m": 1, "k": 8, "n": 8, "count": 2, "seconds": 1e-3},
+            {"layer": "att.value", "m": 1, "k": 8, "n": 8, "count": 2, "seconds": 1e-3},
+            {"layer": "ffn.key", "m": 1, "k": 8, "n": 32, "count": 2, "seconds": 3e-3},
+            {"layer": "lora", "m": 1, "k": 8, "n": 16, "count": 2, "seconds": 2e-3, "batch": 4},
+            {"layer": "head", "m": 1, "k": 8, "n": 512, "count": 1, "seconds": 10e-3},
+            {"layer": "att.key", "m": 64, "k": 8, "n": 8, "count": 2, "seconds": 5e-3},
+            {"layer": "att.value", "m": 64, "k": 8, "n": 8, "count": 2, "seconds": 5e-3},
+            {"layer": "ffn.key", "m": 64, "k": 8, "n": 32, "count": 2, "seconds": 9e-3}]
+    decode_mm = sum(r["seconds"] * r["count"] for r in rows if r["m"] == 1)
+    chunk_mm = sum(r["seconds"] * r["count"] for r in rows if r["m"] == 64) + 10e-3
+    return {"decode_seconds": decode_mm + 4e-3, "matmul_seconds": decode_mm, "non_matmul_seconds": 4e-3,
+            "per_call": {"8x8": 1e-3, "8x32": 3e-3, "8x4": 0.5e-3, "8x512": 10e-3},
+            "prefill": {64: {"chunk": 64, "matmul_seconds": chunk_mm, "seconds": chunk_mm + 20e-3,
+                             "tokens_per_second": 64 / (chunk_mm + 20e-3), "state_seconds": 20e-3, "once": ["head"],
+                             "with_state": True, "modelled": False},
+                        32: {"chunk": 32, "matmul_seconds": 0.1, "seconds": 0.1, "tokens_per_second": 320.0,
+                             "once": []}},
+            "rows": rows}
+
+
+def test_points_timed_beside_the_real_pass_move_the_prediction_by_their_difference():
+    from rwkvprobe.verdict.validation import with_timed_matmuls
+
+    pred = _prediction_with_rows()
+    before = json.dumps(pred, sort_keys=True)
+    timed = [{"m": 1, "k": 8, "n": 8, "median_seconds": 1.5e-3}, {"m": 1, "k": 8, "n": 512, "median_seconds": 8e-3},
+             {"m": 1, "k": 8, "n": 16, "median_seconds": 4e-3}, {"m": 64, "k": 8, "n": 32, "median_seconds": 7e-3},
+             {"m": 1, "k": 99, "n": 99, "median_seconds": 1.0}]  # a shape the prediction has no row of: ignored
+    out = with_timed_matmuls(pred, timed)
+    assert json.dumps(pred, sort_keys=True) == before  # the prediction given is left as it was
+    # decode: 8x8 four calls +0.5 ms each, the head -2 ms, the batched low-rank call two calls +2 ms; 8x32 untimed
+    delta = 4 * 0.5e-3 - 2e-3 + 2 * 2e-3
+    assert out["matmul_separate_seconds"] == pred["matmul_seconds"]
+    assert out["matmul_seconds"] == pytest.approx(pred["matmul_seconds"] + delta)
+    assert out["decode_seconds"] == pytest.approx(pred["decode_seconds"] + delta)
+    assert out["non_matmul_seconds"] == pred["non_matmul_seconds"]
+    # per weight matrix, as the real pass's profile counts them: the batched call's figure over its batch
+    assert out["per_call"] == {"8x8": 1.5e-3, "8x32": 3e-3, "8x4": 1e-3, "8x512": 8e-3}
+    # the chunk of 64: ffn.key at M = 64 two calls -2 ms each, and the head, run once for its last token, -2 ms
+    pre = out["prefill"][64]
+    chunk_delta = 2 * -2e-3 - 2e-3
+    assert pre["matmul_separate_seconds"] == pred["prefill"][64]["matmul_seconds"]
+    assert pre["matmul_seconds"] == pytest.approx(pred["prefill"][64]["matmul_seconds"] + chunk_delta)
+    assert pre["seconds"] == pytest.approx(pred["prefill"][64]["seconds"] + chunk_delta)
+    assert pre["tokens_per_second"] == pytest.approx(64 / pre["seconds"])
+    assert out["prefill"][32] == pred["prefill"][32]  # no row of it timed again: as analyze had it
+    # nothing timed: the prediction unchanged, no separate figure
+    assert with_timed_matmuls(pred, []) == pred
+
+
+def test_validation_records_and_says_what_analyze_had_for_the_matmuls():
+    from rwkvprobe.verdict.validation import compare, summary_lines, with_timed_matmuls
+
+    pred = with_timed_matmuls(_prediction_with_rows(), [{"m": 1, "k": 8, "n": 8, "median_seconds": 2e-3},
+                                                        {"m": 64, "k": 8, "n": 8, "median_seconds": 6e-3}])
+    pred.update(non_matmul_measured=True, canary_seconds=[])
+    prof = {"matmul_share": 0.8, "by_shape": [], "other_matmul_seconds_per_token": 0.0}
+    real = {"decode": {"median": 0.03, "q1": 0.029, "q3": 0.031, "samples": [0.03] * 8}, "profiled": prof,
+            "prefill": {"median": 0.1, "tokens_per_second": 640.0, "matmul_share": 0.5, "samples": [0.1] * 5}}
+    v = compare(pred, real, 64)
+    v.update(backend="torch", dtype="fp32", threads=2, reference="rwkv test")
+    assert v["split"]["matmul_predicted_seconds"] == pred["matmul_seconds"]
+    assert v["split"]["matmul_separate_seconds"] == pred["matmul_separate_seconds"]
+    assert v["prefill"]["matmul_separate_seconds"] == pred["prefill"][64]["matmul_separate_seconds"]
+    text = "\n".join(summary_lines(v, "tiny"))
+    assert (f"its points timed again between the real pass's profiled rounds "
+            f"({pred['matmul_separate_seconds'] * 1e3:.1f} ms as analyze timed them before the real pass)") in text
+    assert (f"with the points timed between the real pass's prefill rounds "
+            f"({pred['prefill'][64]['matmul_separate_seconds'] * 1e3:.1f} ms as analyze timed them)") in text
+
+
+def test_betweens_run_each_given_call_in_turn():
+    from rwkvprobe.measure.forward_worker import _betweens
+
+    seen = []
+    assert _betweens(None, None) is None
+    both = _betweens(lambda: seen.append("layer pass"), None, lambda: seen.append("points"))
+    both()
+    both()
+    assert seen == ["layer pass", "points"] * 2
+
+
+def test_memory_check_counts_the_interleaved_points(monkeypatch):
+    """With the points timed in the real pass's process too, memory enough for the models alone is refused."""
+    import psutil
+
+    from rwkvprobe.errors import InputError
+    from rwkvprobe.measure import validate
+
+    ll = layer_list(load_profile(PROFILES / "rwkv-0b4.yaml"))
+    models = ll.model_bytes("fp32") * 2
+    extra = validate.points_bytes(ll, "fp32")
+    # every decode shape's copies at least: the head (1024 x 65536, fp32) once, the 1024x1024 matrices' rotation
+    assert extra >= 1024 * 65536 * 4 + 1024 * 1024 * 4 * 2
+
+    class Mem:
+        available = models + extra / 2
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Mem)
+    validate.check_memory(ll, "fp32")
+    with pytest.raises(InputError, match=f"needs about {(models + extra) / 1e9:.1f} GB of free memory"):
+        validate.check_memory(ll, "fp32", points=True)

@@ -16,10 +16,12 @@ from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings
 from rwkvprobe.measure.timing import default_threads
 from rwkvprobe.measure.validate import (
     NONMATMUL_SECONDS,
+    POINT_SERIES,
     PREDICTION_SERIES,
     check_memory,
     check_request,
     interleaved_layer_pass,
+    interleaved_points,
     record,
     run_forward_bracketed,
     take_interleaved,
@@ -30,7 +32,7 @@ from rwkvprobe.measure.validate import (
 from rwkvprobe.model.profile import layer_list, load_profile
 from rwkvprobe.report.markdown import render
 from rwkvprobe.results import load_results, save_results
-from rwkvprobe.verdict.validation import compare, prediction, summary_lines
+from rwkvprobe.verdict.validation import compare, prediction, summary_lines, with_timed_matmuls
 
 
 def validate_command(
@@ -49,9 +51,10 @@ def validate_command(
     ll = layer_list(load_profile(profile))
     check_request(ll, backend, dtype, tokens, chunk)
     series = PREDICTION_SERIES[ll.profile.version or 0] if backend == "torch" else backend  # check_request: 4-7
-    # measuring the prediction now: its part outside the matmuls timed again, between the real pass's rounds
+    # measuring the prediction now: its part outside the matmuls and its points timed again, between the real pass's
+    # rounds
     layer_pass = interleaved_layer_pass(ll, series, dtype) if results is None else None
-    check_memory(ll, dtype, layer_pass)
+    check_memory(ll, dtype, layer_pass, points=results is None and series in POINT_SERIES)
     reporter = Reporter(err_console, verbose)
     if results is not None:
         data = load_results(results, kinds=("analyze",))
@@ -87,10 +90,11 @@ def validate_command(
         data = run_keeping_results(analysis, reporter, f"rwkvprobe validate {profile} --results {analysis.path}")
         pred = prediction(data, ll, series, dtype)
         cpus, path, out_dir = None, analysis.path, analysis.out_dir
+    points = interleaved_points(data, series, dtype, chunk) if results is None else None
     reporter.stage(f"real forward pass: {ll.profile.name} with random weights, {tokens} decoded tokens"
                    f"{f' and a prefill chunk of {chunk}' if chunk else ''} ({backend} {dtype}, {run_threads} threads)")
     try:
-        real, phase = run_forward_bracketed(ll, dtype, run_threads, tokens, chunk, cpus, data, layer_pass)
+        real, phase = run_forward_bracketed(ll, dtype, run_threads, tokens, chunk, cpus, data, layer_pass, points)
     except RuntimeError as e:
         err_console.print(f"rwkvprobe: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -100,7 +104,12 @@ def validate_command(
         take_interleaved(data, series, dtype, real.pop("layer_pass"))
         chunk_taken = chunk_passes is not None and take_interleaved_chunk(data, series, dtype, chunk_passes)
         separate, pred = pred, prediction(data, ll, series, dtype)
+    timed = real.pop("points", None)
+    if timed:  # the prediction's points timed again between the real pass's rounds
+        pred = with_timed_matmuls(pred, timed.get("decode", []) + timed.get("chunk", []))
     v = compare(pred, real, chunk)
+    if timed:
+        v["points_between"] = timed
     if separate is not None:  # what analyze's own layer pass, timed before the real pass, had predicted
         v["split"]["rest_separate_seconds"] = separate["non_matmul_seconds"]
         if chunk_taken and v.get("prefill"):

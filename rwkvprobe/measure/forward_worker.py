@@ -5,7 +5,8 @@ picks its RWKV-7 class from ``RWKV_V7_ON`` at import time and compiles TorchScri
 run gets a fresh interpreter. The model is built from seeded random weights in the reference's own
 checkpoint layout (no download): the weights' values do not change the work a token costs, only their
 shapes do. The worker times token-by-token decode and a prefill chunk, and splits each, with torch.profiler,
-into weight matmuls (per shape) and everything else.
+into weight matmuls (per shape) and everything else. Where validate measures its own prediction, the prediction's
+layer pass (layerpass.Rounds) and points (points.PointRounds) run here too, between this pass's rounds.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable
 
+from rwkvprobe.backends import backend_class
 from rwkvprobe.measure import contention, layerpass, system
+from rwkvprobe.measure.points import PointRounds
 from rwkvprobe.measure.profiling import cpu_profile, weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import summarize
 from rwkvprobe.model.profile import Profile, layer_list, state_dict_shapes
@@ -199,6 +203,28 @@ def _prediction_rounds(profile: Profile, layer_pass: dict | None, tokens: int) -
     return rounds if rounds.start(layer_pass["budget_seconds"]) else None
 
 
+def _prediction_points(cfg: dict, which: str) -> PointRounds | None:
+    """validate's prediction's points (``cfg["points"]``: validate.interleaved_points) of the decode (``which``
+    "decode") or of the chunk ("chunk"), built and called once per copy, for their rounds to run between this pass's;
+    None without them."""
+    spec = cfg.get("points")
+    if not spec or not spec.get(which):
+        return None
+    return PointRounds(backend_class(spec["backend"])(cfg["threads"]), spec[which])
+
+
+def _betweens(*calls) -> Callable[[], None] | None:
+    """One call running each of ``calls`` that is not None in turn (None where all are)."""
+    todo = [c for c in calls if c is not None]
+    if not todo:
+        return None
+
+    def between() -> None:
+        for c in todo:
+            c()
+    return between
+
+
 def run(cfg: dict) -> dict:
     import torch
 
@@ -248,15 +274,24 @@ def run(cfg: dict) -> dict:
         ll = layer_list(profile)
         layer_shapes = [(x.k, x.n, x.count) for x in ll.layers]
         # validate's prediction of the part outside the matmuls, its layer pass's rounds run between this pass's
-        # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike
+        # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike; and of its
+        # weight matmuls, analyze's points timed again there (points.PointRounds)
         lp = cfg.get("layer_pass")
         rounds = _prediction_rounds(profile, lp, 1)
+        points = _prediction_points(cfg, "decode")
+        calls_decode = (cfg.get("points") or {}).get("calls_decode", 1)
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
-                                         profile.n_layer, between=rounds.round if rounds else None)
+                                         profile.n_layer, between=_betweens(rounds.round if rounds else None,
+                                                                            (lambda: points.round(calls_decode)) if points
+                                                                            else None))
         if rounds is not None:
             out["layer_pass"] = rounds.result()
             rounds = None
-            system.release_free_memory()  # the ring's weights, before the prefill chunk
+        if points is not None:
+            out["points"] = {"decode": points.result()}
+            points.close()
+            points = None
+        system.release_free_memory()  # the ring's and the points' weights, before the prefill chunk
         out["canary_seconds"] = canaries + [x["canary_seconds"] for x in out["profiled"]["rounds"]]
         chunk = cfg.get("chunk", 0)
         if chunk:
@@ -264,16 +299,23 @@ def run(cfg: dict) -> dict:
             # the prediction's sequential part of the chunk too (layerpass.Rounds over the chunk), between this
             # pass's prefill rounds
             chunk_rounds = _prediction_rounds(profile, lp, chunk)
+            chunk_points = _prediction_points(cfg, "chunk")  # and its points at M = chunk
+            calls_chunk = (cfg.get("points") or {}).get("calls_chunk", 1)
 
             def between() -> None:
                 assert chunk_rounds is not None
                 for _ in range(CHUNK_ROUNDS_BETWEEN):
                     chunk_rounds.round()
-            out["prefill"] = profile_prefill(model, state, ids, layer_shapes, profile.n_layer,
-                                             cfg.get("chunk_repeats", 5), between=between if chunk_rounds else None,
-                                             seconds=cfg.get("chunk_seconds", PREFILL_SECONDS))
+            out["prefill"] = profile_prefill(
+                model, state, ids, layer_shapes, profile.n_layer, cfg.get("chunk_repeats", 5),
+                between=_betweens(between if chunk_rounds else None,
+                                  (lambda: chunk_points.round(calls_chunk)) if chunk_points else None),
+                seconds=cfg.get("chunk_seconds", PREFILL_SECONDS))
             if chunk_rounds is not None:
                 out["chunk_layer_pass"] = chunk_rounds.result()
+            if chunk_points is not None:
+                out.setdefault("points", {})["chunk"] = chunk_points.result()
+                chunk_points.close()
     return out
 
 

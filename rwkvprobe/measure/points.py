@@ -6,6 +6,7 @@ effective GB/s of a large cold GEMV (M=1), and the fixed per-call overhead of a 
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -130,3 +131,61 @@ def summarize_ceilings(c: dict) -> dict:
         "gemv_gbps": c["gemv"]["bytes"] / gemv_t / 1e9 if gemv_t else None,
         "overhead_seconds": over_t,
     }
+
+
+class PointRounds:
+    """analyze's layer points timed again in rounds, for validate's real-pass worker to run between its own rounds
+    (forward_worker): the same backend, shape and dtype, the weights rotated over the copies and read cold with the
+    eviction that analyze's point used (its ``rotation``). Each copy is called once untimed first (pages touched);
+    a round then times ``calls`` calls of every point, each after the eviction and, with several copies, an untimed
+    call on the copy timed last, as timing.measure times a point (REWARM). A point's figure is the median of its
+    calls, as point_seconds takes the median of a point's samples.
+
+    Why: a prediction made of points timed before the real pass and a real pass timed a minute later fall in
+    different phases of a shared machine (this project's VM streams DRAM at 18-90 GB/s from phase to phase); timed
+    between the real pass's rounds, both sides share them, as the layer pass's rounds do (layerpass.Rounds)."""
+
+    def __init__(self, backend: Backend, specs: list[dict]):
+        """``specs``: per point, m, k, n, dtype and its rotation's copies and flush_bytes (validate.interleaved_points)."""
+        self.items: list[dict] = []
+        try:
+            for s in specs:
+                runner = backend.prepare(backend.workload(s["m"], s["k"], s["n"], s["dtype"]), s["copies"])
+                self.items.append({"spec": s, "runner": runner, "evict": eviction(s["flush_bytes"]), "next": 0,
+                                   "samples": []})
+                for i in range(s["copies"]):  # every copy once: pages touched, lazy initialisation done
+                    runner.run(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def round(self, calls: int = 1) -> None:
+        """``calls`` timed calls of every point, each cold as analyze timed it."""
+        clock = time.perf_counter
+        for it in self.items:
+            runner, evict, copies = it["runner"], it["evict"], it["spec"]["copies"]
+            for _ in range(calls):
+                i = it["next"]
+                if evict is not None:
+                    evict()
+                    if copies > 1:  # timing.measure's REWARM: the copy timed last, cold again, called untimed
+                        runner.run((i - 1) % copies)
+                t0 = clock()
+                runner.run(i)
+                it["samples"].append(clock() - t0)
+                it["next"] = (i + 1) % copies
+
+    def result(self) -> list[dict]:
+        """Per point: its m, k, n and dtype, the median of its timed calls and their count."""
+        out = []
+        for it in self.items:
+            s, samples = it["spec"], it["samples"]
+            if samples:
+                out.append({"m": s["m"], "k": s["k"], "n": s["n"], "dtype": s["dtype"],
+                            "median_seconds": statistics.median(samples), "calls": len(samples)})
+        return out
+
+    def close(self) -> None:
+        for it in self.items:
+            it["runner"].close()
+        self.items = []

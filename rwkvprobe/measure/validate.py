@@ -3,7 +3,9 @@
 The real model is BlinkDL's reference package (``rwkv``) running the profile's architecture with seeded
 random weights (see forward_worker). The prediction is what ``analyze`` computes for the same profile,
 backend, dtype and threads: the measured matmul time of every layer shape times its runs per token, plus
-the modelled non-matmul work. The comparison is stored in the analyze results file (key ``validation``)
+the timed (or, for older files, modelled) non-matmul work. Measuring its own prediction, validate times both parts
+again in the real pass's process, between its rounds (interleaved_layer_pass, interleaved_points), and predicts with
+those; analyze's own figures stay beside them. The comparison is stored in the analyze results file (key ``validation``)
 and shown in its report as "Prediction checked".
 """
 
@@ -17,6 +19,7 @@ from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
 from rwkvprobe.measure import bandwidth, layerpass, nonmatmul
 from rwkvprobe.measure.system import llc_bytes
+from rwkvprobe.measure.timing import plan_rotation
 from rwkvprobe.model.profile import LayerList, Profile, profile_json, weight_bytes_of
 from rwkvprobe.progress import Progress
 
@@ -62,9 +65,10 @@ def check_request(ll: LayerList, backend: str, dtype: str, tokens: int, chunk: i
             raise MissingExtra(module, "validate", f"rwkvprobe validate ({what})")
 
 
-def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None) -> None:
+def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None, points: bool = False) -> None:
     """The random fp32 weights plus the reference's converted copy must fit in available memory, and with
-    ``layer_pass`` (interleaved_layer_pass) the ring of layers and the head its rounds run in the same process."""
+    ``layer_pass`` (interleaved_layer_pass) the ring of layers and the head its rounds run in the same process, with
+    ``points`` the prediction's points timed there too (interleaved_points, points_bytes)."""
     import psutil
 
     need = ll.model_bytes("fp32") + ll.model_bytes(dtype)
@@ -72,6 +76,8 @@ def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None) -> N
         ring = layerpass.ring_size(ll.profile, layer_pass["dtype"], llc_bytes())
         need += (ring * layerpass.layer_bytes(ll.profile, layer_pass["dtype"])
                  + sum(x.k * x.n * weight_bytes_of(layer_pass["dtype"]) for x in ll.layers if x.kind == "head"))
+    if points:
+        need += points_bytes(ll, dtype)
     have = psutil.virtual_memory().available
     if need > have:
         raise InputError(f"{ll.profile.name} in {dtype} needs about {need / 1e9:.1f} GB of free memory to build "
@@ -87,11 +93,12 @@ def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None) -> N
 
 
 def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
-                seed: int = 0, layer_pass: dict | None = None) -> dict:
+                seed: int = 0, layer_pass: dict | None = None, points: dict | None = None) -> dict:
     """The reference forward pass in a worker process (forward_worker); ``layer_pass`` (interleaved_layer_pass):
-    the prediction's layer pass, its rounds run between the real pass's profiled rounds."""
+    the prediction's layer pass, its rounds run between the real pass's profiled rounds; ``points``
+    (interleaved_points): the prediction's points, timed between them too."""
     cfg = {"profile": profile_json(ll), "dtype": dtype, "threads": threads, "tokens": tokens, "chunk": chunk,
-           "seed": seed, "cpus": cpus, "layer_pass": layer_pass}
+           "seed": seed, "cpus": cpus, "layer_pass": layer_pass, "points": points}
     result, tail = run_json_worker([sys.executable, "-m", "rwkvprobe.measure.forward_worker"], cfg)
     if result is None:
         raise RuntimeError(f"the forward pass did not finish: {tail}")
@@ -101,12 +108,13 @@ def run_forward(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int
 
 
 def run_forward_bracketed(ll: LayerList, dtype: str, threads: int, tokens: int, chunk: int, cpus: list[int] | None,
-                          results: dict, layer_pass: dict | None = None) -> tuple[dict, dict]:
+                          results: dict, layer_pass: dict | None = None,
+                          points: dict | None = None) -> tuple[dict, dict]:
     """run_forward between two read-bandwidth probes, and the analyze run's own probes beside them: on a shared
     machine the DRAM bandwidth moves in phases, and a real pass timed in another phase than the prediction can
     miss it for that reason alone (validation.PHASE_APART)."""
     before = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
-    real = run_forward(ll, dtype, threads, tokens, chunk, cpus, layer_pass=layer_pass)
+    real = run_forward(ll, dtype, threads, tokens, chunk, cpus, layer_pass=layer_pass, points=points)
     after = bandwidth.probe_read(threads, cpus, PHASE_TRIALS)
     analyze = [g for _, g in bandwidth.read_probes(results, history=False)]
     around = [x["read_best_gbps"] for x in (before, after) if x["check_ok"]]
@@ -125,6 +133,49 @@ def interleaved_layer_pass(ll: LayerList, series: str, dtype: str) -> dict | Non
     if series not in layerpass.LAYOUTS or ll.profile.version not in layerpass.VERSIONS:
         return None
     return {"backend": series, "dtype": nonmatmul.block_dtype(dtype, series), "budget_seconds": NONMATMUL_SECONDS}
+
+
+#: the series whose points validate's real-pass worker can time again between its rounds (it runs torch alone)
+POINT_SERIES = ("torch", "torch-linear")
+#: timed calls of every point in each round validate's worker runs between the real pass's profiled decode rounds
+#: (forward_worker.PROFILE_ROUNDS of them) or before each of its prefill rounds (five to twenty)
+POINT_CALLS_DECODE, POINT_CALLS_CHUNK = 2, 2
+
+
+def interleaved_points(results: dict, series: str, dtype: str, chunk: int) -> dict | None:
+    """What the real-pass worker needs to time the prediction's weight matmuls again between its own rounds
+    (points.PointRounds): the series' points of the decode (M = 1) and of the prefill chunk (M = ``chunk``) that
+    analyze timed and checked, each with the rotation it was timed with; None for a series the worker cannot run.
+
+    Why: analyze times its points a minute or more before the real pass, and this VM's DRAM bandwidth moves in
+    phases of seconds (18-90 GB/s): in one bench/validate_all.py table the prediction's matmuls read 0.87-1.26 of
+    the real pass's, and in four of the six rows that missed their total the probes around the real pass read over
+    15% from analyze's. Timed between the real pass's rounds, the two sides share the machine's phases, as the part
+    outside the matmuls already does (interleaved_layer_pass). Over twelve profiles (0.1B-1.5B, fp32, two tables of
+    the eighteenth session) the decode's matmuls read 0.94-1.04 of the real pass's so (0.94-1.17 as analyze timed
+    them), a chunk's 0.91-1.01 (0.78-1.12)."""
+    if series not in POINT_SERIES:
+        return None
+    last = {(p["m"], p["k"], p["n"]): p for p in results.get("measurements") or []  # the verdict's: the last one
+            if p.get("backend") == series and p.get("dtype") == dtype}
+    ok = [p for p in last.values() if p.get("timing") and (p.get("check") or {}).get("ok") and p.get("rotation")]
+
+    def specs(m: int) -> list[dict]:
+        return [{"m": m, "k": p["k"], "n": p["n"], "dtype": dtype, "copies": p["rotation"]["copies"],
+                 "flush_bytes": p["rotation"]["flush_bytes"]} for p in ok if p["m"] == m]
+    out = {"backend": series, "decode": specs(1), "calls_decode": POINT_CALLS_DECODE,
+           "chunk": specs(chunk) if chunk else [], "calls_chunk": POINT_CALLS_CHUNK}
+    return out if out["decode"] or out["chunk"] else None
+
+
+def points_bytes(ll: LayerList, dtype: str) -> int:
+    """The memory the worker's points (interleaved_points) hold at once: every decode shape's copies and eviction
+    buffer, as plan_rotation gives them (the chunk's, the same weights, are built once the decode's are gone)."""
+    total = 0.0
+    for k, n in {x.call_shape for x in ll.layers}:
+        r = plan_rotation(k * n * weight_bytes_of(dtype), llc_bytes())
+        total += r.copies * k * n * weight_bytes_of(dtype) + r.flush_bytes
+    return int(total)
 
 
 def _layer_pass_entry(results: dict, series: str, dtype: str) -> dict | None:

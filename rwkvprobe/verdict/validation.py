@@ -46,7 +46,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
         f"{v['predicted_over_measured']:.2f}, {verdict} the {v['target']:.0%} target.",
         f"Gap {(m - p) * 1e3:+.1f} ms/token: weight matmuls {(s['matmul_forward_seconds'] - s['matmul_predicted_seconds']) * 1e3:+.1f} ms "
         f"({s['matmul_forward_seconds'] * 1e3:.1f} ms inside the forward pass, timed by torch.profiler, vs "
-        f"{s['matmul_predicted_seconds'] * 1e3:.1f} ms from analyze's per-layer measurements); everything else "
+        f"{s['matmul_predicted_seconds'] * 1e3:.1f} ms from analyze's per-layer measurements"
+        + (f", its points timed again between the real pass's profiled rounds ({s['matmul_separate_seconds'] * 1e3:.1f} ms"
+           " as analyze timed them before the real pass)" if s.get("matmul_separate_seconds") is not None else "")
+        + "); everything else "
         f"{(s['rest_forward_seconds'] - s['rest_predicted_seconds']) * 1e3:+.1f} ms ({s['rest_forward_seconds'] * 1e3:.1f} ms "
         f"in the forward pass vs {s['rest_predicted_seconds'] * 1e3:.2f} ms "
         f"{rest_source}: "
@@ -57,7 +60,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
         if pre.get("predicted_with_state"):
             lines.append(
                 f"Prefill chunk of {pre['chunk']}: predicted {pre['predicted_tokens_per_second']:.0f} tokens/s (matmuls at "
-                f"M={pre['chunk']}, the head once for the last token, {pre['predicted_matmul_seconds'] * 1e3:.1f} ms + "
+                f"M={pre['chunk']}, the head once for the last token, {pre['predicted_matmul_seconds'] * 1e3:.1f} ms"
+                + (f" with the points timed between the real pass's prefill rounds ({pre['matmul_separate_seconds'] * 1e3:.1f}"
+                   " ms as analyze timed them)" if pre.get("matmul_separate_seconds") is not None else "")
+                + " + "
                 "the sequential state update "
                 f"{pre['predicted_state_seconds'] * 1e3:.1f} ms a chunk"
                 + (f", its layer pass timed between the real pass's prefill rounds ({pre['state_separate_seconds'] * 1e3:.1f}"
@@ -140,13 +146,47 @@ def prediction(results: dict, ll: LayerList, backend: str, dtype: str) -> dict:
                    "per_call": {f"{r['k']}x{r['n'] // r.get('batch', 1)}":
                                 r["seconds"] / r.get("batch", 1) if r["measured"] else None
                                 for r in s["rows"] if r["m"] == 1}}
-            out["prefill"] = {p["chunk"]: p for p in s["model"].get("prefill", [])}
+            out["prefill"] = {p["chunk"]: {**p, "once": sorted(x.name for x in ll.layers if x.chunk_rows(p["chunk"]) != p["chunk"])}
+                              for p in s["model"].get("prefill", [])}
+            # the measured rows, for with_timed_matmuls to put the points timed again beside the real pass in
+            out["rows"] = [{"layer": r["layer"], "m": r["m"], "k": r["k"], "n": r["n"], "count": r["count"],
+                            "seconds": r["seconds"], **({"batch": r["batch"]} if r.get("batch") else {})}
+                           for r in s["rows"] if r.get("measured")]
             # the machine's speed beside the timed non-matmul rounds of the decode (layerpass; older files: none)
             block = nonmatmul_entry(results, backend, dtype) or {}
             out["canary_seconds"] = [r["canary_seconds"] for r in block.get("rounds") or [] if r.get("canary_seconds")]
             return out
     raise InputError(f"the results file has no measured {backend} {dtype} decode: run rwkvprobe analyze "
                      f"{ll.profile.path or 'PROFILE'} --backends {backend} --dtypes {dtype}")
+
+
+def with_timed_matmuls(pred: dict, timed: list[dict]) -> dict:
+    """``pred`` (prediction()) with its measured layer rows at the times of ``timed`` (per m, k, n, the median
+    seconds of a call: the points timed again between the real pass's rounds, forward_worker), the decode's and each
+    chunk's matmul time and total moved by the difference, and what analyze had given kept beside them
+    (``matmul_separate_seconds``). A row with no such figure, or a modelled one, keeps its time."""
+    by_key = {(x["m"], x["k"], x["n"]): x["median_seconds"] for x in timed}
+    out = {**pred, "prefill": {c: dict(p) for c, p in pred["prefill"].items()}}
+
+    def moved(rows: list[dict]) -> tuple[float, bool]:
+        hit = [r for r in rows if (r["m"], r["k"], r["n"]) in by_key]
+        return sum((by_key[(r["m"], r["k"], r["n"])] - r["seconds"]) * r["count"] for r in hit), bool(hit)
+    decode = [r for r in pred.get("rows", []) if r["m"] == 1]
+    delta, hit = moved(decode)
+    if hit:
+        out.update(matmul_separate_seconds=pred["matmul_seconds"], matmul_seconds=pred["matmul_seconds"] + delta,
+                   decode_seconds=pred["decode_seconds"] + delta)
+        out["per_call"] = {**pred["per_call"], **{f"{r['k']}x{r['n'] // r.get('batch', 1)}":
+                                                  by_key[(1, r["k"], r["n"])] / r.get("batch", 1)
+                                                  for r in decode if (1, r["k"], r["n"]) in by_key}}
+    for c, pre in out["prefill"].items():
+        rows = [r for r in pred.get("rows", []) if r["m"] == c] + [r for r in decode if r["layer"] in pre["once"]]
+        delta, hit = moved(rows)
+        if hit:
+            seconds = pre.get("seconds", pre["matmul_seconds"]) + delta
+            pre.update(matmul_separate_seconds=pre["matmul_seconds"], matmul_seconds=pre["matmul_seconds"] + delta,
+                       seconds=seconds, tokens_per_second=c / seconds)
+    return out
 
 
 def compare(pred: dict, real: dict, chunk: int) -> dict:
@@ -171,7 +211,11 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
                   "rest_forward_seconds": measured - matmul_real,
                   "rest_predicted_seconds": pred["non_matmul_seconds"],
                   "rest_predicted_measured": pred.get("non_matmul_measured", False),
-                  "state_matmul_seconds": prof.get("other_matmul_seconds_per_token")},
+                  "state_matmul_seconds": prof.get("other_matmul_seconds_per_token"),
+                  # the points timed again between the real pass's rounds: what analyze's own had given
+                  # (with_timed_matmuls)
+                  **({"matmul_separate_seconds": pred["matmul_separate_seconds"]}
+                     if "matmul_separate_seconds" in pred else {})},
         "by_shape": shapes,
         "reference": real.get("reference"), "torch": real.get("torch"), "load_seconds": real.get("load_seconds"),
         "machine": machine_speeds(pred.get("canary_seconds"), real.get("canary_seconds")),
@@ -185,6 +229,8 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
                           "predicted_with_state": with_state,
                           "predicted_state_seconds": pre.get("state_seconds"),
                           "predicted_matmul_seconds": pre["matmul_seconds"],
+                          **({"matmul_separate_seconds": pre["matmul_separate_seconds"]}
+                             if "matmul_separate_seconds" in pre else {}),
                           "measured_seconds": real["prefill"]["median"],
                           "measured_rounds": len(real["prefill"].get("samples") or []),
                           "predicted_modelled": pre["modelled"],
