@@ -573,6 +573,7 @@ class Validation(TypedDict):
     #: validate measuring its own prediction: analyze's points timed again between the real pass's rounds
     #: (points.PointRounds.result), "decode" and "chunk"
     points_between: NotRequired[dict[str, list[dict[str, Any]]]]
+    points_skipped: NotRequired[dict[str, str]]  # "decode"/"chunk": why they could not be built beside the real pass
     machine: NotRequired[Union[ValidationMachine, None]]
 
 

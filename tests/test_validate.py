@@ -792,3 +792,49 @@ def test_memory_check_counts_the_interleaved_points(monkeypatch):
     validate.check_memory(ll, "fp32")
     with pytest.raises(InputError, match=f"needs about {(models + extra) / 1e9:.1f} GB of free memory"):
         validate.check_memory(ll, "fp32", points=True)
+
+
+def test_points_that_cannot_be_built_beside_the_real_pass_leave_analyzes_figures_and_say_why(monkeypatch):
+    from rwkvprobe.measure import forward_worker as fw
+    from rwkvprobe.verdict.validation import compare, summary_lines
+
+    def fail(*a, **k):
+        raise MemoryError("no room for the copies")
+
+    monkeypatch.setattr(fw, "PointRounds", fail)
+    out: dict = {}
+    cfg = {"threads": 1, "points": {"backend": "torch", "decode": [{"m": 1}], "chunk": []}}
+    assert fw._prediction_points(cfg, "decode", out) is None
+    assert out == {"points_skipped": {"decode": "MemoryError: no room for the copies"}}
+    assert fw._prediction_points(cfg, "chunk", out) is None and "chunk" not in out["points_skipped"]  # none asked
+    assert fw._prediction_points({"threads": 1}, "decode", {}) is None
+    pred = _prediction_with_rows()
+    pred.update(non_matmul_measured=True)
+    real = {"decode": {"median": 0.03, "q1": 0.029, "q3": 0.031, "samples": [0.03] * 8},
+            "profiled": {"matmul_share": 0.8, "by_shape": []}}
+    v = compare(pred, real, 0)
+    v.update(backend="torch", dtype="fp32", threads=2, reference="rwkv test", points_skipped=out["points_skipped"])
+    text = "\n".join(summary_lines(v, "tiny"))
+    assert ("analyze's points could not be timed again beside the real pass (decode: MemoryError: no room for the "
+            "copies): the matmul prediction there is analyze's own") in text
+
+
+def test_the_prediction_layer_pass_is_built_before_the_reference_model(monkeypatch):
+    """The worker builds validate's layer pass for a token before it loads the reference model (an RWKV-7 ring built
+    after it read its part outside the matmuls several percent slower in that process); plumbing: fakes stop the run
+    at the model."""
+    from rwkvprobe.measure import forward_worker as fw
+
+    events = []
+    monkeypatch.setattr(fw, "_prediction_rounds", lambda profile, lp, tokens: events.append(("layer pass", tokens)))
+
+    def load(*a):
+        events.append("reference model")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(fw, "load_reference", load)
+    cfg = {"profile": profile_json(tiny(7)), "threads": 1, "dtype": "fp32", "tokens": 1,
+           "layer_pass": {"backend": "torch", "dtype": "fp32", "budget_seconds": 1.0}}
+    with pytest.raises(RuntimeError, match="stop here"):
+        fw.run(cfg)
+    assert events == [("layer pass", 1), "reference model"]

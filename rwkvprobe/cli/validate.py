@@ -110,6 +110,8 @@ def validate_command(
     v = compare(pred, real, chunk)
     if timed:
         v["points_between"] = timed
+    if real.get("points_skipped"):  # they could not be built beside the real pass: analyze's own figures stand
+        v["points_skipped"] = real.pop("points_skipped")
     if separate is not None:  # what analyze's own layer pass, timed before the real pass, had predicted
         v["split"]["rest_separate_seconds"] = separate["non_matmul_seconds"]
         if chunk_taken and v.get("prefill"):

@@ -203,14 +203,19 @@ def _prediction_rounds(profile: Profile, layer_pass: dict | None, tokens: int) -
     return rounds if rounds.start(layer_pass["budget_seconds"]) else None
 
 
-def _prediction_points(cfg: dict, which: str) -> PointRounds | None:
+def _prediction_points(cfg: dict, which: str, out: dict) -> PointRounds | None:
     """validate's prediction's points (``cfg["points"]``: validate.interleaved_points) of the decode (``which``
     "decode") or of the chunk ("chunk"), built and called once per copy, for their rounds to run between this pass's;
-    None without them."""
+    None without them, or where they cannot be built here (the reason in ``out["points_skipped"]``: the prediction
+    then keeps analyze's own figures)."""
     spec = cfg.get("points")
     if not spec or not spec.get(which):
         return None
-    return PointRounds(backend_class(spec["backend"])(cfg["threads"]), spec[which])
+    try:
+        return PointRounds(backend_class(spec["backend"])(cfg["threads"]), spec[which])
+    except (MemoryError, RuntimeError) as e:
+        out.setdefault("points_skipped", {})[which] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return None
 
 
 def _betweens(*calls) -> Callable[[], None] | None:
@@ -237,6 +242,13 @@ def run(cfg: dict) -> dict:
                       n_embd=p["n_embd"], vocab_size=p["vocab_size"], head_size=p["head_size"], dim_ffn=p["dim_ffn"],
                       lora=p.get("lora") or {})
     shapes = state_dict_shapes(profile)
+    # validate's prediction's layer pass for a token, built (its ring allocated, compiled, warmed up) before the
+    # reference model is loaded: in the reference's process, an RWKV-7 0.4B ring built after the model read 1.06-1.17x
+    # the real pass's part outside the matmuls between its rounds (a script, four processes), built before it
+    # 1.03-1.09x; in validate itself (RWKV-7 0.1B and 0.4B, five pairs of runs) 1.01-1.16x against 1.10-1.20x. RWKV-7's
+    # interleaved everything-else had read 1.11-1.28x in validate tables, where analyze's own read 0.94-1.18x
+    lp = cfg.get("layer_pass")
+    rounds = _prediction_rounds(profile, lp, 1)
     t_start = time.perf_counter()
     model = load_reference(random_state_dict(shapes, cfg.get("seed", 0)), profile.version, cfg["dtype"])
     load_seconds = time.perf_counter() - t_start
@@ -276,9 +288,7 @@ def run(cfg: dict) -> dict:
         # validate's prediction of the part outside the matmuls, its layer pass's rounds run between this pass's
         # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike; and of its
         # weight matmuls, analyze's points timed again there (points.PointRounds)
-        lp = cfg.get("layer_pass")
-        rounds = _prediction_rounds(profile, lp, 1)
-        points = _prediction_points(cfg, "decode")
+        points = _prediction_points(cfg, "decode", out)
         calls_decode = (cfg.get("points") or {}).get("calls_decode", 1)
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,
                                          profile.n_layer, between=_betweens(rounds.round if rounds else None,
@@ -299,7 +309,7 @@ def run(cfg: dict) -> dict:
             # the prediction's sequential part of the chunk too (layerpass.Rounds over the chunk), between this
             # pass's prefill rounds
             chunk_rounds = _prediction_rounds(profile, lp, chunk)
-            chunk_points = _prediction_points(cfg, "chunk")  # and its points at M = chunk
+            chunk_points = _prediction_points(cfg, "chunk", out)  # and its points at M = chunk
             calls_chunk = (cfg.get("points") or {}).get("calls_chunk", 1)
 
             def between() -> None:

@@ -104,6 +104,10 @@ def summary_lines(v: dict, name: str) -> list[str]:
     if spread > NOISY:
         lines.append(f"Warning: the decoded tokens' times spread {spread:.0%} (IQR/median): something else was using "
                      "the CPUs during the real pass; rerun on a quiet machine before trusting the ratio.")
+    if v.get("points_skipped"):
+        lines.append("Note: analyze's points could not be timed again beside the real pass ("
+                     + "; ".join(f"{k}: {x}" for k, x in v["points_skipped"].items())
+                     + "): the matmul prediction there is analyze's own, timed before the real pass.")
     if v["backend"] == "ggml":
         lines.append(f"Note ({v['backend']} {v['dtype']}): {GGML_NOTE}.")
     if not v["measured"].get("logits_finite", True):
