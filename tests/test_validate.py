@@ -819,10 +819,11 @@ def test_points_that_cannot_be_built_beside_the_real_pass_leave_analyzes_figures
             "copies): the matmul prediction there is analyze's own") in text
 
 
-def test_the_prediction_layer_pass_is_built_before_the_reference_model(monkeypatch):
-    """The worker builds validate's layer pass for a token before it loads the reference model (an RWKV-7 ring built
-    after it read its part outside the matmuls several percent slower in that process); plumbing: fakes stop the run
-    at the model."""
+@pytest.mark.parametrize("version", [4, 7])
+def test_rwkv7s_prediction_layer_pass_is_built_before_the_reference_model(monkeypatch, version):
+    """The worker builds validate's RWKV-7 layer pass for a token before it loads the reference model (built after it,
+    its part outside the matmuls read several percent slower in that process), RWKV-4/5.2/6's after it (they did not
+    gain); plumbing: fakes record the order."""
     from rwkvprobe.measure import forward_worker as fw
 
     events = []
@@ -833,8 +834,9 @@ def test_the_prediction_layer_pass_is_built_before_the_reference_model(monkeypat
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(fw, "load_reference", load)
-    cfg = {"profile": profile_json(tiny(7)), "threads": 1, "dtype": "fp32", "tokens": 1,
+    cfg = {"profile": profile_json(tiny(version)), "threads": 1, "dtype": "fp32", "tokens": 1,
            "layer_pass": {"backend": "torch", "dtype": "fp32", "budget_seconds": 1.0}}
     with pytest.raises(RuntimeError, match="stop here"):
         fw.run(cfg)
-    assert events == [("layer pass", 1), "reference model"]
+    assert events == ([("layer pass", 1), "reference model"] if version == 7 else ["reference model"])
+    assert fw.RING_FIRST == (7,)

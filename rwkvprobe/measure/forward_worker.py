@@ -123,6 +123,13 @@ def profile_prefill(model, state, ids: list, layer_shapes: list, n_layer: int, r
             "matmul_share": statistics.median(shares), "by_shape": list(per_shape.values())}
 
 
+#: versions whose layer pass for a token validate's worker builds before the reference model. In the reference's process
+#: an RWKV-7 0.4B ring built after the model read 1.06-1.17x the real pass's part outside the matmuls between its rounds
+#: (a script, four processes), built before it 1.03-1.09x; in validate itself (RWKV-7 0.1B and 0.4B, five pairs of runs)
+#: 1.01-1.16x against 1.10-1.20x, where validate tables had given RWKV-7's interleaved everything-else 1.11-1.28x (and
+#: analyze's own 0.94-1.18x). RWKV-4's did not gain: built first, 0.78-0.93x in four runs of 0.1B and 0.4B, against
+#: 0.87-1.03x after in the tables and two runs
+RING_FIRST = (7,)
 #: the real pass's timed tokens take the machine's speed (contention.torch_canary) before every this many
 CANARY_EVERY = 8
 #: decode rounds of profile_decode and tokens in each half of a round: many short rounds, not a few long ones. The
@@ -242,13 +249,11 @@ def run(cfg: dict) -> dict:
                       n_embd=p["n_embd"], vocab_size=p["vocab_size"], head_size=p["head_size"], dim_ffn=p["dim_ffn"],
                       lora=p.get("lora") or {})
     shapes = state_dict_shapes(profile)
-    # validate's prediction's layer pass for a token, built (its ring allocated, compiled, warmed up) before the
-    # reference model is loaded: in the reference's process, an RWKV-7 0.4B ring built after the model read 1.06-1.17x
-    # the real pass's part outside the matmuls between its rounds (a script, four processes), built before it
-    # 1.03-1.09x; in validate itself (RWKV-7 0.1B and 0.4B, five pairs of runs) 1.01-1.16x against 1.10-1.20x. RWKV-7's
-    # interleaved everything-else had read 1.11-1.28x in validate tables, where analyze's own read 0.94-1.18x
+    # validate's prediction's layer pass for a token: RWKV-7's built (its ring allocated, compiled, warmed up) before the
+    # reference model is loaded (RING_FIRST), the others' after it, as before
     lp = cfg.get("layer_pass")
-    rounds = _prediction_rounds(profile, lp, 1)
+    first = profile.version in RING_FIRST
+    rounds = _prediction_rounds(profile, lp, 1) if first else None
     t_start = time.perf_counter()
     model = load_reference(random_state_dict(shapes, cfg.get("seed", 0)), profile.version, cfg["dtype"])
     load_seconds = time.perf_counter() - t_start
@@ -288,6 +293,8 @@ def run(cfg: dict) -> dict:
         # validate's prediction of the part outside the matmuls, its layer pass's rounds run between this pass's
         # profiled rounds (layerpass.Rounds): the machine's phases of seconds fall on both sides alike; and of its
         # weight matmuls, analyze's points timed again there (points.PointRounds)
+        if not first:
+            rounds = _prediction_rounds(profile, lp, 1)
         points = _prediction_points(cfg, "decode", out)
         calls_decode = (cfg.get("points") or {}).get("calls_decode", 1)
         out["profiled"] = profile_decode(model, state, token, cfg.get("profile_tokens", PROFILE_TOKENS), layer_shapes,

@@ -151,9 +151,9 @@ def interleaved_points(results: dict, series: str, dtype: str, chunk: int) -> di
     phases of seconds (18-90 GB/s): in one bench/validate_all.py table the prediction's matmuls read 0.87-1.26 of
     the real pass's, and in four of the six rows that missed their total the probes around the real pass read over
     15% from analyze's. Timed between the real pass's rounds, the two sides share the machine's phases, as the part
-    outside the matmuls already does (interleaved_layer_pass). Over twelve profiles (0.1B-1.5B, fp32, two tables of
-    the eighteenth session) the decode's matmuls read 0.94-1.04 of the real pass's so (0.94-1.17 as analyze timed
-    them), a chunk's 0.91-1.01 (0.78-1.12)."""
+    outside the matmuls already does (interleaved_layer_pass). Over 20 rows (0.1B-1.5B, fp32, three tables of the
+    eighteenth session) the decode's matmuls read 0.94-1.05 of the real pass's so (0.94-1.17 as analyze timed them), a
+    chunk's 0.91-1.03 (0.73-1.22)."""
     if series not in POINT_SERIES:
         return None
     last = {(p["m"], p["k"], p["n"]): p for p in results.get("measurements") or []  # the verdict's: the last one
