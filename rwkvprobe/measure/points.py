@@ -14,7 +14,7 @@ from rwkvprobe.backends import Backend, Workload, check_runner
 from rwkvprobe.backends.onnxgen import WEIGHTS_VERSION
 from rwkvprobe.fsutil import cache_dir
 from rwkvprobe.measure import contention
-from rwkvprobe.measure.timing import TimingPolicy, eviction, measure, plan_rotation
+from rwkvprobe.measure.timing import REWARM, TimingPolicy, cold_call, eviction, measure, plan_rotation
 
 #: square-ish matmuls for the compute ceiling, smallest first; stop growing once a call is this slow
 COMPUTE_SHAPES = ((64, 1024, 1024), (128, 2048, 2048), (256, 2048, 2048), (512, 2048, 4096))
@@ -161,18 +161,12 @@ class PointRounds:
 
     def round(self, calls: int = 1) -> None:
         """``calls`` timed calls of every point, each cold as analyze timed it."""
-        clock = time.perf_counter
         for it in self.items:
             runner, evict, copies = it["runner"], it["evict"], it["spec"]["copies"]
             for _ in range(calls):
                 i = it["next"]
-                if evict is not None:
-                    evict()
-                    if copies > 1:  # timing.measure's REWARM: the copy timed last, cold again, called untimed
-                        runner.run((i - 1) % copies)
-                t0 = clock()
-                runner.run(i)
-                it["samples"].append(clock() - t0)
+                # timing.measure's call: the eviction, then (REWARM) the copy timed last, cold again, called untimed
+                it["samples"].append(cold_call(runner.run, i, copies, evict, evict is not None and REWARM and copies > 1))
                 it["next"] = (i + 1) % copies
 
     def result(self) -> list[dict]:

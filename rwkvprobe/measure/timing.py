@@ -108,6 +108,19 @@ def warming(samples: list[float]) -> int:
     return lead
 
 
+def cold_call(call: Callable[[int], object], i: int, copies: int, between: Callable[[], object] | None,
+              again: bool) -> float:
+    """One timed ``call(i)`` as measure() times it: ``between`` (the cache eviction) first, then with ``again`` an
+    untimed call on the copy timed last (REWARM), outside the timed region; returns the call's seconds."""
+    if between:
+        between()
+        if again:
+            call((i - 1) % copies)
+    t0 = time.perf_counter()
+    call(i)
+    return time.perf_counter() - t0
+
+
 def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy | None = None,
             between: Callable[[], object] | None = None, rewarm: bool = REWARM) -> dict:
     """Time ``call(i)`` for i rotating over ``copies``; returns the summary plus every sample.
@@ -128,13 +141,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     # the copy timed last, cold again after the eviction and not the one timed next
     again = between is not None and rewarm and copies > 1
     while warm_calls < copies or clock() - start < p.warmup_seconds:
-        if between:
-            between()
-            if again:
-                call((i - 1) % copies)
-        t0 = clock()
-        call(i)
-        warm.append(clock() - t0)
+        warm.append(cold_call(call, i, copies, between, again))
         fastest = min(fastest, warm[-1])
         i = (i + 1) % copies
         warm_calls += 1
@@ -148,13 +155,7 @@ def measure(call: Callable[[int], object], copies: int = 1, policy: TimingPolicy
     # stalls count once a fast call shows what they were); recomputed only when the fastest call changes
     stall = sum(x - STALL_FACTOR * fastest for x in warm if x > STALL_FACTOR * fastest)
     while len(samples) < p.max_samples:
-        if between:
-            between()
-            if again:
-                call((i - 1) % copies)
-        t0 = clock()
-        call(i)
-        dt = clock() - t0
+        dt = cold_call(call, i, copies, between, again)
         samples.append(dt)
         if dt < fastest:
             fastest = dt
