@@ -479,12 +479,16 @@ class DecodeTiming(TypedDict):
     q3: float
     samples: list[float]
     min: NotRequired[float]
+    #: "rounds": the unprofiled tokens of forward_worker.profile_decode's rounds (the ones compared with); "back to
+    #: back": the tokens timed one after another before them (older validations compared with these)
+    timed: NotRequired[str]
 
 
 class ValidationMeasured(TypedDict):
-    decode: DecodeTiming
+    decode: DecodeTiming  # the tokens the prediction is compared with
     prefill: NotRequired[Union[dict[str, Any], None]]
     logits_finite: NotRequired[Union[bool, None]]
+    decode_back_to_back: NotRequired[DecodeTiming]  # beside the rounds' tokens: those timed back to back before them
 
 
 class ValidationSplit(TypedDict):

@@ -25,7 +25,9 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   canary_seconds, a validation's machine (the machine's speed beside each side), and, where validate measured
   its own prediction, a non-matmul entry's interleaved (its layer pass timed between the real pass's rounds) and a
   validation split's rest_separate_seconds; then its points timed there too (a validation's points_between, its
-  prediction's rows, and the split's and prefill's matmul_separate_seconds).
+  prediction's rows, and the split's and prefill's matmul_separate_seconds); then a validation's measured decode
+  from the profiled rounds' unprofiled tokens (its timed "rounds"), the tokens timed back to back beside it
+  (measured.decode_back_to_back).
 """
 
 from __future__ import annotations

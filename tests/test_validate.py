@@ -168,6 +168,36 @@ def test_compare_ratio_target_and_gap_split_add_up():
     assert any(x.startswith("Warning: the decoded tokens' times spread 40%") for x in summary_lines(v, "tiny"))
 
 
+def test_compare_takes_the_rounds_tokens_and_keeps_the_back_to_back_ones_beside_them():
+    """With the profiled rounds' unprofiled tokens (forward_worker.profile_decode's plain), the ratio, the target and
+    the split are taken against their median, timed in the phases of the split's share; the tokens timed back to back
+    before the rounds are kept and named beside it. Without them (an older worker), the back-to-back tokens count."""
+    from rwkvprobe.verdict.validation import compare, summary_lines
+
+    real = _fake_real(0.060)  # back to back: 60 ms, outside 15% of the 40 ms predicted
+    real["profiled"]["matmul_share"] = 0.8
+    real["profiled"]["plain"] = {"samples": [0.044, 0.045, 0.046] * 2, "median": 0.045, "min": 0.044, "q1": 0.044,
+                                 "q3": 0.046}
+    v = compare(_fake_prediction(), real, chunk=0)
+    assert v["measured"]["decode"]["median"] == 0.045 and v["measured"]["decode"]["timed"] == "rounds"
+    assert v["measured"]["decode_back_to_back"]["median"] == 0.060
+    assert v["predicted_over_measured"] == pytest.approx(0.040 / 0.045) and v["within_target"]
+    s = v["split"]
+    assert s["matmul_forward_seconds"] == pytest.approx(0.8 * 0.045)
+    assert s["matmul_forward_seconds"] + s["rest_forward_seconds"] == pytest.approx(0.045)
+    v.update(backend="torch", dtype="fp32", threads=2)
+    line = summary_lines(v, "tiny")[0]
+    assert "measured 45.0 ms/token (median of 6 tokens, the unprofiled ones of the rounds that give the split below" in line
+    assert "IQR 44.0-46.0; 60.0 ms/token back to back, 4 tokens before the rounds)" in line
+    assert "timed between the prediction's rounds" not in line  # no interleaved prediction here
+    v["split"]["matmul_separate_seconds"] = 0.039
+    assert "timed between the prediction's rounds" in summary_lines(v, "tiny")[0]
+    del real["profiled"]["plain"]
+    old = compare(_fake_prediction(), real, chunk=0)
+    assert old["measured"]["decode"]["median"] == 0.060 and old["measured"]["decode"]["timed"] == "back to back"
+    assert "decode_back_to_back" not in old["measured"] and not old["within_target"]
+
+
 def test_a_real_pass_timed_in_another_bandwidth_phase_is_named_first():
     """The DRAM bandwidth around the real pass 40% below the analyze run's: the summary notes that the two were
     timed in different phases of the machine; 10% apart, or no probes (an older validation), it does not."""
@@ -332,7 +362,14 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     data = json.loads((out / "results.json").read_text())
     (v,) = data["validation"]
     assert (v["backend"], v["dtype"], v["threads"], v["tokens"]) == ("torch", "fp32", 1, 8)
-    assert len(v["measured"]["decode"]["samples"]) == 8
+    # the tokens compared with are the profiled rounds' unprofiled ones (PROFILE_TOKENS in each of PROFILE_ROUNDS), in
+    # the same phases as the split and the prediction's rounds; the --tokens ones, timed back to back, beside them
+    from rwkvprobe.measure.forward_worker import PROFILE_ROUNDS, PROFILE_TOKENS
+
+    assert len(v["measured"]["decode"]["samples"]) == PROFILE_ROUNDS * PROFILE_TOKENS
+    assert v["measured"]["decode"]["timed"] == "rounds" and len(v["measured"]["decode_back_to_back"]["samples"]) == 8
+    assert f"median of {PROFILE_ROUNDS * PROFILE_TOKENS} tokens, the unprofiled ones of the rounds" in stdout
+    assert "back to back, 8 tokens before the rounds" in stdout
     (nm,) = data["nonmatmul"]  # the prediction's non-matmul part is the timed block, not the bytes model
     assert (nm["backend"], nm["dtype"], nm["blocks"]) == ("torch", "fp32", 2)
     # timed for validate's longer budget (the quick run's 0.3 s left six rounds), the token's tail included
@@ -350,8 +387,6 @@ def test_validate_end_to_end_writes_the_comparison_into_results_and_report(cli, 
     assert v["predicted_over_measured"] == pytest.approx(v["predicted"]["decode_seconds"] / v["measured"]["decode"]["median"])
     # measuring its own prediction, validate timed the layer pass again between the real pass's profiled rounds (one
     # round each) and predicts with that; what analyze's own layer pass had given is kept beside it
-    from rwkvprobe.measure.forward_worker import PROFILE_ROUNDS
-
     assert len(nm["rounds"]) == PROFILE_ROUNDS and nm["interleaved"]["with"] == "the real pass's profiled rounds"
     # so its analyze run leaves out the layer pass's second window (layerpass.later_window)
     assert data["settings"]["later_window"] is False and "windows" not in nm["interleaved"]["separate"]
@@ -512,6 +547,51 @@ def test_a_layer_pass_round_runs_before_each_profiled_round_of_the_real_pass():
     events.clear()
     fw.profile_decode(Model(), None, 0, 2, [(4, 4, 1)], 1, rounds=3)  # without: no untimed token before round 1
     assert events == ["token"] * (4 + 2 * (fw.AFTER_PROFILER + 4))
+
+
+def test_the_rounds_unprofiled_tokens_are_kept_for_the_comparison(monkeypatch):
+    """profile_decode keeps every unprofiled token of its rounds, in order, with their median and quartiles (the
+    decode time validate compares with), and nothing of the untimed or profiled ones (a fake model whose tokens take
+    the times a fake clock gives them: plain tokens 10, 20, 30 ... ms, the others 1 s)."""
+    torch = pytest.importorskip("torch")
+    from rwkvprobe.measure import forward_worker as fw
+
+    clock = {"t": 0.0, "plain": 0}
+    monkeypatch.setattr(fw.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(fw.contention, "torch_canary", lambda: 1e-4)
+    profiled = {"on": False}
+
+    class Prof:
+        def __enter__(self):
+            profiled["on"] = True
+            return self
+
+        def __exit__(self, *a):
+            profiled["on"] = False
+
+    monkeypatch.setattr(fw, "cpu_profile", Prof)
+    monkeypatch.setattr(fw, "weight_matmul_us", lambda *a: (0.0, 0.0))
+    untimed = {"left": 0}
+
+    class Model:
+        def forward(self, ids, state):
+            if profiled["on"] or untimed["left"]:
+                untimed["left"] = max(0, untimed["left"] - 1)
+                clock["t"] += 1.0
+            else:
+                clock["plain"] += 1
+                clock["t"] += 0.01 * clock["plain"]
+            return torch.zeros(4), state
+
+    def between():
+        untimed["left"] = fw.AFTER_PROFILER
+
+    out = fw.profile_decode(Model(), None, 0, 2, [(4, 4, 1)], 1, rounds=3, between=between)
+    plain = out["plain"]
+    assert plain["samples"] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])
+    assert plain["median"] == pytest.approx(0.035) and plain["min"] == pytest.approx(0.01)
+    assert plain["q1"] < plain["median"] < plain["q3"]
+    assert [r["token_seconds"] for r in out["rounds"]] == pytest.approx([0.015, 0.035, 0.055])
 
 
 def test_the_interleaved_layer_pass_replaces_the_prediction_and_keeps_what_analyze_had():

@@ -158,13 +158,20 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
 
     ``between``: called before each round (validate's prediction: one round of its layer pass), followed by an
     untimed token as after a profiled round.
+
+    ``plain``: the rounds' unprofiled tokens, the decode time validate compares the prediction with. The tokens
+    timed back to back before the rounds (``run``'s ``decode``) fall in one phase of a shared machine, the rounds
+    in many, and in the same ones as the prediction's rounds between them: in 45 rows of this project's validate
+    tables (fp32 and bf16, 0.1B-1.5B) the back-to-back median read 0.93-1.09 of the rounds' tokens (estimated:
+    the profiled matmul time over its share), about 1.0 on the mean, and the two totals that missed 10% were rows
+    where it read 1.07 and 0.93.
     """
     import torch
 
     shapes, batched = weight_shapes(layer_shapes, n_layer)
     per_shape: dict = {}
     other_matmul_us = 0.0
-    shares, round_info = [], []
+    shares, round_info, tokens = [], [], []
     for i in range(rounds):
         if between is not None:
             between()
@@ -187,6 +194,7 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
         matmul_us, other = weight_matmul_us(prof, shapes, batched, per_shape)
         other_matmul_us += other
         token_s = statistics.median(plain)
+        tokens += plain
         shares.append(min(1.0, matmul_us / 1e6 / n / token_s))
         round_info.append({"token_seconds": token_s, "profiled_token_seconds": wall,
                            "weight_matmul_seconds": matmul_us / 1e6 / n, "canary_seconds": speed})
@@ -195,9 +203,14 @@ def profile_decode(model, state, token: int, n: int, layer_shapes: list, n_layer
         d["calls_per_token"] = d["calls"] / total
         d["seconds_per_call"] = d["us"] / 1e6 / d["calls"]
     matmul = sum(d["us"] for d in per_shape.values()) / 1e6 / total
+    summary = summarize(tokens)
     return {"tokens": total, "weight_matmul_seconds_per_token": matmul, "by_shape": list(per_shape.values()),
             "other_matmul_seconds_per_token": other_matmul_us / 1e6 / total,
-            "matmul_share": statistics.median(shares), "rounds": round_info}
+            "matmul_share": statistics.median(shares), "rounds": round_info,
+            # the rounds' unprofiled tokens: the decode time validate compares with (the same phases of the machine
+            # as the split's share and as the prediction's rounds run between them)
+            "plain": {"samples": tokens, "median": summary["median_seconds"], "min": summary["min_seconds"],
+                      "q1": summary["q1_seconds"], "q3": summary["q3_seconds"]}}
 
 
 def _prediction_rounds(profile: Profile, layer_pass: dict | None, tokens: int) -> layerpass.Rounds | None:

@@ -41,8 +41,8 @@ def summary_lines(v: dict, name: str) -> list[str]:
                         " ms as analyze timed it before the real pass)")
     lines = [
         f"{name} decode, {v['backend']} {v['dtype']}, {v['threads']} threads: predicted {p * 1e3:.1f} ms/token{layout}, "
-        f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens, IQR {d['q1'] * 1e3:.1f}-"
-        f"{d['q3'] * 1e3:.1f}) in the reference forward pass ({v['reference']}, random weights): predicted/measured "
+        f"measured {m * 1e3:.1f} ms/token (median of {len(d['samples'])} tokens{_timed_how(v)}, IQR {d['q1'] * 1e3:.1f}-"
+        f"{d['q3'] * 1e3:.1f}{_back_to_back(v)}) in the reference forward pass ({v['reference']}, random weights): predicted/measured "
         f"{v['predicted_over_measured']:.2f}, {verdict} the {v['target']:.0%} target.",
         f"Gap {(m - p) * 1e3:+.1f} ms/token: weight matmuls {(s['matmul_forward_seconds'] - s['matmul_predicted_seconds']) * 1e3:+.1f} ms "
         f"({s['matmul_forward_seconds'] * 1e3:.1f} ms inside the forward pass, timed by torch.profiler, vs "
@@ -113,6 +113,20 @@ def summary_lines(v: dict, name: str) -> list[str]:
     if not v["measured"].get("logits_finite", True):
         lines.append("Note: the random-weight model produced non-finite logits; timings may not be representative.")
     return lines
+
+
+def _timed_how(v: dict) -> str:
+    """How the compared tokens were timed, in words (nothing for older validations' back-to-back tokens)."""
+    if v["measured"]["decode"].get("timed") != "rounds":
+        return ""
+    return (", the unprofiled ones of the rounds that give the split below"
+            + (", timed between the prediction's rounds" if v["split"].get("matmul_separate_seconds") is not None
+               or v["split"].get("rest_separate_seconds") is not None else ""))
+
+
+def _back_to_back(v: dict) -> str:
+    b = v["measured"].get("decode_back_to_back")
+    return f"; {b['median'] * 1e3:.1f} ms/token back to back, {len(b['samples'])} tokens before the rounds" if b else ""
 
 
 def phase_apart(v: dict) -> float | None:
@@ -194,9 +208,14 @@ def with_timed_matmuls(pred: dict, timed: list[dict]) -> dict:
 
 
 def compare(pred: dict, real: dict, chunk: int) -> dict:
-    measured = real["decode"]["median"]
-    predicted = pred["decode_seconds"]
     prof = real["profiled"]
+    # the decode time compared with: the profiled rounds' unprofiled tokens (forward_worker.profile_decode's
+    # ``plain``), timed in the same phases of the machine as the split's share and as the prediction's rounds; the
+    # tokens timed back to back before them kept beside it. Older workers: the back-to-back tokens
+    paired = prof.get("plain")
+    decode = {**paired, "timed": "rounds"} if paired else {**real["decode"], "timed": "back to back"}
+    measured = decode["median"]
+    predicted = pred["decode_seconds"]
     # the weight-matmul share of a token, paired in time with unprofiled tokens (forward_worker.profile_decode),
     # applied to the measured decode time; older workers gave the profiled matmul time alone
     matmul_real = prof["matmul_share"] * measured if "matmul_share" in prof else prof["weight_matmul_seconds_per_token"]
@@ -207,8 +226,9 @@ def compare(pred: dict, real: dict, chunk: int) -> dict:
         shapes.append({"shape": key, "calls_per_token": x["calls_per_token"], "forward_seconds_per_call": x["seconds_per_call"],
                        "analyze_seconds_per_call": a, "ratio": a / x["seconds_per_call"] if a else None})
     out = {
-        "predicted": pred, "measured": {"decode": real["decode"], "prefill": real.get("prefill"),
-                                        "logits_finite": real.get("logits_finite")},
+        "predicted": pred, "measured": {"decode": decode, "prefill": real.get("prefill"),
+                                        "logits_finite": real.get("logits_finite"),
+                                        **({"decode_back_to_back": real["decode"]} if paired else {})},
         "predicted_over_measured": predicted / measured,
         "within_target": abs(predicted / measured - 1) <= TARGET, "target": TARGET,
         "split": {"matmul_forward_seconds": matmul_real, "matmul_predicted_seconds": pred["matmul_seconds"],
