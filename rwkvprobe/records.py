@@ -177,6 +177,7 @@ class Point(TypedDict):
     slow_recheck: NotRequired[SlowRecheck]
     near_line_recheck: NotRequired[NearLineRecheck]
     heavy_recheck: NotRequired[HeavyRecheck]
+    series_heavy_recheck: NotRequired[HeavyRecheck]  # the same for any series' heaviest points
     machine_slow_recheck: NotRequired[MachineSlowRecheck]
     put_off: NotRequired[PutOff]
     source: NotRequired[str]  # board points: eval_perf

@@ -27,7 +27,7 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   validation split's rest_separate_seconds; then its points timed there too (a validation's points_between, its
   prediction's rows, and the split's and prefill's matmul_separate_seconds); then a validation's measured decode
   from the profiled rounds' unprofiled tokens (its timed "rounds"), the tokens timed back to back beside it
-  (measured.decode_back_to_back).
+  (measured.decode_back_to_back); a point's series_heavy_recheck.
 """
 
 from __future__ import annotations

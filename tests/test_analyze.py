@@ -484,7 +484,7 @@ def _first_time_per_token(results: dict, record: str) -> dict:
     """{call shape: seconds a token} of the decode points by their timing when the recheck ``record`` chose (the
     rechecks after it, heavy and machine-slow, may have replaced a timing since: on a loaded CI machine a point
     timed while the machine ran slow is)."""
-    order = ("near_line_recheck", "heavy_recheck", "machine_slow_recheck")
+    order = ("near_line_recheck", "heavy_recheck", "machine_slow_recheck", "series_heavy_recheck")
 
     def then(p: dict) -> float:
         for key in order[order.index(record):]:
@@ -564,6 +564,38 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
     # sample floor, the others and the chunk's points without (timing.TimingPolicy.floor_samples is tested there)
     assert floors == {(m, k, n): analyze.HEAVY_SAMPLES if m == 1 and (k, n) != (256, 96) else 0
                       for m, k, n in floors} and len(floors) >= 4
+
+
+def test_every_series_heaviest_points_are_measured_again_with_the_budget_left(cli, small, tmp_path, monkeypatch):
+    """After the headline's rechecks (none here: HEAVY_RECHECKS 0), every series' heaviest decode points
+    (roofline.series_heavy_points), at most SERIES_HEAVY_RECHECKS: measured again, the heaviest first, the faster
+    median kept, both recorded with the point's share of its series' matmul time, and the stability line says so. (No
+    point is taken for timed while the machine ran slow, CANARY_SLOW out of reach: on a loaded machine those rechecks,
+    which come first, would take heavy points out of this one's choice.)"""
+    from rwkvprobe.measure import analyze, contention
+    from rwkvprobe.verdict import roofline
+
+    monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0)
+    monkeypatch.setattr(contention, "CANARY_SLOW", float("inf"))
+    monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)
+    monkeypatch.setattr(analyze, "SERIES_HEAVY_RECHECKS", 2)
+    out = tmp_path / "run"
+    r = _quick_numpy_run(cli, small, out)
+    assert not any(p.get("heavy_recheck") or p.get("near_line_recheck") for p in r["measurements"])
+    again = [p for p in r["measurements"] if p.get("series_heavy_recheck")]
+    assert len(again) == 2
+    for p in again:
+        x = p["series_heavy_recheck"]
+        assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
+        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
+    assert not any(p.get("machine_slow_recheck") or p.get("put_off") for p in r["measurements"])
+    per_token = _first_time_per_token(r, "series_heavy_recheck")
+    chosen = {(p["k"], p["n"]) for p in again}
+    # the heaviest first, leaving out any a far-slow recheck (slow_recheck) had measured twice already
+    twice = {(p["k"], p["n"]) for p in r["measurements"] if p["m"] == 1 and p.get("slow_recheck")}
+    assert min(per_token[c] for c in chosen) >= max(t for shape, t in per_token.items() if shape not in chosen | twice)
+    assert "2 point(s) carrying 10% or more of another series' matmul time were measured again with the budget left" \
+        in (out / "report.md").read_text()
 
 
 def test_the_headlines_rechecks_may_use_the_finish_reserve_and_the_others_may_not():

@@ -700,6 +700,37 @@ def test_heavy_points_are_the_headlines_decode_points_by_their_share_of_its_matm
     assert len(got) < len(per_token)  # the low-rank matrices carry less than a tenth each
 
 
+def test_series_heavy_points_take_every_series_heaviest_points_in_turns(rwkv7, rwkv7_results):
+    """Two series (numpy fp32, and a torch fp32 whose head is made 6x slower than numpy's): every series' decode
+    points carrying a tenth or more of its own matmul time, each series' heaviest first (the larger share first), then
+    each one's second, and so on; a series' shares are of its own time. With one series they are heavy_points'."""
+    assert roofline.series_heavy_points(rwkv7_results, rwkv7) == roofline.heavy_points(rwkv7_results, rwkv7)
+    head = max(rwkv7.unique_shapes(), key=lambda s: s[0] * s[1])
+
+    def torch_time(m, k, n):
+        return _measured(m, k, n) * (6.0 if (k, n) == head else 1.0)
+    other = make_results(rwkv7, tokens=(1, 8), bw_gbps=W_GB, peak_gflops=P_GF, overhead=T0, time_of=torch_time,
+                         backend="torch")
+    rwkv7_results["ceilings"] += other["ceilings"]
+    rwkv7_results["measurements"] += other["measurements"]
+
+    def shares(backend, time_of):
+        per_token: dict = {}
+        for x in rwkv7.layers:
+            per_token[x.call_shape] = per_token.get(x.call_shape, 0.0) + time_of(1, *x.call_shape) * x.calls
+        total = sum(per_token.values())
+        return sorted((((backend, "fp32", 1, *shape), t / total) for shape, t in per_token.items()
+                       if t / total >= roofline.HEAVY_SHARE), key=lambda kv: -kv[1])
+    a, b = shares("numpy", _measured), shares("torch", torch_time)
+    assert b[0][0][3:] == head and b[0][1] > a[0][1]  # torch's head carries more of torch's time than anything of numpy's
+    expected = []
+    for i in range(max(len(a), len(b))):
+        expected += sorted([x[i] for x in (a, b) if i < len(x)], key=lambda kv: -kv[1])
+    got = roofline.series_heavy_points(rwkv7_results, rwkv7)
+    assert [key for key, _ in got] == [key for key, _ in expected] and len(a) >= 2
+    assert [share for _, share in got] == pytest.approx([share for _, share in expected])
+
+
 def test_the_compiler_table_names_a_batched_layers_matrices():
     """The RKNN compiler table shows a batched layer's one call with the matrices it runs, as the layer table does."""
     from rwkvprobe.report.markdown import _compiler_section

@@ -28,7 +28,7 @@ from rwkvprobe.report.markdown import render, verdict_lines
 from rwkvprobe.report.sections import block_estimate_lines
 from rwkvprobe.report.sweep import render_sweep
 from rwkvprobe.results import load_results, save_results
-from rwkvprobe.verdict.roofline import heavy_points, near_line_points
+from rwkvprobe.verdict.roofline import heavy_points, near_line_points, series_heavy_points
 
 
 def analyze_cmd(
@@ -84,6 +84,7 @@ def analyze_cmd(
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     analysis.near_line = near_line_points  # the headline's points near the kernel-limited line get a second timing
     analysis.heavy = heavy_points  # and so do its heaviest points
+    analysis.series_heavy = series_heavy_points  # then every series' heaviest, with what the budget has left
     reporter = Reporter(err_console, verbose)
     err_console.print(f"rwkvprobe analyze: {ll.profile.name}, {len(ll.unique_shapes())} unique shapes, "
                       f"tokens {ms}, {n_threads} threads -> {analysis.out_dir}", highlight=False)

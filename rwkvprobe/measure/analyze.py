@@ -70,6 +70,9 @@ NEAR_LINE_RECHECKS = 4
 HEADLINE_RESERVE_SECONDS = 3.0
 #: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
 HEAVY_RECHECKS = 3
+#: then, while the budget has their cost, at most this many of every series' heaviest decode points
+#: (roofline.series_heavy_points), each series' heaviest first
+SERIES_HEAVY_RECHECKS = 24
 #: the decode points of the call shapes holding HEAVY_WEIGHT_SHARE or more of the weights a token take at least
 #: HEAVY_SAMPLES samples (timing.TimingPolicy.floor_samples): a ggml f16 head, a third of a q4_0 decode, ended its
 #: budget on six calls of 3.3, 4.9, 3.3, 4.8, 7.3 and 3.3 ms in one quick run (median 4.1), sixteen (median 3.2)
@@ -80,7 +83,8 @@ HEAVY_WEIGHT_SHARE = 0.05
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
-RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck", "heavy_recheck")
+RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck", "heavy_recheck",
+                   "series_heavy_recheck")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
@@ -293,6 +297,8 @@ class Analysis(Run):
         self.near_line: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
         #: and of its heaviest points (roofline.heavy_points)
         self.heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
+        #: and of every series' heaviest points (roofline.series_heavy_points)
+        self.series_heavy: Callable[[dict, LayerList], list[tuple[tuple, float]]] | None = None
         #: the read probes' array and workers, kept from the first probe after the full one to the end of run()
         self._reader: bandwidth.ReadProbe | None = None
         #: (non-matmul entry, its layerpass.Rounds) for a later window of its rounds (during or after the points)
@@ -376,6 +382,7 @@ class Analysis(Run):
             self._recheck_near_line(backends, llc, t_start, progress, first_new)
             self._recheck_heavy(backends, llc, t_start, progress, first_new)
             self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
+            self._recheck_series_heavy(backends, llc, t_start, progress, first_new)
         laps.lap("layers")
         # the layers' weights are done with: free the cached base weight (up to the head's, 0.5 GB for 1.5B at
         # fp32)
@@ -786,9 +793,20 @@ class Analysis(Run):
                                    "{:.0%} of the fastest series' matmul time", backends, llc, t_start, progress,
                                    first, once=True)
 
+    def _recheck_series_heavy(self, backends: dict, llc, t_start: float, progress: Progress, first: int = 0) -> None:
+        """Every series' heaviest decode points (roofline.series_heavy_points), not measured twice already, each
+        series' heaviest first (at most SERIES_HEAVY_RECHECKS): measured once more with what the budget has left
+        after the headline's rechecks, the faster kept, both recorded (``series_heavy_recheck``), as the headline's
+        heaviest are (_recheck_heavy). Without it the decode of a series other than the headline rested on one draw
+        of the machine's mode for each of its heaviest points."""
+        if self.series_heavy is not None:
+            self._recheck_headline(self.series_heavy, SERIES_HEAVY_RECHECKS, "series_heavy_recheck", "decode_share",
+                                   "{:.0%} of its series' matmul time", backends, llc, t_start, progress, first,
+                                   once=True, reserve=FINISH_RESERVE_SECONDS)
+
     def _recheck_headline(self, choose: Callable[[dict, LayerList], list[tuple[tuple, float]]], most: int,
                           record: str, field: str, why: str, backends: dict, llc, t_start: float, progress: Progress,
-                          first: int, once: bool = False) -> None:
+                          first: int, once: bool = False, reserve: float = HEADLINE_RESERVE_SECONDS) -> None:
         """Measure again the points ``choose`` picks of the headline, (point key, figure) each, in its order, at most
         ``most`` of them, while the budget has their cost; the faster kept, both medians and the figure recorded under
         ``record``. Only the points this process timed (from index ``first``: a resumed run keeps what it resumed as
@@ -800,7 +818,7 @@ class Analysis(Run):
                   and not (once and any(r["measurements"][index[key]].get(y) for y in RECHECK_RECORDS[1:]))]
         for key, x in chosen[:most]:
             point = r["measurements"][index[key]]
-            if not self._budget_has(point, t_start, HEADLINE_RESERVE_SECONDS):
+            if not self._budget_has(point, t_start, reserve):
                 break
             b, d, m, k, n = key
             t = point_seconds(point)

@@ -240,6 +240,9 @@ def stability_line(results: dict) -> str:
         if c.get("heavy_rechecked"):
             parts.append(f"{c['heavy_rechecked']} point(s) carrying {HEAVY_SHARE:.0%} or more of the fastest series' "
                          "matmul time were measured again later in the run (the faster kept)")
+        if c.get("series_heavy_rechecked"):
+            parts.append(f"{c['series_heavy_rechecked']} point(s) carrying {HEAVY_SHARE:.0%} or more of another "
+                         "series' matmul time were measured again with the budget left (the faster kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 

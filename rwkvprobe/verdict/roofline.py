@@ -468,19 +468,22 @@ def best_series(series: list[dict]) -> dict | None:
                                      s["model"]["decode"]["seconds_per_token"]))
 
 
-def _headline_decode_points(results: dict, layers: LayerList) -> dict[tuple, tuple[float, float]]:
-    """The fastest series' measured decode points: {point key (backend, dtype, m, k, n): (seconds a token, kernel
-    share)}, in row order. A row kept at another type (ggml's f16 rows in a q4_0 series) names the point it was read
-    from; rows of one point add their time."""
-    best = best_series(build_verdict(results, layers)["series"])
+def _decode_points(series: dict) -> dict[tuple, tuple[float, float]]:
+    """A series' measured decode points: {point key (backend, dtype, m, k, n): (seconds a token, kernel share)}, in
+    row order. A row kept at another type (ggml's f16 rows in a q4_0 series) names the point it was read from; rows
+    of one point add their time."""
     points: dict[tuple, tuple[float, float]] = {}
-    if best is None:
-        return points
-    for x in best["rows"]:
+    for x in series["rows"]:
         if x["m"] == 1 and x.get("measured"):
-            key = (best["backend"], x["stored"], x["m"], x["k"], x["n"])
+            key = (series["backend"], x["stored"], x["m"], x["k"], x["n"])
             points[key] = (points.get(key, (0.0, 0.0))[0] + x["seconds"] * x["count"], kernel_share(x))
     return points
+
+
+def _headline_decode_points(results: dict, layers: LayerList) -> dict[tuple, tuple[float, float]]:
+    """The fastest series' measured decode points (_decode_points; none without a fastest series)."""
+    best = best_series(build_verdict(results, layers)["series"])
+    return {} if best is None else _decode_points(best)
 
 
 def near_line_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
@@ -504,6 +507,27 @@ def heavy_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
     total = sum(t for t, _ in points.values())
     heavy = [(key, t / total) for key, (t, _) in points.items() if t >= HEAVY_SHARE * total]
     return sorted(heavy, key=lambda kv: -kv[1])
+
+
+def series_heavy_points(results: dict, layers: LayerList) -> list[tuple[tuple, float]]:
+    """Every series' heaviest decode points (what-if series included): those carrying at least HEAVY_SHARE of their
+    series' matmul time a token, as (point key, share), taken in turns: each series' heaviest, the largest share
+    first, then each one's second, and so on. A point two series share (ggml's f16 head in its q4_0 and q8_0 series)
+    comes once. The same command twice should give each series' decode within 10% (issue 14); in one pair of quick
+    runs of rwkv-0b4 onnxruntime int4-a8 read 27.5 and 31.2 ms a token, its ffn.value point alone 3.99 and 5.17 ms:
+    one timing of a tenth of a decode is one draw of the machine's mode, and only the headline's were drawn twice."""
+    ranked = []
+    for series in build_verdict(results, layers)["series"]:
+        points = _decode_points(series)
+        total = sum(t for t, _ in points.values())
+        heavy = sorted(((key, t / total) for key, (t, _) in points.items() if total and t >= HEAVY_SHARE * total),
+                       key=lambda kv: -kv[1])
+        ranked += [(rank, -share, key) for rank, (key, share) in enumerate(heavy)]
+    out: list[tuple[tuple, float]] = []
+    for _, minus_share, key in sorted(ranked):
+        if key not in {k for k, _ in out}:
+            out.append((key, -minus_share))
+    return out
 
 
 def row_seconds(r: dict) -> float:
