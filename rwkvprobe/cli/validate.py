@@ -39,7 +39,7 @@ def validate_command(
     profile: Path = typer.Argument(..., help="An RWKV profile YAML file, e.g. profiles/rwkv-0b1.yaml."),
     backend: str = typer.Option("torch", "--backend", help="The analyze series whose prediction is checked: torch, or ggml (fp32/fp16/bf16; the real pass is the torch reference either way, not a ggml engine)."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16: the weights and activations of the real pass and of the prediction."),
-    tokens: int = typer.Option(64, "--tokens", help="Decoded tokens to time, one by one."),
+    tokens: int = typer.Option(64, "--tokens", help="Decoded tokens timed back to back, one by one, before the profiled rounds (shown beside the rounds' 80 unprofiled tokens, which the prediction is compared with)."),
     chunk: int = typer.Option(64, "--chunk", help="Tokens of the prefill chunk timed too (0: none)."),
     results: Optional[Path] = typer.Option(None, "--results", help="analyze's results.json to check (it gains the comparison, and its report.md a 'Prediction checked' section). Default: measure what the prediction needs now."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads (default: those of --results, else all CPUs this process may use)."),
