@@ -526,6 +526,19 @@ def test_headline_points_near_the_kernel_limited_line_are_measured_again(cli, sm
     assert "2 point(s) of the fastest series near the kernel-limited line" in (out / "report.md").read_text()
 
 
+def _heavy_rechecked(results: dict, record: str) -> list[dict]:
+    """The points measured again under ``record`` (heavy_recheck, series_heavy_recheck), each checked: a decode point
+    carrying HEAVY_SHARE or more of its series' matmul time, the faster of its two medians kept."""
+    from rwkvprobe.verdict import roofline
+
+    again = [p for p in results["measurements"] if p.get(record)]
+    for p in again:
+        x = p[record]
+        assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
+        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
+    return again
+
+
 def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, monkeypatch):
     """With no point near the kernel-limited line, the fastest series' decode points carrying a tenth or more of its
     matmul time (roofline.heavy_points), at most two: measured again after the others, the most time a token first,
@@ -546,12 +559,8 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     assert not any(p.get("near_line_recheck") for p in r["measurements"])
-    again = [p for p in r["measurements"] if p.get("heavy_recheck")]
+    again = _heavy_rechecked(r, "heavy_recheck")
     assert len(again) == 2
-    for p in again:
-        x = p["heavy_recheck"]
-        assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
-        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
     # the most time a token first, by the first timings
     per_token = _first_time_per_token(r, "heavy_recheck")
     chosen = {(p["k"], p["n"]) for p in again}
@@ -582,12 +591,8 @@ def test_every_series_heaviest_points_are_measured_again_with_the_budget_left(cl
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     assert not any(p.get("heavy_recheck") or p.get("near_line_recheck") for p in r["measurements"])
-    again = [p for p in r["measurements"] if p.get("series_heavy_recheck")]
+    again = _heavy_rechecked(r, "series_heavy_recheck")
     assert len(again) == 2
-    for p in again:
-        x = p["series_heavy_recheck"]
-        assert p["m"] == 1 and x["decode_share"] >= roofline.HEAVY_SHARE
-        assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
     assert not any(p.get("machine_slow_recheck") or p.get("put_off") for p in r["measurements"])
     per_token = _first_time_per_token(r, "series_heavy_recheck")
     chosen = {(p["k"], p["n"]) for p in again}
