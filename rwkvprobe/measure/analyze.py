@@ -807,9 +807,9 @@ class Analysis(Run):
     def _recheck_headline(self, choose: Callable[[dict, LayerList], list[tuple[tuple, float]]], most: int,
                           record: str, field: str, why: str, backends: dict, llc, t_start: float, progress: Progress,
                           first: int, once: bool = False, reserve: float = HEADLINE_RESERVE_SECONDS) -> None:
-        """Measure again the points ``choose`` picks of the headline, (point key, figure) each, in its order, at most
-        ``most`` of them, while the budget has their cost; the faster kept, both medians and the figure recorded under
-        ``record``. Only the points this process timed (from index ``first``: a resumed run keeps what it resumed as
+        """Measure again the points ``choose`` picks (the headline's; every series' for _recheck_series_heavy), (point
+        key, figure) each, in its order, at most ``most`` of them, while the budget less ``reserve`` has their cost;
+        the faster kept, both medians and the figure recorded under ``record``. Only the points this process timed (from index ``first``: a resumed run keeps what it resumed as
         it was). ``once``: leave out the points measured again after the others already."""
         r = self.results
         assert r is not None

@@ -523,11 +523,10 @@ def series_heavy_points(results: dict, layers: LayerList) -> list[tuple[tuple, f
         heavy = sorted(((key, t / total) for key, (t, _) in points.items() if total and t >= HEAVY_SHARE * total),
                        key=lambda kv: -kv[1])
         ranked += [(rank, -share, key) for rank, (key, share) in enumerate(heavy)]
-    out: list[tuple[tuple, float]] = []
+    out: dict[tuple, float] = {}  # in turn order; a shared point keeps its first place
     for _, minus_share, key in sorted(ranked):
-        if key not in {k for k, _ in out}:
-            out.append((key, -minus_share))
-    return out
+        out.setdefault(key, -minus_share)
+    return list(out.items())
 
 
 def row_seconds(r: dict) -> float:
