@@ -121,6 +121,17 @@ def main() -> int:
             print(f"run {i}: canary at most {c['canary_max_ratio']:.2f}x its best, {c['machine_slow']} point(s) "
                   f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again, "
                   f"{c.get('put_off', 0)} put off while it ran slow")
+    # the machine's mode in each run: on the dev VM the canary (a two-thread matmul) reads 83-88 µs or 125-150, a mode
+    # holding for seconds to minutes whatever the process does; a run mostly in the slow one reads every two-thread
+    # point slow, a shift no timing inside the run can set apart from the method (the pair's best canary as the scale)
+    pair_best = min(filter(None, (contention.canary_best(r["measurements"]) for r in (r1, r2))), default=None)
+    slow_share = []
+    for i, r in ((1, r1), (2, r2)):
+        ratios = [x for p in r["measurements"] if (x := contention.canary_ratio(p, pair_best))]
+        if ratios:
+            slow_share.append(sum(x >= contention.CANARY_SLOW for x in ratios) / len(ratios))
+            print(f"run {i}: canary median {statistics.median(ratios):.2f}x the pair's best; {slow_share[-1]:.0%} of "
+                  f"{len(ratios)} points timed in the machine's slow mode ({contention.CANARY_SLOW}x or more)")
     # every point against itself: a shift of the whole machine moves nearly all of them one way, the small ones (whose
     # weights a call reads in a few microseconds) as much as the large ones
     ratios = point_ratios(r1, r2)
@@ -142,7 +153,9 @@ def main() -> int:
     same = (best1, bound1) == (best2, bound2)
     print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")
-    print(f"largest deviation {worst:.1%} (target {TARGET:.0%}); results in {tmp}")
+    modes = (f"; the runs' shares of points in the machine's slow mode {slow_share[0]:.0%} and {slow_share[1]:.0%}"
+             if len(slow_share) == 2 else "")
+    print(f"largest deviation {worst:.1%} (target {TARGET:.0%}){modes}; results in {tmp}")
     return 0 if same and worst <= TARGET else 1
 
 

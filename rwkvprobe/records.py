@@ -73,6 +73,7 @@ class Check(TypedDict):
     format: NotRequired[str]
     where: NotRequired[str]
     against: NotRequired[str]
+    reused: NotRequired[bool]  # a recheck's: the check of the point's first timing, same kernel and weights
 
 
 class Rotation(TypedDict):
@@ -343,6 +344,24 @@ class BandwidthHistory(TypedDict):
     probes: list[EarlierProbe]
 
 
+class EarlierCanary(TypedDict):
+    """One earlier run's canary (history.record's canary): its best and the median around its points."""
+
+    at: float
+    best_seconds: float
+    median_seconds: NotRequired[Union[float, None]]
+    command: NotRequired[str]
+
+
+class CanaryHistory(TypedDict):
+    """history.earlier_canaries(): the machine's earlier runs' canaries, against which a run's own is read."""
+
+    path: str
+    max_age_days: float
+    machine: dict[str, Any]
+    runs: list[EarlierCanary]
+
+
 class BandwidthProbe(TypedDict):
     """bandwidth.probe_read(), with when and at what second of the run analyze took it (schema 2)."""
 
@@ -420,9 +439,12 @@ class Nonmatmul(TypedDict):
     weight_matmuls_per_layer: NotRequired[float]  # what the profiler split off as weight matmuls, per layer
     rounds: NotRequired[list[LayerPassRound]]
     spread: NotRequired[float]
-    #: the median per layer outside the matmuls of each window of rounds (seconds_per_block: over all of them)
-    windows: NotRequired[list[float]]
-    later_window_skipped: NotRequired[str]  # why a decode layer pass had no later window (the budget)
+    #: the median per layer outside the matmuls of each window of rounds (seconds_per_block: over all of them); the
+    #: ggml graph's: the median per block of each of its timings, before, halfway through and after the layer points
+    #: (seconds_per_block: the fastest; None where a later one's check failed)
+    windows: NotRequired[list[Union[float, None]]]
+    later_window_skipped: NotRequired[str]  # why a decode layer pass (or the ggml graph) had no later window (the budget)
+    elapsed_seconds: NotRequired[float]  # the ggml graph: building, checking and timing it
     #: validate measuring its prediction: these figures come from the layer pass timed between the real pass's
     #: rounds; "separate": what analyze's own layer pass had recorded (validate.take_interleaved)
     interleaved: NotRequired[dict[str, Any]]
@@ -716,6 +738,7 @@ class AnalyzeResults(Header):
     bandwidth_probes: NotRequired[list[BandwidthProbe]]  # schema 2
     bandwidth_history: NotRequired[BandwidthHistory]  # the machine's earlier probes (measure/history.py)
     canary_reference_seconds: NotRequired[float]  # contention.canary(), the best of a few as the points began
+    canary_history: NotRequired[CanaryHistory]  # the machine's earlier runs' canaries (measure/history.py)
     nonmatmul: NotRequired[list[Nonmatmul]]
     block_graphs: NotRequired[list[BlockGraphs]]  # schema 2
     validation: NotRequired[list[Validation]]

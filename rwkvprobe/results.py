@@ -27,7 +27,9 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   validation split's rest_separate_seconds; then its points timed there too (a validation's points_between, its
   prediction's rows, and the split's and prefill's matmul_separate_seconds); then a validation's measured decode
   from the profiled rounds' unprofiled tokens (its timed "rounds"), the tokens timed back to back beside it
-  (measured.decode_back_to_back); a point's series_heavy_recheck.
+  (measured.decode_back_to_back); a point's series_heavy_recheck; the ggml graph's second timing after the layer
+  points (its non-matmul entry's windows, elapsed_seconds); canary_history (the machine's earlier runs' canaries)
+  and a recheck's reused check.
 """
 
 from __future__ import annotations

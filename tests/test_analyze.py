@@ -744,6 +744,49 @@ def test_the_torch_layer_pass_gets_a_second_window_later_in_the_run(cli, tmp_pat
         assert entry["later_window_skipped"].endswith("the window needs about 1000000.00 s")
 
 
+def test_the_ggml_block_is_timed_again_and_the_fastest_kept(small, tmp_path, monkeypatch):
+    """Analysis._time_block_again (plumbing, a fake ggml timing): each call times the ggml block graph once more
+    while the budget has what its first timing took, up to BLOCK_WINDOWS timings in all, every one recorded in
+    ``windows`` and the fastest kept (seconds a block and a token, its timing); a slower one changes nothing; a
+    failed check (None) is recorded and not kept; without the budget the entry says why and stays as it was. Other
+    series' entries are left alone."""
+    from rwkvprobe.measure import analyze, ggml_block
+    from rwkvprobe.model.profile import layer_list, load_profile
+    from rwkvprobe.progress import Silent
+
+    draws = iter([90e-6, None, 80e-6])
+
+    def fake(profile, threads, budget, llc, cold):
+        x = next(draws)
+        return {"backend": "ggml", "dtype": "fp32", "engine": "ggml", "seconds_per_block": x,
+                "seconds_per_token": None if x is None else 2 * x, "timing": {"median_seconds": x}}
+    monkeypatch.setattr(ggml_block, "measure_series", fake)
+    settings = analyze.AnalyzeSettings(backends=["numpy"], dtypes=None, tokens=[1], threads=1, cpus=None,
+                                       budget_seconds=100.0)
+    a = analyze.Analysis(layer_list(load_profile(small)), settings, tmp_path / "run")
+    entry = {"backend": "ggml", "dtype": "fp32", "engine": "ggml", "seconds_per_block": 130e-6,
+             "seconds_per_token": 260e-6, "timing": {"median_seconds": 130e-6}, "elapsed_seconds": 0.4}
+    torch_entry = {"backend": "torch", "dtype": "fp32", "seconds_per_block": 1e-3, "seconds_per_token": 2e-3}
+    a.results = {"nonmatmul": [entry, torch_entry]}
+    monkeypatch.setattr(a, "save", lambda: None)
+    now = time.perf_counter()
+    a._time_block_again(None, now, Silent())
+    assert entry["windows"] == [130e-6, 90e-6] and entry["seconds_per_block"] == 90e-6
+    assert entry["seconds_per_token"] == 180e-6 and entry["timing"] == {"median_seconds": 90e-6}
+    a._time_block_again(None, now, Silent())  # its check failed: recorded, not kept
+    assert entry["windows"] == [130e-6, 90e-6, None] and entry["seconds_per_block"] == 90e-6
+    a._time_block_again(None, now, Silent())  # BLOCK_WINDOWS reached: the 80 µs draw is never taken
+    assert len(entry["windows"]) == analyze.BLOCK_WINDOWS == 3 and entry["seconds_per_block"] == 90e-6
+    assert "windows" not in torch_entry
+    # no room: the budget less the headline reserve is below the block's first timing
+    entry2 = {"backend": "ggml", "dtype": "fp32", "engine": "ggml", "seconds_per_block": 130e-6,
+              "seconds_per_token": 260e-6, "elapsed_seconds": 1e6}
+    a.results = {"nonmatmul": [entry2]}
+    a._time_block_again(None, now, Silent())
+    assert "windows" not in entry2 and entry2["seconds_per_block"] == 130e-6
+    assert entry2["later_window_skipped"].endswith("the block needs about 1000000.00 s")
+
+
 @pytest.mark.parametrize("fp16_peak", [1e-3, 1e9])
 def test_quick_leaves_out_a_dtype_far_slower_than_fp32(cli, small, tmp_path, monkeypatch, fp16_peak):
     """--quick with the default dtypes: a series whose measured peak is below 1/QUICK_SLOW_DTYPE_FACTOR of its

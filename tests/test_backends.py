@@ -101,6 +101,27 @@ def test_wrong_result_is_not_timed(monkeypatch, tmp_path):
     assert point["check"]["ok"] is False and point["timing"] is None
 
 
+def test_a_recheck_reuses_the_passed_check_of_the_same_workload(monkeypatch):
+    """measure_point(checked=...) (analyze's rechecks: the same kernel on the same weights, rebuilt from the same
+    seeds) keeps a passed check, marked reused, and times the point without checking again; a failed or missing
+    one is no pass: the point is checked as usual (a wrong kernel is still caught and not timed)."""
+    from rwkvprobe.measure import points
+
+    b = get_backend("numpy", 1)
+    w = Workload(1, 32, 16, "fp32")
+    first = measure_point(b, w, None, TimingPolicy(budget_seconds=0.05))
+    assert first["check"]["ok"] and "reused" not in first["check"]
+    real = points.check_runner
+    monkeypatch.setattr(points, "check_runner", lambda *a: pytest.fail("checked again"))
+    again = measure_point(b, w, None, TimingPolicy(budget_seconds=0.05), checked=first["check"])
+    assert again["check"] == {**first["check"], "reused": True} and again["timing"]["n"] >= 5
+    monkeypatch.setattr(points, "check_runner", real)
+    monkeypatch.setattr(b, "prepare", lambda w, copies, onnx_dir=None: WrongRunner())
+    for earlier in ({"ok": False, "rel_err": 1.0}, None):
+        wrong = measure_point(b, w, None, TimingPolicy(budget_seconds=0.05), checked=earlier)
+        assert wrong["check"]["ok"] is False and "reused" not in wrong["check"] and wrong["timing"] is None
+
+
 def test_unknown_backend():
     with pytest.raises(InputError, match="unknown backend 'cuda9'"):
         get_backend("cuda9", 1)

@@ -190,6 +190,34 @@ def test_different_profiles_warn_and_keep_model_rows_apart(save):
     assert ratio_cell(row(c, "numpy fp32 M=1 4x8"), 1)[0] == "0.50x (2.00x faster)"  # same shape still compares
 
 
+def _beside_canary(r: dict, *seconds: float) -> dict:
+    """``r`` with its points timed beside these canaries (contention.canary), cycled over the points."""
+    extra = [_point("numpy", "fp32", 1, 4, 8 * (i + 2), 0.001) for i in range(len(seconds) - 1)]
+    r["measurements"] += extra
+    for p, c in zip(r["measurements"], seconds):
+        p["contention"] = {"wall_seconds": 0.1, "cpus": 2, "other_cpu_seconds": 0.0, "steal_cpu_seconds": 0.0,
+                           "contended": False, "other_share": 0.0, "steal_share": 0.0, "canary_seconds": c}
+    return r
+
+
+def test_runs_on_a_machine_running_at_different_speeds_say_so(save):
+    """Each analyze file shows the machine's speed beside its points (the canary's median); where two files' medians
+    are CANARY_SLOW or more apart (the dev VM: 84 against 146 µs, every two-thread series 4-19% apart), one warning
+    names both figures and the files. Runs at the same speed, or without canaries, get none."""
+    a = save(_beside_canary(analyze_results(0.010), 84e-6, 86e-6, 85e-6), "a.json")
+    b = save(_beside_canary(analyze_results(0.012), 146e-6, 140e-6, 150e-6), "b.json")
+    c = compare_files([a, b])
+    assert row(c, "machine speed (canary median)").values == ["85 µs", "146 µs"]
+    (w,) = c.warnings
+    assert w.startswith("the machine itself ran at different speeds in these runs") and str(a) in w and str(b) in w
+    assert "median of 85 µs in" in w and "146 µs in" in w and "(1.72x)" in w
+    same = save(_beside_canary(analyze_results(0.011), 90e-6, 95e-6, 100e-6), "same.json")
+    assert compare_files([a, same]).warnings == []
+    plain = save(analyze_results(0.011), "plain.json")
+    c = compare_files([a, plain])
+    assert c.warnings == [] and row(c, "machine speed (canary median)").values == ["85 µs", None]
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input
 

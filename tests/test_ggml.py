@@ -177,7 +177,7 @@ def test_analyze_ggml_end_to_end(tmp_path):
                     "lora: {decay: 32, aaa: 32, mv: 32, gate: 64}\n")
     out = tmp_path / "out"
     p = run_module("analyze", prof, "--quick", "--backends", "ggml", "--dtypes", "f16,q8_0,q4_0", "--threads", "1",
-                   "--budget", "8", "--out", out)
+                   "--budget", "14", "--out", out)
     assert p.returncode == 0, p.stderr
     assert "ggml fp16 -> q4_0:" in p.stdout and "decode as measured: fp16" in p.stdout
     r = json.loads((out / "results.json").read_text())
@@ -188,7 +188,11 @@ def test_analyze_ggml_end_to_end(tmp_path):
     [block] = r["nonmatmul"]  # RWKV-7 with heads of 64: one block as a ggml graph, checked, then timed
     assert (block["backend"], block["dtype"], block["engine"]) == ("ggml", "fp32", "ggml") and block["check"]["ok"]
     assert "is measured as a ggml graph" in p.stdout
+    # timed again halfway through the layer points (and after them where the budget's end has room): the fastest kept
+    assert len(block["windows"]) >= 2 and block["seconds_per_block"] == min(block["windows"])
+    assert block["seconds_per_token"] == pytest.approx(2 * block["seconds_per_block"])
     report = (out / "report.md").read_text()
+    assert f"the ggml block graph was timed {len(block['windows'])} times" in report
     assert "head, lora and the embedding stayed fp16 (rwkv.cpp's rule)" in report
     assert "| ggml q4_0 |" in report and "†" not in report
 

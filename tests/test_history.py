@@ -230,3 +230,81 @@ def test_the_bandwidth_command_leaves_the_history_alone_when_off_or_not_comparab
     assert "bandwidth_history" not in results and not path.exists()
     monkeypatch.setenv(history.HISTORY_ENV, "off")
     assert _bandwidth_json(cli)["bandwidth_history"] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The machine's speed (the canary) against its earlier runs
+
+
+def _canary(best: float, median: float, at: float = NOW - 60) -> dict:
+    return {"at": at, "best_seconds": best, "median_seconds": median}
+
+
+def test_a_runs_canary_is_kept_beside_the_probes_and_read_by_the_same_setup_only(tmp_path):
+    """history.record keeps a run's canary (its best and median) in the same file as the probes, neither list
+    dropping the other; earlier_canaries reads the same machine, threads and CPUs only, fresh ones only, and a
+    resumed run's canary (the same first-point time) once."""
+    path = tmp_path / "h.json"
+    old = NOW - (history.MAX_AGE_DAYS + 1) * DAY
+    assert history.record([], 2, None, "numba", now=old, path=path, key=KEY, canary=_canary(10e-6, 11e-6, old))
+    assert history.record(_probes(70.0), 2, None, "numba", "rwkvprobe analyze x", now=NOW, path=path, key=KEY,
+                          canary=_canary(83e-6, 85e-6))
+    assert history.record([], 2, None, "numba", now=NOW, path=path, key=KEY, canary=_canary(83e-6, 85e-6))  # resumed
+    assert history.record([], 2, None, "numba", now=NOW, path=path, key=KEY, canary=_canary(130e-6, 146e-6, NOW - 30))
+    assert history.record([], 1, None, "numba", now=NOW, path=path, key=KEY, canary=_canary(50e-6, 51e-6, NOW - 20))
+    assert history.record([], 2, None, "numba", now=NOW, path=path, key=dict(KEY, host="another"),
+                          canary=_canary(40e-6, 41e-6, NOW - 10))
+    got = history.earlier_canaries(2, None, now=NOW, path=path, key=KEY)
+    assert got is not None and got["path"] == str(path) and got["machine"] == KEY
+    assert [(c["best_seconds"], c["median_seconds"]) for c in got["runs"]] == [(83e-6, 85e-6), (130e-6, 146e-6)]
+    assert got["runs"][0]["command"] == "rwkvprobe analyze x"
+    assert [c["best_seconds"] for c in history.earlier_canaries(1, None, now=NOW, path=path, key=KEY)["runs"]] == [50e-6]
+    # the probes stayed (a canary-only record rewrote the file), and a probe-only record keeps the canaries
+    assert [p["read_best_gbps"] for p in history.earlier_probes(2, None, "numba", now=NOW, path=path, key=KEY)[
+        "probes"]] == [70.0]
+    history.record(_probes(71.0, at=NOW - 5), 2, None, "numba", now=NOW, path=path, key=KEY)
+    assert len(history.earlier_canaries(2, None, now=NOW, path=path, key=KEY)["runs"]) == 2
+    assert 10e-6 not in [c["best_seconds"] for c in json.loads(path.read_text())["canaries"]]  # too old: dropped
+
+
+def _timed(r: dict, canaries: list[float], earlier: list[float] | None) -> dict:
+    """``r``'s points timed beside these canaries (seconds, one per point, cycled), with these earlier runs' bests."""
+    for i, p in enumerate(r["measurements"]):
+        p["contention"] = {"contended": False, "other_share": 0.0, "steal_share": 0.0,
+                           "canary_seconds": canaries[i % len(canaries)]}
+        p["at"] = NOW + i
+    if earlier is not None:
+        r["canary_history"] = {"path": "h.json", "max_age_days": history.MAX_AGE_DAYS, "machine": KEY,
+                               "runs": [_canary(b, b) for b in earlier]}
+    return r
+
+
+def test_a_run_timed_wholly_in_a_slow_phase_says_so_against_the_machines_earlier_runs():
+    """The dev VM's canary reads 83-88 µs or 125-150, a phase lasting seconds to minutes: a run whose every point
+    sat beside a slow canary has no faster one of its own, and only the machine's earlier runs show it ran slow.
+    machine_speed reads the run's median against the best of them and of the run; the stability line gives the
+    figures, and analyze's warning says what they mean. A run at the machine's usual speed, or with no history,
+    gets no warning."""
+    from rwkvprobe.measure import contention
+    from rwkvprobe.measure.analyze import _slow_machine_warning
+
+    slow = _timed(_run([70.0]), [140e-6, 146e-6, 150e-6], earlier=[84e-6, 83e-6])
+    speed = contention.machine_speed(slow)
+    assert speed == {"median_seconds": pytest.approx(146e-6), "best_seconds": 83e-6,
+                     "ratio": pytest.approx(146 / 83), "earlier_runs": 2}
+    # its own best (140 µs) shows nothing: every point is within 1.07x of it
+    assert contention.summary(slow["measurements"])["machine_slow"] == 0
+    line = stability_line(slow)
+    assert "its median around the points, 146 µs, was 1.76x the best of this run and this machine's 2 earlier " \
+           "run(s) (83 µs): most of this run was timed while the machine ran slow" in line
+    (warning,) = _slow_machine_warning(slow)
+    assert warning.startswith("Most of this run was timed while the machine ran slow") and "146 µs, 1.76x" in warning
+    assert contention.run_canary(slow) == {"at": NOW, "best_seconds": 140e-6, "median_seconds": pytest.approx(146e-6)}
+
+    usual = _timed(_run([70.0]), [84e-6, 86e-6, 140e-6], earlier=[83e-6])
+    assert contention.machine_speed(usual)["ratio"] == pytest.approx(86 / 83)
+    assert "1.04x the best" in stability_line(usual) and "ran slow (see" not in stability_line(usual)
+    assert _slow_machine_warning(usual) == []
+    alone = _timed(_run([70.0]), [140e-6], earlier=None)
+    assert contention.machine_speed(alone) is None and _slow_machine_warning(alone) == []
+    assert "earlier run(s)" not in stability_line(alone)

@@ -72,7 +72,7 @@ HEADLINE_RESERVE_SECONDS = 3.0
 HEAVY_RECHECKS = 3
 #: then, while the budget has their cost, at most this many of every series' heaviest decode points
 #: (roofline.series_heavy_points), each series' heaviest first
-SERIES_HEAVY_RECHECKS = 24
+SERIES_HEAVY_RECHECKS = 40
 #: the decode points of the call shapes holding HEAVY_WEIGHT_SHARE or more of the weights a token take at least
 #: HEAVY_SAMPLES samples (timing.TimingPolicy.floor_samples): a ggml f16 head, a third of a q4_0 decode, ended its
 #: budget on six calls of 3.3, 4.9, 3.3, 4.8, 7.3 and 3.3 ms in one quick run (median 4.1), sixteen (median 3.2)
@@ -80,6 +80,9 @@ SERIES_HEAVY_RECHECKS = 24
 HEAVY_SAMPLES = 12
 #: (a quantized series keeps its head at a float type: rwkv-1b5's head, 8% of its weights, is a quarter of its bytes)
 HEAVY_WEIGHT_SHARE = 0.05
+#: the ggml series' block graph is timed at most this many times: before, halfway through and after the layer points
+#: (Analysis._time_block_again)
+BLOCK_WINDOWS = 3
 #: seconds of rounds for each series' timed non-matmul work, by --quick (AnalyzeSettings.nonmatmul_seconds)
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
@@ -358,6 +361,10 @@ class Analysis(Run):
             earlier = history.earlier_probes(s.threads, s.cpus, r["bandwidth"].get("engine"))
             if earlier is not None:
                 r["bandwidth_history"] = earlier
+        if s.history and "canary_history" not in r:  # the machine's speed in its earlier runs (the canary)
+            canaries = history.earlier_canaries(s.threads, s.cpus)
+            if canaries is not None:
+                r["canary_history"] = canaries
         laps.lap("bandwidth")
         if board_pairs:
             board.run_series(self, board_pairs, progress)
@@ -377,8 +384,11 @@ class Analysis(Run):
             self._measure_later_windows(t_start, progress)
             laps.lap("non-matmul")
         if points:
-            # what is left of the budget goes first to the points the headline rests on, then to the points timed
-            # while the machine ran slow
+            # the ggml series' block graph once more, then what is left of the budget goes first to the points the
+            # headline rests on, then to the points timed while the machine ran slow
+            laps.lap("layers")
+            self._time_block_again(llc, t_start, progress)
+            laps.lap("non-matmul")
             self._recheck_near_line(backends, llc, t_start, progress, first_new)
             self._recheck_heavy(backends, llc, t_start, progress, first_new)
             self._recheck_machine_slow(backends, llc, t_start, progress, first_new)
@@ -394,6 +404,7 @@ class Analysis(Run):
         kept = self._record_probes() if s.history else True
         r["after"] = system.snapshot_dynamic()
         r["warnings"] = system.environment_warnings(r["environment"], r.get("before"), r["after"])
+        r["warnings"] += _slow_machine_warning(r)
         if not kept:
             r["warnings"].append(f"Note: the machine's bandwidth history ({history.history_path()}) could not be "
                                  f"written: this run's probes are not kept for the next runs. Fix: set "
@@ -533,6 +544,7 @@ class Analysis(Run):
         # this process's best canary so far (a fresh process's first canaries run about 1.5x slow: a resumed run's
         # earlier ones are not compared with)
         best_canary = reference
+        timed = 0  # points done (timed, or skipped)
         while queue:
             i = queue.popleft()
             m, k, n, b, d = points[i]
@@ -596,6 +608,11 @@ class Analysis(Run):
             r["measurements"].append(point)
             self.save_soon()
             progress.advance(label)
+            timed += 1
+            if timed == len(points) // 2 and timed:  # halfway: the ggml block graph once more
+                laps.lap("layers")
+                self._time_block_again(llc, t_start, progress)
+                laps.lap("non-matmul")
             if hold and len(r["measurements"]) >= hold:
                 self.save()
                 _hold_for_test()
@@ -689,14 +706,17 @@ class Analysis(Run):
         return self.settings.budget_seconds - reserve - (time.perf_counter() - t_start)
 
     def _budget_has(self, point: dict, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> bool:
-        """Whether what is left of --budget (less ``reserve``) covers measuring ``point`` once more."""
-        return self._budget_left(t_start, reserve) >= sum((point.get("overhead_seconds") or {}).values())
+        """Whether what is left of --budget (less ``reserve``) covers measuring ``point`` once more (preparing and
+        timing it: a recheck reuses its check, _faster_again)."""
+        cost = point.get("overhead_seconds") or {}
+        return self._budget_left(t_start, reserve) >= cost.get("prepare", 0.0) + cost.get("timing", 0.0)
 
     def _faster_again(self, point: dict, backend, w: Workload, llc, policy, max_copies: int | None
                       ) -> tuple[dict, float | None]:
         """``point`` measured once more (the rechecks after the other points): the faster of the two (the new one
         stamped with its time), and the new median."""
-        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies)
+        again = measure_point(backend, w, llc, policy, self.settings.cold, self.settings.onnx_dir, max_copies=max_copies,
+                              checked=point.get("check"))
         t, t2 = point_seconds(point), point_seconds(again)
         if t2 is not None and t is not None and t2 < t:
             again["at"] = time.time()
@@ -715,8 +735,8 @@ class Analysis(Run):
                                   TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
 
     def _record_probes(self) -> bool:
-        """Add this run's checked read probes to the machine's history (history.py; never stops the run); False
-        where the file could not be written (True when the history is off or there was nothing to add)."""
+        """Add this run's checked read probes and its canary to the machine's history (history.py; never stops the
+        run); False where the file could not be written (True when the history is off or there was nothing to add)."""
         r = self.results
         assert r is not None
         first = r.get("bandwidth") or {}
@@ -726,9 +746,11 @@ class Analysis(Run):
         own += [{"at": p.get("at"), "read_best_gbps": p["read_best_gbps"], "array_bytes": p.get("array_bytes")}
                 for p in r.get("bandwidth_probes") or [] if p.get("check_ok", True) and p.get("read_best_gbps")]
         own = [p for p in own if p["at"] is not None]
-        return (history.history_path() is None or not own
+        canary = contention.run_canary(r)
+        return (history.history_path() is None or not (own or canary)
                 or history.record(own, self.settings.threads, self.settings.cpus,
-                                  first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or [])))
+                                  first.get("engine") or bandwidth.engine_name(), command=" ".join(r.get("command") or []),
+                                  canary=canary))
 
     def _open_reader(self) -> bandwidth.ReadProbe:
         """The read probes' array and workers (kept until run() ends)."""
@@ -908,6 +930,36 @@ class Analysis(Run):
             self.save()
         system.release_free_memory()
 
+    def _time_block_again(self, llc, t_start: float, progress: Progress) -> None:
+        """The ggml series' block graph (ggml_block), timed before the layer points, timed once more (halfway through
+        the points, and after them: at most BLOCK_WINDOWS timings in all) while the budget less
+        HEADLINE_RESERVE_SECONDS has what its first timing took: the fastest kept, each recorded (``windows``: seconds
+        a block of each). The graph's calls run in two modes, 85-95 or 130-140 µs a block of rwkv-0b4 on the dev VM,
+        a mode holding for seconds to minutes and switching within a process (on the same blocks, with or without
+        other work between): the machine's slow phases of two-thread work, as the canary sees them (its own two
+        modes, 83-88 and 125-150 µs). Timed once, one quick run's ggml series had 2.2 ms of it a token and the next
+        run's 3.2 (a twentieth of a q4_0 decode); the layer points meet the same phases with their rechecks."""
+        r = self.results
+        assert r is not None
+        for entry in r.get("nonmatmul") or []:
+            if (entry.get("engine") != "ggml" or not entry.get("seconds_per_block")
+                    or len(entry.get("windows") or [None]) >= BLOCK_WINDOWS or entry.get("later_window_skipped")):
+                continue
+            need = entry.get("elapsed_seconds") or 1.0
+            left = self._budget_left(t_start, HEADLINE_RESERVE_SECONDS)
+            if left < need:
+                entry["later_window_skipped"] = f"{left:.2f} s of the budget left, the block needs about {need:.2f} s"
+                continue
+            progress.stage("non-matmul block again: ggml graph (fp32)")
+            s = self.settings
+            again = ggml_block.measure_series(self.layers.profile, s.threads,
+                                              s.nonmatmul_seconds or NONMATMUL_SECONDS[s.quick], llc, s.cold)
+            best, this = entry["seconds_per_block"], again.get("seconds_per_block")
+            entry["windows"] = (entry.get("windows") or [best]) + [this]
+            if this is not None and this < best:
+                entry.update({key: again[key] for key in ("seconds_per_block", "seconds_per_token", "timing")})
+            self.save()
+
     def _measure_block_graphs(self, pairs, llc, quick: bool, progress) -> None:
         """Whole-block ONNX graphs (onnxblock.py) timed in onnxruntime, for its fp32/fp16 series (RWKV-7)."""
 
@@ -942,6 +994,21 @@ class Analysis(Run):
             if not (folder / spec.filename).is_file():
                 onnxgen.check_resources([spec], folder)
                 onnxgen.write_model(spec, folder, onnxgen.DEFAULT_OPSET)
+
+
+def _slow_machine_warning(results: dict) -> list[str]:
+    """A warning where most of the run was timed while the machine ran slow against its earlier runs
+    (contention.machine_speed): two quick runs of rwkv-0b4 on the dev VM, one with every point beside a fast canary
+    and one with 77% of them beside a slow one (1.6x), read every two-thread series 4-19% apart."""
+    speed = contention.machine_speed(results)
+    if not speed or speed["ratio"] < contention.CANARY_SLOW:
+        return []
+    return [f"Most of this run was timed while the machine ran slow: a fixed two-thread matmul timed beside each point "
+            f"(the canary) had a median of {speed['median_seconds'] * 1e6:.0f} µs, {speed['ratio']:.2f}x its best on "
+            f"this machine ({speed['best_seconds'] * 1e6:.0f} µs, over {speed['earlier_runs']} earlier run(s) of the "
+            "last days). Its layer times may read slower than the machine's best by up to that much (a shared host "
+            "runs two-thread work slowly in phases lasting seconds to minutes); compare it with other runs with this "
+            "in mind, or run again."]
 
 
 def _wait_for_quiet(limit: float, step: float = 0.25) -> float:

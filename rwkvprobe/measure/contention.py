@@ -11,6 +11,7 @@ DRAM bandwidth, so the share of the whole machine is what counts, not only of th
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -127,6 +128,35 @@ def canary_best(points: list[dict], reference: float | None = None) -> float | N
     if reference:
         seen.append(reference)
     return min(seen) if seen else None
+
+
+def run_canary(results: dict) -> dict | None:
+    """The run's canary for the machine's history (history.record): its best (the reference as the points began
+    and every point's) and the median of its points', at the first point's time; None without timed points."""
+    points = [p for p in results.get("measurements") or [] if (p.get("contention") or {}).get("canary_seconds")]
+    best = canary_best(points, results.get("canary_reference_seconds"))
+    at = next((p["at"] for p in points if isinstance(p.get("at"), (int, float))), None)
+    if not points or best is None or at is None:
+        return None
+    return {"at": at, "best_seconds": best,
+            "median_seconds": statistics.median(p["contention"]["canary_seconds"] for p in points)}
+
+
+def machine_speed(results: dict) -> dict | None:
+    """This run's canary against the machine's earlier runs (results["canary_history"]): the median around its points
+    (``median_seconds``), the best of the earlier runs and this one (``best_seconds``), their ratio and how many
+    earlier runs count; None without that history or without points timed beside the canary. A ratio of CANARY_SLOW
+    or more: most of the run was timed while the machine ran slow, a phase the run's own best cannot show when it
+    lasted the whole run."""
+    runs = (results.get("canary_history") or {}).get("runs") or []
+    points = [x for p in results.get("measurements") or [] if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    earlier = [r["best_seconds"] for r in runs if r.get("best_seconds")]
+    if not earlier or not points:
+        return None
+    best = min(earlier + [canary_best(results.get("measurements") or [], results.get("canary_reference_seconds"))
+                          or min(points)])
+    median = statistics.median(points)
+    return {"median_seconds": median, "best_seconds": best, "ratio": median / best, "earlier_runs": len(earlier)}
 
 
 #: analyze measures a point again when it is slower than this many times its series' ceilings predict (a

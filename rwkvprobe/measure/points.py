@@ -30,11 +30,15 @@ def onnx_cache_dir() -> Path:
 
 
 def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, policy: TimingPolicy,
-                  cold: bool = True, onnx_dir: Path | None = None, max_copies: int | None = None) -> dict:
+                  cold: bool = True, onnx_dir: Path | None = None, max_copies: int | None = None,
+                  checked: dict | None = None) -> dict:
     """Check one workload against float64, then time it; a wrong result is recorded, not timed.
 
     ``max_copies``: fewer distinct weight buffers (the rest of the cold traffic is the untimed eviction read),
-    for points whose copies are costly to prepare (the what-if's quantized sessions)."""
+    for points whose copies are costly to prepare (the what-if's quantized sessions). ``checked``: the passed check
+    of an earlier timing of the same workload on the same backend (analyze's rechecks: the same kernel on the same
+    weights, rebuilt from the same seeds), kept with ``reused`` instead of checking again (a check cost a recheck of
+    a quick run's heavy points a fifth of its time; timing's warm-up runs every copy once all the same)."""
     rotation = (plan_rotation(workload.weight_bytes, llc_bytes, cold, max_copies=max_copies) if max_copies
                 else plan_rotation(workload.weight_bytes, llc_bytes, cold))
     point = {
@@ -56,7 +60,8 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         return point
     t1 = time.perf_counter()
     try:
-        point["check"] = check_runner(workload, runner)
+        point["check"] = ({**checked, "reused": True} if checked and checked.get("ok")
+                          else check_runner(workload, runner))
         t2 = time.perf_counter()
         if point["check"]["ok"]:
             before = contention.sample()

@@ -19,6 +19,7 @@ skipped, WRONG RESULT). Mixed kinds (bandwidth vs analyze) compare on the sectio
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -26,6 +27,7 @@ from typing import Callable, Optional, Union
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import KERNELS
+from rwkvprobe.measure.contention import CANARY_SLOW
 from rwkvprobe.measure.points import point_seconds
 from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.system import summarize_environment
@@ -117,8 +119,30 @@ def _environment(r: dict) -> Cells:
         *[(name, summary.get(name)) for name in HEADLINE],
         ("threads", _threads(r)),
         ("cache", ("cold" if settings.get("cold", True) else "warm") if r.get("kind") == "analyze" else None),
+        ("machine speed (canary median)", f"{median * 1e6:.0f} µs" if (median := _canary_median(r)) else None),
     ]
     return {(i,): (label, TEXT, value) for i, (label, value) in enumerate(rows) if value is not None}
+
+
+def _canary_median(r: dict) -> Optional[float]:
+    """The median of the canary (contention.canary, a fixed two-thread matmul) timed beside the run's points."""
+    seen = [x for p in r.get("measurements") or [] if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    return statistics.median(seen) if seen else None
+
+
+def _speed_warning(paths: list[Path], results: list[dict]) -> list[str]:
+    """A warning where the machine itself ran at different speeds in the files' runs (their canary medians
+    CANARY_SLOW or more apart): on the dev VM two quick runs of rwkv-0b4 with medians of 84 and 146 µs read every
+    two-thread series 4-19% apart, the same code on the same machine."""
+    medians = [(p, m) for p, r in zip(paths, results) if (m := _canary_median(r))]
+    if len(medians) < 2:
+        return []
+    (fast, lo), (slow, hi) = min(medians, key=lambda x: x[1]), max(medians, key=lambda x: x[1])
+    if hi < CANARY_SLOW * lo:
+        return []
+    return [f"the machine itself ran at different speeds in these runs: a fixed two-thread matmul timed beside each "
+            f"point (the canary) had a median of {lo * 1e6:.0f} µs in {fast} and {hi * 1e6:.0f} µs in {slow} "
+            f"({hi / lo:.2f}x); layer times differ by up to that much from the machine alone"]
 
 
 def _threads(r: dict) -> Optional[str]:
@@ -218,6 +242,7 @@ def build_comparison(paths: list[Path], results: list[dict]) -> Comparison:
     by_profile = len(profiles) > 1
     warnings = [f"the files hold different profiles ({', '.join(profiles)}): model-level rows are kept apart "
                 "by profile; bandwidth, ceilings and layer shapes still compare"] if by_profile else []
+    warnings += _speed_warning(paths, results)
     per_file = [_file_cells(path, r, by_profile) for path, r in zip(paths, results)]
     sections = [_section(title, [cells[i] for cells in per_file], note) for i, (title, note) in enumerate(SECTIONS)]
     return Comparison(list(paths), [s for s in sections if s is not None], warnings)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
-from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, summary
+from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, machine_speed, summary
 from rwkvprobe.measure.history import HISTORY_ENV
 from rwkvprobe.model.profile import LayerList
 from rwkvprobe.report import plots
@@ -228,6 +228,13 @@ def stability_line(results: dict) -> str:
                     f"{CANARY_SLOW:.2f}x slower than its best or more")
             parts.append(f"the machine's own speed (a fixed matmul timed around each point) was at most "
                          f"{c['canary_max_ratio']:.2f}x its best: {slow}")
+            speed = machine_speed(results)
+            if speed:
+                parts.append(f"its median around the points, {speed['median_seconds'] * 1e6:.0f} µs, was "
+                             f"{speed['ratio']:.2f}x the best of this run and this machine's {speed['earlier_runs']} "
+                             f"earlier run(s) ({speed['best_seconds'] * 1e6:.0f} µs)"
+                             + (": most of this run was timed while the machine ran slow (see the warnings)"
+                                if speed["ratio"] >= CANARY_SLOW else ""))
             if c.get("put_off"):
                 parts.append(f"{c['put_off']} point(s) were put off while it ran {CANARY_SLOW:.2f}x slower than its "
                              "best or more, and timed after the others")
@@ -243,6 +250,11 @@ def stability_line(results: dict) -> str:
         if c.get("series_heavy_rechecked"):
             parts.append(f"{c['series_heavy_rechecked']} point(s) carrying {HEAVY_SHARE:.0%} or more of another "
                          "series' matmul time were measured again with the budget left (the faster kept)")
+    for entry in results.get("nonmatmul") or []:
+        windows = entry.get("windows") if entry.get("engine") == "ggml" else None
+        if windows and all(windows):
+            parts.append(f"the ggml block graph was timed {len(windows)} times, before and among or after the layer "
+                         f"points: {', '.join(f'{w * 1e6:.0f}' for w in windows)} µs a block (the fastest kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 
