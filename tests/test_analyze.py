@@ -753,6 +753,7 @@ def test_the_ggml_block_is_timed_again_and_the_fastest_kept(small, tmp_path, mon
     from rwkvprobe.measure import analyze, ggml_block
     from rwkvprobe.model.profile import layer_list, load_profile
     from rwkvprobe.progress import Silent
+    from rwkvprobe.report.markdown import stability_line
 
     draws = iter([90e-6, None, 80e-6])
 
@@ -778,6 +779,9 @@ def test_the_ggml_block_is_timed_again_and_the_fastest_kept(small, tmp_path, mon
     a._time_block_again(None, now, Silent())  # BLOCK_WINDOWS reached: the 80 µs draw is never taken
     assert len(entry["windows"]) == analyze.BLOCK_WINDOWS == 3 and entry["seconds_per_block"] == 90e-6
     assert "windows" not in torch_entry
+    assert stability_line(a.results).endswith("the ggml block graph was timed 3 times, before and among or after the "
+                                              "layer points: 130, 90, not timed (its check failed) µs a block (the "
+                                              "fastest kept).")
     # no room: the budget less the headline reserve is below the block's first timing
     entry2 = {"backend": "ggml", "dtype": "fp32", "engine": "ggml", "seconds_per_block": 130e-6,
               "seconds_per_token": 260e-6, "elapsed_seconds": 1e6}

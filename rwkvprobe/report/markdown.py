@@ -252,9 +252,10 @@ def stability_line(results: dict) -> str:
                          "series' matmul time were measured again with the budget left (the faster kept)")
     for entry in results.get("nonmatmul") or []:
         windows = entry.get("windows") if entry.get("engine") == "ggml" else None
-        if windows and all(windows):
+        if windows and len(windows) > 1:
+            each = ", ".join(f"{w * 1e6:.0f}" if w else "not timed (its check failed)" for w in windows)
             parts.append(f"the ggml block graph was timed {len(windows)} times, before and among or after the layer "
-                         f"points: {', '.join(f'{w * 1e6:.0f}' for w in windows)} µs a block (the fastest kept)")
+                         f"points: {each} µs a block (the fastest kept)")
     return "Stability: " + ("; ".join(parts) if parts else "not recorded in this results file") + "."
 
 
