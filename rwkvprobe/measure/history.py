@@ -89,15 +89,8 @@ def earlier_probes(threads: int, cpus: list[int] | None, engine: str | None, now
     """The machine's earlier probes that count for a run (same machine, threads, CPUs, engine; at most
     MAX_AGE_DAYS old) as results.json keeps them: {"path", "max_age_days", "machine", "probes"}; None when the
     history is off. ``cpus``: the run's pinned CPUs, None when not pinned."""
-    path = path or history_path()
-    if path is None:
-        return None
-    key = key or machine_key()
-    now = time.time() if now is None else now
-    probes = [{k: p[k] for k in ("at", "read_best_gbps", "array_bytes", "command") if k in p}
-              for p in _load_all(path)
-              if _same_setup(p, key, threads, cpus, engine) and _fresh(p, now)]
-    return {"path": str(path), "max_age_days": MAX_AGE_DAYS, "machine": key, "probes": probes}
+    return _earlier("probes", _load_all, ("at", "read_best_gbps", "array_bytes", "command"), threads, cpus, engine,
+                    now, path, key)
 
 
 def earlier_canaries(threads: int, cpus: list[int] | None, now: float | None = None, path: Path | None = None,
@@ -107,14 +100,22 @@ def earlier_canaries(threads: int, cpus: list[int] | None, now: float | None = N
     "machine", "runs"}; None when the history is off. A run whose points all fell in the machine's slow phase has
     nothing faster of its own to compare with (on the dev VM the canary reads 83-88 µs or 125-150, a phase holding
     for seconds to minutes): its earlier runs say how fast the machine can be."""
+    return _earlier("runs", _load_canaries, ("at", "best_seconds", "median_seconds", "command"), threads, cpus, None,
+                    now, path, key)
+
+
+def _earlier(name: str, load, fields: tuple[str, ...], threads: int, cpus: list[int] | None, engine: str | None,
+             now: float | None, path: Path | None, key: dict | None) -> dict | None:
+    """The entries ``load`` reads from the history that count for a run (its setup, fresh), their ``fields``, under
+    ``name`` beside the file, its age limit and the machine; None when the history is off."""
     path = path or history_path()
     if path is None:
         return None
     key = key or machine_key()
     now = time.time() if now is None else now
-    runs = [{k: c[k] for k in ("at", "best_seconds", "median_seconds", "command") if k in c}
-            for c in _load_canaries(path) if _same_setup(c, key, threads, cpus, None) and _fresh(c, now)]
-    return {"path": str(path), "max_age_days": MAX_AGE_DAYS, "machine": key, "runs": runs}
+    entries = [{k: p[k] for k in fields if k in p} for p in load(path)
+               if _same_setup(p, key, threads, cpus, engine) and _fresh(p, now)]
+    return {"path": str(path), "max_age_days": MAX_AGE_DAYS, "machine": key, name: entries}
 
 
 def record(probes: list[dict], threads: int, cpus: list[int] | None, engine: str, command: str = "",
