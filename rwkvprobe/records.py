@@ -335,12 +335,17 @@ class EarlierProbe(TypedDict):
     command: NotRequired[str]
 
 
-class BandwidthHistory(TypedDict):
-    """history.earlier_probes(): the machine's earlier probes a run's verdict counts beside its own."""
+class _History(TypedDict):
+    """What history.py hands a run of the machine's earlier runs: the file, its age limit, the machine."""
 
     path: str
     max_age_days: float
     machine: dict[str, Any]
+
+
+class BandwidthHistory(_History):
+    """history.earlier_probes(): the machine's earlier probes a run's verdict counts beside its own."""
+
     probes: list[EarlierProbe]
 
 
@@ -353,12 +358,9 @@ class EarlierCanary(TypedDict):
     command: NotRequired[str]
 
 
-class CanaryHistory(TypedDict):
+class CanaryHistory(_History):
     """history.earlier_canaries(): the machine's earlier runs' canaries, against which a run's own is read."""
 
-    path: str
-    max_age_days: float
-    machine: dict[str, Any]
     runs: list[EarlierCanary]
 
 

@@ -831,8 +831,9 @@ class Analysis(Run):
                           first: int, once: bool = False, reserve: float = HEADLINE_RESERVE_SECONDS) -> None:
         """Measure again the points ``choose`` picks (the headline's; every series' for _recheck_series_heavy), (point
         key, figure) each, in its order, at most ``most`` of them, while the budget less ``reserve`` has their cost;
-        the faster kept, both medians and the figure recorded under ``record``. Only the points this process timed (from index ``first``: a resumed run keeps what it resumed as
-        it was). ``once``: leave out the points measured again after the others already."""
+        the faster kept, both medians and the figure recorded under ``record``. Only the points this process timed
+        (from index ``first``: a resumed run keeps what it resumed as it was). ``once``: leave out the points measured
+        again after the others already."""
         r = self.results
         assert r is not None
         index = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): i for i, p in enumerate(r["measurements"])}

@@ -122,9 +122,14 @@ def canary_ratio(point: dict, best: float | None) -> float | None:
     return seconds / best if seconds and best else None
 
 
+def point_canaries(points: list[dict]) -> list[float]:
+    """The canary seconds recorded beside ``points`` (those that carry one), in their order."""
+    return [x for p in points if (x := (p.get("contention") or {}).get("canary_seconds"))]
+
+
 def canary_best(points: list[dict], reference: float | None = None) -> float | None:
     """The run's best canary: its reference (timed as the points began) and every point's."""
-    seen = [x for p in points if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    seen = point_canaries(points)
     if reference:
         seen.append(reference)
     return min(seen) if seen else None
@@ -138,8 +143,7 @@ def run_canary(results: dict) -> dict | None:
     at = next((p["at"] for p in points if isinstance(p.get("at"), (int, float))), None)
     if not points or best is None or at is None:
         return None
-    return {"at": at, "best_seconds": best,
-            "median_seconds": statistics.median(p["contention"]["canary_seconds"] for p in points)}
+    return {"at": at, "best_seconds": best, "median_seconds": statistics.median(point_canaries(points))}
 
 
 def machine_speed(results: dict) -> dict | None:
@@ -149,12 +153,13 @@ def machine_speed(results: dict) -> dict | None:
     or more: most of the run was timed while the machine ran slow, a phase the run's own best cannot show when it
     lasted the whole run."""
     runs = (results.get("canary_history") or {}).get("runs") or []
-    points = [x for p in results.get("measurements") or [] if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    measurements = results.get("measurements") or []
+    points = point_canaries(measurements)
     earlier = [r["best_seconds"] for r in runs if r.get("best_seconds")]
-    if not earlier or not points:
+    own = canary_best(measurements, results.get("canary_reference_seconds"))
+    if not earlier or not points or own is None:
         return None
-    best = min(earlier + [canary_best(results.get("measurements") or [], results.get("canary_reference_seconds"))
-                          or min(points)])
+    best = min(earlier + [own])
     median = statistics.median(points)
     return {"median_seconds": median, "best_seconds": best, "ratio": median / best, "earlier_runs": len(earlier)}
 

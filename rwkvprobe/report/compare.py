@@ -27,7 +27,7 @@ from typing import Callable, Optional, Union
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.bandwidth import KERNELS
-from rwkvprobe.measure.contention import CANARY_SLOW
+from rwkvprobe.measure.contention import CANARY_SLOW, point_canaries
 from rwkvprobe.measure.points import point_seconds
 from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.system import summarize_environment
@@ -126,7 +126,7 @@ def _environment(r: dict) -> Cells:
 
 def _canary_median(r: dict) -> Optional[float]:
     """The median of the canary (contention.canary, a fixed two-thread matmul) timed beside the run's points."""
-    seen = [x for p in r.get("measurements") or [] if (x := (p.get("contention") or {}).get("canary_seconds"))]
+    seen = point_canaries(r.get("measurements") or [])
     return statistics.median(seen) if seen else None
 
 
