@@ -308,6 +308,24 @@ class BandwidthRun(TypedDict):
     engine: NotRequired[str]  # schema 2
 
 
+class CacheScan(TypedDict):
+    """cachesize.scan(): one thread's read rate of buffers doubling from 1 MiB, and the DRAM reference last."""
+
+    sizes_bytes: list[int]
+    read_gbps: list[float]
+    rounds: NotRequired[int]
+    seconds: NotRequired[float]
+
+
+class Cache(TypedDict):
+    """cachesize.decide(): the last-level cache a run's cold measurements are sized by, and why."""
+
+    bytes: Union[int, None]
+    reported_bytes: Union[int, None]
+    how: str
+    scan: NotRequired[CacheScan]
+
+
 class Bandwidth(TypedDict):
     """bandwidth.measure_bandwidth(): STREAM bandwidth per thread count and CPU cluster."""
 
@@ -315,7 +333,8 @@ class Bandwidth(TypedDict):
     at: NotRequired[float]  # analyze's first probe: epoch seconds
     array_bytes: NotRequired[int]
     elements: NotRequired[int]
-    llc_bytes: NotRequired[Union[int, None]]
+    llc_bytes: NotRequired[Union[int, None]]  # what the arrays are sized by (cache["bytes"])
+    cache: NotRequired[Cache]
     trials: NotRequired[int]
     warmup_trials: NotRequired[int]
     engine: NotRequired[str]
@@ -687,6 +706,7 @@ class SweepRun(TypedDict):
     estimate_seconds: NotRequired[float]
     points_planned: NotRequired[int]
     skipped_for_cost: NotRequired[int]
+    cache: NotRequired[Cache]  # the last-level cache its cold points were sized by (measure/cachesize.py)
     elapsed_seconds: NotRequired[float]
     left_out_for_budget: NotRequired[int]
     contention: NotRequired[Union[SweepContention, None]]
@@ -741,6 +761,7 @@ class AnalyzeResults(Header):
     bandwidth_history: NotRequired[BandwidthHistory]  # the machine's earlier probes (measure/history.py)
     canary_reference_seconds: NotRequired[float]  # contention.canary(), the best of a few as the points began
     canary_history: NotRequired[CanaryHistory]  # the machine's earlier runs' canaries (measure/history.py)
+    cache: NotRequired[Cache]  # the last-level cache the cold measurements are sized by (measure/cachesize.py)
     nonmatmul: NotRequired[list[Nonmatmul]]
     block_graphs: NotRequired[list[BlockGraphs]]  # schema 2
     validation: NotRequired[list[Validation]]

@@ -29,7 +29,8 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   from the profiled rounds' unprofiled tokens (its timed "rounds"), the tokens timed back to back beside it
   (measured.decode_back_to_back); a point's series_heavy_recheck; the ggml graph's second timing after the layer
   points (its non-matmul entry's windows, elapsed_seconds); canary_history (the machine's earlier runs' canaries)
-  and a recheck's reused check.
+  and a recheck's reused check; cache (the last-level cache the cold measurements are sized by, in analyze's
+  results, its bandwidth record and each sweep run).
 """
 
 from __future__ import annotations

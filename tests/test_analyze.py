@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import PROFILES, ROOT, run_module
 
+from rwkvprobe.measure import cachesize
 from rwkvprobe.model.profile import layers_from_json
 from rwkvprobe.verdict.roofline import verdict_of
 
@@ -52,6 +53,13 @@ def test_analyze_writes_results_report_and_plots(cli, small, tmp_path):
     for name in ("roofline.png", "layers.png", "share.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "decode on this machine is" in stdout
+    # the cold measurements sized by one last-level cache (measure/cachesize.py), recorded and named in the report
+    cache = results["cache"]
+    assert cache == cachesize.decide() and cache["bytes"] <= (cache["reported_bytes"] or cache["bytes"])
+    for p in results["measurements"]:
+        w = p["k"] * p["n"] * p["bytes_per_weight"]
+        assert p["rotation"]["copies"] * (w + p["rotation"]["flush_bytes"]) >= 4 * cache["bytes"]
+    assert f"at least 4x the last-level cache ({cache['bytes'] / 2**20:.0f} MiB, {cache['how']})" in report
     # every layer of the profile is named with its bound
     for layer in ("| a |", "| b |", "| c |", "| head |"):
         assert layer in report
@@ -84,7 +92,8 @@ def _wait_for_points(path, n, proc, timeout=120):
 def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
     out = tmp_path / "run"
     # the run waits after its 2nd point until interrupted (tests-only hook): no race with a fast machine
-    env = dict(os.environ, PYTHONPATH=str(ROOT), RWKVPROBE_TEST_HOLD_AFTER_POINTS="2")
+    # its cache size set outright (measure/cachesize.py): the resumed run, without the setting, keeps it
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RWKVPROBE_TEST_HOLD_AFTER_POINTS="2", RWKVPROBE_LLC_BYTES=str(24 << 20))
     args = [sys.executable, "-m", "rwkvprobe", "analyze", str(small), "--out", str(out), "--backends", "numpy",
             "--tokens", "1,8,16", "--budget", "60"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -106,6 +115,9 @@ def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
     for key, samples in done.items():
         assert points[key] == samples  # what was measured before the interruption is kept as it was
     assert (out / "report.md").is_file()
+    assert final["cache"]["bytes"] == 24 << 20 and final["cache"]["how"] == "set by RWKVPROBE_LLC_BYTES"
+    assert all(p["rotation"]["copies"] * (p["k"] * p["n"] * p["bytes_per_weight"] + p["rotation"]["flush_bytes"])
+               >= 4 * (24 << 20) for p in final["measurements"])
 
 
 @pytest.mark.parametrize("args, words", [

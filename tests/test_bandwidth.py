@@ -340,7 +340,7 @@ def test_a_kept_read_probe_reads_one_array_again_and_checks_it_each_time(engine)
     with bw.ReadProbe(1, [USABLE[0]], engine=engine) as reader:
         array = reader.team.a
         assert reader.team.b.size == 0 and reader.team.c.size == 0
-        assert array.size * bw.ITEM_BYTES == bw.default_array_bytes(bw.system.llc_bytes())
+        assert array.size * bw.ITEM_BYTES == bw.default_array_bytes(bw.cachesize.usable_llc_bytes())
         first, second = reader.probe(2), reader.probe(3)
         assert reader.team.a is array and reader.team.workers[0]["calls"] == 2 * bw.WARMUP_TRIALS + 5
         for probe, trials in ((first, 2), (second, 3)):

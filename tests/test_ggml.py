@@ -177,7 +177,7 @@ def test_analyze_ggml_end_to_end(tmp_path):
                     "lora: {decay: 32, aaa: 32, mv: 32, gate: 64}\n")
     out = tmp_path / "out"
     p = run_module("analyze", prof, "--quick", "--backends", "ggml", "--dtypes", "f16,q8_0,q4_0", "--threads", "1",
-                   "--budget", "14", "--out", out)
+                   "--budget", "22", "--out", out)  # room for the block's later window on a VM slow to first-touch
     assert p.returncode == 0, p.stderr
     assert "ggml fp16 -> q4_0:" in p.stdout and "decode as measured: fp16" in p.stdout
     r = json.loads((out / "results.json").read_text())

@@ -129,6 +129,9 @@ def history_lines(entries: list[dict]) -> list[str]:
 def bandwidth_table(result: dict) -> Table:
     """A rich Table: one row per run and kernel, STREAM's columns."""
     llc = f"{result['llc_bytes'] / 1e6:.3g} MB" if result.get("llc_bytes") else "unknown"
+    reported = (result.get("cache") or {}).get("reported_bytes")
+    if reported and result.get("llc_bytes") and reported != result["llc_bytes"]:
+        llc += f" by a read scan; the CPU reports {reported / 1e6:.3g} MB"
     engine = result["engine"] + (f", {result['engine_tuning']}" if result.get("engine_tuning") else "")
     caption = (f"{engine}, 3 float64 arrays x {result['array_bytes'] / 1e6:.0f} MB (LLC {llc}), "
                f"best of {result['trials']} trials; GB/s = 1e9 bytes/s, bytes counted as STREAM does")

@@ -9,7 +9,7 @@ import typer
 
 from rwkvprobe.cli.console import Reporter, err_console, print_lines, print_warnings, run_and_render
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure import system
+from rwkvprobe.measure import cachesize
 from rwkvprobe.measure.analyze import check_dtypes
 from rwkvprobe.measure.run import RESULTS
 from rwkvprobe.measure.sweep import (
@@ -94,7 +94,7 @@ def sweep_command(
                              cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text,
                              rknn_dir=rknn_dir, npu_cores=",".join(masks))
     pairs, _ = plan_pairs(settings)  # unknown or missing backends are refused before anything is written
-    check_memory(grid, pairs, system.llc_bytes(), cold)
+    check_memory(grid, pairs, cachesize.usable_llc_bytes(), cold)
     reporter = Reporter(err_console, verbose)
     if estimate:  # calibrate and print the plan; nothing is measured or written
         if old is not None and resume is not None:

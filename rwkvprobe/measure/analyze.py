@@ -29,7 +29,7 @@ from rwkvprobe.backends import (
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
-from rwkvprobe.measure import bandwidth, contention, ggml_block, history, layerpass, nonmatmul, onnxblock, system
+from rwkvprobe.measure import bandwidth, cachesize, contention, ggml_block, history, layerpass, nonmatmul, onnxblock, system
 from rwkvprobe.measure.points import COMPUTE_SHAPES, measure_ceilings, measure_point, onnx_cache_dir, point_seconds
 from rwkvprobe.measure.run import RESULTS, Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
@@ -344,10 +344,15 @@ class Analysis(Run):
         s = self.settings
         t_start = time.perf_counter()
         pinned = set_affinity(s.cpus)
-        llc = system.llc_bytes()
         pairs, board_pairs, whatif, backends = self._setup(pinned)
         r = self.results
         assert r is not None
+        if r.get("cache"):  # a resumed run sizes its cold measurements as its first process did
+            cachesize.adopt(r["cache"])
+        r["cache"] = cachesize.decide()
+        llc = r["cache"]["bytes"]
+        if llc != r["cache"]["reported_bytes"]:
+            progress.note(f"last-level cache: {r['cache']['how']}")
         laps = _Laps(r.setdefault("stage_seconds", {}))
         laps.lap("setup")
         if not r.get("bandwidth"):

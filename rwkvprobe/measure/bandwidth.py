@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from rwkvprobe.errors import InputError
-from rwkvprobe.measure import stream_kernels, system
+from rwkvprobe.measure import cachesize, stream_kernels, system
 
 KERNELS = ("copy", "scale", "add", "triad", "read")
 ARRAYS_MOVED = {"copy": 2, "scale": 2, "add": 3, "triad": 3, "read": 1}
@@ -498,7 +498,7 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
         raise InputError(f"kernels {list(kernels)}: expected some of {', '.join(KERNELS)}")
     if not 1 <= trials <= MAX_TRIALS:
         raise InputError(f"--trials {trials}: expected 1 to {MAX_TRIALS}")
-    llc = system.llc_bytes()
+    llc = cachesize.usable_llc_bytes()
     if array_bytes is None:
         array_bytes = default_array_bytes(llc)
     if array_bytes < ITEM_BYTES:
@@ -520,7 +520,8 @@ def measure_bandwidth(array_bytes: int | None = None, threads: list[int] | None 
         results.append({**r, **measured})
         say("  " + ", ".join(f"{k} {v['best_gbps']:.1f}" for k, v in measured["kernels"].items()) + " GB/s (best)"
             + ("" if measured["check_ok"] else "  WARNING: wrong values in the arrays"))
-    return {"array_bytes": elements * ITEM_BYTES, "elements": elements, "llc_bytes": llc, "trials": trials,
+    return {"array_bytes": elements * ITEM_BYTES, "elements": elements, "llc_bytes": llc, "cache": cachesize.decide(),
+            "trials": trials,
             "warmup_trials": WARMUP_TRIALS, "engine": engine,
             **({"engine_tuning": stream_kernels.vector_tuning()} if engine == "numba" else {}), "scalar": SCALAR,
             "byte_counting": "STREAM: copy/scale 2 arrays, add/triad 3, read 1; no write-allocate; GB = 1e9 bytes",
@@ -537,7 +538,7 @@ class ReadProbe:
     """
 
     def __init__(self, threads: int, cpus: list[int] | None = None, engine: str | None = None):
-        llc = system.llc_bytes()
+        llc = cachesize.usable_llc_bytes()
         elements = default_array_bytes(llc) // ITEM_BYTES
         self.run_plan = plan_runs([threads], cpus)[0]
         check_memory(elements * ITEM_BYTES, arrays=1)

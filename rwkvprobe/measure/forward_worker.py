@@ -20,7 +20,7 @@ import time
 from typing import Callable
 
 from rwkvprobe.backends import backend_class
-from rwkvprobe.measure import contention, layerpass, system
+from rwkvprobe.measure import cachesize, contention, layerpass, system
 from rwkvprobe.measure.points import PointRounds
 from rwkvprobe.measure.profiling import cpu_profile, weight_matmul_us, weight_shapes
 from rwkvprobe.measure.timing import summarize
@@ -219,7 +219,7 @@ def _prediction_rounds(profile: Profile, layer_pass: dict | None, tokens: int) -
     passes are too slow for its budget (layerpass.TOO_SLOW)."""
     if not layer_pass:
         return None
-    rounds = layerpass.Rounds(profile, layer_pass["backend"], layer_pass["dtype"], system.llc_bytes(), tokens)
+    rounds = layerpass.Rounds(profile, layer_pass["backend"], layer_pass["dtype"], cachesize.usable_llc_bytes(), tokens)
     return rounds if rounds.start(layer_pass["budget_seconds"]) else None
 
 
@@ -354,6 +354,7 @@ def main(argv: list[str]) -> int:
     os.environ["RWKV_V7_ON"] = "1" if cfg["profile"]["version"] == 7 else "0"
     os.environ.setdefault("RWKV_JIT_ON", "1")  # the package's default, as ChatRWKV runs it
     os.environ["RWKV_CUDA_ON"] = "0"
+    cachesize.adopt(cfg.get("cache"))  # the parent's cache size: the rings sized as its run sizes them
     try:
         result = {"ok": True, **run(cfg)}
     except Exception as e:  # reported by the parent in one line

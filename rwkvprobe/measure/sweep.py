@@ -27,8 +27,8 @@ from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, onnxgen
 from rwkvprobe.backends.onnxgen import ModelSpec
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
+from rwkvprobe.measure import cachesize, system
 from rwkvprobe.measure import contention as _c
-from rwkvprobe.measure import system
 from rwkvprobe.measure.analyze import plan_series
 from rwkvprobe.measure.points import measure_point, onnx_cache_dir
 from rwkvprobe.measure.run import Run
@@ -428,7 +428,7 @@ class Sweep(Run):
         s = self.settings
         t_start = time.perf_counter()
         pinned = set_affinity(s.cpus)
-        llc = system.llc_bytes()
+        llc = cachesize.usable_llc_bytes()
         pairs, skipped = plan_pairs(s)
         # one series per NPU core mask (rknnlite[core0], ...): each its own backend with its mask set
         backends = {name: instantiate(name, s) for name in {b for b, _ in pairs}}
@@ -444,6 +444,7 @@ class Sweep(Run):
             return {"plan": plan, "run": run_log, "points": todo}
         r = self.results
         assert r is not None
+        run_log["cache"] = cachesize.decide()  # the cache size this run's cold points were sized by
         r["runs"].append(run_log)
         self.save()
         cpu_before = cpu_times()

@@ -584,6 +584,13 @@ def _per_layer_section(verdict: dict) -> list[str]:
     return md
 
 
+def _cache_words(cache: dict | None) -> str:
+    """' (64 MiB, measured: ...)' from a run's cache decision (measure/cachesize.py); '' for a file without one."""
+    if not cache or not cache.get("bytes"):
+        return ""
+    return f" ({cache['bytes'] / 2**20:.0f} MiB, {cache['how']})"
+
+
 def _method_section(results: dict) -> list[str]:
     """How the points were checked and timed."""
     md: list[str] = []
@@ -592,7 +599,8 @@ def _method_section(results: dict) -> list[str]:
            "(relative error within the dtype's tolerance) before any time counts; a wrong result is reported, not timed.",
            f"- Cold cache{'' if results.get('settings', {}).get('cold', True) else ' OFF (--warm: cache-resident, labelled warm)'}: "
            "calls rotate over distinct weight buffers (plus an untimed eviction read) so that at least 4x the "
-           "last-level cache passes between two uses of a buffer, as in decode, where each weight is read once per token.",
+           f"last-level cache{_cache_words(results.get('cache'))} passes between two uses of a buffer, as in decode, "
+           "where each weight is read once per token; STREAM's arrays are 4x it too.",
            "- Timing: warm-up, then repeats until the spread (IQR/median) is below 3% or the point's budget is spent; "
            "the median counts; every sample is in results.json.",
            "- Bandwidth: STREAM-style kernels counted STREAM's way, best of the trials, GB/s = 1e9 bytes/s.", ""]
