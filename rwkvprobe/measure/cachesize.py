@@ -9,8 +9,8 @@ bandwidth array was 2 GB (15 s of the bandwidth stage, mostly first-touching 6 G
 point's call was preceded by a 480 MB eviction read, and ``analyze --quick`` took 112 s (rwkv-0b4) and 155 s
 (rwkv-1b5) where it takes 38 s on a 32 MiB machine.
 
-So where the reported cache is large (over SCAN_ABOVE_BYTES), one thread re-reads buffers of 1 MiB, 2 MiB, ... and
-one a quarter larger than the reported cache (which no cache of that size can hold: the DRAM reference), in
+So where the reported cache is large (over SCAN_ABOVE_BYTES), one thread re-reads buffers of 1 MiB, 2 MiB, ... (by
+2**0.5 from 8 MiB) and one a quarter larger than the reported cache (which no cache of that size can hold: the DRAM reference), in
 interleaved rounds (a VM's speed moves in phases: each size is timed in every round and its best counts). The
 cache ends at the smallest size from which every larger one reads within DRAM_MATCH of the reference, provided a
 size between the per-core L2 and that one read at least CACHED_FASTER times the reference (the last-level cache
@@ -46,6 +46,11 @@ MIN_BYTES_READ = 32 * MiB
 DRAM_MATCH = 1.15
 #: the last-level cache was seen: a size above L2 read at least this multiple of the reference's rate
 CACHED_FASTER = 1.3
+#: from this size on the scan steps by 2**0.5, not 2 (8, 11, 16, 22, 32, 45, 64, 90, 128 MiB, ...): sized by the end of
+#: the cache, a torch fp32 1024x4096 GEMV read 24 GB/s (sized by 64 MiB), 16-20 GB/s (256 MiB, or 2-5 ms of eviction read
+#: before each call) and 36-49 GB/s (16-32 MiB: partly cached) on the Xeon VM, where the real forward pass reads it at 25:
+#: a step of 2 left the end at 64 or 128 MiB from run to run
+FINE_FROM_MIB = 8
 #: when the per-core L2 cannot be read
 DEFAULT_L2_BYTES = 1 * MiB
 
@@ -69,14 +74,15 @@ def end_of_cache(sizes: list[int], gbps: list[float], l2_bytes: int) -> int | No
 
 
 def scan(top_bytes: int, rounds: int = ROUNDS) -> dict:
-    """One thread's read rate (GB/s, best of ``rounds`` interleaved rounds) of buffers of 1 MiB, 2 MiB, ... up to
-    half of ``top_bytes``, then of ``top_bytes`` (the reference), each re-read after one untimed read."""
+    """One thread's read rate (GB/s, best of ``rounds`` interleaved rounds) of buffers of 1, 2, 4, 8, 11, 16, 22, ...
+    MiB up to half of ``top_bytes``, then of ``top_bytes`` (the reference), each re-read after one untimed read."""
     import numpy as np
 
     began = time.perf_counter()
-    sizes = [MiB]
-    while sizes[-1] * 2 <= top_bytes // 2:
-        sizes.append(sizes[-1] * 2)
+    sizes, mib = [], 1.0
+    while mib * MiB <= top_bytes // 2:
+        sizes.append(int(mib) * MiB)
+        mib *= 2 if mib < FINE_FROM_MIB else 2**0.5
     sizes.append(top_bytes)
     buf = np.ones(top_bytes // 8)
     best = [float("inf")] * len(sizes)
