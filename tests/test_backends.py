@@ -1,6 +1,10 @@
 """Backends: every one passes its float64 check on every unique layer shape of RWKV-7 0.1B."""
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -218,3 +222,31 @@ def test_fp16_onnxruntime_runner_uses_the_arm_bound_there(monkeypatch, tmp_path)
         assert check_runner(b.workload(1, 256, 64, "fp16"), runner)["tolerance"] == runner.tolerance
     finally:
         runner.close()
+
+
+def test_onnxruntime_sessions_of_a_process_share_one_thread_pool(tmp_path):
+    """A point's weight copies are one session each: on one pool (as a deployed model's one session), not a pool
+    each whose spinning workers take the CPUs from the next copy's call. In a fresh process: four copies add one
+    worker thread (a pool of 2), an untimed session made afterwards takes the same pool, and describe() says so."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads in /proc")
+    code = f"""
+import json, os
+from rwkvprobe.backends import get_backend
+from rwkvprobe.backends.ort_backend import pool_threads, session_options
+import onnxruntime as ort
+b = get_backend("onnxruntime", 2)
+before = len(os.listdir("/proc/self/task"))
+runner = b.prepare(b.workload(1, 256, 512, "fp32"), 4, onnx_dir=r"{tmp_path}")
+for i in range(4):
+    runner.run(i)
+after = len(os.listdir("/proc/self/task"))
+extra = ort.InferenceSession(runner.path.read_bytes(), sess_options=session_options(), providers=["CPUExecutionProvider"])
+print(json.dumps({{"added": after - before, "pool": pool_threads(), "describe": b.describe()["thread_pool"],
+                  "extra_ok": extra.run(None, runner.feeds)[0].shape == (1, 512)}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["pool"] == 2 and got["added"] <= 1 and got["extra_ok"]
+    assert got["describe"].startswith("one pool of 2 threads for every session")

@@ -6,6 +6,7 @@ import pytest
 from conftest import PROFILES, run_module
 
 from rwkvprobe import __version__
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.model.profile import layer_list, load_profile
 
 
@@ -113,7 +114,7 @@ def test_headline_onnx_command_rwkv_1b5(tmp_path):
         k = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
         n = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
         a = np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)
-        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+        out = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
         ref = a.astype(np.float64) @ weight_matrix(k, n).astype(np.float64)
         assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 

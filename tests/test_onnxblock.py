@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.measure import onnxblock
 from rwkvprobe.model.profile import parse_profile
 from rwkvprobe.report import sections
@@ -61,7 +62,7 @@ np.savez(sys.argv[2], **res)
 
 
 def _session(model):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), sess_options=session_options(), providers=["CPUExecutionProvider"])
 
 
 def _run(profile, kind, feeds, dtype="fp32"):

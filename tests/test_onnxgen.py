@@ -9,6 +9,7 @@ import pytest
 from conftest import PROFILES
 
 from rwkvprobe.backends import onnxgen
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.errors import InputError
 from rwkvprobe.model.profile import layer_list, load_profile, parse_profile
 
@@ -20,7 +21,7 @@ SMALL = parse_profile({"name": "small", "source": "test", "layers": [
 
 
 def _run(path, a):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
     return sess.run(None, {"A": a})[0]
 
 

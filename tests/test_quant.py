@@ -16,6 +16,7 @@ from rwkvprobe.backends import (
     check_runner,
     get_backend,
 )
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.measure.points import measure_point
 from rwkvprobe.measure.timing import TimingPolicy
 from rwkvprobe.model.quant import DEFAULT_BLOCK_SIZE, FORMATS, dynamic_quantize_linear
@@ -246,7 +247,7 @@ def test_dynamic_quantize_linear_matches_onnxruntime_bit_for_bit():
                                helper.make_tensor_value_info("Z", TensorProto.UINT8, [])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 7
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(3)
     for shift in (0.0, 0.7, -0.4):
         a = (rng.standard_normal((3, 4096)) + shift).astype(np.float32)

@@ -52,12 +52,44 @@ def _settings(workload: Workload, spec: ModelSpec) -> str:
     return ";".join(parts)
 
 
-def _session_options(threads: int):
+#: the thread count of this process's one onnxruntime thread pool (session_options); 0 where none could be made
+_POOL_THREADS: list[int] = []
+
+
+def pool_threads() -> int | None:
+    """The thread count of the onnxruntime thread pool every session of this process shares, or None (none yet, or
+    this onnxruntime cannot make one: each session then has its own pool, without spinning)."""
+    return _POOL_THREADS[0] if _POOL_THREADS and _POOL_THREADS[0] else None
+
+
+def session_options(threads: int | None = None):
+    """The options of every onnxruntime session rwkvprobe makes: all on one thread pool for the process, made with
+    ``threads`` threads by the first session that names a count (a session with None, untimed, takes the pool where
+    there is one: once there is, onnxruntime refuses a session of its own pool).
+
+    A point's weight copies are one session each, and a session has its own pool by default: after its call, its
+    workers spin (onnxruntime's default), so the next copy's call, on another pool, found 2 vCPUs taken by spinners. On
+    the 2-vCPU Xeon VM a cold fp32 1024x4096 point read 2.1-2.7 ms a call with a spread (IQR/median) of 1.2-1.7,
+    calls of 0.8 and 10 ms mixed; with one pool, as a deployed model's one session has, 0.8-1.0 ms, spread 0.2 (warm
+    back-to-back calls alike: 115 us either way). Without spinning instead, each call paid the worker's wake-up (a warm
+    1024x1024 call 177 us against 115)."""
     import onnxruntime as ort
 
+    if not _POOL_THREADS and threads is not None:
+        from onnxruntime.capi import _pybind_state
+
+        try:
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _POOL_THREADS.append(threads)
+        except Exception:  # an onnxruntime without it: each session its own pool, without spinning
+            _POOL_THREADS.append(0)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    if pool_threads():
+        opts.use_per_session_threads = False
+    elif threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return opts
@@ -86,7 +118,7 @@ class OrtRunner:
     def __init__(self, workload: Workload, copies: int, path: Path, threads: int):
         import onnxruntime as ort
 
-        opts = _session_options(threads)
+        opts = session_options(threads)
         # Each session holds its own copy of the weight: the cold-cache rotation.
         self.sessions = [ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
                          for _ in range(copies)]
@@ -309,6 +341,9 @@ class OrtBackend(Backend):
         arm = fp16_accumulation_tolerance(4096) is not None
         return {"name": self.name, "threads": self.threads, "onnxruntime": ort.__version__,
                 "providers": ["CPUExecutionProvider"],
+                "thread_pool": (f"one pool of {pool_threads()} threads for every session of this process (as a "
+                                "deployed model's one session has)" if pool_threads()
+                                else "a pool per session, without spinning"),
                 "fp16_check": ("fp16 accumulation on Arm: checked against 2^-11*sqrt(K) of the largest output"
                                if arm else "fp32 accumulation: checked against 5e-3 of the largest output"),
                 "quantization": {"nbits_symmetric": NBITS_SYMMETRIC,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.backends.ort_backend import _session_options
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
 from rwkvprobe.measure.timing import eviction, measure, plan_rotation
@@ -488,7 +488,7 @@ def measure_graphs(profile: Profile, folder: Path, dtype: str, threads: int, pol
             continue
         rot = plan_rotation(e["weight_bytes"], llc_bytes, cold)
         try:
-            sessions = [ort.InferenceSession(str(folder / e["file"]), sess_options=_session_options(threads),
+            sessions = [ort.InferenceSession(str(folder / e["file"]), sess_options=session_options(threads),
                                              providers=["CPUExecutionProvider"]) for _ in range(rot.copies)]
             feeds = graph_inputs(profile, kind, dtype)
             # every session runs once before timing (its lazy set-up is not a decode cost); outputs must be finite

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rwkvprobe.backends import onnxgen
+from rwkvprobe.backends.ort_backend import session_options
 from rwkvprobe.backends.rknnlite_backend import read_convert_manifest
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import atomic_write_text, cache_dir, ensure_writable_dir, run_json_worker
@@ -227,7 +228,8 @@ def _chained_inputs(profile, graphs: dict, steps: int) -> dict:
     import onnxruntime as ort
 
 
-    sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in graphs.items()}
+    opts = session_options()  # the process's one pool, where analyze made one (onnxruntime refuses another then)
+    sess = {k: ort.InferenceSession(str(p), sess_options=opts, providers=["CPUExecutionProvider"]) for k, p in graphs.items()}
     state = onnxblock.graph_inputs(profile, "model", "fp32")
     seen: dict = {k: [] for k in graphs}
     for t in range(steps):
@@ -277,7 +279,7 @@ def convert_blocks(profile, out: Path, dtypes: list[str], target: str = "rk3588"
     for g in gen["graphs"]:
         kind = g["kind"]
         feeds = onnxblock.graph_inputs(profile, kind, "fp32")
-        sess = ort.InferenceSession(str(paths[kind]), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(paths[kind]), sess_options=session_options(), providers=["CPUExecutionProvider"])
         outs = sess.run(None, feeds)
         npz = check_dir / f"{kind}.npz"
         np.savez(npz, **{f"in:{k}": v for k, v in feeds.items()}, **{f"out:{n}": o for n, o in zip(g["outputs"], outs)})
