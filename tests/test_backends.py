@@ -227,7 +227,8 @@ def test_fp16_onnxruntime_runner_uses_the_arm_bound_there(monkeypatch, tmp_path)
 def test_onnxruntime_sessions_of_a_process_share_one_thread_pool(tmp_path):
     """A point's weight copies are one session each: on one pool (as a deployed model's one session), not a pool
     each whose spinning workers take the CPUs from the next copy's call. In a fresh process: four copies add one
-    worker thread (a pool of 2), an untimed session made afterwards takes the same pool, and describe() says so."""
+    worker thread (a pool of 2), an untimed session made afterwards takes the same pool, and describe() says so, and
+    says where a backend of another thread count would run on that pool."""
     if not os.path.isdir("/proc/self/task"):
         pytest.skip("counts threads in /proc")
     code = f"""
@@ -243,10 +244,12 @@ for i in range(4):
 after = len(os.listdir("/proc/self/task"))
 extra = ort.InferenceSession(runner.path.read_bytes(), sess_options=session_options(), providers=["CPUExecutionProvider"])
 print(json.dumps({{"added": after - before, "pool": pool_threads(), "describe": b.describe()["thread_pool"],
+                  "other": get_backend("onnxruntime", 1).describe()["thread_pool"],
                   "extra_ok": extra.run(None, runner.feeds)[0].shape == (1, 512)}}))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["pool"] == 2 and got["added"] <= 1 and got["extra_ok"]
-    assert got["describe"].startswith("one pool of 2 threads for every session")
+    assert got["describe"].startswith("one pool of 2 threads for every session") and "asked for" not in got["describe"]
+    assert got["other"].endswith("; not the 1 asked for: the process's pool was made first")

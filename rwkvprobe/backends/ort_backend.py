@@ -62,6 +62,18 @@ def pool_threads() -> int | None:
     return _POOL_THREADS[0] if _POOL_THREADS and _POOL_THREADS[0] else None
 
 
+def _make_pool(threads: int) -> None:
+    """The process's one onnxruntime thread pool, of ``threads`` threads, unless it has one already."""
+    if not _POOL_THREADS:
+        from onnxruntime.capi import _pybind_state
+
+        try:
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _POOL_THREADS.append(threads)
+        except Exception:  # an onnxruntime without it: each session its own pool, without spinning
+            _POOL_THREADS.append(0)
+
+
 def session_options(threads: int | None = None):
     """The options of every onnxruntime session rwkvprobe makes: all on one thread pool for the process, made with
     ``threads`` threads by the first session that names a count (a session with None, untimed, takes the pool where
@@ -75,14 +87,8 @@ def session_options(threads: int | None = None):
     1024x1024 call 177 us against 115)."""
     import onnxruntime as ort
 
-    if not _POOL_THREADS and threads is not None:
-        from onnxruntime.capi import _pybind_state
-
-        try:
-            _pybind_state.set_global_thread_pool_sizes(threads, 1)
-            _POOL_THREADS.append(threads)
-        except Exception:  # an onnxruntime without it: each session its own pool, without spinning
-            _POOL_THREADS.append(0)
+    if threads is not None:
+        _make_pool(threads)
     opts = ort.SessionOptions()
     if pool_threads():
         opts.use_per_session_threads = False
@@ -339,11 +345,14 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         arm = fp16_accumulation_tolerance(4096) is not None
+        _make_pool(self.threads)  # described before its first session: the pool its sessions will share
+        pool = pool_threads()
         return {"name": self.name, "threads": self.threads, "onnxruntime": ort.__version__,
                 "providers": ["CPUExecutionProvider"],
-                "thread_pool": (f"one pool of {pool_threads()} threads for every session of this process (as a "
-                                "deployed model's one session has)" if pool_threads()
-                                else "a pool per session, without spinning"),
+                "thread_pool": (f"one pool of {pool} threads for every session of this process (as a deployed "
+                                "model's one session has)" if pool else "a pool per session, without spinning")
+                               + (f"; not the {self.threads} asked for: the process's pool was made first"
+                                  if pool and pool != self.threads else ""),
                 "fp16_check": ("fp16 accumulation on Arm: checked against 2^-11*sqrt(K) of the largest output"
                                if arm else "fp32 accumulation: checked against 5e-3 of the largest output"),
                 "quantization": {"nbits_symmetric": NBITS_SYMMETRIC,
