@@ -236,6 +236,9 @@ import json, os
 from rwkvprobe.backends import get_backend
 from rwkvprobe.backends.ort_backend import pool_threads, session_options
 import onnxruntime as ort
+from rwkvprobe.backends.ort_backend import OrtBackend
+OrtBackend.dtype_unavailable("int8-a8")  # the correctness probe analyze runs first: untimed, it makes no pool
+assert pool_threads() is None
 b = get_backend("onnxruntime", 2)
 before = len(os.listdir("/proc/self/task"))
 runner = b.prepare(b.workload(1, 256, 512, "fp32"), 4, onnx_dir=r"{tmp_path}")

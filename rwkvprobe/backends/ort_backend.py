@@ -121,7 +121,8 @@ def fp16_accumulation_tolerance(k: int, machine: str | None = None) -> float | N
 
 
 class OrtRunner:
-    def __init__(self, workload: Workload, copies: int, path: Path, threads: int):
+    def __init__(self, workload: Workload, copies: int, path: Path, threads: int | None):
+        """``threads`` None: an untimed session (session_options)."""
         import onnxruntime as ort
 
         opts = session_options(threads)
@@ -299,7 +300,9 @@ def _probe(scheme: str) -> str | None:
     w = Workload(1, 64, 16, FORMATS[scheme].dtype, scheme=scheme)
     try:
         with tempfile.TemporaryDirectory(prefix="rwkvprobe-ort-") as d:
-            runner = OrtRunner(w, 1, write_quantized_model(w, Path(d)), 1)
+            # untimed: no thread count, so that the process's pool is made by the first timed session, with the
+            # run's count (this probe, first in an analyze run, made it a pool of 1 thread)
+            runner = OrtRunner(w, 1, write_quantized_model(w, Path(d)), None)
             try:
                 result = check_runner(w, runner)
             finally:
