@@ -309,7 +309,7 @@ class BandwidthRun(TypedDict):
 
 
 class CacheScan(TypedDict):
-    """cachesize.scan(): one thread's read rate of buffers doubling from 1 MiB, and the DRAM reference last."""
+    """cachesize.scan(): one thread's read rate of buffers of 1, 2, 4, 8, 11, 16, ... MiB, and the DRAM reference last."""
 
     sizes_bytes: list[int]
     read_gbps: list[float]

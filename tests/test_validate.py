@@ -663,7 +663,7 @@ def test_memory_check_counts_the_interleaved_ring_and_head(monkeypatch):
     lp = validate.interleaved_layer_pass(ll, "torch", "fp32")
     assert lp == {"backend": "torch", "dtype": "fp32", "budget_seconds": validate.NONMATMUL_SECONDS}
     models = ll.model_bytes("fp32") * 2
-    extra = (layerpass.ring_size(ll.profile, "fp32", validate.usable_llc_bytes()) * layerpass.layer_bytes(ll.profile, "fp32")
+    extra = (layerpass.ring_size(ll.profile, "fp32", validate.cachesize.usable_llc_bytes()) * layerpass.layer_bytes(ll.profile, "fp32")
              + 1024 * 65536 * 4)
 
     class Mem:

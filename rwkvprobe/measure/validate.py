@@ -18,7 +18,6 @@ import sys
 from rwkvprobe.errors import InputError, MissingExtra
 from rwkvprobe.fsutil import run_json_worker
 from rwkvprobe.measure import bandwidth, cachesize, layerpass, nonmatmul
-from rwkvprobe.measure.cachesize import usable_llc_bytes
 from rwkvprobe.measure.timing import plan_rotation
 from rwkvprobe.model.profile import LayerList, Profile, profile_json, weight_bytes_of
 from rwkvprobe.progress import Progress
@@ -73,7 +72,7 @@ def check_memory(ll: LayerList, dtype: str, layer_pass: dict | None = None, poin
 
     need = ll.model_bytes("fp32") + ll.model_bytes(dtype)
     if layer_pass is not None:
-        ring = layerpass.ring_size(ll.profile, layer_pass["dtype"], usable_llc_bytes())
+        ring = layerpass.ring_size(ll.profile, layer_pass["dtype"], cachesize.usable_llc_bytes())
         need += (ring * layerpass.layer_bytes(ll.profile, layer_pass["dtype"])
                  + sum(x.k * x.n * weight_bytes_of(layer_pass["dtype"]) for x in ll.layers if x.kind == "head"))
     if points:
@@ -174,7 +173,7 @@ def points_bytes(ll: LayerList, dtype: str) -> int:
     buffer, as plan_rotation gives them (the chunk's, the same weights, are built once the decode's are gone)."""
     total = 0.0
     for k, n in {x.call_shape for x in ll.layers}:
-        r = plan_rotation(k * n * weight_bytes_of(dtype), usable_llc_bytes())
+        r = plan_rotation(k * n * weight_bytes_of(dtype), cachesize.usable_llc_bytes())
         total += r.copies * k * n * weight_bytes_of(dtype) + r.flush_bytes
     return int(total)
 
@@ -245,8 +244,8 @@ def time_prefill_state(data: dict, profile: Profile, series: str, dtype: str, ch
     progress.stage(f"sequential prefill work: {series} {dtype}, chunk {chunk}")
     entry = next(x for x in data["nonmatmul"] if x.get("backend") == series
                  and x.get("dtype") == nonmatmul.block_dtype(dtype))
-    seq = nonmatmul.chunk_rest(profile, series, nonmatmul.block_dtype(dtype), chunk, NONMATMUL_SECONDS, usable_llc_bytes(),
-                               nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5),
+    seq = nonmatmul.chunk_rest(profile, series, nonmatmul.block_dtype(dtype), chunk, NONMATMUL_SECONDS,
+                               cachesize.usable_llc_bytes(), nonmatmul.TimingPolicy(budget_seconds=0.8, min_samples=5),
                                entry.get("method") == "layer-pass")
     entry.setdefault("seq", {})[str(chunk)] = seq
 
@@ -260,5 +259,5 @@ def time_nonmatmul_block(data: dict, profile: Profile, series: str, dtype: str, 
     torch.set_num_threads(threads)
     progress.stage(f"non-matmul block: {series} {dtype}")
     data.setdefault("nonmatmul", []).append(nonmatmul.measure_series(
-        profile, series, nonmatmul.block_dtype(dtype, series), NONMATMUL_SECONDS, usable_llc_bytes(),
+        profile, series, nonmatmul.block_dtype(dtype, series), NONMATMUL_SECONDS, cachesize.usable_llc_bytes(),
         data.get("settings", {}).get("cold", True), threads=threads, chunks=(chunk,) if chunk else ()))
