@@ -118,3 +118,17 @@ def test_a_real_scan_reads_every_size_and_ends_with_the_reference():
     record = cachesize.scan(8 * MiB, rounds=1)
     assert record["sizes_bytes"] == sizes([1, 2, 4, 8])
     assert len(record["read_gbps"]) == 4 and all(g > 0 for g in record["read_gbps"])
+
+
+@pytest.mark.parametrize("command", ["analyze", "sweep"])
+def test_a_bad_setting_ends_the_command_in_one_line_before_it_writes_anything(fresh, monkeypatch, cli, tmp_path,
+                                                                                command):
+    from conftest import PROFILES
+
+    monkeypatch.setenv(cachesize.ENV, "lots")
+    out = tmp_path / "run"
+    args = [PROFILES / "rwkv-0b1.yaml", "--quick"] if command == "analyze" else ["--sizes", "128:256:128"]
+    code, stdout, stderr = cli(command, *args, "--backends", "numpy", "--out", out)
+    assert code == 2 and "Traceback" not in stderr
+    assert "RWKVPROBE_LLC_BYTES='lots': expected the last-level cache size in bytes" in stderr
+    assert not out.exists()

@@ -13,6 +13,7 @@ from rwkvprobe.cli.options import parse_choice_list, parse_int_list
 from rwkvprobe.cli.sweep import summary_lines
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir, lock_folder
+from rwkvprobe.measure import cachesize
 from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings, check_dtypes, default_out_dir, plan_series
 from rwkvprobe.measure.points import onnx_cache_dir
 from rwkvprobe.measure.run import RESULTS
@@ -81,6 +82,7 @@ def analyze_cmd(
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
                                if quantize is not None else None, history=use_history)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
+    cachesize.check_env()
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)
     analysis.near_line = near_line_points  # the headline's points near the kernel-limited line get a second timing
     analysis.heavy = heavy_points  # and so do its heaviest points

@@ -94,6 +94,7 @@ def sweep_command(
                              cold=cold, budget_seconds=budget or DEFAULT_BUDGET_SECONDS, sizes_text=sizes_text,
                              rknn_dir=rknn_dir, npu_cores=",".join(masks))
     pairs, _ = plan_pairs(settings)  # unknown or missing backends are refused before anything is written
+    cachesize.check_env()
     check_memory(grid, pairs, cachesize.usable_llc_bytes(), cold)
     reporter = Reporter(err_console, verbose)
     if estimate:  # calibrate and print the plan; nothing is measured or written

@@ -115,6 +115,12 @@ def _from_env(value: str, reported: int | None) -> dict:
     return {"bytes": n, "reported_bytes": reported, "how": f"set by {ENV}"}
 
 
+def check_env() -> None:
+    """One line (InputError) for a bad RWKVPROBE_LLC_BYTES, before a command writes anything."""
+    if os.environ.get(ENV):
+        _from_env(os.environ[ENV], None)
+
+
 def decide() -> dict:
     """This process's decision (made once): ``bytes`` (what to size by; None: unknown, the callers' default),
     ``reported_bytes``, ``how`` (words), and with a scan its ``scan`` record."""
