@@ -12,14 +12,102 @@
  * Build: cc -O3 -fopenmp -march=native bench/stream_ref.c -o bench/stream_ref
  * Run:   OMP_NUM_THREADS=2 OMP_PROC_BIND=true OMP_PLACES='{0},{1}' bench/stream_ref ARRAY_BYTES [TRIALS]
  * Output: one JSON object on stdout (see bench/README.md).
+ *
+ * Built with -DSTREAM_REF_LIB -shared -fPIC it is a library instead (no main): bench/bandwidth_vs_c.py loads it
+ * into its own process and alternates its kernels with the Python probe's, trial by trial (stream_ref_bind,
+ * stream_ref_fill, stream_ref_kernel below).
  */
 #define _GNU_SOURCE
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
+
+#ifdef STREAM_REF_LIB
+static const double SCALAR = 3.0;
+
+/* Thread tid's share of n elements among nth threads: [*lo, *hi), as schedule(static) splits them. */
+static void share(long n, long *lo, long *hi) {
+    long nth = omp_get_num_threads(), tid = omp_get_thread_num(), q = n / nth, r = n % nth;
+    if (tid < r) {
+        q++;
+        r = 0;
+    }
+    *lo = q * tid + r;
+    *hi = *lo + q;
+}
+
+/* Pins the OpenMP team of the calling thread: thread i to cpus[i], n threads from now on. Returns 0, or the
+ * number of threads that could not be pinned. Call it again for another set of CPUs. */
+int stream_ref_bind(const int *cpus, int n) {
+    int failed = 0;
+    omp_set_dynamic(0);
+    omp_set_num_threads(n);
+#pragma omp parallel reduction(+ : failed)
+    {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(cpus[omp_get_thread_num()], &set);
+        failed += sched_setaffinity(0, sizeof(set), &set) != 0;
+    }
+    return failed;
+}
+
+/* STREAM's start values, each thread writing its own share (first touch places the pages). */
+void stream_ref_fill(double *a, double *b, double *c, long n) {
+#pragma omp parallel
+    {
+        long lo, hi;
+        share(n, &lo, &hi);
+        for (long j = lo; j < hi; j++) {
+            a[j] = 1.0;
+            b[j] = 2.0;
+            c[j] = 0.0;
+        }
+    }
+}
+
+/* One kernel (0 copy, 1 scale, 2 add, 3 triad, 4 read) over the bound threads, timed as the Python probe times
+ * its trials: from the first thread's start to the last thread's finish, each thread stamping its own share (the
+ * team's wake-up before and its join after fall outside the window, as the probe's barrier does). Returns the
+ * seconds; the read kernel's sum goes to *sum_out. */
+double stream_ref_kernel(int k, double *restrict a, double *restrict b, double *restrict c, long n,
+                         double *sum_out) {
+    double first = 1e300, last = 0.0, sum = 0.0;
+#pragma omp parallel reduction(min : first) reduction(max : last) reduction(+ : sum)
+    {
+        long lo, hi;
+        share(n, &lo, &hi);
+        double t0 = omp_get_wtime(), part = 0.0;
+        switch (k) {
+        case 0:
+            for (long j = lo; j < hi; j++) c[j] = a[j];
+            break;
+        case 1:
+            for (long j = lo; j < hi; j++) b[j] = SCALAR * c[j];
+            break;
+        case 2:
+            for (long j = lo; j < hi; j++) c[j] = a[j] + b[j];
+            break;
+        case 3:
+            for (long j = lo; j < hi; j++) a[j] = b[j] + SCALAR * c[j];
+            break;
+        case 4:
+#pragma omp simd reduction(+ : part)
+            for (long j = lo; j < hi; j++) part += a[j] * a[j];
+            break;
+        }
+        first = t0;
+        last = omp_get_wtime();
+        sum = part;
+    }
+    *sum_out = sum;
+    return last - first;
+}
+#else
 
 #define NKERNELS 5
 static const char *NAMES[NKERNELS] = {"copy", "scale", "add", "triad", "read"};
@@ -137,3 +225,4 @@ int main(int argc, char **argv) {
     free(times);
     return ok ? 0 : 1;
 }
+#endif /* STREAM_REF_LIB */
