@@ -113,7 +113,11 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
     whatif = {tuple(x) for x in results.get("settings", {}).get("whatif_series") or []}
     by_key = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p for p in results.get("measurements", [])}
     sustained = sustained_read_gbps(results)
-    for c in results.get("ceilings", []):
+    # float series first: a quantized series' rows kept at the float type are judged on that series' ceilings as it
+    # holds them (hold_ceilings), not as first measured; the series keep the order of results["ceilings"]
+    held: dict[tuple[str, str], tuple[float, float]] = {}
+    ceilings = results.get("ceilings", [])
+    for c in sorted(ceilings, key=lambda c: c["dtype"] in QUANTIZED_ROW_DTYPES):
         if not c.get("peak_gflops") or c.get("overhead_seconds") is None or bw is None or c.get("left_out"):
             continue
         P, t0 = c["peak_gflops"] * 1e9, c["overhead_seconds"]
@@ -122,12 +126,13 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
         bw_s = c["bandwidth_gbps"] * 1e9 if c.get("bandwidth_gbps") else bw
         # a board's series keep its own bandwidth; this machine's layers are judged at its sustained bandwidth
         local = None if c.get("bandwidth_gbps") else sustained
-        rows = _rows(results, layers, c, by_key, P, bw_s, t0, local)
+        rows = _rows(results, layers, c, by_key, P, bw_s, t0, local, held)
         adjustments = [] if c.get("modelled") else hold_ceilings(rows, P, bw_s, t0)
         if adjustments:
             P, bw_s, t0 = adjustments[-1]["P"], adjustments[-1]["W"], adjustments[-1]["t0"]
-            rows = _rows(results, layers, c, by_key, P, bw_s, t0, local)
+            rows = _rows(results, layers, c, by_key, P, bw_s, t0, local, held)
             warnings += [f"{c['backend']} {c['dtype']}: {a['text']}" for a in adjustments]
+        held[key] = (P, t0)
         if key in whatif:  # measured for the what-if: decode shapes only
             rows = [r for r in rows if r["m"] == 1]
         series[key] = {"backend": c["backend"], "dtype": c["dtype"], "peak_gflops": P / 1e9,
@@ -143,6 +148,8 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
             series[key].update(float_dtype=kept[0]["stored_as"],
                                quantized_kinds=sorted({r["kind"] for r in rows if not r.get("stored_as")}),
                                float_kinds=sorted({r["kind"] for r in kept}))
+    order = [(c["backend"], c["dtype"]) for c in ceilings]
+    series = {key: series[key] for key in sorted(series, key=order.index)}
     warnings += _keep_float(series, results)
     for s in series.values():
         s["model"] = _model_level(s["rows"], layers, s.get("float_dtype") or s["dtype"], s["bandwidth_gbps"] * 1e9,
@@ -160,7 +167,7 @@ def build_verdict(results: dict, layers: LayerList) -> dict:
 
 
 def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_s: float, t0: float,
-          sustained: float | None = None) -> list[dict]:
+          sustained: float | None = None, held: dict[tuple[str, str], tuple[float, float]] | None = None) -> list[dict]:
     """One row per layer and token count of a series: measured verdict, else the model's time (labelled).
 
     A measured layer is judged at the machine's sustained DRAM bandwidth (``sustained``, GB/s: see
@@ -168,7 +175,8 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     more, never above the series' W.
 
     A backend that keeps some kinds at a float type in its quantized series (ggml, rwkv.cpp's rule) takes
-    those rows from its float series (``stored_as``), judged on that series' own peak and overhead."""
+    those rows from its float series (``stored_as``), judged on that series' own peak and overhead: as that series
+    holds them (``held``: (P, t0) by series, after hold_ceilings), else as measured."""
     rows = []
     desc = (results.get("backends") or {}).get(c["backend"]) or {}
     keep_float = desc.get("float_dtype") if c["dtype"] in QUANTIZED_ROW_DTYPES and desc.get("float_dtype") else None
@@ -182,7 +190,8 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
             if keep_float and layer.kind not in q_kinds:  # this matrix stays at the float type
                 stored = keep_float
                 if float_c:
-                    P_r, t0_r = float_c["peak_gflops"] * 1e9, float_c["overhead_seconds"]
+                    P_r, t0_r = (held or {}).get((c["backend"], keep_float),
+                                                 (float_c["peak_gflops"] * 1e9, float_c["overhead_seconds"]))
             k, n = layer.call_shape  # a batched layer's matrices, timed as the one call that runs them
             p = by_key.get((c["backend"], stored, m, k, n))
             row = {"layer": layer.name, "kind": layer.kind, "k": k, "n": n, "m": m,
