@@ -126,6 +126,25 @@ def test_a_recheck_reuses_the_passed_check_of_the_same_workload(monkeypatch):
         assert wrong["check"]["ok"] is False and "reused" not in wrong["check"] and wrong["timing"] is None
 
 
+@pytest.mark.parametrize("m", [1, 4, 5, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_reference_is_the_float64_product_on_either_path(m, dtype):
+    """reference() (einsum for a few rows, BLAS on widened column blocks past EINSUM_ROWS) gives A x W with every
+    product and sum in float64, W in any layout (ggml's is a transposed view), as a float64 array of [M, N]."""
+    from rwkvprobe.backends import EINSUM_ROWS, reference
+
+    assert 1 <= EINSUM_ROWS < 16
+    rng = np.random.default_rng(m)
+    k, n = 300, 70
+    a = rng.standard_normal((m, k)).astype(dtype)
+    w = np.ascontiguousarray(rng.standard_normal((n, k)).astype(dtype)).T  # [K, N], column-major
+    exact = np.array([[sum(float(x) * float(y) for x, y in zip(a[i], w[:, j])) for j in range(n)] for i in range(m)])
+    out = reference(None, a, w, block=32)
+    assert out.dtype == np.float64 and out.shape == (m, n)
+    np.testing.assert_allclose(out, exact, rtol=0, atol=1e-12 * np.abs(exact).max())
+    assert np.abs(out - a.astype(np.float32) @ w.astype(np.float32)).max() > 0  # float32 sums would differ
+
+
 def test_unknown_backend():
     with pytest.raises(InputError, match="unknown backend 'cuda9'"):
         get_backend("cuda9", 1)
