@@ -170,6 +170,7 @@ class Point(TypedDict):
     error: NotRequired[Union[str, None]]
     rotation: NotRequired[Rotation]
     bytes_per_weight: NotRequired[float]
+    weight_dtype: NotRequired[str]
     format: NotRequired[str]
     skipped: NotRequired[str]
     contention: NotRequired[Contention]

@@ -30,7 +30,8 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   (measured.decode_back_to_back); a point's series_heavy_recheck; the ggml graph's second timing after the layer
   points (its non-matmul entry's windows, elapsed_seconds); canary_history (the machine's earlier runs' canaries)
   and a recheck's reused check; cache (the last-level cache the cold measurements are sized by, in analyze's
-  results, its bandwidth record and each sweep run).
+  results, its bandwidth record and each sweep run); a point's weight_dtype (the float type the backend held the
+  weight in where not its dtype: onnxruntime's fp16 on x86, whose bytes count at fp32).
 """
 
 from __future__ import annotations

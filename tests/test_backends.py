@@ -275,3 +275,38 @@ print(json.dumps({{"added": after - before, "pool": pool_threads(), "describe": 
     assert got["pool"] == 2 and got["added"] <= 1 and got["extra_ok"]
     assert got["describe"].startswith("one pool of 2 threads for every session") and "asked for" not in got["describe"]
     assert got["other"].endswith("; not the 1 asked for: the process's pool was made first")
+
+
+def test_onnxruntime_fp16_weights_count_at_the_type_its_session_holds_them(monkeypatch, tmp_path):
+    """fp16_weights_held_as() reads the graph onnxruntime optimizes an fp16 MatMul into; it agrees with the memory a
+    real fp16 session of a 2048x4096 weight keeps (16.8 MB at fp16, 33.6 at fp32), and an onnxruntime fp16 workload
+    and its point count the weight at that type (4 bytes a weight where held as fp32), for either answer."""
+    psutil = pytest.importorskip("psutil")
+    if "onnxruntime" not in USABLE:
+        pytest.skip("onnxruntime not installed")
+    from rwkvprobe.backends import ort_backend
+
+    held = ort_backend.fp16_weights_held_as()
+    assert held in ("fp16", "fp32")
+    b = get_backend("onnxruntime", 1)
+    w = b.workload(1, 2048, 4096, "fp16")
+    before = psutil.Process().memory_full_info().uss
+    runner = b.prepare(w, 1, onnx_dir=tmp_path)
+    try:
+        grown = psutil.Process().memory_full_info().uss - before
+    finally:
+        runner.close()
+    assert (grown > 1.5 * 2048 * 4096 * 2) == (held == "fp32"), (held, grown)
+    ort_backend.fp16_weights_held_as.cache_clear()
+    try:
+        for answer, per in (("fp32", 4.0), ("fp16", 2.0)):
+            monkeypatch.setattr(ort_backend, "fp16_weights_held_as", lambda answer=answer: answer)
+            w = b.workload(1, 64, 32, "fp16")
+            assert w.bytes_per_weight == per and w.weight_dtype == ("fp32" if per == 4.0 else "")
+            assert w.bytes_moved == 64 * 32 * per + (64 + 32) * 2
+            p = measure_point(b, w, None, TimingPolicy(budget_seconds=0.02), onnx_dir=tmp_path)
+            assert p["check"]["ok"] and p["bytes_per_weight"] == per and p.get("weight_dtype", "") == w.weight_dtype
+            assert b.workload(1, 64, 32, "fp32").bytes_per_weight == 4.0 and not b.workload(1, 64, 32, "fp32").weight_dtype
+    finally:
+        monkeypatch.undo()
+        ort_backend.fp16_weights_held_as.cache_clear()

@@ -744,3 +744,38 @@ def test_the_compiler_table_names_a_batched_layers_matrices():
     text = "\n".join(_compiler_section(results, ll))
     assert "| fp16 | att.maa_w2 | 32x1280 (5 32x256 matrices in one call) | 2 |" in text
     assert "| fp16 | att.key | 256x256 | 2 |" in text
+
+
+def test_a_series_whose_backend_held_its_weights_at_fp32_is_judged_on_fp32_bytes(tmp_path):
+    """onnxruntime's fp16 on a CPU without an fp16 MatMul kernel converts the weights to fp32 as the session loads
+    (its points record weight_dtype fp32 and 4 bytes a weight): every row, measured or modelled, counts 4 bytes a
+    weight, a layer reading fp32 bytes at the DRAM bandwidth is bandwidth-bound at 100% of its roofline (not
+    kernel-limited at 50%), the smaller-weights what-if starts from those bytes, and the report says why."""
+    layers = layers_of(explicit_profile(("att", 512, 512, 4), ("ffn", 512, 2048, 2), ("head", 512, 1024, 1)))
+    bw, peak, t0 = 10.0, 100.0, 1e-5
+
+    def fp32_bytes_time(m, k, n):
+        if (k, n) == (512, 1024):
+            return None  # the head: not measured, modelled
+        f, b = work(m, k, n, "fp16")
+        return t0 + max(f / (peak * 1e9), (b + k * n * 2) / (bw * 1e9))  # fp32 weights, fp16 A and C
+
+    r = make_results(layers, tokens=(1,), bw_gbps=bw, peak_gflops=peak, overhead=t0, backend="onnxruntime",
+                     dtype="fp16", time_of=fp32_bytes_time)
+    for p in r["measurements"]:
+        f, b = work(p["m"], p["k"], p["n"], "fp16")
+        p.update(bytes=b + p["k"] * p["n"] * 2, bytes_per_weight=4.0, weight_dtype="fp32")
+    r["measurements"].append(point("onnxruntime", "fp16", 1, 16, 16, 2e-5, bytes_per_weight=4.0, weight_dtype="fp32"))
+    s = series_of(build_verdict(r, layers), "onnxruntime", "fp16")
+    rows = {x["layer"]: x for x in s["rows"]}
+    for name in ("att", "ffn"):
+        x = rows[name]
+        assert x["held_as"] == "fp32" and x["weight_bytes"] == x["k"] * x["n"] * 4
+        assert x["roofline_fraction"] == pytest.approx(1.0, rel=1e-6) and x["bound"] == "bandwidth-bound"
+        assert not x["kernel_limited"]
+    head = rows["head"]
+    assert not head["measured"] and head["weight_bytes"] == 512 * 1024 * 4
+    assert head["model_seconds"] == pytest.approx(t0 + (512 * 1024 * 4 + (512 + 1024) * 2) / (bw * 1e9), rel=1e-9)
+    text = render(r, tmp_path).read_text(encoding="utf-8")
+    assert ("**fp16 weights held as fp32:** onnxruntime has no fp16 MatMul kernel for this CPU and converts the "
+            "fp16 weights to fp32 as its session loads") in text

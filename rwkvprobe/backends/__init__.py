@@ -65,7 +65,9 @@ class Workload:
 
     For a quantized dtype, ``scheme`` names its weight format (a key of ``quant.FORMATS``; empty:
     the dtype's default, ``quant.DEFAULT_FORMATS``) and ``block_size`` the weights per scale of a
-    blockwise format. Float dtypes ignore both.
+    blockwise format. Float dtypes ignore both. ``weight_dtype``: the float type the backend really holds the
+    weight in, where that is not ``dtype`` (onnxruntime's fp16 on a CPU without an fp16 MatMul kernel converts the
+    weight to fp32 as the session loads): the bytes a call reads count at that type.
     """
 
     m: int
@@ -74,10 +76,13 @@ class Workload:
     dtype: str
     block_size: int = DEFAULT_BLOCK_SIZE
     scheme: str = ""
+    weight_dtype: str = ""
 
     def __post_init__(self):
         if self.scheme and (self.scheme not in FORMATS or FORMATS[self.scheme].dtype != self.dtype):
             raise ValueError(f"weight format '{self.scheme}' does not store dtype '{self.dtype}'")
+        if self.weight_dtype and (self.quantized or self.weight_dtype not in ELEMENT_BYTES):
+            raise ValueError(f"a {self.dtype} weight cannot be held as '{self.weight_dtype}'")
 
     @property
     def quantized(self) -> bool:
@@ -111,7 +116,7 @@ class Workload:
         fmt = self.weight_format
         if fmt:
             return fmt.weight_bytes(self.k, self.n, self.block_size)
-        return self.k * self.n * ELEMENT_BYTES[self.dtype]
+        return self.k * self.n * ELEMENT_BYTES[self.weight_dtype or self.dtype]
 
     @property
     def bytes_per_weight(self) -> float:

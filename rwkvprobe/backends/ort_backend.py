@@ -19,6 +19,7 @@ float64 check, so the check tests the kernel, not the quantizer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -28,7 +29,7 @@ import numpy as np
 
 from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, base_weight, check_runner
 from rwkvprobe.backends.onnxgen import DEFAULT_OPSET, NP_DTYPES, ModelSpec, write_model
-from rwkvprobe.model.quant import FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
+from rwkvprobe.model.quant import DEFAULT_BLOCK_SIZE, FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
 
 #: onnxruntime's quantizer default: asymmetric, a zero point per block
 NBITS_SYMMETRIC = False
@@ -314,6 +315,32 @@ def _probe(scheme: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def fp16_weights_held_as() -> str:
+    """The float type onnxruntime holds an fp16 MatMul's weight in here: ``fp16``, or ``fp32`` where it has no fp16
+    MatMul kernel for this CPU. Then, as the session loads, it puts Casts around the MatMul (A to fp32, C back to
+    fp16) and folds the cast of the constant weight into a new fp32 initializer (onnxruntime 1.32 on x86-64): its
+    "fp16" reads 4 bytes a weight, as fp32 does. Read from the graph that onnxruntime optimizes a tiny fp16 MatMul
+    into (saved once, untimed): the type of the weight its MatMul multiplies."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from rwkvprobe.backends.onnxgen import build_model
+
+    with tempfile.TemporaryDirectory(prefix="rwkvprobe-ort-") as d:
+        opts = session_options(None)
+        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        opts.log_severity_level = 3  # no warning that a model optimized at this level is for this machine only
+        ort.InferenceSession(build_model(ModelSpec(1, 64, 16, "fp16")).SerializeToString(), sess_options=opts,
+                             providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    weights = [types[i] for node in graph.node if node.op_type == "MatMul" for i in node.input if i in types]
+    return "fp32" if weights and all(t == onnx.TensorProto.FLOAT for t in weights) else "fp16"
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
     dtypes = ("fp32", "fp16", "int8", "int4", "int8-dyn", "int8-a8", "int4-a8")
@@ -331,6 +358,14 @@ class OrtBackend(Backend):
         if reason or dtype not in cls.formats:
             return reason
         return _probe(cls.formats[dtype])
+
+    @classmethod
+    def workload(cls, m: int, k: int, n: int, dtype: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Workload:
+        """fp16 on a CPU where onnxruntime holds the weight as fp32 (fp16_weights_held_as): its bytes at fp32."""
+        w = super().workload(m, k, n, dtype, block_size)
+        if dtype == "fp16" and fp16_weights_held_as() != "fp16":
+            w = dataclasses.replace(w, weight_dtype=fp16_weights_held_as())
+        return w
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
         if onnx_dir is None:
@@ -356,6 +391,7 @@ class OrtBackend(Backend):
                                 "model's one session has)" if pool else "a pool per session, without spinning")
                                + (f"; not the {self.threads} asked for: the process's pool was made first"
                                   if pool and pool != self.threads else ""),
+                "fp16_weights_held_as": fp16_weights_held_as(),
                 "fp16_check": ("fp16 accumulation on Arm: checked against 2^-11*sqrt(K) of the largest output"
                                if arm else "fp32 accumulation: checked against 5e-3 of the largest output"),
                 "quantization": {"nbits_symmetric": NBITS_SYMMETRIC,

@@ -47,6 +47,8 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         "bytes_per_weight": workload.bytes_per_weight, "format": workload.label,
         "check": None, "timing": None, "error": None,
     }
+    if workload.weight_dtype:  # the backend holds the weight at another float type: its bytes count at that one
+        point["weight_dtype"] = workload.weight_dtype
     speed = contention.canary()  # the machine's speed before this point's backend threads start
     busy: dict | None = None
     t0 = time.perf_counter()

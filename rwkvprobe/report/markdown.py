@@ -567,7 +567,11 @@ def _per_layer_section(verdict: dict) -> list[str]:
                          "attained** (see the warning above)." if a["ceiling"] != "per-call overhead" else
                          f" **Per-call overhead lowered** (layer {a['layer']}, M={a['m']}, ran faster than the "
                          "measured overhead allows; see the warning above)."
-                         for a in s.get("ceiling_adjustments", [])), ""]
+                         for a in s.get("ceiling_adjustments", []))
+               + "".join(f" **{d} weights held as {h}:** {s['backend']} has no {d} MatMul kernel for this CPU and "
+                         f"converts the {d} weights to {h} as its session loads, so every {d} call reads {h} weights, "
+                         "and those layers are judged on those bytes."
+                         for d, h in sorted({(r["stored"], r["held_as"]) for r in s["rows"] if r.get("held_as")})), ""]
         rows = []
         for r in s["rows"]:
             if r.get("measured"):

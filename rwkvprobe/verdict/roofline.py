@@ -178,6 +178,11 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     those rows from its float series (``stored_as``), judged on that series' own peak and overhead: as that series
     holds them (``held``: (P, t0) by series, after hold_ceilings), else as measured."""
     rows = []
+
+    def held_as(dtype: str) -> str:  # the float type the series' points say this backend held the weights at
+        return next((p["weight_dtype"] for key, p in by_key.items() if key[:2] == (c["backend"], dtype)
+                     and p.get("weight_dtype")), dtype)
+
     desc = (results.get("backends") or {}).get(c["backend"]) or {}
     keep_float = desc.get("float_dtype") if c["dtype"] in QUANTIZED_ROW_DTYPES and desc.get("float_dtype") else None
     q_kinds = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
@@ -196,19 +201,21 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
             p = by_key.get((c["backend"], stored, m, k, n))
             row = {"layer": layer.name, "kind": layer.kind, "k": k, "n": n, "m": m,
                    "count": layer.calls, "measured": False, "status": "not measured", "stored": stored,
-                   "weight_bytes": k * n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(stored))}
+                   "weight_bytes": k * n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(held_as(stored)))}
             if layer.batch != 1:
                 row["batch"] = layer.batch
             if stored != c["dtype"]:
                 row.update(stored_as=stored, kept_float=True)
             if p is not None:
+                if p.get("weight_dtype"):  # the backend held it at another float type (its bytes count there)
+                    row["held_as"] = p["weight_dtype"]
                 row["status"] = point_status(p)
                 if (p.get("contention") or {}).get("contended"):
                     row["contended"] = True
                 if (canary_ratio(p, canary) or 0.0) >= CANARY_SLOW:  # the machine itself ran slow around it
                     row["machine_slow"] = True
             t = point_seconds(p) if p else None
-            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, k, n, stored)
+            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, k, n, stored, held_as(stored))
             if t is not None:
                 if sustained:
                     row["sustained_gbps"] = min(sustained, bw_s / 1e9)
@@ -428,9 +435,10 @@ def point_status(p: dict) -> str:
     return "measured" if p.get("timing") else "not measured"
 
 
-def _work(m: int, k: int, n: int, dtype: str) -> tuple[float, float]:
+def _work(m: int, k: int, n: int, dtype: str, held: str | None = None) -> tuple[float, float]:
+    """FLOPs and bytes of a call at ``dtype``, its weight held at ``held`` (another float type) where given."""
     a = activation_bytes_of(dtype)
-    return 2.0 * m * k * n, k * n * weight_bytes_of(dtype) + m * k * a + m * n * a
+    return 2.0 * m * k * n, k * n * weight_bytes_of(held or dtype) + m * k * a + m * n * a
 
 
 def _bandwidth_bps(results: dict) -> float | None:
@@ -661,8 +669,8 @@ def _what_if(decode: list[dict], layers: LayerList, dtype: str, bw: float, P: fl
         q_weight_bytes = 0.0
         for r in decode:
             per = _what_if_bytes_per_weight(q, r["k"], r["n"], block) if r["kind"] in quantize or q == "fp16" \
-                else weight_bytes_of(dtype)
-            activations = r["bytes"] - r["k"] * r["n"] * weight_bytes_of(dtype)
+                else r["weight_bytes"] / (r["k"] * r["n"])
+            activations = r["bytes"] - r["weight_bytes"]
             q_bytes = r["k"] * r["n"] * per + activations
             q_weight_bytes += r["k"] * r["n"] * per * r["count"]
             # keep the layer's measured efficiency: scale the modelled time by measured / model, both at the
@@ -703,7 +711,6 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
             continue
         bw = base["bandwidth_gbps"] * 1e9
         P, t0 = base["peak_gflops"] * 1e9, base["overhead_seconds"]
-        base_bytes = weight_bytes_of(base["dtype"])
         q_rows = {r["layer"]: r for r in q["rows"] if r["m"] == 1}
         other = base["model"]["decode"]["non_matmul_seconds"]
         rows, fully = [], True
@@ -714,14 +721,14 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
                 t_q = row_seconds(qr)
                 fully = fully and qr["measured"]
                 per = qr["weight_bytes"] / (r["k"] * r["n"])
-                activations = r["bytes"] - r["k"] * r["n"] * base_bytes
+                activations = r["bytes"] - r["weight_bytes"]
                 efficiency = t_base / r["model_seconds"] if r["model_seconds"] else 1.0
                 t_bound = model_seconds(r["flops"], r["k"] * r["n"] * per + activations, P, row_bandwidth(r, bw, t0),
                                         t0) * efficiency
                 quantized, limited = True, kernel_share(qr)
             else:
                 t_q = t_bound = t_base
-                per, quantized, limited = base_bytes, False, 0.0
+                per, quantized, limited = r["weight_bytes"] / (r["k"] * r["n"]), False, 0.0
             rows.append({"layer": r["layer"], "kind": r["kind"], "k": r["k"], "n": r["n"], "count": r["count"],
                          **({"batch": r["batch"]} if "batch" in r else {}), "quantized": quantized, "bytes_per_weight": per, "baseline_seconds": t_base,
                          "measured_seconds": t_q, "bound_seconds": t_bound,
@@ -729,7 +736,7 @@ def quant_comparison(verdict: dict, results: dict) -> list[dict]:
                          "kernel_share": limited})
         total = lambda key, rows=rows, other=other: other + sum(x[key] * x["count"] for x in rows)  # noqa: E731
         base_t, meas_t, bound_t = total("baseline_seconds"), total("measured_seconds"), total("bound_seconds")
-        base_weight_bytes = sum(x["k"] * x["n"] * base_bytes * x["count"] for x in rows)
+        base_weight_bytes = sum(r["weight_bytes"] * r["count"] for r in base["rows"] if r["m"] == 1)
         weight_bytes = sum(x["k"] * x["n"] * x["bytes_per_weight"] * x["count"] for x in rows)
         q_layers = [x for x in rows if x["quantized"]]
         q_time = sum(x["measured_seconds"] * x["count"] for x in q_layers)
