@@ -264,7 +264,7 @@ runner = b.prepare(b.workload(1, 256, 512, "fp32"), 4, onnx_dir=r"{tmp_path}")
 for i in range(4):
     runner.run(i)
 after = len(os.listdir("/proc/self/task"))
-extra = ort.InferenceSession(runner.path.read_bytes(), sess_options=session_options(), providers=["CPUExecutionProvider"])
+extra = ort.InferenceSession(str(runner.path), sess_options=session_options(), providers=["CPUExecutionProvider"])
 print(json.dumps({{"added": after - before, "pool": pool_threads(), "describe": b.describe()["thread_pool"],
                   "other": get_backend("onnxruntime", 1).describe()["thread_pool"],
                   "extra_ok": extra.run(None, runner.feeds)[0].shape == (1, 512)}}))
@@ -310,3 +310,43 @@ def test_onnxruntime_fp16_weights_count_at_the_type_its_session_holds_them(monke
     finally:
         monkeypatch.undo()
         ort_backend.fp16_weights_held_as.cache_clear()
+
+
+def test_onnxruntime_runs_float_models_with_the_weight_beside_them_and_copies_never_share_it(monkeypatch, tmp_path):
+    """onnxruntime's float models are written with the weight in a .data file beside the .onnx (mapped as a session
+    loads, not parsed out of the protobuf). Where onnxruntime keeps reading the mapped file (here forced: on x86 its
+    fp32 and fp16 MatMul make copies of their own), copies 1.. get private weight buffers, so no two copies read the
+    same memory, and every copy is still checked right; where it does not, every copy is a session of the file."""
+    if "onnxruntime" not in USABLE:
+        pytest.skip("onnxruntime not installed")
+    from rwkvprobe.backends import ort_backend
+
+    b = get_backend("onnxruntime", 1)
+    w = b.workload(1, 256, 96, "fp32")
+    runner = b.prepare(w, 3, onnx_dir=tmp_path)
+    try:
+        assert runner.path.name == "matmul_m1_k256_n96_fp32.ext.onnx"
+        data = ort_backend.external_data(runner.path)
+        assert data is not None and data.stat().st_size == 256 * 96 * 4
+        assert runner.path.stat().st_size < 4096  # the graph alone
+        held_in_file = ort_backend._mapped(data) is not False
+        assert len(runner.private_weights) == (2 if held_in_file else 0)
+        assert check_runner(w, runner)["ok"]
+    finally:
+        runner.close()
+    monkeypatch.setattr(ort_backend, "_mapped", lambda path: True)
+    for dtype in ("fp32", "fp16"):
+        w = b.workload(1, 256, 96, dtype)
+        runner = b.prepare(w, 3, onnx_dir=tmp_path)
+        try:
+            assert len(runner.sessions) == 3 and len(runner.private_weights) == 2
+            a, c = runner.private_weights
+            assert a.shape == (256, 96) and a.dtype == np.dtype(np.float32 if dtype == "fp32" else np.float16)
+            assert not np.shares_memory(a, c) and np.array_equal(a, c)
+            result = check_runner(w, runner)
+            assert result["ok"], result
+            a[:] = 0  # the sessions of copies 1.. read their own buffers
+            runner.run(1)
+            assert not np.any(runner.output(1)) or not held_in_file
+        finally:
+            runner.close()

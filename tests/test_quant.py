@@ -265,7 +265,8 @@ def test_quantized_models_cached_next_to_fp32(tmp_path):
     w = b.workload(1, 256, 128, "int4")
     b.prepare(w, 1, onnx_dir=tmp_path).close()
     q = tmp_path / "matmul_m1_k256_n128_nbits4_b32.onnx"
-    assert q.is_file() and (tmp_path / "matmul_m1_k256_n128_fp32.onnx").is_file()
+    assert q.is_file() and (tmp_path / "matmul_m1_k256_n128_fp32.ext.onnx").is_file()
+    assert (tmp_path / "matmul_m1_k256_n128_fp32.ext.onnx.data").stat().st_size == 256 * 128 * 4
     mtime = q.stat().st_mtime_ns
     b.prepare(w, 1, onnx_dir=tmp_path).close()
     assert q.stat().st_mtime_ns == mtime  # reused

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,36 +102,52 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_model(spec: ModelSpec, out: Path, opset: int) -> dict:
-    """Build, check and save one model atomically; returns its manifest entry."""
+def write_model(spec: ModelSpec, out: Path, opset: int, filename: str | None = None,
+                external: bool | None = None) -> dict:
+    """Build, check and save one model atomically (as ``filename``, default ``spec.filename``); returns its
+    manifest entry. ``external``: the weight in a ``<file>.data`` file beside it (default: only past protobuf's
+    2 GB limit)."""
     import onnx
 
     model = build_model(spec, opset)
-    final = out / spec.filename
-    tmp = out / f".{spec.filename}.tmp"
-    external = spec.weight_bytes > EXTERNAL_DATA_THRESHOLD
-    entry = {"file": spec.filename, "m": spec.m, "k": spec.k, "n": spec.n, "dtype": spec.dtype,
+    filename = filename or spec.filename
+    final = out / filename
+    tmp = out / f".{filename}.tmp"
+    if external is None:
+        external = spec.weight_bytes > EXTERNAL_DATA_THRESHOLD
+    entry = {"file": filename, "m": spec.m, "k": spec.k, "n": spec.n, "dtype": spec.dtype,
              "opset": opset, "seed": spec.seed, "external_data": None}
     try:
         if external:
-            data_name = spec.filename + ".data"
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-            del model
-            os.replace(tmp, final)  # the .data file is already in place under its final name
-            onnx.checker.check_model(str(final))
+            # both files made in a folder of their own beside the final ones, then moved in, the weights first:
+            # another process never finds a model whose weight file is half written
+            data_name = filename + ".data"
+            staging = Path(tempfile.mkdtemp(prefix=f".{filename}.", dir=out))
+            try:
+                onnx.save_model(model, str(staging / filename), save_as_external_data=True,
+                                all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+                del model
+                onnx.checker.check_model(str(staging / filename))
+                os.replace(staging / data_name, out / data_name)
+                os.replace(staging / filename, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             entry["external_data"] = data_name
         else:
-            onnx.checker.check_model(model)
+            # serialized once: the checker reads the very bytes that are written and hashed (checking the ModelProto
+            # serialized it a second time, and hashing read the file back: a first analyze run writes 1.4 GB)
             data = model.SerializeToString()
             del model
+            onnx.checker.check_model(data)
             with open(tmp, "wb") as f:
                 f.write(data)
+            entry["sha256"] = hashlib.sha256(data).hexdigest()
             del data
             os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-    entry["sha256"] = _sha256(final)
+    if external:
+        entry["sha256"] = _sha256(final)
     entry["bytes"] = final.stat().st_size + ((out / entry["external_data"]).stat().st_size if external else 0)
     return entry
 

@@ -26,6 +26,7 @@ from rwkvprobe.backends import (
     get_backend,
     onnxgen,
 )
+from rwkvprobe.backends.ort_backend import external_data, float_model, float_model_filename
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
@@ -997,9 +998,10 @@ class Analysis(Run):
         folder = ensure_writable_dir(self.settings.onnx_dir)
         for m, k, n, d in need:
             spec = onnxgen.ModelSpec(m, k, n, d)
-            if not (folder / spec.filename).is_file():
+            path = folder / float_model_filename(spec)
+            if not (path.is_file() and external_data(path)):
                 onnxgen.check_resources([spec], folder)
-                onnxgen.write_model(spec, folder, onnxgen.DEFAULT_OPSET)
+                float_model(spec, folder)
 
 
 def _slow_machine_warning(results: dict) -> list[str]:
