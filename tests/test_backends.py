@@ -299,6 +299,10 @@ def test_onnxruntime_fp16_weights_count_at_the_type_its_session_holds_them(monke
     assert (grown > 1.5 * 2048 * 4096 * 2) == (held == "fp32"), (held, grown)
     ort_backend.fp16_weights_held_as.cache_clear()
     try:
+        with monkeypatch.context() as m:  # no onnxruntime to ask: the weight counts as the dtype says
+            m.setitem(sys.modules, "onnxruntime", None)
+            assert ort_backend.fp16_weights_held_as() == "fp16"
+        ort_backend.fp16_weights_held_as.cache_clear()
         for answer, per in (("fp32", 4.0), ("fp16", 2.0)):
             monkeypatch.setattr(ort_backend, "fp16_weights_held_as", lambda answer=answer: answer)
             w = b.workload(1, 64, 32, "fp16")

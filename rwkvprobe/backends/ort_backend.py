@@ -1,6 +1,8 @@
-"""onnxruntime (CPU): runs the very ONNX files that ``rwkvprobe onnx`` writes, one session per copy.
+"""onnxruntime (CPU): runs the MatMul models that ``rwkvprobe onnx`` writes, one session per copy.
 
-Quantized dtypes are converted from those fp32 files with onnxruntime's own quantizers and cached
+The float models are the same graph with the weight in a ``.data`` file beside it (``matmul_..._fp32.ext.onnx``,
+float_model): onnxruntime maps that file as a session loads instead of parsing the weight out of the protobuf.
+Quantized dtypes are converted from the fp32 models with onnxruntime's own quantizers and cached
 next to them (``matmul_m1_k768_n3072_nbits4_b32.onnx``):
 
 - ``int4`` / ``int8``: weight-only blockwise ``MatMulNBits`` (com.microsoft), made by the C++ block
@@ -377,19 +379,23 @@ def fp16_weights_held_as() -> str:
     MatMul kernel for this CPU. Then, as the session loads, it puts Casts around the MatMul (A to fp32, C back to
     fp16) and folds the cast of the constant weight into a new fp32 initializer (onnxruntime 1.32 on x86-64): its
     "fp16" reads 4 bytes a weight, as fp32 does. Read from the graph that onnxruntime optimizes a tiny fp16 MatMul
-    into (saved once, untimed): the type of the weight its MatMul multiplies."""
+    into (saved once, untimed): the type of the weight its MatMul multiplies. ``fp16`` where that cannot be read (no
+    onnxruntime here: nothing of it is measured then)."""
     import tempfile
 
-    import onnx
-    import onnxruntime as ort
+    try:
+        import onnx
+        import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="rwkvprobe-ort-") as d:
-        opts = session_options(None)
-        opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
-        opts.log_severity_level = 3  # no warning that a model optimized at this level is for this machine only
-        ort.InferenceSession(build_model(ModelSpec(1, 64, 16, "fp16")).SerializeToString(), sess_options=opts,
-                             providers=["CPUExecutionProvider"])
-        graph = onnx.load(opts.optimized_model_filepath).graph
+        with tempfile.TemporaryDirectory(prefix="rwkvprobe-ort-") as d:
+            opts = session_options(None)
+            opts.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+            opts.log_severity_level = 3  # no warning that a model optimized at this level is for this machine only
+            ort.InferenceSession(build_model(ModelSpec(1, 64, 16, "fp16")).SerializeToString(), sess_options=opts,
+                                 providers=["CPUExecutionProvider"])
+            graph = onnx.load(opts.optimized_model_filepath).graph
+    except Exception:
+        return "fp16"
     types = {t.name: t.data_type for t in graph.initializer}
     weights = [types[i] for node in graph.node if node.op_type == "MatMul" for i in node.input if i in types]
     return "fp32" if weights and all(t == onnx.TensorProto.FLOAT for t in weights) else "fp16"
