@@ -316,7 +316,7 @@ def test_onnxruntime_fp16_weights_count_at_the_type_its_session_holds_them(monke
         ort_backend.fp16_weights_held_as.cache_clear()
 
 
-def test_onnxruntime_runs_float_models_with_the_weight_beside_them_and_copies_never_share_it(monkeypatch, tmp_path):
+def test_onnxruntime_float_models_beside_their_weight_file_are_correct_and_copies_never_share_it(monkeypatch, tmp_path):
     """onnxruntime's float models are written with the weight in a .data file beside the .onnx (mapped as a session
     loads, not parsed out of the protobuf). Where onnxruntime keeps reading the mapped file (here forced: on x86 its
     fp32 and fp16 MatMul make copies of their own), copies 1.. get private weight buffers, so no two copies read the
