@@ -281,22 +281,32 @@ def test_onnxruntime_fp16_weights_count_at_the_type_its_session_holds_them(monke
     """fp16_weights_held_as() reads the graph onnxruntime optimizes an fp16 MatMul into; it agrees with the memory a
     real fp16 session of a 2048x4096 weight keeps (16.8 MB at fp16, 33.6 at fp32), and an onnxruntime fp16 workload
     and its point count the weight at that type (4 bytes a weight where held as fp32), for either answer."""
-    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("psutil")
     if "onnxruntime" not in USABLE:
         pytest.skip("onnxruntime not installed")
     from rwkvprobe.backends import ort_backend
+    from rwkvprobe.backends.onnxgen import ModelSpec
 
     held = ort_backend.fp16_weights_held_as()
     assert held in ("fp16", "fp32")
     b = get_backend("onnxruntime", 1)
-    w = b.workload(1, 2048, 4096, "fp16")
-    before = psutil.Process().memory_full_info().uss
-    runner = b.prepare(w, 1, onnx_dir=tmp_path)
-    try:
-        grown = psutil.Process().memory_full_info().uss - before
-    finally:
-        runner.close()
-    assert (grown > 1.5 * 2048 * 4096 * 2) == (held == "fp32"), (held, grown)
+    path = ort_backend.float_model(ModelSpec(1, 2048, 4096, "fp16"), tmp_path)
+    # the session's memory measured in a fresh process (in this one, memory other tests free moves the figure)
+    code = f"""
+import gc, json, psutil
+import onnxruntime as ort
+from rwkvprobe.backends.ort_backend import fp16_weights_held_as, session_options
+held = fp16_weights_held_as()  # its own tiny session first: the pool and arenas are not counted below
+gc.collect()
+before = psutil.Process().memory_full_info().uss
+s = ort.InferenceSession(r"{path}", sess_options=session_options(1), providers=["CPUExecutionProvider"])
+print(json.dumps({{"held": held, "grown": psutil.Process().memory_full_info().uss - before}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["held"] == held
+    assert (got["grown"] > 1.5 * 2048 * 4096 * 2) == (held == "fp32"), got
     ort_backend.fp16_weights_held_as.cache_clear()
     try:
         with monkeypatch.context() as m:  # no onnxruntime to ask: the weight counts as the dtype says
