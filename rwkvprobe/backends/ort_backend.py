@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, base_weight, check_runner
+from rwkvprobe.backends import TOLERANCE, Backend, Workload, activation, check_runner
 from rwkvprobe.backends.onnxgen import DEFAULT_OPSET, NP_DTYPES, ModelSpec, build_model, write_model
 from rwkvprobe.model.quant import DEFAULT_BLOCK_SIZE, FORMATS, activation_as_seen, dequantize_nbits, dequantize_per_tensor
 
@@ -131,17 +131,27 @@ def float_model_filename(spec: ModelSpec) -> str:
     return spec.filename.removesuffix(".onnx") + ".ext.onnx"
 
 
+def has_float_model(spec: ModelSpec, folder: Path) -> bool:
+    """Whether ``folder`` holds the external-data model of ``spec``, graph and weight file both."""
+    path = folder / float_model_filename(spec)
+    return path.is_file() and external_data(path) is not None
+
+
 def float_model(spec: ModelSpec, folder: Path, opset: int = DEFAULT_OPSET) -> Path:
     """The external-data model of ``spec`` in ``folder`` (float_model_filename), written when not there yet."""
-    path = folder / float_model_filename(spec)
-    if not (path.is_file() and external_data(path)):
-        write_model(spec, folder, opset, filename=path.name, external=True)
-    return path
+    if not has_float_model(spec, folder):
+        write_model(spec, folder, opset, filename=float_model_filename(spec), external=True)
+    return folder / float_model_filename(spec)
+
+
+def data_file(path: Path) -> Path:
+    """Where the weight of the external-data model at ``path`` is kept (float_model)."""
+    return path.with_name(path.name + ".data")
 
 
 def external_data(path: Path) -> Path | None:
     """The weight file of an external-data model written by float_model, or None (a model with its weight inside)."""
-    data = path.with_name(path.name + ".data")
+    data = data_file(path)
     return data if data.is_file() else None
 
 
@@ -206,13 +216,10 @@ class OrtRunner:
         return 1.0
 
     def inputs(self):
-        if not self.workload.quantized:
-            data = external_data(self.path)
-            if data is None:
-                return self.a, base_weight(self.k, self.n).astype(self.dtype, copy=False)
+        if not self.workload.quantized:  # a float model is always float_model's: its weight in the .data file
             # the weight as the file onnxruntime loaded holds it (mapped: no fp16 rounding of the fp32 base again,
             # 0.9 s of a quick run of rwkv-1b5 in numpy's scalar conversion)
-            return self.a, np.memmap(data, dtype=self.dtype, mode="r", shape=(self.k, self.n))
+            return self.a, np.memmap(data_file(self.path), dtype=self.dtype, mode="r", shape=(self.k, self.n))
         w = self.workload
         return activation_as_seen(self.a, w.weight_format, w.block_size), read_quantized_weight(self.path)
 
@@ -423,9 +430,8 @@ class OrtBackend(Backend):
     def workload(cls, m: int, k: int, n: int, dtype: str, block_size: int = DEFAULT_BLOCK_SIZE) -> Workload:
         """fp16 on a CPU where onnxruntime holds the weight as fp32 (fp16_weights_held_as): its bytes at fp32."""
         w = super().workload(m, k, n, dtype, block_size)
-        if dtype == "fp16" and fp16_weights_held_as() != "fp16":
-            w = dataclasses.replace(w, weight_dtype=fp16_weights_held_as())
-        return w
+        held = fp16_weights_held_as() if dtype == "fp16" else dtype
+        return dataclasses.replace(w, weight_dtype=held) if held != dtype else w
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> OrtRunner:
         if onnx_dir is None:

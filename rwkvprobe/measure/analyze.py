@@ -26,7 +26,7 @@ from rwkvprobe.backends import (
     get_backend,
     onnxgen,
 )
-from rwkvprobe.backends.ort_backend import external_data, float_model, float_model_filename
+from rwkvprobe.backends.ort_backend import float_model, has_float_model
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
@@ -998,8 +998,7 @@ class Analysis(Run):
         folder = ensure_writable_dir(self.settings.onnx_dir)
         for m, k, n, d in need:
             spec = onnxgen.ModelSpec(m, k, n, d)
-            path = folder / float_model_filename(spec)
-            if not (path.is_file() and external_data(path)):
+            if not has_float_model(spec, folder):
                 onnxgen.check_resources([spec], folder)
                 float_model(spec, folder)
 

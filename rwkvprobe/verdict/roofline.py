@@ -178,11 +178,9 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
     those rows from its float series (``stored_as``), judged on that series' own peak and overhead: as that series
     holds them (``held``: (P, t0) by series, after hold_ceilings), else as measured."""
     rows = []
-
-    def held_as(dtype: str) -> str:  # the float type the series' points say this backend held the weights at
-        return next((p["weight_dtype"] for key, p in by_key.items() if key[:2] == (c["backend"], dtype)
-                     and p.get("weight_dtype")), dtype)
-
+    # the float type this backend's points say it held a dtype's weights at, where not the dtype
+    held_types = {key[1]: p["weight_dtype"] for key, p in by_key.items()
+                  if key[0] == c["backend"] and p.get("weight_dtype")}
     desc = (results.get("backends") or {}).get(c["backend"]) or {}
     keep_float = desc.get("float_dtype") if c["dtype"] in QUANTIZED_ROW_DTYPES and desc.get("float_dtype") else None
     q_kinds = quantize_kinds(results.get("settings", {}).get("quantize"), desc)
@@ -201,7 +199,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
             p = by_key.get((c["backend"], stored, m, k, n))
             row = {"layer": layer.name, "kind": layer.kind, "k": k, "n": n, "m": m,
                    "count": layer.calls, "measured": False, "status": "not measured", "stored": stored,
-                   "weight_bytes": k * n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(held_as(stored)))}
+                   "weight_bytes": k * n * ((p or {}).get("bytes_per_weight") or weight_bytes_of(held_types.get(stored, stored)))}
             if layer.batch != 1:
                 row["batch"] = layer.batch
             if stored != c["dtype"]:
@@ -215,7 +213,7 @@ def _rows(results: dict, layers: LayerList, c: dict, by_key: dict, P: float, bw_
                 if (canary_ratio(p, canary) or 0.0) >= CANARY_SLOW:  # the machine itself ran slow around it
                     row["machine_slow"] = True
             t = point_seconds(p) if p else None
-            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, k, n, stored, held_as(stored))
+            flops, nbytes = (p["flops"], p["bytes"]) if p else _work(m, k, n, stored, held_types.get(stored, stored))
             if t is not None:
                 if sustained:
                     row["sustained_gbps"] = min(sustained, bw_s / 1e9)
