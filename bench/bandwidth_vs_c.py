@@ -121,8 +121,8 @@ def interleaved(libs: dict[str, ctypes.CDLL], array_bytes: int, cpus: list[int],
     library's OpenMP team (pinned to ``cpus``) on its own arrays, then the probe's own ``StreamTeam`` (its pinned
     worker threads, its compiled kernels, its timing) on its arrays, the order turned round every trial. A drift
     of the host's bandwidth, which moves a whole process's run by 20% here, then moves both sides of a pair alike.
-    Returns {"seconds": {side: {kernel: [trial seconds]}}, "check_ok": {side: bool}, "read_methods": [...]} with
-    side = C flags or "python"."""
+    Returns {"seconds": {side: {kernel: [trial seconds]}}, "check_ok": {side: bool}, "methods": {kernel: [the
+    probe's method of each trial]}} with side = C flags or "python"."""
     from threadpoolctl import threadpool_limits
 
     elements = array_bytes // bandwidth.ITEM_BYTES
@@ -139,7 +139,7 @@ def interleaved(libs: dict[str, ctypes.CDLL], array_bytes: int, cpus: list[int],
             arrays[flags] = (a, b, c)
         sides = [*libs, "python"]
         seconds: dict[str, dict[str, list[float]]] = {side: {k: [] for k in bandwidth.KERNELS} for side in sides}
-        read_methods = []
+        methods: dict[str, list[str]] = {k: [] for k in bandwidth.KERNELS}  # the probe's method of each timed call
         total = ctypes.c_double()
         with bandwidth.StreamTeam(elements, cpus) as team, threadpool_limits(limits=1, user_api="blas"):  # not OpenMP
             passes = bandwidth.WARMUP_TRIALS + trials
@@ -148,6 +148,9 @@ def interleaved(libs: dict[str, ctypes.CDLL], array_bytes: int, cpus: list[int],
                 for ki, k in enumerate(bandwidth.KERNELS):
                     for side in order:
                         if side == "python":
+                            turn = bandwidth.kernel_methods(k, team._kernels)
+                            if t >= bandwidth.WARMUP_TRIALS and team.engine == "numba":  # the methods take turns
+                                methods[k].append(turn[team.calls[k] % len(turn)])
                             s = team.run(k)
                         else:
                             a, b, c = arrays[side]
@@ -155,21 +158,22 @@ def interleaved(libs: dict[str, ctypes.CDLL], array_bytes: int, cpus: list[int],
                                                              elements, ctypes.byref(total))
                         if t >= bandwidth.WARMUP_TRIALS:
                             seconds[side][k].append(s)
-                if t >= bandwidth.WARMUP_TRIALS and team.engine == "numba":  # READ_METHODS in turn, one a call
-                    read_methods.append(bandwidth.READ_METHODS[t % len(bandwidth.READ_METHODS)])
             check_ok = {"python": bandwidth._check(team, bandwidth.KERNELS, passes)}
         for flags, (a, b, c) in arrays.items():  # the probe's own check, on C's arrays (every C side ends equal)
             c_team = SimpleNamespace(a=a, b=b, c=c, read_value=total.value, elements=elements)
             check_ok[flags] = bandwidth._check(c_team, bandwidth.KERNELS, passes)
     finally:
         os.sched_setaffinity(0, saved)  # the OpenMP bind pinned this (the calling) thread to cpus[0]
-    return {"seconds": seconds, "check_ok": check_ok, "read_methods": read_methods}
+    return {"seconds": seconds, "check_ok": check_ok, "methods": methods}
 
 
 def report_interleaved(inter: dict, rows: list[dict], array_bytes: int) -> None:
     """Print the in-process comparison per kernel, and add its figures to this thread count's ``rows``: per kernel,
     the C library with the higher median speed is the reference (as for the binaries); the paired median is the
-    median over trials of C's seconds / Python's seconds in the same trial (Python's speed / C's)."""
+    median over trials of C's seconds / Python's seconds in the same trial (Python's speed / C's). Where the probe
+    takes m methods in turn (the numba engine: its best trial is the best of either, see bandwidth.kernel_methods),
+    the pairs are windows of m consecutive trials, each side's best in the window: the probe's figure against C's
+    best of as many trials, seconds apart; each method's own paired median is printed below it."""
     seconds, ok = inter["seconds"], inter["check_ok"]
     c_sides = [side for side in seconds if side != "python"]
     print(f"  in one process, alternating kernel by kernel, {len(seconds['python']['copy'])} trials"
@@ -180,7 +184,9 @@ def report_interleaved(inter: dict, rows: list[dict], array_bytes: int) -> None:
         ref = min(c_sides, key=lambda side: statistics.median(seconds[side][k]))
         c, py = seconds[ref][k], seconds["python"][k]
         nbytes = bandwidth.kernel_bytes(k, array_bytes // bandwidth.ITEM_BYTES)
-        paired = [q / p for p, q in zip(py, c)]
+        names = inter["methods"].get(k) or []
+        window = max(len(set(names)), 1)
+        paired = [min(c[i:i + window]) / min(py[i:i + window]) for i in range(0, len(py) - window + 1, window)]
         row.update(interleaved_c_flags=ref, interleaved_c_gbps=nbytes / min(c) / 1e9,
                    interleaved_py_gbps=nbytes / min(py) / 1e9, interleaved_ratio=min(c) / min(py),
                    interleaved_paired_median_ratio=statistics.median(paired),
@@ -189,11 +195,10 @@ def report_interleaved(inter: dict, rows: list[dict], array_bytes: int) -> None:
               f"{row['interleaved_ratio']:5.3f}  paired median {row['interleaved_paired_median_ratio']:5.3f}  "
               f"(paired quartiles {statistics.quantiles(paired, n=4)[0]:.3f}-{statistics.quantiles(paired, n=4)[2]:.3f})",
               flush=True)
-        if k == "read" and inter["read_methods"]:
-            for method in bandwidth.READ_METHODS:
-                mine = [r for r, m in zip(paired, inter["read_methods"]) if m == method]
-                if mine:
-                    print(f"    read: {method}: paired median {statistics.median(mine):5.3f}", flush=True)
+        for method in dict.fromkeys(names) if window > 1 else ():  # the numba engine's methods, trial by trial
+            mine = [q / p for p, q, m in zip(py, c, names) if m == method]
+            row.setdefault("interleaved_paired_median_by_method", {})[method] = statistics.median(mine)
+            print(f"    {k}: {method}: paired median {statistics.median(mine):5.3f}", flush=True)
 
 
 def run_c(binary: str, array_bytes: int, cpus: list[int], trials: int) -> dict:
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 record.append({"threads": n, "cpus": cpus, "round": r, "who": "py", "kernels": res["kernels"]})
                 for k, v in res["kernels"].items():
                     py_bests.setdefault(k, []).append(v["best_gbps"])
-                    for method, gbps in (v.get("best_gbps_by_method") or {}).items():  # the numba engine's read
+                    for method, gbps in (v.get("best_gbps_by_method") or {}).items():  # the numba engine's methods
                         py_bests.setdefault(f"{k}: {method}", []).append(gbps)
         for k in bandwidth.KERNELS:
             by_flags = c_bests[k]

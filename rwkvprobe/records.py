@@ -293,7 +293,7 @@ class KernelSummary(TypedDict):
     seconds: NotRequired[list[float]]
     min_seconds: NotRequired[float]
     max_seconds: NotRequired[float]
-    best_gbps_by_method: NotRequired[dict[str, float]]  # the numba engine's read: bandwidth.READ_METHODS
+    best_gbps_by_method: NotRequired[dict[str, float]]  # the numba engine: bandwidth.kernel_methods, each best
 
 
 class BandwidthRun(TypedDict):

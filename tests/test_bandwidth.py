@@ -117,17 +117,17 @@ def test_kernels_compute_stream_values_on_every_chunk(engine):
         assert team.engine == {"numpy": bw.ENGINE, "numba": "numba"}[engine]
         team.a[:], team.b[:], team.c[:] = rng.standard_normal((3, n))
         a, b, c = team.a.copy(), team.b.copy(), team.c.copy()
-        for kernel in bw.KERNELS:
-            team.run(kernel)
-            a, b, c, read = bw.reference_step(kernel, a, b, c)
-            np.testing.assert_array_equal(team.a, a)
-            np.testing.assert_array_equal(team.b, b)
-            np.testing.assert_array_equal(team.c, c)
-            if read is not None:
-                assert team.read_value == pytest.approx(read, rel=1e-12)
-        team.run("read")  # the numba engine's second method (READ_METHODS)
-        assert team.read_value == pytest.approx(read, rel=1e-12)
-        assert [w["calls"] for w in team.workers] == [len(bw.KERNELS) + 1] * 3
+        for _ in range(2):  # the numba engine's two methods of every kernel (kernel_methods), one a call
+            for kernel in bw.KERNELS:
+                team.run(kernel)
+                a, b, c, read = bw.reference_step(kernel, a, b, c)
+                np.testing.assert_array_equal(team.a, a)
+                np.testing.assert_array_equal(team.b, b)
+                np.testing.assert_array_equal(team.c, c)
+                if read is not None:
+                    assert team.read_value == pytest.approx(read, rel=1e-12)
+        assert [w["calls"] for w in team.workers] == [2 * len(bw.KERNELS)] * 3
+        assert team.calls == dict.fromkeys(bw.KERNELS, 2)
 
 
 def test_the_numba_engine_reads_with_its_compiled_loop_and_blas_dot_in_turn():
@@ -140,8 +140,53 @@ def test_the_numba_engine_reads_with_its_compiled_loop_and_blas_dot_in_turn():
     want = float(np.dot(a, a))
     assert [chunk.run("read") for _ in range(4)] == [-1.0, want, -1.0, want]
     summary = bw.summarize("read", 1000, [2e-6, 1e-6, 4e-6])  # trials 2-4 of the reads: dot, loop, dot
-    assert bw.read_by_method(summary, 1) == {"BLAS dot": pytest.approx(4.0), "compiled loop": pytest.approx(8.0)}
-    assert bw.read_by_method(summary, 0) == {"compiled loop": pytest.approx(4.0), "BLAS dot": pytest.approx(8.0)}
+    methods = bw.kernel_methods("read", None)
+    assert bw.by_method(summary, methods, 1) == {"BLAS dot": pytest.approx(4.0), "compiled loop": pytest.approx(8.0)}
+    assert bw.by_method(summary, methods, 0) == {"compiled loop": pytest.approx(4.0), "BLAS dot": pytest.approx(8.0)}
+
+
+def test_the_numba_engine_takes_the_plain_and_the_prefetching_loop_in_turn_where_that_compiled():
+    """Both outcomes: with a prefetching twin, copy (as every write kernel) alternates the plain loop and the twin,
+    the plain one first; without one (it did not compile here, or computed wrong values), the plain loop alone."""
+    from types import SimpleNamespace
+
+    used = []
+    both = SimpleNamespace(copy=lambda a, c: used.append("plain"), copy_ahead=lambda a, c: used.append("ahead"))
+    assert bw.kernel_methods("copy", both) == bw.WRITE_METHODS == ("compiled loop", "prefetching loop")
+    a = np.ones(64)
+    chunk = bw._Chunk(a, a.copy(), a.copy(), 0, 64, 64, kernels=both)
+    for _ in range(3):
+        chunk.run("copy")
+    assert used == ["plain", "ahead", "plain"]
+    plain_only = SimpleNamespace(copy=lambda a, c: used.append("plain"))
+    assert bw.kernel_methods("copy", plain_only) == ("compiled loop",)
+    used.clear()
+    chunk = bw._Chunk(a, a.copy(), a.copy(), 0, 64, 64, kernels=plain_only)
+    for _ in range(2):
+        chunk.run("copy")
+    assert used == ["plain", "plain"]
+
+
+def test_a_prefetching_kernel_is_kept_only_where_it_computes_correct_values():
+    """stream_kernels._works: the real twins pass against their plain loops (odd length: the tail runs too);
+    one that skips the tail, or raises (LLVM could not lower the prefetch), is refused."""
+    from rwkvprobe.measure import stream_kernels as sk
+
+    for name in ("copy_ahead", "scale_ahead", "add_ahead", "triad_ahead"):
+        assert sk._works(name, getattr(sk, name))  # the plain-Python twins: the same values as the plain loops
+
+    def copy_no_tail(a, c):
+        c[:len(a) - len(a) % sk.LINE_ELEMENTS] = a[:len(a) - len(a) % sk.LINE_ELEMENTS]
+
+    def broken(*args):
+        raise RuntimeError("LLVM ERROR: cannot select prefetch")
+    assert not sk._works("copy_ahead", copy_no_tail)
+    assert not sk._works("triad_ahead", broken)
+    k = sk.compiled()
+    if k is not None:  # what this CPU's numba built: every twin it kept computes its plain loop's values
+        for name in ("copy_ahead", "scale_ahead", "add_ahead", "triad_ahead"):
+            if hasattr(k, name):
+                assert sk._works(name, getattr(k, name))
 
 
 @pytest.mark.skipif("numba" not in ENGINES, reason="numba does not import here")
@@ -150,6 +195,16 @@ def test_numba_engine_read_values_checked_with_both_methods_and_best_of_either()
     read = run["kernels"]["read"]
     assert run["check_ok"] is True and set(read["best_gbps_by_method"]) == set(bw.READ_METHODS)
     assert max(read["best_gbps_by_method"].values()) == pytest.approx(read["best_gbps"])
+
+
+@pytest.mark.skipif("numba" not in ENGINES, reason="numba does not import here")
+def test_numba_engine_every_kernel_checked_and_its_best_the_best_of_its_methods():
+    run = bw.measure_bandwidth(array_bytes=SMALL, threads=[1], trials=4, engine="numba")["runs"][0]
+    assert run["check_ok"] is True
+    for kernel, summary in run["kernels"].items():
+        methods = bw.kernel_methods(kernel, bw._numba_kernels())
+        assert set(summary["best_gbps_by_method"]) == set(methods)
+        assert max(summary["best_gbps_by_method"].values()) == pytest.approx(summary["best_gbps"])
 
 
 def test_kernels_ask_for_256_bit_vectors_only_on_x86_64_with_avx512():

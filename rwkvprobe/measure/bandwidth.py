@@ -20,6 +20,10 @@ Two kernel engines, chosen at run time (``engine_name()``):
 - read is ``np.dot(a, a)`` (one array read, multiply-accumulate as in a GEMV), with BLAS held to one
   thread per caller. The numba engine takes its compiled loop and this dot in turn (``READ_METHODS``).
 
+The numba engine runs every kernel by two methods in turn, one a call (``kernel_methods``): copy, scale, add and
+triad as the plain loop and as the loop that prefetches 2 KiB ahead (see stream_kernels), read as above. A kernel's
+best trial is the best of either, as STREAM's best trial is; each method's best is kept (``best_gbps_by_method``).
+
 Bytes are counted STREAM's way (no write-allocate traffic): copy and scale 2 arrays, add and triad 3,
 read 1, of ``elements * 8`` bytes each. GB/s = 1e9 bytes/s. ``bench/bandwidth_vs_c.py`` compares this
 probe with a compiled C/OpenMP reference (``bench/stream_ref.c``) on the same machine.
@@ -61,6 +65,9 @@ TRIAD_BLOCK_MIN, TRIAD_BLOCK_MAX = 2**14, 2**18  # elements (128 KiB .. 2 MiB)
 #: 512-bit vectors: with 256-bit ones, see stream_kernels, it reads as fast as the dot there; both stay, as a check
 #: on each other.)
 READ_METHODS = ("compiled loop", "BLAS dot")
+#: the numba engine's copy, scale, add and triad, in turn a call (the first the plain loop): on one core of the AVX2
+#: Zen 3 VM the plain loop's scale moved 0.82-0.87 of C's, the prefetching one C's speed (see stream_kernels)
+WRITE_METHODS = ("compiled loop", "prefetching loop")
 
 _SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
@@ -249,7 +256,7 @@ class _Chunk:
     def __init__(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, start: int, stop: int, block: int,
                  kernels=None):
         self.kernels = kernels  # the compiled kernels (numba engine), or None for numpy ufuncs
-        self.reads = 0  # read calls so far (the numba engine takes READ_METHODS in turn)
+        self.calls = dict.fromkeys(KERNELS, 0)  # calls so far per kernel (the numba engine's methods take turns)
         self.a, self.b, self.c = a[start:stop], b[start:stop], c[start:stop]
         n = stop - start
         self.scalar = np.array(SCALAR)  # a 0-d array: numpy converts it faster than a float, per call
@@ -263,18 +270,19 @@ class _Chunk:
 
     def run(self, kernel: str) -> float | None:
         k = self.kernels
-        if k is not None:
+        if k is not None:  # the kernel's methods in turn, one a call (kernel_methods)
+            second = self.calls[kernel] % 2 == 1 and len(kernel_methods(kernel, k)) == 2
+            self.calls[kernel] += 1
+            if kernel == "read":
+                return float(np.dot(self.a, self.a) if second else k.read(self.a))
             if kernel == "copy":
-                k.copy(self.a, self.c)
+                (k.copy_ahead if second else k.copy)(self.a, self.c)
             elif kernel == "scale":
-                k.scale(self.c, self.b, SCALAR)
+                (k.scale_ahead if second else k.scale)(self.c, self.b, SCALAR)
             elif kernel == "add":
-                k.add(self.a, self.b, self.c)
+                (k.add_ahead if second else k.add)(self.a, self.b, self.c)
             elif kernel == "triad":
-                k.triad(self.a, self.b, self.c, SCALAR)
-            elif kernel == "read":  # READ_METHODS in turn, one a trial (see READ_METHODS)
-                self.reads += 1
-                return float(k.read(self.a) if self.reads % 2 else np.dot(self.a, self.a))
+                (k.triad_ahead if second else k.triad)(self.a, self.b, self.c, SCALAR)
             return None
         if kernel == "copy":
             np.positive(self.a, out=self.c)
@@ -319,6 +327,7 @@ class StreamTeam:
         self.workers = [{"cpu": cpu, "first_element": lo, "elements": hi - lo, "calls": 0}
                         for cpu, (lo, hi) in zip(self.cpus, self.chunks)]
         self.read_value: float | None = None
+        self.calls = dict.fromkeys(KERNELS, 0)  # run() calls per kernel (the numba engine's methods take turns)
         self._start = threading.Barrier(n + 1)  # the workers and this thread
         self._done = threading.Barrier(n + 1)
         self._job: str | None = None
@@ -387,12 +396,17 @@ class StreamTeam:
         k.add(tiny[0], tiny[1], tiny[2])
         k.triad(tiny[0], tiny[1], tiny[2], SCALAR)
         k.read(tiny[0])
+        for name, args in (("copy_ahead", (tiny[0], tiny[2])), ("scale_ahead", (tiny[2], tiny[1], SCALAR)),
+                           ("add_ahead", (tiny[0], tiny[1], tiny[2])), ("triad_ahead", (tiny[0], tiny[1], tiny[2], SCALAR))):
+            if hasattr(k, name):  # the prefetching twins, where they compiled
+                getattr(k, name)(*args)
 
     def run(self, kernel: str) -> float:
         """Run ``kernel`` on every worker at once; seconds from the first start to the last finish."""
         if self.read_only and kernel != "read":
             raise ValueError(f"a read-only team has no arrays for the {kernel} kernel")
         seconds = self._dispatch(kernel)
+        self.calls[kernel] += 1
         if kernel == "read":
             self.read_value = sum(self._results)
         return seconds
@@ -453,7 +467,7 @@ def _trials(team: StreamTeam, trials: int, kernels: tuple[str, ...]) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        reads_before = (team.workers[0]["calls"] or 0) if team.read_only else 0  # a kept team's earlier probes' reads
+        calls_before = dict(team.calls)  # a kept team's earlier probes' calls (the methods take turns from the first)
         for _ in range(WARMUP_TRIALS):
             for k in kernels:
                 team.run(k)
@@ -463,19 +477,30 @@ def _trials(team: StreamTeam, trials: int, kernels: tuple[str, ...]) -> dict:
                 seconds[k].append(team.run(k))
         check_ok = _check(team, kernels, WARMUP_TRIALS + trials)
         summaries = {k: summarize(k, team.elements, s) for k, s in seconds.items()}
-        if "read" in summaries and team.engine == "numba":
-            summaries["read"]["best_gbps_by_method"] = read_by_method(summaries["read"], reads_before + WARMUP_TRIALS)
+        if team.engine == "numba":
+            for k, summary in summaries.items():
+                summary["best_gbps_by_method"] = by_method(summary, kernel_methods(k, team._kernels),
+                                                           calls_before[k] + WARMUP_TRIALS)
         return {"kernels": summaries, "check_ok": check_ok,
                 "triad_block_elements": team.triad_block, "workers": team.workers, "engine": team.engine}
 
 
-def read_by_method(read: dict, warmup_reads: int) -> dict[str, float]:
-    """The numba engine's best read GB/s per method of READ_METHODS, from a read summary whose trials came after
-    ``warmup_reads`` untimed reads (the methods alternate from the first read of all)."""
+def kernel_methods(kernel: str, kernels) -> tuple[str, ...]:
+    """The numba engine's methods for ``kernel``, in the order its calls take them: READ_METHODS for read,
+    WRITE_METHODS for the others where their prefetching twin compiled (``kernels``: stream_kernels.compiled()),
+    else the plain loop alone."""
+    if kernel == "read":
+        return READ_METHODS
+    return WRITE_METHODS if hasattr(kernels, f"{kernel}_ahead") else WRITE_METHODS[:1]
+
+
+def by_method(summary: dict, methods: tuple[str, ...], warmup_calls: int) -> dict[str, float]:
+    """The best GB/s per method of ``methods`` (taken in turn from a kernel's first call), from a kernel's summary
+    whose trials came after ``warmup_calls`` untimed calls."""
     best: dict[str, float] = {}
-    for i, t in enumerate(read["seconds"], start=warmup_reads):
-        name = READ_METHODS[i % len(READ_METHODS)]
-        best[name] = max(best.get(name, 0.0), read["bytes_per_trial"] / t / 1e9)
+    for i, t in enumerate(summary["seconds"], start=warmup_calls):
+        name = methods[i % len(methods)]
+        best[name] = max(best.get(name, 0.0), summary["bytes_per_trial"] / t / 1e9)
     return best
 
 
