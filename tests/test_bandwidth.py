@@ -117,7 +117,7 @@ def test_kernels_compute_stream_values_on_every_chunk(engine):
         assert team.engine == {"numpy": bw.ENGINE, "numba": "numba"}[engine]
         team.a[:], team.b[:], team.c[:] = rng.standard_normal((3, n))
         a, b, c = team.a.copy(), team.b.copy(), team.c.copy()
-        for _ in range(2):  # the numba engine's two methods of every kernel (kernel_methods), one a call
+        for _ in range(3):  # the numba engine's two or three methods of every kernel (kernel_methods), one a call
             for kernel in bw.KERNELS:
                 team.run(kernel)
                 a, b, c, read = bw.reference_step(kernel, a, b, c)
@@ -126,8 +126,8 @@ def test_kernels_compute_stream_values_on_every_chunk(engine):
                 np.testing.assert_array_equal(team.c, c)
                 if read is not None:
                     assert team.read_value == pytest.approx(read, rel=1e-12)
-        assert [w["calls"] for w in team.workers] == [2 * len(bw.KERNELS)] * 3
-        assert team.calls == dict.fromkeys(bw.KERNELS, 2)
+        assert [w["calls"] for w in team.workers] == [3 * len(bw.KERNELS)] * 3
+        assert team.calls == dict.fromkeys(bw.KERNELS, 3)
 
 
 def test_the_numba_engine_reads_with_its_compiled_loop_and_blas_dot_in_turn():
@@ -143,6 +143,26 @@ def test_the_numba_engine_reads_with_its_compiled_loop_and_blas_dot_in_turn():
     methods = bw.kernel_methods("read", None)
     assert bw.by_method(summary, methods, 1) == {"BLAS dot": pytest.approx(4.0), "compiled loop": pytest.approx(8.0)}
     assert bw.by_method(summary, methods, 0) == {"compiled loop": pytest.approx(4.0), "BLAS dot": pytest.approx(8.0)}
+
+
+def test_the_numba_engine_reads_by_three_methods_in_turn_where_the_streaming_read_compiled():
+    """With stream_kernels' read_streams, the read takes the compiled loop, BLAS's dot and the four streams in turn
+    (fakes returning -1 and -2 tell them apart); the real four-stream read sums every element once, tail too."""
+    from types import SimpleNamespace
+
+    from rwkvprobe.measure import stream_kernels as sk
+
+    a = np.arange(1.0, 1004.0)  # 1003 elements: not a multiple of the four streams
+    fake = SimpleNamespace(read=lambda x: -1.0, read_streams=lambda x: -2.0)
+    assert bw.kernel_methods("read", fake) == bw.READ_METHODS == ("compiled loop", "BLAS dot", "four streams")
+    chunk = bw._Chunk(a, a.copy(), a.copy(), 0, len(a), 256, kernels=fake)
+    want = float(np.dot(a, a))
+    assert [chunk.run("read") for _ in range(4)] == [-1.0, want, -2.0, -1.0]
+    assert sk.read_streams(a) == pytest.approx(want, rel=1e-15)
+    k = sk.compiled()
+    if k is not None:
+        assert k.read_streams(a) == pytest.approx(want, rel=1e-12)
+        assert k.read_streams(a[:3]) == pytest.approx(14.0)  # shorter than the streams: the tail alone
 
 
 def test_the_numba_engine_takes_the_plain_and_the_prefetching_loop_in_turn_where_that_compiled():
@@ -417,7 +437,8 @@ def test_a_kept_read_probe_names_each_trials_read_method_after_earlier_probes():
     if "numba" not in ENGINES:
         pytest.skip("numba is not installed here")
     with bw.StreamTeam(4096, [USABLE[0]], engine="numba", read_only=True) as team:
-        first = bw._trials(team, 2, ("read",))  # reads 1 (warm-up, compiled loop), 2 (dot), 3 (loop)
-        second = bw._trials(team, 1, ("read",))  # reads 4 (warm-up, dot), 5 (loop)
-    assert sorted(first["kernels"]["read"]["best_gbps_by_method"]) == ["BLAS dot", "compiled loop"]
-    assert list(second["kernels"]["read"]["best_gbps_by_method"]) == ["compiled loop"]
+        first = bw._trials(team, 2, ("read",))  # reads 1 (warm-up, compiled loop), 2 (dot), 3 (four streams)
+        second = bw._trials(team, 1, ("read",))  # reads 4 (warm-up, loop), 5 (dot)
+    methods = bw.kernel_methods("read", bw._numba_kernels())
+    assert list(first["kernels"]["read"]["best_gbps_by_method"]) == [methods[1], methods[2 % len(methods)]]
+    assert list(second["kernels"]["read"]["best_gbps_by_method"]) == [methods[4 % len(methods)]]
