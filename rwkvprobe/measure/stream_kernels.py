@@ -188,9 +188,13 @@ def _compile_prefetch() -> bool:
     runs the plain loops only)."""
     try:
         from llvmlite import ir
+        from llvmlite.binding import llvm_version_info
         from numba import types
         from numba.core import cgutils
         from numba.extending import intrinsic, overload
+
+        # the intrinsic's name carries its pointer type: opaque ``ptr`` from LLVM 15 on, ``i8*`` before
+        name = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
 
         @intrinsic
         def _llvm_prefetch(typingctx, arr, index):
@@ -199,7 +203,7 @@ def _compile_prefetch() -> bool:
                 byte_ptr = ir.IntType(8).as_pointer()
                 i32 = ir.IntType(32)
                 fn = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0")
+                    builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), name)
                 address = builder.bitcast(builder.gep(data, [args[1]]), byte_ptr)  # no bounds check: a hint
                 builder.call(fn, [address, i32(0), i32(3), i32(1)])
                 return context.get_dummy_value()
