@@ -221,9 +221,9 @@ def _compile_prefetch() -> bool:
 @functools.cache
 def compiled() -> SimpleNamespace | None:
     """The kernels compiled by numba, or None when numba cannot be imported here (the probe then falls back to
-    numpy): ``copy``, ``scale``, ``add``, ``triad``, ``read``, and where :func:`prefetch` compiles, the prefetching
-    ``copy_ahead``, ``scale_ahead``, ``add_ahead`` and ``triad_ahead`` (each tried on a few elements first; a
-    kernel that fails to compile or computes a wrong value is left out)."""
+    numpy): ``copy``, ``scale``, ``add``, ``triad``, ``read``, ``read_streams``, and where :func:`prefetch` compiles,
+    the prefetching ``copy_ahead``, ``scale_ahead``, ``add_ahead`` and ``triad_ahead`` (each tried on a few elements
+    first; a kernel that fails to compile or computes a wrong value is left out)."""
     _ask_for_256_bit_vectors()
     try:
         from numba import njit
