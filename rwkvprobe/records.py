@@ -153,6 +153,16 @@ class MachineSlowRecheck(TypedDict):
     again_canary_ratio: Union[float, None]
 
 
+class SecondWindow(TypedDict):
+    """A decode point of a heavy shape (analyze's HEAVY_WEIGHT_SHARE) timed a second time once every point had its
+    first: both medians (the faster kept as the point's timing), and, where the second was put off while the machine
+    ran slow, the canary's ratio then."""
+
+    median_seconds: float
+    again_median_seconds: Union[float, None]
+    put_off: NotRequired[PutOff]
+
+
 class Point(TypedDict):
     """points.measure_point() (and npu/board.py's points): one M x K x N matmul of one series, checked, then
     timed. A point that failed has ``error`` and no timing; one projected too slow has ``skipped``."""
@@ -181,6 +191,7 @@ class Point(TypedDict):
     heavy_recheck: NotRequired[HeavyRecheck]
     series_heavy_recheck: NotRequired[HeavyRecheck]  # the same for any series' heaviest points
     machine_slow_recheck: NotRequired[MachineSlowRecheck]
+    second_window: NotRequired[SecondWindow]
     put_off: NotRequired[PutOff]
     source: NotRequired[str]  # board points: eval_perf
     host_wall: NotRequired[Timing]  # board points: the host's wall time over adb

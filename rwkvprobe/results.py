@@ -31,7 +31,8 @@ Schema history (bump SCHEMA_VERSION and add a line when the layout changes):
   points (its non-matmul entry's windows, elapsed_seconds); canary_history (the machine's earlier runs' canaries)
   and a recheck's reused check; cache (the last-level cache the cold measurements are sized by, in analyze's
   results, its bandwidth record and each sweep run); a point's weight_dtype (the float type the backend held the
-  weight in where not its dtype: onnxruntime's fp16 on x86, whose bytes count at fp32).
+  weight in where not its dtype: onnxruntime's fp16 on x86, whose bytes count at fp32); a point's second_window
+  (analyze's heavy decode points timed twice, the second once every point had its first).
 """
 
 from __future__ import annotations

@@ -361,6 +361,7 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
             _scaled(p, 1000)
         return p
 
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(analyze, "measure_point", slow_once)
     monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
     out = tmp_path / "run"
@@ -380,6 +381,7 @@ def test_a_point_measured_again_twice_keeps_both_records(cli, small, tmp_path, m
     from rwkvprobe.measure import analyze
     from rwkvprobe.verdict import roofline
 
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.5)
     real, calls = analyze.measure_point, []
 
@@ -407,6 +409,7 @@ def test_a_point_timed_while_the_machine_ran_slow_is_measured_again(cli, small, 
     from rwkvprobe.measure import analyze, contention
 
     slow = {"on": False}
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(contention, "canary", lambda: 3e-4 if slow["on"] else 1e-4)
     real, chosen = analyze.measure_point, []
 
@@ -442,7 +445,7 @@ def test_a_point_due_while_the_machine_runs_slow_is_timed_after_the_others(cli, 
     """The canary says the machine runs slow as the first layer point comes up (contention.slow_now): that point
     is put off, timed after every other point, once, with the canary's ratio recorded; the stability line counts
     it; the others are timed in their order, none put off."""
-    from rwkvprobe.measure import contention
+    from rwkvprobe.measure import analyze, contention
 
     calls: list[float | None] = []
     real_slow_now = contention.slow_now
@@ -453,6 +456,7 @@ def test_a_point_due_while_the_machine_runs_slow_is_timed_after_the_others(cli, 
         return 2.0 if len(calls) == 1 else None
 
     monkeypatch.setattr(contention, "slow_now", slow_first)
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # each point timed once (no second window)
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
     points = [p for p in r["measurements"] if p.get("timing")]
@@ -558,6 +562,7 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
     from rwkvprobe.measure import analyze
     from rwkvprobe.verdict import roofline
 
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0)
     monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 2)
     floors: dict = {}  # the sample floor each layer point was first timed with
@@ -587,6 +592,49 @@ def test_the_headlines_heaviest_points_are_measured_again(cli, small, tmp_path, 
                       for m, k, n in floors} and len(floors) >= 4
 
 
+def test_heavy_decode_points_are_timed_in_two_windows_the_faster_kept(cli, small, tmp_path, monkeypatch):
+    """The decode points of the shapes holding 5% or more of a token's weights (a, b and the head; not c, 3%) are
+    timed twice: a second window once every point has had its first, reusing its check; the faster median kept, both
+    recorded; the stability line counts them. Each first window made 1.5x slow (a slow phase of the machine, not far
+    slow): the kept timing is the faster of the two. No other recheck runs here."""
+    from rwkvprobe.measure import analyze, contention
+    from rwkvprobe.verdict import roofline
+
+    monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0)
+    monkeypatch.setattr(contention, "CANARY_SLOW", float("inf"))
+    for name in ("NEAR_LINE_RECHECKS", "HEAVY_RECHECKS", "SERIES_HEAVY_RECHECKS"):
+        monkeypatch.setattr(analyze, name, 0)
+    real, calls = analyze.measure_point, []
+
+    def scripted(backend, w, *args, checked=None, **kwargs):
+        p = real(backend, w, *args, checked=checked, **kwargs)
+        calls.append(((w.m, w.k, w.n), checked is not None))
+        if checked is None and w.m == 1 and p.get("timing"):
+            _scaled(p, 1.5)
+        return p
+
+    monkeypatch.setattr(analyze, "measure_point", scripted)
+    out = tmp_path / "run"
+    r = _quick_numpy_run(cli, small, out)
+    twice = {(p["m"], p["k"], p["n"]) for p in r["measurements"] if p.get("second_window")}
+    assert twice == {(1, 256, 512), (1, 512, 256), (1, 256, 2048)}
+    for p in r["measurements"]:
+        if p.get("second_window"):
+            x = p["second_window"]
+            assert x["again_median_seconds"] is not None
+            assert p["timing"]["median_seconds"] == min(x["median_seconds"], x["again_median_seconds"])
+            if p["timing"]["median_seconds"] != x["median_seconds"]:
+                assert p["check"]["reused"]  # the second window's timing, on the first's check
+    # every second window after every point's first
+    first = {}
+    for i, (key, again) in enumerate(calls):
+        if not again:
+            first.setdefault(key, i)
+    seconds = [i for i, (key, again) in enumerate(calls) if again]
+    assert len(seconds) == 3 and min(seconds) > max(first.values())
+    assert "3 decode point(s) of the heaviest shapes were timed in two windows" in (out / "report.md").read_text()
+
+
 def test_every_series_heaviest_points_are_measured_again_with_the_budget_left(cli, small, tmp_path, monkeypatch):
     """After the headline's rechecks (none here: HEAVY_RECHECKS 0), every series' heaviest decode points
     (roofline.series_heavy_points), at most SERIES_HEAVY_RECHECKS: measured again, the heaviest first, the faster
@@ -596,6 +644,7 @@ def test_every_series_heaviest_points_are_measured_again_with_the_budget_left(cl
     from rwkvprobe.measure import analyze, contention
     from rwkvprobe.verdict import roofline
 
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(roofline, "kernel_share", lambda row: 0.0)
     monkeypatch.setattr(contention, "CANARY_SLOW", float("inf"))
     monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)

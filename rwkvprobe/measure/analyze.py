@@ -81,6 +81,9 @@ SERIES_HEAVY_RECHECKS = 40
 HEAVY_SAMPLES = 12
 #: (a quantized series keeps its head at a float type: rwkv-1b5's head, 8% of its weights, is a quarter of its bytes)
 HEAVY_WEIGHT_SHARE = 0.05
+#: the decode points of those shapes are timed in two windows, the second once every point has had its first, the
+#: faster kept (Analysis._measure_points; a point's ``second_window`` record)
+SECOND_WINDOWS = True
 #: the ggml series' block graph is timed at most this many times: before, halfway through and after the layer points
 #: (Analysis._time_block_again)
 BLOCK_WINDOWS = 3
@@ -88,7 +91,7 @@ BLOCK_WINDOWS = 3
 NONMATMUL_SECONDS = {True: 0.3, False: 0.8}
 #: the records a measurement gains when it is measured again (each recheck keeps the ones before it)
 RECHECK_RECORDS = ("remeasured", "slow_recheck", "machine_slow_recheck", "near_line_recheck", "heavy_recheck",
-                   "series_heavy_recheck")
+                   "series_heavy_recheck", "second_window")
 #: canary calls (contention.canary, each the best of a few) as the layer points begin: the run's reference speed
 CANARY_REFERENCE_CALLS = 4
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
@@ -527,6 +530,13 @@ class Analysis(Run):
             reference = min(contention.canary() for _ in range(CANARY_REFERENCE_CALLS))
             r["canary_reference_seconds"] = min(reference, r.get("canary_reference_seconds") or reference)
         n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
+        heavy_shapes = self._heavy_shapes()
+        # the decode points of the heavy shapes (each HEAVY_WEIGHT_SHARE or more of a token's weights) are timed in
+        # two windows, the second once every point has had its first, the faster kept: one window is one draw of the
+        # machine's phase (seconds long), and in a pair of quick runs of rwkv-0b4 one onnxruntime fp32 ffn.key window
+        # read 941 µs a call (its first ten calls 0.9-1.2 ms, the last five 0.59-0.65) against 537 in the other run,
+        # a sixth of the series' decode. Planned from the start, so that every point's budget counts them
+        twice = {i for i, (m, k, n, b, d) in enumerate(points) if SECOND_WINDOWS and m == 1 and (k, n) in heavy_shapes}
         whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[s.quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
         later = self._later_windows_seconds()  # the layer passes' later windows, during or after the points
@@ -534,9 +544,11 @@ class Analysis(Run):
                         - 2.5 * n_whatif * whatif_policy.budget_seconds, 1.0)
         remaining = max(remaining * (1.0 - probe_seconds / PHASE_PROBE_SECONDS), 1.0)  # the phase probes to come
         # the plan: a point's budget if preparing and checking it cost ~1.5x its timing (decides what is skipped)
-        per_point = min(1.0, max(0.05, remaining / max(len(points) - n_whatif, 1) / 2.5))
+        n_twice_whatif = sum(1 for i in twice if (points[i][3], points[i][4]) in whatif)
+        remaining = max(remaining - 2.5 * n_twice_whatif * whatif_policy.budget_seconds, 1.0)
+        per_point = min(1.0, max(0.05, remaining / max(len(points) - n_whatif + len(twice) - n_twice_whatif, 1) / 2.5))
         self._write_models(points)
-        progress.begin_points(len(points))
+        progress.begin_points(len(points) + len(twice))
         hold = int(os.environ.get(HOLD_ENV) or 0)
         reprobes = 0
         slow: list[tuple] = []  # points far slower than their ceilings predict: (index, projection, workload, ...)
@@ -544,15 +556,18 @@ class Analysis(Run):
         spent_outside_timing: list[tuple[float, float]] = []  # (prepare + check, weight bytes) of each point so far
         workloads = [backends[b].workload(m, k, n, d, s.block_size) for m, k, n, b, d in points]
         weight_bytes = [w.weight_bytes for w in workloads]
-        heavy_shapes = self._heavy_shapes()
         queue = collections.deque(range(len(points)))  # in the plan's order; a point put off goes to its end
         put_off: dict[int, float] = {}  # plan index: the canary's ratio to the run's best when it was put off
+        seconds: collections.deque[int] = collections.deque()  # second windows to come, in the order of the firsts
+        at: dict[int, int] = {}  # plan index: where its first window's point sits in the measurements
+        put_off_again: dict[int, float] = {}  # the second windows put off (the canary's ratio then)
         # this process's best canary so far (a fresh process's first canaries run about 1.5x slow: a resumed run's
         # earlier ones are not compared with)
         best_canary = reference
         timed = 0  # points done (timed, or skipped)
-        while queue:
-            i = queue.popleft()
+        while queue or seconds:
+            again = not queue  # every point timed once: the heavy ones' second windows
+            i = seconds.popleft() if again else queue.popleft()
             m, k, n, b, d = points[i]
             w = workloads[i]
             if self._windows and weight_bytes[i] >= min(rounds.ring_bytes for _, rounds in self._windows):
@@ -568,60 +583,93 @@ class Analysis(Run):
             # the timing budget adapts to what is left of --budget: what preparing and checking will cost the
             # points still to come is set aside first, projected from what it cost so far (a fixed part and a
             # part growing with the weight's bytes: the head's 0.5 GB costs seconds to prepare and check, and
-            # coming last, it overran a run planned on the average point)
+            # coming last, it overran a run planned on the average point); the second windows to come count too
             left = self._budget_left(t_start) - later
-            to_come = [weight_bytes[i]] + [weight_bytes[j] for j in queue]
+            to_come = ([weight_bytes[i]] + [weight_bytes[j] for j in queue] + [weight_bytes[j] for j in seconds]
+                       + [weight_bytes[j] for j in (i, *queue) if j in twice and j not in at])
             setup_left = _setup_projection(spent_outside_timing, to_come)
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3,
                                   floor_samples=HEAVY_SAMPLES if m == 1 and (k, n) in heavy_shapes else 0)
             # the check runs every weight copy once, then warm-up and the minimum samples follow
             calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
-            if proj is not None and proj * calls > SKIP_FACTOR * per_point:
-                point = {"backend": b, "dtype": d, "m": m, "k": k, "n": n, "flops": w.flops, "bytes": w.bytes_moved,
-                         "skipped": f"projected {proj:.2f} s a call ({calls} calls at least) from this backend's "
-                                    f"measured ceilings (per-point budget {per_point:.2f} s); raise --budget to measure it",
-                         "check": None, "timing": None, "error": None}
-            else:
-                if queue and i not in put_off and (ratio := contention.slow_now(best_canary)):
-                    # the machine runs slow now (its slow phases last about a second to several): this point is
-                    # timed after the others, once (a phase that outlasts them is flagged, and measured again
-                    # after the others while the budget has its cost)
-                    put_off[i] = ratio
-                    queue.append(i)
+            if again:
+                first = r["measurements"][at[i]]
+                if not self._budget_has(first, t_start):  # no time left for it: its first window stands
+                    progress.advance(f"{label} (second window left out)")
                     continue
-                t_point = time.perf_counter()
-                whatif_point = (b, d) in whatif
-                pol = whatif_policy if whatif_point else policy
-                # at most POINT_COPIES weight buffers a point (the untimed eviction read makes up the rest of the
-                # cold traffic): preparing and checking 16 copies was most of a run's time
-                copies = WHATIF_COPIES if whatif_point else POINT_COPIES
-                point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
+                if (queue or seconds) and i not in put_off_again and (ratio := contention.slow_now(best_canary)):
+                    put_off_again[i] = ratio  # as a first window is (below), once
+                    seconds.append(i)
+                    continue
+                whatif_point = (b, d) in whatif  # as its first window was timed
+                point, t2 = self._faster_again(first, backends[b], w, llc, whatif_policy if whatif_point else policy,
+                                               WHATIF_COPIES if whatif_point else POINT_COPIES)
+                point["second_window"] = {"median_seconds": point_seconds(first), "again_median_seconds": t2}
+                if i in put_off_again:
+                    point["second_window"]["put_off"] = {"canary_ratio": put_off_again[i]}
+                r["measurements"][at[i]] = point
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
-                spare = left - setup_left - len(to_come) * MIN_POINT_SECONDS
-                if (point.get("contention") or {}).get("contended") and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS:
-                    point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
-                elif proj is not None and _far_slower(point, proj):  # measured again after the others
-                    slow.append((len(r["measurements"]), proj, w, pol, label, copies))
-                if whatif_point:
-                    laps.add("what-if points", time.perf_counter() - t_point)
-                point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
-                if i in put_off:
-                    point["put_off"] = {"canary_ratio": put_off[i]}
                 seen = (point.get("contention") or {}).get("canary_seconds")
                 best_canary = min(filter(None, (best_canary, seen)), default=None)
-            r["measurements"].append(point)
-            self.save_soon()
-            progress.advance(label)
-            timed += 1
-            if timed == len(points) // 2 and timed:  # halfway: the ggml block graph once more
-                laps.lap("layers")
-                self._time_block_again(llc, t_start, progress)
-                laps.lap("non-matmul")
-            if hold and len(r["measurements"]) >= hold:
-                self.save()
-                _hold_for_test()
+                self.save_soon()
+                progress.advance(f"{label} (second window)")
+            else:
+                if proj is not None and proj * calls > SKIP_FACTOR * per_point:
+                    point = {"backend": b, "dtype": d, "m": m, "k": k, "n": n, "flops": w.flops,
+                             "bytes": w.bytes_moved,
+                             "skipped": f"projected {proj:.2f} s a call ({calls} calls at least) from this backend's "
+                                        f"measured ceilings (per-point budget {per_point:.2f} s); raise --budget to "
+                                        "measure it",
+                             "check": None, "timing": None, "error": None}
+                else:
+                    if queue and i not in put_off and (ratio := contention.slow_now(best_canary)):
+                        # the machine runs slow now (its slow phases last about a second to several): this point is
+                        # timed after the others, once (a phase that outlasts them is flagged, and measured again
+                        # after the others while the budget has its cost)
+                        put_off[i] = ratio
+                        queue.append(i)
+                        continue
+                    t_point = time.perf_counter()
+                    whatif_point = (b, d) in whatif
+                    pol = whatif_policy if whatif_point else policy
+                    # at most POINT_COPIES weight buffers a point (the untimed eviction read makes up the rest of the
+                    # cold traffic): preparing and checking 16 copies was most of a run's time
+                    copies = WHATIF_COPIES if whatif_point else POINT_COPIES
+                    point = measure_point(backends[b], w, llc, pol, s.cold, s.onnx_dir, max_copies=copies)
+                    cost = point.get("overhead_seconds") or {}
+                    spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
+                    spare = left - setup_left - len(to_come) * MIN_POINT_SECONDS
+                    if ((point.get("contention") or {}).get("contended")
+                            and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS):
+                        point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
+                    elif proj is not None and _far_slower(point, proj):  # measured again after the others
+                        slow.append((len(r["measurements"]), proj, w, pol, label, copies))
+                    if whatif_point:
+                        laps.add("what-if points", time.perf_counter() - t_point)
+                    point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
+                    if i in put_off:
+                        point["put_off"] = {"canary_ratio": put_off[i]}
+                    seen = (point.get("contention") or {}).get("canary_seconds")
+                    best_canary = min(filter(None, (best_canary, seen)), default=None)
+                r["measurements"].append(point)
+                if i in twice and point_seconds(point) is not None:
+                    at[i] = len(r["measurements"]) - 1
+                    seconds.append(i)
+                elif i in twice:  # skipped, failed or wrong: no second window (its place in the progress is done)
+                    twice.discard(i)
+                    progress.advance(f"{label} (no second window)")
+                self.save_soon()
+                progress.advance(label)
+                timed += 1
+                if timed == len(points) // 2 and timed:  # halfway: the ggml block graph once more
+                    laps.lap("layers")
+                    self._time_block_again(llc, t_start, progress)
+                    laps.lap("non-matmul")
+                if hold and len(r["measurements"]) >= hold:
+                    self.save()
+                    _hold_for_test()
             t = point_seconds(point)
             if s.cold and t and point["bytes"] / t > REPROBE_EXCESS * bw_bps and reprobes < MAX_REPROBES:
                 reprobes += 1
@@ -661,6 +709,8 @@ class Analysis(Run):
         furthest = sorted(slow, key=lambda x: -(point_seconds(r["measurements"][x[0]]) or 0.0) / x[1])
         for i, proj, w, pol, label, copies in furthest:
             point = r["measurements"][i]
+            if not _far_slower(point, proj):  # its second window (a heavy decode point) was not
+                continue
             if not self._budget_has(point, t_start):
                 break
             t = point_seconds(point)
@@ -734,11 +784,14 @@ class Analysis(Run):
 
     def _again_as_before(self, point: dict, backends: dict, llc) -> tuple[dict, float | None]:
         """_faster_again for a saved point, its workload rebuilt from the point and timed for as long as its first
-        timing took (at least MIN_POINT_SECONDS)."""
+        timing took (at least MIN_POINT_SECONDS), with as many samples at least as its first timing had to take (a
+        decode point of a heavy shape: HEAVY_SAMPLES; a ggml f16 head rechecked on three calls, 4.41-4.56 ms, was kept
+        over its twelve-call median of 4.66)."""
         b, d, m, k, n = point["backend"], point["dtype"], point["m"], point["k"], point["n"]
         budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
+        floor = HEAVY_SAMPLES if m == 1 and (k, n) in self._heavy_shapes() else 0
         return self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, self.settings.block_size), llc,
-                                  TimingPolicy(budget_seconds=budget, min_samples=3), POINT_COPIES)
+                                  TimingPolicy(budget_seconds=budget, min_samples=3, floor_samples=floor), POINT_COPIES)
 
     def _record_probes(self) -> bool:
         """Add this run's checked read probes and its canary to the machine's history (history.py; never stops the

@@ -183,6 +183,7 @@ def summary(points: list[dict], canary_reference: float | None = None) -> dict:
             "near_line_rechecked": sum(1 for p in points if p.get("near_line_recheck")),
             "heavy_rechecked": sum(1 for p in points if p.get("heavy_recheck")),
             "series_heavy_rechecked": sum(1 for p in points if p.get("series_heavy_recheck")),
+            "second_windows": sum(1 for p in points if p.get("second_window")),
             # the machine's speed around the points (the canary): how often and how far it ran slow
             "canary_sampled": len(ratios), "canary_max_ratio": max(ratios, default=None),
             "machine_slow": sum(1 for r in ratios if r >= CANARY_SLOW),

@@ -241,6 +241,9 @@ def stability_line(results: dict) -> str:
             if c["machine_slow_rechecked"]:
                 parts.append(f"{c['machine_slow_rechecked']} point(s) timed while the machine ran slow were measured "
                              "again after the others (the faster kept)")
+        if c.get("second_windows"):
+            parts.append(f"{c['second_windows']} decode point(s) of the heaviest shapes were timed in two windows, the "
+                         "second after every point's first (the faster kept)")
         if c["near_line_rechecked"]:
             parts.append(f"{c['near_line_rechecked']} point(s) of the fastest series near the kernel-limited line "
                          "were measured again later in the run (the faster kept)")
