@@ -120,7 +120,8 @@ def main() -> int:
         if c["canary_sampled"]:
             print(f"run {i}: canary at most {c['canary_max_ratio']:.2f}x its best, {c['machine_slow']} point(s) "
                   f"timed while the machine ran slow, {c['machine_slow_rechecked']} measured again, "
-                  f"{c.get('put_off', 0)} put off while it ran slow")
+                  f"{c.get('put_off', 0)} put off while it ran slow, {c.get('second_windows', 0)} heavy decode point(s) "
+                  "timed in two windows")
     # the machine's mode in each run: on the dev VM the canary (a two-thread matmul) reads 83-88 µs or 125-150, a mode
     # holding for seconds to minutes whatever the process does; a run mostly in the slow one reads every two-thread
     # point slow, a shift no timing inside the run can set apart from the method (the pair's best canary as the scale)
