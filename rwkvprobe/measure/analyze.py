@@ -591,8 +591,6 @@ class Analysis(Run):
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3,
                                   floor_samples=HEAVY_SAMPLES if m == 1 and (k, n) in heavy_shapes else 0)
-            # the check runs every weight copy once, then warm-up and the minimum samples follow
-            calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
             if again:
                 first = r["measurements"][at[i]]
                 if not self._budget_has(first, t_start):  # no time left for it: its first window stands
@@ -611,11 +609,11 @@ class Analysis(Run):
                 r["measurements"][at[i]] = point
                 cost = point.get("overhead_seconds") or {}
                 spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
-                seen = (point.get("contention") or {}).get("canary_seconds")
-                best_canary = min(filter(None, (best_canary, seen)), default=None)
                 self.save_soon()
                 progress.advance(f"{label} (second window)")
             else:
+                # the check runs every weight copy once, then warm-up and the minimum samples follow
+                calls = plan_rotation(w.weight_bytes, llc, s.cold, max_copies=POINT_COPIES).copies + policy.min_samples + 1
                 if proj is not None and proj * calls > SKIP_FACTOR * per_point:
                     point = {"backend": b, "dtype": d, "m": m, "k": k, "n": n, "flops": w.flops,
                              "bytes": w.bytes_moved,
@@ -651,8 +649,6 @@ class Analysis(Run):
                     point["at"] = time.time()  # when it was timed (beside the bandwidth probes' own times)
                     if i in put_off:
                         point["put_off"] = {"canary_ratio": put_off[i]}
-                    seen = (point.get("contention") or {}).get("canary_seconds")
-                    best_canary = min(filter(None, (best_canary, seen)), default=None)
                 r["measurements"].append(point)
                 if i in twice and point_seconds(point) is not None:
                     at[i] = len(r["measurements"]) - 1
@@ -670,6 +666,9 @@ class Analysis(Run):
                 if hold and len(r["measurements"]) >= hold:
                     self.save()
                     _hold_for_test()
+            # this process's best canary so far, with the one timed around this point (none where it was skipped)
+            seen = (point.get("contention") or {}).get("canary_seconds")
+            best_canary = min(filter(None, (best_canary, seen)), default=None)
             t = point_seconds(point)
             if s.cold and t and point["bytes"] / t > REPROBE_EXCESS * bw_bps and reprobes < MAX_REPROBES:
                 reprobes += 1
