@@ -68,9 +68,13 @@ def new_results(kind: str, environment: dict | None = None, settings: dict | Non
     }
 
 
-def save_results(path: str | Path, data: dict) -> None:
-    """Write atomically: an interrupted write never leaves a damaged file in place of an earlier one."""
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False, default=_jsonable) + "\n")
+def save_results(path: str | Path, data: dict, compact: bool = False) -> None:
+    """Write atomically: an interrupted write never leaves a damaged file in place of an earlier one.
+
+    ``compact``: on one line, written by json's C encoder (an indented file takes its pure-Python one, twice the
+    time: a run's saves after each point use this, its last save is indented for people to read)."""
+    text = json.dumps(data, indent=None if compact else 1, allow_nan=False, default=_jsonable)
+    atomic_write_text(path, text + "\n")
 
 
 def _jsonable(value):

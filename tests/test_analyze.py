@@ -102,14 +102,18 @@ def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
-    partial = json.loads((out / "results.json").read_text())
+    text = (out / "results.json").read_text()
+    assert text.count("\n") == 1  # saved as the run goes: compact, by json's C encoder
+    partial = json.loads(text)
     done = {(p["m"], p["k"], p["n"]): p["timing"]["samples"] for p in partial["measurements"]}
     assert len(done) == 2  # interrupted exactly where the run was held
 
     resumed = run_module("analyze", small, "--resume", out, "--backends", "numpy", "--tokens", "1,8,16",
                          "--budget", "60", env={"PYTHONPATH": str(ROOT)})
     assert resumed.returncode == 0, resumed.stderr
-    final = json.loads((out / "results.json").read_text())
+    text = (out / "results.json").read_text()
+    assert text.count("\n") > 100  # a run's last save is indented, for people to read
+    final = json.loads(text)
     points = {(p["m"], p["k"], p["n"]): p["timing"]["samples"] for p in final["measurements"]}
     assert len(points) == len(final["measurements"]) == 12  # nothing measured twice
     for key, samples in done.items():
@@ -895,3 +899,38 @@ def test_quick_leaves_out_a_dtype_far_slower_than_fp32(cli, small, tmp_path, mon
         (c16,) = [c for c in r["ceilings"] if c["dtype"] == "fp16"]
         assert "left_out" not in c16 and not any("left out of --quick" in x["reason"] for x in r["skipped"])
         assert ("torch", "fp16") in {(s["backend"], s["dtype"]) for s in verdict_of(r)[1]["series"]}
+
+
+def test_the_cached_base_weight_is_freed_before_the_points_that_load_theirs_from_a_file(cli, small, tmp_path,
+                                                                                          monkeypatch):
+    """onnxruntime loads a float point's weight from its model file: in each shape analyze times it after the series
+    that read the seeded base weight (numpy here, though named second), and frees the cached base weight before it
+    (a 1.5B's fp32 head: 0.5 GB beside the 1 GB its session held while loading, a run's peak of memory). The
+    onnxruntime points are still checked against float64 and pass."""
+    from rwkvprobe.backends import base_weight
+    from rwkvprobe.measure import analyze, contention
+
+    monkeypatch.setattr(contention, "canary", lambda: 1e-4)  # never slow: no point put off, the plan's order kept
+    real, calls = analyze.measure_point, []
+
+    def recorded(backend, w, *args, **kwargs):
+        p = real(backend, w, *args, **kwargs)
+        calls.append((backend.name, w.dtype, w.m, w.k, w.n, base_weight.cache_info().currsize))
+        return p
+
+    monkeypatch.setattr(analyze, "measure_point", recorded)
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "onnxruntime,numpy", "--dtypes", "fp32",
+                          "--quick", "--budget", "30")
+    assert code == 0, stderr
+    firsts = []  # each (backend, shape)'s first window, in the order timed
+    for b, _d, m, k, n, cached in calls:
+        assert cached == (0 if b == "onnxruntime" else 1), (b, k, n)
+        if (b, m, k, n) not in [x[:4] for x in firsts]:
+            firsts.append((b, m, k, n))
+    shapes = {(m, k, n) for _, m, k, n in firsts}
+    assert len(shapes) == 4 and len(firsts) == 8
+    for shape in shapes:
+        assert [x[0] for x in firsts if x[1:] == shape] == ["numpy", "onnxruntime"], shape
+    r = json.loads((out / "results.json").read_text())
+    assert all(p["check"]["ok"] for p in r["measurements"] if p["backend"] == "onnxruntime")

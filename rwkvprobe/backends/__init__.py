@@ -182,6 +182,8 @@ class Backend:
     notes: dict[str, str] = {}
     #: quantized dtype -> the weight format (key of quant.FORMATS) this backend stores it in
     formats: dict[str, str] = {}
+    #: True where a float workload's weight comes from a model file written beforehand, not from base_weight
+    float_weights_from_file = False
 
     def __init__(self, threads: int):
         self.threads = threads
@@ -253,6 +255,13 @@ class Backend:
                 fmt.check_block_size(workload.block_size)
             except ValueError as e:
                 raise UnavailableDtype(f"{self.name}: {e}") from None
+
+    @classmethod
+    def reads_base_weight(cls, dtype: str) -> bool:
+        """Whether preparing or checking a ``dtype`` workload reads base_weight, the seeded fp32 weight this process
+        keeps (analyze frees it before the points that do not: the fp32 head of a 1.5B is 0.5 GB). A quantized check
+        does (its error against the fp32 product, for information)."""
+        return not cls.float_weights_from_file or dtype in QUANT_DTYPES
 
     def prepare(self, workload: Workload, copies: int, onnx_dir=None) -> Runner:  # pragma: no cover
         raise NotImplementedError

@@ -418,6 +418,7 @@ class OrtBackend(Backend):
     #: measured by default for the verdict's smaller-weights what-if (decode shapes only): per width, the first
     #: format that runs here (the integer-dot-product paths first: the fast CPU kernels)
     whatif_dtypes = (("int8-a8", "int8"), ("int4-a8", "int4"))
+    float_weights_from_file = True  # the float models' .data files (analyze writes them before the points)
 
     @classmethod
     def dtype_unavailable(cls, dtype: str) -> str | None:

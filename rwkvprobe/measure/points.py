@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from rwkvprobe.backends import Backend, Workload, check_runner
+from rwkvprobe.backends import Backend, Workload, base_weight, check_runner
 from rwkvprobe.backends.onnxgen import WEIGHTS_VERSION
 from rwkvprobe.fsutil import cache_dir
 from rwkvprobe.measure import contention
@@ -51,6 +51,10 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         point["weight_dtype"] = workload.weight_dtype
     speed = contention.canary()  # the machine's speed before this point's backend threads start
     busy: dict | None = None
+    if not backend.reads_base_weight(workload.dtype):
+        # the weight cached for the points before (the plan takes these backends last in a shape): an ONNX head's
+        # session held 1 GB while loading its 0.5 GB fp32 weight, beside the cached copy, the peak of a run
+        base_weight.cache_clear()
     t0 = time.perf_counter()
     try:
         runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())

@@ -52,9 +52,11 @@ class Run:
             raise
         return out, lock, results
 
-    def save(self) -> None:
+    def save(self, final: bool = False) -> None:
+        """Write the results file: compact while the run goes on (saved after each point), indented at its end
+        (``final``)."""
         assert self.results is not None, "nothing to save before the run starts"
-        save_results(self.path, self.results)
+        save_results(self.path, self.results, compact=not final)
         self._saved_at = time.perf_counter()
 
     def save_soon(self) -> None:

@@ -462,7 +462,7 @@ class Sweep(Run):
         for run in r["runs"]:
             r["warnings"] += [w for w in contention_warnings(run.get("contention")) if w not in r["warnings"]]
         r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + run_log["elapsed_seconds"]
-        self.save()
+        self.save(final=True)
         return r
 
     def _setup(self, pinned, skipped: list[dict], backends: dict) -> None:
