@@ -26,7 +26,7 @@ TARGETS = {"quick": 45.0, "default": 120.0}
 MEMORY_TARGET_GB = 2.5
 
 
-def run(label: str, extra: list[str]) -> tuple[float, float, int]:
+def run(label: str, extra: list[str]) -> tuple[float, float, int, Path]:
     out = Path(tempfile.mkdtemp(prefix=f"rwkvprobe-speed-{label}-"))
     cmd = [sys.executable, "-m", "rwkvprobe", "analyze", str(ROOT / "profiles" / "rwkv-1b5.yaml"),
            "--out", str(out / "run"), *extra]
