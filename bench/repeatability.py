@@ -2,8 +2,8 @@
 
 Runs `rwkvprobe analyze PROFILE --quick` twice in a row (each in its own process, its own output
 folder), then prints, for every series both runs measured, the decode ms/token of each run and their
-ratio, and whether the verdict (the main bound of the fastest series, and which series that is) is the
-same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict. It prints the range of each
+ratio, and whether the verdict (the main bound of the fastest series, and which series that is, or one the other
+run named tied within noise with its own) is the same. Target (issue 14): every ratio within 10% (0.91..1.10), the same verdict. It prints the range of each
 run's DRAM bandwidth probes too: where the machine's own bandwidth moved between the runs, the bandwidth-bound
 series moved with it; and every decode point of run 2 against the same point of run 1: a shift of the machine
 moves nearly all of them one way; and how far the large points moved apart from that shift, split by how long
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from rwkvprobe.measure import contention  # noqa: E402
 from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps  # noqa: E402
+from rwkvprobe.report.markdown import tied_with  # noqa: E402
 from rwkvprobe.verdict.roofline import best_series, main_bound, verdict_of  # noqa: E402
 
 TARGET = 0.10
@@ -45,7 +46,9 @@ def one_run(profile: Path, out: Path, extra: list[str]) -> tuple[dict, float]:
     return json.loads((out / "results.json").read_text()), wall
 
 
-def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
+def decode(results: dict) -> tuple[dict[str, float], str, str, str, list[str]]:
+    """Each series' decode seconds a token, the fastest series, its bound, its split by bound, the series tied with
+    it (the report's "tied within noise with ...")."""
     _, verdict = verdict_of(results)
     per = {f"{s['backend']} {s['dtype']}": s["model"]["decode"]["seconds_per_token"]
            for s in verdict["series"] if s["model"].get("decode")}
@@ -53,7 +56,7 @@ def decode(results: dict) -> tuple[dict[str, float], str, str, str]:
     bounds = best["model"]["decode"]["share_by_bound"]
     main = main_bound(bounds) or "mixed"
     split = ", ".join(f"{k} {v:.0%}" for k, v in sorted(bounds.items(), key=lambda kv: -kv[1]) if v >= 0.005)
-    return per, f"{best['backend']} {best['dtype']}", main, split
+    return per, f"{best['backend']} {best['dtype']}", main, split, tied_with(best, verdict["series"], results)
 
 
 def point_ratios(r1: dict, r2: dict) -> list[tuple[float, float, float]]:
@@ -91,8 +94,8 @@ def main() -> int:
     extra = [a for a in args.extra if a != "--"]
     tmp = Path(tempfile.mkdtemp(prefix="rwkvprobe-repeat-"))
     (r1, w1), (r2, w2) = (one_run(Path(args.profile), tmp / f"run{i}", extra) for i in (1, 2))
-    d1, best1, bound1, split1 = decode(r1)
-    d2, best2, bound2, split2 = decode(r2)
+    d1, best1, bound1, split1, ties1 = decode(r1)
+    d2, best2, bound2, split2, ties2 = decode(r2)
     print(f"{Path(args.profile).name}: two back-to-back `analyze --quick` runs ({w1:.0f} s and {w2:.0f} s)")
     print(f"{'series':28s} {'run 1 ms/token':>15s} {'run 2 ms/token':>15s} {'ratio 2/1':>10s}")
     worst = 0.0
@@ -151,8 +154,10 @@ def main() -> int:
             label = max(own, key=lambda k: abs(own[k] - 1))
             print(f"series over that common shift: {min(own.values()):.3f}-{max(own.values()):.3f}, the furthest "
                   f"{label} ({own[label] - 1:+.1%})")
-    same = (best1, bound1) == (best2, bound2)
-    print(f"verdict: run 1 {best1} {bound1} ({split1}), run 2 {best2} {bound2} ({split2}): "
+    # the same answer: the same bound, and the same fastest series or one the other run named tied with its own
+    same = bound1 == bound2 and (best1 == best2 or best2 in ties1 or best1 in ties2)
+    tied1, tied2 = (f", tied with {', '.join(t)}" if t else "" for t in (ties1, ties2))
+    print(f"verdict: run 1 {best1}{tied1} {bound1} ({split1}), run 2 {best2}{tied2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")
     modes = (f"; the runs' shares of points in the machine's slow mode {slow_share[0]:.0%} and {slow_share[1]:.0%}"
              if len(slow_share) == 2 else "")

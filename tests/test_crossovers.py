@@ -104,3 +104,43 @@ def test_the_fastest_series_names_its_ties(factor, tied):
     text = verdict_sentences(build_verdict(r, layers), layers, r)[0]
     assert "(numpy fp32, the fastest" in text
     assert ("tied within noise with torch fp32" in text) is tied
+
+
+def _with_drift(results: dict, step: float) -> dict:
+    """``results`` with a canary beside each point, the machine's speed moving by ``step`` (relative) from each point's
+    window to the next (contention.canary, timed as analyze times it), in the points' order."""
+    for i, p in enumerate(results["measurements"]):
+        p["at"] = 1000.0 + i
+        p["contention"] = {"contended": False, "other_share": 0.0, "steal_share": 0.0,
+                           "canary_seconds": 1e-4 * ((1.0 + step) if i % 2 else 1.0)}
+    return results
+
+
+def test_machine_sigma_is_the_drift_between_neighbouring_windows():
+    from rwkvprobe.verdict.roofline import MACHINE_SIGMA_POINTS, machine_sigma
+
+    _, r = _two_series(1.0)
+    assert machine_sigma(r) is None  # no canary recorded (an older results file)
+    assert machine_sigma(_with_drift(r, 0.0)) == 0.0
+    assert machine_sigma(_with_drift(r, 0.1)) == pytest.approx(1.4826 * np.log(1.1) / np.sqrt(2))
+    # a phase that lasts: half the points slow, half fast, one step between them, counts as one step's change
+    for i, p in enumerate(r["measurements"]):
+        p["contention"]["canary_seconds"] = 1.5e-4 if i < len(r["measurements"]) // 2 else 1e-4
+    assert machine_sigma(r) == 0.0
+    r["measurements"] = r["measurements"][:MACHINE_SIGMA_POINTS - 1]
+    assert machine_sigma(_with_drift(r, 0.1)) is None
+
+
+@pytest.mark.parametrize("step, tied", [(0.0, False), (0.1, True)])
+def test_the_machines_drift_between_windows_ties_series_their_own_samples_would_not(step, tied):
+    """Two series 6% apart whose points' own samples spread 2%: the fastest stands alone on a steady machine, and is
+    tied with the other where the canary beside the points moved 10% from one window to the next (two quick runs of
+    rwkv-0b4 on the dev VM named ggml q8_0 the fastest, then q4_0, each 6% ahead, neither with a tie)."""
+    from rwkvprobe.report.markdown import verdict_sentences
+    from rwkvprobe.verdict.roofline import build_verdict
+
+    layers, r = _two_series(1.06)
+    _with_drift(r, step)
+    text = verdict_sentences(build_verdict(r, layers), layers, r)[0]
+    assert "(numpy fp32, the fastest" in text
+    assert ("tied within noise with torch fp32" in text) is tied

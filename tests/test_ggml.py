@@ -7,6 +7,7 @@ where a missing ggml-python fails these tests instead. The plumbing tests at the
 import ctypes
 import importlib.util
 import os
+import re
 
 import numpy as np
 import pytest
@@ -422,3 +423,22 @@ def test_the_tiled_transpose_is_the_transpose(k, n):
     w = np.random.default_rng(k * n).random((k, n), dtype=np.float32)
     t = _transposed(w[:, 1:])
     assert t.flags.c_contiguous and np.array_equal(t, w[:, 1:].T)
+
+
+@pytest.mark.parametrize("q4_seconds, words", [(0.4e-3, r"ggml fp16 -> q4_0: 1\.\d\dx faster decode as measured"),
+                                               (0.97e-3, r"ggml fp16 -> q4_0: tied within noise \(1\.0\dx as measured;"),
+                                               (1.5e-3, r"ggml fp16 -> q4_0: 0\.\d\dx slower decode as measured")])
+def test_the_ggml_fp16_to_q4_0_sentence_says_tied_within_noise_or_which_way(q4_seconds, words):
+    """The sentence comparing ggml fp16 with q4_0 says which is faster only where they differ by more than their
+    combined uncertainty (every point's samples spread 5% here); a slower quantized series is called slower."""
+    from roofline_fixtures import RWKV7_SMALL, layers_of
+
+    from rwkvprobe.report.markdown import verdict_sentences
+    from rwkvprobe.verdict.roofline import build_verdict
+
+    layers = layers_of(RWKV7_SMALL)
+    r = _ggml_results(layers, {"fp16": 1e-3, "q4_0": q4_seconds})
+    for p in r["measurements"]:
+        p["timing"].update(n=20, iqr_seconds=0.05 * p["timing"]["median_seconds"])
+    text = " ".join(verdict_sentences(build_verdict(r, layers), layers, r))
+    assert re.search(words, text), text

@@ -265,7 +265,8 @@ def stability_line(results: dict) -> str:
 def _engine_sentences(series: list[dict], results: dict) -> list[str]:
     """ggml (the kernels of llama.cpp and rwkv.cpp): decode per format as measured, and f16 -> q4_0."""
     desc = (results.get("backends") or {}).get("ggml") or {}
-    ggml = {s["dtype"]: s["model"]["decode"] for s in series if s["backend"] == "ggml" and s["model"].get("decode")}
+    by_dtype = {s["dtype"]: s for s in series if s["backend"] == "ggml" and s["model"].get("decode")}
+    ggml = {d: s["model"]["decode"] for d, s in by_dtype.items()}
     if not ggml:
         return []
     parts = [f"{d} {x['seconds_per_token'] * 1e3:.1f} ms/token{'' if x['fully_measured'] else ' (partly modelled)'}"
@@ -290,9 +291,13 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
     f16 = ggml.get("fp16")
     for q in ("q8_0", "q4_0"):
         if f16 and q in ggml:
-            out.append(f"ggml fp16 -> {q}: {f16['seconds_per_token'] / ggml[q]['seconds_per_token']:.2f}x faster decode "
-                       f"as measured (weights {f16['weight_bytes_per_token'] / ggml[q]['weight_bytes_per_token']:.2f}x "
-                       "fewer bytes per token).")
+            t16, tq = f16["seconds_per_token"], ggml[q]["seconds_per_token"]
+            fewer = f"weights {f16['weight_bytes_per_token'] / ggml[q]['weight_bytes_per_token']:.2f}x fewer bytes per token"
+            if within_noise(by_dtype["fp16"], t16, by_dtype[q], tq, results):
+                out.append(f"ggml fp16 -> {q}: tied within noise ({t16 / tq:.2f}x as measured; {fewer}).")
+            else:
+                out.append(f"ggml fp16 -> {q}: {t16 / tq:.2f}x {'faster' if tq < t16 else 'slower'} decode as measured "
+                           f"({fewer}).")
     return out
 
 

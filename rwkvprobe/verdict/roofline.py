@@ -315,18 +315,47 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} µs"
 
 
-def decode_rel_sigma(s: dict, results: dict) -> float:
-    """Relative uncertainty of a series' measured decode matmul time, from its points' own noise.
+#: at least this many points timed beside the canary before their spread counts (machine_sigma)
+MACHINE_SIGMA_POINTS = 8
 
-    Each layer's median carries fit.rel_sigma (its IQR, floored at 2%); layers add up as independent."""
+
+def machine_sigma(results: dict) -> float | None:
+    """How much the machine's own speed moves from one point's window to the next, as a relative sigma: the robust
+    spread (1.4826 x the median absolute value, over the square root of 2) of the change in the log of the canary
+    (contention.canary: a fixed two-thread matmul timed beside each point) between points timed one after the
+    other; None with fewer than MACHINE_SIGMA_POINTS of them.
+
+    A point's samples show the noise inside its window, not where the window fell among the host's phases; series are
+    compared shape by shape, their points timed close together, so the change between neighbouring windows is the
+    drift that separates them (a phase that lasts a run moves every series alike, and the spread of the canary over
+    the whole run, 0.05-0.38 in log on the dev VM, would tie series 40% apart). Two quick runs of rwkv-0b4 there named
+    ggml q8_0 the fastest (27.3 ms a token against q4_0's 29.0) and then q4_0 (29.2 against 31.0), neither with a
+    tie: their points' sigmas sat at the 2% floor, while this drift was 3% and 10%."""
+    timed = sorted((p["at"], x) for p in results.get("measurements") or []
+                   if p.get("at") and (x := (p.get("contention") or {}).get("canary_seconds")))
+    if len(timed) < MACHINE_SIGMA_POINTS:
+        return None
+    steps = sorted(abs(math.log(b / a)) for (_, a), (_, b) in zip(timed, timed[1:]))
+    mid = len(steps) // 2
+    median = steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
+    return 1.4826 * median / math.sqrt(2)
+
+
+def decode_rel_sigma(s: dict, results: dict) -> float:
+    """Relative uncertainty of a series' measured decode matmul time, from its points' own noise and the machine's.
+
+    Each layer's median carries fit.rel_sigma (its samples' spread, floored at 2%), and at least the machine's drift
+    from one point's window to the next (machine_sigma); layers add up as independent."""
     timing = {(p["backend"], p["dtype"], p["m"], p["k"], p["n"]): p.get("timing")
               for p in results.get("measurements", [])}
+    drift = machine_sigma(results) or 0.0
     var, total = 0.0, 0.0
     for r in s["rows"]:
         if r["m"] != 1:
             continue
         t = row_seconds(r) * r["count"]
-        sig = rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))) if r.get("measured") else 0.25
+        sig = (max(drift, rel_sigma(timing.get((s["backend"], s["dtype"], 1, r["k"], r["n"]))))
+               if r.get("measured") else 0.25)
         var += (t * sig) ** 2
         total += t
     return max(SIGMA_FLOOR, (var ** 0.5) / total) if total else SIGMA_FLOOR
