@@ -156,7 +156,7 @@ def main() -> int:
                   f"{label} ({own[label] - 1:+.1%})")
     # the same answer: the same bound, and the same fastest series or one the other run named tied with its own
     same = bound1 == bound2 and (best1 == best2 or best2 in ties1 or best1 in ties2)
-    tied1, tied2 = (f", tied with {', '.join(t)}" if t else "" for t in (ties1, ties2))
+    tied1, tied2 = (f" (tied within noise with {', '.join(t)})" if t else "" for t in (ties1, ties2))
     print(f"verdict: run 1 {best1}{tied1} {bound1} ({split1}), run 2 {best2}{tied2} {bound2} ({split2}): "
           f"{'same' if same else 'DIFFERENT'}")
     modes = (f"; the runs' shares of points in the machine's slow mode {slow_share[0]:.0%} and {slow_share[1]:.0%}"
