@@ -296,8 +296,8 @@ def _engine_sentences(series: list[dict], results: dict) -> list[str]:
             if within_noise(by_dtype["fp16"], t16, by_dtype[q], tq, results):
                 out.append(f"ggml fp16 -> {q}: tied within noise ({t16 / tq:.2f}x as measured; {fewer}).")
             else:
-                out.append(f"ggml fp16 -> {q}: {t16 / tq:.2f}x {'faster' if tq < t16 else 'slower'} decode as measured "
-                           f"({fewer}).")
+                out.append(f"ggml fp16 -> {q}: {max(t16, tq) / min(t16, tq):.2f}x {'faster' if tq < t16 else 'slower'} "
+                           f"decode as measured ({fewer}).")
     return out
 
 
