@@ -532,13 +532,12 @@ class Analysis(Run):
             reference = min(contention.canary() for _ in range(CANARY_REFERENCE_CALLS))
             r["canary_reference_seconds"] = min(reference, r.get("canary_reference_seconds") or reference)
         n_whatif = sum(1 for x in points if (x[3], x[4]) in whatif)
-        heavy_shapes = self._heavy_shapes()
         # the decode points of the heavy shapes (each HEAVY_WEIGHT_SHARE or more of a token's weights) are timed in
         # two windows, the second once every point has had its first, the faster kept: one window is one draw of the
         # machine's phase (seconds long), and in a pair of quick runs of rwkv-0b4 one onnxruntime fp32 ffn.key window
         # read 941 µs a call (its first ten calls 0.9-1.2 ms, the last five 0.59-0.65) against 537 in the other run,
         # a sixth of the series' decode. Planned from the start, so that every point's budget counts them
-        twice = {i for i, (m, k, n, b, d) in enumerate(points) if SECOND_WINDOWS and m == 1 and (k, n) in heavy_shapes}
+        twice = {i for i, (m, k, n, b, d) in enumerate(points) if SECOND_WINDOWS and self._heavy_decode(m, k, n)}
         whatif_policy = TimingPolicy(budget_seconds=WHATIF_POINT_SECONDS[s.quick], min_samples=3)
         elapsed = time.perf_counter() - t_start
         later = self._later_windows_seconds()  # the layer passes' later windows, during or after the points
@@ -592,7 +591,7 @@ class Analysis(Run):
             setup_left = _setup_projection(spent_outside_timing, to_come)
             budget = min(per_point, max(MIN_POINT_SECONDS, (left - setup_left) / len(to_come)))
             policy = TimingPolicy(budget_seconds=budget, min_samples=3,
-                                  floor_samples=HEAVY_SAMPLES if m == 1 and (k, n) in heavy_shapes else 0)
+                                  floor_samples=HEAVY_SAMPLES if self._heavy_decode(m, k, n) else 0)
             if again:
                 first = r["measurements"][at[i]]
                 if not self._budget_has(first, t_start):  # no time left for it: its first window stands
@@ -699,6 +698,10 @@ class Analysis(Run):
         total = sum(per_token.values())
         return {shape for shape, w in per_token.items() if w >= HEAVY_WEIGHT_SHARE * total}
 
+    def _heavy_decode(self, m: int, k: int, n: int) -> bool:
+        """A decode point (M = 1) of a heavy shape (_heavy_shapes): it takes HEAVY_SAMPLES at least, in two windows."""
+        return m == 1 and (k, n) in self._heavy_shapes()
+
     def _recheck_all_slow(self, slow: list[tuple], backends: dict, llc, t_start: float, progress: Progress) -> None:
         """The points far slower than their own series' ceilings predict (contention.SLOW_POINT_FACTOR), measured
         again once the others are done (a slow mode lasts a fraction of a second; the plan leaves little spare
@@ -790,7 +793,7 @@ class Analysis(Run):
         over its twelve-call median of 4.66)."""
         b, d, m, k, n = point["backend"], point["dtype"], point["m"], point["k"], point["n"]
         budget = max(MIN_POINT_SECONDS, (point.get("overhead_seconds") or {}).get("timing", MIN_POINT_SECONDS))
-        floor = HEAVY_SAMPLES if m == 1 and (k, n) in self._heavy_shapes() else 0
+        floor = HEAVY_SAMPLES if self._heavy_decode(m, k, n) else 0
         return self._faster_again(point, backends[b], backends[b].workload(m, k, n, d, self.settings.block_size), llc,
                                   TimingPolicy(budget_seconds=budget, min_samples=3, floor_samples=floor), POINT_COPIES)
 

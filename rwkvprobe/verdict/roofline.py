@@ -17,6 +17,7 @@ A layer far below 1 is limited by its kernel, not by the ceiling it is classed u
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from typing import Any
 
@@ -335,10 +336,8 @@ def machine_sigma(results: dict) -> float | None:
                    if p.get("at") and (x := (p.get("contention") or {}).get("canary_seconds")))
     if len(timed) < MACHINE_SIGMA_POINTS:
         return None
-    steps = sorted(abs(math.log(b / a)) for (_, a), (_, b) in zip(timed, timed[1:]))
-    mid = len(steps) // 2
-    median = steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
-    return 1.4826 * median / math.sqrt(2)
+    steps = [abs(math.log(b / a)) for (_, a), (_, b) in zip(timed, timed[1:])]
+    return 1.4826 * statistics.median(steps) / math.sqrt(2)
 
 
 def decode_rel_sigma(s: dict, results: dict) -> float:
