@@ -102,6 +102,8 @@ class OverheadSeconds(TypedDict):
     prepare: float
     check: float
     timing: float
+    #: of prepare and check: generating the seeded base weight, where this point did (the first of its shape)
+    base_weight: NotRequired[float]
 
 
 class Remeasured(TypedDict):

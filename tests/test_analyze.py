@@ -310,6 +310,33 @@ def test_plan_whatif_only_without_dtypes():
     assert got == [] and "onnxruntime" in why
 
 
+def test_quick_leaves_the_onnxruntime_what_if_out_where_quantized_series_are_measured_and_a_full_resume_adds_it(
+        tmp_path):
+    """--quick with full quantized series planned (ggml's q8_0 and q4_0 by default) plans no what-if and says why,
+    naming them; without them it plans the what-if as before; a full run resuming that quick one plans it."""
+    from rwkvprobe.measure.analyze import Analysis, AnalyzeSettings, plan_whatif
+    from rwkvprobe.model.profile import layer_list, load_profile
+    from rwkvprobe.model.quant import QUICK_WHATIF_LEFT_OUT
+
+    def settings(quick, backends=None):
+        return AnalyzeSettings(backends=backends, dtypes=None, tokens=[1], threads=1, cpus=None, quick=quick)
+
+    pairs = [("onnxruntime", "fp32"), ("ggml", "fp16"), ("ggml", "q8_0"), ("ggml", "q4_0")]
+    got, why = plan_whatif(settings(True), pairs)
+    assert got == [] and why.startswith(QUICK_WHATIF_LEFT_OUT) and "ggml q8_0 and ggml q4_0" in why
+    assert len(plan_whatif(settings(False), pairs)[0]) == 2  # the default run measures both
+    got, why = plan_whatif(settings(True), pairs[:2])  # no quantized series: the what-if is --quick's only one
+    assert why is None and {b for b, _ in got} == {"onnxruntime"} and len(got) == 2
+    layers = layer_list(load_profile(PROFILES / "rwkv-0b1.yaml"))
+    why_quick = plan_whatif(settings(True), pairs)[1]
+    for quick, planned in ((True, 0), (False, 2)):  # resumed as a quick run, then as a full one
+        resumed = {"settings": {"whatif_series": [], "whatif_missing": why_quick}, "skipped": []}
+        (tmp_path / f"run{quick}").mkdir()
+        a = Analysis(layers, settings(quick, ["onnxruntime"]), tmp_path / f"run{quick}", resumed)
+        _, _, whatif, _ = a._setup([0])
+        assert len(whatif) == planned and len(a.results["settings"]["whatif_series"]) == planned, quick
+
+
 def test_whatif_points_rotate_fewer_copies_but_stay_cold():
     from rwkvprobe.measure.timing import LLC_FACTOR, plan_rotation
 
@@ -915,7 +942,7 @@ def test_the_cached_base_weight_is_freed_before_the_points_that_load_theirs_from
 
     def recorded(backend, w, *args, **kwargs):
         p = real(backend, w, *args, **kwargs)
-        calls.append((backend.name, w.dtype, w.m, w.k, w.n, base_weight.cache_info().currsize))
+        calls.append((backend.name, w.dtype, w.m, w.k, w.n, int(base_weight.holds(w.k, w.n))))
         return p
 
     monkeypatch.setattr(analyze, "measure_point", recorded)
@@ -934,3 +961,106 @@ def test_the_cached_base_weight_is_freed_before_the_points_that_load_theirs_from
         assert [x[0] for x in firsts if x[1:] == shape] == ["numpy", "onnxruntime"], shape
     r = json.loads((out / "results.json").read_text())
     assert all(p["check"]["ok"] for p in r["measurements"] if p["backend"] == "onnxruntime")
+
+
+def test_the_points_that_read_a_costly_kept_base_weight_are_timed_before_it_is_freed(monkeypatch):
+    """_next_point takes the queue's first point, unless that would free or replace a base weight kept now that cost
+    REGENERATE_SECONDS or more to generate while a point that reads it waits further on: then that point. A weight
+    cheap to generate again, or none kept, leaves the queue's order as it is."""
+    import collections
+
+    from rwkvprobe.backends import base_weight
+    from rwkvprobe.measure import analyze
+
+    points = [(1, 64, 32, "numpy", "fp32"), (1, 64, 32, "onnxruntime", "fp32"), (1, 32, 64, "numpy", "fp32"),
+              (4, 64, 32, "torch", "fp32"), (1, 64, 32, "ggml", "q4_0")]
+
+    def order(queue):
+        q, out = collections.deque(queue), []
+        while q:
+            out.append(analyze._next_point(q, points))
+        return out
+
+    base_weight.cache_clear()
+    base_weight(64, 32)
+    monkeypatch.setattr(analyze, "REGENERATE_SECONDS", 0.0)
+    # onnxruntime would free it (its weight comes from its model file), numpy 32x64 replace it: torch M=4 and the
+    # ggml q4_0 (whose quantization reads it) first
+    assert order([1, 2, 3, 4]) == [3, 4, 1, 2]
+    assert order([0, 1, 2]) == [0, 1, 2]  # the first reads it: nothing to pull
+    monkeypatch.setattr(analyze, "REGENERATE_SECONDS", base_weight.seconds(64, 32) + 1.0)  # cheap to generate again
+    assert order([1, 2, 3, 4]) == [1, 2, 3, 4]
+    base_weight.cache_clear()
+    monkeypatch.setattr(analyze, "REGENERATE_SECONDS", 0.0)
+    assert order([1, 2, 3, 4]) == [1, 2, 3, 4]  # nothing kept
+
+
+def test_a_point_put_off_while_its_base_weight_is_kept_is_timed_before_it_is_freed(cli, small, tmp_path, monkeypatch):
+    """The machine slow once, as the second point of the first shape comes up (torch M=1): it is timed after the
+    last point of its shape that reads the same weight (torch M=4), not after every other shape, where its weight
+    would be generated again (a 1.5B's fp32 head: 3.5 s on this project's VM). Each shape's weight generated once
+    (second windows and rechecks left out here: they come after the first windows)."""
+    from rwkvprobe.backends import base_weight, onnxgen
+    from rwkvprobe.measure import analyze, contention
+
+    monkeypatch.setattr(contention, "canary", lambda: 1e-4)  # never slow but where slow_now says so
+    monkeypatch.setattr(analyze, "REGENERATE_SECONDS", 0.0)  # every weight counts as costly to generate again
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)
+    for name in ("_recheck_all_slow", "_recheck_near_line", "_recheck_heavy", "_recheck_series_heavy"):
+        monkeypatch.setattr(analyze.Analysis, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(analyze.Analysis, "_remeasure", lambda self, point, *args, **kwargs: point)
+    asked: list = []
+    monkeypatch.setattr(contention, "slow_now", lambda best: (asked.append(best), 2.0 if len(asked) == 2 else None)[1])
+    real_point, real_weight, calls = analyze.measure_point, onnxgen.weight_matrix, []
+
+    def recorded(backend, w, *args, **kwargs):
+        calls.append(("point", backend.name, w.m, w.k, w.n))
+        return real_point(backend, w, *args, **kwargs)
+
+    def generated(k, n, dtype="fp32"):
+        calls.append(("weight", k, n))
+        return real_weight(k, n, dtype)
+
+    monkeypatch.setattr(analyze, "measure_point", recorded)
+    monkeypatch.setattr("rwkvprobe.backends.weight_matrix", generated)
+    base_weight.cache_clear()
+    out = tmp_path / "run"
+    code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy,torch", "--dtypes", "fp32",
+                          "--tokens", "1,4", "--quick", "--budget", "30")
+    assert code == 0, stderr
+    layers = calls[next(i for i, c in enumerate(calls) if c[0] == "point"):]  # after the ceilings' own shapes
+    points = [c[1:] for c in layers if c[0] == "point"]
+    assert points[:4] == [("numpy", 1, 256, 512), ("numpy", 4, 256, 512), ("torch", 4, 256, 512),
+                          ("torch", 1, 256, 512)], points
+    assert len(points) == len(set(points)) == 16  # 4 shapes at M=1 and 4, two backends
+    weights = [c[1:] for c in layers if c[0] == "weight"]
+    assert sorted(weights) == sorted({(k, n) for _, _, k, n in points}), weights  # each shape's weight once
+    r = json.loads((out / "results.json").read_text())
+    (p,) = [p for p in r["measurements"] if (p["backend"], p["m"], p["k"], p["n"]) == ("torch", 1, 256, 512)]
+    assert p["put_off"] == {"canary_ratio": 2.0}
+
+
+def test_a_rechecks_cost_counts_generating_its_base_weight_again_where_another_is_kept(monkeypatch):
+    """_budget_has: a point with 0.3 s of prepare and timing on record, whose 64x32 base weight cost 3 s to generate,
+    fits 1 s of budget while its weight is kept, and not while another shape's is (generated again: 3.3 s); the point
+    that generated it has those 3 s in its prepare, counted once either way."""
+    from types import SimpleNamespace
+
+    from rwkvprobe.backends import base_weight
+    from rwkvprobe.measure import analyze
+
+    monkeypatch.setattr(base_weight, "seconds", lambda k, n: 3.0 if (k, n) == (64, 32) else 0.0)
+    run = analyze.Analysis.__new__(analyze.Analysis)
+    run.settings = SimpleNamespace(budget_seconds=10.0)
+    t_start = time.perf_counter() - (10.0 - analyze.FINISH_RESERVE_SECONDS - 1.0)  # 1 s left
+    later = {"backend": "numpy", "dtype": "fp32", "m": 1, "k": 64, "n": 32,
+             "overhead_seconds": {"prepare": 0.2, "check": 0.5, "timing": 0.1}}
+    first = {**later, "overhead_seconds": {"prepare": 3.2, "check": 0.5, "timing": 0.1, "base_weight": 3.0}}
+    onnx = {**later, "backend": "onnxruntime"}  # loads its weight from its model file
+    base_weight.cache_clear()
+    base_weight(64, 32)
+    assert run._budget_has(later, t_start) and run._budget_has(first, t_start)
+    base_weight(32, 64)
+    assert not run._budget_has(later, t_start) and not run._budget_has(first, t_start)
+    assert run._budget_has(onnx, t_start)
+    base_weight.cache_clear()

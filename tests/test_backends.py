@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import PROFILES
 
+import rwkvprobe.backends as backends
 from rwkvprobe.backends import (
     BACKEND_NAMES,
     TOLERANCE,
@@ -19,6 +21,7 @@ from rwkvprobe.backends import (
     get_backend,
 )
 from rwkvprobe.errors import InputError, MissingExtra
+from rwkvprobe.measure import points
 from rwkvprobe.measure.points import measure_point
 from rwkvprobe.measure.timing import TimingPolicy
 from rwkvprobe.model.profile import layer_list, load_profile
@@ -364,3 +367,51 @@ def test_onnxruntime_float_models_beside_their_weight_file_are_correct_and_copie
             assert not np.any(runner.output(1)) or not held_in_file
         finally:
             runner.close()
+
+
+def test_a_points_weights_are_made_and_checked_on_small_pages_and_timed_as_numpy_left_them(monkeypatch):
+    """measure_point generates the base weight, prepares the copies and checks them with numpy's huge-page madvise
+    off (small_pages), then times with it as it was: the switch is numpy's, flipped and restored."""
+    state, seen = [True], {}
+
+    def toggle(enabled):
+        before, state[0] = state[0], enabled
+        return before
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            seen.setdefault(name, state[0])
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(backends, "_MADVISE", toggle)
+    monkeypatch.setattr(backends, "weight_matrix", spy("generate", backends.weight_matrix))
+    monkeypatch.setattr(points, "check_runner", spy("check", points.check_runner))
+    monkeypatch.setattr(points, "measure", spy("time", points.measure))
+    backends.base_weight.cache_clear()
+    b = get_backend("numpy", 1)
+    p = points.measure_point(b, b.workload(2, 256, 512, "fp32"), None, TimingPolicy(budget_seconds=0.01, min_samples=3))
+    assert p["check"]["ok"] and seen == {"generate": False, "check": False, "time": True} and state == [True]
+    backends.base_weight.cache_clear()
+
+
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@pytest.mark.skipif(not os.path.exists(THP) or "[madvise]" not in open(THP).read() or backends._MADVISE is None,
+                    reason="transparent huge pages are not in madvise mode here (or this numpy has no switch)")
+def test_the_base_weight_sits_on_small_pages_where_huge_pages_come_only_on_request():
+    """With the kernel's huge pages given only on madvise, a 32 MB base weight holds none (numpy would ask)."""
+    base_weight = backends.base_weight
+    base_weight.cache_clear()
+    w = base_weight(2048, 4096)
+    lo, hi, huge = w.ctypes.data, w.ctypes.data + w.nbytes, 0
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            if m := re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line):
+                inside = int(m[1], 16) < hi and int(m[2], 16) > lo
+            elif inside and line.startswith("AnonHugePages:"):
+                huge += int(line.split()[1])
+    base_weight.cache_clear()
+    assert huge == 0

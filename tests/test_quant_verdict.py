@@ -3,6 +3,7 @@
 import pytest
 from roofline_fixtures import explicit_profile, layers_of
 
+from rwkvprobe.model.quant import QUICK_WHATIF_LEFT_OUT
 from rwkvprobe.report.markdown import verdict_sentences
 from rwkvprobe.results import new_results
 from rwkvprobe.verdict.roofline import build_verdict, main_bound, quant_comparison
@@ -48,6 +49,12 @@ def test_format_at_its_bytes_bound_is_on_its_roofline_and_the_sentence_leads_wit
     assert f"{fp32_t / bound_t:.2f}x against onnxruntime fp32" in line
     assert line.index("measured") < line.index("Bytes-only upper bound")
     assert "kernel-limited" not in line and "reaches" not in line
+    assert "--quick" not in line
+    # a --quick run that measured these series left the onnxruntime what-if out (analyze.plan_whatif): said so
+    r["settings"]["whatif_missing"] = f"{QUICK_WHATIF_LEFT_OUT}ggml q8_0 and ggml q4_0 for the smaller weights"
+    line = next(s for s in verdict_sentences(build_verdict(r, LAYERS), LAYERS, r) if s.startswith("Smaller weights"))
+    assert line.endswith("onnxruntime's int8/int4 formats are not measured in --quick runs that measure these "
+                         "(run without --quick).")
 
 
 def test_slow_dequantization_is_kernel_limited_on_the_roofline():

@@ -15,11 +15,13 @@ original fp32 weight (quantization noise) is recorded apart, for information.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -271,16 +273,90 @@ class Backend:
         return {"name": self.name, "threads": self.threads}
 
 
-@functools.lru_cache(maxsize=1)
-def base_weight(k: int, n: int) -> np.ndarray:
-    """The seeded fp32 weight of shape (K, N), kept while consecutive workloads share the shape.
+def _madvise_toggle() -> Callable[[bool], bool] | None:
+    """numpy's switch for madvise(MADV_HUGEPAGE) on its new large arrays (returns the previous setting); None where
+    this numpy has none."""
+    for where in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(where)._set_madvise_hugepage
+        except (ImportError, AttributeError):
+            continue
+    return None
 
-    Read-only: runners make their own copies.
-    """
 
-    w = weight_matrix(k, n, "fp32")
-    w.setflags(write=False)
-    return w
+_MADVISE = _madvise_toggle()
+
+
+@contextlib.contextmanager
+def small_pages() -> Iterator[None]:
+    """numpy's new arrays on the kernel's small (4 KiB) pages while a point's weights are made and checked: no
+    madvise for transparent huge pages, which numpy asks for on arrays of 4 MB and more.
+
+    Why: every backend's weights then sit on the pages its own allocator gives them (torch, ggml and onnxruntime ask
+    for no huge pages), numpy's as well; and huge pages new to a process cost 10x more to touch on a VM whose balloon
+    hands freed memory back to the host (this project's: 537 MB filled in 2.9-4.3 s on huge pages, 0.3-0.4 s on
+    small ones; rwkv-1b5's fp32 head took 3.5-6 s to generate, a tenth of a quick run). Streaming that head in a numpy
+    GEMV took 2% longer from small pages here (paired median of 15, 16.7 against 17.1 ms). The bandwidth probe keeps
+    numpy's default: its ceiling is the most the machine streams."""
+    if _MADVISE is None:
+        yield
+        return
+    before = _MADVISE(False)
+    try:
+        yield
+    finally:
+        _MADVISE(before)
+
+
+def prepare_weights(backend: "Backend", workload: Workload, copies: int, onnx_dir=None) -> Runner:
+    """``backend.prepare`` on small pages (small_pages)."""
+    with small_pages():
+        return backend.prepare(workload, copies) if onnx_dir is None else backend.prepare(workload, copies, onnx_dir)
+
+
+class BaseWeights:
+    """``base_weight(k, n)``: the seeded fp32 weight of shape (K, N), kept while consecutive workloads share the
+    shape (one at a time). Read-only: runners make their own copies.
+
+    It also keeps what generating each shape cost this process (``seconds``): the pages of a large weight are the
+    cost, where memory is fresh to the process (on this project's VM, whose balloon hands freed memory back to the
+    host after about 2 s, rwkv-1b5's 0.5 GB fp32 head took 3.5-4.7 s, 0.4 s into reused pages), and analyze plans
+    around it: the points put off that read a costly weight are timed before it is freed (analyze._next_point), and a
+    recheck's cost counts it (analyze._budget_has)."""
+
+    def __init__(self) -> None:
+        self._shape: tuple[int, int] | None = None
+        self._weight: np.ndarray | None = None
+        self._seconds: dict[tuple[int, int], float] = {}
+
+    def __call__(self, k: int, n: int) -> np.ndarray:
+        if self._shape != (k, n) or self._weight is None:
+            self.cache_clear()  # the old weight's pages go back before the new one takes its own
+            t0 = time.perf_counter()
+            with small_pages():
+                w = weight_matrix(k, n, "fp32")
+            w.setflags(write=False)
+            self._seconds[(k, n)] = time.perf_counter() - t0
+            self._shape, self._weight = (k, n), w
+        return self._weight
+
+    def cache_clear(self) -> None:
+        self._shape = self._weight = None
+
+    def holds(self, k: int, n: int) -> bool:
+        """Whether the (K, N) weight is kept now."""
+        return self._shape == (k, n) and self._weight is not None
+
+    def kept(self) -> tuple[int, int] | None:
+        """The (K, N) of the weight kept now (None: none)."""
+        return self._shape if self._weight is not None else None
+
+    def seconds(self, k: int, n: int) -> float:
+        """What generating the (K, N) weight cost the last time this process did (0 if never)."""
+        return self._seconds.get((k, n), 0.0)
+
+
+base_weight = BaseWeights()
 
 
 def activation(m: int, k: int) -> np.ndarray:

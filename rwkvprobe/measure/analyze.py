@@ -36,7 +36,7 @@ from rwkvprobe.measure.run import RESULTS, Run
 from rwkvprobe.measure.timing import TimingPolicy, plan_rotation, set_affinity
 from rwkvprobe.model.cost import roofline_seconds
 from rwkvprobe.model.profile import LayerList, profile_json
-from rwkvprobe.model.quant import quantize_kinds
+from rwkvprobe.model.quant import QUANT_DTYPES, QUICK_WHATIF_LEFT_OUT, quantize_kinds
 from rwkvprobe.npu import board, cores
 from rwkvprobe.progress import Progress
 from rwkvprobe.results import new_results
@@ -51,6 +51,9 @@ REPROBE_EXCESS = 1.05
 MAX_REPROBES = 4
 #: before measuring a contended point again, wait at most this long for the other processes to go quiet
 QUIET_WAIT_SECONDS = 1.0
+#: a base weight that cost this many seconds or more to generate is not freed while points put off that read it wait
+#: (_next_point)
+REGENERATE_SECONDS = 0.5
 #: weight buffers of a layer point (the untimed eviction read between calls keeps every call cold)
 POINT_COPIES = 4
 #: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots) and
@@ -208,11 +211,19 @@ def plan_whatif(settings: AnalyzeSettings, pairs: list[tuple[str, str]]) -> tupl
     Only when --dtypes is not given: for each planned backend with ``whatif_dtypes`` (onnxruntime: int8 and
     int4 MatMulNBits), the first format of each width that runs here, on the decode shapes of the kinds
     stored quantized. Explicit --dtypes measure exactly what they name (their quantized series are full ones).
+    --quick leaves them out where full quantized series are planned (ggml's q8_0 and q4_0 by default): those
+    answer the smaller-weights question on every layer, and the what-if cost a quick rwkv-1b5 run 4-5 s of its
+    45 (QUICK_WHATIF_LEFT_OUT says so in the results; a run without --quick, or one resuming it, measures them).
     """
     if settings.dtypes is not None:
         if any(d not in ("fp32", "fp16", "bf16") for d in settings.dtypes):
             return [], None
         return [], "--dtypes named no quantized format"
+    full = list(dict.fromkeys(f"{b} {d}" for b, d in pairs if d in QUANT_DTYPES))
+    if getattr(settings, "quick", False) and full:
+        return [], (f"{QUICK_WHATIF_LEFT_OUT}{' and '.join(full)} for the smaller weights (onnxruntime's int8/int4 "
+                    "what-if is left out of --quick where quantized series are measured in full: run without --quick "
+                    "for it)")
     out, why = [], []
     for b in dict.fromkeys(b for b, _ in pairs):
         cls = backend_class(b) if b in BACKEND_NAMES else None
@@ -435,7 +446,8 @@ class Analysis(Run):
             self.results.update({"bandwidth": None, "ceilings": [], "measurements": [], "skipped": []})
         r = self.results
         pairs, skipped = plan_series(s)
-        if "whatif_series" not in r["settings"]:
+        if "whatif_series" not in r["settings"] or (  # a quick run resumed as a full one: the what-if quick left out
+                not s.quick and (r["settings"].get("whatif_missing") or "").startswith(QUICK_WHATIF_LEFT_OUT)):
             planned, why = plan_whatif(s, pairs)
             r["settings"]["whatif_series"] = [list(x) for x in planned]
             r["settings"]["whatif_missing"] = why
@@ -568,7 +580,7 @@ class Analysis(Run):
         timed = 0  # points done (timed, or skipped)
         while queue or seconds:
             again = not queue  # every point timed once: the heavy ones' second windows
-            i = seconds.popleft() if again else queue.popleft()
+            i = _next_point(seconds if again else queue, points)
             m, k, n, b, d = points[i]
             w = workloads[i]
             if self._windows and weight_bytes[i] >= min(rounds.ring_bytes for _, rounds in self._windows):
@@ -626,7 +638,7 @@ class Analysis(Run):
                     if queue and i not in put_off and (ratio := contention.slow_now(best_canary)):
                         # the machine runs slow now (its slow phases last about a second to several): this point is
                         # timed after the others, once (a phase that outlasts them is flagged, and measured again
-                        # after the others while the budget has its cost)
+                        # after the others while the budget has its cost), or before its weight is freed (_next_point)
                         put_off[i] = ratio
                         queue.append(i)
                         continue
@@ -641,7 +653,8 @@ class Analysis(Run):
                     spent_outside_timing.append((cost.get("prepare", 0.0) + cost.get("check", 0.0), w.weight_bytes))
                     spare = left - setup_left - len(to_come) * MIN_POINT_SECONDS
                     if ((point.get("contention") or {}).get("contended")
-                            and spare > 2 * sum(cost.values()) + QUIET_WAIT_SECONDS):
+                            and spare > 2 * (cost.get("prepare", 0.0) + cost.get("check", 0.0)
+                                             + cost.get("timing", 0.0)) + QUIET_WAIT_SECONDS):
                         point = self._remeasure(point, backends[b], w, llc, pol, progress, label, copies)
                     elif proj is not None and _far_slower(point, proj):  # measured again after the others
                         slow.append((len(r["measurements"]), proj, w, pol, label, copies))
@@ -767,9 +780,14 @@ class Analysis(Run):
 
     def _budget_has(self, point: dict, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> bool:
         """Whether what is left of --budget (less ``reserve``) covers measuring ``point`` once more (preparing and
-        timing it: a recheck reuses its check, _faster_again)."""
+        timing it: a recheck reuses its check, _faster_again), its base weight generated again where it reads one
+        and another shape's is kept now (a quick rwkv-1b5 run began a recheck of a head with 0.3 s of prepare on
+        record, and spent 3.5 s generating its weight past the budget)."""
         cost = point.get("overhead_seconds") or {}
-        return self._budget_left(t_start, reserve) >= cost.get("prepare", 0.0) + cost.get("timing", 0.0)
+        need = cost.get("prepare", 0.0) + cost.get("timing", 0.0) - cost.get("base_weight", 0.0)
+        if _reads_base_weight(point["backend"], point["dtype"]) and not base_weight.holds(point["k"], point["n"]):
+            need += base_weight.seconds(point["k"], point["n"])
+        return self._budget_left(t_start, reserve) >= need
 
     def _faster_again(self, point: dict, backend, w: Workload, llc, policy, max_copies: int | None
                       ) -> tuple[dict, float | None]:
@@ -1063,6 +1081,26 @@ class Analysis(Run):
 def _reads_base_weight(backend: str, dtype: str) -> bool:
     """Backend.reads_base_weight for a series by name (a backend rwkvprobe does not know of: assumed to)."""
     return backend not in BACKEND_NAMES or backend_class(backend).reads_base_weight(dtype)
+
+
+def _next_point(queue: collections.deque, points: list[tuple]) -> int:
+    """The next point of ``queue`` (plan indices) to time, taken from it: the first; but where that would free or
+    replace a base weight kept now that cost REGENERATE_SECONDS or more to generate, while points that read it wait
+    further on (put off while the machine ran slow), the first of those. Put off to the end of a quick rwkv-1b5 run,
+    the numpy head generated its 0.5 GB fp32 weight again after the others, 3.5-5.7 s of a 45 s run."""
+    kept = base_weight.kept()
+    if kept and base_weight.seconds(*kept) >= REGENERATE_SECONDS and not _reads_kept(points[queue[0]], kept):
+        waiting = next((j for j in queue if _reads_kept(points[j], kept)), None)
+        if waiting is not None:
+            queue.remove(waiting)
+            return waiting
+    return queue.popleft()
+
+
+def _reads_kept(point: tuple, kept: tuple[int, int]) -> bool:
+    """Whether a planned point (m, k, n, backend, dtype) reads the base weight of shape ``kept``."""
+    _, k, n, b, d = point
+    return (k, n) == kept and _reads_base_weight(b, d)
 
 
 def _slow_machine_warning(results: dict) -> list[str]:

@@ -10,7 +10,7 @@ import statistics
 import time
 from pathlib import Path
 
-from rwkvprobe.backends import Backend, Workload, base_weight, check_runner
+from rwkvprobe.backends import Backend, Workload, base_weight, check_runner, prepare_weights, small_pages
 from rwkvprobe.backends.onnxgen import WEIGHTS_VERSION
 from rwkvprobe.fsutil import cache_dir
 from rwkvprobe.measure import contention
@@ -55,9 +55,10 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         # the weight cached for the points before (the plan takes these backends last in a shape): an ONNX head's
         # session held 1 GB while loading its 0.5 GB fp32 weight, beside the cached copy, the peak of a run
         base_weight.cache_clear()
+    fresh = not base_weight.holds(workload.k, workload.n)
     t0 = time.perf_counter()
     try:
-        runner = backend.prepare(workload, rotation.copies, onnx_dir or onnx_cache_dir())
+        runner = prepare_weights(backend, workload, rotation.copies, onnx_dir or onnx_cache_dir())
     except MemoryError:
         point["error"] = "out of memory preparing the weights"
         return point
@@ -66,15 +67,19 @@ def measure_point(backend: Backend, workload: Workload, llc_bytes: int | None, p
         return point
     t1 = time.perf_counter()
     try:
-        point["check"] = ({**checked, "reused": True} if checked and checked.get("ok")
-                          else check_runner(workload, runner))
+        with small_pages():  # the float64 reference's blocks too
+            point["check"] = ({**checked, "reused": True} if checked and checked.get("ok")
+                              else check_runner(workload, runner))
         t2 = time.perf_counter()
         if point["check"]["ok"]:
             before = contention.sample()
             point["timing"] = measure(runner.run, rotation.copies, policy, between=eviction(rotation.flush_bytes))
             busy = contention.between(before, contention.sample())
             point["contention"] = busy
-        point["overhead_seconds"] = {"prepare": t1 - t0, "check": t2 - t1, "timing": time.perf_counter() - t2}
+        cost = {"prepare": t1 - t0, "check": t2 - t1, "timing": time.perf_counter() - t2}
+        if fresh and base_weight.holds(workload.k, workload.n):  # this point generated it: of its prepare and check
+            cost["base_weight"] = base_weight.seconds(workload.k, workload.n)
+        point["overhead_seconds"] = cost
     except Exception as e:
         point["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     finally:
@@ -161,7 +166,7 @@ class PointRounds:
         self.items: list[dict] = []
         try:
             for s in specs:
-                runner = backend.prepare(backend.workload(s["m"], s["k"], s["n"], s["dtype"]), s["copies"])
+                runner = prepare_weights(backend, backend.workload(s["m"], s["k"], s["n"], s["dtype"]), s["copies"])
                 self.items.append({"spec": s, "runner": runner, "evict": eviction(s["flush_bytes"]), "next": 0,
                                    "samples": []})
                 for i in range(s["copies"]):  # every copy once: pages touched, lazy initialisation done

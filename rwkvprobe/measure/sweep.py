@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, onnxgen
+from rwkvprobe.backends import ELEMENT_BYTES, Backend, Workload, onnxgen, prepare_weights
 from rwkvprobe.backends.onnxgen import ModelSpec
 from rwkvprobe.errors import InputError
 from rwkvprobe.fsutil import ensure_writable_dir
@@ -286,7 +286,7 @@ def _time_call(backend: Backend, w: Workload, onnx_dir: Path, seconds: float = 0
 
     The best, not the median: on a shared machine a call can wait a scheduler tick for a busy core.
     """
-    runner = backend.prepare(w, 1, onnx_dir)
+    runner = prepare_weights(backend, w, 1, onnx_dir)
     try:
         runner.run(0)
         best = math.inf

@@ -33,6 +33,9 @@ QUANT_DTYPES = ("int8", "int4", "int8-dyn", "int8-a8", "int4-a8")
 #: quantizes itself to its vec_dot type (q8_0, q8_1 or q8_K) inside the call
 GGML_DTYPES = ("q8_0", "q5_1", "q4_0", "q4_k")
 QUANT_DTYPES += GGML_DTYPES
+#: how the whatif_missing of a --quick run that measures quantized series in full begins (analyze.plan_whatif: the
+#: onnxruntime what-if left out), then what it measures
+QUICK_WHATIF_LEFT_OUT = "--quick measures "
 #: bytes per activation/output element of a quantized workload (fp32)
 ACTIVATION_BYTES = 4
 #: weights per scale of a blockwise format, unless a workload says otherwise (``--block-size``)

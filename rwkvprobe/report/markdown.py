@@ -9,6 +9,7 @@ from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
 from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, machine_speed, summary
 from rwkvprobe.measure.history import HISTORY_ENV
 from rwkvprobe.model.profile import LayerList
+from rwkvprobe.model.quant import QUICK_WHATIF_LEFT_OUT
 from rwkvprobe.report import plots
 from rwkvprobe.report.format import environment_section, md_table, ms
 from rwkvprobe.report.sections import (
@@ -326,6 +327,8 @@ def _smaller_weights_sentences(verdict: dict, results: dict) -> list[str]:
         if bound and ref:
             line += (f" Bytes-only upper bound, *modelled* from {_label(ref)}'s layer times with dequantization taken "
                      f"as free: {bound}.")
+        if (results.get("settings", {}).get("whatif_missing") or "").startswith(QUICK_WHATIF_LEFT_OUT):
+            line += " onnxruntime's int8/int4 formats are not measured in --quick runs that measure these (run without --quick)."
         return [line]
     if modelled:
         parts = [f"{q} weights ~{v['speedup']:.1f}x (bytes {v['bytes_ratio']:.1f}x fewer)" for q, v in modelled.items()]
