@@ -4,7 +4,7 @@ import pytest
 from roofline_fixtures import explicit_profile, layers_of
 
 from rwkvprobe.model.quant import QUICK_WHATIF_LEFT_OUT
-from rwkvprobe.report.markdown import verdict_sentences
+from rwkvprobe.report.markdown import _quant_section, verdict_sentences
 from rwkvprobe.results import new_results
 from rwkvprobe.verdict.roofline import build_verdict, main_bound, quant_comparison
 
@@ -74,6 +74,29 @@ def test_slow_dequantization_is_kernel_limited_on_the_roofline():
 
 def _pct(x):
     return f"{100 * x:.0f}%"
+
+
+def test_a_format_whose_kernel_runs_closer_to_its_roofline_beats_the_bytes_only_figure_and_is_said_to():
+    """fp32 at half its roofline's speed (a slow float kernel) and int4 on its own roofline: the bytes-only figure
+    keeps fp32's distance from its roofline, so int4 measures 2x it; the table marks it 'beaten' and the sentence
+    says int4 beats it instead of calling it an upper bound. At its bound the same format is not said to."""
+    int4_roof = (K * N * 0.640625 + 8 * K) / BW
+    r, fp32_t = _results(int4_roof)
+    r["measurements"][0]["timing"]["median_seconds"] = 2 * fp32_t
+    r["ceilings"][0]["peak_gflops"] = 1000.0
+    v = build_verdict(r, LAYERS)
+    [q] = quant_comparison(v, r)
+    assert q["measured_speedup"] == pytest.approx(2 * q["bound_speedup"], rel=0.02) and q["beats_bound"]
+    line = next(x for x in verdict_sentences(v, LAYERS, r) if x.startswith("Smaller weights"))
+    assert "Bytes-only upper bound" not in line
+    assert "onnxruntime int4 beats it (its kernel runs closer to its roofline than onnxruntime fp32's)" in line
+    assert any("(beaten)" in row for row in _quant_section(v, r))
+    r, _ = _results(int4_roof)  # fp32 on its roofline: int4 at its bound
+    v = build_verdict(r, LAYERS)
+    [q] = quant_comparison(v, r)
+    line = next(x for x in verdict_sentences(v, LAYERS, r) if x.startswith("Smaller weights"))
+    assert not q["beats_bound"] and "Bytes-only upper bound" in line and "beat" not in line
+    assert not any("(beaten)" in row for row in _quant_section(v, r))
 
 
 def test_nothing_quantized_measured_says_why_and_keeps_the_modelled_figure():
