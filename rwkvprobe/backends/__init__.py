@@ -318,9 +318,9 @@ class BaseWeights:
     """``base_weight(k, n)``: the seeded fp32 weight of shape (K, N), kept while consecutive workloads share the
     shape (one at a time). Read-only: runners make their own copies.
 
-    It also keeps what generating each shape cost this process (``seconds``): the pages of a large weight are the
-    cost, where memory is fresh to the process (on this project's VM, whose balloon hands freed memory back to the
-    host after about 2 s, rwkv-1b5's 0.5 GB fp32 head took 3.5-4.7 s, 0.4 s into reused pages), and analyze plans
+    It also keeps what generating each shape cost this process (``seconds``): the pages of a large weight are most of
+    the cost where memory is new to the process (on this project's VM, whose balloon hands freed memory back to the
+    host, rwkv-1b5's 0.5 GB fp32 head took 0.6-1.0 s on small pages, 3.5-6 s on huge ones), and analyze plans
     around it: the points put off that read a costly weight are timed before it is freed (analyze._next_point), and a
     recheck's cost counts it (analyze._budget_has)."""
 

@@ -1087,7 +1087,8 @@ def _next_point(queue: collections.deque, points: list[tuple]) -> int:
     """The next point of ``queue`` (plan indices) to time, taken from it: the first; but where that would free or
     replace a base weight kept now that cost REGENERATE_SECONDS or more to generate, while points that read it wait
     further on (put off while the machine ran slow), the first of those. Put off to the end of a quick rwkv-1b5 run,
-    the numpy head generated its 0.5 GB fp32 weight again after the others, 3.5-5.7 s of a 45 s run."""
+    the numpy head generated its 0.5 GB fp32 weight again after the others (3.5-5.7 s of a 45 s run on huge pages,
+    before small_pages; 0.6-1.0 s on small ones)."""
     kept = base_weight.kept()
     if kept and base_weight.seconds(*kept) >= REGENERATE_SECONDS and not _reads_kept(points[queue[0]], kept):
         waiting = next((j for j in queue if _reads_kept(points[j], kept)), None)
