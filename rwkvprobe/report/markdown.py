@@ -120,7 +120,9 @@ def verdict_sentences(verdict: dict, layers: LayerList, results: dict) -> list[s
         out.append("A faster matmul engine (more FLOP/s, an NPU) would not speed up decode by itself: "
                    "it waits on memory. Fewer bytes per weight would.")
     elif main == "compute-bound":
-        out.append("More FLOP/s (a faster kernel, more cores, an NPU) would speed up decode; smaller weights alone would not.")
+        # the fastest series' own weights: a quantized one measured faster than its float series just above
+        out.append(f"More FLOP/s (a faster kernel, more cores, an NPU) would speed up decode; weights smaller than "
+                   f"{_label(best)}'s alone would not.")
     elif main is None:
         out.append("No single change dominates: each layer's own bound (the per-layer tables below) says what would "
                    "speed it up, and the model-level table how much of the time each bound holds.")
