@@ -100,6 +100,8 @@ CANARY_REFERENCE_CALLS = 4
 #: tests only: stop (sleeping, until interrupted) once this many layer points are saved, so that an
 #: interrupt always arrives in the middle of a run
 HOLD_ENV = "RWKVPROBE_TEST_HOLD_AFTER_POINTS"
+#: tests only: a file the run makes once it holds there (_hold_for_test)
+HOLD_MARK_ENV = "RWKVPROBE_TEST_HOLD_MARK"
 
 
 @dataclass
@@ -1133,7 +1135,12 @@ def _wait_for_quiet(limit: float, step: float = 0.25) -> float:
 
 
 def _hold_for_test() -> None:  # pragma: no cover - exercised by the interrupt test in a subprocess
-    """Tests only (HOLD_ENV): wait here until the test interrupts the run."""
+    """Tests only (HOLD_ENV): wait here until the test interrupts the run; HOLD_MARK_ENV names a file made once the
+    run waits here, so that the interrupt lands in this wait (a CI run once hung 120 s after an interrupt sent as the
+    results file showed the points, a moment before the run reached the wait)."""
+    mark = os.environ.get(HOLD_MARK_ENV)
+    if mark:
+        Path(mark).touch()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.05)
