@@ -97,7 +97,10 @@ def test_interrupted_run_keeps_points_and_resume_completes_it(small, tmp_path):
                RWKVPROBE_LLC_BYTES=str(24 << 20), PYTHONFAULTHANDLER="1")
     args = [sys.executable, "-m", "rwkvprobe", "analyze", str(small), "--out", str(out), "--backends", "numpy",
             "--tokens", "1,8,16", "--budget", "60"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    # Ctrl-C's default in the child: a shell without job control starts background commands (a CI script run with
+    # `&`) with SIGINT ignored, children inherit that, and Python then installs no handler: the run slept on
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for_file(held, proc), "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     try:

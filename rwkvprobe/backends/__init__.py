@@ -297,7 +297,8 @@ def small_pages() -> Iterator[None]:
     hands freed memory back to the host (this project's: 537 MB filled in 2.9-4.3 s on huge pages, 0.3-0.4 s on
     small ones; rwkv-1b5's fp32 head took 3.5-6 s to generate, a tenth of a quick run). Streaming that head in a numpy
     GEMV took 2% longer from small pages here (paired median of 15, 16.7 against 17.1 ms). The bandwidth probe keeps
-    numpy's default: its ceiling is the most the machine streams."""
+    numpy's default: its ceiling is the most the machine streams. An array under glibc's largest mmap threshold
+    (32 MiB) can still land on heap memory that numpy marked for huge pages earlier in the process, and keep them."""
     if _MADVISE is None:
         yield
         return
