@@ -148,6 +148,71 @@ def test_reference_is_the_float64_product_on_either_path(m, dtype):
     assert np.abs(out - a.astype(np.float32) @ w.astype(np.float32)).max() > 0  # float32 sums would differ
 
 
+def test_a_kept_reference_is_given_again_only_for_inputs_equal_element_for_element():
+    """References (check_runner's shared float64 reference): inputs equal to kept ones, element for element, get the
+    kept reference; one element changed, another dtype or another shape compute their own, each equal to reference();
+    a few rows (the einsum path) and a W over its size are never kept; the oldest go past its bytes."""
+    from rwkvprobe.backends import EINSUM_ROWS, References, reference
+
+    refs = References(max_weight_bytes=64 * 40 * 4, max_bytes=2**20)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((16, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 40)).astype(np.float32)
+    first = refs(None, a, w)
+    assert refs.computed == 1 and np.array_equal(first, reference(None, a, w))
+    assert refs(None, a.copy(), w.copy()) is first and refs.computed == 1  # equal inputs: kept
+    mine = rng.standard_normal((64, 40)).astype(np.float32)
+    as_it_was = mine.copy()
+    of_mine = refs(None, a, mine)
+    mine[0, 0] += 1.0  # the caller's array changed after: what is kept is what the reference was computed from
+    assert refs(None, a, as_it_was) is of_mine and refs.computed == 2
+    assert not np.array_equal(refs(None, a, mine), of_mine) and refs.computed == 3
+    w2 = w.copy()
+    w2[3, 5] = np.nextafter(w2[3, 5], np.float32(np.inf))  # one element, one ulp
+    for a_in, w_in in ((a, w2), (a.astype(np.float16), w.astype(np.float16)), (a[:8], w)):
+        out = refs(None, a_in, w_in)
+        assert out is not first and np.array_equal(out, reference(None, a_in, w_in))
+    assert refs.computed == 6 and refs(None, a, w) is first
+    few = a[:EINSUM_ROWS]
+    refs(None, few, w)
+    refs(None, few, w)
+    assert refs.computed == 8  # the einsum path is never kept
+    big = rng.standard_normal((64, 41)).astype(np.float32)  # over max_weight_bytes
+    refs(None, a, big)
+    refs(None, a, big)
+    assert refs.computed == 10
+    one = a.nbytes + w.nbytes + first.nbytes
+    small = References(max_weight_bytes=w.nbytes, max_bytes=one + one // 2)
+    small(None, a, w)
+    small(None, a, w2)  # the first goes
+    small(None, a, w2)
+    small(None, a, w)
+    assert small.computed == 3
+
+
+def test_a_wrong_kernel_fails_its_check_on_a_reference_a_right_one_computed():
+    """A wrong kernel checked on the same inputs as a right one before it (the reference given again) still fails."""
+    from rwkvprobe.backends import shared_reference
+
+    wrong = WrongRunner()
+    wrong.a = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)  # past EINSUM_ROWS: kept
+
+    class Right(WrongRunner):
+        def run(self, i):
+            self.out = self.a @ self.w
+
+    right = Right()
+    right.a = wrong.a
+    w = Workload(m=8, k=32, n=16, dtype="fp32")
+    shared_reference.clear()
+    assert check_runner(w, right)["ok"]
+    computed = shared_reference.computed
+    bad = check_runner(w, wrong)
+    assert shared_reference.computed == computed  # the reference was given again
+    assert bad["ok"] is False and "relative error" in bad["detail"]
+    shared_reference.clear()
+
+
 def test_unknown_backend():
     with pytest.raises(InputError, match="unknown backend 'cuda9'"):
         get_backend("cuda9", 1)

@@ -25,6 +25,7 @@ from rwkvprobe.backends import (
     base_weight,
     get_backend,
     onnxgen,
+    shared_reference,
 )
 from rwkvprobe.backends.ort_backend import float_model, has_float_model
 from rwkvprobe.backends.rknnlite_backend import check_models_runtime
@@ -512,6 +513,7 @@ class Analysis(Run):
             if (b, d) in whatif:
                 laps.add("what-if ceilings", time.perf_counter() - t_ceil)
             self.save()
+        shared_reference.clear()  # the ceilings' shapes are not the layers'
 
     def _plan_points(self, pairs, whatif) -> list[tuple]:
         """The layer points still to measure, shape-outermost so one base weight serves every backend and dtype;
