@@ -53,9 +53,11 @@ def machine_state(path: Path) -> str:
     for p in r.get("measurements", []):
         for k, v in (p.get("overhead_seconds") or {}).items():
             costs[k] = costs.get(k, 0.0) + v
-    line = (f"    in the run: {r.get('elapsed_seconds', 0):.1f} s of a {r['settings']['budget_seconds']:.0f} s budget "
-            f"({stages}); its layer points' preparing {costs['prepare']:.1f} s, checking {costs['check']:.1f} s, "
-            f"timing {costs['timing']:.1f} s")
+    before = r.get("before_run_seconds")  # the command's start to the run's (imports), where the budget counts it
+    line = (f"    in the run: {r.get('elapsed_seconds', 0):.1f} s"
+            + (f", {before:.1f} s before it" if before is not None else "")
+            + f" of a {r['settings']['budget_seconds']:.0f} s budget ({stages}); its layer points' preparing "
+            f"{costs['prepare']:.1f} s, checking {costs['check']:.1f} s, timing {costs['timing']:.1f} s")
     speed = contention.machine_speed(r)
     if speed:  # the canary (a fixed two-thread matmul timed beside each point) against the machine's earlier runs
         line += (f"\n    the machine ran {speed['ratio']:.2f}x its best (canary median {speed['median_seconds'] * 1e6:.0f} "

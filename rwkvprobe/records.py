@@ -763,6 +763,7 @@ class AnalyzeResults(Header):
     """``rwkvprobe analyze`` (validate adds ``validation``; a board run adds ``board``)."""
 
     kind: Literal["analyze"]
+    before_run_seconds: NotRequired[float]  # the command's start (its imports) to the run's, where --budget counts it
     settings: AnalyzeSettings
     profile: Profile
     bandwidth: Union[Bandwidth, None]  # None until the first probe ends

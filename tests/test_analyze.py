@@ -1073,3 +1073,36 @@ def test_a_rechecks_cost_counts_generating_its_base_weight_again_where_another_i
     assert not run._budget_has(later, t_start) and not run._budget_has(first, t_start)
     assert run._budget_has(onnx, t_start)
     base_weight.cache_clear()
+
+
+def test_the_budget_counts_from_the_commands_start_where_it_is_known(cli, small, tmp_path, monkeypatch):
+    """Where rwkvprobe is the process's entry point (console.COMMAND_START), --budget counts from the command's start:
+    a command that began 1000 s before its run has no budget left for the heavy points' second windows, and the
+    results say how long the command ran before the run. Run inside another program (COMMAND_START None), the budget
+    counts from the run's start."""
+    from rwkvprobe.cli import console
+
+    outs = {}
+    for started in (None, time.perf_counter() - 1000.0):
+        monkeypatch.setattr(console, "COMMAND_START", started)
+        out = tmp_path / f"run-{started is None}"
+        code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "14")
+        assert code == 0, stderr
+        outs[started is None] = json.loads((out / "results.json").read_text())
+    late, normal = outs[False], outs[True]
+    assert late["before_run_seconds"] >= 1000.0 and "before_run_seconds" not in normal
+    assert any(p.get("second_window") for p in normal["measurements"])
+    assert not any(p.get("second_window") for p in late["measurements"])
+    assert late["measurements"] and all(p["check"]["ok"] for p in late["measurements"])  # every point still timed
+
+
+def test_process_start_is_this_processs_start_with_its_imports():
+    """console.process_start() in a fresh process: before its imports, after the parent started it."""
+    code = ("import time; import numpy, rich\n"
+            "from rwkvprobe.cli.console import process_start\n"
+            "t = process_start(); print(time.perf_counter() - t)")
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    wall = time.perf_counter() - t0
+    ago = float(done.stdout)
+    assert 0.0 < ago <= wall + 0.02  # /proc counts in 10 ms steps

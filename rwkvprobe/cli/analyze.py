@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from rwkvprobe.backends.rknnlite_backend import read_convert_manifest, show_library_log
+from rwkvprobe.cli import console
 from rwkvprobe.cli.console import Reporter, err_console, print_lines, print_warnings, run_and_render
 from rwkvprobe.cli.options import parse_choice_list, parse_int_list
 from rwkvprobe.cli.sweep import summary_lines
@@ -43,7 +44,7 @@ def analyze_cmd(
     cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin to a cluster (big, little, all) or CPUs like 4-7; recorded."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: rwkvprobe-out/<profile>-<timestamp>/."),
     quick: bool = typer.Option(False, "--quick", help="Decode only, shorter timing: about a minute."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run, about its wall time (default 100, --quick 38)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Seconds for the whole run from the command's start, about its wall time (default 100, --quick 38)."),
     warm: bool = typer.Option(False, "--warm", help="Measure with weights cache-resident (labelled warm) instead of cold."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Complete an interrupted run in this folder (same options)."),
     device: Optional[str] = typer.Option(None, "--device", help="Model a device instead of measuring this machine: rk3588 or a device YAML. Every figure is labelled modelled."),
@@ -80,7 +81,7 @@ def analyze_cmd(
                                cold=not warm, budget_seconds=budget or (38.0 if quick else 100.0), quick=quick,
                                rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
-                               if quantize is not None else None, history=use_history)
+                               if quantize is not None else None, history=use_history, started=console.COMMAND_START)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     cachesize.check_env()
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
 from rwkvprobe import __version__
-from rwkvprobe.cli import analyze, bandwidth, compare, models, profile, sweep, validate
+from rwkvprobe.cli import analyze, bandwidth, compare, console, models, profile, sweep, validate
 from rwkvprobe.cli.console import err_console
 from rwkvprobe.errors import InputError, Interrupted
 
@@ -74,6 +74,8 @@ _NO_ARGS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    if argv is None:  # the process's entry point: analyze's --budget counts from the process's start
+        console.COMMAND_START = console.process_start()
     try:
         code = app(args=argv, prog_name="rwkvprobe", standalone_mode=False)
         if isinstance(code, int) and code:  # click hands typer.Exit(n) back as a return value here

@@ -57,8 +57,9 @@ QUIET_WAIT_SECONDS = 1.0
 REGENERATE_SECONDS = 0.5
 #: weight buffers of a layer point (the untimed eviction read between calls keeps every call cold)
 POINT_COPIES = 4
-#: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots) and
-#: for starting the process, so that --budget is close to the command's wall time
+#: seconds of --budget kept for what follows the layers (bandwidth probe, results, report and plots; and the process's
+#: start where the budget counts from the run's: AnalyzeSettings.started), so that --budget is close to the command's
+#: wall time
 FINISH_RESERVE_SECONDS = 6.0
 #: a layer point's timing budget never drops below this (its minimum samples are taken regardless)
 MIN_POINT_SECONDS = 0.03
@@ -129,6 +130,9 @@ class AnalyzeSettings:
     #: the torch series' decode layer pass in two windows (layerpass.LATER_WINDOW); validate, which times that part
     #: again between the real pass's rounds, leaves the second out
     later_window: bool = layerpass.LATER_WINDOW
+    #: time.perf_counter() when the command began (cli.console.COMMAND_START), where --budget counts from it; None:
+    #: from the run's start (not kept in results.json: another process's clock)
+    started: float | None = None
 
     def to_json(self) -> dict:
         return {"backends": self.backends, "dtypes": self.dtypes, "tokens": self.tokens, "threads": self.threads,
@@ -324,6 +328,8 @@ class Analysis(Run):
         self._reader: bandwidth.ReadProbe | None = None
         #: (non-matmul entry, its layerpass.Rounds) for a later window of its rounds (during or after the points)
         self._windows: list[tuple[dict, layerpass.Rounds]] = []
+        #: time.perf_counter() at the start of run() (the probes' at_seconds count from it)
+        self._t_run = time.perf_counter()
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod
@@ -360,11 +366,16 @@ class Analysis(Run):
 
     def _run(self, progress: Progress) -> dict:
         s = self.settings
-        t_start = time.perf_counter()
+        self._t_run = t_run = time.perf_counter()
+        # where the budget counts from (``t_start``, passed on): the command's start where it is known, so that
+        # --budget is about the command's wall time whatever its imports cost
+        t_start = min(s.started, t_run) if s.started is not None else t_run
         pinned = set_affinity(s.cpus)
         pairs, board_pairs, whatif, backends = self._setup(pinned)
         r = self.results
         assert r is not None
+        if t_start < t_run:
+            r["before_run_seconds"] = t_run - t_start
         if r.get("cache"):  # a resumed run sizes its cold measurements as its first process did
             cachesize.adopt(r["cache"])
         r["cache"] = cachesize.decide()
@@ -422,7 +433,7 @@ class Analysis(Run):
         base_weight.cache_clear()
         if points and not any(p.get("when") == "after the layers" for p in r["bandwidth_probes"]):
             progress.stage("memory bandwidth again")
-            self._probe("after the layers", t_start)
+            self._probe("after the layers")
             laps.lap("bandwidth")
         kept = self._record_probes() if s.history else True
         r["after"] = system.snapshot_dynamic()
@@ -432,7 +443,7 @@ class Analysis(Run):
             r["warnings"].append(f"Note: the machine's bandwidth history ({history.history_path()}) could not be "
                                  f"written: this run's probes are not kept for the next runs. Fix: set "
                                  f"{history.HISTORY_ENV} to a writable file, or to off.")
-        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_start)
+        r["elapsed_seconds"] = r.get("elapsed_seconds", 0.0) + (time.perf_counter() - t_run)
         self.save(final=True)
         return r
 
@@ -542,7 +553,7 @@ class Analysis(Run):
         if points:  # a probe as the layers begin (bandwidth.sustained_read_gbps); its cost plans the others
             self._open_reader()  # not counted in that cost: it allocates the probes' array once
             t_probe = time.perf_counter()
-            bw_bps = max(bw_bps, self._probe("before the layer points", t_start))
+            bw_bps = max(bw_bps, self._probe("before the layer points"))
             probe_seconds = time.perf_counter() - t_probe
             # the machine's speed as the points begin (each point times the canary too): the best of a few
             reference = min(contention.canary() for _ in range(CANARY_REFERENCE_CALLS))
@@ -692,10 +703,10 @@ class Analysis(Run):
                 reprobes += 1
                 progress.note(f"{label} read {point['bytes'] / t / 1e9:.1f} GB/s, above the measured "
                               f"{bw_bps / 1e9:.1f} GB/s: probing the bandwidth again")
-                bw_bps = max(bw_bps, self._probe(f"again after {label} read {point['bytes'] / t / 1e9:.1f} GB/s", t_start))
+                bw_bps = max(bw_bps, self._probe(f"again after {label} read {point['bytes'] / t / 1e9:.1f} GB/s"))
                 last_probe = time.perf_counter()
             elif time.perf_counter() - last_probe > PHASE_PROBE_SECONDS:
-                bw_bps = max(bw_bps, self._probe(f"between layers, after {label}", t_start))
+                bw_bps = max(bw_bps, self._probe(f"between layers, after {label}"))
                 last_probe = time.perf_counter()
             c = ceilings[(b, d)]
             if (t and c.get("peak_gflops") and point["flops"] / t > REPROBE_EXCESS * c["peak_gflops"] * 1e9
@@ -779,7 +790,7 @@ class Analysis(Run):
             self.save_soon()
 
     def _budget_left(self, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> float:
-        """Seconds left of --budget, less ``reserve``, for a run started at ``t_start``."""
+        """Seconds left of --budget, less ``reserve``, counted from ``t_start`` (the command's start, or the run's)."""
         return self.settings.budget_seconds - reserve - (time.perf_counter() - t_start)
 
     def _budget_has(self, point: dict, t_start: float, reserve: float = FINISH_RESERVE_SECONDS) -> bool:
@@ -843,11 +854,11 @@ class Analysis(Run):
             self._reader = bandwidth.ReadProbe(self.settings.threads, self.settings.cpus)
         return self._reader
 
-    def _probe(self, when: str, t_start: float) -> float:
+    def _probe(self, when: str) -> float:
         """Probe the read bandwidth again (same threads and CPUs), keep it in results.json; bytes/s."""
 
         probe = self._open_reader().probe(BANDWIDTH_TRIALS)
-        probe.update(when=when, at_seconds=time.perf_counter() - t_start, at=time.time())
+        probe.update(when=when, at_seconds=time.perf_counter() - self._t_run, at=time.time())
         self.results["bandwidth_probes"].append(probe)
         self.save()
         return probe["read_best_gbps"] * 1e9 if probe["check_ok"] else 0.0
