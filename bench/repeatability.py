@@ -9,7 +9,7 @@ series moved with it; and every decode point of run 2 against the same point of 
 moves nearly all of them one way; and how far the large points moved apart from that shift, split by how long
 each was timed.
 
-    python bench/repeatability.py [profiles/rwkv-0b4.yaml] [-- extra analyze options]
+    python bench/repeatability.py [profiles/rwkv-0b4.yaml] [--pairs N] [-- extra analyze options]
 """
 
 from __future__ import annotations
@@ -89,14 +89,36 @@ def point_noise(ratios: list[tuple[float, float, float]], shift: float) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("profile", nargs="?", default=str(ROOT / "profiles" / "rwkv-0b4.yaml"))
-    ap.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to analyze (after --)")
-    args = ap.parse_args()
-    extra = [a for a in args.extra if a != "--"]
+    ap.add_argument("--pairs", type=int, default=1, help="pairs of runs, one after the other (default 1)")
+    ap.epilog = "options after -- are passed to analyze"
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = ap.parse_args(argv[:cut]), argv[cut + 1:]
+    outcomes = []
+    for i in range(args.pairs):
+        if args.pairs > 1:
+            print(f"\n== pair {i + 1} of {args.pairs}")
+        outcomes.append(one_pair(Path(args.profile), extra))
+    if args.pairs > 1:
+        # over the pairs: how often the target held, and how much of each pair's largest deviation was the machine
+        # moving every point (the common shift) and how much one series moving alone (over that shift)
+        print(f"\n{args.pairs} pairs: largest deviation " + ", ".join(f"{o['worst']:.1%}" for o in outcomes)
+              + f"; within {TARGET:.0%} in {sum(o['worst'] <= TARGET for o in outcomes)} of {args.pairs}; the same verdict "
+              f"in {sum(o['same'] for o in outcomes)}; the common shift "
+              + ", ".join(f"{o['shift']:.3f}" if o["shift"] else "-" for o in outcomes)
+              + "; the furthest series over it " + ", ".join(f"{o['own']:+.1%}" if o["own"] is not None else "-"
+                                                             for o in outcomes))
+    return 0 if all(o["same"] and o["worst"] <= TARGET for o in outcomes) else 1
+
+
+def one_pair(profile: Path, extra: list[str]) -> dict:
+    """Two back-to-back runs, compared (printed); their largest deviation (worst), whether the verdict was the same,
+    the points' common shift and the furthest series' deviation over it (own)."""
     tmp = Path(tempfile.mkdtemp(prefix="rwkvprobe-repeat-"))
-    (r1, w1), (r2, w2) = (one_run(Path(args.profile), tmp / f"run{i}", extra) for i in (1, 2))
+    (r1, w1), (r2, w2) = (one_run(profile, tmp / f"run{i}", extra) for i in (1, 2))
     d1, best1, bound1, split1, ties1 = decode(r1)
     d2, best2, bound2, split2, ties2 = decode(r2)
-    print(f"{Path(args.profile).name}: two back-to-back `analyze --quick` runs ({w1:.0f} s and {w2:.0f} s)")
+    print(f"{profile.name}: two back-to-back `analyze --quick` runs ({w1:.0f} s and {w2:.0f} s)")
     print(f"{'series':28s} {'run 1 ms/token':>15s} {'run 2 ms/token':>15s} {'ratio 2/1':>10s}")
     worst = 0.0
     for label in sorted(set(d1) & set(d2)):
@@ -139,6 +161,7 @@ def main() -> int:
     # every point against itself: a shift of the whole machine moves nearly all of them one way, the small ones (whose
     # weights a call reads in a few microseconds) as much as the large ones
     ratios = point_ratios(r1, r2)
+    shift, furthest = None, None
     if ratios:
         small = [x for x, nbytes, _ in ratios if nbytes <= 2**20]
         print(f"points: {len(ratios)} decode points timed in both runs, run 2/run 1 median "
@@ -152,8 +175,9 @@ def main() -> int:
         own = {label: d2[label] / d1[label] / shift for label in set(d1) & set(d2)}
         if own:
             label = max(own, key=lambda k: abs(own[k] - 1))
+            furthest = own[label] - 1
             print(f"series over that common shift: {min(own.values()):.3f}-{max(own.values()):.3f}, the furthest "
-                  f"{label} ({own[label] - 1:+.1%})")
+                  f"{label} ({furthest:+.1%})")
     # the same answer: the same bound, and the same fastest series or one the other run named tied with its own
     same = bound1 == bound2 and (best1 == best2 or best2 in ties1 or best1 in ties2)
     tied1, tied2 = (f" (tied within noise with {', '.join(t)})" if t else "" for t in (ties1, ties2))
@@ -162,7 +186,7 @@ def main() -> int:
     modes = (f"; the runs' shares of points in the machine's slow mode {slow_share[0]:.0%} and {slow_share[1]:.0%}"
              if len(slow_share) == 2 else "")
     print(f"largest deviation {worst:.1%} (target {TARGET:.0%}){modes}; results in {tmp}")
-    return 0 if same and worst <= TARGET else 1
+    return {"worst": worst, "same": same, "shift": shift, "own": furthest}
 
 
 if __name__ == "__main__":
