@@ -1106,3 +1106,39 @@ def test_process_start_is_this_processs_start_with_its_imports():
     wall = time.perf_counter() - t0
     ago = float(done.stdout)
     assert 0.0 < ago <= wall + 0.02  # /proc counts in 10 ms steps
+
+
+def test_the_checks_keep_references_of_one_shape_at_a_time_among_the_layer_points(cli, small, tmp_path, monkeypatch):
+    """The float64 references kept for the checks (backends.References) are of the shape being timed only: the
+    layer points go shape by shape, and a 1.5B's prefill shapes keep 64 MB copies of their weights. The ceilings,
+    backend by backend over the same shapes, keep several and reuse them."""
+    from rwkvprobe.backends import References
+    from rwkvprobe.measure import analyze
+
+    seen = {"points": [], "ceilings": []}
+    stage = ["ceilings"]
+    real_call, real_points = References.__call__, analyze.Analysis._measure_points
+
+    def call(self, workload, a_cast, w_cast):
+        before = self.computed
+        out = real_call(self, workload, a_cast, w_cast)
+        seen[stage[0]].append(({w.shape for _, w, _ in self._kept}, self.computed > before))
+        return out
+
+    def points(self, *args, **kwargs):
+        stage[0] = "points"
+        try:
+            return real_points(self, *args, **kwargs)
+        finally:
+            stage[0] = "after"
+    monkeypatch.setattr(References, "__call__", call)
+    monkeypatch.setattr(analyze.Analysis, "_measure_points", points)
+    seen["after"] = []
+    code, _, stderr = cli("analyze", small, "--out", tmp_path / "run", "--backends", "numpy,torch", "--quick",
+                          "--budget", "8", "--tokens", "1,8")
+    assert code == 0, stderr
+    kept_in_points = [shapes for shapes, _ in seen["points"] if shapes]
+    assert kept_in_points and all(len(shapes) == 1 for shapes in kept_in_points)
+    assert any(not computed for _, computed in seen["points"])  # torch's check reused numpy's M = 8 reference
+    assert max(len(shapes) for shapes, _ in seen["ceilings"]) > 1
+    assert any(not computed for _, computed in seen["ceilings"])

@@ -346,7 +346,7 @@ class BaseWeights:
 
     def holds(self, k: int, n: int) -> bool:
         """Whether the (K, N) weight is kept now."""
-        return self._shape == (k, n) and self._weight is not None
+        return self.kept() == (k, n)
 
     def kept(self) -> tuple[int, int] | None:
         """The (K, N) of the weight kept now (None: none)."""

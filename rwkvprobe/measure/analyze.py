@@ -227,7 +227,7 @@ def plan_whatif(settings: AnalyzeSettings, pairs: list[tuple[str, str]]) -> tupl
             return [], None
         return [], "--dtypes named no quantized format"
     full = list(dict.fromkeys(f"{b} {d}" for b, d in pairs if d in QUANT_DTYPES))
-    if getattr(settings, "quick", False) and full:
+    if settings.quick and full:
         return [], (f"{QUICK_WHATIF_LEFT_OUT}{' and '.join(full)} for the smaller weights (onnxruntime's int8/int4 "
                     "what-if is left out of --quick where quantized series are measured in full: run without --quick "
                     "for it)")
@@ -593,11 +593,15 @@ class Analysis(Run):
         # earlier ones are not compared with)
         best_canary = reference
         timed = 0  # points done (timed, or skipped)
+        shape = None  # the (K, N) of the point before
         while queue or seconds:
             again = not queue  # every point timed once: the heavy ones' second windows
             i = _next_point(seconds if again else queue, points)
             m, k, n, b, d = points[i]
             w = workloads[i]
+            if (k, n) != shape:  # the checks' kept references are of the shape before (the plan goes shape by shape)
+                shared_reference.clear()
+                shape = (k, n)
             if self._windows and weight_bytes[i] >= min(rounds.ring_bytes for _, rounds in self._windows):
                 # the layer passes' later windows, before the points whose weights outweigh their rings (the heads,
                 # last in the plan): their rings go before the run's peak of memory (0.4 GB in fp32 on a 1.5B,
@@ -715,6 +719,7 @@ class Analysis(Run):
                               f"{c['peak_gflops']:.1f}: measuring the peak again")
                 self._compute_again(backends[b], c, llc, label)
 
+        shared_reference.clear()
         self._recheck_all_slow(slow, backends, llc, t_start, progress)
 
     def _heavy_shapes(self) -> set[tuple[int, int]]:
