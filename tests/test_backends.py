@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -463,22 +462,40 @@ def test_a_points_weights_are_made_and_checked_on_small_pages_and_timed_as_numpy
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
+#: run in a fresh process (its heap holds no memory numpy marked earlier): the base weight's mappings, whether any is
+#: marked for huge pages (VmFlags "hg", what numpy's madvise sets) and the huge pages they hold
+_PAGES_OF_THE_BASE_WEIGHT = """
+import re, sys
+from rwkvprobe import backends
+if sys.argv[1] == "asked":  # numpy asks for huge pages, as it does outside small_pages
+    backends._MADVISE, real = (lambda enabled: real(True)), backends._MADVISE
+w = backends.base_weight(2048, 8192)
+lo, hi, marked, huge = w.ctypes.data, w.ctypes.data + w.nbytes, False, 0
+with open("/proc/self/smaps") as f:
+    inside = False
+    for line in f:
+        if m := re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line):
+            inside = int(m[1], 16) < hi and int(m[2], 16) > lo
+        elif inside and line.startswith("AnonHugePages:"):
+            huge += int(line.split()[1])
+        elif inside and line.startswith("VmFlags:"):
+            marked = marked or "hg" in line.split()[1:]
+print(marked, huge)
+"""
+
+
 @pytest.mark.skipif(not os.path.exists(THP) or "[madvise]" not in open(THP).read() or backends._MADVISE is None,
                     reason="transparent huge pages are not in madvise mode here (or this numpy has no switch)")
 def test_the_base_weight_sits_on_small_pages_where_huge_pages_come_only_on_request():
-    """With the kernel's huge pages given only on madvise, a 64 MB base weight holds none (numpy would ask). Over
-    glibc's largest mmap threshold (32 MiB), so its pages are new to the process: a smaller array can reuse heap
-    memory that numpy marked for huge pages earlier in the process (a 32 MiB one held 30 MiB of them in CI)."""
-    base_weight = backends.base_weight
-    base_weight.cache_clear()
-    w = base_weight(2048, 8192)
-    lo, hi, huge = w.ctypes.data, w.ctypes.data + w.nbytes, 0
-    with open("/proc/self/smaps") as f:
-        inside = False
-        for line in f:
-            if m := re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line):
-                inside = int(m[1], 16) < hi and int(m[2], 16) > lo
-            elif inside and line.startswith("AnonHugePages:"):
-                huge += int(line.split()[1])
-    base_weight.cache_clear()
-    assert huge == 0
+    """With the kernel's huge pages given only on madvise, a 64 MB base weight's memory is not marked for them and
+    holds none; with numpy asking (its default outside small_pages) the same weight's memory is marked. In a fresh
+    process: glibc serves even a 64 MB array from heap memory freed earlier, which keeps the mark of the arrays numpy
+    put there (CI's whole suite once gave it 30 MiB of huge pages)."""
+    def pages(how: str) -> tuple[bool, int]:
+        done = subprocess.run([sys.executable, "-c", _PAGES_OF_THE_BASE_WEIGHT, how], capture_output=True, text=True,
+                              check=True)
+        marked, huge = done.stdout.split()
+        return marked == "True", int(huge)
+
+    assert pages("small") == (False, 0)
+    assert pages("asked")[0] is True

@@ -297,8 +297,10 @@ def small_pages() -> Iterator[None]:
     hands freed memory back to the host (this project's: 537 MB filled in 2.9-4.3 s on huge pages, 0.3-0.4 s on
     small ones; rwkv-1b5's fp32 head took 3.5-6 s to generate, a tenth of a quick run). Streaming that head in a numpy
     GEMV took 2% longer from small pages here (paired median of 15, 16.7 against 17.1 ms). The bandwidth probe keeps
-    numpy's default: its ceiling is the most the machine streams. An array under glibc's largest mmap threshold
-    (32 MiB) can still land on heap memory that numpy marked for huge pages earlier in the process, and keep them."""
+    numpy's default: its ceiling is the most the machine streams. Heap memory glibc gives again keeps the mark numpy
+    put on it earlier, whatever the new array's size (a 64 MB base weight made here held 30 MiB of huge pages late in
+    CI's test process, none in a fresh one), so numpy's large arrays that come and go in a run are made here too (the
+    eviction buffer, the kept references)."""
     if _MADVISE is None:
         yield
         return
@@ -420,7 +422,8 @@ class References:
         ref = reference(workload, a_cast, w_cast)
         self.computed += 1
         ref.setflags(write=False)
-        self._kept.append((np.array(a_cast), np.array(w_cast), ref))
+        with small_pages():  # heap memory the weights may be given once these go (small_pages)
+            self._kept.append((np.array(a_cast), np.array(w_cast), ref))
         while len(self._kept) > 1 and sum(a.nbytes + w.nbytes + r.nbytes for a, w, r in self._kept) > self.max_bytes:
             self._kept.pop(0)
         return ref

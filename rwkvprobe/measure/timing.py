@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from rwkvprobe.backends import small_pages
 from rwkvprobe.errors import InputError
 
 #: A cold call is timed as the real pass runs it: its weights in DRAM, everything else as the op before it left
@@ -253,7 +254,9 @@ def eviction(flush_bytes: int) -> Callable[[], object] | None:
 
     n = max(1, flush_bytes // 8)
     if not _EVICTION_BUFFER or _EVICTION_BUFFER[0].size < n:
-        _EVICTION_BUFFER[:] = [np.ones(n, dtype=np.float64)]
+        _EVICTION_BUFFER[:] = []
+        with small_pages():  # a smaller one freed here leaves heap memory the weights may be given next
+            _EVICTION_BUFFER[:] = [np.ones(n, dtype=np.float64)]
     return _EVICTION_BUFFER[0][:n].sum
 
 
