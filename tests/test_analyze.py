@@ -1111,7 +1111,8 @@ def test_process_start_is_this_processs_start_with_its_imports():
 def test_the_checks_keep_references_of_one_shape_at_a_time_among_the_layer_points(cli, small, tmp_path, monkeypatch):
     """The float64 references kept for the checks (backends.References) are of the shape being timed only: the
     layer points go shape by shape, and a 1.5B's prefill shapes keep 64 MB copies of their weights. The ceilings,
-    backend by backend over the same shapes, keep several and reuse them."""
+    backend by backend over the same shapes, keep several and reuse them. (A CI run put torch's M = 8 point off past
+    the next shape: whether the points reuse one depends on the machine.)"""
     from rwkvprobe.backends import References
     from rwkvprobe.measure import analyze
 
@@ -1139,6 +1140,7 @@ def test_the_checks_keep_references_of_one_shape_at_a_time_among_the_layer_point
     assert code == 0, stderr
     kept_in_points = [shapes for shapes, _ in seen["points"] if shapes]
     assert kept_in_points and all(len(shapes) == 1 for shapes in kept_in_points)
-    assert any(not computed for _, computed in seen["points"])  # torch's check reused numpy's M = 8 reference
+    # the ceilings (numpy's shapes, then torch's, in that order whatever the machine does; among the points a point
+    # put off while the machine runs slow comes after another shape): several kept, one backend's reused by the other
     assert max(len(shapes) for shapes, _ in seen["ceilings"]) > 1
     assert any(not computed for _, computed in seen["ceilings"])
