@@ -415,8 +415,9 @@ class References:
             self.computed += 1
             return reference(workload, a_cast, w_cast)
         for i, (a, w, ref) in enumerate(self._kept):
-            if (a.dtype == a_cast.dtype and w.dtype == w_cast.dtype and a.shape == a_cast.shape
-                    and w.shape == w_cast.shape and np.array_equal(a, a_cast) and np.array_equal(w, w_cast)):
+            # array_equal compares shapes and values, not dtypes (an fp16 W equals its fp32 widening)
+            if (a.dtype == a_cast.dtype and w.dtype == w_cast.dtype and np.array_equal(a, a_cast)
+                    and np.array_equal(w, w_cast)):
                 self._kept.append(self._kept.pop(i))  # the most recently used last
                 return ref
         ref = reference(workload, a_cast, w_cast)
