@@ -1,5 +1,6 @@
 """analyze end to end on small profiles: outputs, resume after an interrupted run, bad input."""
 
+import gc
 import json
 import os
 import signal
@@ -1106,6 +1107,38 @@ def test_process_start_is_this_processs_start_with_its_imports():
     wall = time.perf_counter() - t0
     ago = float(done.stdout)
     assert 0.0 < ago <= wall + 0.02  # /proc counts in 10 ms steps
+
+
+def test_a_command_run_as_the_process_freezes_what_it_made_and_one_run_inside_a_program_does_not(cli):
+    """rwkvprobe as the process's entry point (the console script) takes what its imports and its command made out of
+    the garbage collector's way (process.settle: gc.freeze, so that the exit's collection and the plots' do not walk
+    torch's objects); called inside another program (these tests), the program's objects are left as they were."""
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count()))\n"
+            "from rwkvprobe.cli.app import main\n"
+            "sys.argv = ['rwkvprobe', 'profile', 'list']\n"
+            "main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Shipped profiles" in done.stdout and int(done.stdout.rsplit("frozen", 1)[1]) > 10_000
+    before = gc.get_freeze_count()
+    code, out, stderr = cli("profile", "list")
+    assert code == 0 and "Shipped profiles" in out, stderr
+    assert gc.get_freeze_count() == before
+
+
+def test_analyze_settles_once_its_backends_are_made_and_before_it_measures(cli, small, tmp_path, monkeypatch):
+    """The run's process.settle comes after the backends are made (their modules imported: torch's, onnx's) and
+    before the first measurement, so that what the measuring makes stays collectable."""
+    from rwkvprobe import process
+
+    out, seen = tmp_path / "run", []
+    monkeypatch.setattr(process, "settle", lambda: seen.append(json.loads((out / "results.json").read_text())))
+    code, _, stderr = cli("analyze", small, "--out", out, *FAST)
+    assert code == 0, stderr
+    assert len(seen) == 2  # the run's, then the command's at its end
+    assert "numpy" in seen[0]["backends"] and seen[0]["bandwidth"] is None and not seen[0]["measurements"]
+    assert seen[1]["measurements"]
 
 
 def test_the_checks_keep_references_of_one_shape_at_a_time_among_the_layer_points(cli, small, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from rwkvprobe import process
 from rwkvprobe.backends import (
     BACKEND_NAMES,
     DTYPES,
@@ -372,6 +373,7 @@ class Analysis(Run):
         t_start = min(s.started, t_run) if s.started is not None else t_run
         pinned = set_affinity(s.cpus)
         pairs, board_pairs, whatif, backends = self._setup(pinned)
+        process.settle()  # the backends' modules are imported now
         r = self.results
         assert r is not None
         if t_start < t_run:
