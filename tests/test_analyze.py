@@ -1077,15 +1077,15 @@ def test_a_rechecks_cost_counts_generating_its_base_weight_again_where_another_i
 
 
 def test_the_budget_counts_from_the_commands_start_where_it_is_known(cli, small, tmp_path, monkeypatch):
-    """Where rwkvprobe is the process's entry point (console.COMMAND_START), --budget counts from the command's start:
+    """Where rwkvprobe is the process's entry point (process.COMMAND_START), --budget counts from the command's start:
     a command that began 1000 s before its run has no budget left for the heavy points' second windows, and the
     results say how long the command ran before the run. Run inside another program (COMMAND_START None), the budget
     counts from the run's start."""
-    from rwkvprobe.cli import console
+    from rwkvprobe import process
 
     outs = {}
     for started in (None, time.perf_counter() - 1000.0):
-        monkeypatch.setattr(console, "COMMAND_START", started)
+        monkeypatch.setattr(process, "COMMAND_START", started)
         out = tmp_path / f"run-{started is None}"
         code, _, stderr = cli("analyze", small, "--out", out, "--backends", "numpy", "--quick", "--budget", "14")
         assert code == 0, stderr
@@ -1098,9 +1098,9 @@ def test_the_budget_counts_from_the_commands_start_where_it_is_known(cli, small,
 
 
 def test_process_start_is_this_processs_start_with_its_imports():
-    """console.process_start() in a fresh process: before its imports, after the parent started it."""
+    """process.process_start() in a fresh process: before its imports, after the parent started it."""
     code = ("import time; import numpy, rich\n"
-            "from rwkvprobe.cli.console import process_start\n"
+            "from rwkvprobe.process import process_start\n"
             "t = process_start(); print(time.perf_counter() - t)")
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

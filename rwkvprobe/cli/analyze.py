@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
+from rwkvprobe import process
 from rwkvprobe.backends.rknnlite_backend import read_convert_manifest, show_library_log
-from rwkvprobe.cli import console
 from rwkvprobe.cli.console import Reporter, err_console, print_lines, print_warnings, run_and_render
 from rwkvprobe.cli.options import parse_choice_list, parse_int_list
 from rwkvprobe.cli.sweep import summary_lines
@@ -81,7 +81,7 @@ def analyze_cmd(
                                cold=not warm, budget_seconds=budget or (38.0 if quick else 100.0), quick=quick,
                                rknn_dir=rknn, npu_cores=",".join(masks), device_id=device_id, block_size=block_size,
                                quantize=parse_choice_list(quantize, "--quantize", ("att", "ffn", "lora", "head", "custom"))
-                               if quantize is not None else None, history=use_history, started=console.COMMAND_START)
+                               if quantize is not None else None, history=use_history, started=process.COMMAND_START)
     plan_series(settings)  # unknown or missing backends are refused before anything is written
     cachesize.check_env()
     analysis = Analysis.resume(ll, settings, resume) if resume else Analysis.start(ll, settings, out)

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exc
 
 from rwkvprobe import __version__, process
-from rwkvprobe.cli import analyze, bandwidth, compare, console, models, profile, sweep, validate
+from rwkvprobe.cli import analyze, bandwidth, compare, models, profile, sweep, validate
 from rwkvprobe.cli.console import err_console
 from rwkvprobe.errors import InputError, Interrupted
 
@@ -75,8 +75,7 @@ _NO_ARGS_HELP = getattr(click_exc, "NoArgsIsHelpError", ())
 
 def main(argv: Optional[list[str]] = None) -> None:
     if argv is None:  # the process's entry point: analyze's --budget counts from the process's start
-        console.COMMAND_START = console.process_start()
-        process.ENTRY = True
+        process.enter()
         process.settle()  # the command-line modules
     try:
         code = app(args=argv, prog_name="rwkvprobe", standalone_mode=False)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -41,27 +40,6 @@ def _console(stderr: bool = False) -> Console:
 
 out_console = _console()
 err_console = _console(stderr=True)
-
-#: time.perf_counter() at the start of this process, where rwkvprobe is its entry point (app.main called without
-#: arguments: the console script, ``python -m rwkvprobe``), so that analyze's --budget counts the command's wall
-#: time, the interpreter's start and the imports included (2-3 s of a quick run on a 2-vCPU VM); None where
-#: rwkvprobe runs inside another program (the tests call main with their arguments)
-COMMAND_START: float | None = None
-
-
-def process_start() -> float | None:
-    """time.perf_counter() at this process's start: its start time in /proc/self/stat against /proc/uptime, both
-    counted from boot in 10 ms steps (psutil's create time adds the boot time, which Linux gives in whole seconds);
-    None where they cannot be read (not Linux) or read as the future or over a minute ago."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        ago = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    return time.perf_counter() - ago if 0.0 <= ago < 60.0 else None
 
 
 class Reporter:

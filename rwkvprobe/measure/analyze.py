@@ -131,7 +131,7 @@ class AnalyzeSettings:
     #: the torch series' decode layer pass in two windows (layerpass.LATER_WINDOW); validate, which times that part
     #: again between the real pass's rounds, leaves the second out
     later_window: bool = layerpass.LATER_WINDOW
-    #: time.perf_counter() when the command began (cli.console.COMMAND_START), where --budget counts from it; None:
+    #: time.perf_counter() when the command began (process.COMMAND_START), where --budget counts from it; None:
     #: from the run's start (not kept in results.json: another process's clock)
     started: float | None = None
 
