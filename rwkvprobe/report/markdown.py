@@ -184,8 +184,14 @@ def history_text(results: dict, probes: list[float], earlier: list[float]) -> st
     both = probes + earlier
     text = (f"this run's {len(probes)} bandwidth probe(s) read {min(probes, default=0):.1f}-{max(probes, default=0):.1f} "
             f"GB/s, and {len(earlier)} probe(s) of this machine's earlier runs (the last {hist['max_age_days']:g} days, "
-            f"same threads and CPUs) {min(earlier):.1f}-{max(earlier):.1f}: the DRAM ceiling, at which every layer "
-            f"is judged, is the best of all, {max(both):.1f} GB/s")
+            f"same threads and CPUs) {min(earlier):.1f}-{max(earlier):.1f}: the DRAM ceiling is the best of all, "
+            f"{max(both):.1f} GB/s")
+    sustained = sustained_read_gbps(results)
+    if sustained:
+        text += (f", and the layers are judged at the middle of all, {sustained:.1f} GB/s, what the machine gives "
+                 "most of the time (or at what a layer read itself, where more)")
+    else:
+        text += ", at which every layer is judged"
     if probes and max(probes) < HISTORY_SLOW * max(earlier):
         text += (f"; **memory read slower during this run than earlier on this machine** (at best "
                  f"{max(probes) / max(earlier):.0%} of it): other processes or VMs were using it, so this run's layer "
@@ -575,8 +581,10 @@ def _per_layer_section(verdict: dict) -> list[str]:
     md += ["## Per-layer verdict", "", f"Rule: {RULE}", ""]
     sustained, best = verdict.get("sustained_gbps"), verdict.get("bandwidth_gbps")
     if sustained and best and best > BURSTY * sustained:
+        earlier = (f", {verdict['earlier_probe_count']} of them from this machine's earlier runs"
+                   if verdict.get("earlier_probe_count") else "")
         md += [f"This machine's DRAM bandwidth came in bursts: its read probes gave {sustained:.1f} GB/s most of the "
-               f"time (the middle probe of {verdict['probe_count']}) and up to {best:.1f} GB/s (the best probe, each series' "
+               f"time (the middle probe of {verdict['probe_count']}{earlier}) and up to {best:.1f} GB/s (the best probe, each series' "
                "DRAM ceiling below). Each measured layer is judged at the sustained figure, or at what it read itself "
                "where that is more (timed in a burst), never above its series' ceiling: judged against a burst, a "
                "layer timed between bursts would look kernel-limited in one run and bandwidth-bound in the next.", ""]
