@@ -756,7 +756,7 @@ def test_analyze_judges_with_the_machines_earlier_probes_and_records_its_own(cli
     assert results["settings"]["history"] is True
     report = (out / "report.md").read_text()
     assert "probe(s) of this machine's earlier runs" in report and "is the best of all, 9999.0 GB/s" in report
-    assert "memory read slower during this run than earlier on this machine" in report
+    assert "memory read slower during this run than usual on this machine" in report
     own = len(bandwidth.read_probes(results, history=False))
     assert own >= 2  # the full probe before the layers, and at least the one after them
     recorded = history.earlier_probes(1, None, engine)["probes"]

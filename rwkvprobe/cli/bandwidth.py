@@ -14,7 +14,7 @@ from rwkvprobe.cli.console import err_console, out_console, print_warnings
 from rwkvprobe.cli.options import parse_int_list
 from rwkvprobe.fsutil import ensure_writable_dir
 from rwkvprobe.measure import bandwidth, history, system
-from rwkvprobe.measure.bandwidth import cpu_text
+from rwkvprobe.measure.bandwidth import cpu_text, middle
 from rwkvprobe.npu import bandwidth as npubw
 from rwkvprobe.npu import toolkit
 from rwkvprobe.npu.device import load_device
@@ -104,6 +104,7 @@ def read_history(result: dict, cpus: list[int] | None, command: str, now: float 
         out.append({"threads": n, "cpus": run["cpus"], "read_best_gbps": read["best_gbps"], "path": earlier["path"],
                     "max_age_days": earlier["max_age_days"], "earlier_probes": len(gbps),
                     "earlier_min_gbps": min(gbps, default=None), "earlier_max_gbps": max(gbps, default=None),
+                    "earlier_middle_gbps": middle(gbps) if gbps else None,
                     "recorded": recorded})
     return out
 
@@ -117,11 +118,12 @@ def history_lines(entries: list[dict]) -> list[str]:
             lines.append(f"{head}; no earlier probe of this setup on this machine"
                          + (f" (recorded in {h['path']})" if h["recorded"] else ""))
             continue
-        share = h["read_best_gbps"] / h["earlier_max_gbps"]
+        share = h["read_best_gbps"] / h["earlier_middle_gbps"]
         text = (f"{head}; this machine's {h['earlier_probes']} earlier probe(s) (last {h['max_age_days']:g} days): "
-                f"{h['earlier_min_gbps']:.1f}-{h['earlier_max_gbps']:.1f} GB/s, this run {share:.0%} of their best")
+                f"{h['earlier_min_gbps']:.1f}-{h['earlier_max_gbps']:.1f} GB/s, middle {h['earlier_middle_gbps']:.1f}, "
+                f"this run {share:.0%} of it")
         if share < HISTORY_SLOW:
-            text += ": memory read slower now than earlier (other processes or VMs were using it)"
+            text += ": memory read slower now than usual (other processes or VMs were using it)"
         lines.append(text)
     return lines
 

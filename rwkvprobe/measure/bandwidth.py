@@ -655,11 +655,16 @@ def sustained_read_gbps(results: dict) -> float | None:
     in days: 62.5 GB/s against a middle of 35.4 in the dev VM's history), the same series was kernel-limited in one
     run and bandwidth-bound or mixed in the next (numpy fp32 of rwkv-0b4: 63, 35 and 17 of 115 stored runs), and
     the first run on a machine, with no history, judged at its own middle, disagreed with the runs after it."""
-    probes = sorted(gbps for _, gbps in read_probes(results))
+    probes = [gbps for _, gbps in read_probes(results)]
     if len(probes) < MIN_SUSTAINED_PROBES:
         return None
-    middle = probes[(len(probes) - 1) // 2]
-    return middle if probes[-1] > BURSTY * middle else None
+    mid = middle(probes)
+    return mid if max(probes) > BURSTY * mid else None
+
+
+def middle(values: list[float]) -> float:
+    """The middle of some probes' figures, the lower one of an even count (a figure that was read, not a mean)."""
+    return sorted(values)[(len(values) - 1) // 2]
 
 
 # ------------------------------------------------------------------------------------------------
