@@ -415,6 +415,42 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
         out / "report.md").read_text()
 
 
+def test_a_far_slow_point_is_measured_again_when_only_the_finish_reserve_is_left(cli, small, tmp_path, monkeypatch):
+    """The plan spent (what is left of --budget covers no recheck that keeps the whole finish reserve): a point timed
+    at 1000x its real time is still measured again, from the part of the reserve the headline's rechecks may use,
+    as it moves the headline as much as they do (two ggml f16 points of 15 µs timed at 16 ms a call beside another
+    process made ggml's decodes 780 ms a token). The rechecks that keep the whole reserve are not made."""
+    from rwkvprobe.measure import analyze
+
+    real = analyze.measure_point
+    slowed = []
+
+    def slow_once(*args, **kwargs):
+        p = real(*args, **kwargs)
+        if not slowed and p.get("timing"):
+            slowed.append((p["k"], p["n"]))
+            _scaled(p, 1000)
+        return p
+
+    reserves = []
+
+    def only_the_reserve_left(self, point, t_start, reserve=analyze.FINISH_RESERVE_SECONDS):
+        reserves.append(reserve)
+        return reserve <= analyze.HEADLINE_RESERVE_SECONDS
+
+    monkeypatch.setattr(analyze, "measure_point", slow_once)
+    monkeypatch.setattr(analyze.Analysis, "_budget_has", only_the_reserve_left)
+    monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
+    monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)
+    r = _quick_numpy_run(cli, small, tmp_path / "run")
+    (p,) = [p for p in r["measurements"] if p.get("slow_recheck")]
+    assert (p["k"], p["n"]) == slowed[0]
+    assert p["timing"]["median_seconds"] == p["slow_recheck"]["again_median_seconds"] < \
+        p["slow_recheck"]["median_seconds"] / 100
+    assert analyze.FINISH_RESERVE_SECONDS in reserves  # asked, and refused, for the others
+    assert not any(q.get("machine_slow_recheck") or q.get("series_heavy_recheck") for q in r["measurements"])
+
+
 def test_a_point_measured_again_twice_keeps_both_records(cli, small, tmp_path, monkeypatch):
     """A decode point far slower than its ceilings predict at first (x1000), then twice its time when measured again,
     then its own time near the kernel-limited line: the far-slow recheck keeps the second timing, the near-line

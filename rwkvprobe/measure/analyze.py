@@ -70,10 +70,12 @@ MIN_POINT_SECONDS = 0.03
 PHASE_PROBE_SECONDS = 3.0
 #: at most this many of the headline series' decode points near the kernel-limited line are measured again
 NEAR_LINE_RECHECKS = 4
-#: the headline's rechecks (near the line, heaviest) may use what the finish reserve keeps beyond this: the verdict
-#: rests on them. A ggml fp16 head (a third of a q4_0 decode) timed at 7.9 ms in one quick run of rwkv-0b4 (3.7 in
-#: the next) was not measured again with 0.5 s left of the budget less FINISH_RESERVE_SECONDS, where measuring it
-#: again costs 0.6-0.9 s, and the verdict read "mixed" (kernel-limited 47%) against the next run's compute-bound
+#: the headline's rechecks (near the line, heaviest) and the far-slow points' (Analysis._recheck_all_slow: 10x what
+#: their series' ceilings predict, a wrong timing, not a slow kernel) may use what the finish reserve keeps beyond
+#: this: the verdict rests on them. A ggml fp16 head (a third of a q4_0 decode) timed at 7.9 ms in one quick run of
+#: rwkv-0b4 (3.7 in the next) was not measured again with 0.5 s left of the budget less FINISH_RESERVE_SECONDS,
+#: where measuring it again costs 0.6-0.9 s, and the verdict read "mixed" (kernel-limited 47%) against the next
+#: run's compute-bound
 HEADLINE_RESERVE_SECONDS = 3.0
 #: at most this many of the headline series' heaviest decode points (roofline.heavy_points) are measured again
 HEAVY_RECHECKS = 3
@@ -742,7 +744,10 @@ class Analysis(Run):
         again once the others are done (a slow mode lasts a fraction of a second; the plan leaves little spare
         while points remain): the furthest from their projection first, while the budget has their cost; the
         faster kept, both recorded (``slow_recheck``). Once a ggml q4_0 GEMV ran 11-23 ms a call for a fraction
-        of a second (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower."""
+        of a second (0.04 ms otherwise) with no other process on the CPUs: one such point made a decode 15x slower.
+        They may use the finish reserve beyond HEADLINE_RESERVE_SECONDS: in a quick rwkv-0b4 run beside another
+        process two ggml f16 points of 15 µs timed at 16 ms a call made ggml's decodes 30x slower (780 ms a token)
+        and numpy fp32 the headline, with the plan spent and each recheck costing under 0.2 s."""
         r = self.results
         assert r is not None
         furthest = sorted(slow, key=lambda x: -(point_seconds(r["measurements"][x[0]]) or 0.0) / x[1])
@@ -750,7 +755,7 @@ class Analysis(Run):
             point = r["measurements"][i]
             if not _far_slower(point, proj):  # its second window (a heavy decode point) was not
                 continue
-            if not self._budget_has(point, t_start):
+            if not self._budget_has(point, t_start, HEADLINE_RESERVE_SECONDS):
                 break
             t = point_seconds(point)
             assert t is not None
