@@ -385,15 +385,10 @@ def _scaled(point: dict, factor: float) -> dict:
     return point
 
 
-def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, small, tmp_path, monkeypatch):
-    """One point's first timing 1000x its real time (as a ggml GEMV once ran 11-23 ms a call for 0.04 ms of work):
-    analyze measures it again after the others, keeps the faster, records both, and the report's stability line says
-    so. No near-line recheck here: a real timing near the kernel-limited line was once measured a third time in CI
-    (that chain is test_a_point_measured_again_twice_keeps_both_records)."""
-    from rwkvprobe.measure import analyze
-
+def _slow_first_point(analyze, monkeypatch) -> list[tuple[int, int]]:
+    """analyze.measure_point with the first timed point's median 1000x its real time; the (k, n) it slowed."""
     real = analyze.measure_point
-    slowed = []
+    slowed: list[tuple[int, int]] = []
 
     def slow_once(*args, **kwargs):
         p = real(*args, **kwargs)
@@ -402,8 +397,19 @@ def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, sma
             _scaled(p, 1000)
         return p
 
-    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(analyze, "measure_point", slow_once)
+    return slowed
+
+
+def test_a_point_far_slower_than_its_ceilings_predict_is_measured_again(cli, small, tmp_path, monkeypatch):
+    """One point's first timing 1000x its real time (as a ggml GEMV once ran 11-23 ms a call for 0.04 ms of work):
+    analyze measures it again after the others, keeps the faster, records both, and the report's stability line says
+    so. No near-line recheck here: a real timing near the kernel-limited line was once measured a third time in CI
+    (that chain is test_a_point_measured_again_twice_keeps_both_records)."""
+    from rwkvprobe.measure import analyze
+
+    slowed = _slow_first_point(analyze, monkeypatch)
+    monkeypatch.setattr(analyze, "SECOND_WINDOWS", False)  # its own recheck, not a second window, measures again
     monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
     out = tmp_path / "run"
     r = _quick_numpy_run(cli, small, out)
@@ -422,23 +428,13 @@ def test_a_far_slow_point_is_measured_again_when_only_the_finish_reserve_is_left
     process made ggml's decodes 780 ms a token). The rechecks that keep the whole reserve are not made."""
     from rwkvprobe.measure import analyze
 
-    real = analyze.measure_point
-    slowed = []
-
-    def slow_once(*args, **kwargs):
-        p = real(*args, **kwargs)
-        if not slowed and p.get("timing"):
-            slowed.append((p["k"], p["n"]))
-            _scaled(p, 1000)
-        return p
-
+    slowed = _slow_first_point(analyze, monkeypatch)
     reserves = []
 
     def only_the_reserve_left(self, point, t_start, reserve=analyze.FINISH_RESERVE_SECONDS):
         reserves.append(reserve)
         return reserve <= analyze.HEADLINE_RESERVE_SECONDS
 
-    monkeypatch.setattr(analyze, "measure_point", slow_once)
     monkeypatch.setattr(analyze.Analysis, "_budget_has", only_the_reserve_left)
     monkeypatch.setattr(analyze, "NEAR_LINE_RECHECKS", 0)
     monkeypatch.setattr(analyze, "HEAVY_RECHECKS", 0)
