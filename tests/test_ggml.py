@@ -363,6 +363,14 @@ def test_default_run_measures_ggml_decode_only_and_skips_kept_f16_shapes_in_quan
     from rwkvprobe.measure.points import COMPUTE_SHAPES
 
     assert default._compute_shapes("ggml") == COMPUTE_SHAPES[:1] and named._compute_shapes("ggml") == COMPUTE_SHAPES
+    # a quick run of decode alone leaves out the largest shape (8.6 GFLOP) for every other backend; with a chunk
+    # (--quick --tokens 1,64) it keeps them all
+    quick = Analysis(ll, AnalyzeSettings(backends=None, dtypes=None, tokens=[1], threads=1, cpus=None, quick=True),
+                     tmp_path)
+    chunk = Analysis(ll, AnalyzeSettings(backends=None, dtypes=None, tokens=[1, 64], threads=1, cpus=None, quick=True),
+                     tmp_path)
+    assert quick._compute_shapes("numpy") == COMPUTE_SHAPES[:3] and (512, 2048, 4096) not in quick._compute_shapes("torch")
+    assert quick._compute_shapes("ggml") == COMPUTE_SHAPES[:1] and chunk._compute_shapes("onnxruntime") == COMPUTE_SHAPES
 
 
 # ------------------------------------------------------------------------------------------------

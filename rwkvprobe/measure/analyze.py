@@ -208,6 +208,12 @@ def plan_series(settings: AnalyzeSettings) -> tuple[list[tuple[str, str]], list[
 #: peak: torch fp16 on an x86 CPU without fp16 arithmetic measured 1.0 GFLOP/s against torch fp32's 176, its decode
 #: layers ~50x slower than fp32's; its non-matmul block and points took ~7 s of a 46 s quick rwkv-1b5 run
 QUICK_SLOW_DTYPE_FACTOR = 8.0
+#: a --quick run of decode alone takes its peak compute from this many of points.COMPUTE_SHAPES, the smallest first:
+#: the largest (512x2048x4096, 8.6 GFLOP) cost 0.55-0.82 s a float series in a quick rwkv-1b5 run (2.7 s of its 8.8
+#: s of ceilings), preparing, checking against float64 and timing it, and the best of the three smaller shapes was
+#: within 7% of the best of all four in three quick runs' numpy, torch and onnxruntime series; an M=1 layer reads
+#: 0.5 FLOP a byte at fp32, far below any of these peaks' ridge points
+QUICK_COMPUTE_SHAPES = 3
 #: seconds of timing per what-if point (decode shapes of quantized formats, measured by default)
 WHATIF_POINT_SECONDS = {True: 0.08, False: 0.2}  # by --quick
 #: weight copies of a what-if point (each an onnxruntime session to build and check); the eviction read makes
@@ -962,11 +968,14 @@ class Analysis(Run):
 
     def _compute_shapes(self, backend: str) -> tuple:
         """The peak-compute shapes of a series' ceilings: only the smallest for a backend measured decode-only
-        by default (ggml in a default run: its budget stays small; M=1 layers sit far below the ridge point)."""
+        by default (ggml in a default run: its budget stays small; M=1 layers sit far below the ridge point), all
+        but the largest in a --quick run of decode alone (QUICK_COMPUTE_SHAPES)."""
 
         cls = backend_class(backend) if backend in BACKEND_NAMES else None
         if cls is not None and self.settings.backends is None and getattr(cls, "default_tokens", None):
             return COMPUTE_SHAPES[:1]
+        if self.settings.quick and set(self.settings.tokens) == {1}:
+            return COMPUTE_SHAPES[:QUICK_COMPUTE_SHAPES]
         return COMPUTE_SHAPES
 
     def _wanted(self, backend: str, dtype: str, m: int, k: int, n: int) -> bool:
