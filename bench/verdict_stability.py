@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from rwkvprobe.verdict.roofline import best_series, main_bound, verdict_of  # noqa: E402
+from rwkvprobe.verdict.roofline import best_series, bound_lead, main_bound, verdict_of  # noqa: E402
 
 
 def result_files(args: list[str]) -> list[Path]:
@@ -38,12 +38,6 @@ def result_files(args: list[str]) -> list[Path]:
             elif p.is_file():
                 found.add(p)
     return sorted(found)
-
-
-def lead(shares: dict[str, float]) -> float:
-    """How far the largest share of a decode's matmul time by bound leads the next (main_bound's LEAD test)."""
-    ranked = sorted(shares.values(), reverse=True) + [0.0, 0.0]
-    return ranked[0] - ranked[1]
 
 
 def tally(files: list[Path], profile: str | None = None) -> dict[str, dict]:
@@ -70,7 +64,7 @@ def tally(files: list[Path], profile: str | None = None) -> dict[str, dict]:
         if best is not None:
             shares = best["model"]["decode"]["share_by_bound"]
             t["headline"][f"{best['backend']} {best['dtype']}: {main_bound(shares) or 'mixed'}"] += 1
-            t["leads"].append(lead(shares))
+            t["leads"].append(bound_lead(shares))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Optional
@@ -14,7 +15,7 @@ from rwkvprobe.cli.console import err_console, out_console, print_warnings
 from rwkvprobe.cli.options import parse_int_list
 from rwkvprobe.fsutil import ensure_writable_dir
 from rwkvprobe.measure import bandwidth, history, system
-from rwkvprobe.measure.bandwidth import cpu_text, middle
+from rwkvprobe.measure.bandwidth import cpu_text
 from rwkvprobe.npu import bandwidth as npubw
 from rwkvprobe.npu import toolkit
 from rwkvprobe.npu.device import load_device
@@ -104,7 +105,7 @@ def read_history(result: dict, cpus: list[int] | None, command: str, now: float 
         out.append({"threads": n, "cpus": run["cpus"], "read_best_gbps": read["best_gbps"], "path": earlier["path"],
                     "max_age_days": earlier["max_age_days"], "earlier_probes": len(gbps),
                     "earlier_min_gbps": min(gbps, default=None), "earlier_max_gbps": max(gbps, default=None),
-                    "earlier_middle_gbps": middle(gbps) if gbps else None,
+                    "earlier_middle_gbps": statistics.median_low(gbps) if gbps else None,
                     "recorded": recorded})
     return out
 

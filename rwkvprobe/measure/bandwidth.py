@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import threading
 import time
 from typing import Callable, Optional
@@ -658,13 +659,8 @@ def sustained_read_gbps(results: dict) -> float | None:
     probes = [gbps for _, gbps in read_probes(results)]
     if len(probes) < MIN_SUSTAINED_PROBES:
         return None
-    mid = middle(probes)
-    return mid if max(probes) > BURSTY * mid else None
-
-
-def middle(values: list[float]) -> float:
-    """The middle of some probes' figures, the lower one of an even count (a figure that was read, not a mean)."""
-    return sorted(values)[(len(values) - 1) // 2]
+    middle = statistics.median_low(probes)  # of an even count the lower: a figure that was read, not a mean
+    return middle if max(probes) > BURSTY * middle else None
 
 
 # ------------------------------------------------------------------------------------------------

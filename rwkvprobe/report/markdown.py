@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from rwkvprobe.fsutil import atomic_write_text, ensure_writable_dir
-from rwkvprobe.measure.bandwidth import middle, read_probes, sustained_read_gbps
+from rwkvprobe.measure.bandwidth import read_probes, sustained_read_gbps
 from rwkvprobe.measure.contention import CANARY_SLOW, CONTENDED_SHARE, SLOW_POINT_FACTOR, machine_speed, summary
 from rwkvprobe.measure.history import HISTORY_ENV
 from rwkvprobe.model.profile import LayerList
@@ -180,7 +181,7 @@ def tied_with(best: dict, series: list[dict], results: dict) -> list[str]:
     return out
 
 
-def history_text(results: dict, probes: list[float], earlier: list[float]) -> str:
+def history_text(results: dict, probes: list[float], earlier: list[float], sustained: float | None) -> str:
     """The stability line's words on a run judged with the machine's earlier probes (measure/history.py)."""
     hist = results["bandwidth_history"]
     both = probes + earlier
@@ -188,16 +189,15 @@ def history_text(results: dict, probes: list[float], earlier: list[float]) -> st
             f"GB/s, and {len(earlier)} probe(s) of this machine's earlier runs (the last {hist['max_age_days']:g} days, "
             f"same threads and CPUs) {min(earlier):.1f}-{max(earlier):.1f}: the DRAM ceiling is the best of all, "
             f"{max(both):.1f} GB/s")
-    sustained = sustained_read_gbps(results)
-    if sustained:
+    if sustained:  # sustained_read_gbps: the middle of this run's and the earlier probes
         text += (f", and the layers are judged at the middle of all, {sustained:.1f} GB/s, what the machine gives "
                  "most of the time (or at what a layer read itself, where more)")
     else:
         text += ", at which every layer is judged"
-    if probes and middle(probes) < HISTORY_SLOW * middle(earlier):
+    mine, theirs = (statistics.median_low(probes) if probes else None), statistics.median_low(earlier)
+    if mine is not None and mine < HISTORY_SLOW * theirs:
         text += (f"; **memory read slower during this run than usual on this machine** (its middle probe "
-                 f"{middle(probes):.1f} GB/s, {middle(probes) / middle(earlier):.0%} of the earlier runs' middle, "
-                 f"{middle(earlier):.1f}): other processes or VMs were using it, so this run's layer times may be "
+                 f"{mine:.1f} GB/s, {mine / theirs:.0%} of the earlier runs' middle, {theirs:.1f}): other processes or VMs were using it, so this run's layer times may be "
                  "slower than usual")
     return text + f" (`{HISTORY_ENV}=off` judges a run by its own probes only)"
 
@@ -210,7 +210,7 @@ def stability_line(results: dict) -> str:
     parts = []
     sustained = sustained_read_gbps(results)
     if earlier:
-        parts.append(history_text(results, probes, earlier))
+        parts.append(history_text(results, probes, earlier, sustained))
     elif len(probes) > 1 and sustained and max(probes) > BURSTY * sustained:
         parts.append(f"{len(probes)} bandwidth probes read {min(probes):.1f}-{max(probes):.1f} GB/s (spread "
                      f"{max(probes) / min(probes) - 1:.0%}: the best is the DRAM ceiling, the layers are judged at the "

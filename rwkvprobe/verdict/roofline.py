@@ -490,15 +490,20 @@ def nonmatmul_entry(results: dict, backend: str, dtype: str) -> dict | None:
 LEAD = 0.15
 
 
+def bound_lead(share_by_bound: dict[str, float]) -> float:
+    """How far the largest share of a decode's matmul time by bound leads the next (all of it with one bound)."""
+    ranked = sorted(share_by_bound.values(), reverse=True) + [0.0, 0.0]
+    return ranked[0] - ranked[1]
+
+
 def main_bound(share_by_bound: dict[str, float]) -> str | None:
     """The bound a decode is called by: the one whose layers hold the most matmul time, when it leads the next by
     at least LEAD; None (mixed) otherwise. A near tie (42% against 38%) names one bound in one run and the
     other in the next; a clear lead (49% against 33%, 59% against 41%) names the same bound in both."""
     if not share_by_bound:
         return None
-    ranked = sorted(share_by_bound.values(), reverse=True) + [0.0]
     top = max(share_by_bound, key=lambda k: share_by_bound[k])
-    return top if ranked[0] - ranked[1] >= LEAD else None
+    return top if bound_lead(share_by_bound) >= LEAD else None
 
 
 def best_series(series: list[dict]) -> dict | None:
